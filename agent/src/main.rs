@@ -1,0 +1,2 @@
+//! vitals-agent
+fn main() {}

@@ -1,0 +1,2 @@
+//! vitals-worker
+fn main() {}

@@ -1,0 +1,629 @@
+//! The `Reporter`: a std-thread protocol client any worker can embed without tokio.
+//!
+//! The worker's hot loop only touches [`LoopCounters`] (atomics) and calls
+//! [`Reporter::set_phase`] / [`Reporter::set_check`], which update shared state under a
+//! lock that is never held across I/O, so they return at once whatever the socket does.
+//! One background thread owns the socket: it says `hello`, re-sends the current phase and
+//! every check on each new connection, sends a heartbeat every `heartbeat` interval, and
+//! reconnects with backoff (100 ms doubling, 1 s cap) when the agent goes away.
+//! Phase and check updates are coalesced: the agent needs the latest value, not each one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::codec::{encode_line, read_line, ReadLineError};
+use crate::message::{
+    decode_agent_message, AgentMessage, CheckReport, ErrorCode, Heartbeat, Hello, Phase,
+    PhaseReport, Progress, WorkerMessage, PROTOCOL_VERSION,
+};
+use crate::name::WorkerName;
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(1);
+/// How long to wait for the agent's `welcome`, and for a write to drain, before
+/// treating the connection as broken.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Who the reporter says it is, and where the agent listens.
+#[derive(Debug, Clone)]
+pub struct ReporterConfig {
+    /// The agent's Unix socket (`/run/vitals/agent.sock` in a pod).
+    pub socket: PathBuf,
+    /// The worker's name in the agent.
+    pub worker: WorkerName,
+    /// Unique per process start; see [`new_instance_id`].
+    pub instance: String,
+    /// The worker's software version, shown in `/status`.
+    pub version: String,
+    /// How often to send a heartbeat.
+    pub heartbeat: Duration,
+}
+
+impl ReporterConfig {
+    /// A config with a fresh instance id and a 1 s heartbeat.
+    pub fn new(socket: impl Into<PathBuf>, worker: WorkerName, version: impl Into<String>) -> Self {
+        Self {
+            socket: socket.into(),
+            worker,
+            instance: new_instance_id(),
+            version: version.into(),
+            heartbeat: Duration::from_secs(1),
+        }
+    }
+}
+
+/// An instance id unique per process start: the pid and the start time.
+pub fn new_instance_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos:x}", std::process::id())
+}
+
+/// Counters the inference loop bumps; the reporter thread reads them for each heartbeat.
+#[derive(Debug, Default)]
+pub struct LoopCounters {
+    progress: AtomicU64,
+    pending: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+impl LoopCounters {
+    /// One loop iteration happened (idle ticks count too): proves the loop is alive.
+    pub fn tick(&self) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Work queued and not yet started.
+    pub fn set_pending(&self, n: u64) {
+        self.pending.store(n, Ordering::Relaxed);
+    }
+
+    /// Work being computed now.
+    pub fn set_in_flight(&self, n: u64) {
+        self.in_flight.store(n, Ordering::Relaxed);
+    }
+
+    /// Loop iterations so far.
+    pub fn progress(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
+    }
+
+    fn heartbeat(&self, seq: u64) -> Heartbeat {
+        Heartbeat {
+            seq,
+            progress: self.progress.load(Ordering::Relaxed),
+            pending: self.pending.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// State shared between the worker's threads and the reporter thread.
+#[derive(Debug, Default)]
+struct State {
+    phase: Option<PhaseReport>,
+    checks: BTreeMap<String, CheckReport>,
+    phase_dirty: bool,
+    dirty_checks: BTreeSet<String>,
+    /// Set when the connection's reader saw EOF: reconnect at once.
+    connection_lost: bool,
+    stopping: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    counters: Arc<LoopCounters>,
+    connected: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The lock guards plain data updated in single assignments; a panic elsewhere
+        // cannot leave it half-written, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until `deadline`, a state change or stop; returns the guard.
+    fn wait_until(
+        &self,
+        deadline: Instant,
+        ready: impl Fn(&State) -> bool,
+    ) -> MutexGuard<'_, State> {
+        let mut state = self.lock();
+        loop {
+            let now = Instant::now();
+            if ready(&state) || now >= deadline {
+                return state;
+            }
+            state = self
+                .wake
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// A worker's connection to the agent; stops its thread when dropped.
+#[derive(Debug)]
+pub struct Reporter {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reporter {
+    /// Starts the reporter thread. It connects in the background: the agent may start
+    /// before or after the worker, and may restart at any time.
+    pub fn start(config: ReporterConfig) -> io::Result<Self> {
+        let shared = Arc::new(Shared::default());
+        let thread = std::thread::Builder::new()
+            .name("vitals-reporter".into())
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || run(&shared, &config)
+            })?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The counters to hand to the inference loop.
+    pub fn counters(&self) -> Arc<LoopCounters> {
+        Arc::clone(&self.shared.counters)
+    }
+
+    /// Reports a phase; never blocks on the socket.
+    pub fn set_phase(&self, phase: Phase, detail: impl Into<String>, progress: Option<Progress>) {
+        let mut state = self.shared.lock();
+        state.phase = Some(PhaseReport {
+            phase,
+            detail: detail.into(),
+            progress,
+        });
+        state.phase_dirty = true;
+        drop(state);
+        self.shared.wake.notify_all();
+    }
+
+    /// Reports a readiness check; never blocks on the socket.
+    pub fn set_check(&self, name: impl Into<String>, ok: bool, message: impl Into<String>) {
+        let name = name.into();
+        let mut state = self.shared.lock();
+        state.checks.insert(
+            name.clone(),
+            CheckReport {
+                name: name.clone(),
+                ok,
+                message: message.into(),
+            },
+        );
+        state.dirty_checks.insert(name);
+        drop(state);
+        self.shared.wake.notify_all();
+    }
+
+    /// Whether the agent has welcomed the current connection.
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.shared.lock().stopping = true;
+        self.shared.wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("vitals reporter thread panicked");
+            }
+        }
+    }
+}
+
+/// Why a connection to the agent ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("cannot connect: {0}")]
+    Connect(#[source] io::Error),
+    #[error("agent refused hello ({code}): {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("no welcome from agent: {0}")]
+    NoWelcome(#[source] ReadLineError),
+    #[error("unexpected reply to hello: {0}")]
+    BadWelcome(String),
+    #[error("agent closed the connection")]
+    Closed,
+    #[error("write failed: {0}")]
+    Write(#[source] io::Error),
+}
+
+fn run(shared: &Arc<Shared>, config: &ReporterConfig) {
+    let mut seq = 0;
+    let mut backoff = BACKOFF_START;
+    let mut quiet_failures = false;
+    loop {
+        match session(shared, config, &mut seq) {
+            Ok(()) => return,
+            Err(err) => {
+                let was_connected = shared.connected.swap(false, Ordering::Relaxed);
+                if was_connected {
+                    backoff = BACKOFF_START;
+                    quiet_failures = false;
+                }
+                // One warning per outage, then debug: an agent that is still starting
+                // should not flood the worker's log.
+                if quiet_failures {
+                    tracing::debug!(error = %err, retry_in = ?backoff, "vitals agent unreachable");
+                } else {
+                    tracing::warn!(error = %err, retry_in = ?backoff, "vitals agent unreachable; retrying");
+                    quiet_failures = true;
+                }
+            }
+        }
+        let deadline = Instant::now() + backoff;
+        if shared.wait_until(deadline, |s| s.stopping).stopping {
+            return;
+        }
+        backoff = (backoff * 2).min(BACKOFF_CAP);
+    }
+}
+
+fn write_message(stream: &mut UnixStream, message: &WorkerMessage) -> Result<(), SessionError> {
+    stream
+        .write_all(&encode_line(message))
+        .map_err(SessionError::Write)
+}
+
+/// One connection: hello, welcome, resync, then updates and heartbeats until it breaks
+/// (`Err`) or the reporter stops (`Ok`).
+fn session(
+    shared: &Arc<Shared>,
+    config: &ReporterConfig,
+    seq: &mut u64,
+) -> Result<(), SessionError> {
+    let mut stream = UnixStream::connect(&config.socket).map_err(SessionError::Connect)?;
+    stream
+        .set_write_timeout(Some(IO_TIMEOUT))
+        .and_then(|()| stream.set_read_timeout(Some(IO_TIMEOUT)))
+        .map_err(SessionError::Connect)?;
+    let hello = Hello {
+        v: PROTOCOL_VERSION,
+        worker: config.worker.to_string(),
+        instance: config.instance.clone(),
+        pid: std::process::id(),
+        version: config.version.clone(),
+        heartbeat_ms: u64::try_from(config.heartbeat.as_millis()).unwrap_or(u64::MAX),
+    };
+    write_message(&mut stream, &WorkerMessage::Hello(hello))?;
+    let mut buf = Vec::new();
+    let reply = read_line(&mut stream, &mut buf).map_err(SessionError::NoWelcome)?;
+    match decode_agent_message(&reply) {
+        Ok(AgentMessage::Welcome(w)) => {
+            tracing::info!(agent_version = %w.agent_version, hang_timeout_ms = w.hang_timeout_ms, "connected to vitals agent");
+        }
+        Ok(AgentMessage::Error(e)) => {
+            return Err(SessionError::Refused {
+                code: e.code,
+                message: e.message,
+            })
+        }
+        Err(e) => return Err(SessionError::BadWelcome(e.to_string())),
+    }
+    shared.connected.store(true, Ordering::Relaxed);
+    let reader = watch_for_close(shared, &stream, buf)?;
+    let result = stream_updates(shared, config, &mut stream, seq);
+    // Wake the reader thread (blocked in read) so it exits, then reap it.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = reader.join();
+    result
+}
+
+/// Starts a thread that reads the agent's side of the connection. The agent only speaks
+/// again to say `error` before closing, so any read result ends the session; without this
+/// a dead agent would be noticed only at the next failed write.
+fn watch_for_close(
+    shared: &Arc<Shared>,
+    stream: &UnixStream,
+    mut buf: Vec<u8>,
+) -> Result<JoinHandle<()>, SessionError> {
+    let mut read_half = stream.try_clone().map_err(SessionError::Connect)?;
+    read_half
+        .set_read_timeout(None)
+        .map_err(SessionError::Connect)?;
+    shared.lock().connection_lost = false;
+    let shared = Arc::clone(shared);
+    std::thread::Builder::new()
+        .name("vitals-reporter-read".into())
+        .spawn(move || {
+            match read_line(&mut read_half, &mut buf).map(|line| decode_agent_message(&line)) {
+                Ok(Ok(AgentMessage::Error(e))) => {
+                    tracing::warn!(code = %e.code, message = %e.message, "vitals agent closed the connection with an error");
+                }
+                Ok(_) => tracing::warn!("unexpected message from vitals agent"),
+                Err(e) => tracing::debug!(error = %e, "vitals agent connection ended"),
+            }
+            shared.lock().connection_lost = true;
+            shared.wake.notify_all();
+        })
+        .map_err(SessionError::Connect)
+}
+
+/// Sends the full state, then every change and a heartbeat each interval.
+fn stream_updates(
+    shared: &Shared,
+    config: &ReporterConfig,
+    stream: &mut UnixStream,
+    seq: &mut u64,
+) -> Result<(), SessionError> {
+    {
+        // A new connection starts from nothing on the agent's side: send all we have.
+        let mut state = shared.lock();
+        state.phase_dirty = state.phase.is_some();
+        state.dirty_checks = state.checks.keys().cloned().collect();
+    }
+    let mut next_heartbeat = Instant::now();
+    loop {
+        let (updates, stopping, lost) = {
+            let mut state = shared.wait_until(next_heartbeat, |s| {
+                s.stopping || s.connection_lost || s.phase_dirty || !s.dirty_checks.is_empty()
+            });
+            let mut updates = Vec::new();
+            if std::mem::take(&mut state.phase_dirty) {
+                updates.extend(state.phase.clone().map(WorkerMessage::Phase));
+            }
+            for name in std::mem::take(&mut state.dirty_checks) {
+                updates.extend(state.checks.get(&name).cloned().map(WorkerMessage::Check));
+            }
+            (updates, state.stopping, state.connection_lost)
+        };
+        if stopping {
+            return Ok(());
+        }
+        if lost {
+            return Err(SessionError::Closed);
+        }
+        for update in &updates {
+            write_message(stream, update)?;
+        }
+        if Instant::now() >= next_heartbeat {
+            *seq += 1;
+            let beat = shared.counters.heartbeat(*seq);
+            write_message(stream, &WorkerMessage::Heartbeat(beat))?;
+            next_heartbeat += config.heartbeat;
+            // After a long stall (suspended process), do not burst to catch up.
+            next_heartbeat = next_heartbeat.max(Instant::now());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+    use crate::message::{decode_hello, decode_message, Welcome};
+
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    /// A minimal agent: accepts one connection, welcomes it, and reads lines.
+    struct FakeAgent {
+        stream: UnixStream,
+        buf: Vec<u8>,
+    }
+
+    impl FakeAgent {
+        fn accept(listener: &UnixListener) -> (Self, Hello) {
+            let (mut stream, _) = listener.accept().expect("reporter connects");
+            stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+            let mut buf = Vec::new();
+            let line = read_line(&mut stream, &mut buf).expect("hello line");
+            let hello = decode_hello(&line).expect("valid hello").hello;
+            let welcome = AgentMessage::Welcome(Welcome {
+                v: 1,
+                agent_version: "test".into(),
+                hang_timeout_ms: 10_000,
+            });
+            stream.write_all(&encode_line(&welcome)).expect("welcome");
+            (Self { stream, buf }, hello)
+        }
+
+        fn next(&mut self) -> WorkerMessage {
+            let line = read_line(&mut self.stream, &mut self.buf).expect("a message");
+            decode_message(&line).expect("valid message")
+        }
+
+        /// Reads until `pred` matches, failing after [`DEADLINE`].
+        fn until(&mut self, pred: impl Fn(&WorkerMessage) -> bool) -> WorkerMessage {
+            let start = Instant::now();
+            loop {
+                assert!(start.elapsed() < DEADLINE, "message not seen in time");
+                let m = self.next();
+                if pred(&m) {
+                    return m;
+                }
+            }
+        }
+    }
+
+    fn config(dir: &tempfile::TempDir) -> ReporterConfig {
+        let mut c = ReporterConfig::new(
+            dir.path().join("agent.sock"),
+            WorkerName::parse("model").expect("valid"),
+            "1.2.3",
+        );
+        c.heartbeat = Duration::from_millis(50);
+        c
+    }
+
+    fn is_phase(m: &WorkerMessage, phase: Phase) -> bool {
+        matches!(m, WorkerMessage::Phase(p) if p.phase == phase)
+    }
+
+    #[test]
+    fn connects_and_sends_hello_phase_and_checks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(&dir);
+        let listener = UnixListener::bind(&cfg.socket).expect("bind");
+        let reporter = Reporter::start(cfg.clone()).expect("start");
+        reporter.set_phase(
+            Phase::Loading,
+            "weights",
+            Some(Progress {
+                done: 5,
+                total: Some(10),
+                unit: "bytes".into(),
+            }),
+        );
+        reporter.set_check("tokenizer", true, "loaded");
+        let (mut agent, hello) = FakeAgent::accept(&listener);
+        assert_eq!(hello.worker, "model");
+        assert_eq!(hello.instance, cfg.instance);
+        assert_eq!(hello.version, "1.2.3");
+        assert_eq!(hello.pid, std::process::id());
+        assert_eq!(hello.heartbeat_ms, 50);
+        let phase = agent.until(|m| is_phase(m, Phase::Loading));
+        let WorkerMessage::Phase(p) = phase else {
+            unreachable!()
+        };
+        assert_eq!(p.progress.map(|p| p.done), Some(5));
+        agent.until(|m| matches!(m, WorkerMessage::Check(c) if c.name == "tokenizer" && c.ok));
+        reporter.set_phase(Phase::Ready, "", None);
+        agent.until(|m| is_phase(m, Phase::Ready));
+        assert!(reporter.is_connected());
+    }
+
+    #[test]
+    fn heartbeats_carry_the_loop_counters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(&dir);
+        let listener = UnixListener::bind(&cfg.socket).expect("bind");
+        let reporter = Reporter::start(cfg).expect("start");
+        let counters = reporter.counters();
+        for _ in 0..7 {
+            counters.tick();
+        }
+        counters.set_pending(3);
+        counters.set_in_flight(2);
+        let (mut agent, _) = FakeAgent::accept(&listener);
+        let beat = agent.until(|m| matches!(m, WorkerMessage::Heartbeat(_)));
+        assert!(matches!(
+            beat,
+            WorkerMessage::Heartbeat(Heartbeat {
+                progress: 7,
+                pending: 3,
+                in_flight: 2,
+                ..
+            })
+        ));
+        counters.tick();
+        let WorkerMessage::Heartbeat(next) =
+            agent.until(|m| matches!(m, WorkerMessage::Heartbeat(h) if h.progress == 8))
+        else {
+            unreachable!()
+        };
+        let WorkerMessage::Heartbeat(first) = beat else {
+            unreachable!()
+        };
+        assert!(next.seq > first.seq, "seq increases");
+    }
+
+    #[test]
+    fn reconnects_to_a_new_listener_and_resends_full_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(&dir);
+        let listener = UnixListener::bind(&cfg.socket).expect("bind");
+        let reporter = Reporter::start(cfg.clone()).expect("start");
+        reporter.set_phase(Phase::Ready, "serving", None);
+        reporter.set_check("device", true, "cpu");
+        reporter.set_check("tokenizer", false, "missing");
+        let (mut agent, first) = FakeAgent::accept(&listener);
+        agent.until(|m| is_phase(m, Phase::Ready));
+
+        // The agent restarts: its socket file is replaced and the old connection dies.
+        drop(agent);
+        drop(listener);
+        std::fs::remove_file(&cfg.socket).expect("unlink");
+        let listener = UnixListener::bind(&cfg.socket).expect("rebind");
+        let (mut agent, second) = FakeAgent::accept(&listener);
+        assert_eq!(
+            second.instance, first.instance,
+            "same process, same instance"
+        );
+        let mut seen_phase = false;
+        let mut checks = BTreeSet::new();
+        while !(seen_phase && checks.len() == 2) {
+            match agent.next() {
+                WorkerMessage::Phase(p) if p.phase == Phase::Ready && p.detail == "serving" => {
+                    seen_phase = true
+                }
+                WorkerMessage::Check(c) => {
+                    checks.insert((c.name, c.ok));
+                }
+                _ => {}
+            }
+        }
+        assert!(checks.contains(&("device".to_owned(), true)));
+        assert!(checks.contains(&("tokenizer".to_owned(), false)));
+    }
+
+    #[test]
+    fn set_phase_returns_at_once_without_an_agent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reporter = Reporter::start(config(&dir)).expect("start");
+        let start = Instant::now();
+        for i in 0..10_000u64 {
+            reporter.set_phase(
+                Phase::Loading,
+                "x",
+                Some(Progress {
+                    done: i,
+                    total: None,
+                    unit: String::new(),
+                }),
+            );
+            reporter.set_check("device", i % 2 == 0, "");
+        }
+        // 10k updates with nobody listening: generous bound, far from any socket timeout.
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "took {:?}",
+            start.elapsed()
+        );
+        assert!(!reporter.is_connected());
+        let start = Instant::now();
+        drop(reporter);
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "drop stops the thread promptly"
+        );
+    }
+
+    #[test]
+    fn a_refusal_is_retried() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(&dir);
+        let listener = UnixListener::bind(&cfg.socket).expect("bind");
+        let _reporter = Reporter::start(cfg).expect("start");
+        let (mut stream, _) = listener.accept().expect("first try");
+        let refusal = AgentMessage::Error(crate::message::ErrorReply {
+            code: ErrorCode::NameInUse,
+            message: "taken".into(),
+        });
+        let mut buf = Vec::new();
+        read_line(&mut stream, &mut buf).expect("hello");
+        stream.write_all(&encode_line(&refusal)).expect("refuse");
+        drop(stream);
+        let (_agent, hello) = FakeAgent::accept(&listener);
+        assert_eq!(hello.worker, "model");
+    }
+}

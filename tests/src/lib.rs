@@ -1,0 +1,1 @@
+//! Vitals end-to-end test harness.
