@@ -3,7 +3,7 @@ SHELL := /bin/bash
 MODEL_DIR ?= models/all-MiniLM-L6-v2
 CARGO ?= cargo
 
-.PHONY: run test lint bench model build release deps clean
+.PHONY: run test lint bench model build release deps clean deploy-check
 
 ## run: build, fetch the model, start agent + worker as a pod would, watch the probes
 run: model build
@@ -12,6 +12,11 @@ run: model build
 ## test: everything CI checks (installs what it needs: promtool, the model)
 test: model deps
 	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) deploy-check
+
+## deploy-check: render deploy/ and inject outputs, validate them (kubernetes-validate, promtool)
+deploy-check:
+	scripts/check-deploy.sh
 
 ## lint: formatting and clippy, warnings are errors
 lint:
