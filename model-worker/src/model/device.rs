@@ -1,0 +1,148 @@
+//! Which device the model runs on: parsing `--device`, opening it, and describing it for
+//! the `device` check and `/info`.
+//!
+//! Without the `cuda` cargo feature candle's CUDA calls fail with "not compiled with
+//! CUDA", so only the memory report needs `cfg(feature = "cuda")`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::Device;
+
+use super::ModelError;
+
+/// The `--device` choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// CUDA device 0 when built with CUDA and one is present, else CPU.
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// The CUDA device with this ordinal.
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("invalid device {s:?}: expected auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// An opened device and how to describe it.
+#[derive(Debug, Clone)]
+pub struct OpenDevice {
+    /// The candle device.
+    pub device: Device,
+    /// Short name: `cpu` or `cuda:N`.
+    pub name: String,
+    /// Human-readable detail for the `device` check (threads, GPU name and memory).
+    pub detail: String,
+}
+
+/// Opens the device `spec` asks for. `auto` falls back to the CPU when no CUDA device can
+/// be opened; an explicit `cuda:N` that cannot be opened is an error.
+pub fn open(spec: DeviceSpec, cpu_threads: usize) -> Result<OpenDevice, ModelError> {
+    let cpu = || OpenDevice {
+        device: Device::Cpu,
+        name: "cpu".to_owned(),
+        detail: format!("cpu, {cpu_threads} threads"),
+    };
+    match spec {
+        DeviceSpec::Cpu => Ok(cpu()),
+        DeviceSpec::Cuda(n) => open_cuda(n).map_err(|e| ModelError::Device {
+            device: spec.to_string(),
+            reason: e.to_string(),
+        }),
+        DeviceSpec::Auto if cfg!(feature = "cuda") => match open_cuda(0) {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                tracing::info!(error = %e, "no usable CUDA device; using the CPU");
+                Ok(cpu())
+            }
+        },
+        DeviceSpec::Auto => Ok(cpu()),
+    }
+}
+
+fn open_cuda(ordinal: usize) -> candle_core::Result<OpenDevice> {
+    let device = Device::new_cuda(ordinal)?;
+    let detail = describe_cuda(&device);
+    Ok(OpenDevice {
+        device,
+        name: format!("cuda:{ordinal}"),
+        detail,
+    })
+}
+
+#[cfg(feature = "cuda")]
+fn describe_cuda(device: &Device) -> String {
+    let Device::Cuda(cuda) = device else {
+        return "cuda".to_owned();
+    };
+    let stream = cuda.cuda_stream();
+    let ctx = stream.context();
+    let name = ctx.name().unwrap_or_else(|e| format!("unknown GPU ({e})"));
+    match ctx.mem_get_info() {
+        Ok((free, total)) => format!(
+            "{name}, {} MiB free of {} MiB",
+            free / (1 << 20),
+            total / (1 << 20)
+        ),
+        Err(e) => format!("{name}, memory unknown ({e})"),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn describe_cuda(_device: &Device) -> String {
+    // Unreachable in practice: Device::new_cuda fails without the feature.
+    "cuda".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_specs() {
+        assert_eq!("auto".parse(), Ok(DeviceSpec::Auto));
+        assert_eq!("cpu".parse(), Ok(DeviceSpec::Cpu));
+        assert_eq!("cuda".parse(), Ok(DeviceSpec::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(DeviceSpec::Cuda(3)));
+        assert!("gpu".parse::<DeviceSpec>().is_err());
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
+        assert_eq!(DeviceSpec::Cuda(2).to_string(), "cuda:2");
+    }
+
+    #[test]
+    fn auto_and_cpu_open_the_cpu_without_cuda() {
+        if cfg!(feature = "cuda") {
+            return;
+        }
+        assert_eq!(open(DeviceSpec::Auto, 2).expect("cpu").name, "cpu");
+        let d = open(DeviceSpec::Cpu, 3).expect("cpu");
+        assert_eq!(d.detail, "cpu, 3 threads");
+        let err = open(DeviceSpec::Cuda(0), 1).expect_err("no CUDA in this build");
+        assert!(err.to_string().starts_with("device cuda:0"), "{err}");
+    }
+}
