@@ -115,6 +115,8 @@ struct State {
     /// Set when the connection's reader saw EOF: reconnect at once.
     connection_lost: bool,
     stopping: bool,
+    /// Updates taken from the dirty sets that are not yet written to the socket.
+    writing: bool,
 }
 
 #[derive(Debug, Default)]
@@ -123,6 +125,8 @@ struct Shared {
     wake: Condvar,
     counters: Arc<LoopCounters>,
     connected: AtomicBool,
+    /// Fault injection: while set, no heartbeats are sent (phase and checks still are).
+    heartbeats_paused: AtomicBool,
 }
 
 impl Shared {
@@ -215,6 +219,34 @@ impl Reporter {
     /// Whether the agent has welcomed the current connection.
     pub fn is_connected(&self) -> bool {
         self.shared.connected.load(Ordering::Relaxed)
+    }
+
+    /// Stops (`true`) or resumes heartbeats while the connection stays up. For fault
+    /// injection: it makes a live process look hung to the agent.
+    pub fn pause_heartbeats(&self, paused: bool) {
+        self.shared
+            .heartbeats_paused
+            .store(paused, Ordering::Relaxed);
+    }
+
+    /// Waits up to `timeout` until the agent is connected and every phase and check update
+    /// has been handed to the socket; returns whether that happened. Call it before
+    /// exiting after a `failed` phase so the agent learns why.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let sent = {
+                let state = self.shared.lock();
+                !state.phase_dirty && state.dirty_checks.is_empty() && !state.writing
+            };
+            if sent && self.is_connected() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -370,6 +402,7 @@ fn stream_updates(
         let mut state = shared.lock();
         state.phase_dirty = state.phase.is_some();
         state.dirty_checks = state.checks.keys().cloned().collect();
+        state.writing = false;
     }
     let mut next_heartbeat = Instant::now();
     loop {
@@ -384,6 +417,7 @@ fn stream_updates(
             for name in std::mem::take(&mut state.dirty_checks) {
                 updates.extend(state.checks.get(&name).cloned().map(WorkerMessage::Check));
             }
+            state.writing = !updates.is_empty();
             (updates, state.stopping, state.connection_lost)
         };
         if stopping {
@@ -395,10 +429,15 @@ fn stream_updates(
         for update in &updates {
             write_message(stream, update)?;
         }
+        if !updates.is_empty() {
+            shared.lock().writing = false;
+        }
         if Instant::now() >= next_heartbeat {
-            *seq += 1;
-            let beat = shared.counters.heartbeat(*seq);
-            write_message(stream, &WorkerMessage::Heartbeat(beat))?;
+            if !shared.heartbeats_paused.load(Ordering::Relaxed) {
+                *seq += 1;
+                let beat = shared.counters.heartbeat(*seq);
+                write_message(stream, &WorkerMessage::Heartbeat(beat))?;
+            }
             next_heartbeat += config.heartbeat;
             // After a long stall (suspended process), do not burst to catch up.
             next_heartbeat = next_heartbeat.max(Instant::now());
@@ -606,6 +645,58 @@ mod tests {
             start.elapsed() < Duration::from_secs(1),
             "drop stops the thread promptly"
         );
+    }
+
+    #[test]
+    fn paused_heartbeats_stop_and_resume_while_phases_flow() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(&dir);
+        let listener = UnixListener::bind(&cfg.socket).expect("bind");
+        let reporter = Reporter::start(cfg).expect("start");
+        let (mut agent, _) = FakeAgent::accept(&listener);
+        agent.until(|m| matches!(m, WorkerMessage::Heartbeat(_)));
+        reporter.pause_heartbeats(true);
+        // A heartbeat already being written may still arrive; after that, none for
+        // several intervals while a phase update still gets through.
+        std::thread::sleep(Duration::from_millis(120));
+        reporter.set_phase(Phase::Failed, "paused", None);
+        agent
+            .stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let mut beats_after_phase = 0;
+        let mut saw_phase = false;
+        loop {
+            match read_line(&mut agent.stream, &mut agent.buf) {
+                Ok(line) => match decode_message(&line).expect("valid") {
+                    WorkerMessage::Phase(p) if p.phase == Phase::Failed => saw_phase = true,
+                    WorkerMessage::Heartbeat(_) if saw_phase => beats_after_phase += 1,
+                    _ => {}
+                },
+                Err(_) => break,
+            }
+        }
+        assert!(saw_phase);
+        assert_eq!(beats_after_phase, 0, "no heartbeats while paused");
+        agent
+            .stream
+            .set_read_timeout(Some(DEADLINE))
+            .expect("timeout");
+        reporter.pause_heartbeats(false);
+        agent.until(|m| matches!(m, WorkerMessage::Heartbeat(_)));
+    }
+
+    #[test]
+    fn flush_waits_for_the_agent_and_gives_up_without_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(&dir);
+        let reporter = Reporter::start(cfg.clone()).expect("start");
+        reporter.set_phase(Phase::Failed, "weights missing", None);
+        assert!(!reporter.flush(Duration::from_millis(100)), "no agent");
+        let listener = UnixListener::bind(&cfg.socket).expect("bind");
+        let (mut agent, _) = FakeAgent::accept(&listener);
+        assert!(reporter.flush(DEADLINE));
+        agent.until(|m| is_phase(m, Phase::Failed));
     }
 
     #[test]
