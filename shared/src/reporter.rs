@@ -666,14 +666,11 @@ mod tests {
             .expect("timeout");
         let mut beats_after_phase = 0;
         let mut saw_phase = false;
-        loop {
-            match read_line(&mut agent.stream, &mut agent.buf) {
-                Ok(line) => match decode_message(&line).expect("valid") {
-                    WorkerMessage::Phase(p) if p.phase == Phase::Failed => saw_phase = true,
-                    WorkerMessage::Heartbeat(_) if saw_phase => beats_after_phase += 1,
-                    _ => {}
-                },
-                Err(_) => break,
+        while let Ok(line) = read_line(&mut agent.stream, &mut agent.buf) {
+            match decode_message(&line).expect("valid") {
+                WorkerMessage::Phase(p) if p.phase == Phase::Failed => saw_phase = true,
+                WorkerMessage::Heartbeat(_) if saw_phase => beats_after_phase += 1,
+                _ => {}
             }
         }
         assert!(saw_phase);
