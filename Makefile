@@ -9,8 +9,9 @@ CARGO ?= cargo
 run: model build
 	scripts/run.sh
 
-## test: everything CI checks (installs what it needs: promtool, the model)
+## test: everything CI checks (installs what it needs: promtool, the model; builds the binaries the e2e tests run)
 test: model deps
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) deploy-check
 

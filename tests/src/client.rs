@@ -42,10 +42,13 @@ impl Response {
 /// Why no complete response came back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientError {
-    /// The connection was refused: nobody listens on the port.
+    /// The connection was refused: nobody listens on the port (nothing was sent).
     Refused(String),
-    /// The connection was reset or closed before a complete response arrived.
-    Closed(String),
+    /// The connection was reset or closed before any byte of a response arrived: the
+    /// client knows at once that it got no answer.
+    Reset(String),
+    /// A response started but was cut short.
+    Truncated(String),
     /// The deadline passed before a complete response arrived.
     Timeout(String),
     /// The bytes that came back were not valid HTTP.
@@ -57,13 +60,23 @@ impl ClientError {
     pub fn is_refused(&self) -> bool {
         matches!(self, ClientError::Refused(_))
     }
+
+    /// Whether the request was lost: the client waited in vain, or got a broken answer.
+    /// A refused or reset connection is a failure the client sees at once, not a loss.
+    pub fn is_lost(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Timeout(_) | ClientError::Truncated(_) | ClientError::Protocol(_)
+        )
+    }
 }
 
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ClientError::Refused(e) => write!(f, "refused: {e}"),
-            ClientError::Closed(e) => write!(f, "closed: {e}"),
+            ClientError::Reset(e) => write!(f, "reset: {e}"),
+            ClientError::Truncated(e) => write!(f, "truncated: {e}"),
             ClientError::Timeout(e) => write!(f, "timeout: {e}"),
             ClientError::Protocol(e) => write!(f, "protocol: {e}"),
         }
@@ -72,13 +85,15 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
-fn io_error(what: &str, e: std::io::Error) -> ClientError {
+/// Classifies an I/O error; `answered` says whether response bytes had arrived.
+fn io_error(what: &str, e: std::io::Error, answered: bool) -> ClientError {
     use std::io::ErrorKind::*;
     let text = format!("{what}: {e}");
     match e.kind() {
         ConnectionRefused => ClientError::Refused(text),
         WouldBlock | TimedOut => ClientError::Timeout(text),
-        _ => ClientError::Closed(text),
+        _ if answered => ClientError::Truncated(text),
+        _ => ClientError::Reset(text),
     }
 }
 
@@ -102,7 +117,7 @@ pub fn request_with(
             })
     };
     let mut stream =
-        TcpStream::connect_timeout(&addr, left()?).map_err(|e| io_error("connect", e))?;
+        TcpStream::connect_timeout(&addr, left()?).map_err(|e| io_error("connect", e, false))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some((content_type, bytes)) = body {
         req.push_str(&format!(
@@ -117,8 +132,10 @@ pub fn request_with(
     }
     stream
         .set_write_timeout(Some(left()?))
-        .map_err(|e| io_error("set timeout", e))?;
-    stream.write_all(&wire).map_err(|e| io_error("write", e))?;
+        .map_err(|e| io_error("set timeout", e, false))?;
+    stream
+        .write_all(&wire)
+        .map_err(|e| io_error("write", e, false))?;
     on_sent();
 
     let mut buf = Vec::new();
@@ -126,10 +143,15 @@ pub fn request_with(
         if let Some(end) = find_head_end(&buf) {
             break end;
         }
-        let n = read_some(&mut stream, &mut buf, left()?).map_err(|e| io_error("read head", e))?;
+        let answered = !buf.is_empty();
+        let n = read_some(&mut stream, &mut buf, left()?)
+            .map_err(|e| io_error("read head", e, answered))?;
+        if n == 0 && buf.is_empty() {
+            return Err(ClientError::Reset("EOF before any response byte".into()));
+        }
         if n == 0 {
-            return Err(ClientError::Closed(format!(
-                "EOF after {} bytes, before a response head",
+            return Err(ClientError::Truncated(format!(
+                "EOF after {} bytes, before the end of the response head",
                 buf.len()
             )));
         }
@@ -138,7 +160,8 @@ pub fn request_with(
     let mut rest = buf.split_off(head_end);
     // Read to EOF (we asked for Connection: close), then cut the message out of it.
     loop {
-        let n = read_some(&mut stream, &mut rest, left()?).map_err(|e| io_error("read body", e))?;
+        let n = read_some(&mut stream, &mut rest, left()?)
+            .map_err(|e| io_error("read body", e, true))?;
         if n == 0 {
             break;
         }
@@ -146,10 +169,10 @@ pub fn request_with(
     let (body, used) = if head.chunked {
         decode_chunked(&rest)
             .map_err(ClientError::Protocol)?
-            .ok_or_else(|| ClientError::Closed("EOF inside a chunked body".into()))?
+            .ok_or_else(|| ClientError::Truncated("EOF inside a chunked body".into()))?
     } else if let Some(len) = head.content_length {
         if rest.len() < len {
-            return Err(ClientError::Closed(format!(
+            return Err(ClientError::Truncated(format!(
                 "EOF after {} of {len} body bytes",
                 rest.len()
             )));
@@ -278,7 +301,7 @@ mod tests {
     fn a_short_body_is_an_error() {
         let addr = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nok");
         let e = get(addr, "/", Duration::from_secs(2)).expect_err("body cut short");
-        assert!(matches!(e, ClientError::Closed(_)), "{e}");
+        assert!(matches!(e, ClientError::Truncated(_)), "{e}");
     }
 
     #[test]

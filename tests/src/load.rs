@@ -52,10 +52,10 @@ impl Record {
         self.outcome == Outcome::Ok
     }
 
-    /// Whether it was lost: no complete answer although the request reached the server.
-    /// A refused connection is not lost (nothing was sent; the client knows at once).
+    /// Whether it was lost: the client waited in vain or got a broken answer. A refused
+    /// or reset connection is a failure the client sees at once, not a loss.
     pub fn lost(&self) -> bool {
-        matches!(&self.outcome, Outcome::Error(e) if !e.is_refused())
+        matches!(&self.outcome, Outcome::Error(e) if e.is_lost())
     }
 }
 
@@ -230,23 +230,15 @@ impl LoadReport {
 
     /// A one-line summary for the timeline and the report.
     pub fn summary(&self) -> String {
-        let refused = self
-            .records
-            .iter()
-            .filter(|r| matches!(&r.outcome, Outcome::Error(e) if e.is_refused()))
-            .count();
-        let statuses = self
-            .records
-            .iter()
-            .filter(|r| matches!(r.outcome, Outcome::Status(..)))
-            .count();
+        let count = |f: &dyn Fn(&Record) -> bool| self.records.iter().filter(|r| f(r)).count();
         format!(
-            "{} requests: {} ok, {} answered with an error status, {} refused, {} lost",
+            "{} requests: {} ok, {} error status, {} refused, {} reset, {} lost",
             self.records.len(),
             self.ok(),
-            statuses,
-            refused,
-            self.records.iter().filter(|r| r.lost()).count()
+            count(&|r| matches!(r.outcome, Outcome::Status(..))),
+            count(&|r| matches!(&r.outcome, Outcome::Error(e) if e.is_refused())),
+            count(&|r| matches!(&r.outcome, Outcome::Error(ClientError::Reset(_)))),
+            count(&|r| r.lost()),
         )
     }
 }
@@ -298,6 +290,7 @@ mod tests {
             records: vec![
                 rec("ok", Outcome::Ok),
                 rec("refused", Outcome::Error(ClientError::Refused("x".into()))),
+                rec("reset", Outcome::Error(ClientError::Reset("x".into()))),
                 rec("503", Outcome::Status(503, "x".into())),
                 rec("lost", Outcome::Error(ClientError::Timeout("x".into()))),
             ],
@@ -306,7 +299,7 @@ mod tests {
         assert_eq!(ids(report.violations(|_| true)), ["lost"]);
         assert_eq!(
             ids(report.violations(|_| false)),
-            ["refused", "503", "lost"]
+            ["refused", "reset", "503", "lost"]
         );
     }
 }

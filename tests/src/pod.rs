@@ -547,12 +547,20 @@ impl Pod {
         std::fs::read_to_string(self.log(label)).unwrap_or_default()
     }
 
-    fn dump(&self) {
+    fn dump(&mut self) {
         let mut text = format!(
             "\n===== timeline of scenario `{}` (probes: status and body) =====\n{}",
             self.name,
             self.timeline.render()
         );
+        for (label, proc) in [("agent", &mut self.agent), ("worker", &mut self.worker)] {
+            let state = match proc.as_mut().map(Proc::try_exit) {
+                None => "never started".to_string(),
+                Some(None) => "still running".to_string(),
+                Some(Some(status)) => format!("exited: {status}"),
+            };
+            text.push_str(&format!("===== {label}: {state}\n"));
+        }
         for label in ["agent", "worker"] {
             let log = self.log_text(label);
             let lines: Vec<&str> = log.lines().collect();

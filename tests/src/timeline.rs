@@ -128,42 +128,51 @@ impl Timeline {
     /// The whole timeline as text, one entry a line; runs of identical probe results are
     /// folded (`... 12 more`) so long quiet stretches do not drown the interesting lines.
     pub fn render(&self) -> String {
+        use std::collections::HashMap;
         let entries = self.entries();
         let mut out = String::new();
-        let mut last_by_path: std::collections::HashMap<String, (Option<u16>, String)> =
-            std::collections::HashMap::new();
-        let mut folded: std::collections::HashMap<String, usize> = Default::default();
+        // Per probed path: the last printed (status, body), and the folded repeats since
+        // (how many, until when).
+        let mut last: HashMap<&str, (Option<u16>, &str)> = HashMap::new();
+        let mut folded: HashMap<&str, (usize, Duration)> = HashMap::new();
+        let fold_line = |out: &mut String, what: &str, (n, until): (usize, Duration)| {
+            let _ = writeln!(
+                out,
+                "{:>9}  {what:<22} ... {n} more like the last, until {:.3}s",
+                "",
+                until.as_secs_f64()
+            );
+        };
         for e in &entries {
             if e.passed.is_some() {
-                let key = (e.status, e.detail.clone());
-                if last_by_path.get(&e.what) == Some(&key) {
-                    *folded.entry(e.what.clone()).or_default() += 1;
+                let key = (e.status, e.detail.as_str());
+                if last.get(e.what.as_str()) == Some(&key) {
+                    let f = folded.entry(e.what.as_str()).or_insert((0, e.at));
+                    *f = (f.0 + 1, e.at);
                     continue;
                 }
-                if let Some(n) = folded.remove(&e.what).filter(|n| *n > 0) {
-                    let _ = writeln!(out, "{:>9}  {:<22} ... {n} more like the last", "", e.what);
+                if let Some(f) = folded.remove(e.what.as_str()) {
+                    fold_line(&mut out, &e.what, f);
                 }
-                last_by_path.insert(e.what.clone(), key);
+                last.insert(e.what.as_str(), key);
             }
-            let status = e
-                .status
-                .map_or_else(|| "---".to_string(), |s| s.to_string());
-            let status = if e.passed.is_some() {
-                status
-            } else {
-                "   ".into()
+            let status = match (e.passed, e.status) {
+                (None, _) => "   ".to_string(),
+                (Some(_), None) => "---".to_string(),
+                (Some(_), Some(s)) => s.to_string(),
             };
             let _ = writeln!(
                 out,
-                "{:>8.3}s  {:<22} {} {}",
+                "{:>8.3}s  {:<22} {status} {}",
                 e.at.as_secs_f64(),
                 e.what,
-                status,
                 e.detail.replace('\n', " | ")
             );
         }
-        for (what, n) in folded.into_iter().filter(|(_, n)| *n > 0) {
-            let _ = writeln!(out, "{:>9}  {what:<22} ... {n} more like the last", "");
+        let mut rest: Vec<_> = folded.into_iter().collect();
+        rest.sort_by_key(|(_, (_, until))| *until);
+        for (what, f) in rest {
+            fold_line(&mut out, what, f);
         }
         out
     }
@@ -207,7 +216,7 @@ mod tests {
         assert_eq!(e[1].detail, "fault");
         assert_eq!(e.last().and_then(Entry::reason), Some("loop_stalled"));
         let text = t.render();
-        assert!(text.contains("... 3 more like the last"), "{text}");
+        assert!(text.contains("... 3 more like the last, until"), "{text}");
         assert!(text.contains("503 fail: loop_stalled"), "{text}");
     }
 }

@@ -1,0 +1,130 @@
+//! What the scenarios share: the probe paths, the kubelet's probe settings, the slack every
+//! bound allows on top of its timeout, and small checks over a pod's timeline.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use vitals_e2e::pod::{AgentOptions, Pod, WorkerOptions};
+use vitals_e2e::probe::{ProbeKind, ProbeWorker};
+use vitals_e2e::report::report_line;
+
+/// The worker's liveness probe path (SPEC §6).
+pub const LIVE: &str = "/livez/model";
+/// The worker's readiness probe path.
+pub const READY: &str = "/readyz/model";
+/// The worker's startup probe path.
+pub const STARTED: &str = "/startupz/model";
+
+/// How often the background kubelet probes: ten times the real period, so the timeline has
+/// a fine grain; each probe is still a new connection with a 1 s timeout.
+pub const WATCH_PERIOD: Duration = Duration::from_millis(100);
+
+/// What a bound allows on top of its timeout: a heartbeat interval and a /proc interval
+/// (evidence arrives that late at most), plus scheduling on a busy 2-core machine.
+pub const SLACK: Duration = Duration::from_secs(1);
+
+/// The agent's short timeouts for tests (see [`AgentOptions::default`]).
+pub fn agent() -> AgentOptions {
+    AgentOptions::default()
+}
+
+/// The worker's options for tests (250 ms heartbeats, fault injection on).
+pub fn worker() -> WorkerOptions {
+    WorkerOptions::default()
+}
+
+/// A kubelet on the worker's three probes with the thresholds `deploy/` uses: startup
+/// failureThreshold 30, liveness 3, readiness 1; successThreshold 1.
+pub fn kubelet() -> Vec<(&'static str, ProbeWorker)> {
+    vec![
+        (STARTED, ProbeWorker::new(ProbeKind::Startup, 1, 30)),
+        (LIVE, ProbeWorker::new(ProbeKind::Liveness, 1, 3)),
+        (READY, ProbeWorker::new(ProbeKind::Readiness, 1, 1)),
+    ]
+}
+
+/// Asserts every probe of `path` in `[from, to)` passed, and that there was at least one.
+pub fn assert_all_pass(pod: &Pod, path: &str, from: Duration, to: Duration, why: &str) {
+    let probes = pod.timeline.probes(path, from, to);
+    assert!(
+        !probes.is_empty(),
+        "{why}: no probe of {path} between {from:?} and {to:?}"
+    );
+    if let Some(bad) = probes.iter().find(|e| e.passed != Some(true)) {
+        panic!(
+            "{why}: {path} failed at {:.3}s: {} {}",
+            bad.at.as_secs_f64(),
+            bad.status.unwrap_or_default(),
+            bad.detail
+        );
+    }
+}
+
+/// Asserts every probe of `path` in `[from, to)` failed with a reason `accept` takes, and
+/// that there was at least one.
+pub fn assert_all_fail(
+    pod: &Pod,
+    path: &str,
+    from: Duration,
+    to: Duration,
+    why: &str,
+    accept: impl Fn(&str) -> bool,
+) {
+    let probes = pod.timeline.probes(path, from, to);
+    assert!(
+        !probes.is_empty(),
+        "{why}: no probe of {path} between {from:?} and {to:?}"
+    );
+    if let Some(bad) = probes
+        .iter()
+        .find(|e| e.passed != Some(false) || !e.reason().is_some_and(&accept))
+    {
+        panic!(
+            "{why}: {path} at {:.3}s answered {} {}",
+            bad.at.as_secs_f64(),
+            bad.status.unwrap_or_default(),
+            bad.detail
+        );
+    }
+}
+
+/// Probes `path` actively for `span` and asserts every probe passes (no flapping).
+pub fn assert_stays_passing(pod: &Pod, path: &str, span: Duration, why: &str) {
+    let from = pod.timeline.now();
+    while pod.timeline.now() < from + span {
+        let o = pod.probe(path);
+        assert!(o.passed(), "{why}: {path} answered {o}");
+        std::thread::sleep(vitals_e2e::pod::POLL);
+    }
+}
+
+/// The worker's instance id as `/status` shows it.
+pub fn instance(pod: &Pod) -> String {
+    let w = pod.worker_status();
+    w.get("instance")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("/status shows no instance for the worker: {w}"))
+        .to_string()
+}
+
+/// A sample of the agent's metrics for worker `model`.
+pub fn worker_metric(pod: &Pod, name: &str) -> Option<f64> {
+    vitals_e2e::client::metric(&pod.metrics(), name, &[("worker", "model")])
+}
+
+/// Says, where the person running the tests sees it, that a scenario could not run here.
+pub fn skip(scenario: &str, why: &str) {
+    report_line(&format!("[{scenario}] SKIPPED: {why}"));
+}
+
+/// Whether any string in `v` (recursively) contains `needle`.
+pub fn json_mentions(v: &Value, needle: &str) -> bool {
+    match v {
+        Value::String(s) => s.contains(needle),
+        Value::Array(a) => a.iter().any(|x| json_mentions(x, needle)),
+        Value::Object(o) => o
+            .iter()
+            .any(|(k, x)| k.contains(needle) || json_mentions(x, needle)),
+        _ => false,
+    }
+}
