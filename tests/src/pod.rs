@@ -82,6 +82,9 @@ pub struct WorkerOptions {
     pub slow_load: Option<Duration>,
     /// `--fault-stuck-load`: loading stops making progress.
     pub stuck_load: bool,
+    /// `--threads`: candle's CPU threads. One by default, so that two scenarios and the
+    /// agents beside them share a 2-core machine without rayon workers spinning on both.
+    pub threads: Option<usize>,
     /// A command the worker runs under (`unshare --pid --fork ...`), empty for none.
     pub wrapper: Vec<String>,
 }
@@ -89,6 +92,7 @@ pub struct WorkerOptions {
 impl Default for WorkerOptions {
     fn default() -> Self {
         Self {
+            threads: Some(1),
             heartbeat_interval: Duration::from_millis(250),
             drain_timeout: Duration::from_secs(10),
             slow_load: None,
@@ -335,6 +339,9 @@ impl Pod {
         }
         if o.stuck_load {
             argv.push("--fault-stuck-load".into());
+        }
+        if let Some(n) = o.threads {
+            argv.extend(["--threads".to_string(), n.to_string()]);
         }
         let log = self.log("worker");
         self.worker = Some(Proc::spawn("worker", &argv, &log, &self.timeline));

@@ -171,7 +171,7 @@ fn s08_drain_under_load() {
     let (done_tx, done) = mpsc::channel();
     for i in 0..HEAVY {
         let (addr, sent_tx, done_tx) = (pod.worker_addr, sent_tx.clone(), done_tx.clone());
-        let body = json!({ "input": vec![format!("{i} {text}"); 8] }).to_string();
+        let body = json!({ "input": vec![format!("{i} {text}"); 4] }).to_string();
         thread::spawn(move || {
             let r = client::request_with(
                 addr,
