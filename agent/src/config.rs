@@ -1,0 +1,377 @@
+//! Command line of `vitals-agent` (clap derive; every flag also from `VITALS_<FLAG>`) and
+//! its validated form, [`Config`], which is all `run` needs to know.
+//!
+//! Values are checked here, once, so a bad flag fails at start with a clear message and a
+//! non-zero exit instead of surprising the kubelet later.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use vitals_proto::WorkerName;
+
+use crate::inject::InjectArgs;
+use crate::status::StatusArgs;
+use crate::verdict::Thresholds;
+
+/// `vitals-agent`: the pod's single probe port.
+#[derive(Debug, Parser)]
+#[command(name = "vitals-agent", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve probes, metrics and /status; accept worker reports on the Unix socket.
+    Run(RunArgs),
+    /// Show the agent's /status as a table (for `kubectl exec`).
+    Status(StatusArgs),
+    /// Rewrite pod specs so Vitals watches their containers.
+    Inject(InjectArgs),
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Flags of `vitals-agent run` (SPEC §5).
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Address of the probe/metrics/status HTTP port.
+    #[arg(long, env = "VITALS_LISTEN", default_value = "0.0.0.0:9180")]
+    pub listen: SocketAddr,
+
+    /// Unix socket workers report to; its folder is created if missing.
+    #[arg(long, env = "VITALS_SOCKET", default_value = "/run/vitals/agent.sock")]
+    pub socket: PathBuf,
+
+    /// File mode of the socket, in octal.
+    #[arg(long, env = "VITALS_SOCKET_MODE", default_value = "0660", value_parser = parse_mode)]
+    pub socket_mode: u32,
+
+    /// A worker that must be ready for /readyz and started for /startupz (repeat the
+    /// flag, or give a comma-separated list in the env var).
+    #[arg(long, env = "VITALS_EXPECT", value_delimiter = ',', value_parser = parse_name)]
+    pub expect: Vec<WorkerName>,
+
+    /// Liveness fails after this long without a heartbeat (also: stopped, silent).
+    #[arg(long, env = "VITALS_HANG_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub hang_timeout: Duration,
+
+    /// Liveness fails when heartbeats arrive but the loop's progress has not moved for this long.
+    #[arg(long, env = "VITALS_STALL_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
+
+    /// Liveness fails when loading/warming has not advanced for this long.
+    #[arg(long, env = "VITALS_LOAD_STALL_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    pub load_stall_timeout: Duration,
+
+    /// Liveness fails after this long continuously in /proc state D.
+    #[arg(long, env = "VITALS_D_STATE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub d_state_timeout: Duration,
+
+    /// How often each worker's /proc entry is sampled.
+    #[arg(long, env = "VITALS_PROC_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub proc_interval: Duration,
+
+    /// After SIGTERM/SIGINT, keep answering for this long (readiness failing), then exit 0.
+    #[arg(long, env = "VITALS_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log line format.
+    #[arg(long, env = "VITALS_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Most HTTP connections served at once; more are closed at once, not queued.
+    #[arg(long, env = "VITALS_MAX_CONNECTIONS", default_value = "1024")]
+    pub max_connections: usize,
+
+    /// An HTTP connection is closed when a request's headers (or the next request on a
+    /// kept-alive connection) take longer than this.
+    #[arg(long, env = "VITALS_HEADER_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+}
+
+/// A value `run` cannot work with, found after parsing.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A duration that must be positive is zero.
+    #[error("--{0} must be greater than zero")]
+    ZeroDuration(&'static str),
+    /// `--max-connections 0` would refuse every probe.
+    #[error("--max-connections must be at least 1")]
+    NoConnections,
+}
+
+/// Validated settings of `vitals-agent run`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Worker socket path.
+    pub socket: PathBuf,
+    /// Worker socket file mode.
+    pub socket_mode: u32,
+    /// Workers that must exist.
+    pub expect: Vec<WorkerName>,
+    /// Verdict bounds.
+    pub thresholds: Thresholds,
+    /// /proc sampling period.
+    pub proc_interval: Duration,
+    /// How long to keep answering after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// HTTP connection cap.
+    pub max_connections: usize,
+    /// HTTP header read (and keep-alive idle) bound.
+    pub header_timeout: Duration,
+}
+
+impl TryFrom<RunArgs> for Config {
+    type Error = ConfigError;
+
+    fn try_from(a: RunArgs) -> Result<Self, ConfigError> {
+        for (name, value) in [
+            ("hang-timeout", a.hang_timeout),
+            ("stall-timeout", a.stall_timeout),
+            ("load-stall-timeout", a.load_stall_timeout),
+            ("d-state-timeout", a.d_state_timeout),
+            ("proc-interval", a.proc_interval),
+            ("header-timeout", a.header_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        if a.max_connections == 0 {
+            return Err(ConfigError::NoConnections);
+        }
+        let mut expect = a.expect;
+        expect.sort();
+        expect.dedup();
+        Ok(Config {
+            listen: a.listen,
+            socket: a.socket,
+            socket_mode: a.socket_mode,
+            expect,
+            thresholds: Thresholds {
+                hang: a.hang_timeout,
+                stall: a.stall_timeout,
+                load_stall: a.load_stall_timeout,
+                d_state: a.d_state_timeout,
+            },
+            proc_interval: a.proc_interval,
+            shutdown_grace: a.shutdown_grace,
+            log_format: a.log_format,
+            max_connections: a.max_connections,
+            header_timeout: a.header_timeout,
+        })
+    }
+}
+
+impl Config {
+    /// The defaults of `vitals-agent run`, as if no flag were given (for tests and
+    /// embedding; ignores the environment).
+    pub fn defaults() -> Self {
+        let args = Cli::try_parse_from(["vitals-agent", "run"])
+            .map(|cli| cli.command)
+            .expect("the defaults of `run` parse");
+        let Command::Run(args) = args else {
+            unreachable!("parsed the `run` subcommand")
+        };
+        Config::try_from(args).expect("the defaults of `run` are valid")
+    }
+}
+
+/// Why a duration flag was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DurationError {
+    /// Nothing given.
+    #[error("empty duration (examples: 250ms, 10s, 1m30s)")]
+    Empty,
+    /// A number with no unit, or an unknown unit.
+    #[error("{0:?}: each number needs a unit: ms, s, m or h (examples: 250ms, 10s, 1m30s)")]
+    BadUnit(String),
+    /// Not a number where one was expected.
+    #[error("{0:?}: expected a number followed by a unit (examples: 250ms, 10s, 1m30s)")]
+    BadNumber(String),
+    /// Larger than a day: surely a typo for a probe bound.
+    #[error("{0:?} is longer than 24h")]
+    TooLong(String),
+}
+
+/// Parses `250ms`, `10s`, `1.5s`, `1m`, `2h`, `1m30s`: numbers each followed by a unit.
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(DurationError::Empty);
+    }
+    let mut total = 0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (num, after) = rest.split_at(num_len);
+        if num.is_empty() {
+            return Err(DurationError::BadNumber(text.to_owned()));
+        }
+        let value: f64 = num
+            .parse()
+            .map_err(|_| DurationError::BadNumber(text.to_owned()))?;
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        let scale = match unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(DurationError::BadUnit(text.to_owned())),
+        };
+        total += value * scale;
+        rest = next;
+    }
+    if total > 86_400.0 {
+        return Err(DurationError::TooLong(text.to_owned()));
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// Parses an octal file mode such as `0660` or `660`.
+pub fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.trim().trim_start_matches("0o");
+    let mode = u32::from_str_radix(digits, 8)
+        .map_err(|_| format!("{text:?} is not an octal file mode (example: 0660)"))?;
+    if mode > 0o777 {
+        return Err(format!(
+            "{text:?}: only permission bits (at most 0777) are allowed"
+        ));
+    }
+    Ok(mode)
+}
+
+fn parse_name(text: &str) -> Result<WorkerName, String> {
+    WorkerName::parse(text.trim()).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["vitals-agent", "run"].iter().chain(args))?;
+        match cli.command {
+            Command::Run(a) => Ok(a),
+            _ => unreachable!("parsed run"),
+        }
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        let ms = Duration::from_millis;
+        assert_eq!(parse_duration("250ms"), Ok(ms(250)));
+        assert_eq!(parse_duration("10s"), Ok(ms(10_000)));
+        assert_eq!(parse_duration("1.5s"), Ok(ms(1500)));
+        assert_eq!(parse_duration("1m"), Ok(ms(60_000)));
+        assert_eq!(parse_duration("1m30s"), Ok(ms(90_000)));
+        assert_eq!(parse_duration("2h"), Ok(ms(7_200_000)));
+        assert_eq!(parse_duration(" 0s "), Ok(ms(0)));
+    }
+
+    #[test]
+    fn bad_durations_are_refused_with_a_reason() {
+        assert_eq!(parse_duration(""), Err(DurationError::Empty));
+        assert!(matches!(
+            parse_duration("10"),
+            Err(DurationError::BadUnit(_))
+        ));
+        assert!(matches!(
+            parse_duration("10sec"),
+            Err(DurationError::BadUnit(_))
+        ));
+        assert!(matches!(
+            parse_duration("s"),
+            Err(DurationError::BadNumber(_))
+        ));
+        assert!(matches!(
+            parse_duration("1..2s"),
+            Err(DurationError::BadNumber(_))
+        ));
+        assert!(matches!(
+            parse_duration("-1s"),
+            Err(DurationError::BadNumber(_))
+        ));
+        assert!(matches!(
+            parse_duration("25h"),
+            Err(DurationError::TooLong(_))
+        ));
+    }
+
+    #[test]
+    fn modes_are_octal_permission_bits() {
+        assert_eq!(parse_mode("0660"), Ok(0o660));
+        assert_eq!(parse_mode("600"), Ok(0o600));
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("4777").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::defaults();
+        assert_eq!(c.listen, "0.0.0.0:9180".parse().expect("addr"));
+        assert_eq!(c.socket, PathBuf::from("/run/vitals/agent.sock"));
+        assert_eq!(c.socket_mode, 0o660);
+        assert_eq!(c.thresholds.hang, Duration::from_secs(10));
+        assert_eq!(c.thresholds.stall, Duration::from_secs(30));
+        assert_eq!(c.thresholds.load_stall, Duration::from_secs(300));
+        assert_eq!(c.thresholds.d_state, Duration::from_secs(30));
+        assert_eq!(c.proc_interval, Duration::from_secs(1));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert!(c.expect.is_empty());
+    }
+
+    #[test]
+    fn expect_repeats_and_takes_comma_lists() {
+        let a = run_args(&["--expect", "model", "--expect", "b,c"]).expect("parses");
+        let names: Vec<_> = a.expect.iter().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["model", "b", "c"]);
+        assert!(run_args(&["--expect", "Bad_Name"]).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for bad in [
+            &["--hang-timeout", "10"][..],
+            &["--listen", "nowhere"],
+            &["--socket-mode", "abc"],
+            &["--log-format", "xml"],
+            &["--max-connections", "-1"],
+        ] {
+            assert!(run_args(bad).is_err(), "{bad:?} must be refused");
+        }
+        let zero = run_args(&["--proc-interval", "0s"]).expect("parses");
+        assert_eq!(
+            Config::try_from(zero).err(),
+            Some(ConfigError::ZeroDuration("proc-interval"))
+        );
+        let none = run_args(&["--max-connections", "0"]).expect("parses");
+        assert_eq!(
+            Config::try_from(none).err(),
+            Some(ConfigError::NoConnections)
+        );
+    }
+}

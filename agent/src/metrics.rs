@@ -1,0 +1,422 @@
+//! Prometheus metrics (SPEC §4, §7): registered handles, updated from registry snapshots
+//! and verdicts, plus the few event counters (probes, protocol errors, hangs).
+//!
+//! Per-worker gauges are a view of the snapshot, refreshed by the ticker and just before
+//! each scrape; counters that mirror a worker's own monotonic numbers (progress, CPU
+//! time, restarts) advance by deltas, so they never go backwards across a restart.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use prometheus::core::Collector;
+use prometheus::{
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use vitals_proto::{ErrorCode, Phase};
+
+use crate::registry::State;
+use crate::verdict::{LiveReason, Probe, Verdicts};
+
+/// The metric name prefix.
+const NAMESPACE: &str = "vitals";
+
+/// Probe latency buckets: answers take microseconds; anything near 10 ms is a problem.
+const PROBE_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1,
+];
+
+/// How far each worker's mirrored counters have been advanced.
+#[derive(Debug, Default)]
+struct Cursor {
+    instance: String,
+    progress: u64,
+    cpu_seconds: f64,
+    restarts: u64,
+}
+
+/// The agent's metric handles and their registry.
+pub struct Metrics {
+    registry: Registry,
+    probe_requests: IntCounterVec,
+    probe_duration: HistogramVec,
+    connected: IntGaugeVec,
+    ready: IntGaugeVec,
+    live: IntGaugeVec,
+    phase: IntGaugeVec,
+    heartbeat_age: GaugeVec,
+    progress: IntCounterVec,
+    pending: IntGaugeVec,
+    in_flight: IntGaugeVec,
+    restarts: IntCounterVec,
+    hangs: IntCounterVec,
+    startup_seconds: GaugeVec,
+    cpu: CounterVec,
+    rss: IntGaugeVec,
+    threads: IntGaugeVec,
+    protocol_errors: IntCounterVec,
+    unknown_messages: IntCounter,
+    cursors: Mutex<HashMap<String, Cursor>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(NAMESPACE)
+}
+
+impl Metrics {
+    /// Registers every metric (and the agent's own `process_*` collector).
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let register = |c: Box<dyn Collector>| {
+            registry
+                .register(c)
+                .expect("metric names are distinct constants, registered once");
+        };
+        macro_rules! metric {
+            ($ty:ty, $name:expr, $help:expr, $labels:expr) => {{
+                let m = <$ty>::new(opts($name, $help), $labels)
+                    .expect("metric options are valid constants");
+                register(Box::new(m.clone()));
+                m
+            }};
+        }
+        let w = &["worker"];
+        let probe_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "probe_duration_seconds",
+                "Time to answer a probe, from request to response body.",
+            )
+            .namespace(NAMESPACE)
+            .buckets(PROBE_BUCKETS.to_vec()),
+            &["probe"],
+        )
+        .expect("histogram options are valid constants");
+        register(Box::new(probe_duration.clone()));
+        let protocol_errors = metric!(
+            IntCounterVec,
+            "protocol_errors_total",
+            "Worker connections closed for breaking protocol v1, by error code.",
+            &["code"]
+        );
+        for code in ErrorCode::ALL {
+            protocol_errors.with_label_values(&[code.as_str()]);
+        }
+        let unknown_messages = IntCounter::with_opts(opts(
+            "protocol_unknown_messages_total",
+            "Worker messages ignored because their type is missing or unknown.",
+        ))
+        .expect("metric options are valid constants");
+        register(Box::new(unknown_messages.clone()));
+        register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+        Self {
+            probe_requests: metric!(
+                IntCounterVec,
+                "probe_requests_total",
+                "Probe requests answered, by probe (livez, readyz, startupz), target (agent, _all or a worker) and result (pass, fail).",
+                &["probe", "target", "result"]
+            ),
+            probe_duration,
+            connected: metric!(IntGaugeVec, "worker_connected", "1 while the worker has an open connection.", w),
+            ready: metric!(IntGaugeVec, "worker_ready", "1 while the worker's readiness verdict passes.", w),
+            live: metric!(IntGaugeVec, "worker_live", "1 while the worker's liveness verdict passes.", w),
+            phase: metric!(
+                IntGaugeVec,
+                "worker_phase",
+                "1 for the worker's current lifecycle phase, 0 for the others.",
+                &["worker", "phase"]
+            ),
+            heartbeat_age: metric!(
+                GaugeVec,
+                "worker_heartbeat_age_seconds",
+                "Seconds since the worker's last heartbeat (or hello).",
+                w
+            ),
+            progress: metric!(
+                IntCounterVec,
+                "worker_progress_total",
+                "Inference-loop iterations reported in heartbeats.",
+                w
+            ),
+            pending: metric!(IntGaugeVec, "worker_pending", "Work queued in the worker, not yet started.", w),
+            in_flight: metric!(IntGaugeVec, "worker_in_flight", "Work the worker is computing now.", w),
+            restarts: metric!(
+                IntCounterVec,
+                "worker_restarts_total",
+                "New instances of the worker after the first.",
+                w
+            ),
+            hangs: metric!(
+                IntCounterVec,
+                "worker_hangs_total",
+                "Times the worker's liveness started failing, by reason.",
+                &["worker", "reason"]
+            ),
+            startup_seconds: metric!(
+                GaugeVec,
+                "worker_startup_seconds",
+                "Seconds from the current instance's hello to its first ready.",
+                w
+            ),
+            cpu: metric!(
+                CounterVec,
+                "worker_process_cpu_seconds_total",
+                "User and system CPU time of the worker's process, from /proc.",
+                w
+            ),
+            rss: metric!(
+                IntGaugeVec,
+                "worker_process_resident_memory_bytes",
+                "Resident memory of the worker's process, from /proc.",
+                w
+            ),
+            threads: metric!(IntGaugeVec, "worker_process_threads", "Threads of the worker's process, from /proc.", w),
+            protocol_errors,
+            unknown_messages,
+            cursors: Mutex::default(),
+            registry,
+        }
+    }
+
+    /// Counts one answered probe.
+    pub fn probe(&self, probe: Probe, target: &str, ok: bool, took: Duration) {
+        let result = if ok { "pass" } else { "fail" };
+        self.probe_requests
+            .with_label_values(&[probe.as_str(), target, result])
+            .inc();
+        self.probe_duration
+            .with_label_values(&[probe.as_str()])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a protocol error.
+    pub fn protocol_error(&self, code: ErrorCode) {
+        self.protocol_errors
+            .with_label_values(&[code.as_str()])
+            .inc();
+    }
+
+    /// Counts an ignored message of unknown type.
+    pub fn unknown_message(&self) {
+        self.unknown_messages.inc();
+    }
+
+    /// Counts a worker's liveness starting to fail.
+    pub fn hang(&self, worker: &str, reason: LiveReason) {
+        self.hangs
+            .with_label_values(&[worker, reason.as_str()])
+            .inc();
+    }
+
+    /// Brings the per-worker metrics up to date with `state` and `verdicts` at `now`.
+    pub fn refresh(&self, state: &State, verdicts: &Verdicts, now: Instant) {
+        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+        for (name, worker) in &state.workers {
+            let n = name.as_str();
+            let l = &[n];
+            let flag = |b: bool| i64::from(b);
+            let v = verdicts.get(n);
+            self.connected
+                .with_label_values(l)
+                .set(flag(worker.conn.is_some()));
+            self.ready
+                .with_label_values(l)
+                .set(flag(v.is_some_and(|v| v.ready.is_ok())));
+            self.live
+                .with_label_values(l)
+                .set(flag(v.is_some_and(|v| v.live.is_ok())));
+            for reason in LiveReason::ALL {
+                self.hangs.with_label_values(&[n, reason.as_str()]);
+            }
+            let inst = worker.instance.as_ref();
+            let current = inst.and_then(|i| i.phase());
+            for p in Phase::ALL {
+                self.phase
+                    .with_label_values(&[n, p.as_str()])
+                    .set(flag(current == Some(p)));
+            }
+            let cursor = cursors.entry(n.to_owned()).or_default();
+            let restarts = self.restarts.with_label_values(l);
+            restarts.inc_by(worker.restarts.saturating_sub(cursor.restarts));
+            cursor.restarts = cursor.restarts.max(worker.restarts);
+            let progress = self.progress.with_label_values(l);
+            let cpu = self.cpu.with_label_values(l);
+            let Some(inst) = inst else {
+                // Expected, never seen: the series exist, at zero.
+                for g in [&self.pending, &self.in_flight, &self.rss, &self.threads] {
+                    g.with_label_values(l);
+                }
+                continue;
+            };
+            if cursor.instance != inst.hello.instance {
+                // A new instance counts from zero; the counters keep their sums.
+                cursor.instance = inst.hello.instance.clone();
+                cursor.progress = 0;
+                cursor.cpu_seconds = 0.0;
+            }
+            self.heartbeat_age.with_label_values(l).set(
+                now.saturating_duration_since(inst.heartbeat_at)
+                    .as_secs_f64(),
+            );
+            match inst.ready_at {
+                Some(at) => self.startup_seconds.with_label_values(l).set(
+                    at.saturating_duration_since(inst.first_hello_at)
+                        .as_secs_f64(),
+                ),
+                None => {
+                    // Not known for the current instance (yet).
+                    let _ = self.startup_seconds.remove_label_values(l);
+                }
+            }
+            let beat = inst
+                .heartbeat
+                .map_or((0, 0, 0), |b| (b.progress, b.pending, b.in_flight));
+            progress.inc_by(beat.0.saturating_sub(cursor.progress));
+            cursor.progress = cursor.progress.max(beat.0);
+            self.pending.with_label_values(l).set(clamp(beat.1));
+            self.in_flight.with_label_values(l).set(clamp(beat.2));
+            match inst.proc.latest.as_ref() {
+                Some(s) => {
+                    let delta = s.cpu_seconds - cursor.cpu_seconds;
+                    if delta > 0.0 {
+                        cpu.inc_by(delta);
+                        cursor.cpu_seconds = s.cpu_seconds;
+                    }
+                    self.rss.with_label_values(l).set(clamp(s.rss_bytes));
+                    self.threads.with_label_values(l).set(clamp(s.threads));
+                }
+                None => {
+                    self.rss.with_label_values(l);
+                    self.threads.with_label_values(l);
+                }
+            }
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::tests::{beat, hello, name, phase, PEER};
+    use crate::verdict::{evaluate, AgentInput, Thresholds};
+
+    fn text(m: &Metrics) -> String {
+        String::from_utf8(m.encode()).expect("utf8")
+    }
+
+    #[test]
+    fn names_and_labels_follow_the_spec() {
+        let m = Metrics::new();
+        let t0 = Instant::now();
+        let mut s = State::new(&[name("model")]);
+        s.hello(&hello("model", "a"), PEER, 1, t0).expect("free");
+        s.message(&name("model"), 1, phase(Phase::Ready, None), t0);
+        s.message(&name("model"), 1, beat(5), t0);
+        let th = Thresholds {
+            hang: Duration::from_secs(10),
+            stall: Duration::from_secs(30),
+            load_stall: Duration::from_secs(300),
+            d_state: Duration::from_secs(30),
+        };
+        let agent = AgentInput {
+            shutting_down: false,
+            last_tick: t0,
+        };
+        m.refresh(&s, &evaluate(&s, agent, &th, t0), t0);
+        m.probe(Probe::Ready, "_all", true, Duration::from_micros(20));
+        let out = text(&m);
+        for want in [
+            "vitals_probe_requests_total{probe=\"readyz\",result=\"pass\",target=\"_all\"} 1",
+            "vitals_probe_duration_seconds_bucket{probe=\"readyz\",le=\"0.00005\"} 1",
+            "vitals_worker_connected{worker=\"model\"} 1",
+            "vitals_worker_ready{worker=\"model\"} 1",
+            "vitals_worker_live{worker=\"model\"} 1",
+            "vitals_worker_phase{phase=\"ready\",worker=\"model\"} 1",
+            "vitals_worker_phase{phase=\"loading\",worker=\"model\"} 0",
+            "vitals_worker_heartbeat_age_seconds{worker=\"model\"} 0",
+            "vitals_worker_progress_total{worker=\"model\"} 5",
+            "vitals_worker_pending{worker=\"model\"} 0",
+            "vitals_worker_in_flight{worker=\"model\"} 0",
+            "vitals_worker_restarts_total{worker=\"model\"} 0",
+            "vitals_worker_hangs_total{reason=\"heartbeat_timeout\",worker=\"model\"} 0",
+            "vitals_worker_startup_seconds{worker=\"model\"} 0",
+            "vitals_worker_process_resident_memory_bytes{worker=\"model\"} 0",
+            "vitals_worker_process_threads{worker=\"model\"} 0",
+            "vitals_protocol_errors_total{code=\"too_large\"} 0",
+            "vitals_protocol_unknown_messages_total 0",
+            "process_resident_memory_bytes ",
+            "process_cpu_seconds_total ",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in\n{out}");
+        }
+    }
+
+    #[test]
+    fn unknown_values_are_omitted_and_counters_survive_restarts() {
+        let m = Metrics::new();
+        let t0 = Instant::now();
+        let th = Thresholds {
+            hang: Duration::from_secs(10),
+            stall: Duration::from_secs(30),
+            load_stall: Duration::from_secs(300),
+            d_state: Duration::from_secs(30),
+        };
+        let agent = AgentInput {
+            shutting_down: false,
+            last_tick: t0,
+        };
+        let mut s = State::new(&[name("model")]);
+        let refresh = |s: &State| m.refresh(s, &evaluate(s, agent, &th, t0), t0);
+        refresh(&s);
+        let out = text(&m);
+        assert!(out.contains("vitals_worker_connected{worker=\"model\"} 0"));
+        assert!(!out.contains("vitals_worker_heartbeat_age_seconds{"));
+        assert!(!out.contains("vitals_worker_startup_seconds{"));
+        let model = name("model");
+        s.hello(&hello("model", "a"), PEER, 1, t0).expect("free");
+        s.message(&model, 1, beat(10), t0);
+        s.message(&model, 1, phase(Phase::Ready, None), t0);
+        refresh(&s);
+        s.disconnect(&model, 1, t0);
+        s.hello(&hello("model", "b"), PEER, 2, t0).expect("free");
+        s.message(&model, 2, beat(3), t0);
+        refresh(&s);
+        let out = text(&m);
+        assert!(
+            out.contains("vitals_worker_progress_total{worker=\"model\"} 13"),
+            "{out}"
+        );
+        assert!(out.contains("vitals_worker_restarts_total{worker=\"model\"} 1"));
+        assert!(
+            !out.contains("vitals_worker_startup_seconds{"),
+            "new instance not ready yet"
+        );
+    }
+}

@@ -1,0 +1,621 @@
+//! Worker instances and their latest reported and observed state: the one place the
+//! socket server and the /proc watcher write, and the snapshot verdicts are computed from.
+//!
+//! [`State`] is plain data with methods that take `now`, so every SPEC §7 clock rule is
+//! unit-testable without sockets or sleeps. The clocks kept here:
+//! - heartbeat clock (`heartbeat_at`): starts at `hello`, restarts at each heartbeat;
+//! - loop-progress clock (`loop_clock`): starts at a connection's first heartbeat,
+//!   restarts when `progress` moves or the phase becomes `ready`;
+//! - load clock (`load_clock`): restarts when the phase or `progress.done` changes.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use vitals_proto::message::{
+    CheckReport, Heartbeat, Hello, PhaseReport, ValidHello, WorkerMessage,
+};
+use vitals_proto::{Phase, WorkerName};
+
+use crate::procwatch::{ProcSample, SampleError};
+
+/// Identifies one socket connection for the life of the agent.
+pub type ConnId = u64;
+
+/// The peer's credentials from SO_PEERCRED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Pid in the agent's PID namespace; 0 when the peer is in another one.
+    pub pid: u32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// Whether /proc can be used for an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcMode {
+    /// Sampling this pid.
+    On(u32),
+    /// /proc checks are off, and why (shown in `/status`).
+    Off(&'static str),
+}
+
+/// What /proc has shown of an instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcView {
+    /// Whether /proc is used.
+    pub mode: ProcMode,
+    /// Start time from the first sample after `hello`: identifies the process.
+    pub start_time: Option<u64>,
+    /// The latest sample.
+    pub latest: Option<ProcSample>,
+    /// The sample before it (CPU-time deltas).
+    pub previous: Option<ProcSample>,
+    /// The process has exited (or its pid now belongs to another process).
+    pub gone: bool,
+    /// First sample of the current uninterrupted run of `T` samples.
+    pub stopped_since: Option<Instant>,
+    /// First sample of the current uninterrupted run of `D` samples.
+    pub d_since: Option<Instant>,
+    /// The last sampling error other than "gone".
+    pub error: Option<String>,
+}
+
+impl ProcView {
+    fn new(pid: u32) -> Self {
+        Self {
+            mode: if pid == 0 {
+                ProcMode::Off("peer is in another PID namespace (SO_PEERCRED pid 0)")
+            } else {
+                ProcMode::On(pid)
+            },
+            start_time: None,
+            latest: None,
+            previous: None,
+            gone: false,
+            stopped_since: None,
+            d_since: None,
+            error: None,
+        }
+    }
+}
+
+/// One process start of a worker, as reported and observed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    /// The `hello` that started it (its `pid` is the worker's own claim).
+    pub hello: Hello,
+    /// Credentials of its latest connection.
+    pub peer: PeerCred,
+    /// When this instance first said hello.
+    pub first_hello_at: Instant,
+    /// When its latest connection said hello.
+    pub hello_at: Instant,
+    /// Whether a connection of this instance is open.
+    pub connected: bool,
+    /// When its latest connection closed.
+    pub disconnected_at: Option<Instant>,
+    /// Latest phase report.
+    pub phase: Option<PhaseReport>,
+    /// Latest value of each check.
+    pub checks: BTreeMap<String, CheckReport>,
+    /// Latest heartbeat.
+    pub heartbeat: Option<Heartbeat>,
+    /// Heartbeat clock.
+    pub heartbeat_at: Instant,
+    /// Loop-progress clock; `None` until the connection's first heartbeat.
+    pub loop_clock: Option<Instant>,
+    /// Load clock.
+    pub load_clock: Instant,
+    /// When it first reached `ready` (startup passes from then on).
+    pub ready_at: Option<Instant>,
+    /// Messages received, all connections.
+    pub messages: u64,
+    /// Connections that said hello for this instance.
+    pub connections: u64,
+    /// /proc observations.
+    pub proc: ProcView,
+}
+
+impl Instance {
+    fn new(hello: Hello, peer: PeerCred, now: Instant) -> Self {
+        Self {
+            hello,
+            proc: ProcView::new(peer.pid),
+            peer,
+            first_hello_at: now,
+            hello_at: now,
+            connected: true,
+            disconnected_at: None,
+            phase: None,
+            checks: BTreeMap::new(),
+            heartbeat: None,
+            heartbeat_at: now,
+            loop_clock: None,
+            load_clock: now,
+            ready_at: None,
+            messages: 0,
+            connections: 1,
+        }
+    }
+
+    /// The current phase, if reported.
+    pub fn phase(&self) -> Option<Phase> {
+        self.phase.as_ref().map(|p| p.phase)
+    }
+}
+
+/// A worker name the agent knows: expected, seen, or both.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Worker {
+    /// Named by `--expect`.
+    pub expected: bool,
+    /// The current instance; `None` until one says hello.
+    pub instance: Option<Instance>,
+    /// The connection currently holding the name.
+    pub conn: Option<ConnId>,
+    /// New instances after the first.
+    pub restarts: u64,
+}
+
+/// What a `hello` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloOutcome {
+    /// The first instance under this name.
+    New,
+    /// A new instance replaced an old one: a restart.
+    Restart,
+    /// The same instance reconnected; its state continues.
+    Continue,
+}
+
+/// The name is held by a connection that is still open (as far as the registry knows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("worker name is held by connection {holder}")]
+pub struct NameHeld {
+    /// The connection holding the name.
+    pub holder: ConnId,
+}
+
+/// A pid to sample, tagged so a late result is not applied to a newer instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcTarget {
+    /// Worker name.
+    pub worker: WorkerName,
+    /// Instance id at the time the target was listed.
+    pub instance: String,
+    /// Pid to sample.
+    pub pid: u32,
+}
+
+/// Everything the agent knows about workers: the snapshot verdicts are computed from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct State {
+    /// Known workers by name.
+    pub workers: BTreeMap<WorkerName, Worker>,
+}
+
+impl State {
+    /// A registry knowing the expected workers.
+    pub fn new(expected: &[WorkerName]) -> Self {
+        let workers = expected
+            .iter()
+            .map(|name| {
+                let worker = Worker {
+                    expected: true,
+                    ..Worker::default()
+                };
+                (name.clone(), worker)
+            })
+            .collect();
+        Self { workers }
+    }
+
+    /// Registers a connection's `hello`. Fails when another connection holds the name;
+    /// the caller checks whether that one has hung up, and if so calls
+    /// [`State::disconnect`] for it and retries.
+    pub fn hello(
+        &mut self,
+        valid: &ValidHello,
+        peer: PeerCred,
+        conn: ConnId,
+        now: Instant,
+    ) -> Result<HelloOutcome, NameHeld> {
+        let worker = self.workers.entry(valid.name.clone()).or_default();
+        if let Some(holder) = worker.conn {
+            return Err(NameHeld { holder });
+        }
+        worker.conn = Some(conn);
+        let hello = valid.hello.clone();
+        match &mut worker.instance {
+            Some(inst) if inst.hello.instance == hello.instance => {
+                // Same process again (reconnect or agent restart): state continues, but the
+                // per-connection clocks start over.
+                if inst.peer.pid != peer.pid {
+                    inst.proc = ProcView::new(peer.pid);
+                }
+                inst.hello = hello;
+                inst.peer = peer;
+                inst.hello_at = now;
+                inst.connected = true;
+                inst.disconnected_at = None;
+                inst.heartbeat_at = now;
+                inst.loop_clock = None;
+                inst.connections += 1;
+                Ok(HelloOutcome::Continue)
+            }
+            Some(_) => {
+                worker.instance = Some(Instance::new(hello, peer, now));
+                worker.restarts += 1;
+                Ok(HelloOutcome::Restart)
+            }
+            None => {
+                worker.instance = Some(Instance::new(hello, peer, now));
+                Ok(HelloOutcome::New)
+            }
+        }
+    }
+
+    /// Applies a message from the connection `conn` holding `name`. Messages from a
+    /// connection that no longer holds the name are dropped.
+    pub fn message(&mut self, name: &WorkerName, conn: ConnId, msg: WorkerMessage, now: Instant) {
+        let Some(worker) = self.workers.get_mut(name) else {
+            return;
+        };
+        if worker.conn != Some(conn) {
+            return;
+        }
+        let Some(inst) = worker.instance.as_mut() else {
+            return;
+        };
+        inst.messages += 1;
+        match msg {
+            WorkerMessage::Phase(report) => apply_phase(inst, report, now),
+            WorkerMessage::Check(check) => {
+                inst.checks.insert(check.name.clone(), check);
+            }
+            WorkerMessage::Heartbeat(beat) => {
+                inst.heartbeat_at = now;
+                let moved = inst
+                    .heartbeat
+                    .is_none_or(|prev| prev.progress != beat.progress);
+                if inst.loop_clock.is_none() || moved {
+                    inst.loop_clock = Some(now);
+                }
+                inst.heartbeat = Some(beat);
+            }
+            // A second hello is refused by the decoder, unknown types by the caller.
+            WorkerMessage::Hello(_) | WorkerMessage::Unknown { .. } => {}
+        }
+    }
+
+    /// The connection `conn` of `name` closed. A connection that no longer holds the
+    /// name (already replaced) changes nothing.
+    pub fn disconnect(&mut self, name: &WorkerName, conn: ConnId, now: Instant) {
+        let Some(worker) = self.workers.get_mut(name) else {
+            return;
+        };
+        if worker.conn != Some(conn) {
+            return;
+        }
+        worker.conn = None;
+        if let Some(inst) = worker.instance.as_mut() {
+            inst.connected = false;
+            inst.disconnected_at = Some(now);
+        }
+    }
+
+    /// Pids to sample: every instance with /proc on whose process is not known gone.
+    pub fn proc_targets(&self) -> Vec<ProcTarget> {
+        self.workers
+            .iter()
+            .filter_map(|(name, w)| {
+                let inst = w.instance.as_ref()?;
+                match inst.proc.mode {
+                    ProcMode::On(pid) if !inst.proc.gone => Some(ProcTarget {
+                        worker: name.clone(),
+                        instance: inst.hello.instance.clone(),
+                        pid,
+                    }),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Records a /proc sample taken for `target`.
+    pub fn apply_sample(&mut self, target: &ProcTarget, result: Result<ProcSample, SampleError>) {
+        let Some(inst) = self
+            .workers
+            .get_mut(&target.worker)
+            .and_then(|w| w.instance.as_mut())
+        else {
+            return;
+        };
+        if inst.hello.instance != target.instance || inst.proc.mode != ProcMode::On(target.pid) {
+            return;
+        }
+        let heartbeat_at = inst.heartbeat_at;
+        let view = &mut inst.proc;
+        let sample = match result {
+            Ok(sample) => sample,
+            Err(SampleError::Gone(_)) => {
+                view.gone = true;
+                return;
+            }
+            Err(e @ SampleError::Unreadable { .. }) => {
+                view.error = Some(e.to_string());
+                return;
+            }
+        };
+        view.error = None;
+        let start = *view.start_time.get_or_insert(sample.start_time);
+        if sample.is_dead() || sample.start_time != start {
+            view.gone = true;
+        }
+        // A run of T or D samples continues only while no heartbeat came in between:
+        // a heartbeat proves the process ran since the previous sample.
+        let unbroken = view
+            .latest
+            .as_ref()
+            .is_some_and(|prev| prev.taken_at >= heartbeat_at);
+        view.stopped_since = match view.stopped_since {
+            Some(since) if sample.is_stopped() && unbroken => Some(since),
+            _ if sample.is_stopped() => Some(sample.taken_at),
+            _ => None,
+        };
+        view.d_since = match view.d_since {
+            Some(since) if sample.is_uninterruptible() && unbroken => Some(since),
+            _ if sample.is_uninterruptible() => Some(sample.taken_at),
+            _ => None,
+        };
+        view.previous = view.latest.replace(sample);
+    }
+}
+
+fn apply_phase(inst: &mut Instance, report: PhaseReport, now: Instant) {
+    let old = inst.phase.as_ref();
+    if old.is_some_and(|p| p.phase == Phase::Failed) {
+        // Terminal until a new instance says hello (SPEC §7).
+        return;
+    }
+    let done = |p: Option<&PhaseReport>| p.and_then(|p| p.progress.as_ref().map(|g| g.done));
+    let old_phase = old.map(|p| p.phase);
+    if old_phase != Some(report.phase) || done(old) != done(Some(&report)) {
+        inst.load_clock = now;
+    }
+    if report.phase == Phase::Ready && old_phase != Some(Phase::Ready) {
+        // A loop that only starts after loading is not already stalled.
+        inst.loop_clock = Some(now);
+        inst.ready_at.get_or_insert(now);
+    }
+    inst.phase = Some(report);
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::time::Duration;
+
+    use vitals_proto::message::{decode_hello, Progress};
+
+    use super::*;
+
+    pub(crate) fn hello(name: &str, instance: &str) -> ValidHello {
+        let line = format!(
+            r#"{{"type":"hello","v":1,"worker":"{name}","instance":"{instance}","pid":7,"version":"1.0","heartbeat_ms":1000}}"#
+        );
+        decode_hello(line.as_bytes()).expect("valid hello")
+    }
+
+    pub(crate) const PEER: PeerCred = PeerCred {
+        pid: 4242,
+        uid: 1000,
+        gid: 1000,
+    };
+
+    pub(crate) fn name(n: &str) -> WorkerName {
+        WorkerName::parse(n).expect("valid name")
+    }
+
+    pub(crate) fn phase(p: Phase, done: Option<u64>) -> WorkerMessage {
+        WorkerMessage::Phase(PhaseReport {
+            phase: p,
+            detail: String::new(),
+            progress: done.map(|done| Progress {
+                done,
+                total: Some(100),
+                unit: "layers".into(),
+            }),
+        })
+    }
+
+    pub(crate) fn beat(progress: u64) -> WorkerMessage {
+        WorkerMessage::Heartbeat(Heartbeat {
+            seq: progress,
+            progress,
+            pending: 0,
+            in_flight: 0,
+        })
+    }
+
+    #[test]
+    fn restart_replaces_state_and_counts() {
+        let t0 = Instant::now();
+        let mut s = State::new(&[name("model")]);
+        let m = name("model");
+        assert_eq!(
+            s.hello(&hello("model", "a"), PEER, 1, t0),
+            Ok(HelloOutcome::New)
+        );
+        s.message(&m, 1, phase(Phase::Ready, None), t0);
+        s.disconnect(&m, 1, t0);
+        assert_eq!(
+            s.hello(&hello("model", "b"), PEER, 2, t0),
+            Ok(HelloOutcome::Restart)
+        );
+        let w = &s.workers[&m];
+        assert_eq!(w.restarts, 1);
+        let inst = w.instance.as_ref().expect("instance");
+        assert_eq!(inst.phase, None);
+        assert_eq!(inst.ready_at, None);
+    }
+
+    #[test]
+    fn reconnect_continues_and_restarts_connection_clocks() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(5);
+        let m = name("model");
+        let mut s = State::default();
+        s.hello(&hello("model", "a"), PEER, 1, t0).expect("free");
+        s.message(&m, 1, phase(Phase::Ready, None), t0);
+        s.message(&m, 1, beat(3), t0);
+        s.disconnect(&m, 1, t0);
+        assert_eq!(
+            s.hello(&hello("model", "a"), PEER, 2, t1),
+            Ok(HelloOutcome::Continue)
+        );
+        let inst = s.workers[&m].instance.as_ref().expect("instance");
+        assert_eq!(inst.phase(), Some(Phase::Ready));
+        assert_eq!(inst.ready_at, Some(t0));
+        assert_eq!(inst.heartbeat_at, t1);
+        assert_eq!(inst.loop_clock, None, "starts at the first heartbeat");
+        assert!(inst.connected);
+        assert_eq!(s.workers[&m].restarts, 0);
+    }
+
+    #[test]
+    fn a_held_name_is_refused_and_stale_connections_are_ignored() {
+        let t0 = Instant::now();
+        let m = name("model");
+        let mut s = State::default();
+        s.hello(&hello("model", "a"), PEER, 1, t0).expect("free");
+        assert_eq!(
+            s.hello(&hello("model", "b"), PEER, 2, t0),
+            Err(NameHeld { holder: 1 })
+        );
+        s.disconnect(&m, 1, t0);
+        s.hello(&hello("model", "b"), PEER, 2, t0)
+            .expect("free now");
+        // Late lines and EOF of the replaced connection change nothing.
+        s.message(&m, 1, phase(Phase::Failed, None), t0);
+        s.disconnect(&m, 1, t0);
+        let w = &s.workers[&m];
+        assert_eq!(w.conn, Some(2));
+        assert_eq!(w.instance.as_ref().and_then(Instance::phase), None);
+    }
+
+    #[test]
+    fn load_clock_moves_with_phase_and_done_only() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let m = name("model");
+        let mut s = State::default();
+        s.hello(&hello("model", "a"), PEER, 1, t0).expect("free");
+        let clock = |s: &State| s.workers[&m].instance.as_ref().expect("i").load_clock;
+        s.message(&m, 1, phase(Phase::Loading, Some(1)), at(1));
+        assert_eq!(clock(&s), at(1));
+        s.message(&m, 1, phase(Phase::Loading, Some(1)), at(2));
+        assert_eq!(clock(&s), at(1), "same done: no move");
+        s.message(&m, 1, phase(Phase::Loading, Some(2)), at(3));
+        assert_eq!(clock(&s), at(3));
+        s.message(&m, 1, phase(Phase::Warming, Some(2)), at(4));
+        assert_eq!(clock(&s), at(4), "phase change");
+    }
+
+    #[test]
+    fn failed_is_terminal_for_the_instance() {
+        let t0 = Instant::now();
+        let m = name("model");
+        let mut s = State::default();
+        s.hello(&hello("model", "a"), PEER, 1, t0).expect("free");
+        s.message(&m, 1, phase(Phase::Failed, None), t0);
+        s.message(&m, 1, phase(Phase::Ready, None), t0);
+        let phase_now = |s: &State| s.workers[&m].instance.as_ref().and_then(Instance::phase);
+        assert_eq!(phase_now(&s), Some(Phase::Failed));
+        s.disconnect(&m, 1, t0);
+        s.hello(&hello("model", "b"), PEER, 2, t0).expect("free");
+        s.message(&m, 2, phase(Phase::Ready, None), t0);
+        assert_eq!(phase_now(&s), Some(Phase::Ready));
+    }
+
+    #[test]
+    fn loop_clock_starts_at_first_heartbeat_and_moves_with_progress() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let m = name("model");
+        let mut s = State::default();
+        s.hello(&hello("model", "a"), PEER, 1, t0).expect("free");
+        let clock = |s: &State| s.workers[&m].instance.as_ref().expect("i").loop_clock;
+        assert_eq!(clock(&s), None);
+        s.message(&m, 1, beat(5), at(1));
+        assert_eq!(clock(&s), Some(at(1)));
+        s.message(&m, 1, beat(5), at(2));
+        assert_eq!(clock(&s), Some(at(1)));
+        s.message(&m, 1, beat(6), at(3));
+        assert_eq!(clock(&s), Some(at(3)));
+        s.message(&m, 1, phase(Phase::Ready, None), at(4));
+        assert_eq!(clock(&s), Some(at(4)), "becoming ready restarts it");
+    }
+
+    fn sample(at: Instant, state: char, start: u64) -> ProcSample {
+        ProcSample {
+            taken_at: at,
+            state,
+            cpu_seconds: 1.0,
+            rss_bytes: 1 << 20,
+            threads: 4,
+            start_time: start,
+        }
+    }
+
+    #[test]
+    fn samples_track_runs_of_t_and_d_and_gone_pids() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let m = name("model");
+        let mut s = State::default();
+        s.hello(&hello("model", "a"), PEER, 1, t0).expect("free");
+        let target = s.proc_targets().pop().expect("a target");
+        assert_eq!(target.pid, PEER.pid);
+        let view = |s: &State| s.workers[&m].instance.as_ref().expect("i").proc.clone();
+        s.apply_sample(&target, Ok(sample(at(100), 'T', 9)));
+        s.apply_sample(&target, Ok(sample(at(200), 'T', 9)));
+        assert_eq!(view(&s).stopped_since, Some(at(100)));
+        // A heartbeat after the last sample breaks the run: the process ran meanwhile.
+        s.message(&m, 1, beat(1), at(250));
+        s.apply_sample(&target, Ok(sample(at(300), 'T', 9)));
+        assert_eq!(view(&s).stopped_since, Some(at(300)));
+        s.apply_sample(&target, Ok(sample(at(400), 'D', 9)));
+        assert_eq!(view(&s).stopped_since, None);
+        assert_eq!(view(&s).d_since, Some(at(400)));
+        assert!(!view(&s).gone);
+        s.apply_sample(&target, Ok(sample(at(500), 'S', 10)));
+        assert!(view(&s).gone, "another start time: the pid was reused");
+        assert!(s.proc_targets().is_empty(), "gone pids are not sampled");
+    }
+
+    #[test]
+    fn pid_zero_turns_proc_off() {
+        let mut s = State::default();
+        let peer = PeerCred { pid: 0, ..PEER };
+        s.hello(&hello("model", "a"), peer, 1, Instant::now())
+            .expect("free");
+        assert!(s.proc_targets().is_empty());
+        let inst = s.workers[&name("model")].instance.as_ref().expect("i");
+        assert!(matches!(inst.proc.mode, ProcMode::Off(_)));
+    }
+
+    #[test]
+    fn late_samples_for_an_old_instance_are_dropped() {
+        let t0 = Instant::now();
+        let m = name("model");
+        let mut s = State::default();
+        s.hello(&hello("model", "a"), PEER, 1, t0).expect("free");
+        let old = s.proc_targets().pop().expect("target");
+        s.disconnect(&m, 1, t0);
+        s.hello(&hello("model", "b"), PEER, 2, t0).expect("free");
+        s.apply_sample(&old, Err(SampleError::Gone(PEER.pid)));
+        assert!(!s.workers[&m].instance.as_ref().expect("i").proc.gone);
+    }
+}

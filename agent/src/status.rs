@@ -1,0 +1,665 @@
+//! The `/status` document: its types (served by the agent, read back by the CLI), how
+//! the agent builds it from a snapshot, and `vitals-agent status`, which renders it as a
+//! table for an operator who `kubectl exec`s into the pod.
+//!
+//! The CLI uses a minimal hyper HTTP/1 client instead of an HTTP client crate: the agent
+//! binary must stay small, and it only ever talks plain HTTP to its own pod.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use vitals_proto::message::{CheckReport, Heartbeat, Progress};
+
+use crate::registry::ProcMode;
+use crate::ticker::{rfc3339, Transition};
+use crate::verdict::{pid_status, PidStatus, Probe};
+use crate::Shared;
+
+/// Pass or fail, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictDoc {
+    /// Whether it passes.
+    pub ok: bool,
+    /// Why not; `null` when `ok`.
+    pub reason: Option<String>,
+}
+
+impl VerdictDoc {
+    fn of<E: ToString>(r: &Result<(), E>) -> Self {
+        Self {
+            ok: r.is_ok(),
+            reason: r.as_ref().err().map(ToString::to_string),
+        }
+    }
+
+    fn text(&self) -> String {
+        self.reason
+            .as_ref()
+            .map_or_else(|| "ok".to_owned(), |r| format!("fail: {r}"))
+    }
+}
+
+/// The agent itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentDoc {
+    /// Software version.
+    pub version: String,
+    /// Start time, RFC 3339 UTC.
+    pub started_at: String,
+    /// Seconds since start.
+    pub uptime_seconds: f64,
+    /// Worker socket path.
+    pub socket: String,
+    /// A shutdown signal arrived.
+    pub shutting_down: bool,
+    /// `/livez`.
+    pub live: VerdictDoc,
+    /// `/readyz`.
+    pub ready: VerdictDoc,
+    /// `/startupz`.
+    pub startup: VerdictDoc,
+}
+
+/// What /proc shows of a worker's process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcDoc {
+    /// Whether /proc checks run for it.
+    pub enabled: bool,
+    /// Why not, when off.
+    pub off_reason: Option<String>,
+    /// `exists`, `gone` or `unknown`.
+    pub process: String,
+    /// Latest state letter.
+    pub state: Option<String>,
+    /// CPU seconds so far.
+    pub cpu_seconds: Option<f64>,
+    /// Resident memory.
+    pub rss_bytes: Option<u64>,
+    /// Threads.
+    pub threads: Option<u64>,
+    /// Age of the latest sample.
+    pub sample_age_seconds: Option<f64>,
+    /// The last sampling error.
+    pub error: Option<String>,
+}
+
+/// A worker's current instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceDoc {
+    /// Instance id.
+    pub id: String,
+    /// Worker software version.
+    pub version: String,
+    /// Pid from SO_PEERCRED (0: another PID namespace); /proc uses it.
+    pub pid: u32,
+    /// Pid the worker claims in `hello`.
+    pub hello_pid: u32,
+    /// Peer uid.
+    pub uid: u32,
+    /// Promised heartbeat period.
+    pub heartbeat_ms: u64,
+    /// Current phase.
+    pub phase: Option<String>,
+    /// Phase detail.
+    pub detail: String,
+    /// Load progress.
+    pub progress: Option<Progress>,
+    /// Latest value of each check.
+    pub checks: Vec<CheckReport>,
+    /// Seconds since the last heartbeat (or hello).
+    pub heartbeat_age_seconds: f64,
+    /// Latest heartbeat counters.
+    pub heartbeat: Option<Heartbeat>,
+    /// Seconds since the connection closed, while disconnected.
+    pub disconnected_seconds: Option<f64>,
+    /// Seconds from hello to first ready.
+    pub startup_seconds: Option<f64>,
+    /// Messages received.
+    pub messages: u64,
+    /// Connections (hellos) of this instance.
+    pub connections: u64,
+    /// /proc observations.
+    pub proc: ProcDoc,
+}
+
+/// One worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerDoc {
+    /// Name.
+    pub name: String,
+    /// Named by `--expect`.
+    pub expected: bool,
+    /// Has an open connection.
+    pub connected: bool,
+    /// `/livez/{name}`.
+    pub live: VerdictDoc,
+    /// `/readyz/{name}`.
+    pub ready: VerdictDoc,
+    /// `/startupz/{name}`.
+    pub startup: VerdictDoc,
+    /// `spinning` or `blocked`, for a heartbeat timeout.
+    pub diagnosis: Option<String>,
+    /// New instances after the first.
+    pub restarts: u64,
+    /// The current instance, once one said hello.
+    pub instance: Option<InstanceDoc>,
+}
+
+/// The `/status` document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusDoc {
+    /// The agent.
+    pub agent: AgentDoc,
+    /// Every known worker, by name.
+    pub workers: Vec<WorkerDoc>,
+    /// The last verdict transitions, oldest first.
+    pub transitions: Vec<Transition>,
+}
+
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+/// Builds `/status` from the current state.
+pub fn build(shared: &Shared, now: Instant) -> StatusDoc {
+    let state = shared.registry();
+    let v = crate::verdict::evaluate(&state, shared.agent_input(), &shared.thresholds, now);
+    let agg = |p| {
+        let a = v.aggregate(p);
+        VerdictDoc {
+            ok: a.ok(),
+            reason: a.reason,
+        }
+    };
+    let agent = AgentDoc {
+        version: crate::VERSION.to_owned(),
+        started_at: rfc3339(shared.started_wall),
+        uptime_seconds: secs(now.saturating_duration_since(shared.started_at)),
+        socket: shared.socket_path.display().to_string(),
+        shutting_down: shared.is_shutting_down(),
+        live: agg(Probe::Live),
+        ready: agg(Probe::Ready),
+        startup: agg(Probe::Startup),
+    };
+    let workers = state
+        .workers
+        .iter()
+        .filter_map(|(name, w)| {
+            let wv = v.get(name.as_str())?;
+            let instance = w.instance.as_ref().map(|i| {
+                let p = &i.proc;
+                let latest = p.latest.as_ref();
+                InstanceDoc {
+                    id: i.hello.instance.clone(),
+                    version: i.hello.version.clone(),
+                    pid: i.peer.pid,
+                    hello_pid: i.hello.pid,
+                    uid: i.peer.uid,
+                    heartbeat_ms: i.hello.heartbeat_ms,
+                    phase: i.phase().map(|p| p.as_str().to_owned()),
+                    detail: i
+                        .phase
+                        .as_ref()
+                        .map(|p| p.detail.clone())
+                        .unwrap_or_default(),
+                    progress: i.phase.as_ref().and_then(|p| p.progress.clone()),
+                    checks: i.checks.values().cloned().collect(),
+                    heartbeat_age_seconds: secs(now.saturating_duration_since(i.heartbeat_at)),
+                    heartbeat: i.heartbeat,
+                    disconnected_seconds: i
+                        .disconnected_at
+                        .map(|d| secs(now.saturating_duration_since(d))),
+                    startup_seconds: i
+                        .ready_at
+                        .map(|r| secs(r.saturating_duration_since(i.first_hello_at))),
+                    messages: i.messages,
+                    connections: i.connections,
+                    proc: ProcDoc {
+                        enabled: matches!(p.mode, ProcMode::On(_)),
+                        off_reason: match p.mode {
+                            ProcMode::Off(why) => Some(why.to_owned()),
+                            ProcMode::On(_) => None,
+                        },
+                        process: match pid_status(i) {
+                            PidStatus::Exists => "exists",
+                            PidStatus::Gone => "gone",
+                            PidStatus::Unknown => "unknown",
+                        }
+                        .to_owned(),
+                        state: latest.map(|s| s.state.to_string()),
+                        cpu_seconds: latest.map(|s| s.cpu_seconds),
+                        rss_bytes: latest.map(|s| s.rss_bytes),
+                        threads: latest.map(|s| s.threads),
+                        sample_age_seconds: latest
+                            .map(|s| secs(now.saturating_duration_since(s.taken_at))),
+                        error: p.error.clone(),
+                    },
+                }
+            });
+            Some(WorkerDoc {
+                name: name.to_string(),
+                expected: w.expected,
+                connected: wv.connected,
+                live: VerdictDoc::of(&wv.live),
+                ready: VerdictDoc::of(&wv.ready),
+                startup: VerdictDoc::of(&wv.startup),
+                diagnosis: wv.diagnosis.map(|d| d.as_str().to_owned()),
+                restarts: w.restarts,
+                instance,
+            })
+        })
+        .collect();
+    drop(state);
+    StatusDoc {
+        agent,
+        workers,
+        transitions: shared.transitions.list(),
+    }
+}
+
+/// Flags of `vitals-agent status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The agent's HTTP address.
+    #[arg(long, env = "VITALS_URL", default_value = "http://127.0.0.1:9180")]
+    pub url: String,
+    /// Redraw every second until interrupted.
+    #[arg(long, env = "VITALS_WATCH")]
+    pub watch: bool,
+    /// Print the raw /status JSON instead of a table.
+    #[arg(long, env = "VITALS_JSON")]
+    pub json: bool,
+}
+
+/// Why `vitals-agent status` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// `--url` is not `http://host:port[/prefix]`.
+    #[error("--url {0:?}: expected http://HOST:PORT")]
+    BadUrl(String),
+    /// Connecting or talking to the agent failed.
+    #[error("cannot reach the agent at {url}: {source}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The agent answered something that is not a status document.
+    #[error("unexpected answer from {url} (HTTP {status}): {detail}")]
+    BadAnswer {
+        /// The URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// Fetches `/status` once: `(raw JSON, parsed)`.
+pub async fn fetch(url: &str) -> Result<(String, StatusDoc), StatusError> {
+    let base = url.trim_end_matches('/');
+    let uri: hyper::Uri = format!("{base}/status")
+        .parse()
+        .map_err(|_| StatusError::BadUrl(url.to_owned()))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(StatusError::BadUrl(url.to_owned()));
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| StatusError::BadUrl(url.to_owned()))?
+        .clone();
+    let unreachable = |e: Box<dyn std::error::Error + Send + Sync>| StatusError::Unreachable {
+        url: url.to_owned(),
+        source: e,
+    };
+    let addr = format!(
+        "{}:{}",
+        authority.host(),
+        authority.port_u16().unwrap_or(80)
+    );
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(&addr)
+            .await
+            .map_err(|e| unreachable(e.into()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| unreachable(e.into()))?;
+        let driver = tokio::spawn(conn);
+        let req = hyper::Request::get(uri.clone())
+            .header(hyper::header::HOST, authority.as_str())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| unreachable(e.into()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| unreachable(e.into()))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| unreachable(e.into()))?
+            .to_bytes();
+        driver.abort();
+        Ok::<_, StatusError>((status, body))
+    };
+    let (status, body) = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|e| unreachable(e.into()))??;
+    let bad = |detail: String| StatusError::BadAnswer {
+        url: url.to_owned(),
+        status,
+        detail,
+    };
+    let text = String::from_utf8(body.to_vec()).map_err(|e| bad(e.to_string()))?;
+    if status != 200 {
+        return Err(bad(text.chars().take(200).collect()));
+    }
+    let doc = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    Ok((text, doc))
+}
+
+/// Runs `vitals-agent status` (needs a tokio runtime with IO and time).
+pub async fn run(args: &StatusArgs) -> Result<(), StatusError> {
+    loop {
+        let (raw, doc) = fetch(&args.url).await?;
+        let out = if args.json { raw } else { render(&doc) };
+        if args.watch {
+            // Clear the screen and go home, like `watch`.
+            print!("\x1b[2J\x1b[H{out}");
+        } else {
+            print!("{out}");
+        }
+        if !args.json || args.watch {
+            println!();
+        }
+        if !args.watch {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn duration_text(s: f64) -> String {
+    let total = s.max(0.0);
+    if total < 60.0 {
+        return format!("{total:.1}s");
+    }
+    let t = total as u64;
+    let (h, m, sec) = (t / 3600, t % 3600 / 60, t % 60);
+    if h > 0 {
+        format!("{h}h{m:02}m")
+    } else {
+        format!("{m}m{sec:02}s")
+    }
+}
+
+fn bytes_text(b: u64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let mib = b as f64 / MIB;
+    if mib >= 1024.0 {
+        format!("{:.1} GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.0} MiB")
+    }
+}
+
+fn phase_text(i: &InstanceDoc) -> String {
+    let mut text = i.phase.clone().unwrap_or_else(|| "-".to_owned());
+    if let Some(p) = &i.progress {
+        match p.total.filter(|t| *t > 0) {
+            Some(total) => {
+                let pct = p.done as f64 * 100.0 / total as f64;
+                let _ = write!(text, " {pct:.0}% ({}/{total} {})", p.done, p.unit);
+            }
+            None => {
+                let _ = write!(text, " ({} {})", p.done, p.unit);
+            }
+        }
+    }
+    text.trim_end().to_owned()
+}
+
+/// Renders the document as the operator's table.
+pub fn render(doc: &StatusDoc) -> String {
+    let a = &doc.agent;
+    let mut out = format!(
+        "vitals-agent {}  up {}  live {}  ready {}  startup {}{}\n\n",
+        a.version,
+        duration_text(a.uptime_seconds),
+        a.live.text(),
+        a.ready.text(),
+        a.startup.text(),
+        if a.shutting_down {
+            "  (SHUTTING DOWN)"
+        } else {
+            ""
+        }
+    );
+    let header = [
+        "WORKER",
+        "PHASE",
+        "LIVE",
+        "READY",
+        "STARTUP",
+        "HEARTBEAT",
+        "PID",
+        "RSS",
+        "RESTARTS",
+    ];
+    let mut rows: Vec<[String; 9]> = Vec::new();
+    for w in &doc.workers {
+        let i = w.instance.as_ref();
+        let mut live = w.live.text();
+        if let Some(d) = &w.diagnosis {
+            let _ = write!(live, " ({d})");
+        }
+        rows.push([
+            format!("{}{}", w.name, if w.expected { "" } else { "*" }),
+            i.map_or_else(|| "(never connected)".to_owned(), phase_text),
+            live,
+            w.ready.text(),
+            w.startup.text(),
+            i.map_or_else(
+                || "-".to_owned(),
+                |i| {
+                    let age = duration_text(i.heartbeat_age_seconds);
+                    if w.connected {
+                        age
+                    } else {
+                        format!("{age} (disconnected)")
+                    }
+                },
+            ),
+            i.map_or_else(
+                || "-".to_owned(),
+                |i| match (&i.proc.off_reason, i.proc.process.as_str()) {
+                    (Some(_), _) => format!("{} (no /proc)", i.hello_pid),
+                    (None, "gone") => format!("{} (gone)", i.pid),
+                    (None, _) => i.pid.to_string(),
+                },
+            ),
+            i.and_then(|i| i.proc.rss_bytes)
+                .map_or_else(|| "-".to_owned(), bytes_text),
+            w.restarts.to_string(),
+        ]);
+    }
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut line = |cells: &[String]| {
+        let mut l = String::new();
+        for (cell, w) in cells.iter().zip(widths) {
+            let _ = write!(l, "{cell:<w$}  ");
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&header.map(str::to_owned));
+    for row in &rows {
+        line(row);
+    }
+    if doc.workers.is_empty() {
+        out.push_str("(no workers expected or connected)\n");
+    }
+    if doc.workers.iter().any(|w| !w.expected) {
+        out.push_str("* not expected (--expect); counts for /readyz while connected\n");
+    }
+    let notes: Vec<String> = doc
+        .workers
+        .iter()
+        .filter_map(|w| {
+            let i = w.instance.as_ref()?;
+            let failing: Vec<String> = i
+                .checks
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| format!("{}: {}", c.name, c.message))
+                .collect();
+            let mut note = Vec::new();
+            if !failing.is_empty() {
+                note.push(format!("failing checks: {}", failing.join("; ")));
+            }
+            if !i.detail.is_empty() {
+                note.push(format!("detail: {}", i.detail));
+            }
+            if let Some(why) = &i.proc.off_reason {
+                note.push(format!("/proc off: {why}"));
+            }
+            (!note.is_empty()).then(|| format!("  {}: {}", w.name, note.join(" | ")))
+        })
+        .collect();
+    if !notes.is_empty() {
+        out.push('\n');
+        out.push_str(&notes.join("\n"));
+        out.push('\n');
+    }
+    if !doc.transitions.is_empty() {
+        out.push_str("\nrecent transitions:\n");
+        for t in doc.transitions.iter().rev().take(8).rev() {
+            let _ = writeln!(
+                out,
+                "  {}  {}/{}  {} -> {}",
+                t.at,
+                t.probe,
+                t.target,
+                t.from.as_deref().unwrap_or("-"),
+                t.to
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> StatusDoc {
+        let ok = VerdictDoc {
+            ok: true,
+            reason: None,
+        };
+        let fail = |r: &str| VerdictDoc {
+            ok: false,
+            reason: Some(r.into()),
+        };
+        StatusDoc {
+            agent: AgentDoc {
+                version: "0.1.0".into(),
+                started_at: "2024-01-01T00:00:00.000Z".into(),
+                uptime_seconds: 125.0,
+                socket: "/run/vitals/agent.sock".into(),
+                shutting_down: false,
+                live: ok.clone(),
+                ready: fail("model: phase loading"),
+                startup: fail("model: not_started"),
+            },
+            workers: vec![WorkerDoc {
+                name: "model".into(),
+                expected: true,
+                connected: true,
+                live: ok.clone(),
+                ready: fail("phase loading"),
+                startup: fail("not_started"),
+                diagnosis: None,
+                restarts: 2,
+                instance: Some(InstanceDoc {
+                    id: "1-abc".into(),
+                    version: "0.1.0".into(),
+                    pid: 321,
+                    hello_pid: 321,
+                    uid: 0,
+                    heartbeat_ms: 1000,
+                    phase: Some("loading".into()),
+                    detail: "weights".into(),
+                    progress: Some(Progress {
+                        done: 45,
+                        total: Some(100),
+                        unit: "MiB".into(),
+                    }),
+                    checks: vec![CheckReport {
+                        name: "device".into(),
+                        ok: false,
+                        message: "no GPU".into(),
+                    }],
+                    heartbeat_age_seconds: 0.4,
+                    heartbeat: None,
+                    disconnected_seconds: None,
+                    startup_seconds: None,
+                    messages: 10,
+                    connections: 1,
+                    proc: ProcDoc {
+                        enabled: true,
+                        off_reason: None,
+                        process: "exists".into(),
+                        state: Some("S".into()),
+                        cpu_seconds: Some(1.5),
+                        rss_bytes: Some(512 * 1024 * 1024),
+                        threads: Some(9),
+                        sample_age_seconds: Some(0.2),
+                        error: None,
+                    },
+                }),
+            }],
+            transitions: vec![],
+        }
+    }
+
+    #[test]
+    fn table_shows_phase_progress_verdicts_and_process() {
+        let out = render(&doc());
+        assert!(out.contains("up 2m05s"), "{out}");
+        assert!(out.contains("ready fail: model: phase loading"), "{out}");
+        let row = out.lines().find(|l| l.starts_with("model")).expect("row");
+        for want in [
+            "loading 45% (45/100 MiB)",
+            "fail: phase loading",
+            "0.4s",
+            "321",
+            "512 MiB",
+            "2",
+        ] {
+            assert!(row.contains(want), "{want:?} missing in {row:?}");
+        }
+        assert!(out.contains("failing checks: device: no GPU"), "{out}");
+    }
+
+    #[test]
+    fn document_round_trips() {
+        let d = doc();
+        let text = serde_json::to_string(&d).expect("serialises");
+        assert_eq!(serde_json::from_str::<StatusDoc>(&text).expect("parses"), d);
+    }
+}

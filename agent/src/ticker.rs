@@ -1,0 +1,234 @@
+//! The agent's heartbeat: every [`TICK`] it proves the runtime runs (the agent's own
+//! liveness), evaluates every verdict, refreshes metrics, and logs each verdict
+//! transition once, keeping the last [`KEEP`] for `/status`.
+//!
+//! Probes never depend on this timer (they evaluate on the spot); it exists so that
+//! metrics stay fresh and transitions are noticed without anyone asking.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::verdict::{evaluate, LiveReason, Probe, Verdicts};
+use crate::Shared;
+
+/// How often the ticker runs; well under the 2 s agent-liveness bound.
+pub const TICK: Duration = Duration::from_millis(250);
+
+/// Transitions kept for `/status`.
+pub const KEEP: usize = 50;
+
+/// One verdict changing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// When (RFC 3339, UTC).
+    pub at: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// `agent`, `_all` or a worker name.
+    pub target: String,
+    /// `livez`, `readyz` or `startupz`.
+    pub probe: String,
+    /// Before: `pass`, `fail: <reason>`, or `None` when first seen.
+    pub from: Option<String>,
+    /// After.
+    pub to: String,
+}
+
+/// The last [`KEEP`] transitions.
+#[derive(Debug, Default)]
+pub struct TransitionLog(Mutex<VecDeque<Transition>>);
+
+impl TransitionLog {
+    fn push(&self, t: Transition) {
+        let mut log = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if log.len() == KEEP {
+            log.pop_front();
+        }
+        log.push_back(t);
+    }
+
+    /// Oldest first.
+    pub fn list(&self) -> Vec<Transition> {
+        let log = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        log.iter().cloned().collect()
+    }
+}
+
+/// A verdict's text as probes answer it: `pass` or `fail: <reason>`.
+fn outcome(reason: Option<&str>) -> String {
+    reason.map_or_else(|| "pass".to_owned(), |r| format!("fail: {r}"))
+}
+
+/// Every (target, probe) verdict, as probes would answer.
+fn outcomes(v: &Verdicts) -> Vec<((String, Probe), String)> {
+    let mut all = vec![(
+        ("agent".to_owned(), Probe::Live),
+        outcome(v.aggregate(Probe::Live).reason.as_deref()),
+    )];
+    for probe in [Probe::Ready, Probe::Startup] {
+        all.push((
+            ("_all".to_owned(), probe),
+            outcome(v.aggregate(probe).reason.as_deref()),
+        ));
+    }
+    for w in &v.workers {
+        for probe in Probe::ALL {
+            let reason = v.worker(probe, w.name.as_str()).and_then(|a| a.reason);
+            all.push(((w.name.to_string(), probe), outcome(reason.as_deref())));
+        }
+    }
+    all
+}
+
+/// Tracks the previous verdicts and reports changes.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    last: HashMap<(String, Probe), String>,
+    live: HashMap<String, Result<(), LiveReason>>,
+}
+
+impl Tracker {
+    /// Compares `v` with the previous call's; logs, records and counts what changed.
+    pub fn observe(&mut self, shared: &Shared, v: &Verdicts, wall: SystemTime) {
+        for (key, now) in outcomes(v) {
+            let before = self.last.get(&key);
+            if before == Some(&now) {
+                continue;
+            }
+            let (target, probe) = (&key.0, key.1);
+            let from = before.cloned();
+            let diagnosis = v.get(target).and_then(|w| w.diagnosis).map(|d| d.as_str());
+            if now == "pass" {
+                tracing::info!(target: "vitals::verdict", worker = %target, probe = probe.as_str(), from = from.as_deref().unwrap_or("-"), "{} {}: pass", probe.as_str(), target);
+            } else {
+                tracing::warn!(target: "vitals::verdict", worker = %target, probe = probe.as_str(), from = from.as_deref().unwrap_or("-"), diagnosis, "{} {}: {now}", probe.as_str(), target);
+            }
+            shared.transitions.push(Transition {
+                at: rfc3339(wall),
+                at_unix_ms: unix_ms(wall),
+                target: target.clone(),
+                probe: probe.as_str().to_owned(),
+                from,
+                to: now.clone(),
+            });
+            self.last.insert(key, now);
+        }
+        for w in &v.workers {
+            let before = self.live.insert(w.name.to_string(), w.live);
+            if let (Some(Ok(())) | None, Err(reason)) = (before, w.live) {
+                shared.metrics.hang(w.name.as_str(), reason);
+            }
+        }
+    }
+}
+
+/// Runs the ticker until `stop`.
+pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tracker = Tracker::default();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = Instant::now();
+        shared.mark_tick(now);
+        let verdicts = {
+            let state = shared.registry();
+            let v = evaluate(&state, shared.agent_input(), &shared.thresholds, now);
+            shared.metrics.refresh(&state, &v, now);
+            v
+        };
+        tracker.observe(&shared, &verdicts, SystemTime::now());
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// RFC 3339 in UTC with milliseconds (`2024-05-01T12:00:00.123Z`), without a date crate.
+pub fn rfc3339(t: SystemTime) -> String {
+    let ms = unix_ms(t);
+    let (secs, millis) = (ms / 1000, ms % 1000);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Civil-from-days (H. Hinnant), for days since 1970-01-01 (non-negative here).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{millis:03}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::registry::tests::{hello, name, phase, PEER};
+    use crate::verdict::AgentInput;
+    use vitals_proto::Phase;
+
+    #[test]
+    fn formats_utc_timestamps() {
+        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(s);
+        assert_eq!(rfc3339(at(0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(at(951_782_400_123)), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(at(1_700_000_000_000)), "2023-11-14T22:13:20.000Z");
+    }
+
+    #[test]
+    fn logs_each_transition_once_and_counts_hangs() {
+        let shared = Shared::new(&Config::defaults());
+        let t0 = Instant::now();
+        let agent = AgentInput {
+            shutting_down: false,
+            last_tick: t0,
+        };
+        let mut tracker = Tracker::default();
+        let eval = |at| evaluate(&shared.registry(), agent, &shared.thresholds, at);
+        shared
+            .registry()
+            .hello(&hello("model", "a"), PEER, 1, t0)
+            .expect("free");
+        tracker.observe(&shared, &eval(t0), SystemTime::now());
+        let first = shared.transitions.list().len();
+        assert_eq!(first, 6, "agent, two aggregates, three worker probes");
+        tracker.observe(&shared, &eval(t0), SystemTime::now());
+        assert_eq!(
+            shared.transitions.list().len(),
+            first,
+            "no change, no entry"
+        );
+        shared
+            .registry()
+            .message(&name("model"), 1, phase(Phase::Failed, None), t0);
+        tracker.observe(&shared, &eval(t0), SystemTime::now());
+        let log = shared.transitions.list();
+        let live = log
+            .iter()
+            .rfind(|t| t.target == "model" && t.probe == "livez")
+            .expect("live transition");
+        assert_eq!(live.from.as_deref(), Some("pass"));
+        assert_eq!(live.to, "fail: failed");
+        let metrics = String::from_utf8(shared.metrics.encode()).expect("utf8");
+        assert!(metrics.contains("vitals_worker_hangs_total{reason=\"failed\",worker=\"model\"} 1"));
+        for _ in 0..100 {
+            tracker.last.clear();
+            tracker.observe(&shared, &eval(t0), SystemTime::now());
+        }
+        assert_eq!(shared.transitions.list().len(), KEEP);
+    }
+}

@@ -1,0 +1,1132 @@
+//! The verdict function (SPEC §2, §7): pure, from a registry [`State`] and `now` to the
+//! startup, ready and live verdict of every worker, the agent's own, and the aggregates.
+//!
+//! This is the one place that decides why `/livez/model` fails: HTTP, metrics, the
+//! transition log and `/status` only render what [`evaluate`] returns. It does no I/O and
+//! reads no clock, so probes can call it on the spot and tests can call it with any `now`.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use vitals_proto::{Phase, WorkerName};
+
+use crate::registry::{Instance, ProcMode, State, Worker};
+
+/// The agent's own liveness fails when its ticker has not run for this long (SPEC §7).
+pub const TICKER_LIMIT: Duration = Duration::from_secs(2);
+
+/// CPU use (in cores) over the last /proc interval above which a worker without
+/// heartbeats is `spinning` rather than `blocked`. A hung process's remaining threads
+/// (an idle HTTP runtime) use well under 1% of a core; a busy loop uses ~1 core.
+pub const SPIN_CORES: f64 = 0.5;
+
+/// The liveness bounds (`--hang-timeout` and friends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    /// No heartbeat for this long; also the `stopped` and `silent` bound.
+    pub hang: Duration,
+    /// Heartbeats arrive but `progress` has not moved for this long.
+    pub stall: Duration,
+    /// Loading/warming has not advanced for this long.
+    pub load_stall: Duration,
+    /// Continuously in state `D` for this long.
+    pub d_state: Duration,
+}
+
+/// Why a worker is not live, in SPEC §7 precedence order (the derived `Ord` is that order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LiveReason {
+    /// Phase `failed`.
+    Failed,
+    /// /proc state `T` for `--hang-timeout`.
+    Stopped,
+    /// /proc state `D` continuously for `--d-state-timeout`.
+    Uninterruptible,
+    /// No heartbeat for `--hang-timeout` while connected.
+    HeartbeatTimeout,
+    /// Heartbeats arrive but `progress` has not moved for `--stall-timeout`.
+    LoopStalled,
+    /// Loading/warming made no progress for `--load-stall-timeout`.
+    LoadStalled,
+    /// Disconnected, but the process still exists, for `--hang-timeout`.
+    Silent,
+}
+
+impl LiveReason {
+    /// Every reason, in precedence order (for per-reason metrics).
+    pub const ALL: [LiveReason; 7] = [
+        LiveReason::Failed,
+        LiveReason::Stopped,
+        LiveReason::Uninterruptible,
+        LiveReason::HeartbeatTimeout,
+        LiveReason::LoopStalled,
+        LiveReason::LoadStalled,
+        LiveReason::Silent,
+    ];
+
+    /// The reason as reported (`heartbeat_timeout`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LiveReason::Failed => "failed",
+            LiveReason::Stopped => "stopped",
+            LiveReason::Uninterruptible => "uninterruptible",
+            LiveReason::HeartbeatTimeout => "heartbeat_timeout",
+            LiveReason::LoopStalled => "loop_stalled",
+            LiveReason::LoadStalled => "load_stalled",
+            LiveReason::Silent => "silent",
+        }
+    }
+}
+
+impl fmt::Display for LiveReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a worker without heartbeats is doing, from /proc CPU time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Diagnosis {
+    /// CPU time advancing: a busy loop.
+    Spinning,
+    /// CPU time not advancing: waiting on something.
+    Blocked,
+}
+
+impl Diagnosis {
+    /// `spinning` or `blocked`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Diagnosis::Spinning => "spinning",
+            Diagnosis::Blocked => "blocked",
+        }
+    }
+}
+
+/// Why a worker is not ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadyReason {
+    /// No open connection.
+    NotConnected,
+    /// Phase is not `ready` (`None`: no phase reported yet).
+    Phase(Option<Phase>),
+    /// A check fails.
+    Check {
+        /// The check's name.
+        name: String,
+        /// Its message.
+        message: String,
+    },
+    /// Not live.
+    Live(LiveReason),
+}
+
+impl fmt::Display for ReadyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadyReason::NotConnected => f.write_str("not_connected"),
+            ReadyReason::Phase(Some(p)) => write!(f, "phase {p}"),
+            ReadyReason::Phase(None) => f.write_str("phase unknown"),
+            ReadyReason::Check { name, message } => write!(f, "check {name}: {message}"),
+            ReadyReason::Live(r) => r.fmt(f),
+        }
+    }
+}
+
+/// Why a worker has not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartupReason {
+    /// No connection and no process.
+    NotConnected,
+    /// Connected (or its process exists) but this instance never reached `ready`.
+    NotStarted,
+}
+
+impl fmt::Display for StartupReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StartupReason::NotConnected => "not_connected",
+            StartupReason::NotStarted => "not_started",
+        })
+    }
+}
+
+/// Whether a worker's process exists, as far as /proc tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PidStatus {
+    /// /proc is off for it (pid 0), or no instance is known.
+    Unknown,
+    /// Exists (or not sampled yet).
+    Exists,
+    /// Exited, or its pid was reused.
+    Gone,
+}
+
+/// One named line of a verbose or JSON answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// `agent`, a worker name, `connected`, `live`, `phase`, `check:<name>`, ...
+    pub name: String,
+    /// `None` when the check passes.
+    pub reason: Option<String>,
+}
+
+impl Check {
+    fn new(name: impl Into<String>, result: Result<(), String>) -> Self {
+        Self {
+            name: name.into(),
+            reason: result.err(),
+        }
+    }
+
+    /// Whether the check passes.
+    pub fn ok(&self) -> bool {
+        self.reason.is_none()
+    }
+}
+
+/// The three probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Probe {
+    /// `/livez`.
+    Live,
+    /// `/readyz`.
+    Ready,
+    /// `/startupz`.
+    Startup,
+}
+
+impl Probe {
+    /// Every probe.
+    pub const ALL: [Probe; 3] = [Probe::Live, Probe::Ready, Probe::Startup];
+
+    /// The path name: `livez`, `readyz`, `startupz` (also the `probe` metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Probe::Live => "livez",
+            Probe::Ready => "readyz",
+            Probe::Startup => "startupz",
+        }
+    }
+
+    /// Parses a path name.
+    pub fn from_path(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+}
+
+/// A probe's answer: pass/fail with the reason, and the lines for `?verbose`/JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// Which probe.
+    pub probe: Probe,
+    /// `None` on pass; the reason on fail.
+    pub reason: Option<String>,
+    /// The checks that make up the answer.
+    pub checks: Vec<Check>,
+}
+
+impl Answer {
+    /// Whether the probe passes.
+    pub fn ok(&self) -> bool {
+        self.reason.is_none()
+    }
+}
+
+/// The verdicts of one worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerVerdict {
+    /// The worker.
+    pub name: WorkerName,
+    /// Named by `--expect`.
+    pub expected: bool,
+    /// Has an open connection.
+    pub connected: bool,
+    /// Whether its process exists.
+    pub pid: PidStatus,
+    /// Startup verdict.
+    pub startup: Result<(), StartupReason>,
+    /// Readiness verdict.
+    pub ready: Result<(), ReadyReason>,
+    /// Liveness verdict.
+    pub live: Result<(), LiveReason>,
+    /// For `heartbeat_timeout`: what the process is doing, when /proc can tell.
+    pub diagnosis: Option<Diagnosis>,
+    /// The parts of readiness: `connected`, `live`, `phase`, `check:<name>`.
+    pub ready_checks: Vec<Check>,
+}
+
+/// What the agent knows about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentInput {
+    /// A shutdown signal arrived.
+    pub shutting_down: bool,
+    /// When the internal ticker last ran.
+    pub last_tick: Instant,
+}
+
+/// Every verdict at one instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdicts {
+    /// The agent's liveness (`Err("ticker_stalled")` when its runtime stopped ticking).
+    pub agent_live: Result<(), &'static str>,
+    /// The agent's readiness (`Err("shutting down")`).
+    pub agent_ready: Result<(), &'static str>,
+    /// Each known worker, by name.
+    pub workers: Vec<WorkerVerdict>,
+}
+
+fn err_string<E: fmt::Display>(r: &Result<(), E>) -> Result<(), String> {
+    r.as_ref().map(|_| ()).map_err(ToString::to_string)
+}
+
+impl Verdicts {
+    /// One worker's verdicts.
+    pub fn get(&self, name: &str) -> Option<&WorkerVerdict> {
+        self.workers.iter().find(|w| w.name.as_str() == name)
+    }
+
+    /// The answer of `/livez`, `/readyz` or `/startupz`.
+    pub fn aggregate(&self, probe: Probe) -> Answer {
+        let agent_result = match probe {
+            Probe::Live => self.agent_live,
+            Probe::Ready | Probe::Startup => self.agent_ready,
+        };
+        let mut checks = vec![Check::new("agent", agent_result.map_err(str::to_owned))];
+        // Only the workers that count: /livez is the agent alone; /readyz the expected and
+        // connected workers; /startupz the expected ones.
+        let counted = self.workers.iter().filter_map(|w| match probe {
+            Probe::Live => None,
+            Probe::Ready if w.expected || w.connected => Some((w, err_string(&w.ready))),
+            Probe::Startup if w.expected => Some((w, err_string(&w.startup))),
+            Probe::Ready | Probe::Startup => None,
+        });
+        checks.extend(counted.map(|(w, r)| Check::new(w.name.as_str(), r)));
+        let reason = checks.iter().find_map(|c| {
+            let reason = c.reason.as_ref()?;
+            Some(if c.name == "agent" {
+                reason.clone()
+            } else {
+                format!("{}: {reason}", c.name)
+            })
+        });
+        Answer {
+            probe,
+            reason,
+            checks,
+        }
+    }
+
+    /// The answer of `/<probe>/<name>`; `None` for a name never expected nor seen.
+    pub fn worker(&self, probe: Probe, name: &str) -> Option<Answer> {
+        let w = self.get(name)?;
+        let (reason, checks) = match probe {
+            Probe::Live => {
+                let r = err_string(&w.live);
+                (r.clone().err(), vec![Check::new("live", r)])
+            }
+            Probe::Startup => {
+                let r = err_string(&w.startup);
+                (r.clone().err(), vec![Check::new("started", r)])
+            }
+            Probe::Ready => (err_string(&w.ready).err(), w.ready_checks.clone()),
+        };
+        Some(Answer {
+            probe,
+            reason,
+            checks,
+        })
+    }
+}
+
+/// Computes every verdict from `state` at `now`.
+pub fn evaluate(state: &State, agent: AgentInput, t: &Thresholds, now: Instant) -> Verdicts {
+    let ticking = now.saturating_duration_since(agent.last_tick) < TICKER_LIMIT;
+    Verdicts {
+        agent_live: if ticking {
+            Ok(())
+        } else {
+            Err("ticker_stalled")
+        },
+        agent_ready: if agent.shutting_down {
+            Err("shutting down")
+        } else {
+            Ok(())
+        },
+        workers: state
+            .workers
+            .iter()
+            .map(|(name, w)| worker(name, w, t, now))
+            .collect(),
+    }
+}
+
+/// Whether `inst`'s process exists, per SPEC §7.
+pub fn pid_status(inst: &Instance) -> PidStatus {
+    match inst.proc.mode {
+        ProcMode::Off(_) => PidStatus::Unknown,
+        ProcMode::On(_) if inst.proc.gone => PidStatus::Gone,
+        ProcMode::On(_) => PidStatus::Exists,
+    }
+}
+
+fn elapsed(since: Instant, now: Instant) -> Duration {
+    now.saturating_duration_since(since)
+}
+
+/// Every liveness rule that holds, in precedence order.
+fn live_failures(inst: &Instance, pid: PidStatus, t: &Thresholds, now: Instant) -> Vec<LiveReason> {
+    let phase = inst.phase();
+    let proc = &inst.proc;
+    // A heartbeat newer than the latest sample supersedes a T/D seen in it.
+    let sample_counts = proc
+        .latest
+        .as_ref()
+        .is_some_and(|s| s.taken_at >= inst.heartbeat_at && pid == PidStatus::Exists);
+    let held_for = |since: Option<Instant>, bound: Duration| {
+        sample_counts && since.is_some_and(|s| elapsed(s, now) >= bound)
+    };
+    let connected = inst.connected;
+    let rules = [
+        (LiveReason::Failed, phase == Some(Phase::Failed)),
+        (LiveReason::Stopped, held_for(proc.stopped_since, t.hang)),
+        (
+            LiveReason::Uninterruptible,
+            held_for(proc.d_since, t.d_state),
+        ),
+        (
+            LiveReason::HeartbeatTimeout,
+            connected && elapsed(inst.heartbeat_at, now) >= t.hang,
+        ),
+        (
+            LiveReason::LoopStalled,
+            connected
+                && matches!(phase, Some(Phase::Ready | Phase::Draining))
+                && inst.loop_clock.is_some_and(|c| elapsed(c, now) >= t.stall),
+        ),
+        (
+            LiveReason::LoadStalled,
+            connected
+                && phase.is_some_and(Phase::is_starting)
+                && elapsed(inst.load_clock, now) >= t.load_stall,
+        ),
+        (
+            LiveReason::Silent,
+            !connected
+                && pid == PidStatus::Exists
+                && inst
+                    .disconnected_at
+                    .is_some_and(|d| elapsed(d, now) >= t.hang),
+        ),
+    ];
+    rules
+        .into_iter()
+        .filter_map(|(reason, holds)| holds.then_some(reason))
+        .collect()
+}
+
+/// `spinning` if the process used at least [`SPIN_CORES`] over the last interval.
+fn diagnose(inst: &Instance) -> Option<Diagnosis> {
+    let (prev, latest) = (inst.proc.previous.as_ref()?, inst.proc.latest.as_ref()?);
+    let wall = latest
+        .taken_at
+        .checked_duration_since(prev.taken_at)?
+        .as_secs_f64();
+    if wall <= 0.0 {
+        return None;
+    }
+    let cores = (latest.cpu_seconds - prev.cpu_seconds) / wall;
+    Some(if cores >= SPIN_CORES {
+        Diagnosis::Spinning
+    } else {
+        Diagnosis::Blocked
+    })
+}
+
+fn worker(name: &WorkerName, w: &Worker, t: &Thresholds, now: Instant) -> WorkerVerdict {
+    let Some(inst) = w.instance.as_ref() else {
+        return absent(name, w, PidStatus::Unknown);
+    };
+    let pid = pid_status(inst);
+    if !inst.connected && pid != PidStatus::Exists {
+        // Gone or unknown: the kubelet already restarts exited containers (SPEC §2).
+        return absent(name, w, pid);
+    }
+    let live = match live_failures(inst, pid, t, now).first() {
+        Some(&reason) => Err(reason),
+        None => Ok(()),
+    };
+    let diagnosis = match live {
+        Err(LiveReason::HeartbeatTimeout) => diagnose(inst),
+        _ => None,
+    };
+    let startup = if inst.ready_at.is_some() {
+        Ok(())
+    } else {
+        Err(StartupReason::NotStarted)
+    };
+    let phase = inst.phase();
+    let connected_r = if inst.connected {
+        Ok(())
+    } else {
+        Err(ReadyReason::NotConnected)
+    };
+    let phase_r = match phase {
+        Some(Phase::Ready) => Ok(()),
+        other => Err(ReadyReason::Phase(other)),
+    };
+    let check_rs: Vec<(String, Result<(), ReadyReason>)> = inst
+        .checks
+        .values()
+        .map(|c| {
+            let r = if c.ok {
+                Ok(())
+            } else {
+                Err(ReadyReason::Check {
+                    name: c.name.clone(),
+                    message: c.message.clone(),
+                })
+            };
+            (c.name.clone(), r)
+        })
+        .collect();
+    let live_r = live.map_err(ReadyReason::Live);
+    let ready = [&connected_r, &phase_r]
+        .into_iter()
+        .chain(check_rs.iter().map(|(_, r)| r))
+        .chain([&live_r])
+        .find_map(|r| r.clone().err())
+        .map_or(Ok(()), Err);
+    let mut ready_checks = vec![
+        Check::new("connected", err_string(&connected_r)),
+        Check::new("live", err_string(&live_r)),
+        Check::new("phase", err_string(&phase_r)),
+    ];
+    ready_checks.extend(
+        check_rs
+            .iter()
+            .map(|(n, r)| Check::new(format!("check:{n}"), err_string(r))),
+    );
+    WorkerVerdict {
+        name: name.clone(),
+        expected: w.expected,
+        connected: inst.connected,
+        pid,
+        startup,
+        ready,
+        live,
+        diagnosis,
+        ready_checks,
+    }
+}
+
+/// A worker with no connection and no (known) process: live passes, the rest fail.
+fn absent(name: &WorkerName, w: &Worker, pid: PidStatus) -> WorkerVerdict {
+    let not_connected = Err("not_connected".to_owned());
+    WorkerVerdict {
+        name: name.clone(),
+        expected: w.expected,
+        connected: false,
+        pid,
+        startup: Err(StartupReason::NotConnected),
+        ready: Err(ReadyReason::NotConnected),
+        live: Ok(()),
+        diagnosis: None,
+        ready_checks: vec![
+            Check::new("connected", not_connected),
+            Check::new("live", Ok(())),
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vitals_proto::message::{CheckReport, WorkerMessage};
+
+    use super::*;
+    use crate::procwatch::{ProcSample, SampleError};
+    use crate::registry::tests::{beat, hello, name, phase, PEER};
+    use crate::registry::{PeerCred, ProcTarget};
+
+    const T: Thresholds = Thresholds {
+        hang: Duration::from_secs(10),
+        stall: Duration::from_secs(30),
+        load_stall: Duration::from_secs(300),
+        d_state: Duration::from_secs(30),
+    };
+    const EPS: Duration = Duration::from_millis(1);
+
+    /// A scripted world: one clock, one registry, helpers to feed it.
+    struct World {
+        t0: Instant,
+        state: State,
+        conn: u64,
+    }
+
+    impl World {
+        fn new(expected: &[&str]) -> Self {
+            let names: Vec<_> = expected.iter().map(|n| name(n)).collect();
+            Self {
+                t0: Instant::now(),
+                state: State::new(&names),
+                conn: 0,
+            }
+        }
+        fn at(&self, d: Duration) -> Instant {
+            self.t0 + d
+        }
+        fn hello_as(&mut self, w: &str, inst: &str, peer: PeerCred, d: Duration) {
+            self.conn += 1;
+            let now = self.at(d);
+            self.state
+                .hello(&hello(w, inst), peer, self.conn, now)
+                .expect("name free");
+        }
+        fn hello(&mut self, w: &str, inst: &str, d: Duration) {
+            self.hello_as(w, inst, PEER, d);
+        }
+        fn send(&mut self, w: &str, msg: WorkerMessage, d: Duration) {
+            let now = self.at(d);
+            self.state.message(&name(w), self.conn, msg, now);
+        }
+        fn check(&mut self, w: &str, check: &str, ok: bool, d: Duration) {
+            let msg = WorkerMessage::Check(CheckReport {
+                name: check.into(),
+                ok,
+                message: if ok { "fine".into() } else { "missing".into() },
+            });
+            self.send(w, msg, d);
+        }
+        fn close(&mut self, w: &str, d: Duration) {
+            let now = self.at(d);
+            self.state.disconnect(&name(w), self.conn, now);
+        }
+        fn sample(&mut self, w: &str, state: char, cpu: f64, start: u64, d: Duration) {
+            let target = self
+                .state
+                .proc_targets()
+                .into_iter()
+                .find(|t| t.worker.as_str() == w)
+                .expect("sampled worker");
+            let sample = ProcSample {
+                taken_at: self.at(d),
+                state,
+                cpu_seconds: cpu,
+                rss_bytes: 1 << 20,
+                threads: 3,
+                start_time: start,
+            };
+            self.state.apply_sample(&target, Ok(sample));
+        }
+        fn gone(&mut self, w: &str) {
+            let target: ProcTarget = self
+                .state
+                .proc_targets()
+                .into_iter()
+                .find(|t| t.worker.as_str() == w)
+                .expect("sampled worker");
+            self.state
+                .apply_sample(&target, Err(SampleError::Gone(target.pid)));
+        }
+        fn eval(&self, d: Duration) -> Verdicts {
+            let now = self.at(d);
+            let agent = AgentInput {
+                shutting_down: false,
+                last_tick: now,
+            };
+            evaluate(&self.state, agent, &T, now)
+        }
+        fn v(&self, w: &str, d: Duration) -> WorkerVerdict {
+            self.eval(d).get(w).expect("known worker").clone()
+        }
+        /// A connected worker that reached ready at 0 s with heartbeats at 0 s.
+        fn ready(w: &str) -> Self {
+            let mut world = Self::new(&[w]);
+            world.hello(w, "a", Duration::ZERO);
+            world.send(w, phase(Phase::Ready, None), Duration::ZERO);
+            world.send(w, beat(1), Duration::ZERO);
+            world
+        }
+    }
+
+    fn s(secs: u64) -> Duration {
+        Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn a_ready_worker_passes_everything() {
+        let w = World::ready("model");
+        let v = w.v("model", s(1));
+        assert_eq!((v.startup, v.ready, v.live), (Ok(()), Ok(()), Ok(())));
+        let all = w.eval(s(1));
+        for p in Probe::ALL {
+            assert!(all.aggregate(p).ok(), "{p:?}");
+            assert!(all.worker(p, "model").expect("known").ok(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn expected_but_never_seen() {
+        let w = World::new(&["model"]);
+        let v = w.v("model", s(0));
+        assert_eq!(v.startup, Err(StartupReason::NotConnected));
+        assert_eq!(v.ready, Err(ReadyReason::NotConnected));
+        assert_eq!(v.live, Ok(()));
+        let all = w.eval(s(0));
+        assert_eq!(
+            all.aggregate(Probe::Ready).reason.as_deref(),
+            Some("model: not_connected")
+        );
+        assert_eq!(
+            all.aggregate(Probe::Startup).reason.as_deref(),
+            Some("model: not_connected")
+        );
+        assert!(all.aggregate(Probe::Live).ok(), "livez is the agent only");
+        assert!(all.worker(Probe::Ready, "other").is_none());
+    }
+
+    #[test]
+    fn loading_worker_is_live_but_not_started_nor_ready() {
+        let mut w = World::new(&["model"]);
+        w.hello("model", "a", s(0));
+        w.send("model", phase(Phase::Loading, Some(1)), s(0));
+        let v = w.v("model", s(1));
+        assert_eq!(v.startup, Err(StartupReason::NotStarted));
+        assert_eq!(v.ready, Err(ReadyReason::Phase(Some(Phase::Loading))));
+        assert_eq!(
+            v.ready.as_ref().map_err(ToString::to_string),
+            Err("phase loading".into())
+        );
+        assert_eq!(v.live, Ok(()));
+    }
+
+    #[test]
+    fn no_phase_yet_is_phase_unknown() {
+        let mut w = World::new(&[]);
+        w.hello("model", "a", s(0));
+        let v = w.v("model", s(0));
+        assert_eq!(
+            v.ready.map_err(|r| r.to_string()),
+            Err("phase unknown".into())
+        );
+    }
+
+    #[test]
+    fn heartbeat_timeout_just_under_and_over() {
+        let w = World::ready("model");
+        assert_eq!(w.v("model", T.hang - EPS).live, Ok(()));
+        let v = w.v("model", T.hang);
+        assert_eq!(v.live, Err(LiveReason::HeartbeatTimeout));
+        assert_eq!(
+            v.ready,
+            Err(ReadyReason::Live(LiveReason::HeartbeatTimeout))
+        );
+        assert_eq!(v.startup, Ok(()), "startup stays passed once reached");
+    }
+
+    #[test]
+    fn heartbeat_clock_starts_at_hello() {
+        let mut w = World::new(&[]);
+        w.hello("model", "a", s(0));
+        assert_eq!(w.v("model", T.hang - EPS).live, Ok(()));
+        assert_eq!(w.v("model", T.hang).live, Err(LiveReason::HeartbeatTimeout));
+    }
+
+    #[test]
+    fn loop_stalled_just_under_and_over() {
+        let mut w = World::ready("model");
+        // Heartbeats keep coming, progress frozen at 1.
+        let mut at = s(0);
+        while at < T.stall + s(1) {
+            w.send("model", beat(1), at);
+            at += s(1);
+        }
+        assert_eq!(w.v("model", T.stall - EPS).live, Ok(()));
+        assert_eq!(w.v("model", T.stall).live, Err(LiveReason::LoopStalled));
+        w.send("model", beat(2), T.stall + s(1));
+        assert_eq!(w.v("model", T.stall + s(1)).live, Ok(()), "progress moved");
+    }
+
+    #[test]
+    fn loop_stalled_does_not_apply_while_loading() {
+        let mut w = World::new(&[]);
+        w.hello("model", "a", s(0));
+        w.send("model", phase(Phase::Loading, Some(1)), s(0));
+        for i in 0..40 {
+            w.send("model", beat(1), s(i));
+            w.send("model", phase(Phase::Loading, Some(i + 2)), s(i));
+        }
+        assert_eq!(w.v("model", s(39)).live, Ok(()));
+        // Becoming ready restarts the loop clock: not stalled at once.
+        w.send("model", phase(Phase::Ready, None), s(39));
+        for i in 39..=(39 + T.stall.as_secs()) {
+            w.send("model", beat(1), s(i));
+        }
+        assert_eq!(w.v("model", s(39) + T.stall - EPS).live, Ok(()));
+        assert_eq!(
+            w.v("model", s(39) + T.stall).live,
+            Err(LiveReason::LoopStalled)
+        );
+    }
+
+    #[test]
+    fn load_stalled_just_under_and_over_and_progress_resets_it() {
+        let mut w = World::new(&[]);
+        w.hello("model", "a", s(0));
+        w.send("model", phase(Phase::Loading, Some(1)), s(0));
+        let beat_until = |w: &mut World, until: Duration| {
+            let mut at = s(0);
+            while at <= until {
+                w.send("model", beat(at.as_secs()), at);
+                at += s(1);
+            }
+        };
+        beat_until(&mut w, T.load_stall + s(1));
+        assert_eq!(w.v("model", T.load_stall - EPS).live, Ok(()));
+        assert_eq!(
+            w.v("model", T.load_stall).live,
+            Err(LiveReason::LoadStalled)
+        );
+        // A slow load that moves is live: liveness never kills a model still loading.
+        w.send("model", phase(Phase::Loading, Some(2)), T.load_stall + s(1));
+        assert_eq!(w.v("model", T.load_stall + s(1)).live, Ok(()));
+    }
+
+    #[test]
+    fn load_stalled_without_progress_field_and_in_warming() {
+        let mut w = World::new(&[]);
+        w.hello("model", "a", s(0));
+        w.send("model", phase(Phase::Warming, None), s(0));
+        let mut at = s(0);
+        while at <= T.load_stall {
+            w.send("model", beat(at.as_secs()), at);
+            at += s(1);
+        }
+        assert_eq!(
+            w.v("model", T.load_stall).live,
+            Err(LiveReason::LoadStalled)
+        );
+    }
+
+    #[test]
+    fn failed_is_immediate_and_not_ready() {
+        let mut w = World::ready("model");
+        w.send("model", phase(Phase::Failed, None), s(1));
+        let v = w.v("model", s(1));
+        assert_eq!(v.live, Err(LiveReason::Failed));
+        assert_eq!(v.ready, Err(ReadyReason::Phase(Some(Phase::Failed))));
+    }
+
+    #[test]
+    fn a_failing_check_gates_readiness_but_not_liveness() {
+        let mut w = World::ready("model");
+        w.check("model", "tokenizer", true, s(0));
+        w.check("model", "device", false, s(1));
+        let v = w.v("model", s(1));
+        assert_eq!(v.live, Ok(()));
+        assert_eq!(
+            v.ready.as_ref().map_err(ToString::to_string),
+            Err("check device: missing".into())
+        );
+        let answer = w.eval(s(1)).worker(Probe::Ready, "model").expect("known");
+        let names: Vec<_> = answer.checks.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "connected",
+                "live",
+                "phase",
+                "check:device",
+                "check:tokenizer"
+            ]
+        );
+        w.check("model", "device", true, s(2));
+        assert_eq!(w.v("model", s(2)).ready, Ok(()));
+    }
+
+    #[test]
+    fn draining_is_live_but_not_ready() {
+        let mut w = World::ready("model");
+        w.send("model", phase(Phase::Draining, None), s(1));
+        let v = w.v("model", s(1));
+        assert_eq!(v.live, Ok(()));
+        assert_eq!(v.ready, Err(ReadyReason::Phase(Some(Phase::Draining))));
+        assert_eq!(v.startup, Ok(()));
+        // loop_stalled still applies while draining.
+        w.send("model", beat(1), T.stall);
+        assert_eq!(
+            w.v("model", T.stall + s(1)).live,
+            Err(LiveReason::LoopStalled)
+        );
+    }
+
+    #[test]
+    fn restart_fails_startup_again_until_ready() {
+        let mut w = World::ready("model");
+        w.close("model", s(1));
+        w.hello("model", "b", s(2));
+        w.send("model", phase(Phase::Loading, None), s(2));
+        assert_eq!(w.v("model", s(2)).startup, Err(StartupReason::NotStarted));
+        assert_eq!(w.state.workers[&name("model")].restarts, 1);
+        w.send("model", phase(Phase::Ready, None), s(3));
+        assert_eq!(w.v("model", s(3)).startup, Ok(()));
+    }
+
+    #[test]
+    fn reconnect_of_the_same_instance_continues() {
+        let mut w = World::ready("model");
+        w.check("model", "device", true, s(0));
+        w.close("model", s(1));
+        w.hello("model", "a", s(2));
+        let v = w.v("model", s(2));
+        assert_eq!(v.startup, Ok(()), "still started");
+        assert_eq!(v.ready, Ok(()), "phase and checks carried over");
+        assert_eq!(w.state.workers[&name("model")].restarts, 0);
+    }
+
+    #[test]
+    fn stopped_under_and_over_then_sigcont_does_not_flap() {
+        let mut w = World::ready("model");
+        // SIGSTOP just after the heartbeat at 0 s; samples every second from 1 s.
+        for i in 1..=12 {
+            w.sample("model", 'T', 1.0, 9, s(i));
+        }
+        // First T sample at 1 s: stopped at 11 s; heartbeat_timeout holds from 10 s.
+        let v = w.v("model", s(11) - EPS);
+        assert_eq!(v.live, Err(LiveReason::HeartbeatTimeout));
+        assert_eq!(v.diagnosis, Some(Diagnosis::Blocked));
+        assert_eq!(
+            w.v("model", s(11)).live,
+            Err(LiveReason::Stopped),
+            "stopped outranks"
+        );
+        // SIGCONT: a heartbeat arrives before the next sample; the old T no longer counts.
+        w.send("model", beat(2), s(12) + EPS);
+        assert_eq!(w.v("model", s(12) + EPS).live, Ok(()));
+        w.sample("model", 'S', 1.0, 9, s(13));
+        assert_eq!(w.v("model", s(13)).live, Ok(()));
+    }
+
+    #[test]
+    fn uninterruptible_just_under_and_over() {
+        let mut w = World::ready("model");
+        // D from 1 s; heartbeats stop too (the whole process is stuck).
+        let mut at = s(1);
+        while at <= s(1) + T.d_state {
+            w.sample("model", 'D', 1.0, 9, at);
+            at += s(1);
+        }
+        let v = w.v("model", s(1) + T.d_state - EPS);
+        assert_eq!(v.live, Err(LiveReason::HeartbeatTimeout));
+        assert_eq!(
+            w.v("model", s(1) + T.d_state).live,
+            Err(LiveReason::Uninterruptible)
+        );
+    }
+
+    #[test]
+    fn short_d_state_with_heartbeats_is_fine() {
+        let mut w = World::ready("model");
+        for i in 1..40 {
+            w.sample("model", 'D', 1.0, 9, s(i));
+            w.send("model", beat(i + 1), s(i) + EPS);
+        }
+        assert_eq!(w.v("model", s(40)).live, Ok(()));
+    }
+
+    #[test]
+    fn spinning_versus_blocked() {
+        let mut w = World::ready("model");
+        w.sample("model", 'R', 1.0, 9, s(10));
+        w.sample("model", 'R', 1.9, 9, s(11));
+        let v = w.v("model", s(11));
+        assert_eq!(v.live, Err(LiveReason::HeartbeatTimeout));
+        assert_eq!(v.diagnosis, Some(Diagnosis::Spinning));
+        w.sample("model", 'S', 1.91, 9, s(12));
+        assert_eq!(w.v("model", s(12)).diagnosis, Some(Diagnosis::Blocked));
+    }
+
+    #[test]
+    fn no_diagnosis_without_proc() {
+        let mut w = World::new(&[]);
+        w.hello_as("model", "a", PeerCred { pid: 0, ..PEER }, s(0));
+        let v = w.v("model", T.hang);
+        assert_eq!(v.live, Err(LiveReason::HeartbeatTimeout));
+        assert_eq!(v.diagnosis, None);
+    }
+
+    #[test]
+    fn silent_just_under_and_over() {
+        let mut w = World::ready("model");
+        w.sample("model", 'S', 1.0, 9, s(0));
+        w.close("model", s(1));
+        for i in 2..=12 {
+            w.sample("model", 'S', 1.0, 9, s(i));
+        }
+        let v = w.v("model", s(1) + T.hang - EPS);
+        assert_eq!(v.live, Ok(()));
+        assert_eq!(v.ready, Err(ReadyReason::NotConnected));
+        assert_eq!(v.startup, Ok(()), "process still there: started");
+        assert_eq!(w.v("model", s(1) + T.hang).live, Err(LiveReason::Silent));
+    }
+
+    #[test]
+    fn pid_gone_passes_liveness_and_fails_the_rest() {
+        let mut w = World::ready("model");
+        w.send("model", phase(Phase::Failed, None), s(1));
+        w.close("model", s(1));
+        w.gone("model");
+        let v = w.v("model", s(30));
+        assert_eq!(v.pid, PidStatus::Gone);
+        assert_eq!(v.live, Ok(()));
+        assert_eq!(v.ready, Err(ReadyReason::NotConnected));
+        assert_eq!(v.startup, Err(StartupReason::NotConnected));
+    }
+
+    #[test]
+    fn zombie_or_reused_pid_is_gone() {
+        let mut w = World::ready("model");
+        w.sample("model", 'S', 1.0, 9, s(1));
+        w.close("model", s(1));
+        w.sample("model", 'Z', 1.0, 9, s(2));
+        assert_eq!(w.v("model", s(30)).live, Ok(()));
+        let mut w = World::ready("model");
+        w.sample("model", 'S', 1.0, 9, s(1));
+        w.close("model", s(1));
+        w.sample("model", 'S', 1.0, 77, s(2));
+        assert_eq!(w.v("model", s(30)).pid, PidStatus::Gone);
+    }
+
+    #[test]
+    fn pid_zero_disconnected_is_unknown() {
+        let mut w = World::new(&["model"]);
+        w.hello_as("model", "a", PeerCred { pid: 0, ..PEER }, s(0));
+        w.send("model", phase(Phase::Ready, None), s(0));
+        w.close("model", s(1));
+        let v = w.v("model", s(30));
+        assert_eq!(v.pid, PidStatus::Unknown);
+        assert_eq!(v.live, Ok(()), "no silent without /proc");
+        assert_eq!(v.ready, Err(ReadyReason::NotConnected));
+        assert_eq!(v.startup, Err(StartupReason::NotConnected));
+    }
+
+    #[test]
+    fn reasons_follow_the_spec_order() {
+        let mut sorted = LiveReason::ALL;
+        sorted.sort();
+        assert_eq!(sorted, LiveReason::ALL);
+        let names: Vec<_> = LiveReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "failed",
+                "stopped",
+                "uninterruptible",
+                "heartbeat_timeout",
+                "loop_stalled",
+                "load_stalled",
+                "silent"
+            ]
+        );
+        // failed + stopped + heartbeat_timeout all hold: failed is reported.
+        let mut w = World::ready("model");
+        w.send("model", phase(Phase::Failed, None), s(0));
+        for i in 1..=12 {
+            w.sample("model", 'T', 1.0, 9, s(i));
+        }
+        let all = live_failures(
+            w.state.workers[&name("model")]
+                .instance
+                .as_ref()
+                .expect("i"),
+            PidStatus::Exists,
+            &T,
+            w.at(s(12)),
+        );
+        assert_eq!(
+            all,
+            [
+                LiveReason::Failed,
+                LiveReason::Stopped,
+                LiveReason::HeartbeatTimeout
+            ]
+        );
+        assert_eq!(w.v("model", s(12)).live, Err(LiveReason::Failed));
+    }
+
+    #[test]
+    fn readiness_reasons_in_order() {
+        let mut w = World::ready("model");
+        w.check("model", "device", false, s(0));
+        w.send("model", phase(Phase::Warming, None), s(0));
+        // phase before check before liveness.
+        assert_eq!(
+            w.v("model", T.hang).ready,
+            Err(ReadyReason::Phase(Some(Phase::Warming)))
+        );
+        w.send("model", phase(Phase::Ready, None), s(0));
+        assert_eq!(
+            w.v("model", T.hang).ready.map_err(|r| r.to_string()),
+            Err("check device: missing".into())
+        );
+    }
+
+    #[test]
+    fn aggregates_name_the_first_failing_worker_and_shutdown_first() {
+        let mut w = World::ready("b");
+        let a = Worker {
+            expected: true,
+            ..Worker::default()
+        };
+        w.state.workers.insert(name("a"), a);
+        let now = w.at(s(1));
+        let mut agent = AgentInput {
+            shutting_down: false,
+            last_tick: now,
+        };
+        let v = evaluate(&w.state, agent, &T, now);
+        assert_eq!(
+            v.aggregate(Probe::Ready).reason.as_deref(),
+            Some("a: not_connected")
+        );
+        agent.shutting_down = true;
+        let v = evaluate(&w.state, agent, &T, now);
+        for p in [Probe::Ready, Probe::Startup] {
+            assert_eq!(v.aggregate(p).reason.as_deref(), Some("shutting down"));
+        }
+        assert!(v.aggregate(Probe::Live).ok());
+        assert!(
+            v.worker(Probe::Ready, "b").expect("known").ok(),
+            "per-worker unaffected"
+        );
+    }
+
+    #[test]
+    fn connected_unexpected_workers_count_for_readyz_only() {
+        let mut w = World::new(&[]);
+        w.hello("extra", "a", s(0));
+        let v = w.eval(s(0));
+        assert_eq!(
+            v.aggregate(Probe::Ready).reason.as_deref(),
+            Some("extra: phase unknown")
+        );
+        assert!(v.aggregate(Probe::Startup).ok(), "nothing expected: passes");
+        // Disconnected and gone: no longer counted.
+        w.close("extra", s(1));
+        w.gone("extra");
+        assert!(w.eval(s(2)).aggregate(Probe::Ready).ok());
+    }
+
+    #[test]
+    fn agent_liveness_follows_its_ticker() {
+        let state = State::default();
+        let t0 = Instant::now();
+        let agent = AgentInput {
+            shutting_down: false,
+            last_tick: t0,
+        };
+        let live = |d| evaluate(&state, agent, &T, t0 + d).aggregate(Probe::Live);
+        assert!(live(TICKER_LIMIT - EPS).ok());
+        assert_eq!(live(TICKER_LIMIT).reason.as_deref(), Some("ticker_stalled"));
+    }
+}
