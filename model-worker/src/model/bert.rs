@@ -17,7 +17,7 @@ use candle_transformers::models::bert::{BertModel, Config as BertConfig, HiddenA
 use super::{read_json, Embedder, ModelError, ModelSpec, Pooling};
 
 /// Bytes read per step while loading weights; each step reports progress.
-const READ_CHUNK: usize = 1 << 20;
+pub const READ_CHUNK: usize = 1 << 20;
 
 /// Per-forward-pass cost in token equivalents, used to decide when splitting a batch by
 /// length pays off: small matrix products and per-call work make one pass of a few rows

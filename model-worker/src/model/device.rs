@@ -56,8 +56,19 @@ pub struct OpenDevice {
     pub device: Device,
     /// Short name: `cpu` or `cuda:N`.
     pub name: String,
-    /// Human-readable detail for the `device` check (threads, GPU name and memory).
-    pub detail: String,
+    cpu_threads: usize,
+}
+
+impl OpenDevice {
+    /// Human-readable detail for the `device` check: CPU threads, or the GPU's name and
+    /// its memory now (call it after the warm-up to show what the model uses).
+    pub fn describe(&self) -> String {
+        if self.device.is_cuda() {
+            describe_cuda(&self.device)
+        } else {
+            format!("cpu, {} threads", self.cpu_threads)
+        }
+    }
 }
 
 /// Opens the device `spec` asks for. `auto` falls back to the CPU when no CUDA device can
@@ -66,15 +77,15 @@ pub fn open(spec: DeviceSpec, cpu_threads: usize) -> Result<OpenDevice, ModelErr
     let cpu = || OpenDevice {
         device: Device::Cpu,
         name: "cpu".to_owned(),
-        detail: format!("cpu, {cpu_threads} threads"),
+        cpu_threads,
     };
     match spec {
         DeviceSpec::Cpu => Ok(cpu()),
-        DeviceSpec::Cuda(n) => open_cuda(n).map_err(|e| ModelError::Device {
+        DeviceSpec::Cuda(n) => open_cuda(n, cpu_threads).map_err(|e| ModelError::Device {
             device: spec.to_string(),
             reason: e.to_string(),
         }),
-        DeviceSpec::Auto if cfg!(feature = "cuda") => match open_cuda(0) {
+        DeviceSpec::Auto if cfg!(feature = "cuda") => match open_cuda(0, cpu_threads) {
             Ok(d) => Ok(d),
             Err(e) => {
                 tracing::info!(error = %e, "no usable CUDA device; using the CPU");
@@ -85,13 +96,11 @@ pub fn open(spec: DeviceSpec, cpu_threads: usize) -> Result<OpenDevice, ModelErr
     }
 }
 
-fn open_cuda(ordinal: usize) -> candle_core::Result<OpenDevice> {
-    let device = Device::new_cuda(ordinal)?;
-    let detail = describe_cuda(&device);
+fn open_cuda(ordinal: usize, cpu_threads: usize) -> candle_core::Result<OpenDevice> {
     Ok(OpenDevice {
-        device,
+        device: Device::new_cuda(ordinal)?,
         name: format!("cuda:{ordinal}"),
-        detail,
+        cpu_threads,
     })
 }
 
@@ -141,7 +150,7 @@ mod tests {
         }
         assert_eq!(open(DeviceSpec::Auto, 2).expect("cpu").name, "cpu");
         let d = open(DeviceSpec::Cpu, 3).expect("cpu");
-        assert_eq!(d.detail, "cpu, 3 threads");
+        assert_eq!(d.describe(), "cpu, 3 threads");
         let err = open(DeviceSpec::Cuda(0), 1).expect_err("no CUDA in this build");
         assert!(err.to_string().starts_with("device cuda:0"), "{err}");
     }

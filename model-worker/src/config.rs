@@ -1,0 +1,299 @@
+//! The command line (clap; every flag also from `VITALS_<FLAG>`) and its validation into
+//! a [`Config`] the rest of the worker trusts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use vitals_proto::WorkerName;
+
+use crate::model::device::DeviceSpec;
+
+/// vitals-worker: a sentence-embedding server (OpenAI- and TEI-compatible) that reports
+/// its lifecycle to the Vitals agent.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "vitals-worker", version)]
+pub struct Args {
+    /// Model folder in sentence-transformers layout (config.json, model.safetensors,
+    /// tokenizer.json, modules.json, 1_Pooling/config.json).
+    #[arg(
+        long,
+        env = "VITALS_MODEL_DIR",
+        default_value = "models/all-MiniLM-L6-v2"
+    )]
+    pub model_dir: PathBuf,
+    /// auto (CUDA when built with it and present, else CPU), cpu, cuda or cuda:N.
+    #[arg(long, env = "VITALS_DEVICE", default_value = "auto")]
+    pub device: DeviceSpec,
+    /// HTTP address for the API.
+    #[arg(long, env = "VITALS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// The agent's Unix socket; the worker runs (and keeps retrying quietly) without one.
+    #[arg(
+        long,
+        env = "VITALS_AGENT_SOCKET",
+        default_value = "/run/vitals/agent.sock"
+    )]
+    pub agent_socket: PathBuf,
+    /// This worker's name in the agent (the container's name).
+    #[arg(long, env = "VITALS_NAME", default_value = "model")]
+    pub name: String,
+    /// Most texts in one forward pass.
+    #[arg(long, env = "VITALS_MAX_BATCH_SIZE", default_value_t = 32)]
+    pub max_batch_size: usize,
+    /// Most padded tokens (rows × longest) in one forward pass.
+    #[arg(long, env = "VITALS_MAX_BATCH_TOKENS", default_value_t = 8192)]
+    pub max_batch_tokens: usize,
+    /// How long a partly filled batch waits for more work before running.
+    #[arg(long, env = "VITALS_BATCH_LINGER", default_value = "2ms", value_parser = parse_duration)]
+    pub batch_linger: Duration,
+    /// Most requests queued for the model; beyond it requests get 429.
+    #[arg(long, env = "VITALS_MAX_QUEUE", default_value_t = 1024)]
+    pub max_queue: usize,
+    /// Most texts in one request (413 beyond).
+    #[arg(long, env = "VITALS_MAX_INPUTS", default_value_t = 2048)]
+    pub max_inputs: usize,
+    /// Most characters over all texts of one request (413 beyond).
+    #[arg(long, env = "VITALS_MAX_REQUEST_CHARS", default_value_t = 1_000_000)]
+    pub max_request_chars: usize,
+    /// After SIGTERM, how long queued and running requests may take before exiting.
+    #[arg(long, env = "VITALS_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// How often the reporter sends a heartbeat to the agent.
+    #[arg(long, env = "VITALS_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// CPU threads for candle's matrix products (default: available cores).
+    #[arg(long, env = "VITALS_THREADS")]
+    pub threads: Option<usize>,
+    /// Log format on stderr.
+    #[arg(long, env = "VITALS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Enables `POST /debug/fault` and the `--fault-*` start-up options. Tests only.
+    #[arg(long, env = "VITALS_ENABLE_FAULT_INJECTION")]
+    pub enable_fault_injection: bool,
+    /// Fault: loading takes this long, with progress moving all along.
+    #[arg(long, env = "VITALS_FAULT_SLOW_LOAD", value_parser = parse_duration, requires = "enable_fault_injection")]
+    pub fault_slow_load: Option<Duration>,
+    /// Fault: loading stops part-way (progress frozen) and never finishes.
+    #[arg(
+        long,
+        env = "VITALS_FAULT_STUCK_LOAD",
+        requires = "enable_fault_injection"
+    )]
+    pub fault_stuck_load: bool,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Limits on batches the model thread forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Most sequences per batch.
+    pub max_batch_size: usize,
+    /// Most padded tokens (rows × longest sequence) per batch.
+    pub max_batch_tokens: usize,
+    /// How long a partly filled batch may wait for more work.
+    pub linger: Duration,
+}
+
+/// Start-up faults (only with `--enable-fault-injection`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadFaults {
+    /// Stretch loading to at least this long, progress moving.
+    pub slow_load: Option<Duration>,
+    /// Freeze progress part-way and never finish loading.
+    pub stuck_load: bool,
+}
+
+/// A validated worker configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Model folder.
+    pub model_dir: PathBuf,
+    /// Device choice.
+    pub device: DeviceSpec,
+    /// HTTP address (the binary binds it; tests bind their own listener).
+    pub listen: SocketAddr,
+    /// The agent's socket.
+    pub agent_socket: PathBuf,
+    /// Worker name in the agent.
+    pub name: WorkerName,
+    /// Batch formation limits.
+    pub batch: BatchLimits,
+    /// Most queued requests.
+    pub max_queue: usize,
+    /// Most texts per request.
+    pub max_inputs: usize,
+    /// Most characters per request.
+    pub max_request_chars: usize,
+    /// Drain deadline after a shutdown signal.
+    pub drain_timeout: Duration,
+    /// Heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// CPU threads candle uses (reported in the `device` check).
+    pub threads: usize,
+    /// Whether `/debug/fault` exists.
+    pub fault_injection: bool,
+    /// Start-up faults.
+    pub load_faults: LoadFaults,
+}
+
+/// Why the command line is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The worker name breaks the protocol's naming rule.
+    #[error("invalid --name: {0}")]
+    Name(String),
+    /// A limit is zero or inconsistent.
+    #[error("invalid {flag}: {reason}")]
+    Limit {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Validates parsed arguments.
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let name = WorkerName::parse(&args.name).map_err(|e| ConfigError::Name(e.to_string()))?;
+        for (flag, value) in [
+            ("--max-batch-size", args.max_batch_size),
+            ("--max-batch-tokens", args.max_batch_tokens),
+            ("--max-queue", args.max_queue),
+            ("--max-inputs", args.max_inputs),
+            ("--max-request-chars", args.max_request_chars),
+            ("--threads", args.threads.unwrap_or(1)),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Limit {
+                    flag,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        if args.heartbeat_interval.is_zero() {
+            return Err(ConfigError::Limit {
+                flag: "--heartbeat-interval",
+                reason: "must be positive".into(),
+            });
+        }
+        let threads = args.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        Ok(Self {
+            model_dir: args.model_dir,
+            device: args.device,
+            listen: args.listen,
+            agent_socket: args.agent_socket,
+            name,
+            batch: BatchLimits {
+                max_batch_size: args.max_batch_size,
+                max_batch_tokens: args.max_batch_tokens,
+                linger: args.batch_linger,
+            },
+            max_queue: args.max_queue,
+            max_inputs: args.max_inputs,
+            max_request_chars: args.max_request_chars,
+            drain_timeout: args.drain_timeout,
+            heartbeat_interval: args.heartbeat_interval,
+            threads,
+            fault_injection: args.enable_fault_injection,
+            load_faults: LoadFaults {
+                slow_load: args.fault_slow_load,
+                stuck_load: args.fault_stuck_load,
+            },
+        })
+    }
+}
+
+/// Parses `250ms`, `10s`, `1.5s`, `2m` or `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 10s, 2m"))?;
+    let scale = match unit.trim() {
+        "ms" => 1e-3,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("invalid duration unit {other:?} in {s:?}")),
+    };
+    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("vitals-worker").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let config = Config::from_args(parse(&[]).expect("defaults parse")).expect("valid");
+        assert_eq!(config.name.to_string(), "model");
+        assert_eq!(config.batch.max_batch_size, 32);
+        assert_eq!(config.max_queue, 1024);
+        assert_eq!(config.drain_timeout, Duration::from_secs(30));
+        assert_eq!(config.device, DeviceSpec::Auto);
+        assert!(!config.fault_injection);
+    }
+
+    #[test]
+    fn fault_options_require_fault_injection() {
+        assert!(parse(&["--fault-stuck-load"]).is_err());
+        assert!(parse(&["--fault-slow-load", "5s"]).is_err());
+        let args = parse(&[
+            "--enable-fault-injection",
+            "--fault-slow-load",
+            "5s",
+            "--fault-stuck-load",
+        ])
+        .expect("allowed together");
+        let config = Config::from_args(args).expect("valid");
+        assert_eq!(config.load_faults.slow_load, Some(Duration::from_secs(5)));
+        assert!(config.load_faults.stuck_load);
+    }
+
+    #[test]
+    fn rejects_bad_names_and_zero_limits() {
+        let bad = parse(&["--name", "Bad_Name"]).expect("parses");
+        assert!(matches!(Config::from_args(bad), Err(ConfigError::Name(_))));
+        let zero = parse(&["--max-queue", "0"]).expect("parses");
+        assert!(matches!(
+            Config::from_args(zero),
+            Err(ConfigError::Limit {
+                flag: "--max-queue",
+                ..
+            })
+        ));
+        assert!(parse(&["--device", "tpu"]).is_err());
+    }
+}
