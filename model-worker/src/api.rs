@@ -573,6 +573,8 @@ fn health(state: &AppState) -> Result<Response<Full<Bytes>>, ApiError> {
 }
 
 fn metrics(state: &AppState) -> Response<Full<Bytes>> {
+    // Current even while the model loop is busy or hung.
+    state.metrics.set_queue_depth(state.submitter.depth());
     let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
     response.headers_mut().insert(
         CONTENT_TYPE,
