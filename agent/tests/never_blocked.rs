@@ -1,0 +1,180 @@
+//! The probe port answers at once whatever workers and clients do: wedged and stopped
+//! workers, 1000 kubelet-style probes, 500 idle keep-alive connections, a slow-loris
+//! client, oversized headers, and a full connection cap.
+//!
+//! Latency bounds: the contract is "well under 10 ms"; the bench (`scripts/bench-agent.sh`,
+//! release build) reports p50/p99. Here, in a debug build on shared CI cores, the test
+//! asserts p99 under 10 ms and the worst single probe under 100 ms, so that scheduler
+//! noise does not fail it while a probe that waited on a worker (seconds) still would.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{eventually, Agent, Worker};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const P99_BOUND: Duration = Duration::from_millis(10);
+const MAX_BOUND: Duration = Duration::from_millis(100);
+
+fn timed_probe(addr: SocketAddr, path: &str) -> (Duration, u16) {
+    let start = Instant::now();
+    let r = common::request(addr, "GET", path, &[]);
+    (start.elapsed(), r.code)
+}
+
+fn assert_fast(label: &str, mut times: Vec<Duration>) {
+    times.sort();
+    let p50 = times[times.len() / 2];
+    let p99 = times[times.len() * 99 / 100];
+    let max = *times.last().unwrap();
+    eprintln!(
+        "{label}: {} probes, p50 {p50:?}, p99 {p99:?}, max {max:?}",
+        times.len()
+    );
+    assert!(p99 < P99_BOUND, "{label}: p99 {p99:?}");
+    assert!(max < MAX_BOUND, "{label}: max {max:?}");
+}
+
+#[test]
+fn probes_answer_at_once_with_a_wedged_connection_and_a_stopped_worker() {
+    let agent = Agent::start(|_| {});
+    // Wedged: connected, never writes.
+    let _wedged = Worker::connect(&agent.socket);
+    // Wedged after hello: says hello, then nothing.
+    let _mute = agent.worker("mute", "i-1");
+    // A worker process, then SIGSTOPped.
+    let script = "import socket,sys,os,json,time\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall((json.dumps({'type':'hello','v':1,'worker':'model','instance':str(os.getpid()),'pid':os.getpid(),'version':'py','heartbeat_ms':50})+'\\n').encode())\ns.recv(4096)\ns.sendall(b'{\"type\":\"phase\",\"phase\":\"ready\"}\\n')\nwhile True:\n  s.sendall(b'{\"type\":\"heartbeat\",\"seq\":1,\"progress\":1,\"pending\":0,\"in_flight\":0}\\n'); time.sleep(0.05)\n";
+    let child = Command::new("python3")
+        .args(["-c", script])
+        .arg(&agent.socket)
+        .stdin(Stdio::null())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("SKIPPED part: python3 not available ({e}); no stopped worker process");
+            None
+        }
+    };
+    if let Some(c) = &child {
+        agent.wait_for("/readyz/model", 200, "ok");
+        kill(
+            Pid::from_raw(i32::try_from(c.id()).unwrap()),
+            Signal::SIGSTOP,
+        )
+        .unwrap();
+    }
+    let paths = [
+        "/readyz",
+        "/livez",
+        "/startupz",
+        "/readyz/model",
+        "/livez/mute",
+    ];
+    let times: Vec<Duration> = (0..1000)
+        .map(|i| {
+            let (took, code) = timed_probe(agent.addr, paths[i % paths.len()]);
+            assert!(code == 200 || code == 503 || code == 404, "code {code}");
+            took
+        })
+        .collect();
+    assert_fast("1000 probes, wedged + stopped", times);
+    if let Some(c) = child.as_mut() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+#[test]
+fn idle_connections_and_a_slow_loris_do_not_starve_probes() {
+    let agent = Agent::start(|_| {});
+    // 500 idle connections, as keep-alive clients that never send a request.
+    let idle: Vec<TcpStream> = (0..500)
+        .map(|_| TcpStream::connect(agent.addr).unwrap())
+        .collect();
+    // A slow loris: a header byte every 50 ms, never finishing.
+    let addr = agent.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loris = std::thread::spawn({
+        let stop = std::sync::Arc::clone(&stop);
+        move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\n");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if s.write_all(b"X").is_err() {
+                    return true; // the agent closed it: header read timeout
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            false
+        }
+    });
+    let times: Vec<Duration> = (0..300)
+        .map(|_| {
+            let (took, code) = timed_probe(agent.addr, "/livez");
+            assert_eq!(code, 200);
+            took
+        })
+        .collect();
+    assert_fast("probes beside 500 idle + slow loris", times);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = loris.join();
+    drop(idle);
+}
+
+#[test]
+fn over_the_cap_new_connections_close_at_once_and_idle_ones_time_out() {
+    let agent = Agent::start(|c| {
+        c.max_connections = 16;
+        c.header_timeout = Duration::from_millis(500);
+    });
+    let idle: Vec<TcpStream> = (0..16)
+        .map(|_| TcpStream::connect(agent.addr).unwrap())
+        .collect();
+    // Let the agent accept them all.
+    eventually("cap reached", || {
+        let mut s = TcpStream::connect(agent.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let _ = s.write_all(b"GET /livez HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let mut buf = Vec::new();
+        let start = Instant::now();
+        let n = s.read_to_end(&mut buf).unwrap_or(0);
+        // Closed without an answer, at once rather than queued.
+        (n == 0 && start.elapsed() < Duration::from_millis(200)).then_some(())
+    });
+    // The idle ones are closed after the header timeout; probes answer again.
+    agent.wait_for("/livez", 200, "ok");
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            s.read(&mut buf).unwrap_or(0),
+            0,
+            "idle connection closed by the agent"
+        );
+    }
+}
+
+#[test]
+fn oversized_headers_are_refused() {
+    let agent = Agent::start(|_| {});
+    let mut s = TcpStream::connect(agent.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let big = "a".repeat(64 * 1024);
+    let _ = s.write_all(format!("GET /livez HTTP/1.1\r\nX-Big: {big}\r\n\r\n").as_bytes());
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 431"),
+        "refused, got {:?}",
+        text.lines().next()
+    );
+    assert_eq!(agent.get("/livez").code, 200);
+}

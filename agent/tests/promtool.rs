@@ -1,0 +1,74 @@
+//! `/metrics` passes `promtool check metrics` (CI installs promtool via `make deps`).
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::{eventually, metric, Agent, Worker};
+use vitals_agent::config::Config;
+use vitals_proto::WorkerName;
+
+#[test]
+fn metrics_pass_promtool_check() {
+    let agent = Agent::start(|c: &mut Config| c.expect = vec![WorkerName::parse("model").unwrap()]);
+    let mut w = agent.worker("model", "i-1");
+    w.loading(5);
+    w.beat(3);
+    w.phase("ready");
+    w.beat(4);
+    agent.wait_for("/readyz", 200, "ok");
+    let mut bad = Worker::connect(&agent.socket);
+    bad.line("garbage");
+    bad.expect_error("bad_frame");
+    for path in ["/livez", "/readyz/model", "/startupz", "/readyz/nobody"] {
+        agent.get(path);
+    }
+    // Wait for a /proc sample so the process series carry real values.
+    let text = eventually("a /proc sample", || {
+        let m = agent.metrics();
+        metric(&m, "vitals_worker_process_threads{worker=\"model\"}")
+            .filter(|v| *v > 0.0)
+            .map(|_| m)
+    });
+    for name in [
+        "vitals_probe_requests_total",
+        "vitals_probe_duration_seconds_bucket",
+        "vitals_worker_startup_seconds",
+        "vitals_worker_process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(text.contains(name), "{name} missing");
+    }
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("SKIPPED: promtool not found ({e}); run `make deps` to install it");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}\n{text}"
+    );
+}
