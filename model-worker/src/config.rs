@@ -43,7 +43,7 @@ pub struct Args {
     #[arg(long, env = "VITALS_MAX_BATCH_SIZE", default_value_t = 32)]
     pub max_batch_size: usize,
     /// Most padded tokens (rows × longest) in one forward pass.
-    #[arg(long, env = "VITALS_MAX_BATCH_TOKENS", default_value_t = 8192)]
+    #[arg(long, env = "VITALS_MAX_BATCH_TOKENS", default_value_t = 4096)]
     pub max_batch_tokens: usize,
     /// How long a partly filled batch waits for more work before running.
     #[arg(long, env = "VITALS_BATCH_LINGER", default_value = "2ms", value_parser = parse_duration)]
