@@ -3,6 +3,8 @@
 rules, monitoring cross-references). Called by scripts/check-deploy.sh; needs PyYAML.
 
   check_deploy.py pods [--hardened] FILE...      every Vitals pod template is wired per SPEC §6
+  check_deploy.py expand-lists IN OUT             writes IN with every `kind: List` replaced by its
+      items (kubernetes-validate has no schema for List and would skip them)
   check_deploy.py monitoring RENDERED BASE RULES_OUT
       splits the monitoring render: writes the PrometheusRule groups to RULES_OUT (for
       promtool), prints the core documents (for kubernetes-validate) on stdout, checks the
@@ -233,8 +235,20 @@ def check_monitoring(rendered, base, rules_out):
     yaml.safe_dump_all(core, sys.stdout, sort_keys=False)
 
 
+def expand_lists(src, dst):
+    def expand(d):
+        if d.get("kind") == "List" and d.get("apiVersion") == "v1":
+            return [x for item in d.get("items") or [] for x in expand(item)]
+        return [d]
+    docs = [x for d in load(src) for x in expand(d)]
+    with open(dst, "w") as f:
+        yaml.safe_dump_all(docs, f, sort_keys=False)
+
+
 def main(argv):
-    if len(argv) >= 2 and argv[1] == "pods":
+    if len(argv) == 4 and argv[1] == "expand-lists":
+        expand_lists(argv[2], argv[3])
+    elif len(argv) >= 2 and argv[1] == "pods":
         hardened = "--hardened" in argv
         files = [a for a in argv[2:] if a != "--hardened"]
         n = check_pods(files, hardened)

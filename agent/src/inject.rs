@@ -1,17 +1,903 @@
-//! `vitals-agent inject`: rewrites pod specs so Vitals watches them (placeholder until the
-//! deploy issue lands; the interface below is the contract with `main.rs`).
+//! `vitals-agent inject`: rewrites Kubernetes YAML so Vitals watches its pods, wiring every
+//! pod template as SPEC §6 says (the agent as a sidecar, the socket volume, a shared PID
+//! namespace, each worker's env and probes pointed at the agent).
+//!
+//! The rewrite is pure ([`inject_documents`]): text in, text out, nothing written on error.
+//! It is idempotent: a document that already has exactly this wiring comes out byte for
+//! byte, and one injected by an older version is updated in place (the agent container is
+//! found by its name, `vitals-agent`), never duplicated. Documents without a pod template
+//! (Services, ConfigMaps, …) pass through untouched, comments included.
 
+mod yaml;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+
+use anyhow::Context as _;
 use clap::Args;
+
+use self::yaml::{Map, Node};
+
+/// Name of the agent container; how an existing injection is recognised.
+pub const AGENT_CONTAINER: &str = "vitals-agent";
+/// The agent's probe port (SPEC §3).
+pub const AGENT_PORT: u16 = 9180;
+/// The socket folder, an emptyDir shared by the agent and the workers.
+pub const SOCKET_DIR: &str = "/run/vitals";
+/// The agent's socket, as the workers see it.
+pub const SOCKET_PATH: &str = "/run/vitals/agent.sock";
+/// Name of the socket volume.
+pub const SOCKET_VOLUME: &str = "vitals-socket";
+/// Pod annotation listing the worker containers (`a,b`).
+pub const WORKERS_ANNOTATION: &str = "vitals.dev/workers";
+/// Pod annotation recording which version injected the pod.
+pub const VERSION_ANNOTATION: &str = "vitals.dev/injected-version";
+/// This version, written into [`VERSION_ANNOTATION`].
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Flags of `vitals-agent inject`.
 #[derive(Debug, Args)]
 pub struct InjectArgs {
-    /// YAML to read; `-` (the default) reads stdin.
-    #[arg(short = 'f', long = "filename", default_value = "-")]
+    /// YAML to read (one or more documents); `-` (the default) reads stdin.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE",
+        default_value = "-",
+        env = "VITALS_FILENAME"
+    )]
     pub file: String,
+    /// A worker container to watch (repeatable, or comma-separated). Without it, each pod
+    /// template's `vitals.dev/workers` annotation decides, or its only container.
+    #[arg(
+        long = "container",
+        value_name = "NAME",
+        env = "VITALS_CONTAINER",
+        value_delimiter = ','
+    )]
+    pub containers: Vec<String>,
+    /// Add the agent as an ordinary container, for clusters without native sidecars
+    /// (before Kubernetes 1.29).
+    #[arg(long, env = "VITALS_LEGACY_SIDECAR")]
+    pub legacy_sidecar: bool,
+    /// Agent image [default: vitals-agent:<this version>, or the image already injected by
+    /// this version].
+    #[arg(long, value_name = "IMAGE", env = "VITALS_IMAGE")]
+    pub image: Option<String>,
+    /// Print no summary on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
-/// Reads the manifests, injects Vitals, writes them to stdout.
+impl InjectArgs {
+    /// The rewrite options these flags ask for.
+    pub fn options(&self) -> InjectOptions {
+        InjectOptions {
+            containers: self
+                .containers
+                .iter()
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+                .collect(),
+            legacy_sidecar: self.legacy_sidecar,
+            image: self.image.clone(),
+        }
+    }
+}
+
+/// Reads the manifests, injects Vitals, writes them to stdout (a summary goes to stderr).
+/// Nothing is written to stdout unless the whole input could be injected.
 pub fn run(args: &InjectArgs) -> anyhow::Result<()> {
-    anyhow::bail!("inject is not implemented yet (input: {})", args.file)
+    let mut input = String::new();
+    if args.file == "-" {
+        std::io::stdin()
+            .read_to_string(&mut input)
+            .context("reading stdin")?;
+    } else {
+        input = std::fs::read_to_string(&args.file)
+            .with_context(|| format!("reading {}", args.file))?;
+    }
+    let opts = InjectOptions {
+        containers: args
+            .containers
+            .iter()
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect(),
+        legacy_sidecar: args.legacy_sidecar,
+        image: args.image.clone(),
+    };
+    let source = if args.file == "-" {
+        "stdin"
+    } else {
+        args.file.as_str()
+    };
+    let report = inject_report(&input, &opts).with_context(|| format!("cannot inject {source}"))?;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(report.output.as_bytes())
+        .context("writing stdout")?;
+    stdout.flush().context("writing stdout")?;
+    if !args.quiet {
+        let mut stderr = std::io::stderr().lock();
+        for note in &report.notes {
+            let _ = writeln!(stderr, "{note}");
+        }
+    }
+    Ok(())
+}
+
+/// What to inject.
+#[derive(Debug, Clone, Default)]
+pub struct InjectOptions {
+    /// Worker containers named on the command line (`--container`).
+    pub containers: Vec<String>,
+    /// The agent as an ordinary container instead of a native sidecar.
+    pub legacy_sidecar: bool,
+    /// The agent image; `None` for the default (see [`InjectArgs::image`]).
+    pub image: Option<String>,
+}
+
+/// Why nothing could be injected.
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    /// The input is not YAML this tool can read.
+    #[error("line {line}, column {column} (document {doc}): invalid YAML: {message}")]
+    Parse {
+        /// 1-based document index.
+        doc: usize,
+        /// 1-based line in the whole input.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// One workload cannot be injected.
+    #[error("document {doc} ({workload}): {problem}")]
+    Workload {
+        /// 1-based document index.
+        doc: usize,
+        /// `Kind/name` of the workload (with the List item index inside a List).
+        workload: String,
+        /// What is wrong with it.
+        #[source]
+        problem: Problem,
+    },
+    /// A `--container` name matches no container of any pod template.
+    #[error("--container {name}: no pod template in the input has a container named {name:?}")]
+    UnknownContainer {
+        /// The name given.
+        name: String,
+    },
+}
+
+/// What is wrong with one workload.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    /// The workload lacks a pod template or has a malformed one.
+    #[error("{path} is missing or is not a {expected}")]
+    Shape {
+        /// Where.
+        path: String,
+        /// What was expected there.
+        expected: &'static str,
+    },
+    /// The annotation names a container the pod does not have.
+    #[error("no container named {name:?} (listed in the {WORKERS_ANNOTATION} annotation); containers: {available}")]
+    MissingContainer {
+        /// The name.
+        name: String,
+        /// The pod's containers, comma-separated.
+        available: String,
+    },
+    /// Several containers and nothing says which are workers.
+    #[error("several containers ({available}) and none chosen: pass --container NAME or annotate the pod template with {WORKERS_ANNOTATION}: NAME[,NAME]")]
+    NoWorkerChosen {
+        /// The pod's containers, comma-separated.
+        available: String,
+    },
+    /// A worker's name is not valid as a Vitals worker name.
+    #[error("{name:?} is not a valid worker name ([a-z0-9][a-z0-9-]{{0,62}})")]
+    BadWorkerName {
+        /// The name.
+        name: String,
+    },
+    /// Another container already uses the agent's port.
+    #[error("container {container} already declares port {AGENT_PORT}, the agent's port")]
+    PortConflict {
+        /// The container.
+        container: String,
+    },
+    /// A worker already mounts something else where the socket goes.
+    #[error("container {container} mounts volume {volume} at {SOCKET_DIR}, where the agent's socket goes")]
+    MountConflict {
+        /// The container.
+        container: String,
+        /// Its volume there.
+        volume: String,
+    },
+}
+
+/// The result of a successful injection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The whole output stream.
+    pub output: String,
+    /// One line per document: injected, updated, unchanged or skipped (with warnings).
+    pub notes: Vec<String>,
+}
+
+/// Injects Vitals into every pod template of a YAML stream; see the module doc.
+pub fn inject_documents(input: &str, opts: &InjectOptions) -> Result<String, InjectError> {
+    inject_report(input, opts).map(|r| r.output)
+}
+
+/// [`inject_documents`], with a human summary of what was done to each document.
+pub fn inject_report(input: &str, opts: &InjectOptions) -> Result<Report, InjectError> {
+    let input = input.strip_prefix('\u{feff}').unwrap_or(input);
+    let mut pieces: Vec<String> = Vec::new();
+    let mut notes = Vec::new();
+    let mut used = BTreeSet::new();
+    let mut doc_no = 0;
+    for chunk in yaml::split_documents(input) {
+        if chunk.is_blank() {
+            continue;
+        }
+        let sep = match (chunk.separator, pieces.is_empty()) {
+            (Some(s), _) => format!("{s}\n"),
+            (None, true) => String::new(),
+            (None, false) => "---\n".to_string(),
+        };
+        let root = yaml::parse_document(chunk.body).map_err(|e| InjectError::Parse {
+            doc: doc_no + 1,
+            line: chunk.start_line + e.line - 1,
+            column: e.column,
+            message: e.message,
+        })?;
+        let Some(mut root) = root else {
+            // Comments only: keep them.
+            pieces.push(format!("{sep}{}", with_newline(chunk.body)));
+            continue;
+        };
+        doc_no += 1;
+        let before = root.clone();
+        let mut doc_notes = Vec::new();
+        inject_node(
+            &mut root,
+            opts,
+            &mut used,
+            &mut doc_notes,
+            &mut |workload, problem| InjectError::Workload {
+                doc: doc_no,
+                workload,
+                problem,
+            },
+        )?;
+        if root == before {
+            pieces.push(format!("{sep}{}", with_newline(chunk.body)));
+        } else {
+            pieces.push(format!(
+                "{sep}{}{}",
+                chunk.leading_comments(),
+                yaml::emit(&root)
+            ));
+        }
+        notes.extend(doc_notes);
+    }
+    for name in &opts.containers {
+        if !used.contains(name) {
+            return Err(InjectError::UnknownContainer { name: name.clone() });
+        }
+    }
+    Ok(Report {
+        output: pieces.concat(),
+        notes,
+    })
+}
+
+fn with_newline(s: &str) -> String {
+    if s.ends_with('\n') {
+        s.to_string()
+    } else {
+        format!("{s}\n")
+    }
+}
+
+type ErrFn<'a> = dyn FnMut(String, Problem) -> InjectError + 'a;
+
+/// Where a kind keeps its pod template, for the API groups that define it.
+fn template_path(api_version: &str, kind: &str) -> Option<&'static [&'static str]> {
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    match (group, kind) {
+        ("", "Pod") => Some(&[]),
+        ("", "ReplicationController") => Some(&["spec", "template"]),
+        ("apps" | "extensions", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet") => {
+            Some(&["spec", "template"])
+        }
+        ("batch", "Job") => Some(&["spec", "template"]),
+        ("batch", "CronJob") => Some(&["spec", "jobTemplate", "spec", "template"]),
+        _ => None,
+    }
+}
+
+fn inject_node(
+    root: &mut Node,
+    opts: &InjectOptions,
+    used: &mut BTreeSet<String>,
+    notes: &mut Vec<String>,
+    err: &mut ErrFn<'_>,
+) -> Result<(), InjectError> {
+    let Some(doc) = root.as_map_mut() else {
+        notes.push("(a document that is not a mapping): skipped".into());
+        return Ok(());
+    };
+    let kind = doc.get_str("kind").unwrap_or("").to_string();
+    let api_version = doc.get_str("apiVersion").unwrap_or("").to_string();
+    let name = doc
+        .get("metadata")
+        .and_then(Node::as_map)
+        .and_then(|m| m.get_str("name").or_else(|| m.get_str("generateName")))
+        .unwrap_or("")
+        .to_string();
+    let workload = format!("{kind}/{name}");
+    if kind.ends_with("List") && api_version == "v1" {
+        if let Some(items) = doc.get_mut("items").and_then(Node::as_seq_mut) {
+            for item in items {
+                inject_node(item, opts, used, notes, err)?;
+            }
+        }
+        return Ok(());
+    }
+    let Some(path) = template_path(&api_version, &kind) else {
+        notes.push(format!("{workload}: skipped (no pod template)"));
+        return Ok(());
+    };
+    // Walk to the pod template: its metadata (annotations) and spec.
+    let mut tmpl: &mut Map = doc;
+    let mut walked = String::new();
+    for key in path {
+        walked.push('.');
+        walked.push_str(key);
+        tmpl = match tmpl.get_mut(key).and_then(Node::as_map_mut) {
+            Some(m) => m,
+            None => {
+                return Err(err(
+                    workload,
+                    Problem::Shape {
+                        path: walked,
+                        expected: "mapping",
+                    },
+                ))
+            }
+        };
+    }
+    if tmpl.get("spec").and_then(Node::as_map).is_none() {
+        let path = format!("{walked}.spec");
+        return Err(err(
+            workload,
+            Problem::Shape {
+                path,
+                expected: "mapping",
+            },
+        ));
+    }
+    let before = tmpl.clone();
+    let was_injected = annotation(tmpl, VERSION_ANNOTATION).map(str::to_string);
+    let legacy_exits = kind == "Job"
+        || kind == "CronJob"
+        || (kind == "Pod"
+            && tmpl
+                .get("spec")
+                .and_then(Node::as_map)
+                .and_then(|s| s.get_str("restartPolicy"))
+                .is_some_and(|p| p != "Always"));
+    let workers = inject_pod(tmpl, opts, used).map_err(|p| err(workload.clone(), p))?;
+    let what = if *tmpl == before {
+        "unchanged (already injected)".to_string()
+    } else if let Some(v) = was_injected {
+        format!("updated (injected by {v} before)")
+    } else {
+        "injected".to_string()
+    };
+    notes.push(format!(
+        "{workload}: {what}, workers: {}",
+        workers.join(", ")
+    ));
+    if opts.legacy_sidecar && legacy_exits {
+        notes.push(format!(
+            "{workload}: warning: with --legacy-sidecar the agent never exits, so this pod never completes; use the native sidecar (Kubernetes 1.29+)"
+        ));
+    }
+    Ok(())
+}
+
+fn annotation<'a>(tmpl: &'a Map, key: &str) -> Option<&'a str> {
+    tmpl.get("metadata")?
+        .as_map()?
+        .get("annotations")?
+        .as_map()?
+        .get_str(key)
+}
+
+fn is_worker_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+fn shape(path: &str, expected: &'static str) -> Problem {
+    Problem::Shape {
+        path: path.to_string(),
+        expected,
+    }
+}
+
+fn container_name(c: &Node) -> Option<&str> {
+    c.as_map()?.get_str("name")
+}
+
+/// Wires one pod template; returns the workers it watches.
+fn inject_pod(
+    tmpl: &mut Map,
+    opts: &InjectOptions,
+    used: &mut BTreeSet<String>,
+) -> Result<Vec<String>, Problem> {
+    let previous: Vec<String> = annotation(tmpl, WORKERS_ANNOTATION)
+        .map(|a| {
+            a.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let same_version = annotation(tmpl, VERSION_ANNOTATION) == Some(VERSION);
+    let spec = tmpl
+        .get_mut("spec")
+        .and_then(Node::as_map_mut)
+        .ok_or_else(|| shape("spec", "mapping"))?;
+
+    // Which containers are workers: the annotation's, those named by --container, or the
+    // only one.
+    let containers = spec
+        .get("containers")
+        .and_then(Node::as_seq)
+        .ok_or_else(|| shape("spec.containers", "list"))?;
+    let mut names = Vec::new();
+    for c in containers {
+        let name = container_name(c).ok_or_else(|| shape("spec.containers[].name", "string"))?;
+        if name != AGENT_CONTAINER {
+            names.push(name.to_string());
+        }
+    }
+    let available = names.join(", ");
+    if let Some(p) = previous.iter().find(|p| !names.contains(p)) {
+        return Err(Problem::MissingContainer {
+            name: p.clone(),
+            available,
+        });
+    }
+    let mut workers: Vec<String> = names
+        .iter()
+        .filter(|n| previous.contains(n) || opts.containers.contains(n))
+        .cloned()
+        .collect();
+    used.extend(
+        names
+            .iter()
+            .filter(|n| opts.containers.contains(n))
+            .cloned(),
+    );
+    if workers.is_empty() {
+        match names.as_slice() {
+            [only] => workers.push(only.clone()),
+            _ => return Err(Problem::NoWorkerChosen { available }),
+        }
+    }
+    if let Some(w) = workers.iter().find(|w| !is_worker_name(w)) {
+        return Err(Problem::BadWorkerName { name: w.clone() });
+    }
+
+    // Nobody else may take the agent's port (containers of a pod share one network).
+    for key in ["initContainers", "containers"] {
+        for c in spec
+            .get(key)
+            .and_then(Node::as_seq)
+            .into_iter()
+            .flatten()
+            .filter_map(Node::as_map)
+        {
+            if c.get_str("name") == Some(AGENT_CONTAINER) {
+                continue;
+            }
+            let mut ports = c
+                .get("ports")
+                .and_then(Node::as_seq)
+                .into_iter()
+                .flatten()
+                .filter_map(Node::as_map);
+            if ports.any(|p| p.get_str("containerPort") == Some("9180")) {
+                let container = c.get_str("name").unwrap_or("?").to_string();
+                return Err(Problem::PortConflict { container });
+            }
+        }
+    }
+
+    // Workers: env, socket mount, probes.
+    let containers = spec
+        .get_mut("containers")
+        .and_then(Node::as_seq_mut)
+        .ok_or_else(|| shape("spec.containers", "list"))?;
+    for c in containers.iter_mut().filter_map(Node::as_map_mut) {
+        if let Some(name) = c.get_str("name").map(str::to_string) {
+            if workers.contains(&name) {
+                wire_worker(c, &name)?;
+            }
+        }
+    }
+
+    // The agent: found by name wherever an earlier injection put it, updated in place.
+    let mut old = None;
+    for key in ["initContainers", "containers"] {
+        if let Some(list) = spec.get_mut(key).and_then(Node::as_seq_mut) {
+            if let Some(i) = list
+                .iter()
+                .position(|c| container_name(c) == Some(AGENT_CONTAINER))
+            {
+                old = Some((key, i, list.remove(i)));
+                break;
+            }
+        }
+    }
+    let (old_key, old_index) = old.as_ref().map_or((None, 0), |(k, i, _)| (Some(*k), *i));
+    let mut agent = match old {
+        Some((_, _, Node::Map(m))) => m,
+        _ => Map::default(),
+    };
+    let image = opts
+        .image
+        .clone()
+        .or_else(|| {
+            if same_version {
+                agent.get_str("image").map(str::to_string)
+            } else {
+                None
+            }
+        })
+        .unwrap_or_else(|| format!("vitals-agent:{VERSION}"));
+    let grace = spec
+        .get_str("terminationGracePeriodSeconds")
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(30);
+    wire_agent(
+        &mut agent,
+        &image,
+        &workers,
+        opts.legacy_sidecar.then_some(grace),
+    );
+    let agent = Node::Map(agent);
+    if opts.legacy_sidecar {
+        // Last, so `kubectl logs/exec` keep defaulting to the first (the user's) container.
+        let list = spec
+            .seq_entry("containers")
+            .ok_or_else(|| shape("spec.containers", "list"))?;
+        match old_key {
+            Some("containers") => list.insert(old_index.min(list.len()), agent),
+            _ => list.push(agent),
+        }
+        if spec
+            .get("initContainers")
+            .and_then(Node::as_seq)
+            .is_some_and(Vec::is_empty)
+            && old_key == Some("initContainers")
+        {
+            spec.remove("initContainers");
+        }
+    } else {
+        if spec.get("initContainers").is_none() {
+            let at = spec.position("containers").unwrap_or(spec.0.len());
+            spec.insert_at(at, "initContainers", Node::Seq(Vec::new()));
+        }
+        let list = spec
+            .seq_entry("initContainers")
+            .ok_or_else(|| shape("spec.initContainers", "list"))?;
+        // First, so it is up before the user's init containers run.
+        let at = if old_key == Some("initContainers") {
+            old_index.min(list.len())
+        } else {
+            0
+        };
+        list.insert(at, agent);
+    }
+
+    // Pod level: shared PID namespace (hostPID already shares one, and excludes it) and the
+    // socket volume.
+    let host_pid = matches!(spec.get("hostPID"), Some(Node::Scalar(s)) if s.is_true());
+    let shared = matches!(spec.get("shareProcessNamespace"), Some(Node::Scalar(s)) if s.is_true());
+    if !host_pid && !shared {
+        spec.set("shareProcessNamespace", Node::plain("true"));
+    }
+    let volumes = spec
+        .seq_entry("volumes")
+        .ok_or_else(|| shape("spec.volumes", "list"))?;
+    let wanted = socket_volume();
+    match volumes
+        .iter_mut()
+        .find(|v| container_name(v) == Some(SOCKET_VOLUME))
+    {
+        Some(v) => {
+            let is_memory = v
+                .as_map()
+                .and_then(|m| m.get("emptyDir"))
+                .and_then(Node::as_map)
+                .and_then(|e| e.get_str("medium"))
+                == Some("Memory");
+            if !is_memory {
+                *v = wanted;
+            }
+        }
+        None => volumes.push(wanted),
+    }
+
+    // Annotations, for the next injection and for people.
+    if tmpl.get("metadata").is_none() {
+        let at = tmpl.position("spec").unwrap_or(0);
+        tmpl.insert_at(at, "metadata", Node::Map(Map::default()));
+    }
+    let annotations = tmpl
+        .map_entry("metadata")
+        .and_then(|m| m.map_entry("annotations"))
+        .ok_or_else(|| shape("metadata.annotations", "mapping"))?;
+    annotations.ensure(WORKERS_ANNOTATION, Node::string(workers.join(",")));
+    annotations.ensure(VERSION_ANNOTATION, Node::string(VERSION));
+    Ok(workers)
+}
+
+fn socket_volume() -> Node {
+    Node::Map(Map::from_pairs([
+        ("name", Node::string(SOCKET_VOLUME)),
+        (
+            "emptyDir",
+            Node::Map(Map::from_pairs([
+                ("medium", Node::string("Memory")),
+                ("sizeLimit", Node::string("1Mi")),
+            ])),
+        ),
+    ]))
+}
+
+/// env, socket mount and probes of one worker container.
+fn wire_worker(c: &mut Map, name: &str) -> Result<(), Problem> {
+    let env = c
+        .seq_entry("env")
+        .ok_or_else(|| shape(&format!("container {name}: env"), "list"))?;
+    ensure_env(env, "VITALS_AGENT_SOCKET", SOCKET_PATH);
+    ensure_env(env, "VITALS_NAME", name);
+    ensure_socket_mount(c, name)?;
+    ensure_probe(
+        c,
+        "startupProbe",
+        &format!("/startupz/{name}"),
+        WORKER_STARTUP,
+    );
+    ensure_probe(
+        c,
+        "livenessProbe",
+        &format!("/livez/{name}"),
+        WORKER_LIVENESS,
+    );
+    ensure_probe(
+        c,
+        "readinessProbe",
+        &format!("/readyz/{name}"),
+        WORKER_READINESS,
+    );
+    Ok(())
+}
+
+fn ensure_env(env: &mut Vec<Node>, name: &str, value: &str) {
+    let wanted = Node::Map(Map::from_pairs([
+        ("name", Node::string(name)),
+        ("value", Node::string(value)),
+    ]));
+    match env.iter_mut().find(|e| container_name(e) == Some(name)) {
+        Some(e) => {
+            let ok = e
+                .as_map()
+                .is_some_and(|m| m.get_str("value") == Some(value) && m.get("valueFrom").is_none());
+            if !ok {
+                *e = wanted;
+            }
+        }
+        None => env.push(wanted),
+    }
+}
+
+fn ensure_socket_mount(c: &mut Map, container: &str) -> Result<(), Problem> {
+    let mounts = c
+        .seq_entry("volumeMounts")
+        .ok_or_else(|| shape(&format!("container {container}: volumeMounts"), "list"))?;
+    for m in mounts.iter().filter_map(Node::as_map) {
+        if m.get_str("mountPath").map(|p| p.trim_end_matches('/')) == Some(SOCKET_DIR)
+            && m.get_str("name") != Some(SOCKET_VOLUME)
+        {
+            let volume = m.get_str("name").unwrap_or("?").to_string();
+            return Err(Problem::MountConflict {
+                container: container.to_string(),
+                volume,
+            });
+        }
+    }
+    match mounts
+        .iter_mut()
+        .filter_map(Node::as_map_mut)
+        .find(|m| m.get_str("name") == Some(SOCKET_VOLUME))
+    {
+        Some(m) => m.ensure("mountPath", Node::string(SOCKET_DIR)),
+        None => mounts.push(Node::Map(Map::from_pairs([
+            ("name", Node::string(SOCKET_VOLUME)),
+            ("mountPath", Node::string(SOCKET_DIR)),
+        ]))),
+    }
+    Ok(())
+}
+
+/// Timing of a probe that inject adds: (periodSeconds, timeoutSeconds, failureThreshold).
+/// The same values as deploy/base, where the reasoning is written down.
+type Timing = (u32, u32, u32);
+const WORKER_STARTUP: Timing = (2, 1, 150);
+const WORKER_LIVENESS: Timing = (5, 1, 4);
+const WORKER_READINESS: Timing = (1, 1, 2);
+const AGENT_STARTUP: Timing = (1, 1, 30);
+const AGENT_LIVENESS: Timing = (5, 1, 3);
+
+const HANDLERS: [&str; 4] = ["exec", "httpGet", "tcpSocket", "grpc"];
+
+fn http_get(path: &str) -> Node {
+    Node::Map(Map::from_pairs([
+        ("path", Node::string(path)),
+        ("port", Node::plain(AGENT_PORT.to_string())),
+    ]))
+}
+
+/// Points a probe at the agent. An existing probe keeps its timing (the user's tuning) and
+/// loses its handler (exec, tcpSocket, grpc, another httpGet); a missing one is added.
+fn ensure_probe(c: &mut Map, key: &str, path: &str, (period, timeout, failures): Timing) {
+    match c.get_mut(key).and_then(Node::as_map_mut) {
+        Some(probe) => {
+            let ok = probe.get("httpGet").and_then(Node::as_map).is_some_and(|h| {
+                h.get_str("path") == Some(path)
+                    && matches!(h.get("port"), Some(Node::Scalar(s)) if s.style == yaml::Style::Plain && s.value == "9180")
+                    && h.get("host").is_none()
+                    && h.get("httpHeaders").is_none()
+                    && h.get_str("scheme").is_none_or(|s| s == "HTTP")
+            }) && HANDLERS.iter().filter(|k| probe.get(k).is_some()).count() == 1;
+            if !ok {
+                let at = HANDLERS
+                    .iter()
+                    .filter_map(|k| probe.position(k))
+                    .min()
+                    .unwrap_or(0);
+                for k in HANDLERS {
+                    probe.remove(k);
+                }
+                probe.insert_at(at, "httpGet", http_get(path));
+            }
+        }
+        None => {
+            let probe = Map::from_pairs([
+                ("httpGet", http_get(path)),
+                ("periodSeconds", Node::plain(period.to_string())),
+                ("timeoutSeconds", Node::plain(timeout.to_string())),
+                ("failureThreshold", Node::plain(failures.to_string())),
+            ]);
+            // After the container's other probes, if it has some.
+            let probes = ["startupProbe", "livenessProbe", "readinessProbe"];
+            match probes.iter().filter_map(|k| c.position(k)).max() {
+                Some(at) => c.insert_at(at + 1, key, Node::Map(probe)),
+                None => {
+                    c.set(key, Node::Map(probe));
+                }
+            }
+        }
+    }
+}
+
+/// The agent container; `legacy_grace` is the pod's termination grace for an ordinary
+/// container (None: native sidecar).
+fn wire_agent(agent: &mut Map, image: &str, workers: &[String], legacy_grace: Option<u64>) {
+    agent.ensure("name", Node::string(AGENT_CONTAINER));
+    agent.ensure("image", Node::string(image));
+    agent.set_default("imagePullPolicy", Node::string("IfNotPresent"));
+    match legacy_grace {
+        Some(_) => {
+            agent.remove("restartPolicy");
+        }
+        None if agent.get("restartPolicy").is_none() => {
+            // Where a fresh injection puts it, so native → legacy → native round-trips.
+            let at = ["imagePullPolicy", "image", "name"]
+                .iter()
+                .find_map(|k| agent.position(k))
+                .map_or(0, |i| i + 1);
+            agent.insert_at(at, "restartPolicy", Node::string("Always"));
+        }
+        None => agent.ensure("restartPolicy", Node::string("Always")),
+    }
+    let mut args = vec![
+        "run".to_string(),
+        format!("--listen=0.0.0.0:{AGENT_PORT}"),
+        format!("--socket={SOCKET_PATH}"),
+        // The workers may run as any UID: the socket sits in a pod-private emptyDir, so
+        // letting every UID of the pod connect opens it to nobody else.
+        "--socket-mode=0666".to_string(),
+    ];
+    args.extend(workers.iter().map(|w| format!("--expect={w}")));
+    if let Some(grace) = legacy_grace {
+        // An ordinary container gets SIGTERM together with the workers: keep answering
+        // their probes while they drain, and leave before the kubelet's SIGKILL.
+        args.push(format!(
+            "--shutdown-grace={}s",
+            grace.saturating_sub(5).max(1)
+        ));
+    }
+    agent.ensure(
+        "args",
+        Node::Seq(args.into_iter().map(Node::string).collect()),
+    );
+    let ports = agent.seq_entry("ports");
+    if let Some(ports) = ports {
+        if !ports
+            .iter()
+            .filter_map(Node::as_map)
+            .any(|p| p.get_str("containerPort") == Some("9180"))
+        {
+            ports.push(Node::Map(Map::from_pairs([
+                ("name", Node::string("vitals")),
+                ("containerPort", Node::plain(AGENT_PORT.to_string())),
+                ("protocol", Node::string("TCP")),
+            ])));
+        }
+    }
+    ensure_probe(agent, "startupProbe", "/livez", AGENT_STARTUP);
+    ensure_probe(agent, "livenessProbe", "/livez", AGENT_LIVENESS);
+    agent.set_default(
+        "resources",
+        Node::Map(Map::from_pairs([
+            (
+                "requests",
+                Node::Map(Map::from_pairs([
+                    ("cpu", Node::string("10m")),
+                    ("memory", Node::string("16Mi")),
+                ])),
+            ),
+            (
+                "limits",
+                Node::Map(Map::from_pairs([
+                    ("cpu", Node::string("200m")),
+                    ("memory", Node::string("64Mi")),
+                ])),
+            ),
+        ])),
+    );
+    agent.set_default(
+        "securityContext",
+        Node::Map(Map::from_pairs([
+            ("allowPrivilegeEscalation", Node::plain("false")),
+            ("readOnlyRootFilesystem", Node::plain("true")),
+            ("runAsNonRoot", Node::plain("true")),
+            (
+                "capabilities",
+                Node::Map(Map::from_pairs([(
+                    "drop",
+                    Node::Seq(vec![Node::string("ALL")]),
+                )])),
+            ),
+        ])),
+    );
+    // The agent's mount cannot conflict: nothing but this code writes its volumeMounts.
+    let _ = ensure_socket_mount(agent, AGENT_CONTAINER);
 }
