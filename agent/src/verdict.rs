@@ -452,13 +452,17 @@ fn worker(name: &WorkerName, w: &Worker, t: &Thresholds, now: Instant) -> Worker
         // Gone or unknown: the kubelet already restarts exited containers (SPEC §2).
         return absent(name, w, pid);
     }
-    let live = match live_failures(inst, pid, t, now).first() {
+    let failures = live_failures(inst, pid, t, now);
+    let live = match failures.first() {
         Some(&reason) => Err(reason),
         None => Ok(()),
     };
-    let diagnosis = match live {
-        Err(LiveReason::HeartbeatTimeout) => diagnose(inst),
-        _ => None,
+    // Diagnosed whenever heartbeats are overdue, even when `stopped` or `uninterruptible`
+    // outranks the timeout: the operator still wants to know whether it burns CPU.
+    let diagnosis = if failures.contains(&LiveReason::HeartbeatTimeout) {
+        diagnose(inst)
+    } else {
+        None
     };
     let startup = if inst.ready_at.is_some() {
         Ok(())
@@ -491,10 +495,11 @@ fn worker(name: &WorkerName, w: &Worker, t: &Thresholds, now: Instant) -> Worker
         })
         .collect();
     let live_r = live.map_err(ReadyReason::Live);
-    let ready = [&connected_r, &phase_r]
+    // The order of the verbose listing: a liveness failure says more than the phase it
+    // happened in (`load_stalled` rather than `phase loading`).
+    let ready = [&connected_r, &live_r, &phase_r]
         .into_iter()
         .chain(check_rs.iter().map(|(_, r)| r))
-        .chain([&live_r])
         .find_map(|r| r.clone().err())
         .map_or(Ok(()), Err);
     let mut ready_checks = vec![
@@ -814,7 +819,7 @@ mod tests {
         w.send("model", phase(Phase::Failed, None), s(1));
         let v = w.v("model", s(1));
         assert_eq!(v.live, Err(LiveReason::Failed));
-        assert_eq!(v.ready, Err(ReadyReason::Phase(Some(Phase::Failed))));
+        assert_eq!(v.ready, Err(ReadyReason::Live(LiveReason::Failed)));
     }
 
     #[test]
@@ -895,11 +900,9 @@ mod tests {
         let v = w.v("model", s(11) - EPS);
         assert_eq!(v.live, Err(LiveReason::HeartbeatTimeout));
         assert_eq!(v.diagnosis, Some(Diagnosis::Blocked));
-        assert_eq!(
-            w.v("model", s(11)).live,
-            Err(LiveReason::Stopped),
-            "stopped outranks"
-        );
+        let v = w.v("model", s(11));
+        assert_eq!(v.live, Err(LiveReason::Stopped), "stopped outranks");
+        assert_eq!(v.diagnosis, Some(Diagnosis::Blocked), "still diagnosed");
         // SIGCONT: a heartbeat arrives before the next sample; the old T no longer counts.
         w.send("model", beat(2), s(12) + EPS);
         assert_eq!(w.v("model", s(12) + EPS).live, Ok(()));
@@ -1059,14 +1062,18 @@ mod tests {
         let mut w = World::ready("model");
         w.check("model", "device", false, s(0));
         w.send("model", phase(Phase::Warming, None), s(0));
-        // phase before check before liveness.
+        // liveness before phase before check, as `?verbose` lists them.
         assert_eq!(
             w.v("model", T.hang).ready,
+            Err(ReadyReason::Live(LiveReason::HeartbeatTimeout))
+        );
+        assert_eq!(
+            w.v("model", T.hang - EPS).ready,
             Err(ReadyReason::Phase(Some(Phase::Warming)))
         );
         w.send("model", phase(Phase::Ready, None), s(0));
         assert_eq!(
-            w.v("model", T.hang).ready.map_err(|r| r.to_string()),
+            w.v("model", T.hang - EPS).ready.map_err(|r| r.to_string()),
             Err("check device: missing".into())
         );
     }

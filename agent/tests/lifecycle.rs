@@ -79,7 +79,7 @@ fn failed_is_terminal_until_a_new_instance() {
     agent.wait_for("/readyz/model", 200, "ok");
     w.phase("failed");
     agent.wait_for("/livez/model", 503, "fail: failed");
-    assert_eq!(agent.get("/readyz/model").body, "fail: phase failed");
+    assert_eq!(agent.get("/readyz/model").body, "fail: failed");
     w.phase("ready");
     w.beat(1);
     // The phase after failed is ignored: poll a few times to see it stays failed.

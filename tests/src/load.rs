@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -80,6 +80,7 @@ impl fmt::Display for Record {
 #[derive(Debug)]
 pub struct Load {
     stop: Arc<AtomicBool>,
+    good: Arc<AtomicUsize>,
     threads: Vec<JoinHandle<Vec<Record>>>,
 }
 
@@ -122,10 +123,12 @@ impl Load {
         timeline: Arc<Timeline>,
     ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let good = Arc::new(AtomicUsize::new(0));
         timeline.event(format!("load: {threads} client threads start"));
         let threads = (0..threads)
             .map(|t| {
-                let (stop, timeline) = (Arc::clone(&stop), Arc::clone(&timeline));
+                let (stop, good, timeline) =
+                    (Arc::clone(&stop), Arc::clone(&good), Arc::clone(&timeline));
                 thread::spawn(move || {
                     let mut records = Vec::new();
                     let mut seq = 0u64;
@@ -157,7 +160,9 @@ impl Load {
                             outcome,
                         };
                         let refused = matches!(&record.outcome, Outcome::Error(e) if e.is_refused());
-                        if !record.ok() && !refused {
+                        if record.ok() {
+                            good.fetch_add(1, Ordering::Relaxed);
+                        } else if !refused {
                             timeline.event(format!("load: {record}"));
                         }
                         records.push(record);
@@ -169,7 +174,25 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, threads }
+        Load {
+            stop,
+            good,
+            threads,
+        }
+    }
+
+    /// Polls until the clients have had `n` good answers, so a scenario acts on a load
+    /// that is really flowing; panics after `within`.
+    pub fn await_ok(&self, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.good.load(Ordering::Relaxed) < n {
+            assert!(
+                Instant::now() < deadline,
+                "the load had only {} good answers after {within:?}, want {n}",
+                self.good.load(Ordering::Relaxed)
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Stops the clients (each finishes its current request) and returns every record.

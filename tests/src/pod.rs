@@ -328,6 +328,10 @@ impl Pod {
             "32".into(),
             "--max-queue".into(),
             "1024".into(),
+            // A warm-up at 4 x 256 tokens takes about a second on one CI core; the default
+            // 16 x 256 takes four, longer than the scenarios' 3 s load-stall timeout.
+            "--max-batch-tokens".into(),
+            "1024".into(),
             "--drain-timeout".into(),
             duration_arg(o.drain_timeout),
             "--heartbeat-interval".into(),

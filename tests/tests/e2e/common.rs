@@ -101,7 +101,7 @@ pub fn assert_stays_passing(pod: &Pod, path: &str, span: Duration, why: &str) {
 /// The worker's instance id as `/status` shows it.
 pub fn instance(pod: &Pod) -> String {
     let w = pod.worker_status();
-    w.get("instance")
+    w.pointer("/instance/id")
         .and_then(Value::as_str)
         .unwrap_or_else(|| panic!("/status shows no instance for the worker: {w}"))
         .to_string()

@@ -115,10 +115,10 @@ fn s09_separate_pid_namespace_keeps_heartbeat_verdicts() {
     );
 }
 
-/// Whether a worker's `/status` entry says its /proc checks are off: a pid of 0 or null, or
-/// a field about /proc that is false/off or carries a reason.
+/// Whether a worker's `/status` entry says its /proc checks are off, and why.
 fn proc_checks_off(w: &serde_json::Value) -> bool {
-    let pid_zero = matches!(w.get("pid"), Some(serde_json::Value::Null))
-        || w.get("pid").and_then(serde_json::Value::as_u64) == Some(0);
-    pid_zero && json_mentions(w, "off")
+    w.pointer("/instance/proc/enabled") == Some(&serde_json::Value::Bool(false))
+        && w.pointer("/instance/proc/off_reason")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|r| !r.is_empty())
 }

@@ -59,7 +59,9 @@ fn s01_cold_start_under_load() {
         (ready - spawned).as_secs_f64()
     );
     let loading_reasons = |r: &str| {
+        // `phase unknown`: the moment between the worker's hello and its first phase line.
         r == "not_connected"
+            || r == "phase unknown"
             || r == "phase loading"
             || r == "phase warming"
             || r.starts_with("check ")
