@@ -3,7 +3,7 @@ SHELL := /bin/bash
 MODEL_DIR ?= models/all-MiniLM-L6-v2
 CARGO ?= cargo
 
-.PHONY: run test lint bench model build release deps clean deploy-check
+.PHONY: run test lint bench model build release images deps clean deploy-check
 
 ## run: build, fetch the model, start agent + worker as a pod would, watch the probes
 run: model build
@@ -37,8 +37,14 @@ $(MODEL_DIR)/model.safetensors:
 build:
 	$(CARGO) build --workspace
 
+## release: the agent with the small, fat-LTO release profile; the worker with `worker` (thin LTO)
 release:
-	$(CARGO) build --release -p vitals-agent -p vitals-worker
+	$(CARGO) build --release -p vitals-agent
+	$(CARGO) build --profile worker -p vitals-worker
+
+## images: vitals-agent:dev and vitals-worker:dev (CPU) with podman, then run them as a pod would
+images: model
+	scripts/images.sh
 
 ## deps: test tools (promtool); a no-op where they are already installed
 deps:
