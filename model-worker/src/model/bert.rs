@@ -153,8 +153,18 @@ impl Embedder for BertEmbedder {
                 self.max_seq_length
             )));
         }
+        // Inside candle's rayon pool the calling thread is one of the matrix-product
+        // workers; outside it, it would sit idle while the pool's threads work, one more
+        // thread than cores on a small pod (measured: docs/benchmarks.md).
+        candle_core::utils::with_threadpool(|| self.embed_groups(batch, &lens))
+    }
+}
+
+impl BertEmbedder {
+    /// Runs each length group as one padded pass; vectors come back in `batch` order.
+    fn embed_groups(&self, batch: &[&[u32]], lens: &[usize]) -> Result<Vec<Vec<f32>>, ModelError> {
         let mut out = vec![Vec::new(); batch.len()];
-        for group in length_groups(&lens, PASS_OVERHEAD_TOKENS) {
+        for group in length_groups(lens, PASS_OVERHEAD_TOKENS) {
             let seqs: Vec<&[u32]> = group.iter().map(|&i| batch[i]).collect();
             let vectors = self
                 .forward(&seqs)

@@ -71,6 +71,21 @@ impl OpenDevice {
     }
 }
 
+/// Sizes candle's CPU thread pools. Call it before any other thread exists: candle and
+/// rayon read these variables once, when their pools start.
+///
+/// `RAYON_NUM_THREADS` sizes candle's matrix-product pool and its barrier pool (element-wise
+/// ops). After each element-wise op the barrier pool's worker spins 25 000 rounds by
+/// default; on a pod with 2 CPUs that spinning competes with the matrix products, about a
+/// fifth of all CPU time in a profile. 100 rounds keeps the hand-off quick without it
+/// (docs/benchmarks.md). A limit the operator set is kept.
+pub fn configure_cpu_threads(threads: usize) {
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");
+    }
+}
+
 /// Opens the device `spec` asks for. `auto` falls back to the CPU when no CUDA device can
 /// be opened; an explicit `cuda:N` that cannot be opened is an error.
 pub fn open(spec: DeviceSpec, cpu_threads: usize) -> Result<OpenDevice, ModelError> {
