@@ -160,8 +160,8 @@ pub enum InjectError {
         doc: usize,
         /// `Kind/name` of the workload (with the List item index inside a List).
         workload: String,
-        /// What is wrong with it.
-        #[source]
+        /// What is wrong with it. Part of the message, not a `source`: an error chain
+        /// printed with `{:#}` would otherwise say it twice.
         problem: Problem,
     },
     /// A `--container` name matches no container of any pod template.

@@ -585,6 +585,17 @@ fn the_binary_writes_nothing_on_error_and_everything_on_success() {
         "{err}"
     );
 
+    // A workload it cannot inject: the reason, once, naming the document.
+    let out = Command::new(bin)
+        .args(["inject", "-f"])
+        .arg(fixture_dir().join("err-no-worker-chosen.yaml"))
+        .output()
+        .expect("run vitals-agent");
+    assert!(!out.status.success() && out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("document 1 (Pod/two)"), "{err}");
+    assert_eq!(err.matches("none chosen").count(), 1, "{err}");
+
     let good = fixture_dir().join("statefulset-two-containers.in.yaml");
     let out = Command::new(bin)
         .args(["inject", "-q", "--container", "reranker", "-f"])
