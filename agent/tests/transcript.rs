@@ -100,6 +100,13 @@ fn probe(agent: &Agent, t: &mut Transcript, path: &str, code: u16, body: &str) {
     t.probe(path, r.code, &r.body);
 }
 
+/// The hello line of worker `model`, version 1.4.0.
+fn hello(instance: &str, pid: &str) -> String {
+    format!(
+        r#"{{"type":"hello","v":1,"worker":"model","instance":"{instance}","pid":{pid},"version":"1.4.0","heartbeat_ms":1000}}"#
+    )
+}
+
 fn record() -> String {
     let agent = Agent::start(|_| {});
     let pid = std::process::id().to_string();
@@ -110,12 +117,7 @@ fn record() -> String {
 
     t.note("A worker connects and says hello; the agent welcomes it.");
     let mut w = Conn::open(&agent.socket);
-    w.send(
-        &mut t,
-        &format!(
-            r#"{{"type":"hello","v":1,"worker":"model","instance":"4242-9f1c2e","pid":{pid},"version":"1.4.0","heartbeat_ms":1000}}"#
-        ),
-    );
+    w.send(&mut t, &hello("4242-9f1c2e", &pid));
     let welcome = w.receive(&mut t);
     assert!(welcome.contains(r#""type":"welcome""#), "{welcome}");
     probe(&agent, &mut t, "/readyz/model", 503, "fail: phase unknown");
@@ -175,12 +177,7 @@ fn record() -> String {
 
     t.note("A second connection claiming the live name is refused.");
     let mut twin = Conn::open(&agent.socket);
-    twin.send(
-        &mut t,
-        &format!(
-            r#"{{"type":"hello","v":1,"worker":"model","instance":"4243-07ab11","pid":{pid},"version":"1.4.0","heartbeat_ms":1000}}"#
-        ),
-    );
+    twin.send(&mut t, &hello("4243-07ab11", &pid));
     let refused = twin.receive(&mut t);
     assert!(refused.contains(r#""code":"name_in_use""#), "{refused}");
     twin.closed(&mut t);

@@ -564,23 +564,15 @@ fn write_map(out: &mut String, m: &Map, indent: usize, inline_first: bool) {
         write_key(out, k);
         out.push(':');
         match v {
-            Node::Scalar(s) => {
-                if !(s.style == Style::Plain && s.value.is_empty() && s.tag.is_none()) {
-                    out.push(' ');
-                    write_scalar(out, s, indent + 2);
-                }
-                out.push('\n');
-            }
-            Node::Map(m) if m.0.is_empty() => out.push_str(" {}\n"),
-            Node::Seq(s) if s.is_empty() => out.push_str(" []\n"),
-            Node::Map(m) => {
+            Node::Map(m) if !m.0.is_empty() => {
                 out.push('\n');
                 write_map(out, m, indent + 2, false);
             }
-            Node::Seq(s) => {
+            Node::Seq(s) if !s.is_empty() => {
                 out.push('\n');
                 write_seq(out, s, indent, false);
             }
+            _ => write_on_this_line(out, v, indent),
         }
     }
 }
@@ -592,24 +584,32 @@ fn write_seq(out: &mut String, items: &[Node], indent: usize, inline_first: bool
         }
         out.push('-');
         match item {
-            Node::Scalar(s) => {
-                if !(s.style == Style::Plain && s.value.is_empty() && s.tag.is_none()) {
-                    out.push(' ');
-                    write_scalar(out, s, indent + 2);
-                }
-                out.push('\n');
-            }
-            Node::Map(m) if m.0.is_empty() => out.push_str(" {}\n"),
-            Node::Seq(s) if s.is_empty() => out.push_str(" []\n"),
-            Node::Map(m) => {
+            Node::Map(m) if !m.0.is_empty() => {
                 out.push(' ');
                 write_map(out, m, indent + 2, true);
             }
-            Node::Seq(s) => {
+            Node::Seq(s) if !s.is_empty() => {
                 out.push(' ');
                 write_seq(out, s, indent + 2, true);
             }
+            _ => write_on_this_line(out, item, indent),
         }
+    }
+}
+
+/// Finishes a `key:` or `-` line with a value that fits on it: a scalar (nothing for a
+/// plain empty one, as `key:` means null) or an empty collection (`{}`, `[]`).
+fn write_on_this_line(out: &mut String, v: &Node, indent: usize) {
+    match v {
+        Node::Scalar(s) => {
+            if !(s.style == Style::Plain && s.value.is_empty() && s.tag.is_none()) {
+                out.push(' ');
+                write_scalar(out, s, indent + 2);
+            }
+            out.push('\n');
+        }
+        Node::Map(_) => out.push_str(" {}\n"),
+        Node::Seq(_) => out.push_str(" []\n"),
     }
 }
 
