@@ -97,16 +97,7 @@ pub fn run(args: &InjectArgs) -> anyhow::Result<()> {
         input = std::fs::read_to_string(&args.file)
             .with_context(|| format!("reading {}", args.file))?;
     }
-    let opts = InjectOptions {
-        containers: args
-            .containers
-            .iter()
-            .map(|c| c.trim().to_string())
-            .filter(|c| !c.is_empty())
-            .collect(),
-        legacy_sidecar: args.legacy_sidecar,
-        image: args.image.clone(),
-    };
+    let opts = args.options();
     let source = if args.file == "-" {
         "stdin"
     } else {

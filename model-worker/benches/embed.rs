@@ -321,7 +321,6 @@ fn server(texts: &[String], threads: usize, secs: f64, max_batch: usize) -> serd
         .collect();
     thread::sleep(Duration::from_secs_f64(secs));
     stop.store(true, Ordering::Relaxed);
-    let start_to_stop = secs;
     let (mut lat, mut errors) = (Vec::new(), 0);
     for c in clients {
         let (l, e) = c.join().unwrap();
@@ -329,7 +328,7 @@ fn server(texts: &[String], threads: usize, secs: f64, max_batch: usize) -> serd
         errors += e;
     }
     lat.sort_unstable();
-    let rps = lat.len() as f64 / start_to_stop;
+    let rps = lat.len() as f64 / secs;
     let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
     eprintln!(
         "server, {CLIENTS} clients, max batch {max_batch}: {rps:.1} requests/s, p50 {:.1} ms, p99 {:.1} ms, {errors} errors",

@@ -224,29 +224,26 @@ impl Map {
     /// The mapping under `key`, created (or replacing a null) if missing; `None` when the
     /// value is something else than a mapping or null.
     pub fn map_entry(&mut self, key: &str) -> Option<&mut Map> {
-        let slot = match self.position(key) {
-            Some(i) if self.0[i].1.is_null() => {
-                self.0[i].1 = Node::Map(Map::default());
-                &mut self.0[i].1
-            }
-            Some(i) => &mut self.0[i].1,
-            None => self.set(key, Node::Map(Map::default())),
-        };
-        slot.as_map_mut()
+        self.entry_or(key, || Node::Map(Map::default()))
+            .as_map_mut()
     }
 
     /// The sequence under `key`, created (or replacing a null) if missing; `None` when the
     /// value is something else than a sequence or null.
     pub fn seq_entry(&mut self, key: &str) -> Option<&mut Vec<Node>> {
-        let slot = match self.position(key) {
+        self.entry_or(key, || Node::Seq(Vec::new())).as_seq_mut()
+    }
+
+    /// The value under `key`; `empty()` when it is missing or null.
+    fn entry_or(&mut self, key: &str, empty: impl FnOnce() -> Node) -> &mut Node {
+        match self.position(key) {
             Some(i) if self.0[i].1.is_null() => {
-                self.0[i].1 = Node::Seq(Vec::new());
+                self.0[i].1 = empty();
                 &mut self.0[i].1
             }
             Some(i) => &mut self.0[i].1,
-            None => self.set(key, Node::Seq(Vec::new())),
-        };
-        slot.as_seq_mut()
+            None => self.set(key, empty()),
+        }
     }
 }
 

@@ -138,6 +138,21 @@ impl BertEmbedder {
         };
         pooled.to_device(&Device::Cpu)?.to_vec2()
     }
+
+    /// Runs each length group as one padded pass; vectors come back in `batch` order.
+    fn embed_groups(&self, batch: &[&[u32]], lens: &[usize]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut out = vec![Vec::new(); batch.len()];
+        for group in length_groups(lens, PASS_OVERHEAD_TOKENS) {
+            let seqs: Vec<&[u32]> = group.iter().map(|&i| batch[i]).collect();
+            let vectors = self
+                .forward(&seqs)
+                .map_err(ModelError::candle("forward pass"))?;
+            for (i, v) in group.into_iter().zip(vectors) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl Embedder for BertEmbedder {
@@ -157,23 +172,6 @@ impl Embedder for BertEmbedder {
         // workers; outside it, it would sit idle while the pool's threads work, one more
         // thread than cores on a small pod (measured: docs/benchmarks.md).
         candle_core::utils::with_threadpool(|| self.embed_groups(batch, &lens))
-    }
-}
-
-impl BertEmbedder {
-    /// Runs each length group as one padded pass; vectors come back in `batch` order.
-    fn embed_groups(&self, batch: &[&[u32]], lens: &[usize]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let mut out = vec![Vec::new(); batch.len()];
-        for group in length_groups(lens, PASS_OVERHEAD_TOKENS) {
-            let seqs: Vec<&[u32]> = group.iter().map(|&i| batch[i]).collect();
-            let vectors = self
-                .forward(&seqs)
-                .map_err(ModelError::candle("forward pass"))?;
-            for (i, v) in group.into_iter().zip(vectors) {
-                out[i] = v;
-            }
-        }
-        Ok(out)
     }
 }
 
