@@ -1,65 +1,108 @@
 #!/usr/bin/env bash
-# `make deploy-check` (part of `make test`): renders every kustomization under deploy/ and the
-# outputs of `vitals-agent inject` on agent/tests/fixtures/inject/, and validates them.
-#   - core resources (overlays, inject outputs, the dashboard ConfigMap): kubernetes-validate
-#     --strict against Kubernetes 1.29 and 1.33 (unknown fields fail);
-#   - the Prometheus Operator CRDs (PodMonitor, PrometheusRule) have no schema there: the rule
-#     groups are extracted and checked by `promtool check rules`, the PodMonitor is checked
-#     against the base's pods (selector, port name, jobLabel), the dashboard JSON is parsed and
-#     every metric name in rules and dashboard must be one of SPEC §4;
-#   - scripts/check_deploy.py checks what the schema cannot: SPEC §6 wiring (probe paths and
-#     port, socket volume, shared PID namespace, --expect) and API-server rules
-#     (successThreshold 1 for liveness/startup), plus hardening for deploy/.
-# Installs kubernetes-validate into ${TOOLS_VENV:-.venv-tools} on first use (about 20 s);
-# afterwards it takes a few seconds.
+# `make deploy-check` (part of `make test`): renders every kustomization under deploy/, every
+# component of deploy/components/ on its own (on top of the base and the cpu or gpu variant),
+# the outputs of `vitals-agent inject` on agent/tests/fixtures/inject/, and validates them:
+#   - core kinds: kubernetes-validate --strict (unknown fields fail) against Kubernetes 1.29
+#     and 1.33; a render with `image` volumes (model-image) against 1.33 only, the first
+#     version where they can be used;
+#   - custom resources (ScaledObject, PodMonitor, PrometheusRule): the schemas of their
+#     published CRDs, from the npm packages pinned in scripts/crd-schemas/;
+#   - scripts/check_deploy.py: SPEC §6 wiring, Pod Security `restricted`, the drain, liveness
+#     and startup arithmetic of docs/deploy.md, replicas against PDB and autoscalers, GPU
+#     settings, namespaces, NetworkPolicy ports; KEDA queries through `promtool check rules`;
+#   - monitoring: `promtool check rules`, `promtool test rules` (every alert fired by one test
+#     and kept quiet by another), runbook_url anchors, the dashboard's metric names.
+# Every tool comes from scripts/install-test-deps.sh; one that is still missing fails the
+# check (never a skip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${TOOLS_VENV:-.venv-tools}
+export TOOLS_VENV=$venv
 versions=(1.29 1.33)
 
-if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -qx '1.37.0'; then
-  echo "deploy-check: installing kubernetes-validate 1.37.0 into $venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check kubernetes-validate==1.37.0
-fi
+scripts/install-test-deps.sh
+fail() { echo "deploy-check: $*" >&2; exit 1; }
+"$venv/bin/kubernetes-validate" --version >/dev/null 2>&1 || fail "kubernetes-validate is missing from $venv"
+command -v promtool >/dev/null || fail "promtool is missing (apt-get install prometheus)"
+command -v kubectl >/dev/null || fail "kubectl (for kustomize) is missing"
+command -v node >/dev/null || fail "node (for the CRD schemas) is missing"
+[ -f "$venv/crd-schemas/validate.mjs" ] || fail "the CRD schemas are not installed in $venv/crd-schemas"
 py="$venv/bin/python" # PyYAML comes with kubernetes-validate
-command -v promtool >/dev/null || scripts/install-test-deps.sh
-command -v kubectl >/dev/null || { echo "deploy-check: kubectl (for kustomize) is missing" >&2; exit 1; }
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-validate() { # files...
-  local v
+validate() { # min-version files...
+  local min=$1 v
+  shift
   for v in "${versions[@]}"; do
+    if [ "$(printf '%s\n%s\n' "$min" "$v" | sort -V | head -1)" != "$min" ]; then continue; fi
     if ! "$venv/bin/kubernetes-validate" --quiet --strict -k "$v" "$@"; then
-      echo "deploy-check: kubernetes-validate --strict -k $v failed" >&2
+      echo "deploy-check: kubernetes-validate --strict -k $v failed on $*" >&2
       return 1
     fi
   done
 }
 
-# 1. Every kustomization except monitoring: core resources only.
-rendered=()
-for k in deploy/base deploy/overlays/*/; do
-  k=${k%/}
-  out="$tmp/$(echo "$k" | tr / _).yaml"
-  kubectl kustomize "$k" >"$out"
-  rendered+=("$out")
+# 1. What to render: every kustomization but monitoring, and every component alone on top of
+#    the base and its variant (a kustomization in $tmp with relative paths into deploy/).
+targets=()
+while IFS= read -r k; do targets+=("$(dirname "$k")"); done < <(
+  find deploy/base deploy/overlays -name kustomization.yaml | sort)
+for c in deploy/components/*/; do
+  c=${c%/}
+  name=$(basename "$c")
+  variant=cpu
+  case $name in gpu*) variant=gpu ;; esac
+  dir="$tmp/components/$name"
+  mkdir -p "$dir"
+  rel=$(realpath --relative-to="$dir" deploy)
+  {
+    echo "resources: [$rel/base]"
+    echo "components:"
+    echo "  - $rel/components/$variant"
+    [ "$name" = "$variant" ] || echo "  - $rel/components/$name"
+  } >"$dir/kustomization.yaml"
+  targets+=("$dir")
 done
-validate "${rendered[@]}"
-"$py" scripts/check_deploy.py pods --hardened "${rendered[@]}"
-echo "deploy-check: ${#rendered[@]} kustomizations valid for Kubernetes ${versions[*]}"
 
-# 2. Monitoring: CRDs split off, rules through promtool, core part strictly.
+# 2. Render and check each.
+n=0
+crds=()
+for k in "${targets[@]}"; do
+  out="$tmp/render-$n.yaml"
+  kubectl kustomize "$k" >"$out" || fail "kubectl kustomize $k failed"
+  min=$("$py" scripts/check_deploy.py split "$out" "$tmp/core-$n.yaml" "$tmp/crds-$n.json")
+  validate "$min" "$tmp/core-$n.yaml" || fail "$k is not valid"
+  "$py" scripts/check_deploy.py pods --hardened "$tmp/core-$n.yaml" 2>/dev/null ||
+    fail "$k: pod checks failed: $("$py" scripts/check_deploy.py pods --hardened "$tmp/core-$n.yaml" 2>&1)"
+  "$py" scripts/check_deploy.py policy "$out" "$tmp/queries-$n.yaml" || fail "$k: policy checks failed"
+  promtool check rules "$tmp/queries-$n.yaml" >/dev/null || fail "$k: a KEDA query does not parse"
+  crds+=("$tmp/crds-$n.json")
+  echo "deploy-check: ${k#"$tmp/"} valid (Kubernetes >= $min)"
+  n=$((n + 1))
+done
+
+# 3. Monitoring: custom resources to their schemas, rules through promtool, core strictly.
 kubectl kustomize deploy/monitoring >"$tmp/monitoring.yaml"
-"$py" scripts/check_deploy.py monitoring "$tmp/monitoring.yaml" "$tmp/deploy_base.yaml" \
-  "$tmp/rules.yaml" >"$tmp/monitoring-core.yaml"
-promtool check rules "$tmp/rules.yaml" >/dev/null
-validate "$tmp/monitoring-core.yaml"
-echo "deploy-check: monitoring: rules pass promtool, dashboard parses, PodMonitor matches the pods"
+mkdir -p "$tmp/ruletests"
+cp deploy/monitoring/tests/*.test.yaml "$tmp/ruletests/"
+kubectl kustomize deploy/base >"$tmp/base.yaml"
+"$py" scripts/check_deploy.py monitoring "$tmp/monitoring.yaml" "$tmp/base.yaml" \
+  "$tmp/rules.yaml" "$tmp/ruletests" docs/deploy.md >"$tmp/monitoring-core.yaml"
+promtool check rules "$tmp/rules.yaml"
+(cd "$tmp/ruletests" && promtool test rules ./*.test.yaml)
+validate 1.29 "$tmp/monitoring-core.yaml"
+"$py" scripts/check_deploy.py split "$tmp/monitoring.yaml" "$tmp/monitoring-core2.yaml" "$tmp/crds-monitoring.json" >/dev/null
+crds+=("$tmp/crds-monitoring.json")
 
-# 3. `vitals-agent inject` on the fixtures (header line `# inject-args: ...` gives the flags;
+# 4. Every custom resource of every render against its published schema.
+"$py" -c 'import json, sys; print(json.dumps([d for f in sys.argv[2:] for d in json.load(open(f))]))' \
+  - "${crds[@]}" >"$tmp/crds.json"
+(cd "$venv/crd-schemas" && node validate.mjs "$tmp/crds.json")
+echo "deploy-check: $n renders valid; monitoring: rules pass promtool check and test, dashboard parses, PodMonitor matches the pods"
+
+# 5. `vitals-agent inject` on the fixtures (header line `# inject-args: ...` gives the flags;
 #    err-*.yaml are error cases, tested by agent/tests/inject.rs).
 fixtures=(agent/tests/fixtures/inject/*.in.yaml)
 if [ -e "${fixtures[0]}" ]; then
@@ -81,7 +124,7 @@ if [ -e "${fixtures[0]}" ]; then
     "$py" scripts/check_deploy.py expand-lists "$tmp/inject-$name.yaml" "$tmp/inject-$name.expanded.yaml"
     outs+=("$tmp/inject-$name.expanded.yaml")
   done
-  validate "${outs[@]}"
+  validate 1.29 "${outs[@]}"
   "$py" scripts/check_deploy.py pods "${outs[@]}"
   echo "deploy-check: inject outputs of ${#outs[@]} fixtures valid and idempotent"
 fi

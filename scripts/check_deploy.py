@@ -1,18 +1,32 @@
 #!/usr/bin/env python3
-"""Checks on rendered manifests that schema validation cannot make (SPEC §6 wiring, API-server
-rules, monitoring cross-references). Called by scripts/check-deploy.sh; needs PyYAML.
+"""Checks on rendered manifests that schema validation cannot make: SPEC §6 wiring, API-server
+rules, Pod Security `restricted`, the timing arithmetic of docs/deploy.md, autoscaling and
+disruption consistency, monitoring cross-references and alert test coverage. Called by
+scripts/check-deploy.sh; needs PyYAML.
 
-  check_deploy.py pods [--hardened] FILE...      every Vitals pod template is wired per SPEC §6
+  check_deploy.py split RENDERED CORE_OUT CRDS_JSON_OUT
+      writes the core documents (for kubernetes-validate) and the custom resources (as a
+      JSON array, for scripts/crd-schemas/validate.mjs) apart; prints the oldest Kubernetes
+      minor the render can run on (1.29, or 1.33 with `image` volumes)
+  check_deploy.py pods [--hardened] FILE...      every Vitals pod template is wired per SPEC §6;
+      --hardened adds Pod Security `restricted` and container hardening for every pod template
+  check_deploy.py policy RENDERED QUERIES_OUT    one rendered overlay: drain and grace
+      arithmetic, liveness tolerance above the agent's worst restart, replicas against the
+      PodDisruptionBudget and autoscalers, GPU settings, namespaces, NetworkPolicy ports; the
+      KEDA queries are written to QUERIES_OUT as recording rules (for promtool)
   check_deploy.py expand-lists IN OUT             writes IN with every `kind: List` replaced by its
       items (kubernetes-validate has no schema for List and would skip them)
-  check_deploy.py monitoring RENDERED BASE RULES_OUT
+  check_deploy.py monitoring RENDERED BASE RULES_OUT TEST_DIR DOCS
       splits the monitoring render: writes the PrometheusRule groups to RULES_OUT (for
-      promtool), prints the core documents (for kubernetes-validate) on stdout, checks the
-      PodMonitor against the pods of BASE and the metric names of rules and dashboard.
+      `promtool check rules`) and, with annotations left out, to TEST_DIR/vitals-rules.yaml
+      (for `promtool test rules`), prints the core documents on stdout, checks the PodMonitor
+      against the pods of BASE, metric names, runbook_url anchors in DOCS, and that every
+      alert has a unit test that fires it and one that must not
 """
 import json
 import re
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -20,6 +34,7 @@ AGENT = "vitals-agent"
 PORT = 9180
 SOCKET_DIR = "/run/vitals"
 SOCKET = SOCKET_DIR + "/agent.sock"
+ROOT = Path(__file__).resolve().parent.parent
 # SPEC §4 (names as exposed: counters end in _total, histograms add _bucket/_sum/_count).
 METRICS = {
     "vitals_probe_requests_total", "vitals_probe_duration_seconds", "vitals_worker_connected",
@@ -32,6 +47,21 @@ METRICS = {
     "vitals_protocol_unknown_messages_total",
 }
 POD_KINDS = {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
+CLUSTER_SCOPED = {"Namespace", "PriorityClass", "RuntimeClass", "ClusterRole", "ClusterRoleBinding"}
+# Pod Security Standards, `restricted` (kubernetes/kubernetes,
+# staging/src/k8s.io/pod-security-admission/policy/check_restrictedVolumes.go; `image` allowed
+# from 1.33 on, PR 130394).
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "image",
+                      "persistentVolumeClaim", "projected", "secret"}
+
+# The kubelet's restart of a crashed container waits 0 s, then 10, 20, 40 s ... (doubling,
+# at most 300 s; kubernetes/kubernetes pkg/kubelet/kuberuntime/kuberuntime_manager.go
+# doBackOff and pkg/kubelet/kubelet.go MaxContainerBackOff). docs/deploy.md, "The agent
+# restarting", explains which of these the worker's liveness must outlast.
+CRASH_BACKOFF_COVERED = 40  # the 4th crash in a row
+BACKOFF_AFTER_WEDGE = 20    # a wedge right after two crashes
+AGENT_START = 2             # exit noticed (PLEG) + container start + listening
+DRAIN_MARGIN = 5            # seconds left in the grace period after everything above
 
 errors = []
 
@@ -56,6 +86,19 @@ def pod_spec(doc):
     return t.get("metadata", {}), t["spec"]
 
 
+def seconds(text):
+    """A humantime-like duration (`5s`, `1m30s`, `500ms`) in seconds."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", str(text))
+    if not parts or "".join(n + u for n, u in parts) != str(text):
+        raise ValueError(f"not a duration with units: {text!r}")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def env_of(container):
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
 def check_probe(where, probe, path, kind):
     if probe is None:
         err(where, f"no {kind}Probe (want GET {path} on {PORT})")
@@ -76,10 +119,37 @@ def check_hardened(where, c, pod_sc):
         err(where, "allowPrivilegeEscalation is not false")
     if "ALL" not in sc.get("capabilities", {}).get("drop", []):
         err(where, "capabilities do not drop ALL")
+    if set(sc.get("capabilities", {}).get("add", [])) - {"NET_BIND_SERVICE"}:
+        err(where, "adds capabilities beyond NET_BIND_SERVICE (Pod Security restricted)")
+    if sc.get("privileged"):
+        err(where, "privileged")
     if not (sc.get("runAsNonRoot") or pod_sc.get("runAsNonRoot")):
         err(where, "runAsNonRoot is not set")
-    if "resources" not in c or "limits" not in c["resources"]:
-        err(where, "no resources.limits")
+    if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+        err(where, "runs as UID 0")
+    seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {})).get("type")
+    if seccomp not in ("RuntimeDefault", "Localhost"):
+        err(where, "no seccompProfile RuntimeDefault (Pod Security restricted)")
+    res = c.get("resources", {})
+    # ResourceQuota-friendly: a quota on requests or limits rejects pods that lack them.
+    if "limits" not in res or "requests" not in res:
+        err(where, "needs resources.requests and resources.limits")
+    else:
+        for k in ("cpu", "memory"):
+            if k not in res["requests"] or k not in res["limits"]:
+                err(where, f"resources lack {k} in requests or limits")
+
+
+def check_restricted_pod(where, spec):
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            err(where, f"{key} (Pod Security restricted)")
+    for v in spec.get("volumes", []):
+        kinds = set(v) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            err(where, f"volume {v['name']} of type {sorted(kinds)} (Pod Security restricted)")
+    if spec.get("automountServiceAccountToken") is not False:
+        err(where, "automountServiceAccountToken is not false")
 
 
 def check_pods(paths, hardened):
@@ -92,6 +162,10 @@ def check_pods(paths, hardened):
             meta, spec = pod_spec(doc)
             inits = spec.get("initContainers", [])
             mains = spec.get("containers", [])
+            if hardened:
+                check_restricted_pod(name, spec)
+                for c in inits + mains:
+                    check_hardened(f"{name} container {c['name']}", c, spec.get("securityContext", {}))
             agents = [c for c in inits + mains if c["name"] == AGENT]
             if not agents:
                 continue  # not a Vitals pod
@@ -103,6 +177,9 @@ def check_pods(paths, hardened):
             native = agent in inits
             if native and agent.get("restartPolicy") != "Always":
                 err(name, "agent in initContainers without restartPolicy: Always")
+            # First, so the kubelet starts every other container only once it answers.
+            if native and inits[0] is not agent:
+                err(name, f"the agent is not the first init container: {[c['name'] for c in inits]}")
             if not native and "restartPolicy" in agent:
                 err(name, "restartPolicy on an ordinary container")
             if spec.get("shareProcessNamespace") is not True:
@@ -135,7 +212,7 @@ def check_pods(paths, hardened):
                     err(name, f"agent args {args} lack --expect {w}")
                 if not any(m["name"] == sock_vols[0] and m["mountPath"] == SOCKET_DIR for m in c.get("volumeMounts", [])):
                     err(where, f"does not mount the socket volume at {SOCKET_DIR}")
-                env = {e["name"]: e.get("value") for e in c.get("env", [])}
+                env = env_of(c)
                 cargs = c.get("args", [])
                 if env.get("VITALS_AGENT_SOCKET") != SOCKET and f"--agent-socket={SOCKET}" not in cargs:
                     err(where, f"neither VITALS_AGENT_SOCKET={SOCKET} nor --agent-socket")
@@ -149,26 +226,194 @@ def check_pods(paths, hardened):
                     p = c.get(f"{kind}Probe") or {}
                     if p.get("successThreshold", 1) != 1 and kind != "readiness":
                         err(f"{name} container {c['name']}", f"{kind}Probe.successThreshold must be 1")
-                if hardened:
-                    check_hardened(f"{name} container {c['name']}", c, spec.get("securityContext", {}))
-            if hardened and spec.get("automountServiceAccountToken") is not False:
-                err(name, "automountServiceAccountToken is not false")
     if seen == 0:
         err(" ".join(paths), "no Vitals pod template found")
     return seen
 
 
-EXPR_NAME = re.compile(r"\b(vitals_[a-z_]+)")
+def split(rendered, core_out, crds_out):
+    core, crds = [], []
+    for d in load(rendered):
+        group = d["apiVersion"].split("/")[0] if "/" in d["apiVersion"] else ""
+        (crds if "." in group and not group.endswith(".k8s.io") else core).append(d)
+    with open(core_out, "w") as f:
+        yaml.safe_dump_all(core, f, sort_keys=False)
+    with open(crds_out, "w") as f:
+        json.dump(crds, f)
+    image_volumes = any("image" in v for d in core if d.get("kind") in POD_KINDS
+                        for v in pod_spec(d)[1].get("volumes", []))
+    # `image` volumes are in the API from 1.31 (alpha) and usable (beta) from 1.33.
+    print("1.33" if image_volumes else "1.29")
+
+
+def probe_budget(p):
+    return p.get("periodSeconds", 10), p.get("failureThreshold", 3), p.get("timeoutSeconds", 1)
+
+
+def check_timing(where, dep):
+    """docs/deploy.md, "Timing": the drain inside the grace period, the worker's liveness
+    tolerance above the agent's worst restart, the worker's startup budget."""
+    spec = dep["spec"]["template"]["spec"]
+    inits = spec.get("initContainers", [])
+    agent = next((c for c in inits + spec["containers"] if c["name"] == AGENT), None)
+    native = agent in inits
+    worker = next(c for c in spec["containers"] if c["name"] != AGENT)
+    wenv, aenv = env_of(worker), env_of(agent)
+    try:
+        delay = seconds(wenv.get("VITALS_DRAIN_DELAY", "5s"))
+        drain = seconds(wenv.get("VITALS_DRAIN_TIMEOUT", "30s"))
+        agent_grace = seconds(aenv.get("VITALS_SHUTDOWN_GRACE", "5s"))
+    except ValueError as e:
+        err(where, str(e))
+        return
+    grace = spec.get("terminationGracePeriodSeconds", 30)
+    if native:
+        # The worker first (drain delay + drain), then the sidecar (its shutdown grace).
+        need = delay + drain + agent_grace + DRAIN_MARGIN
+        if grace < need:
+            err(where, f"terminationGracePeriodSeconds {grace} < drain delay {delay:g} + drain {drain:g} + agent grace {agent_grace:g} + margin {DRAIN_MARGIN}")
+    else:
+        # Both get SIGTERM at once: the agent must outlast the worker's drain.
+        if agent_grace < delay + drain:
+            err(where, f"legacy sidecar: agent grace {agent_grace:g} < drain delay {delay:g} + drain {drain:g}")
+        if grace < agent_grace + DRAIN_MARGIN:
+            err(where, f"legacy sidecar: terminationGracePeriodSeconds {grace} < agent grace {agent_grace:g} + margin {DRAIN_MARGIN}")
+    ap, aft, at = probe_budget(agent["livenessProbe"])
+    kill = agent["livenessProbe"].get("terminationGracePeriodSeconds", grace)
+    wedge = ap * aft + at + kill + BACKOFF_AFTER_WEDGE + AGENT_START
+    crash = CRASH_BACKOFF_COVERED + AGENT_START
+    worst = max(wedge, crash)
+    wp, wft, _ = probe_budget(worker["livenessProbe"])
+    # An outage of D seconds fails at most floor(D / period) + 1 probes in a row.
+    tolerated = (wft - 1) * wp
+    if tolerated <= worst:
+        err(where, f"worker liveness tolerates outages under {tolerated} s, the agent's worst restart is {worst:g} s (wedge {wedge:g}, crash {crash})")
+    sp, sft, _ = probe_budget(worker["startupProbe"])
+    if sp * sft < 30:
+        err(where, f"worker startup budget {sp * sft} s < 30 s (process start to hello on a slow node)")
+    if dep["spec"].get("minReadySeconds", 0) <= 0:
+        err(where, "minReadySeconds is not set")
+
+
+def check_gpu(where, dep):
+    spec = dep["spec"]["template"]["spec"]
+    worker = next(c for c in spec["containers"] if c["name"] != AGENT)
+    if "nvidia.com/gpu" not in worker.get("resources", {}).get("limits", {}):
+        return
+    if dep["spec"].get("progressDeadlineSeconds", 600) < 900:
+        err(where, "GPU: progressDeadlineSeconds below 900 s, the cold-start arithmetic (pull, fetch, JIT, load)")
+    cache = env_of(worker).get("CUDA_CACHE_PATH")
+    mounts = {m["mountPath"]: m for m in worker.get("volumeMounts", [])}
+    vols = {v["name"]: v for v in spec.get("volumes", [])}
+    m = mounts.get(cache)
+    if not cache or not m or m.get("readOnly") or "emptyDir" not in vols.get(m["name"], {}):
+        err(where, "GPU: CUDA_CACHE_PATH must name a writable emptyDir mount")
+    terms = (spec.get("affinity", {}).get("nodeAffinity", {})
+             .get("requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", []))
+    if not any(e.get("key") == "nvidia.com/gpu.compute.major" for t in terms for e in t.get("matchExpressions", [])):
+        err(where, "GPU: no required node affinity on nvidia.com/gpu.compute.major")
+
+
+def matches(selector, labels):
+    return all(labels.get(k) == v for k, v in (selector or {}).get("matchLabels", {}).items())
+
+
+def policy(rendered, queries_out):
+    docs = load(rendered)
+    deps = [d for d in docs if d["kind"] == "Deployment"]
+    queries = []
+    for dep in deps:
+        name = f"{rendered}: Deployment/{dep['metadata']['name']}"
+        ns = dep["metadata"].get("namespace")
+        labels = dep["spec"]["template"]["metadata"].get("labels", {})
+        check_timing(name, dep)
+        check_gpu(name, dep)
+        spread = {c["topologyKey"] for c in dep["spec"]["template"]["spec"].get("topologySpreadConstraints", [])}
+        if not {"kubernetes.io/hostname", "topology.kubernetes.io/zone"} <= spread:
+            err(name, f"topology spread over {sorted(spread)}, want hostname and zone")
+        for d in docs:
+            if d["kind"] not in CLUSTER_SCOPED and d["metadata"].get("namespace") != ns:
+                err(name, f"{d['kind']}/{d['metadata']['name']} is in namespace {d['metadata'].get('namespace')!r}, not {ns!r}")
+        namespaces = [d for d in docs if d["kind"] == "Namespace" and d["metadata"]["name"] == ns]
+        if not namespaces or namespaces[0]["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce") != "restricted":
+            err(name, f"namespace {ns} is not rendered with pod-security.kubernetes.io/enforce: restricted")
+        # Replicas: fixed, or owned by one autoscaler; never 1 with a PDB outside dev.
+        scalers = [d for d in docs if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")
+                   and d["spec"]["scaleTargetRef"].get("name") == dep["metadata"]["name"]]
+        if len(scalers) > 1:
+            err(name, "more than one autoscaler")
+        if scalers:
+            if "replicas" in dep["spec"]:
+                err(name, "autoscaled, yet spec.replicas is set (each apply would reset the scale)")
+            s = scalers[0]["spec"]
+            least = s.get("minReplicas", s.get("minReplicaCount", 1))
+            behavior = s.get("behavior") or s.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior", {})
+            if behavior.get("scaleDown", {}).get("stabilizationWindowSeconds", 0) < 300:
+                err(name, "autoscaler scales down with less than a 300 s stabilization window")
+        else:
+            least = dep["spec"].get("replicas", 1)
+        for pdb in (d for d in docs if d["kind"] == "PodDisruptionBudget" and matches(d["spec"].get("selector"), labels)):
+            if least < 2 and not ns.endswith("-dev"):
+                err(name, f"{least} replica(s) with PodDisruptionBudget {pdb['metadata']['name']}: every node drain is an outage")
+            if "minAvailable" in pdb["spec"] and pdb["spec"]["minAvailable"] >= least:
+                err(name, "PodDisruptionBudget minAvailable blocks every eviction")
+        # NetworkPolicy: selects the pods, names ports they have.
+        ports = {p.get("name") for c in dep["spec"]["template"]["spec"].get("initContainers", []) + dep["spec"]["template"]["spec"]["containers"]
+                 for p in c.get("ports", [])}
+        for np in (d for d in docs if d["kind"] == "NetworkPolicy"):
+            if not matches(np["spec"]["podSelector"], labels):
+                err(name, f"NetworkPolicy {np['metadata']['name']} does not select the pods")
+            for rule in np["spec"].get("ingress", []):
+                for p in rule.get("ports", []):
+                    if isinstance(p.get("port"), str) and p["port"] not in ports:
+                        err(name, f"NetworkPolicy names port {p['port']!r}, the pods have {sorted(ports)}")
+        for so in (d for d in docs if d["kind"] == "ScaledObject"):
+            for i, t in enumerate(so["spec"]["triggers"]):
+                q = t.get("metadata", {}).get("query")
+                if t["type"] != "prometheus" or not q:
+                    continue
+                queries.append({"record": f"keda:{so['metadata']['name']}:trigger{i}", "expr": q})
+                check_expr_metrics(f"ScaledObject {so['metadata']['name']}", q)
+                for n in re.findall(r'namespace="([^"]*)"', q):
+                    if n != ns:
+                        err(name, f"ScaledObject query counts namespace {n!r}, the Deployment is in {ns!r}")
+    if not deps:
+        err(rendered, "no Deployment")
+    with open(queries_out, "w") as f:
+        yaml.safe_dump({"groups": [{"name": "keda-queries", "rules": queries}]}, f, sort_keys=False)
+
+
+EXPR_NAME = re.compile(r"\b((?:vitals|embedding)_[a-z_]+)")
+
+
+def worker_metrics():
+    """The worker's own metric names, read from model-worker/src/metrics.rs."""
+    src = (ROOT / "model-worker/src/metrics.rs").read_text()
+    names = set(re.findall(r'"(embedding_[a-z_]+)"', src))
+    counters = set(re.findall(r'IntCounter(?:Vec)?::new\(\s*(?:Opts::new\(\s*)?"(embedding_[a-z_]+)"', src))
+    return {n + "_total" if n in counters and not n.endswith("_total") else n for n in names}
 
 
 def check_expr_metrics(where, expr):
+    known = METRICS | worker_metrics()
     for m in EXPR_NAME.findall(expr):
         base = re.sub(r"_(bucket|sum|count)$", "", m)
-        if m not in METRICS and base not in METRICS:
-            err(where, f"unknown metric {m} (not in SPEC §4)")
+        if m not in known and base not in known:
+            err(where, f"unknown metric {m} (neither SPEC §4 nor model-worker/src/metrics.rs)")
 
 
-def check_monitoring(rendered, base, rules_out):
+def anchors(markdown):
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to dashes."""
+    out = set()
+    for line in markdown.splitlines():
+        m = re.match(r"#{1,6}\s+(.*)", line)
+        if m:
+            text = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower())
+            out.add(text.replace(" ", "-"))
+    return out
+
+
+def check_monitoring(rendered, base, rules_out, test_dir, docs_path):
     docs = load(rendered)
     core, rules, monitors = [], [], []
     for d in docs:
@@ -178,7 +423,8 @@ def check_monitoring(rendered, base, rules_out):
             core.append(d)
     if not rules or not monitors:
         err(rendered, "expected a PrometheusRule and a PodMonitor")
-    groups = []
+    doc_anchors = anchors(Path(docs_path).read_text())
+    groups, alerts = [], []
     for r in rules:
         for g in r["spec"]["groups"]:
             groups.append(g)
@@ -186,13 +432,39 @@ def check_monitoring(rendered, base, rules_out):
                 where = f"rule {rule.get('alert') or rule.get('record')}"
                 check_expr_metrics(where, rule["expr"])
                 if "alert" in rule:
+                    alerts.append(rule["alert"])
                     ann = rule.get("annotations", {})
                     if not ann.get("summary") or "Runbook" not in ann.get("description", ""):
                         err(where, "needs a summary and a description with a Runbook")
                     if "severity" not in rule.get("labels", {}):
                         err(where, "no severity label")
+                    url = ann.get("runbook_url", "")
+                    m = re.search(r"docs/deploy\.md#([\w-]+)$", url)
+                    if not m:
+                        err(where, f"runbook_url {url!r} does not point into docs/deploy.md")
+                    elif m.group(1) not in doc_anchors:
+                        err(where, f"runbook_url anchor #{m.group(1)} is no heading of {docs_path}")
     with open(rules_out, "w") as f:
         yaml.safe_dump({"groups": groups}, f, sort_keys=False)
+    bare = [{**g, "rules": [{k: v for k, v in rule.items() if k != "annotations"} for rule in g["rules"]]} for g in groups]
+    with open(Path(test_dir) / "vitals-rules.yaml", "w") as f:
+        yaml.safe_dump({"groups": bare}, f, sort_keys=False)
+    # Every alert: a test that fires it and one where it must stay quiet.
+    fires, quiet, ntests = set(), set(), 0
+    for t in Path(test_dir).glob("*.test.yaml"):
+        for case in yaml.safe_load(t.read_text()).get("tests", []):
+            ntests += 1
+            for a in case.get("alert_rule_test", []):
+                (fires if a.get("exp_alerts") else quiet).add(a["alertname"])
+    for a in alerts:
+        if a not in fires:
+            err(f"alert {a}", "no promtool unit test that fires it")
+        if a not in quiet:
+            err(f"alert {a}", "no promtool unit test where it must not fire")
+    for a in (fires | quiet) - set(alerts):
+        err(f"alert {a}", "tested but not defined")
+    print(f"deploy-check: {len(alerts)} alerts, {ntests} promtool unit tests "
+          f"({len(fires & set(alerts))} alerts fired, {len(quiet & set(alerts))} kept quiet)", file=sys.stderr)
     # The dashboard, from the ConfigMap the generator made.
     dashboards = 0
     for d in core:
@@ -211,24 +483,28 @@ def check_monitoring(rendered, base, rules_out):
                     err(key, "dashboard needs uid and title")
     if dashboards == 0:
         err(rendered, "no dashboard ConfigMap")
-    # The PodMonitor must select the base's pods and name the agent's port.
+    # The PodMonitor must select the base's pods and name ports they have.
     pods = []
     for d in load(base):
         if d.get("kind") in POD_KINDS:
             meta, spec = pod_spec(d)
             pods.append((d["metadata"].get("namespace"), meta.get("labels", {}), spec))
     for m in monitors:
-        sel = m["spec"]["selector"].get("matchLabels", {})
-        hits = [p for p in pods if p[0] == m["metadata"].get("namespace")
-                and all(p[1].get(k) == v for k, v in sel.items())]
+        sel = m["spec"]["selector"]
+        hits = [p for p in pods if p[0] == m["metadata"].get("namespace") and matches(sel, p[1])]
         if not hits:
             err(f"PodMonitor {m['metadata']['name']}", f"selector {sel} matches no base pod in its namespace")
         for ns, labels, spec in hits:
-            ports = {p.get("name") for c in spec.get("initContainers", []) + spec["containers"]
-                     if c["name"] == AGENT for p in c.get("ports", [])}
-            for ep in m["spec"]["podMetricsEndpoints"]:
-                if ep.get("port") not in ports:
-                    err(f"PodMonitor {m['metadata']['name']}", f"port {ep.get('port')!r} is not an agent port {ports}")
+            containers = spec.get("initContainers", []) + spec["containers"]
+            ports = {p.get("name") for c in containers for p in c.get("ports", [])}
+            agent_ports = {p.get("name") for c in containers if c["name"] == AGENT for p in c.get("ports", [])}
+            eps = {ep.get("port") for ep in m["spec"]["podMetricsEndpoints"]}
+            for p in eps - ports:
+                err(f"PodMonitor {m['metadata']['name']}", f"port {p!r} is not a port of the pods {sorted(ports)}")
+            if not eps & agent_ports:
+                err(f"PodMonitor {m['metadata']['name']}", "does not scrape the agent")
+            if len(eps) < 2:
+                err(f"PodMonitor {m['metadata']['name']}", "does not scrape the worker's own metrics")
             job = m["spec"].get("jobLabel")
             if job and job not in labels:
                 err(f"PodMonitor {m['metadata']['name']}", f"jobLabel {job} is not a pod label")
@@ -248,13 +524,17 @@ def expand_lists(src, dst):
 def main(argv):
     if len(argv) == 4 and argv[1] == "expand-lists":
         expand_lists(argv[2], argv[3])
+    elif len(argv) == 5 and argv[1] == "split":
+        split(argv[2], argv[3], argv[4])
+    elif len(argv) == 4 and argv[1] == "policy":
+        policy(argv[2], argv[3])
     elif len(argv) >= 2 and argv[1] == "pods":
         hardened = "--hardened" in argv
         files = [a for a in argv[2:] if a != "--hardened"]
         n = check_pods(files, hardened)
-        print(f"deploy-check: {n} Vitals pod templates wired per SPEC §6")
-    elif len(argv) == 5 and argv[1] == "monitoring":
-        check_monitoring(argv[2], argv[3], argv[4])
+        print(f"deploy-check: {n} Vitals pod templates wired per SPEC §6", file=sys.stderr)
+    elif len(argv) == 7 and argv[1] == "monitoring":
+        check_monitoring(*argv[2:])
     else:
         print(__doc__, file=sys.stderr)
         return 2
