@@ -19,6 +19,7 @@ cd "$(dirname "$0")/.."
 WORKER_PROFILE=${WORKER_PROFILE:-worker}
 MODEL_DIR=${MODEL_DIR:-models/all-MiniLM-L6-v2}
 AGENT_IMAGE=localhost/vitals-agent:dev
+MODEL_IMAGE=localhost/vitals-model:dev
 WORKER_IMAGE=localhost/vitals-worker:dev
 BASE_IMAGE=localhost/vitals-glibc-base:bookworm
 # The smoke test's containers (global: the EXIT trap removes them).
@@ -83,6 +84,29 @@ build_base() {
   tar -C "$root" -c . | podman import - "$BASE_IMAGE" >/dev/null
 }
 
+# vitals-model:dev (Dockerfile.model: FROM scratch, only the model's files) for
+# deploy/components/model-image; the files are checked against deploy/base/model-files.sha256
+# first, and none may be missing or extra.
+build_model_image() {
+  say "building $MODEL_IMAGE from $MODEL_DIR"
+  local sums=$PWD/deploy/base/model-files.sha256
+  (cd "$MODEL_DIR" && sha256sum --quiet --strict -c "$sums")
+  if [ "$(sed 's/^[0-9a-f]*  //' "$sums" | LC_ALL=C sort)" != "$(cd "$MODEL_DIR" && find . -type f | sed 's|^\./||' | LC_ALL=C sort)" ]; then
+    echo "$MODEL_DIR holds other files than deploy/base/model-files.sha256 lists" >&2
+    exit 1
+  fi
+  podman build --pull=never --network none --build-arg MODEL="$(basename "$MODEL_DIR")" \
+    -f Dockerfile.model -t "$MODEL_IMAGE" "$(dirname "$MODEL_DIR")"
+  # What the image holds, checked the same way.
+  local ctr check="$WORK/model-check"
+  rm -rf "$check" && mkdir -p "$check"
+  ctr=$(podman create "$MODEL_IMAGE" /never-run)
+  podman export "$ctr" | tar -x -C "$check"
+  podman rm "$ctr" >/dev/null
+  (cd "$check/$(basename "$MODEL_DIR")" && sha256sum --quiet --strict -c "$sums")
+  echo "ok: $MODEL_IMAGE holds every model file with its sha256"
+}
+
 build_images() {
   say "static agent binary (release, crt-static)"
   RUSTFLAGS="-C target-feature=+crt-static" \
@@ -109,8 +133,9 @@ build_images() {
   podman build --pull=never --network none --build-context build="$WORK/worker-ctx" \
     --build-arg FLAVOR=cpu --build-arg CPU_RUNTIME="$BASE_IMAGE" \
     -f Dockerfile.worker -t "$WORKER_IMAGE" .
+  build_model_image
   local size
-  for image in "$AGENT_IMAGE" "$WORKER_IMAGE"; do
+  for image in "$AGENT_IMAGE" "$WORKER_IMAGE" "$MODEL_IMAGE"; do
     size=$(podman image inspect -f '{{.Size}}' "$image")
     printf '%s: %s bytes (%.1f MB)\n' "$image" "$size" "$(awk -v s="$size" 'BEGIN{print s/1000000}')"
   done
