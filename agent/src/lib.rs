@@ -15,6 +15,7 @@ pub mod registry;
 pub mod socket;
 pub mod status;
 pub mod ticker;
+pub mod upstream;
 pub mod verdict;
 
 use std::net::SocketAddr;

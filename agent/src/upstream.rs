@@ -1,0 +1,11 @@
+//! SPEC §8: containers that don't speak the protocol ("upstreams"). The agent runs their
+//! original Kubernetes probes itself ([`probe`]), finds their process in /proc
+//! ([`discover`]), and reads hung engines from their own Prometheus metrics ([`profiles`],
+//! [`expo`], [`stall`]). [`config`] is the `--upstreams` JSON that says what to watch.
+
+pub mod config;
+pub mod discover;
+pub mod expo;
+pub mod probe;
+pub mod profiles;
+pub mod stall;

@@ -1,0 +1,201 @@
+//! The built-in metrics profiles (SPEC §8): for each model server, the counters that move
+//! while its engine works, the gauges of requests in flight and waiting, and where its
+//! `/metrics` is. Every name is cited to the file of the server's own repository that
+//! defines it; a name that drifts upstream shows up as `no series` in `/status`.
+//!
+//! A `work` counter should move on every engine step while requests run (an iteration or
+//! batch counter is best; a token counter also moves every decode step). Histogram
+//! families are named by their `_count` series, which moves once per observation.
+
+/// One server's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Profile {
+    /// The name used in `"metrics": "<name>"` and in the `vitals.dev/profile.<c>` annotation.
+    pub name: &'static str,
+    /// The server's own metrics port, when it is not the probes' port.
+    pub port: Option<u16>,
+    /// Path of the metrics endpoint.
+    pub path: &'static str,
+    /// Counters that move while the engine works.
+    pub work: &'static [&'static str],
+    /// Gauges of requests being worked on.
+    pub busy: &'static [&'static str],
+    /// Gauges of requests waiting.
+    pub pending: &'static [&'static str],
+}
+
+/// Every built-in profile.
+pub const PROFILES: &[Profile] = &[
+    // vLLM: vllm-project/vllm vllm/v1/metrics/loggers.py (PrometheusStatLogger):
+    // Histogram "vllm:iteration_tokens_total" (one observation per engine step),
+    // Counter "vllm:generation_tokens" and "vllm:prompt_tokens" (prometheus_client adds
+    // `_total`), Gauges "vllm:num_requests_running" and "vllm:num_requests_waiting".
+    // /metrics is served on the API port (vllm/entrypoints/openai/api_server.py).
+    Profile {
+        name: "vllm",
+        port: None,
+        path: "/metrics",
+        work: &[
+            "vllm:iteration_tokens_total_count",
+            "vllm:generation_tokens_total",
+            "vllm:prompt_tokens_total",
+        ],
+        busy: &["vllm:num_requests_running"],
+        pending: &["vllm:num_requests_waiting"],
+    },
+    // SGLang: sgl-project/sglang python/sglang/srt/metrics/collector.py: Gauges
+    // "sglang:num_running_reqs" and "sglang:num_queue_reqs" (SchedulerMetricsCollector),
+    // Counters "sglang:generation_tokens_total" and "sglang:prompt_tokens_total"
+    // (TokenizerMetricsCollector). /metrics on the server port with --enable-metrics.
+    Profile {
+        name: "sglang",
+        port: None,
+        path: "/metrics",
+        work: &[
+            "sglang:generation_tokens_total",
+            "sglang:prompt_tokens_total",
+        ],
+        busy: &["sglang:num_running_reqs"],
+        pending: &["sglang:num_queue_reqs"],
+    },
+    // TGI: huggingface/text-generation-inference backends/v3/src/backend.rs: counter
+    // "tgi_batch_inference_success" (every prefill and decode step), gauge
+    // "tgi_batch_current_size"; backends/v3/src/queue.rs: gauge "tgi_queue_size".
+    // /metrics on the router port (router/src/server.rs).
+    Profile {
+        name: "tgi",
+        port: None,
+        path: "/metrics",
+        work: &["tgi_batch_inference_success"],
+        busy: &["tgi_batch_current_size"],
+        pending: &["tgi_queue_size"],
+    },
+    // TEI: huggingface/text-embeddings-inference core/src/queue.rs: gauge "te_queue_size"
+    // and histogram "te_batch_next_size" (one observation per batch handed to the model);
+    // core/src/infer.rs: counters "te_embed_success" and "te_predict_success". TEI has no
+    // gauge of batches in flight, so only its queue says it is busy.
+    // /metrics on the HTTP port (router/src/http/server.rs).
+    Profile {
+        name: "tei",
+        port: None,
+        path: "/metrics",
+        work: &[
+            "te_batch_next_size_count",
+            "te_embed_success",
+            "te_predict_success",
+        ],
+        busy: &[],
+        pending: &["te_queue_size"],
+    },
+    // Triton: triton-inference-server/core src/metrics.cc: counters "nv_inference_exec_count"
+    // and "nv_inference_count", gauge "nv_inference_pending_request_count". Metrics are
+    // served on their own port, 8002 by default (triton-inference-server/server
+    // docs/user_guide/metrics.md, --metrics-port).
+    Profile {
+        name: "triton",
+        port: Some(8002),
+        path: "/metrics",
+        work: &["nv_inference_exec_count", "nv_inference_count"],
+        busy: &[],
+        pending: &["nv_inference_pending_request_count"],
+    },
+    // llama.cpp: ggml-org/llama.cpp tools/server/server-context.cpp (the /metrics handler,
+    // which prefixes "llamacpp:"): counters "n_decode_total" (llama_decode() calls),
+    // "tokens_predicted_total", "prompt_tokens_total"; gauges "requests_processing" and
+    // "requests_deferred". Served with --metrics on the server port.
+    Profile {
+        name: "llamacpp",
+        port: None,
+        path: "/metrics",
+        work: &[
+            "llamacpp:n_decode_total",
+            "llamacpp:tokens_predicted_total",
+            "llamacpp:prompt_tokens_total",
+        ],
+        busy: &["llamacpp:requests_processing"],
+        pending: &["llamacpp:requests_deferred"],
+    },
+];
+
+/// The profile called `name`.
+pub fn builtin(name: &str) -> Option<&'static Profile> {
+    PROFILES.iter().find(|p| p.name == name)
+}
+
+/// The names of every profile, for error messages.
+pub fn names() -> Vec<&'static str> {
+    PROFILES.iter().map(|p| p.name).collect()
+}
+
+/// Image repositories of each server, as published by its project (registry and
+/// organisation included; `docker.io/` and `library/` optional).
+const IMAGES: &[(&str, &str)] = &[
+    ("vllm/vllm-openai", "vllm"),
+    ("lmsysorg/sglang", "sglang"),
+    ("nvcr.io/nvidia/tritonserver", "triton"),
+    ("ghcr.io/huggingface/text-generation-inference", "tgi"),
+    ("ghcr.io/huggingface/text-embeddings-inference", "tei"),
+    ("ghcr.io/ggml-org/llama.cpp", "llamacpp"),
+    // The project's organisation before it moved to ggml-org.
+    ("ghcr.io/ggerganov/llama.cpp", "llamacpp"),
+];
+
+/// The profile for a container image (`vllm/vllm-openai:v0.8.5` → `vllm`), if it is a
+/// known server's.
+pub fn for_image(image: &str) -> Option<&'static str> {
+    // Drop the digest, then the tag (a `:` after the last `/`; one before it is a port).
+    let repo = image.split('@').next().unwrap_or(image);
+    let repo = match repo.rfind(':') {
+        Some(i) if !repo[i..].contains('/') => &repo[..i],
+        _ => repo,
+    };
+    let repo = repo.strip_prefix("docker.io/").unwrap_or(repo);
+    let repo = repo.strip_prefix("index.docker.io/").unwrap_or(repo);
+    IMAGES.iter().find(|(r, _)| *r == repo).map(|(_, p)| *p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::expo::is_metric_name;
+
+    #[test]
+    fn every_profile_is_well_formed() {
+        for p in PROFILES {
+            assert!(!p.work.is_empty(), "{}", p.name);
+            assert!(!(p.busy.is_empty() && p.pending.is_empty()), "{}", p.name);
+            for n in p.work.iter().chain(p.busy).chain(p.pending) {
+                assert!(is_metric_name(n), "{}: {n}", p.name);
+            }
+            assert_eq!(builtin(p.name), Some(p));
+        }
+        assert_eq!(builtin("triton").and_then(|p| p.port), Some(8002));
+    }
+
+    #[test]
+    fn images_pick_profiles() {
+        let cases = [
+            ("vllm/vllm-openai:v0.8.5", Some("vllm")),
+            ("docker.io/vllm/vllm-openai", Some("vllm")),
+            ("vllm/vllm-openai@sha256:abcd", Some("vllm")),
+            ("lmsysorg/sglang:v0.4.6-cu124", Some("sglang")),
+            ("nvcr.io/nvidia/tritonserver:24.08-py3", Some("triton")),
+            (
+                "ghcr.io/huggingface/text-generation-inference:3.0",
+                Some("tgi"),
+            ),
+            (
+                "ghcr.io/huggingface/text-embeddings-inference:cpu-1.5",
+                Some("tei"),
+            ),
+            ("ghcr.io/ggml-org/llama.cpp:server", Some("llamacpp")),
+            ("ghcr.io/ggerganov/llama.cpp:server-cuda", Some("llamacpp")),
+            ("registry.local:5000/vllm/vllm-openai:latest", None),
+            ("nginx:1.27", None),
+            ("myorg/vllm-openai-fork", None),
+        ];
+        for (image, want) in cases {
+            assert_eq!(for_image(image), want, "{image}");
+        }
+    }
+}

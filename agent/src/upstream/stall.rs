@@ -1,0 +1,258 @@
+//! The hung-engine rule of SPEC §8, pure: from successive scrapes of a server's metrics,
+//! whether its engine is busy and has not worked for the stall timeout.
+//!
+//! The clock runs only while busy: it restarts whenever a `work` counter moves and whenever
+//! the server turns busy after being idle, so an idle server never stalls. A failed scrape
+//! is no evidence (nothing is recorded); a reading older than 2 × the stall timeout is
+//! dropped, and the next one starts afresh.
+
+use std::time::{Duration, Instant};
+
+/// What one successful scrape showed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// When the page was read.
+    pub at: Instant,
+    /// Sum of each `work` counter's series (`None`: no series of that name).
+    pub work: Vec<Option<f64>>,
+    /// Sum of the busy gauges (`None`: none present).
+    pub busy: Option<f64>,
+    /// Sum of the pending gauges (`None`: none present).
+    pub pending: Option<f64>,
+}
+
+impl Reading {
+    /// Requests running or waiting.
+    pub fn is_busy(&self) -> bool {
+        self.busy.is_some_and(|b| b > 0.0) || self.pending.is_some_and(|p| p > 0.0)
+    }
+}
+
+/// The state of one upstream's stall clock.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StallClock {
+    last: Option<Reading>,
+    /// When the engine last showed work, or turned busy; `None` while idle.
+    since: Option<Instant>,
+}
+
+impl StallClock {
+    /// Takes a successful scrape into account.
+    pub fn observe(&mut self, reading: Reading, stall_timeout: Duration) {
+        let fresh = self
+            .last
+            .as_ref()
+            .filter(|l| reading.at.saturating_duration_since(l.at) <= 2 * stall_timeout);
+        self.since = match fresh {
+            Some(last) if reading.is_busy() => {
+                let moved = last.work != reading.work;
+                match self.since {
+                    Some(since) if !moved && last.is_busy() => Some(since),
+                    _ => Some(reading.at),
+                }
+            }
+            None if reading.is_busy() => Some(reading.at),
+            _ => None,
+        };
+        self.last = Some(reading);
+    }
+
+    /// Whether the engine has been busy without work for `stall_timeout` at `now`.
+    pub fn stalled(&self, now: Instant, stall_timeout: Duration) -> bool {
+        match (&self.last, self.since) {
+            (Some(last), Some(since)) => {
+                now.saturating_duration_since(last.at) <= 2 * stall_timeout
+                    && last.is_busy()
+                    && now.saturating_duration_since(since) >= stall_timeout
+            }
+            _ => false,
+        }
+    }
+
+    /// The latest reading still in force at `now` (for `/status` and the re-exported
+    /// gauges), `None` once it is older than 2 × `stall_timeout`.
+    pub fn latest(&self, now: Instant, stall_timeout: Duration) -> Option<&Reading> {
+        self.last
+            .as_ref()
+            .filter(|l| now.saturating_duration_since(l.at) <= 2 * stall_timeout)
+    }
+
+    /// How long the engine has been busy without work (zero while idle or working).
+    pub fn stalled_for(&self, now: Instant) -> Duration {
+        self.since
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Duration = Duration::from_secs(30);
+
+    /// (seconds after start, work counter, busy, pending); `None` work = scrape failed
+    /// (nothing observed).
+    type Step = (u64, Option<f64>, f64, f64);
+
+    fn run(steps: &[Step], at: u64) -> bool {
+        let t0 = Instant::now();
+        let mut c = StallClock::default();
+        for &(s, work, busy, pending) in steps {
+            if let Some(w) = work {
+                c.observe(
+                    Reading {
+                        at: t0 + Duration::from_secs(s),
+                        work: vec![Some(w)],
+                        busy: Some(busy),
+                        pending: Some(pending),
+                    },
+                    T,
+                );
+            }
+        }
+        c.stalled(t0 + Duration::from_secs(at), T)
+    }
+
+    #[test]
+    fn the_rule_as_a_table() {
+        let cases: &[(&str, &[Step], u64, bool)] = &[
+            ("no reading", &[], 100, false),
+            (
+                "idle forever never stalls",
+                &[(0, Some(1.0), 0.0, 0.0), (50, Some(1.0), 0.0, 0.0)],
+                59,
+                false,
+            ),
+            (
+                "busy and working",
+                &[
+                    (0, Some(1.0), 1.0, 0.0),
+                    (20, Some(2.0), 1.0, 0.0),
+                    (40, Some(3.0), 1.0, 0.0),
+                ],
+                60,
+                false,
+            ),
+            (
+                "busy, frozen for the timeout",
+                &[
+                    (0, Some(1.0), 1.0, 0.0),
+                    (15, Some(1.0), 1.0, 0.0),
+                    (30, Some(1.0), 1.0, 0.0),
+                ],
+                30,
+                true,
+            ),
+            (
+                "busy, frozen just under the timeout",
+                &[(0, Some(1.0), 1.0, 0.0), (29, Some(1.0), 1.0, 0.0)],
+                29,
+                false,
+            ),
+            (
+                "pending alone counts as busy",
+                &[(0, Some(1.0), 0.0, 3.0), (31, Some(1.0), 0.0, 3.0)],
+                31,
+                true,
+            ),
+            (
+                "idle time does not count: the clock starts when busy",
+                &[
+                    (0, Some(1.0), 0.0, 0.0),
+                    (25, Some(1.0), 0.0, 0.0),
+                    (26, Some(1.0), 1.0, 0.0),
+                    (50, Some(1.0), 1.0, 0.0),
+                ],
+                50,
+                false,
+            ),
+            (
+                "... and stalls a timeout after turning busy",
+                &[
+                    (0, Some(1.0), 0.0, 0.0),
+                    (26, Some(1.0), 1.0, 0.0),
+                    (56, Some(1.0), 1.0, 0.0),
+                ],
+                56,
+                true,
+            ),
+            (
+                "work resets the clock",
+                &[
+                    (0, Some(1.0), 1.0, 0.0),
+                    (29, Some(2.0), 1.0, 0.0),
+                    (50, Some(2.0), 1.0, 0.0),
+                ],
+                50,
+                false,
+            ),
+            (
+                "a counter reset (restart) is movement",
+                &[
+                    (0, Some(9.0), 1.0, 0.0),
+                    (29, Some(0.0), 1.0, 0.0),
+                    (50, Some(0.0), 1.0, 0.0),
+                ],
+                50,
+                false,
+            ),
+            (
+                "failed scrapes are no evidence: the stall holds",
+                &[
+                    (0, Some(1.0), 1.0, 0.0),
+                    (31, Some(1.0), 1.0, 0.0),
+                    (40, None, 0.0, 0.0),
+                ],
+                45,
+                true,
+            ),
+            (
+                "... but not beyond 2 x timeout",
+                &[(0, Some(1.0), 1.0, 0.0), (31, Some(1.0), 1.0, 0.0)],
+                92,
+                false,
+            ),
+            (
+                "a reading after a stale gap starts afresh",
+                &[(0, Some(1.0), 1.0, 0.0), (100, Some(1.0), 1.0, 0.0)],
+                110,
+                false,
+            ),
+            (
+                "turning idle stops the clock",
+                &[
+                    (0, Some(1.0), 1.0, 0.0),
+                    (20, Some(1.0), 0.0, 0.0),
+                    (40, Some(1.0), 0.0, 0.0),
+                ],
+                40,
+                false,
+            ),
+        ];
+        for (name, steps, at, want) in cases {
+            assert_eq!(run(steps, *at), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_counter_appearing_is_movement() {
+        let t0 = Instant::now();
+        let mut c = StallClock::default();
+        let r = |s: u64, w: Option<f64>| Reading {
+            at: t0 + Duration::from_secs(s),
+            work: vec![w],
+            busy: Some(1.0),
+            pending: None,
+        };
+        c.observe(r(0, None), T);
+        c.observe(r(29, Some(0.0)), T);
+        assert!(!c.stalled(t0 + Duration::from_secs(40), T));
+        assert_eq!(
+            c.stalled_for(t0 + Duration::from_secs(40)),
+            Duration::from_secs(11)
+        );
+        assert!(c.stalled(t0 + Duration::from_secs(59), T));
+        assert!(c.latest(t0 + Duration::from_secs(59), T).is_some());
+        assert!(c.latest(t0 + Duration::from_secs(90), T).is_none());
+    }
+}
