@@ -282,7 +282,9 @@ def check_timing(where, dep):
     kill = agent["livenessProbe"].get("terminationGracePeriodSeconds", grace)
     wedge = ap * aft + at + kill + BACKOFF_AFTER_WEDGE + AGENT_START
     crash = CRASH_BACKOFF_COVERED + AGENT_START
-    worst = max(wedge, crash)
+    # Three crashes back to back (restart delays 0, 10, 20 s): no probe passes in between.
+    three = 3 * AGENT_START + 0 + 10 + 20
+    worst = max(wedge, crash, three)
     wp, wft, _ = probe_budget(worker["livenessProbe"])
     # An outage of D seconds fails at most floor(D / period) + 1 probes in a row.
     tolerated = (wft - 1) * wp
@@ -404,9 +406,11 @@ def check_expr_metrics(where, expr):
 
 def anchors(markdown):
     """GitHub's heading anchors: lower case, punctuation dropped, spaces to dashes."""
-    out = set()
+    out, fenced = set(), False
     for line in markdown.splitlines():
-        m = re.match(r"#{1,6}\s+(.*)", line)
+        if line.startswith("```"):
+            fenced = not fenced
+        m = None if fenced else re.match(r"#{1,6}\s+(.*)", line)
         if m:
             text = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower())
             out.add(text.replace(" ", "-"))
@@ -491,7 +495,8 @@ def check_monitoring(rendered, base, rules_out, test_dir, docs_path):
             pods.append((d["metadata"].get("namespace"), meta.get("labels", {}), spec))
     for m in monitors:
         sel = m["spec"]["selector"]
-        hits = [p for p in pods if p[0] == m["metadata"].get("namespace") and matches(sel, p[1])]
+        anywhere = m["spec"].get("namespaceSelector", {}).get("any", False)
+        hits = [p for p in pods if (anywhere or p[0] == m["metadata"].get("namespace")) and matches(sel, p[1])]
         if not hits:
             err(f"PodMonitor {m['metadata']['name']}", f"selector {sel} matches no base pod in its namespace")
         for ns, labels, spec in hits:
