@@ -8,6 +8,7 @@
 //! found by its name, `vitals-agent`), never duplicated. Documents without a pod template
 //! (Services, ConfigMaps, …) pass through untouched, comments included.
 
+mod upstreams;
 mod yaml;
 
 use std::collections::BTreeSet;
@@ -16,6 +17,7 @@ use std::io::{Read, Write};
 use anyhow::Context as _;
 use clap::Args;
 
+pub use self::upstreams::{PROFILE_ANNOTATION_PREFIX, UPSTREAMS_ENV};
 use self::yaml::{Map, Node};
 
 /// Name of the agent container; how an existing injection is recognised.
@@ -28,6 +30,8 @@ pub const SOCKET_DIR: &str = "/run/vitals";
 pub const SOCKET_PATH: &str = "/run/vitals/agent.sock";
 /// Name of the socket volume.
 pub const SOCKET_VOLUME: &str = "vitals-socket";
+/// The agent image's user (Dockerfile.agent), set explicitly on the agent container.
+pub const AGENT_UID: u32 = 65532;
 /// Pod annotation listing the worker containers (`a,b`).
 pub const WORKERS_ANNOTATION: &str = "vitals.dev/workers";
 /// Pod annotation recording which version injected the pod.
@@ -47,8 +51,9 @@ pub struct InjectArgs {
         env = "VITALS_FILENAME"
     )]
     pub file: String,
-    /// A worker container to watch (repeatable, or comma-separated). Without it, each pod
-    /// template's `vitals.dev/workers` annotation decides, or its only container.
+    /// A protocol worker container (repeatable, or comma-separated); each pod template's
+    /// `vitals.dev/workers` annotation names more. Every other container with probes
+    /// becomes an upstream: the agent runs its original probes.
     #[arg(
         long = "container",
         value_name = "NAME",
@@ -182,8 +187,8 @@ pub enum Problem {
         /// The pod's containers, comma-separated.
         available: String,
     },
-    /// Several containers and nothing says which are workers.
-    #[error("several containers ({available}) and none chosen: pass --container NAME or annotate the pod template with {WORKERS_ANNOTATION}: NAME[,NAME]")]
+    /// Nothing to watch: no container is named as a worker and none has probes.
+    #[error("nothing to watch among the containers ({available}): none chosen as a worker (pass --container NAME or annotate the pod template with {WORKERS_ANNOTATION}: NAME[,NAME]) and none has probes to take over")]
     NoWorkerChosen {
         /// The pod's containers, comma-separated.
         available: String,
@@ -199,6 +204,34 @@ pub enum Problem {
     PortConflict {
         /// The container.
         container: String,
+    },
+    /// A `hostNetwork` pod declares the agent's port, which would be the node's.
+    #[error("hostNetwork: true puts the agent's port {AGENT_PORT} on the node, and container {container} declares that port too")]
+    HostNetworkPortConflict {
+        /// The container.
+        container: String,
+    },
+    /// A probe names a port the container does not declare.
+    #[error(
+        "container {container}: {probe} uses port {port:?}, which is not one of its named ports"
+    )]
+    UnknownPort {
+        /// The container.
+        container: String,
+        /// The probe (`livenessProbe`, ...).
+        probe: &'static str,
+        /// The name given.
+        port: String,
+    },
+    /// The profile annotation names no built-in profile.
+    #[error("{PROFILE_ANNOTATION_PREFIX}{container}: unknown profile {profile:?} (built in: {known}; or none)")]
+    UnknownProfile {
+        /// The container.
+        container: String,
+        /// The name given.
+        profile: String,
+        /// The built-in names, comma-separated.
+        known: String,
     },
     /// A worker already mounts something else where the socket goes.
     #[error("container {container} mounts volume {volume} at {SOCKET_DIR}, where the agent's socket goes")]
@@ -229,7 +262,7 @@ pub fn inject_report(input: &str, opts: &InjectOptions) -> Result<Report, Inject
     let input = input.strip_prefix('\u{feff}').unwrap_or(input);
     let mut pieces: Vec<String> = Vec::new();
     let mut notes = Vec::new();
-    let mut used = BTreeSet::new();
+    let mut tally = Tally::default();
     let mut doc_no = 0;
     for chunk in yaml::split_documents(input) {
         if chunk.is_blank() {
@@ -257,7 +290,7 @@ pub fn inject_report(input: &str, opts: &InjectOptions) -> Result<Report, Inject
         inject_node(
             &mut root,
             opts,
-            &mut used,
+            &mut tally,
             &mut doc_notes,
             &mut |workload, problem| InjectError::Workload {
                 doc: doc_no,
@@ -277,9 +310,14 @@ pub fn inject_report(input: &str, opts: &InjectOptions) -> Result<Report, Inject
         notes.extend(doc_notes);
     }
     for name in &opts.containers {
-        if !used.contains(name) {
+        if !tally.used.contains(name) {
             return Err(InjectError::UnknownContainer { name: name.clone() });
         }
+    }
+    // A stream where some workloads have nothing to watch (a front end next to the model
+    // server) is fine; one where none has is a mistake worth stopping for.
+    if let (0, Some(e)) = (tally.injected, tally.nothing_to_watch) {
+        return Err(e);
     }
     Ok(Report {
         output: pieces.concat(),
@@ -296,6 +334,17 @@ fn with_newline(s: &str) -> String {
 }
 
 type ErrFn<'a> = dyn FnMut(String, Problem) -> InjectError + 'a;
+
+/// What the whole stream's workloads added up to.
+#[derive(Default)]
+struct Tally {
+    /// `--container` names that matched a container.
+    used: BTreeSet<String>,
+    /// Pod templates injected (or already injected).
+    injected: usize,
+    /// The first pod template skipped for having nothing to watch.
+    nothing_to_watch: Option<InjectError>,
+}
 
 /// Where a kind keeps its pod template, for the API groups that define it.
 fn template_path(api_version: &str, kind: &str) -> Option<&'static [&'static str]> {
@@ -315,7 +364,7 @@ fn template_path(api_version: &str, kind: &str) -> Option<&'static [&'static str
 fn inject_node(
     root: &mut Node,
     opts: &InjectOptions,
-    used: &mut BTreeSet<String>,
+    tally: &mut Tally,
     notes: &mut Vec<String>,
     err: &mut ErrFn<'_>,
 ) -> Result<(), InjectError> {
@@ -335,7 +384,7 @@ fn inject_node(
     if kind.ends_with("List") && api_version == "v1" {
         if let Some(items) = doc.get_mut("items").and_then(Node::as_seq_mut) {
             for item in items {
-                inject_node(item, opts, used, notes, err)?;
+                inject_node(item, opts, tally, notes, err)?;
             }
         }
         return Ok(());
@@ -383,7 +432,19 @@ fn inject_node(
                 .and_then(Node::as_map)
                 .and_then(|s| s.get_str("restartPolicy"))
                 .is_some_and(|p| p != "Always"));
-    let workers = inject_pod(tmpl, opts, used).map_err(|p| err(workload.clone(), p))?;
+    let pod = match inject_pod(tmpl, opts, &mut tally.used) {
+        Ok(pod) => pod,
+        Err(problem @ Problem::NoWorkerChosen { .. }) => {
+            *tmpl = before;
+            notes.push(format!("{workload}: skipped ({problem})"));
+            if tally.nothing_to_watch.is_none() {
+                tally.nothing_to_watch = Some(err(workload, problem));
+            }
+            return Ok(());
+        }
+        Err(problem) => return Err(err(workload, problem)),
+    };
+    tally.injected += 1;
     let what = if *tmpl == before {
         "unchanged (already injected)".to_string()
     } else if let Some(v) = was_injected {
@@ -391,10 +452,25 @@ fn inject_node(
     } else {
         "injected".to_string()
     };
-    notes.push(format!(
-        "{workload}: {what}, workers: {}",
-        workers.join(", ")
-    ));
+    let mut watched = Vec::new();
+    if !pod.workers.is_empty() {
+        watched.push(format!("workers: {}", pod.workers.join(", ")));
+    }
+    if !pod.upstreams.is_empty() {
+        let list: Vec<String> = pod
+            .upstreams
+            .iter()
+            .map(|(name, profile)| match profile {
+                Some(p) => format!("{name} (metrics: {p})"),
+                None => name.clone(),
+            })
+            .collect();
+        watched.push(format!("upstreams: {}", list.join(", ")));
+    }
+    notes.push(format!("{workload}: {what}, {}", watched.join(", ")));
+    for w in pod.warnings {
+        notes.push(format!("{workload}: {w}"));
+    }
     if opts.legacy_sidecar && legacy_exits {
         notes.push(format!(
             "{workload}: warning: with --legacy-sidecar the agent never exits, so this pod never completes; use the native sidecar (Kubernetes 1.29+)"
@@ -431,12 +507,23 @@ fn container_name(c: &Node) -> Option<&str> {
     c.as_map()?.get_str("name")
 }
 
-/// Wires one pod template; returns the workers it watches.
+/// What was done to one pod template.
+struct PodSummary {
+    /// Protocol workers, in container order.
+    workers: Vec<String>,
+    /// Upstreams with their metrics profile, in container order.
+    upstreams: Vec<(String, Option<&'static str>)>,
+    /// Warnings for the operator.
+    warnings: Vec<String>,
+}
+
+/// Wires one pod template: chooses the workers, checks the ports, wires the workers and the
+/// upstreams, then the agent, the pod-level settings and the annotations.
 fn inject_pod(
     tmpl: &mut Map,
     opts: &InjectOptions,
     used: &mut BTreeSet<String>,
-) -> Result<Vec<String>, Problem> {
+) -> Result<PodSummary, Problem> {
     let previous: Vec<String> = annotation(tmpl, WORKERS_ANNOTATION)
         .map(|a| {
             a.split(',')
@@ -447,76 +534,16 @@ fn inject_pod(
         })
         .unwrap_or_default();
     let same_version = annotation(tmpl, VERSION_ANNOTATION) == Some(VERSION);
+    let profile_overrides = upstreams::profile_annotations(tmpl);
     let spec = tmpl
         .get_mut("spec")
         .and_then(Node::as_map_mut)
         .ok_or_else(|| shape("spec", "mapping"))?;
+    let mut warnings = Vec::new();
 
-    // Which containers are workers: the annotation's, those named by --container, or the
-    // only one.
-    let containers = spec
-        .get("containers")
-        .and_then(Node::as_seq)
-        .ok_or_else(|| shape("spec.containers", "list"))?;
-    let mut names = Vec::new();
-    for c in containers {
-        let name = container_name(c).ok_or_else(|| shape("spec.containers[].name", "string"))?;
-        if name != AGENT_CONTAINER {
-            names.push(name.to_string());
-        }
-    }
-    let available = names.join(", ");
-    if let Some(p) = previous.iter().find(|p| !names.contains(p)) {
-        return Err(Problem::MissingContainer {
-            name: p.clone(),
-            available,
-        });
-    }
-    let mut workers: Vec<String> = names
-        .iter()
-        .filter(|n| previous.contains(n) || opts.containers.contains(n))
-        .cloned()
-        .collect();
-    used.extend(
-        names
-            .iter()
-            .filter(|n| opts.containers.contains(n))
-            .cloned(),
-    );
-    if workers.is_empty() {
-        match names.as_slice() {
-            [only] => workers.push(only.clone()),
-            _ => return Err(Problem::NoWorkerChosen { available }),
-        }
-    }
-    if let Some(w) = workers.iter().find(|w| !is_worker_name(w)) {
-        return Err(Problem::BadWorkerName { name: w.clone() });
-    }
-
-    // Nobody else may take the agent's port (containers of a pod share one network).
-    for key in ["initContainers", "containers"] {
-        for c in spec
-            .get(key)
-            .and_then(Node::as_seq)
-            .into_iter()
-            .flatten()
-            .filter_map(Node::as_map)
-        {
-            if c.get_str("name") == Some(AGENT_CONTAINER) {
-                continue;
-            }
-            let mut ports = c
-                .get("ports")
-                .and_then(Node::as_seq)
-                .into_iter()
-                .flatten()
-                .filter_map(Node::as_map);
-            if ports.any(|p| p.get_str("containerPort") == Some("9180")) {
-                let container = c.get_str("name").unwrap_or("?").to_string();
-                return Err(Problem::PortConflict { container });
-            }
-        }
-    }
+    let workers = choose_workers(spec, &previous, opts, used)?;
+    check_ports(spec)?;
+    let (old_key, old_index, mut agent) = take_agent(spec);
 
     // Workers: env, socket mount, probes.
     let containers = spec
@@ -531,24 +558,38 @@ fn inject_pod(
         }
     }
 
-    // The agent: found by name wherever an earlier injection put it, updated in place.
-    let mut old = None;
-    for key in ["initContainers", "containers"] {
-        if let Some(list) = spec.get_mut(key).and_then(Node::as_seq_mut) {
-            if let Some(i) = list
-                .iter()
-                .position(|c| container_name(c) == Some(AGENT_CONTAINER))
-            {
-                old = Some((key, i, list.remove(i)));
-                break;
+    // Upstreams: every other container with probes the agent can run.
+    let before = upstreams::previous_config(&agent);
+    let mut config = serde_json::Map::new();
+    let mut upstream_names = Vec::new();
+    for c in containers.iter_mut().filter_map(Node::as_map_mut) {
+        let Some(name) = c.get_str("name").map(str::to_string) else {
+            continue;
+        };
+        if workers.contains(&name) || name == AGENT_CONTAINER {
+            continue;
+        }
+        let wired = upstreams::wire_upstream(
+            c,
+            &name,
+            before.get(&name),
+            profile_overrides.get(&name).map(String::as_str),
+            &mut warnings,
+        )?;
+        if let Some((entry, profile)) = wired {
+            if !is_worker_name(&name) {
+                return Err(Problem::BadWorkerName { name });
             }
+            config.insert(name.clone(), entry);
+            upstream_names.push((name, profile));
         }
     }
-    let (old_key, old_index) = old.as_ref().map_or((None, 0), |(k, i, _)| (Some(*k), *i));
-    let mut agent = match old {
-        Some((_, _, Node::Map(m))) => m,
-        _ => Map::default(),
-    };
+    if workers.is_empty() && upstream_names.is_empty() {
+        let available = container_names(spec)?.join(", ");
+        return Err(Problem::NoWorkerChosen { available });
+    }
+
+    // The agent: found by name wherever an earlier injection put it, updated in place.
     let image = opts
         .image
         .clone()
@@ -564,14 +605,160 @@ fn inject_pod(
         .get_str("terminationGracePeriodSeconds")
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(30);
+    let upstreams_json =
+        (!config.is_empty()).then(|| serde_json::Value::Object(config).to_string());
     wire_agent(
         &mut agent,
         &image,
         &workers,
+        upstreams_json.as_deref(),
         opts.legacy_sidecar.then_some(grace),
     );
+    place_agent(spec, agent, old_key, old_index, opts.legacy_sidecar)?;
+    pod_level(spec, &mut warnings)?;
+
+    // Annotations, for the next injection and for people.
+    if tmpl.get("metadata").is_none() {
+        let at = tmpl.position("spec").unwrap_or(0);
+        tmpl.insert_at(at, "metadata", Node::Map(Map::default()));
+    }
+    let annotations = tmpl
+        .map_entry("metadata")
+        .and_then(|m| m.map_entry("annotations"))
+        .ok_or_else(|| shape("metadata.annotations", "mapping"))?;
+    if workers.is_empty() {
+        annotations.remove(WORKERS_ANNOTATION);
+    } else {
+        annotations.ensure(WORKERS_ANNOTATION, Node::string(workers.join(",")));
+    }
+    annotations.ensure(VERSION_ANNOTATION, Node::string(VERSION));
+    Ok(PodSummary {
+        workers,
+        upstreams: upstream_names,
+        warnings,
+    })
+}
+
+/// The names of the pod's containers, the agent's excepted.
+fn container_names(spec: &Map) -> Result<Vec<String>, Problem> {
+    let containers = spec
+        .get("containers")
+        .and_then(Node::as_seq)
+        .ok_or_else(|| shape("spec.containers", "list"))?;
+    let mut names = Vec::new();
+    for c in containers {
+        let name = container_name(c).ok_or_else(|| shape("spec.containers[].name", "string"))?;
+        if name != AGENT_CONTAINER {
+            names.push(name.to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// Which containers are protocol workers: those the annotation or `--container` names.
+/// Nothing else is (SPEC §8): an unnamed container is an upstream when it has probes.
+fn choose_workers(
+    spec: &Map,
+    previous: &[String],
+    opts: &InjectOptions,
+    used: &mut BTreeSet<String>,
+) -> Result<Vec<String>, Problem> {
+    let names = container_names(spec)?;
+    if let Some(p) = previous.iter().find(|p| !names.contains(p)) {
+        return Err(Problem::MissingContainer {
+            name: p.clone(),
+            available: names.join(", "),
+        });
+    }
+    used.extend(
+        names
+            .iter()
+            .filter(|n| opts.containers.contains(n))
+            .cloned(),
+    );
+    let workers: Vec<String> = names
+        .into_iter()
+        .filter(|n| previous.contains(n) || opts.containers.contains(n))
+        .collect();
+    if let Some(w) = workers.iter().find(|w| !is_worker_name(w)) {
+        return Err(Problem::BadWorkerName { name: w.clone() });
+    }
+    Ok(workers)
+}
+
+/// Nobody else may take the agent's port: containers of a pod share one network, and with
+/// `hostNetwork` the node's.
+fn check_ports(spec: &Map) -> Result<(), Problem> {
+    let host_network = matches!(spec.get("hostNetwork"), Some(Node::Scalar(s)) if s.is_true());
+    let port = AGENT_PORT.to_string();
+    for key in ["initContainers", "containers"] {
+        for c in spec
+            .get(key)
+            .and_then(Node::as_seq)
+            .into_iter()
+            .flatten()
+            .filter_map(Node::as_map)
+        {
+            if c.get_str("name") == Some(AGENT_CONTAINER) {
+                continue;
+            }
+            let container = || c.get_str("name").unwrap_or("?").to_string();
+            for p in c
+                .get("ports")
+                .and_then(Node::as_seq)
+                .into_iter()
+                .flatten()
+                .filter_map(Node::as_map)
+            {
+                let host_port = p.get_str("hostPort") == Some(port.as_str());
+                if host_network && (host_port || p.get_str("containerPort") == Some(port.as_str()))
+                {
+                    return Err(Problem::HostNetworkPortConflict {
+                        container: container(),
+                    });
+                }
+                if p.get_str("containerPort") == Some(port.as_str()) {
+                    return Err(Problem::PortConflict {
+                        container: container(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes the agent container an earlier injection added; returns where it was (list key,
+/// index) and its fields (empty when there was none).
+fn take_agent(spec: &mut Map) -> (Option<&'static str>, usize, Map) {
+    for key in ["initContainers", "containers"] {
+        if let Some(list) = spec.get_mut(key).and_then(Node::as_seq_mut) {
+            if let Some(i) = list
+                .iter()
+                .position(|c| container_name(c) == Some(AGENT_CONTAINER))
+            {
+                let agent = match list.remove(i) {
+                    Node::Map(m) => m,
+                    _ => Map::default(),
+                };
+                return (Some(key), i, agent);
+            }
+        }
+    }
+    (None, 0, Map::default())
+}
+
+/// Puts the agent back: a native sidecar first among the init containers, or (legacy) an
+/// ordinary container last; where it already was when it moves nowhere.
+fn place_agent(
+    spec: &mut Map,
+    agent: Map,
+    old_key: Option<&'static str>,
+    old_index: usize,
+    legacy: bool,
+) -> Result<(), Problem> {
     let agent = Node::Map(agent);
-    if opts.legacy_sidecar {
+    if legacy {
         // Last, so `kubectl logs/exec` keep defaulting to the first (the user's) container.
         let list = spec
             .seq_entry("containers")
@@ -604,12 +791,23 @@ fn inject_pod(
         };
         list.insert(at, agent);
     }
+    Ok(())
+}
 
-    // Pod level: shared PID namespace (hostPID already shares one, and excludes it) and the
-    // socket volume.
+/// Pod level: a shared PID namespace (hostPID already shares one, and excludes it) and the
+/// socket volume.
+fn pod_level(spec: &mut Map, warnings: &mut Vec<String>) -> Result<(), Problem> {
     let host_pid = matches!(spec.get("hostPID"), Some(Node::Scalar(s)) if s.is_true());
-    let shared = matches!(spec.get("shareProcessNamespace"), Some(Node::Scalar(s)) if s.is_true());
-    if !host_pid && !shared {
+    let shared = spec.get("shareProcessNamespace");
+    let is_shared = matches!(shared, Some(Node::Scalar(s)) if s.is_true());
+    let explicit = shared.is_some();
+    if !host_pid && !is_shared {
+        if explicit {
+            warnings.push(
+                "warning: shareProcessNamespace was false; set to true so the agent sees the containers' processes (they now see each other's too)"
+                    .to_string(),
+            );
+        }
         spec.set("shareProcessNamespace", Node::plain("true"));
     }
     let volumes = spec
@@ -633,19 +831,7 @@ fn inject_pod(
         }
         None => volumes.push(wanted),
     }
-
-    // Annotations, for the next injection and for people.
-    if tmpl.get("metadata").is_none() {
-        let at = tmpl.position("spec").unwrap_or(0);
-        tmpl.insert_at(at, "metadata", Node::Map(Map::default()));
-    }
-    let annotations = tmpl
-        .map_entry("metadata")
-        .and_then(|m| m.map_entry("annotations"))
-        .ok_or_else(|| shape("metadata.annotations", "mapping"))?;
-    annotations.ensure(WORKERS_ANNOTATION, Node::string(workers.join(",")));
-    annotations.ensure(VERSION_ANNOTATION, Node::string(VERSION));
-    Ok(workers)
+    Ok(())
 }
 
 fn socket_volume() -> Node {
@@ -690,7 +876,7 @@ fn wire_worker(c: &mut Map, name: &str) -> Result<(), Problem> {
     Ok(())
 }
 
-fn ensure_env(env: &mut Vec<Node>, name: &str, value: &str) {
+pub(crate) fn ensure_env(env: &mut Vec<Node>, name: &str, value: &str) {
     let wanted = Node::Map(Map::from_pairs([
         ("name", Node::string(name)),
         ("value", Node::string(value)),
@@ -800,7 +986,13 @@ fn ensure_probe(c: &mut Map, key: &str, path: &str, (period, timeout, failures):
 
 /// The agent container; `legacy_grace` is the pod's termination grace for an ordinary
 /// container (None: native sidecar).
-fn wire_agent(agent: &mut Map, image: &str, workers: &[String], legacy_grace: Option<u64>) {
+fn wire_agent(
+    agent: &mut Map,
+    image: &str,
+    workers: &[String],
+    upstreams: Option<&str>,
+    legacy_grace: Option<u64>,
+) {
     agent.ensure("name", Node::string(AGENT_CONTAINER));
     agent.ensure("image", Node::string(image));
     agent.set_default("imagePullPolicy", Node::string("IfNotPresent"));
@@ -839,6 +1031,18 @@ fn wire_agent(agent: &mut Map, image: &str, workers: &[String], legacy_grace: Op
         "args",
         Node::Seq(args.into_iter().map(Node::string).collect()),
     );
+    if agent.get("env").is_none() {
+        let at = agent.position("args").map_or(agent.0.len(), |i| i + 1);
+        agent.insert_at(at, "env", Node::Seq(Vec::new()));
+    }
+    if let Some(env) = agent.seq_entry("env") {
+        // The upstreams are probed at the pod's IP, where their servers listen (SPEC §8).
+        upstreams::ensure_pod_ip(env);
+        match upstreams {
+            Some(json) => ensure_env(env, UPSTREAMS_ENV, json),
+            None => env.retain(|e| container_name(e) != Some(UPSTREAMS_ENV)),
+        }
+    }
     let ports = agent.seq_entry("ports");
     if let Some(ports) = ports {
         if !ports
@@ -880,6 +1084,7 @@ fn wire_agent(agent: &mut Map, image: &str, workers: &[String], legacy_grace: Op
             ("allowPrivilegeEscalation", Node::plain("false")),
             ("readOnlyRootFilesystem", Node::plain("true")),
             ("runAsNonRoot", Node::plain("true")),
+            ("runAsUser", Node::plain(AGENT_UID.to_string())),
             (
                 "capabilities",
                 Node::Map(Map::from_pairs([(
@@ -889,6 +1094,11 @@ fn wire_agent(agent: &mut Map, image: &str, workers: &[String], legacy_grace: Op
             ),
         ])),
     );
+    // Explicit, so a pod-level `runAsUser: 0` does not meet the agent's `runAsNonRoot` and
+    // keep the pod from starting.
+    if let Some(sc) = agent.get_mut("securityContext").and_then(Node::as_map_mut) {
+        sc.set_default("runAsUser", Node::plain(AGENT_UID.to_string()));
+    }
     // The agent's mount cannot conflict: nothing but this code writes its volumeMounts.
     let _ = ensure_socket_mount(agent, AGENT_CONTAINER);
 }

@@ -9,8 +9,11 @@ use std::process::Command;
 
 use clap::Parser;
 use vitals_agent::inject::{
-    inject_documents, inject_report, InjectArgs, InjectError, InjectOptions, Problem, VERSION,
+    inject_documents, inject_report, InjectArgs, InjectError, InjectOptions, Problem, AGENT_UID,
+    UPSTREAMS_ENV, VERSION,
 };
+use vitals_agent::upstream::config as upstream_config;
+use vitals_proto::WorkerName;
 use yaml_rust2::{Yaml, YamlLoader};
 
 #[derive(Parser)]
@@ -150,11 +153,18 @@ fn every_pod_template_is_wired_as_spec_section_6_says() {
             for (kind, meta, spec) in pod_templates(&doc) {
                 templates += 1;
                 let at = format!("{name} {kind}");
+                // A pod template left alone (nothing to watch) has no agent.
+                if meta["annotations"]["vitals.dev/injected-version"].is_badvalue() {
+                    assert!(
+                        by_name(&spec["initContainers"], "vitals-agent").is_none()
+                            && by_name(&spec["containers"], "vitals-agent").is_none(),
+                        "{at}: an agent without the version annotation"
+                    );
+                    continue;
+                }
                 let workers: Vec<&str> = meta["annotations"]["vitals.dev/workers"]
                     .as_str()
-                    .unwrap_or_else(|| panic!("{at}: no workers annotation"))
-                    .split(',')
-                    .collect();
+                    .map_or_else(Vec::new, |w| w.split(',').collect());
                 assert_eq!(
                     meta["annotations"]["vitals.dev/injected-version"].as_str(),
                     Some(VERSION),
@@ -261,9 +271,79 @@ fn every_pod_template_is_wired_as_spec_section_6_says() {
                         );
                     }
                 }
+                check_upstreams(&at, agent, &spec, &workers);
             }
         }
         assert!(templates > 0, "{name}: no pod template in the output");
+    }
+}
+
+/// SPEC §8 wiring of the upstreams: the agent's `VITALS_UPSTREAMS` is accepted by the
+/// agent's own parser; every container with probes that is not a worker is in it, its
+/// agent-runnable probes point at the agent with `timeoutSeconds: 1`, and exec/https
+/// probes are untouched; `POD_IP` comes from the downward API; the agent runs as its UID.
+fn check_upstreams(at: &str, agent: &Yaml, spec: &Yaml, workers: &[&str]) {
+    let env = |n: &str| by_name(&agent["env"], n).cloned();
+    let pod_ip = env("POD_IP").unwrap_or_else(|| panic!("{at}: agent without POD_IP"));
+    assert_eq!(
+        pod_ip["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+        Some("status.podIP"),
+        "{at}"
+    );
+    assert_eq!(
+        agent["securityContext"]["runAsUser"].as_i64(),
+        Some(i64::from(AGENT_UID)),
+        "{at}"
+    );
+    let expect: Vec<WorkerName> = workers
+        .iter()
+        .map(|w| WorkerName::parse(*w).expect("worker name"))
+        .collect();
+    let json = env(UPSTREAMS_ENV).and_then(|e| e["value"].as_str().map(str::to_string));
+    let specs = match &json {
+        Some(text) => upstream_config::parse(text, &expect)
+            .unwrap_or_else(|e| panic!("{at}: the agent refuses inject's upstreams: {e}")),
+        None => Vec::new(),
+    };
+    for c in spec["containers"].as_vec().into_iter().flatten() {
+        let name = c["name"].as_str().unwrap_or("");
+        if workers.contains(&name) || name == "vitals-agent" {
+            continue;
+        }
+        let upstream = specs.iter().find(|s| s.name.as_str() == name);
+        for (key, path) in [
+            ("startupProbe", "startupz"),
+            ("livenessProbe", "livez"),
+            ("readinessProbe", "readyz"),
+        ] {
+            let p = &c[key];
+            if p.is_badvalue() {
+                continue;
+            }
+            let stays = !p["exec"].is_badvalue()
+                || p["httpGet"]["scheme"]
+                    .as_str()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("https"));
+            if stays {
+                continue;
+            }
+            let u = upstream.unwrap_or_else(|| panic!("{at}: {name} has {key} but is no upstream"));
+            assert_eq!(
+                p["httpGet"]["path"].as_str(),
+                Some(format!("/{path}/{name}").as_str()),
+                "{at} {name} {key}"
+            );
+            assert_eq!(
+                p["httpGet"]["port"].as_i64(),
+                Some(9180),
+                "{at} {name} {key}"
+            );
+            assert_eq!(p["timeoutSeconds"].as_i64(), Some(1), "{at} {name} {key}");
+            assert!(
+                u.probes.keys().any(|k| k.key() == key),
+                "{at}: {name}'s original {key} is not in the agent's config"
+            );
+        }
     }
 }
 
@@ -289,13 +369,13 @@ fn leaves(y: &Yaml, path: String, out: &mut Vec<(String, Yaml)>) {
     }
 }
 
-/// What inject may change: the agent, its volume, the version, and of each worker the
-/// probe handlers and the two env vars it owns.
+/// What inject may change: the agent, its volume, the version, and of each worker or
+/// upstream the probe handlers and timeouts and the two env vars it owns.
 fn owned_by_inject(path: &str) -> bool {
     let probe_handler = ["startupProbe", "livenessProbe", "readinessProbe"]
         .iter()
         .any(|p| {
-            ["httpGet", "exec", "tcpSocket", "grpc"]
+            ["httpGet", "exec", "tcpSocket", "grpc", "timeoutSeconds"]
                 .iter()
                 .any(|h| path.contains(&format!(".{p}.{h}")))
         });
@@ -446,6 +526,7 @@ fn custom_image_is_kept_by_the_same_version_and_replaced_by_an_explicit_one() {
         &[
             "--image".into(),
             "mirror.example/vitals-agent:pinned".into(),
+            "--container=embed".into(),
         ],
     );
     assert_eq!(inject(&custom, &[]), custom);
@@ -460,6 +541,7 @@ fn legacy_sidecar_on_a_job_warns() {
         &text,
         &InjectOptions {
             legacy_sidecar: true,
+            containers: vec!["embed".into()],
             ..Default::default()
         },
     )
@@ -519,6 +601,7 @@ fn container_choice_errors_are_clear() {
         "{msg}"
     );
 
+    // A misspelt --container is named before anything else.
     let e = error_of(
         &two,
         &InjectOptions {
@@ -527,13 +610,7 @@ fn container_choice_errors_are_clear() {
         },
     );
     assert!(
-        matches!(
-            &e,
-            InjectError::Workload {
-                problem: Problem::NoWorkerChosen { .. },
-                ..
-            }
-        ),
+        matches!(&e, InjectError::UnknownContainer { name } if name == "ap"),
         "{e}"
     );
     let one = "apiVersion: v1\nkind: Pod\nmetadata: {name: one}\nspec:\n  containers: [{name: app, image: x}]\n";
@@ -632,4 +709,229 @@ fn the_binary_writes_nothing_on_error_and_everything_on_success() {
         "idempotent through the binary"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("unchanged (already injected)"));
+}
+
+/// The agent's upstream config in an injected single-template manifest, and the pod spec.
+fn upstreams_of(out: &str) -> (serde_json::Value, Yaml) {
+    let spec = docs(out)
+        .iter()
+        .flat_map(pod_templates)
+        .map(|(_, _, spec)| spec)
+        .find(|spec| by_name(&spec["initContainers"], "vitals-agent").is_some())
+        .expect("an injected pod template");
+    let agent = by_name(&spec["initContainers"], "vitals-agent").expect("agent");
+    let json = by_name(&agent["env"], UPSTREAMS_ENV)
+        .and_then(|e| e["value"].as_str())
+        .expect("VITALS_UPSTREAMS");
+    (serde_json::from_str(json).expect("JSON"), spec)
+}
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(fixture_dir().join(name)).expect("fixture")
+}
+
+#[test]
+fn a_plain_vllm_deployment_becomes_an_upstream() {
+    let report = inject_report(
+        &fixture("vllm-deployment.in.yaml"),
+        &InjectOptions::default(),
+    )
+    .expect("inject");
+    let (config, spec) = upstreams_of(&report.output);
+    assert_eq!(
+        config,
+        serde_json::json!({"vllm": {
+            "startupProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 10},
+            "livenessProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 10, "timeoutSeconds": 5},
+            "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 5},
+            "metrics": "vllm"
+        }})
+    );
+    let vllm = by_name(&spec["containers"], "vllm").expect("vllm");
+    // Period and thresholds stay with the kubelet; the timeout is the agent's.
+    let live = &vllm["livenessProbe"];
+    assert_eq!(live["httpGet"]["path"].as_str(), Some("/livez/vllm"));
+    assert_eq!(live["periodSeconds"].as_i64(), Some(10));
+    assert_eq!(live["failureThreshold"].as_i64(), Some(3));
+    assert_eq!(live["timeoutSeconds"].as_i64(), Some(1));
+    assert_eq!(vllm["startupProbe"]["failureThreshold"].as_i64(), Some(60));
+    // Not a protocol worker: no socket, no env, no --expect.
+    assert!(
+        vllm["env"].is_badvalue() && vllm["volumeMounts"].as_vec().is_some_and(|m| m.len() == 1)
+    );
+    assert!(!report.output.contains("--expect"));
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("upstreams: vllm (metrics: vllm)")),
+        "{:?}",
+        report.notes
+    );
+}
+
+#[test]
+fn named_ports_tcp_and_the_servers_own_metrics_port() {
+    let (triton, _) = upstreams_of(&inject(&fixture("triton-statefulset.in.yaml"), &[]));
+    assert_eq!(
+        triton["triton"]["readinessProbe"]["tcpSocket"]["port"],
+        8001
+    );
+    assert_eq!(triton["triton"]["startupProbe"]["httpGet"]["port"], 8000);
+    assert_eq!(triton["triton"]["metrics"], "triton");
+    let (sglang, _) = upstreams_of(&inject(&fixture("sglang-pod.in.yaml"), &[]));
+    let live = &sglang["sglang"]["livenessProbe"]["httpGet"];
+    assert_eq!(live["port"], 30000);
+    assert_eq!(live["httpHeaders"][0]["value"], "kubelet");
+    assert_eq!(sglang["sglang"]["readinessProbe"]["timeoutSeconds"], 30);
+    assert_eq!(sglang["sglang"]["metrics"], "sglang");
+}
+
+#[test]
+fn exec_and_https_probes_stay_on_the_container() {
+    let out = inject(&fixture("exec-probe.in.yaml"), &[]);
+    let (config, spec) = upstreams_of(&out);
+    assert_eq!(
+        config["ollama"]["readinessProbe"]["tcpSocket"]["port"],
+        11434
+    );
+    assert!(config["ollama"].get("livenessProbe").is_none());
+    assert!(
+        config["ollama"].get("metrics").is_none(),
+        "no profile for ollama"
+    );
+    let ollama = by_name(&spec["containers"], "ollama").expect("ollama");
+    assert_eq!(
+        ollama["livenessProbe"]["exec"]["command"][0].as_str(),
+        Some("ollama")
+    );
+    assert_eq!(ollama["livenessProbe"]["timeoutSeconds"].as_i64(), Some(10));
+
+    let (config, spec) = upstreams_of(&inject(&fixture("pod-with-probes.in.yaml"), &[]));
+    let llm = by_name(&spec["containers"], "llm").expect("llm");
+    assert_eq!(
+        llm["startupProbe"]["httpGet"]["scheme"].as_str(),
+        Some("HTTPS")
+    );
+    assert_eq!(llm["startupProbe"]["httpGet"]["port"].as_i64(), Some(8000));
+    assert!(llm["livenessProbe"]["exec"].as_hash().is_some());
+    assert_eq!(
+        llm["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz/llm")
+    );
+    assert_eq!(
+        config,
+        serde_json::json!({"llm": {"readinessProbe": {"tcpSocket": {"port": 8000}, "periodSeconds": 3}}})
+    );
+}
+
+#[test]
+fn a_root_pod_still_runs_the_agent_as_its_own_user() {
+    let out = inject(&fixture("run-as-root.in.yaml"), &[]);
+    let (config, spec) = upstreams_of(&out);
+    assert_eq!(spec["securityContext"]["runAsUser"].as_i64(), Some(0));
+    let agent = by_name(&spec["initContainers"], "vitals-agent").expect("agent");
+    assert_eq!(agent["securityContext"]["runAsUser"].as_i64(), Some(65532));
+    assert_eq!(
+        agent["securityContext"]["runAsNonRoot"].as_bool(),
+        Some(true)
+    );
+    assert_eq!(config["tgi"]["metrics"], "tgi");
+}
+
+#[test]
+fn a_helm_stream_injects_the_model_server_and_leaves_the_rest() {
+    let text = fixture("helm-stream.in.yaml");
+    let report = inject_report(&text, &InjectOptions::default()).expect("inject");
+    let ui_before = text
+        .split("---\n")
+        .find(|d| d.contains("name: chat-ui"))
+        .expect("ui document");
+    assert!(
+        report.output.contains(ui_before),
+        "the UI deployment changed"
+    );
+    assert!(
+        report.output.contains("# Source: chat/templates/llm.yaml"),
+        "comments kept"
+    );
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("Deployment/chat-ui: skipped (nothing to watch")),
+        "{:?}",
+        report.notes
+    );
+    let (config, _) = upstreams_of(&report.output);
+    assert_eq!(config["vllm"]["metrics"], "vllm");
+    assert_eq!(config["vllm"]["livenessProbe"]["httpGet"]["port"], 8000);
+}
+
+#[test]
+fn pod_level_problems_are_refused_or_warned() {
+    let host = "apiVersion: v1\nkind: Pod\nmetadata: {name: edge}\nspec:\n  hostNetwork: true\n  containers:\n  - name: srv\n    image: x\n    ports: [{containerPort: 8000, hostPort: 9180}]\n    readinessProbe: {tcpSocket: {port: 8000}}\n";
+    let e = error_of(host, &InjectOptions::default());
+    assert!(
+        matches!(
+            &e,
+            InjectError::Workload {
+                problem: Problem::HostNetworkPortConflict { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("Pod/edge") && e.to_string().contains("hostNetwork"),
+        "{e}"
+    );
+    let fine = host.replace("hostPort: 9180", "hostPort: 8000");
+    inject_documents(&fine, &InjectOptions::default()).expect("no collision");
+
+    let unshared = host
+        .replace("hostNetwork: true", "shareProcessNamespace: false")
+        .replace(", hostPort: 9180", "");
+    let report = inject_report(&unshared, &InjectOptions::default()).expect("inject");
+    assert!(report.output.contains("shareProcessNamespace: true"));
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("warning: shareProcessNamespace was false")),
+        "{:?}",
+        report.notes
+    );
+
+    let named = unshared.replace("port: 8000}}", "port: web}}");
+    let e = error_of(&named, &InjectOptions::default());
+    assert!(
+        e.to_string().contains("readinessProbe uses port \"web\""),
+        "{e}"
+    );
+
+    let bad_profile = unshared.replace(
+        "metadata: {name: edge}",
+        "metadata: {name: edge, annotations: {vitals.dev/profile.srv: ollama}}",
+    );
+    let e = error_of(&bad_profile, &InjectOptions::default());
+    assert!(e.to_string().contains("unknown profile \"ollama\""), "{e}");
+    let chosen = bad_profile.replace("ollama", "none");
+    let (config, _) =
+        upstreams_of(&inject_documents(&chosen, &InjectOptions::default()).expect("inject"));
+    assert!(config["srv"].get("metrics").is_none());
+}
+
+#[test]
+fn a_single_container_is_a_worker_only_when_named() {
+    let one = fixture("deployment.in.yaml");
+    let (config, spec) = upstreams_of(&inject(&one, &[]));
+    assert_eq!(
+        config["embeddings"]["readinessProbe"]["httpGet"]["port"], 8080,
+        "named port resolved"
+    );
+    let c = by_name(&spec["containers"], "embeddings").expect("container");
+    assert!(by_name(&c["env"], "VITALS_NAME").is_none());
+    let worker = inject(&one, &["--container".into(), "embeddings".into()]);
+    assert!(worker.contains("--expect=embeddings") && !worker.contains(UPSTREAMS_ENV));
 }
