@@ -199,8 +199,9 @@ def check_pods(paths, hardened):
             expects = {a.split("=", 1)[1] for a in args if a.startswith("--expect=")}
             expects |= {args[i + 1] for i, a in enumerate(args[:-1]) if a == "--expect"}
             workers = [w.strip() for w in meta.get("annotations", {}).get("vitals.dev/workers", "").split(",") if w.strip()]
-            if not workers:
-                err(name, "no vitals.dev/workers annotation")
+            # SPEC §8: a pod may have only upstreams (their probes in the agent's env).
+            if not workers and "VITALS_UPSTREAMS" not in env_of(agent):
+                err(name, "no vitals.dev/workers annotation and no VITALS_UPSTREAMS")
             by_name = {c["name"]: c for c in mains}
             for w in workers:
                 c = by_name.get(w)
