@@ -6,6 +6,7 @@
 //! - [`timeline`]: what happened when, printed when a scenario fails;
 //! - [`load`]: a constant embedding load whose every request has exactly one outcome;
 //! - [`client`]: the small HTTP/1.1 client under all of the above;
+//! - [`fake_vllm`]: a fake vLLM (its own process) for the upstream scenarios;
 //! - [`report`]: measured detection latencies;
 //! - [`freezer`]: the cgroup v1 freezer (uninterruptible sleep on demand);
 //! - [`slots`]: how many scenarios share the machine;
@@ -15,6 +16,7 @@
 
 pub mod bins;
 pub mod client;
+pub mod fake_vllm;
 pub mod freezer;
 pub mod load;
 pub mod pod;

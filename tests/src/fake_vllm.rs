@@ -1,0 +1,359 @@
+//! A small fake vLLM: the HTTP surface the agent watches (SPEC §8) with switches to make
+//! it misbehave. It runs as its own process (the `fake-vllm` binary of this crate) so the
+//! agent finds it by its listening port and a scenario can SIGSTOP or kill it.
+//!
+//! - `GET /health`: 503 while "loading", then 200 (vllm/entrypoints/openai/api_server.py
+//!   answers 200 once the engine client is up, whatever the engine loop does);
+//! - `GET /metrics`: vLLM's real names (vllm-project/vllm vllm/v1/metrics/loggers.py):
+//!   `vllm:num_requests_running`, `vllm:num_requests_waiting`,
+//!   `vllm:generation_tokens_total`, `vllm:prompt_tokens_total` and the
+//!   `vllm:iteration_tokens_total` histogram, moving while requests run;
+//! - `POST /control/loaded`, `/control/busy?running=N&waiting=M`, `/control/hang` (the
+//!   engine loop stops: counters freeze, requests stay running, `/health` stays 200),
+//!   `/control/slow?ms=N` (every answer waits N ms), `/control/close` (stop listening; the
+//!   process lives on).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::client;
+
+/// The simulated engine.
+#[derive(Debug, Default)]
+struct Engine {
+    loading: bool,
+    hung: bool,
+    delay: Duration,
+    running: u64,
+    waiting: u64,
+    iterations: u64,
+    generation_tokens: u64,
+    prompt_tokens: u64,
+}
+
+type Shared = Arc<Mutex<Engine>>;
+
+fn lock(e: &Shared) -> std::sync::MutexGuard<'_, Engine> {
+    e.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Serves on `listener` until `/control/close`; loading ends after `load_for` (or on
+/// `/control/loaded`). Never returns while listening.
+pub fn serve(listener: TcpListener, load_for: Option<Duration>) {
+    let engine: Shared = Arc::new(Mutex::new(Engine {
+        loading: true,
+        ..Engine::default()
+    }));
+    let started = Instant::now();
+    {
+        // The engine loop: one step every 20 ms while requests run, unless hung.
+        let engine = Arc::clone(&engine);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let mut e = lock(&engine);
+            if e.loading && load_for.is_some_and(|d| started.elapsed() >= d) {
+                e.loading = false;
+            }
+            if !e.hung && e.running > 0 {
+                e.iterations += 1;
+                e.generation_tokens += e.running;
+                if e.waiting > 0 {
+                    e.waiting -= 1;
+                    e.prompt_tokens += 16;
+                }
+            }
+        });
+    }
+    let closed = Arc::new(AtomicBool::new(false));
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    for stream in listener.incoming() {
+        if closed.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(stream) = stream else { continue };
+        let engine = Arc::clone(&engine);
+        let closed = Arc::clone(&closed);
+        std::thread::spawn(move || handle(stream, &engine, &closed, addr));
+    }
+    // Not listening any more (connections are refused); the process stays, as a server
+    // whose socket died would.
+    drop(listener);
+    loop {
+        std::thread::park();
+    }
+}
+
+fn handle(mut stream: TcpStream, engine: &Shared, closed: &AtomicBool, addr: SocketAddr) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut reader = BufReader::new(match stream.try_clone() {
+        Ok(s) => s,
+        Err(_) => return,
+    });
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    // Drain the headers (no bodies are sent to this server).
+    loop {
+        let mut h = String::new();
+        match reader.read_line(&mut h) {
+            Ok(0) | Err(_) => break,
+            Ok(_) if h == "\r\n" || h == "\n" => break,
+            Ok(_) => {}
+        }
+    }
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let param = |k: &str| -> u64 {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(key, _)| *key == k)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let delay = lock(engine).delay;
+    let (code, body) = match (method, path) {
+        ("GET", "/health") => {
+            std::thread::sleep(delay);
+            if lock(engine).loading {
+                (503, String::new())
+            } else {
+                (200, String::new())
+            }
+        }
+        ("GET", "/metrics") => {
+            std::thread::sleep(delay);
+            (200, metrics(&lock(engine)))
+        }
+        ("POST", "/control/loaded") => {
+            lock(engine).loading = false;
+            (200, "ok".into())
+        }
+        ("POST", "/control/busy") => {
+            let mut e = lock(engine);
+            e.running = param("running");
+            e.waiting = param("waiting");
+            (200, "ok".into())
+        }
+        ("POST", "/control/hang") => {
+            lock(engine).hung = true;
+            (200, "ok".into())
+        }
+        ("POST", "/control/slow") => {
+            lock(engine).delay = Duration::from_millis(param("ms"));
+            (200, "ok".into())
+        }
+        ("POST", "/control/close") => {
+            closed.store(true, Ordering::SeqCst);
+            // Wake the accept loop so it sees the flag and drops the listener.
+            let _ = TcpStream::connect(addr);
+            (200, "ok".into())
+        }
+        _ => (404, String::new()),
+    };
+    let reason = match code {
+        200 => "OK",
+        503 => "Service Unavailable",
+        _ => "Not Found",
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+fn metrics(e: &Engine) -> String {
+    let l = r#"engine="0",model_name="fake/llama""#;
+    let tokens = e.generation_tokens + e.prompt_tokens;
+    format!(
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.\n\
+         # TYPE vllm:num_requests_running gauge\n\
+         vllm:num_requests_running{{{l}}} {}.0\n\
+         # HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n\
+         # TYPE vllm:num_requests_waiting gauge\n\
+         vllm:num_requests_waiting{{{l}}} {}.0\n\
+         # HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n\
+         # TYPE vllm:prompt_tokens_total counter\n\
+         vllm:prompt_tokens_total{{{l}}} {}.0\n\
+         # HELP vllm:generation_tokens_total Number of generation tokens processed.\n\
+         # TYPE vllm:generation_tokens_total counter\n\
+         vllm:generation_tokens_total{{{l}}} {}.0\n\
+         # HELP vllm:iteration_tokens_total Histogram of number of tokens per engine_step.\n\
+         # TYPE vllm:iteration_tokens_total histogram\n\
+         vllm:iteration_tokens_total_bucket{{{l},le=\"+Inf\"}} {}.0\n\
+         vllm:iteration_tokens_total_count{{{l}}} {}.0\n\
+         vllm:iteration_tokens_total_sum{{{l}}} {tokens}.0\n",
+        e.running, e.waiting, e.prompt_tokens, e.generation_tokens, e.iterations, e.iterations,
+    )
+}
+
+/// A running `fake-vllm` process, in its own process group (a "container").
+#[derive(Debug)]
+pub struct FakeVllm {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl FakeVllm {
+    /// Starts `bin` on `addr` (loading for `load_for`, or until [`FakeVllm::loaded`]),
+    /// logging to `log`.
+    pub fn start(bin: &Path, addr: SocketAddr, load_for: Option<Duration>, log: &Path) -> Self {
+        let file = std::fs::File::create(log).expect("the log folder is writable");
+        let err = file.try_clone().expect("a log file handle can be cloned");
+        let mut cmd = Command::new(bin);
+        cmd.arg(addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err))
+            .process_group(0);
+        if let Some(d) = load_for {
+            cmd.arg(d.as_millis().to_string());
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let me = FakeVllm { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while client::get(addr, "/metrics", Duration::from_secs(1)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "fake-vllm did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        me
+    }
+
+    /// Its pid (and process group).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn control(&self, path: &str) {
+        let r = client::request_with(self.addr, "POST", path, None, Duration::from_secs(5), || {})
+            .unwrap_or_else(|e| panic!("fake-vllm {path}: {e}"));
+        assert_eq!(r.status, 200, "fake-vllm {path}");
+    }
+
+    /// Ends "loading": `/health` turns 200.
+    pub fn loaded(&self) {
+        self.control("/control/loaded");
+    }
+
+    /// `running` requests in the batch and `waiting` in the queue.
+    pub fn busy(&self, running: u64, waiting: u64) {
+        self.control(&format!(
+            "/control/busy?running={running}&waiting={waiting}"
+        ));
+    }
+
+    /// The engine loop stops; `/health` keeps answering 200.
+    pub fn hang_engine(&self) {
+        self.control("/control/hang");
+    }
+
+    /// Every answer from now on waits `d`.
+    pub fn slow(&self, d: Duration) {
+        self.control(&format!("/control/slow?ms={}", d.as_millis()));
+    }
+
+    /// Stops listening (the process stays).
+    pub fn close(&self) {
+        self.control("/control/close");
+    }
+
+    /// Kills it (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for FakeVllm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counter(addr: SocketAddr, name: &str) -> f64 {
+        let page = client::get(addr, "/metrics", Duration::from_secs(2))
+            .expect("metrics")
+            .text();
+        client::metric(
+            &page,
+            name,
+            &[("engine", "0"), ("model_name", "fake/llama")],
+        )
+        .unwrap_or_else(|| panic!("{name} missing in {page}"))
+    }
+
+    fn await_move(addr: SocketAddr, name: &str, from: f64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if counter(addr, name) != from {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[test]
+    fn loads_works_and_hangs_with_health_still_ok() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || serve(listener, None));
+        let health = || {
+            client::get(addr, "/health", Duration::from_secs(2))
+                .expect("health")
+                .status
+        };
+        assert_eq!(health(), 503);
+        let post = |p: &str| {
+            client::request_with(addr, "POST", p, None, Duration::from_secs(2), || {})
+                .expect("control")
+        };
+        post("/control/loaded");
+        assert_eq!(health(), 200);
+        post("/control/busy?running=2&waiting=1");
+        let it = counter(addr, "vllm:iteration_tokens_total_count");
+        assert!(
+            await_move(addr, "vllm:iteration_tokens_total_count", it),
+            "engine steps while busy"
+        );
+        post("/control/hang");
+        let frozen = counter(addr, "vllm:iteration_tokens_total_count");
+        assert!(
+            !await_move(addr, "vllm:iteration_tokens_total_count", frozen),
+            "frozen when hung"
+        );
+        assert_eq!(counter(addr, "vllm:num_requests_running"), 2.0);
+        assert_eq!(
+            health(),
+            200,
+            "vLLM's /health does not see a dead engine loop"
+        );
+        post("/control/close");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !client::get(addr, "/health", Duration::from_secs(1)).is_err_and(|e| e.is_refused()) {
+            assert!(Instant::now() < deadline, "still listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
