@@ -8,4 +8,5 @@ pub mod discover;
 pub mod expo;
 pub mod probe;
 pub mod profiles;
+pub mod scrape;
 pub mod stall;

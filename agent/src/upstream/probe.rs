@@ -149,7 +149,7 @@ async fn http(probe: &HttpGet, default_host: IpAddr) -> Result<u16, Failure> {
     let mut port = probe.port;
     let mut path = probe.path.clone();
     for _ in 0..=MAX_REDIRECTS {
-        let (status, location) = http_once(&host, port, &path, &probe.headers).await?;
+        let (status, location, _) = http_once(&host, port, &path, &probe.headers, 0).await?;
         let Some(location) = location.filter(|_| status.is_redirection()) else {
             return if (200..400).contains(&status.as_u16()) {
                 Ok(status.as_u16())
@@ -193,13 +193,16 @@ fn host_header(host: &str, port: u16) -> String {
     }
 }
 
-/// One request on a fresh connection: the status and the `Location`, body read (capped).
-async fn http_once(
+/// One request on a fresh connection: the status, the `Location`, and up to `keep` bytes
+/// of the body (a longer body is an error when `keep` > 0; with `keep` = 0 the first
+/// [`BODY_LIMIT`] bytes are read and dropped, as the kubelet does).
+pub(super) async fn http_once(
     host: &str,
     port: u16,
     path: &str,
     headers: &[(String, String)],
-) -> Result<(StatusCode, Option<String>), Failure> {
+    keep: usize,
+) -> Result<(StatusCode, Option<String>, Vec<u8>), Failure> {
     let stream = connect(host, port).await?;
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .max_buf_size(HEAD_LIMIT)
@@ -243,6 +246,19 @@ async fn http_once(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let mut body = resp.into_body();
+    let mut kept = Vec::new();
+    if keep > 0 {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| hyper_failure(&e))?;
+            if let Some(d) = frame.data_ref() {
+                if kept.len() + d.len() > keep {
+                    return Err(Failure::Protocol(format!("body over {keep} bytes")));
+                }
+                kept.extend_from_slice(d);
+            }
+        }
+        return Ok((status, location, kept));
+    }
     let mut read = 0;
     while read < BODY_LIMIT {
         match body.frame().await {
@@ -252,7 +268,7 @@ async fn http_once(
             Some(Err(_)) | None => break,
         }
     }
-    Ok((status, location))
+    Ok((status, location, kept))
 }
 
 #[cfg(test)]
