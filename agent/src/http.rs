@@ -22,8 +22,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshots;
+use crate::status::StatusSource;
 use crate::verdict::{Answer, Probe};
-use crate::Shared;
 
 /// The largest request head accepted (hyper's minimum is 8 KiB).
 const MAX_HEAD: usize = 16 * 1024;
@@ -37,13 +39,20 @@ pub struct Limits {
     pub header_timeout: Duration,
 }
 
+/// What the probe port reads: snapshots to judge, metrics to count and encode, and the
+/// facts `/status` adds. Nothing here can write the registry.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Every answer is rendered from one snapshot.
+    pub snapshots: Snapshots,
+    /// Probe counts; refreshed from a snapshot and encoded on `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// The rest of `/status`.
+    pub status: StatusSource,
+}
+
 /// Serves HTTP on `listener` until `stop`.
-pub async fn serve(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    limits: Limits,
-    stop: CancellationToken,
-) {
+pub async fn serve(ctx: Context, listener: TcpListener, limits: Limits, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = http1::Builder::new();
     builder
@@ -71,12 +80,12 @@ pub async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let shared = Arc::clone(&shared);
+        let ctx = ctx.clone();
         let conn = builder.serve_connection(
             TokioIo::new(tcp),
             service_fn(move |req| {
-                let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(handle(&shared, &req)) }
+                let response = handle(&ctx, &req);
+                async move { Ok::<_, Infallible>(response) }
             }),
         );
         let stop = stop.clone();
@@ -206,7 +215,7 @@ fn respond(
 }
 
 /// Answers one request. HEAD gets GET's status and headers; hyper drops the body.
-fn handle<B>(shared: &Shared, req: &Request<B>) -> Response<Full<Bytes>> {
+fn handle<B>(ctx: &Context, req: &Request<B>) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let Some(route) = route(req.uri().path()) else {
         return respond(
@@ -227,7 +236,7 @@ fn handle<B>(shared: &Shared, req: &Request<B>) -> Response<Full<Bytes>> {
     }
     match route {
         Route::Probe(probe, worker) => {
-            let verdicts = shared.verdicts(started);
+            let verdicts = ctx.snapshots.take(started).verdicts;
             let (answer, target) = match worker {
                 None => {
                     let target = if probe == Probe::Live {
@@ -254,23 +263,16 @@ fn handle<B>(shared: &Shared, req: &Request<B>) -> Response<Full<Bytes>> {
             };
             let (status, ctype, body) =
                 render(&answer, form(req.uri().query(), req.headers().get(ACCEPT)));
-            shared
-                .metrics
+            ctx.metrics
                 .probe(probe, target, answer.ok(), started.elapsed());
             respond(status, ctype, body)
         }
         Route::Metrics => {
-            {
-                let now = Instant::now();
-                let state = shared.registry();
-                let v =
-                    crate::verdict::evaluate(&state, shared.agent_input(), &shared.thresholds, now);
-                shared.metrics.refresh(&state, &v, now);
-            }
-            respond(StatusCode::OK, METRICS, shared.metrics.encode())
+            ctx.metrics.refresh(&ctx.snapshots.take(started));
+            respond(StatusCode::OK, METRICS, ctx.metrics.encode())
         }
         Route::Status => {
-            let doc = crate::status::build(shared, Instant::now());
+            let doc = ctx.status.build(&ctx.snapshots.take(started));
             match serde_json::to_vec_pretty(&doc) {
                 Ok(body) => respond(StatusCode::OK, JSON, body),
                 Err(e) => respond(

@@ -2,16 +2,19 @@
 //! socket, the agent adds what /proc shows, and answers the kubelet's probes and
 //! Prometheus' scrapes from memory, at once, whatever the workers do.
 //!
-//! State flows one way: [`socket`] and [`procwatch`] → [`registry`] → [`verdict`] →
-//! [`http`], [`metrics`], [`ticker`] and [`status`]. [`run`] wires them; the binary and
-//! the integration tests call the same `run`.
+//! State flows one way: [`socket`] and [`procwatch`] write the [`registry`]; a
+//! [`snapshot`] of it is judged by [`verdict`] and rendered by [`http`], [`metrics`],
+//! [`ticker`] and [`status`]. Each task gets the narrow handles it needs, not a hub.
+//! [`run`] wires them; the binary and the integration tests call the same `run`.
 
 pub mod config;
 pub mod http;
 pub mod inject;
 pub mod metrics;
+pub mod proc;
 pub mod procwatch;
 pub mod registry;
+pub mod snapshot;
 pub mod socket;
 pub mod status;
 pub mod ticker;
@@ -19,8 +22,7 @@ pub mod upstream;
 pub mod verdict;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
@@ -28,90 +30,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::procwatch::{LiveProc, ProcSource};
-use crate::registry::State;
+use crate::proc::{LiveProc, ProcSource};
+use crate::registry::Registry;
+use crate::snapshot::{AgentHealth, Snapshots};
 use crate::socket::{SocketError, SocketListener};
+use crate::status::{AgentFacts, StatusSource};
 use crate::ticker::TransitionLog;
-use crate::verdict::{evaluate, AgentInput, Thresholds, Verdicts};
 
 /// This agent's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// State shared by every task of a running agent.
-#[derive(Debug)]
-pub struct Shared {
-    state: Mutex<State>,
-    /// Verdict bounds.
-    pub thresholds: Thresholds,
-    /// When the agent started (monotonic).
-    pub started_at: Instant,
-    /// When the agent started (wall clock, for `/status`).
-    pub started_wall: SystemTime,
-    /// Nanoseconds after `started_at` of the ticker's last run.
-    last_tick: AtomicU64,
-    shutting_down: AtomicBool,
-    /// Metric handles.
-    pub metrics: Metrics,
-    /// The last verdict transitions, for `/status`.
-    pub transitions: TransitionLog,
-    /// Wakes the /proc watcher (a new worker said hello).
-    pub proc_wake: Arc<Notify>,
-    /// The worker socket path, for `/status`.
-    pub socket_path: std::path::PathBuf,
-}
-
-impl Shared {
-    /// Fresh state for `config`.
-    pub fn new(config: &Config) -> Self {
-        Self {
-            state: Mutex::new(State::new(&config.expect)),
-            thresholds: config.thresholds,
-            started_at: Instant::now(),
-            started_wall: SystemTime::now(),
-            last_tick: AtomicU64::new(0),
-            shutting_down: AtomicBool::new(false),
-            metrics: Metrics::new(),
-            transitions: TransitionLog::default(),
-            proc_wake: Arc::new(Notify::new()),
-            socket_path: config.socket.clone(),
-        }
-    }
-
-    /// The registry. Held only for in-memory updates or reads, never across an await
-    /// or I/O, so a probe waits at most microseconds for it.
-    pub fn registry(&self) -> MutexGuard<'_, State> {
-        // Every update is a few field assignments; a panic mid-update (a bug) would at
-        // worst leave one worker's fields half-new, which the next message fixes.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// What the agent knows about itself at this moment.
-    pub fn agent_input(&self) -> AgentInput {
-        let nanos = self.last_tick.load(Ordering::Relaxed);
-        AgentInput {
-            shutting_down: self.shutting_down.load(Ordering::Relaxed),
-            last_tick: self.started_at + Duration::from_nanos(nanos),
-        }
-    }
-
-    /// Every verdict, evaluated now from the current state.
-    pub fn verdicts(&self, now: Instant) -> Verdicts {
-        let agent = self.agent_input();
-        evaluate(&self.registry(), agent, &self.thresholds, now)
-    }
-
-    /// The ticker ran at `now`.
-    pub fn mark_tick(&self, now: Instant) {
-        let nanos = now.saturating_duration_since(self.started_at).as_nanos();
-        self.last_tick
-            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
-    }
-
-    /// Whether a shutdown signal arrived.
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
-    }
-}
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -184,12 +111,32 @@ pub async fn run_with(
     } = socket;
     let http = tokio::net::TcpListener::from_std(http)?;
     let unix = tokio::net::UnixListener::from_std(unix)?;
-    let shared = Arc::new(Shared::new(&config));
-    shared.mark_tick(Instant::now());
+    let started_at = Instant::now();
+    let registry = Arc::new(Registry::new(&config.expect));
+    let health = Arc::new(AgentHealth::new(started_at));
+    let snapshots = Snapshots::new(
+        Arc::clone(&registry),
+        Arc::clone(&health),
+        config.thresholds,
+    );
+    let metrics = Arc::new(Metrics::new());
+    let transitions = Arc::new(TransitionLog::default());
+    let proc_wake = Arc::new(Notify::new());
     let stop = CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(http::serve(
-        Arc::clone(&shared),
+        http::Context {
+            snapshots: snapshots.clone(),
+            metrics: Arc::clone(&metrics),
+            status: StatusSource {
+                facts: AgentFacts {
+                    started_at,
+                    started_wall: SystemTime::now(),
+                    socket: config.socket.clone(),
+                },
+                transitions: Arc::clone(&transitions),
+            },
+        },
         http,
         http::Limits {
             max_connections: config.max_connections,
@@ -197,13 +144,28 @@ pub async fn run_with(
         },
         stop.clone(),
     ));
-    tasks.spawn(socket::serve(Arc::clone(&shared), unix, stop.clone()));
-    tasks.spawn(ticker::run(Arc::clone(&shared), stop.clone()));
+    tasks.spawn(socket::serve(
+        socket::Context {
+            registry: Arc::clone(&registry),
+            metrics: Arc::clone(&metrics),
+            proc_wake: Arc::clone(&proc_wake),
+            hang_timeout: config.thresholds.hang,
+        },
+        unix,
+        stop.clone(),
+    ));
+    tasks.spawn(ticker::run(
+        snapshots,
+        Arc::clone(&health),
+        metrics,
+        transitions,
+        stop.clone(),
+    ));
     tasks.spawn(procwatch::watch(
-        Arc::clone(&shared),
+        registry,
         proc_source,
         config.proc_interval,
-        Arc::clone(&shared.proc_wake),
+        proc_wake,
         stop.clone(),
     ));
     tasks.close();
@@ -215,7 +177,7 @@ pub async fn run_with(
         "vitals agent started"
     );
     shutdown.cancelled().await;
-    shared.shutting_down.store(true, Ordering::Relaxed);
+    health.begin_shutdown();
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: readiness fails, still answering");
     tokio::time::sleep(config.shutdown_grace).await;
     stop.cancel();

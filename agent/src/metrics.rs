@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -16,8 +16,8 @@ use prometheus::{
 };
 use vitals_proto::{ErrorCode, Phase};
 
-use crate::registry::State;
-use crate::verdict::{LiveReason, Probe, Verdicts};
+use crate::snapshot::Snapshot;
+use crate::verdict::{LiveReason, Probe};
 
 /// The metric name prefix.
 const NAMESPACE: &str = "vitals";
@@ -216,8 +216,9 @@ impl Metrics {
             .inc();
     }
 
-    /// Brings the per-worker metrics up to date with `state` and `verdicts` at `now`.
-    pub fn refresh(&self, state: &State, verdicts: &Verdicts, now: Instant) {
+    /// Brings the per-worker metrics up to date with `snapshot`.
+    pub fn refresh(&self, snapshot: &Snapshot) {
+        let (state, verdicts, now) = (&snapshot.state, &snapshot.verdicts, snapshot.at);
         let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
         for (name, worker) in &state.workers {
             let n = name.as_str();
@@ -323,9 +324,23 @@ fn clamp(v: u64) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
     use super::*;
     use crate::registry::tests::{beat, hello, name, phase, PEER};
-    use crate::verdict::{evaluate, AgentInput, Thresholds};
+    use crate::registry::State;
+    use crate::verdict::tests::T;
+    use crate::verdict::AgentInput;
+
+    /// Refreshes `m` from `state` as the ticker would at `at`.
+    fn refresh(m: &Metrics, state: &State, at: Instant) {
+        let agent = AgentInput {
+            shutting_down: false,
+            last_tick: at,
+        };
+        m.refresh(&Snapshot::evaluate(Arc::new(state.clone()), agent, &T, at));
+    }
 
     fn text(m: &Metrics) -> String {
         String::from_utf8(m.encode()).expect("utf8")
@@ -339,17 +354,7 @@ mod tests {
         s.hello(&hello("model", "a"), PEER, 1, t0).expect("free");
         s.message(&name("model"), 1, phase(Phase::Ready, None), t0);
         s.message(&name("model"), 1, beat(5), t0);
-        let th = Thresholds {
-            hang: Duration::from_secs(10),
-            stall: Duration::from_secs(30),
-            load_stall: Duration::from_secs(300),
-            d_state: Duration::from_secs(30),
-        };
-        let agent = AgentInput {
-            shutting_down: false,
-            last_tick: t0,
-        };
-        m.refresh(&s, &evaluate(&s, agent, &th, t0), t0);
+        refresh(&m, &s, t0);
         m.probe(Probe::Ready, "_all", true, Duration::from_micros(20));
         let out = text(&m);
         for want in [
@@ -382,19 +387,8 @@ mod tests {
     fn unknown_values_are_omitted_and_counters_survive_restarts() {
         let m = Metrics::new();
         let t0 = Instant::now();
-        let th = Thresholds {
-            hang: Duration::from_secs(10),
-            stall: Duration::from_secs(30),
-            load_stall: Duration::from_secs(300),
-            d_state: Duration::from_secs(30),
-        };
-        let agent = AgentInput {
-            shutting_down: false,
-            last_tick: t0,
-        };
         let mut s = State::new(&[name("model")]);
-        let refresh = |s: &State| m.refresh(s, &evaluate(s, agent, &th, t0), t0);
-        refresh(&s);
+        refresh(&m, &s, t0);
         let out = text(&m);
         assert!(out.contains("vitals_worker_connected{worker=\"model\"} 0"));
         assert!(!out.contains("vitals_worker_heartbeat_age_seconds{"));
@@ -403,11 +397,11 @@ mod tests {
         s.hello(&hello("model", "a"), PEER, 1, t0).expect("free");
         s.message(&model, 1, beat(10), t0);
         s.message(&model, 1, phase(Phase::Ready, None), t0);
-        refresh(&s);
+        refresh(&m, &s, t0);
         s.disconnect(&model, 1, t0);
         s.hello(&hello("model", "b"), PEER, 2, t0).expect("free");
         s.message(&model, 2, beat(3), t0);
-        refresh(&s);
+        refresh(&m, &s, t0);
         let out = text(&m);
         assert!(
             out.contains("vitals_worker_progress_total{worker=\"model\"} 13"),

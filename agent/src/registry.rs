@@ -2,13 +2,16 @@
 //! socket server and the /proc watcher write, and the snapshot verdicts are computed from.
 //!
 //! [`State`] is plain data with methods that take `now`, so every SPEC §7 clock rule is
-//! unit-testable without sockets or sleeps. The clocks kept here:
+//! unit-testable without sockets or sleeps. [`Registry`] is the one shared copy: writers
+//! change it in place under a short lock, readers take the current [`State`] as an `Arc`
+//! and evaluate it after the lock is released. The clocks kept here:
 //! - heartbeat clock (`heartbeat_at`): starts at `hello`, restarts at each heartbeat;
 //! - loop-progress clock (`loop_clock`): starts at a connection's first heartbeat,
 //!   restarts when `progress` moves or the phase becomes `ready`;
 //! - load clock (`load_clock`): restarts when the phase or `progress.done` changes.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use vitals_proto::message::{
@@ -16,7 +19,43 @@ use vitals_proto::message::{
 };
 use vitals_proto::{Phase, WorkerName};
 
-use crate::procwatch::{ProcSample, SampleError};
+use crate::proc::{ProcSample, SampleError};
+
+/// The shared registry. Writers (the socket server, the /proc watcher) apply in-memory
+/// updates under a lock held for those assignments only; readers get the current state
+/// as an immutable `Arc` for the cost of a reference count, so a probe never waits for
+/// rendering, metrics or another probe. An update while readers still hold the old state
+/// copies it first (copy-on-write), which keeps every reader's snapshot consistent.
+#[derive(Debug, Default)]
+pub struct Registry {
+    current: Mutex<Arc<State>>,
+}
+
+impl Registry {
+    /// A registry knowing the expected workers.
+    pub fn new(expected: &[WorkerName]) -> Self {
+        Self {
+            current: Mutex::new(Arc::new(State::new(expected))),
+        }
+    }
+
+    /// The state as of now; later updates do not change it.
+    pub fn current(&self) -> Arc<State> {
+        Arc::clone(&self.lock())
+    }
+
+    /// Applies `change` to the state. `change` must be plain in-memory work: no I/O, no
+    /// await, no rendering.
+    pub fn update<R>(&self, change: impl FnOnce(&mut State) -> R) -> R {
+        change(Arc::make_mut(&mut self.lock()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<State>> {
+        // Every update is a few field assignments; a panic mid-update (a bug) would at
+        // worst leave one worker's fields half-new, which the next message fixes.
+        self.current.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 /// Identifies one socket connection for the life of the agent.
 pub type ConnId = u64;

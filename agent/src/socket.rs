@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, recv, sockopt, MsgFlags};
 use tokio::net::UnixStream;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use vitals_proto::codec::{encode_line, CodecError, LineCodec};
@@ -26,8 +26,8 @@ use vitals_proto::message::{
 };
 use vitals_proto::{ErrorCode, WorkerName};
 
-use crate::registry::{ConnId, HelloOutcome, PeerCred};
-use crate::Shared;
+use crate::metrics::Metrics;
+use crate::registry::{ConnId, HelloOutcome, PeerCred, Registry};
 
 /// Most worker connections open at once; more are closed at once. Far above any real pod
 /// (one per worker), it bounds what a runaway client can cost.
@@ -153,12 +153,22 @@ fn lock(conns: &Conns) -> std::sync::MutexGuard<'_, HashMap<ConnId, Arc<UnixStre
     conns.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What the socket server writes to: the registry, protocol-error counts, and the /proc
+/// watcher's wake-up (a new pid to sample at once).
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Where reports go.
+    pub registry: Arc<Registry>,
+    /// Protocol error and unknown-message counters.
+    pub metrics: Arc<Metrics>,
+    /// Notified after each accepted hello.
+    pub proc_wake: Arc<Notify>,
+    /// `--hang-timeout`: sent in `welcome`, and the bound on waiting for a hello.
+    pub hang_timeout: Duration,
+}
+
 /// Accepts worker connections until `stop`.
-pub async fn serve(
-    shared: Arc<Shared>,
-    listener: tokio::net::UnixListener,
-    stop: CancellationToken,
-) {
+pub async fn serve(ctx: Context, listener: tokio::net::UnixListener, stop: CancellationToken) {
     let conns: Conns = Arc::default();
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut next_id: ConnId = 0;
@@ -184,11 +194,11 @@ pub async fn serve(
         let id = next_id;
         let stream = Arc::new(stream);
         lock(&conns).insert(id, Arc::clone(&stream));
-        let (shared, conns, stop) = (Arc::clone(&shared), Arc::clone(&conns), stop.clone());
+        let (ctx, conns, stop) = (ctx.clone(), Arc::clone(&conns), stop.clone());
         tokio::spawn(async move {
             tokio::select! {
                 () = stop.cancelled() => {}
-                () = Connection::new(&shared, &conns, id, Arc::clone(&stream)).run() => {}
+                () = Connection::new(&ctx, &conns, id, Arc::clone(&stream)).run() => {}
             }
             lock(&conns).remove(&id);
             // Make sure the peer sees EOF even if another handle still exists.
@@ -214,7 +224,7 @@ impl From<ProtocolError> for End {
 }
 
 struct Connection<'a> {
-    shared: &'a Arc<Shared>,
+    ctx: &'a Context,
     conns: &'a Conns,
     id: ConnId,
     stream: Arc<UnixStream>,
@@ -223,9 +233,9 @@ struct Connection<'a> {
 }
 
 impl<'a> Connection<'a> {
-    fn new(shared: &'a Arc<Shared>, conns: &'a Conns, id: ConnId, stream: Arc<UnixStream>) -> Self {
+    fn new(ctx: &'a Context, conns: &'a Conns, id: ConnId, stream: Arc<UnixStream>) -> Self {
         Self {
-            shared,
+            ctx,
             conns,
             id,
             stream,
@@ -237,7 +247,7 @@ impl<'a> Connection<'a> {
     async fn run(mut self) {
         let peer = peer_cred(&self.stream);
         // A peer that never says hello holds a slot; bound how long.
-        let hello_wait = self.shared.thresholds.hang;
+        let hello_wait = self.ctx.hang_timeout;
         let first = match tokio::time::timeout(hello_wait, self.read_line()).await {
             Ok(Ok(Some(line))) => line,
             Ok(Ok(None)) | Ok(Err(End::Closed)) => return,
@@ -260,13 +270,12 @@ impl<'a> Connection<'a> {
         let welcome = AgentMessage::Welcome(Welcome {
             v: PROTOCOL_VERSION,
             agent_version: crate::VERSION.to_owned(),
-            hang_timeout_ms: u64::try_from(self.shared.thresholds.hang.as_millis())
-                .unwrap_or(u64::MAX),
+            hang_timeout_ms: u64::try_from(self.ctx.hang_timeout.as_millis()).unwrap_or(u64::MAX),
         });
         if self.write(&encode_line(&welcome)).await.is_err() {
             return self.disconnect(&name);
         }
-        self.shared.proc_wake.notify_one();
+        self.ctx.proc_wake.notify_one();
         let end = loop {
             let line = match self.read_line().await {
                 Ok(Some(line)) => line,
@@ -276,12 +285,14 @@ impl<'a> Connection<'a> {
             match decode_message(&line) {
                 Ok(WorkerMessage::Unknown { type_name }) => {
                     tracing::debug!(worker = %name, r#type = ?type_name, "ignoring unknown message type");
-                    self.shared.metrics.unknown_message();
+                    self.ctx.metrics.unknown_message();
                 }
-                Ok(msg) => self
-                    .shared
-                    .registry()
-                    .message(&name, self.id, msg, Instant::now()),
+                Ok(msg) => {
+                    let now = Instant::now();
+                    self.ctx
+                        .registry
+                        .update(|s| s.message(&name, self.id, msg, now));
+                }
                 Err(e) => break e.into(),
             }
         };
@@ -298,7 +309,11 @@ impl<'a> Connection<'a> {
     /// has already hung up (its EOF pending), else `name_in_use`.
     fn register(&self, valid: &ValidHello, peer: PeerCred) -> Result<HelloOutcome, String> {
         let now = Instant::now();
-        let held = match self.shared.registry().hello(valid, peer, self.id, now) {
+        let held = match self
+            .ctx
+            .registry
+            .update(|s| s.hello(valid, peer, self.id, now))
+        {
             Ok(outcome) => return Ok(outcome),
             Err(held) => held,
         };
@@ -310,27 +325,32 @@ impl<'a> Connection<'a> {
                 held.holder
             ));
         }
-        let mut registry = self.shared.registry();
-        registry.disconnect(&valid.name, held.holder, now);
-        registry.hello(valid, peer, self.id, now).map_err(|h| {
-            format!(
-                "worker {:?} is held by connection {}",
-                valid.name.as_str(),
-                h.holder
-            )
-        })
+        self.ctx
+            .registry
+            .update(|s| {
+                s.disconnect(&valid.name, held.holder, now);
+                s.hello(valid, peer, self.id, now)
+            })
+            .map_err(|h| {
+                format!(
+                    "worker {:?} is held by connection {}",
+                    valid.name.as_str(),
+                    h.holder
+                )
+            })
     }
 
     fn disconnect(&self, name: &WorkerName) {
-        self.shared
-            .registry()
-            .disconnect(name, self.id, Instant::now());
+        let now = Instant::now();
+        self.ctx
+            .registry
+            .update(|s| s.disconnect(name, self.id, now));
     }
 
     /// Sends `error`, counts and logs it; the caller's return closes the connection.
     async fn reject(&mut self, name: Option<&WorkerName>, code: ErrorCode, message: String) {
         tracing::warn!(worker = name.map(WorkerName::as_str), code = %code, error = %message, conn = self.id, "protocol error; closing worker connection");
-        self.shared.metrics.protocol_error(code);
+        self.ctx.metrics.protocol_error(code);
         if let Some(name) = name {
             self.disconnect(name);
         }

@@ -6,7 +6,9 @@
 //! binary must stay small, and it only ever talks plain HTTP to its own pod.
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use clap::Args;
@@ -16,9 +18,9 @@ use serde::{Deserialize, Serialize};
 use vitals_proto::message::{CheckReport, Heartbeat, Progress};
 
 use crate::registry::ProcMode;
-use crate::ticker::{rfc3339, Transition};
+use crate::snapshot::Snapshot;
+use crate::ticker::{rfc3339, Transition, TransitionLog};
 use crate::verdict::{pid_status, PidStatus, Probe};
-use crate::Shared;
 
 /// Pass or fail, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,10 +167,36 @@ fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
-/// Builds `/status` from the current state.
-pub fn build(shared: &Shared, now: Instant) -> StatusDoc {
-    let state = shared.registry();
-    let v = crate::verdict::evaluate(&state, shared.agent_input(), &shared.thresholds, now);
+/// What `/status` says about the agent besides its snapshot: fixed at start.
+#[derive(Debug, Clone)]
+pub struct AgentFacts {
+    /// When the agent started (monotonic).
+    pub started_at: Instant,
+    /// When the agent started (wall clock).
+    pub started_wall: SystemTime,
+    /// The worker socket path.
+    pub socket: PathBuf,
+}
+
+/// Everything `/status` renders besides the snapshot.
+#[derive(Debug, Clone)]
+pub struct StatusSource {
+    /// Fixed facts.
+    pub facts: AgentFacts,
+    /// The recent verdict transitions.
+    pub transitions: Arc<TransitionLog>,
+}
+
+impl StatusSource {
+    /// Builds `/status` from `snapshot`.
+    pub fn build(&self, snapshot: &Snapshot) -> StatusDoc {
+        build(snapshot, &self.facts, self.transitions.list())
+    }
+}
+
+/// Builds `/status` from a snapshot, the agent's facts and its recent transitions.
+fn build(snapshot: &Snapshot, facts: &AgentFacts, transitions: Vec<Transition>) -> StatusDoc {
+    let (state, v, now) = (&snapshot.state, &snapshot.verdicts, snapshot.at);
     let agg = |p| {
         let a = v.aggregate(p);
         VerdictDoc {
@@ -178,10 +206,10 @@ pub fn build(shared: &Shared, now: Instant) -> StatusDoc {
     };
     let agent = AgentDoc {
         version: crate::VERSION.to_owned(),
-        started_at: rfc3339(shared.started_wall),
-        uptime_seconds: secs(now.saturating_duration_since(shared.started_at)),
-        socket: shared.socket_path.display().to_string(),
-        shutting_down: shared.is_shutting_down(),
+        started_at: rfc3339(facts.started_wall),
+        uptime_seconds: secs(now.saturating_duration_since(facts.started_at)),
+        socket: facts.socket.display().to_string(),
+        shutting_down: snapshot.agent.shutting_down,
         live: agg(Probe::Live),
         ready: agg(Probe::Ready),
         startup: agg(Probe::Startup),
@@ -254,11 +282,10 @@ pub fn build(shared: &Shared, now: Instant) -> StatusDoc {
             })
         })
         .collect();
-    drop(state);
     StatusDoc {
         agent,
         workers,
-        transitions: shared.transitions.list(),
+        transitions,
     }
 }
 

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::verdict::{evaluate, LiveReason, Probe, Verdicts};
-use crate::Shared;
+use crate::metrics::Metrics;
+use crate::snapshot::{AgentHealth, Snapshots};
+use crate::verdict::{LiveReason, Probe, Verdicts};
 
 /// How often the ticker runs; well under the 2 s agent-liveness bound.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -92,8 +93,15 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// Compares `v` with the previous call's; logs, records and counts what changed.
-    pub fn observe(&mut self, shared: &Shared, v: &Verdicts, wall: SystemTime) {
+    /// Compares `v` with the previous call's; logs, records into `log` and counts into
+    /// `metrics` what changed.
+    pub fn observe(
+        &mut self,
+        v: &Verdicts,
+        wall: SystemTime,
+        log: &TransitionLog,
+        metrics: &Metrics,
+    ) {
         for (key, now) in outcomes(v) {
             let before = self.last.get(&key);
             if before == Some(&now) {
@@ -107,7 +115,7 @@ impl Tracker {
             } else {
                 tracing::warn!(target: "vitals::verdict", worker = %target, probe = probe.as_str(), from = from.as_deref().unwrap_or("-"), diagnosis, "{} {}: {now}", probe.as_str(), target);
             }
-            shared.transitions.push(Transition {
+            log.push(Transition {
                 at: rfc3339(wall),
                 at_unix_ms: unix_ms(wall),
                 target: target.clone(),
@@ -120,14 +128,20 @@ impl Tracker {
         for w in &v.workers {
             let before = self.live.insert(w.name.to_string(), w.live);
             if let (Some(Ok(())) | None, Err(reason)) = (before, w.live) {
-                shared.metrics.hang(w.name.as_str(), reason);
+                metrics.hang(w.name.as_str(), reason);
             }
         }
     }
 }
 
 /// Runs the ticker until `stop`.
-pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+pub async fn run(
+    snapshots: Snapshots,
+    health: Arc<AgentHealth>,
+    metrics: Arc<Metrics>,
+    log: Arc<TransitionLog>,
+    stop: CancellationToken,
+) {
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tracker = Tracker::default();
@@ -137,14 +151,10 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             _ = ticker.tick() => {}
         }
         let now = Instant::now();
-        shared.mark_tick(now);
-        let verdicts = {
-            let state = shared.registry();
-            let v = evaluate(&state, shared.agent_input(), &shared.thresholds, now);
-            shared.metrics.refresh(&state, &v, now);
-            v
-        };
-        tracker.observe(&shared, &verdicts, SystemTime::now());
+        health.mark_tick(now);
+        let snapshot = snapshots.take(now);
+        metrics.refresh(&snapshot);
+        tracker.observe(&snapshot.verdicts, SystemTime::now(), &log, &metrics);
     }
 }
 
@@ -154,31 +164,18 @@ pub fn unix_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// RFC 3339 in UTC with milliseconds (`2024-05-01T12:00:00.123Z`), without a date crate.
+/// RFC 3339 in UTC with milliseconds (`2024-05-01T12:00:00.123Z`).
 pub fn rfc3339(t: SystemTime) -> String {
-    let ms = unix_ms(t);
-    let (secs, millis) = (ms / 1000, ms % 1000);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    // Civil-from-days (H. Hinnant), for days since 1970-01-01 (non-negative here).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{millis:03}Z")
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
     use crate::registry::tests::{hello, name, phase, PEER};
-    use crate::verdict::AgentInput;
+    use crate::registry::Registry;
+    use crate::verdict::tests::T;
+    use crate::verdict::{evaluate, AgentInput};
     use vitals_proto::Phase;
 
     #[test]
@@ -191,44 +188,41 @@ mod tests {
 
     #[test]
     fn logs_each_transition_once_and_counts_hangs() {
-        let shared = Shared::new(&Config::defaults());
         let t0 = Instant::now();
+        let registry = Registry::new(&[]);
+        let (log, metrics) = (TransitionLog::default(), Metrics::new());
         let agent = AgentInput {
             shutting_down: false,
             last_tick: t0,
         };
         let mut tracker = Tracker::default();
-        let eval = |at| evaluate(&shared.registry(), agent, &shared.thresholds, at);
-        shared
-            .registry()
-            .hello(&hello("model", "a"), PEER, 1, t0)
+        let observe = |tracker: &mut Tracker| {
+            let v = evaluate(&registry.current(), agent, &T, t0);
+            tracker.observe(&v, SystemTime::now(), &log, &metrics);
+        };
+        registry
+            .update(|s| s.hello(&hello("model", "a"), PEER, 1, t0).map(|_| ()))
             .expect("free");
-        tracker.observe(&shared, &eval(t0), SystemTime::now());
-        let first = shared.transitions.list().len();
+        observe(&mut tracker);
+        let first = log.list().len();
         assert_eq!(first, 6, "agent, two aggregates, three worker probes");
-        tracker.observe(&shared, &eval(t0), SystemTime::now());
-        assert_eq!(
-            shared.transitions.list().len(),
-            first,
-            "no change, no entry"
-        );
-        shared
-            .registry()
-            .message(&name("model"), 1, phase(Phase::Failed, None), t0);
-        tracker.observe(&shared, &eval(t0), SystemTime::now());
-        let log = shared.transitions.list();
-        let live = log
+        observe(&mut tracker);
+        assert_eq!(log.list().len(), first, "no change, no entry");
+        registry.update(|s| s.message(&name("model"), 1, phase(Phase::Failed, None), t0));
+        observe(&mut tracker);
+        let entries = log.list();
+        let live = entries
             .iter()
             .rfind(|t| t.target == "model" && t.probe == "livez")
             .expect("live transition");
         assert_eq!(live.from.as_deref(), Some("pass"));
         assert_eq!(live.to, "fail: failed");
-        let metrics = String::from_utf8(shared.metrics.encode()).expect("utf8");
-        assert!(metrics.contains("vitals_worker_hangs_total{reason=\"failed\",worker=\"model\"} 1"));
+        let text = String::from_utf8(metrics.encode()).expect("utf8");
+        assert!(text.contains("vitals_worker_hangs_total{reason=\"failed\",worker=\"model\"} 1"));
         for _ in 0..100 {
             tracker.last.clear();
-            tracker.observe(&shared, &eval(t0), SystemTime::now());
+            observe(&mut tracker);
         }
-        assert_eq!(shared.transitions.list().len(), KEEP);
+        assert_eq!(log.list().len(), KEEP);
     }
 }

@@ -134,19 +134,24 @@ impl fmt::Display for ReadyReason {
 }
 
 /// Why a worker has not started.
+///
+/// SPEC §2: startup passes once an instance is connected and live, and stays passed for
+/// that instance. Every clock of an instance starts at its first `hello`, so no liveness
+/// rule can hold at that instant: an instance is started from its first `hello` for as
+/// long as it is present, and from then on liveness (with `load_stalled`) decides. A load
+/// of any length that keeps moving is never killed by the kubelet's startup budget, which
+/// only has to cover process start to `hello`. The one reason left is the absence of any
+/// instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartupReason {
     /// No connection and no process.
     NotConnected,
-    /// Connected (or its process exists) but this instance never reached `ready`.
-    NotStarted,
 }
 
 impl fmt::Display for StartupReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             StartupReason::NotConnected => "not_connected",
-            StartupReason::NotStarted => "not_started",
         })
     }
 }
@@ -464,11 +469,6 @@ fn worker(name: &WorkerName, w: &Worker, t: &Thresholds, now: Instant) -> Worker
     } else {
         None
     };
-    let startup = if inst.ready_at.is_some() {
-        Ok(())
-    } else {
-        Err(StartupReason::NotStarted)
-    };
     let phase = inst.phase();
     let connected_r = if inst.connected {
         Ok(())
@@ -517,7 +517,7 @@ fn worker(name: &WorkerName, w: &Worker, t: &Thresholds, now: Instant) -> Worker
         expected: w.expected,
         connected: inst.connected,
         pid,
-        startup,
+        startup: Ok(()),
         ready,
         live,
         diagnosis,
@@ -545,15 +545,15 @@ fn absent(name: &WorkerName, w: &Worker, pid: PidStatus) -> WorkerVerdict {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use vitals_proto::message::{CheckReport, WorkerMessage};
 
     use super::*;
-    use crate::procwatch::{ProcSample, SampleError};
+    use crate::proc::{ProcSample, SampleError};
     use crate::registry::tests::{beat, hello, name, phase, PEER};
     use crate::registry::{PeerCred, ProcTarget};
 
-    const T: Thresholds = Thresholds {
+    pub(crate) const T: Thresholds = Thresholds {
         hang: Duration::from_secs(10),
         stall: Duration::from_secs(30),
         load_stall: Duration::from_secs(300),
@@ -691,12 +691,12 @@ mod tests {
     }
 
     #[test]
-    fn loading_worker_is_live_but_not_started_nor_ready() {
+    fn loading_worker_is_started_and_live_but_not_ready() {
         let mut w = World::new(&["model"]);
         w.hello("model", "a", s(0));
         w.send("model", phase(Phase::Loading, Some(1)), s(0));
         let v = w.v("model", s(1));
-        assert_eq!(v.startup, Err(StartupReason::NotStarted));
+        assert_eq!(v.startup, Ok(()), "startup passes at hello, not at ready");
         assert_eq!(v.ready, Err(ReadyReason::Phase(Some(Phase::Loading))));
         assert_eq!(
             v.ready.as_ref().map_err(ToString::to_string),
@@ -866,15 +866,45 @@ mod tests {
     }
 
     #[test]
-    fn restart_fails_startup_again_until_ready() {
+    fn a_restarted_instance_starts_at_its_own_hello() {
         let mut w = World::ready("model");
         w.close("model", s(1));
+        w.gone("model");
+        assert_eq!(
+            w.v("model", s(1)).startup,
+            Err(StartupReason::NotConnected),
+            "between instances"
+        );
         w.hello("model", "b", s(2));
         w.send("model", phase(Phase::Loading, None), s(2));
-        assert_eq!(w.v("model", s(2)).startup, Err(StartupReason::NotStarted));
+        assert_eq!(w.v("model", s(2)).startup, Ok(()));
         assert_eq!(w.state.workers[&name("model")].restarts, 1);
-        w.send("model", phase(Phase::Ready, None), s(3));
-        assert_eq!(w.v("model", s(3)).startup, Ok(()));
+    }
+
+    #[test]
+    fn a_long_load_stays_started_and_a_stuck_one_is_left_to_liveness() {
+        let mut w = World::new(&["model"]);
+        w.hello("model", "a", s(0));
+        // Twenty minutes of loading, progress every minute: started and live throughout.
+        for minute in 0..20 {
+            w.send("model", beat(minute), s(minute * 60));
+            w.send("model", phase(Phase::Loading, Some(minute)), s(minute * 60));
+            let v = w.v("model", s(minute * 60 + 5));
+            assert_eq!((v.startup, v.live), (Ok(()), Ok(())), "minute {minute}");
+        }
+        // Then the load freezes (heartbeats still come): liveness fails, startup stays passed.
+        let frozen = 19 * 60;
+        for t in (frozen + 5..=frozen + 300).step_by(5) {
+            w.send("model", beat(t), s(t));
+        }
+        let v = w.v("model", s(frozen + 300));
+        assert_eq!(v.live, Err(LiveReason::LoadStalled));
+        assert_eq!(v.startup, Ok(()), "once started, liveness decides");
+        assert_eq!(
+            v.ready,
+            Err(ReadyReason::Live(LiveReason::LoadStalled)),
+            "and readiness says why"
+        );
     }
 
     #[test]

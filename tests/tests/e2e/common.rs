@@ -44,6 +44,31 @@ pub fn kubelet() -> Vec<(&'static str, ProbeWorker)> {
 }
 
 /// Asserts every probe of `path` in `[from, to)` passed, and that there was at least one.
+/// When `path` first passed between `from` and `to`, after failing only for reasons
+/// `accept` allows: the moment a probe flips, checked as the kubelet would have seen it.
+pub fn first_pass(
+    pod: &Pod,
+    path: &str,
+    from: Duration,
+    to: Duration,
+    accept: impl Fn(&str) -> bool,
+) -> Duration {
+    let probes = pod.timeline.probes(path, from, to);
+    for e in &probes {
+        if e.passed == Some(true) {
+            return e.at;
+        }
+        let reason = e.reason().unwrap_or_default();
+        assert!(
+            accept(reason),
+            "{path} failed at {:.3}s for an unexpected reason: {}",
+            e.at.as_secs_f64(),
+            e.detail
+        );
+    }
+    panic!("{path} never passed between {from:?} and {to:?}");
+}
+
 pub fn assert_all_pass(pod: &Pod, path: &str, from: Duration, to: Duration, why: &str) {
     let probes = pod.timeline.probes(path, from, to);
     assert!(

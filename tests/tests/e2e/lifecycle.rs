@@ -74,16 +74,14 @@ fn s01_cold_start_under_load() {
         "readiness while loading",
         loading_reasons,
     );
-    // Startup passes at the same moment as readiness, but the two are sampled
-    // independently: a startup pass up to one watch period before `ready` is that moment.
-    assert_all_fail(
-        &pod,
-        STARTED,
-        spawned,
-        ready.saturating_sub(WATCH_PERIOD),
-        "startup while loading",
-        |r| r == "not_connected" || r == "not_started",
+    // SPEC §2: startup passes once the worker is connected and live (its hello), long
+    // before it is ready; until then the only reason is `not_connected`.
+    let started = first_pass(&pod, STARTED, spawned, end, |r| r == "not_connected");
+    assert!(
+        started + WATCH_PERIOD < ready,
+        "startup passed at {started:?}, not while loading (ready at {ready:?})"
     );
+    assert_all_pass(&pod, STARTED, started, end, "startup from hello on");
     assert_all_pass(
         &pod,
         LIVE,

@@ -1,0 +1,129 @@
+//! Reading one process from /proc: its state letter, CPU time, memory, threads and start
+//! time, behind [`ProcSource`] so the registry and verdict tests feed fixtures instead.
+//!
+//! This module only reads; [`crate::procwatch`] decides when, and the registry what a
+//! sample means.
+
+use std::time::Instant;
+
+/// One reading of `/proc/<pid>/stat`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcSample {
+    /// When it was taken (monotonic).
+    pub taken_at: Instant,
+    /// The state letter (`R`, `S`, `D`, `T`, `t`, `Z`, ...).
+    pub state: char,
+    /// User + system CPU time so far.
+    pub cpu_seconds: f64,
+    /// Resident set size.
+    pub rss_bytes: u64,
+    /// Thread count.
+    pub threads: u64,
+    /// Start time in clock ticks after boot: tells a reused pid from the original.
+    pub start_time: u64,
+}
+
+impl ProcSample {
+    /// Stopped by a signal or a tracer (`T`, `t`).
+    pub fn is_stopped(&self) -> bool {
+        matches!(self.state, 'T' | 't')
+    }
+
+    /// In uninterruptible sleep (`D`).
+    pub fn is_uninterruptible(&self) -> bool {
+        self.state == 'D'
+    }
+
+    /// A zombie or dead entry: the process has exited.
+    pub fn is_dead(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// Why a pid could not be sampled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SampleError {
+    /// No such process (any more).
+    #[error("process {0} does not exist")]
+    Gone(u32),
+    /// /proc could not be read for another reason (permissions, format).
+    #[error("cannot read /proc/{pid}/stat: {message}")]
+    Unreadable {
+        /// The pid.
+        pid: u32,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Where samples come from: the real /proc, or fixtures in tests.
+pub trait ProcSource: Send + Sync + 'static {
+    /// Samples one pid now.
+    fn sample(&self, pid: u32) -> Result<ProcSample, SampleError>;
+}
+
+/// The real /proc, through the procfs crate.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveProc {
+    ticks_per_second: u64,
+    page_size: u64,
+}
+
+impl Default for LiveProc {
+    fn default() -> Self {
+        Self {
+            ticks_per_second: procfs::ticks_per_second().max(1),
+            page_size: procfs::page_size(),
+        }
+    }
+}
+
+impl ProcSource for LiveProc {
+    fn sample(&self, pid: u32) -> Result<ProcSample, SampleError> {
+        let unreadable = |e: procfs::ProcError| match e {
+            procfs::ProcError::NotFound(_) => SampleError::Gone(pid),
+            other => SampleError::Unreadable {
+                pid,
+                message: other.to_string(),
+            },
+        };
+        let id = i32::try_from(pid).map_err(|_| SampleError::Gone(pid))?;
+        let stat = procfs::process::Process::new(id)
+            .and_then(|p| p.stat())
+            .map_err(unreadable)?;
+        Ok(ProcSample {
+            taken_at: Instant::now(),
+            state: stat.state,
+            cpu_seconds: (stat.utime + stat.stime) as f64 / self.ticks_per_second as f64,
+            rss_bytes: stat.rss.saturating_mul(self.page_size),
+            threads: u64::try_from(stat.num_threads).unwrap_or(0),
+            start_time: stat.starttime,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_this_process() {
+        let s = LiveProc::default()
+            .sample(std::process::id())
+            .expect("own pid is readable");
+        assert!(matches!(s.state, 'R' | 'S'), "state {}", s.state);
+        assert!(s.threads >= 1);
+        assert!(s.rss_bytes > 0);
+        assert!(s.start_time > 0);
+        assert!(!s.is_dead() && !s.is_stopped() && !s.is_uninterruptible());
+    }
+
+    #[test]
+    fn a_missing_pid_is_gone() {
+        // Above the kernel's pid_max limit (4194304): never a live process.
+        assert_eq!(
+            LiveProc::default().sample(4_194_305 + 7),
+            Err(SampleError::Gone(4_194_312))
+        );
+    }
+}
