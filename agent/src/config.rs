@@ -4,8 +4,9 @@
 //! Values are checked here, once, so a bad flag fails at start with a clear message and a
 //! non-zero exit instead of surprising the kubelet later.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -13,6 +14,8 @@ use vitals_proto::WorkerName;
 
 use crate::inject::InjectArgs;
 use crate::status::StatusArgs;
+use crate::upstream;
+use crate::upstream::config::{UpstreamSpec, UpstreamsError};
 use crate::verdict::Thresholds;
 
 /// `vitals-agent`: the pod's single probe port.
@@ -105,10 +108,19 @@ pub struct RunArgs {
     /// kept-alive connection) take longer than this.
     #[arg(long, env = "VITALS_HEADER_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
+
+    /// Containers that don't speak the protocol, with their original probes (SPEC §8): a
+    /// JSON file, or the JSON itself (what `vitals-agent inject` puts in the env var).
+    #[arg(long, env = "VITALS_UPSTREAMS", value_name = "FILE|JSON")]
+    pub upstreams: Option<String>,
+
+    /// The pod's IP (downward API); upstreams are probed there, else on 127.0.0.1.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<IpAddr>,
 }
 
 /// A value `run` cannot work with, found after parsing.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A duration that must be positive is zero.
     #[error("--{0} must be greater than zero")]
@@ -116,6 +128,18 @@ pub enum ConfigError {
     /// `--max-connections 0` would refuse every probe.
     #[error("--max-connections must be at least 1")]
     NoConnections,
+    /// The upstreams file could not be read.
+    #[error("--upstreams {path}: {source}")]
+    UpstreamsFile {
+        /// The path given.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The upstreams configuration is invalid (the message names the field).
+    #[error(transparent)]
+    Upstreams(#[from] UpstreamsError),
 }
 
 /// Validated settings of `vitals-agent run`.
@@ -141,6 +165,10 @@ pub struct Config {
     pub max_connections: usize,
     /// HTTP header read (and keep-alive idle) bound.
     pub header_timeout: Duration,
+    /// Containers watched through their own probes (SPEC §8).
+    pub upstreams: Vec<Arc<UpstreamSpec>>,
+    /// Where the upstreams are probed (`None`: 127.0.0.1).
+    pub pod_ip: Option<IpAddr>,
 }
 
 impl TryFrom<RunArgs> for Config {
@@ -165,6 +193,23 @@ impl TryFrom<RunArgs> for Config {
         let mut expect = a.expect;
         expect.sort();
         expect.dedup();
+        let upstreams = match a.upstreams.as_deref().map(str::trim) {
+            None | Some("") => Vec::new(),
+            Some(text) => {
+                let json = if text.starts_with('{') {
+                    text.to_owned()
+                } else {
+                    std::fs::read_to_string(text).map_err(|source| ConfigError::UpstreamsFile {
+                        path: text.to_owned(),
+                        source,
+                    })?
+                };
+                upstream::config::parse(&json, &expect)?
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect()
+            }
+        };
         Ok(Config {
             listen: a.listen,
             socket: a.socket,
@@ -181,6 +226,8 @@ impl TryFrom<RunArgs> for Config {
             log_format: a.log_format,
             max_connections: a.max_connections,
             header_timeout: a.header_timeout,
+            upstreams,
+            pod_ip: a.pod_ip,
         })
     }
 }
@@ -294,14 +341,39 @@ mod tests {
             assert!(run_args(bad).is_err(), "{bad:?} must be refused");
         }
         let zero = run_args(&["--proc-interval", "0s"]).expect("parses");
-        assert_eq!(
-            Config::try_from(zero).err(),
-            Some(ConfigError::ZeroDuration("proc-interval"))
-        );
+        assert!(matches!(
+            Config::try_from(zero),
+            Err(ConfigError::ZeroDuration("proc-interval"))
+        ));
         let none = run_args(&["--max-connections", "0"]).expect("parses");
-        assert_eq!(
-            Config::try_from(none).err(),
-            Some(ConfigError::NoConnections)
+        assert!(matches!(
+            Config::try_from(none),
+            Err(ConfigError::NoConnections)
+        ));
+    }
+
+    #[test]
+    fn upstreams_from_a_file_or_inline_json() {
+        let json = r#"{"vllm": {"readinessProbe": {"httpGet": {"path": "/health", "port": 8000}}, "metrics": "vllm"}}"#;
+        let inline = run_args(&["--upstreams", json, "--pod-ip", "10.1.2.3"]).expect("parses");
+        let c = Config::try_from(inline).expect("valid");
+        assert_eq!(c.upstreams.len(), 1);
+        assert_eq!(c.upstreams[0].name.as_str(), "vllm");
+        assert_eq!(c.pod_ip, Some("10.1.2.3".parse().expect("ip")));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("u.json");
+        std::fs::write(&file, json).expect("write");
+        let path = file.to_string_lossy().into_owned();
+        let from_file = Config::try_from(run_args(&["--upstreams", &path]).expect("parses"));
+        assert_eq!(from_file.expect("valid").upstreams.len(), 1);
+        let missing =
+            Config::try_from(run_args(&["--upstreams", "/nonexistent/u.json"]).expect("parses"));
+        assert!(matches!(missing, Err(ConfigError::UpstreamsFile { .. })));
+        let clash = run_args(&["--upstreams", json, "--expect", "vllm"]).expect("parses");
+        let e = Config::try_from(clash).expect_err("a name in both");
+        assert!(
+            e.to_string().contains("vllm: also named by --expect"),
+            "{e}"
         );
     }
 }

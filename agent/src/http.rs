@@ -249,8 +249,7 @@ fn handle<B>(ctx: &Context, req: &Request<B>) -> Response<Full<Bytes>> {
                 Some(name) => match verdicts.worker(probe, name) {
                     Some(answer) => (answer, name),
                     None => {
-                        let known: Vec<_> =
-                            verdicts.workers.iter().map(|w| w.name.as_str()).collect();
+                        let known: Vec<_> = verdicts.names().collect();
                         let known = if known.is_empty() {
                             "none".to_owned()
                         } else {

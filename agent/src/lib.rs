@@ -2,9 +2,9 @@
 //! socket, the agent adds what /proc shows, and answers the kubelet's probes and
 //! Prometheus' scrapes from memory, at once, whatever the workers do.
 //!
-//! State flows one way: [`socket`] and [`procwatch`] write the [`registry`]; a
-//! [`snapshot`] of it is judged by [`verdict`] and rendered by [`http`], [`metrics`],
-//! [`ticker`] and [`status`]. Each task gets the narrow handles it needs, not a hub.
+//! State flows one way: [`socket`], [`procwatch`] and the [`upstream`] probers write the
+//! [`registry`]; a [`snapshot`] of it is judged by [`verdict`] and rendered by [`http`],
+//! [`metrics`], [`ticker`] and [`status`]. Each task gets the narrow handles it needs, not a hub.
 //! [`run`] wires them; the binary and the integration tests call the same `run`.
 
 pub mod config;
@@ -113,6 +113,7 @@ pub async fn run_with(
     let unix = tokio::net::UnixListener::from_std(unix)?;
     let started_at = Instant::now();
     let registry = Arc::new(Registry::new(&config.expect));
+    registry.update(|state| state.add_upstreams(&config.upstreams));
     let health = Arc::new(AgentHealth::new(started_at));
     let snapshots = Snapshots::new(
         Arc::clone(&registry),
@@ -157,10 +158,24 @@ pub async fn run_with(
     tasks.spawn(ticker::run(
         snapshots,
         Arc::clone(&health),
-        metrics,
+        Arc::clone(&metrics),
         transitions,
         stop.clone(),
     ));
+    upstream::run::spawn(
+        &tasks,
+        &upstream::run::Context {
+            registry: Arc::clone(&registry),
+            metrics: Arc::clone(&metrics),
+            host: upstream::run::host(config.pod_ip),
+            stall_timeout: config.thresholds.stall,
+            proc_interval: config.proc_interval,
+            proc_source: Arc::clone(&proc_source),
+            proc_root: std::path::PathBuf::from("/proc"),
+        },
+        &config.upstreams,
+        &stop,
+    );
     tasks.spawn(procwatch::watch(
         registry,
         proc_source,

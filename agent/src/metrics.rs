@@ -17,6 +17,8 @@ use prometheus::{
 use vitals_proto::{ErrorCode, Phase};
 
 use crate::snapshot::Snapshot;
+use crate::upstream::config::ProbeKind;
+use crate::upstream::probe::Outcome;
 use crate::verdict::{LiveReason, Probe};
 
 /// The metric name prefix.
@@ -26,6 +28,10 @@ const NAMESPACE: &str = "vitals";
 const PROBE_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1,
 ];
+
+/// Upstream answer latency buckets: from a local server's sub-millisecond answer to a
+/// probe's longest timeouts.
+const UPSTREAM_BUCKETS: &[f64] = &[0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// How far each worker's mirrored counters have been advanced.
 #[derive(Debug, Default)]
@@ -57,6 +63,8 @@ pub struct Metrics {
     threads: IntGaugeVec,
     protocol_errors: IntCounterVec,
     unknown_messages: IntCounter,
+    upstream_probe_duration: HistogramVec,
+    upstream_probe_results: IntCounterVec,
     cursors: Mutex<HashMap<String, Cursor>>,
 }
 
@@ -117,6 +125,17 @@ impl Metrics {
         register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
+        let upstream_probe_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "upstream_probe_duration_seconds",
+                "Time an upstream took to answer the agent's run of its own probe (SPEC §8), by probe (startup, liveness, readiness).",
+            )
+            .namespace(NAMESPACE)
+            .buckets(UPSTREAM_BUCKETS.to_vec()),
+            &["worker", "probe"],
+        )
+        .expect("histogram options are valid constants");
+        register(Box::new(upstream_probe_duration.clone()));
         Self {
             probe_requests: metric!(
                 IntCounterVec,
@@ -181,6 +200,13 @@ impl Metrics {
             threads: metric!(IntGaugeVec, "worker_process_threads", "Threads of the worker's process, from /proc.", w),
             protocol_errors,
             unknown_messages,
+            upstream_probe_duration,
+            upstream_probe_results: metric!(
+                IntCounterVec,
+                "upstream_probe_results_total",
+                "Runs of an upstream's own probes, by probe and result (pass, or the failure: status, timeout, refused, reset, redirects, protocol, grpc, error).",
+                &["worker", "probe", "result"]
+            ),
             cursors: Mutex::default(),
             registry,
         }
@@ -195,6 +221,20 @@ impl Metrics {
         self.probe_duration
             .with_label_values(&[probe.as_str()])
             .observe(took.as_secs_f64());
+    }
+
+    /// Records one run of an upstream's probe.
+    pub fn upstream_probe(&self, worker: &str, kind: ProbeKind, outcome: &Outcome) {
+        let result = match &outcome.result {
+            Ok(_) => "pass",
+            Err(f) => f.kind(),
+        };
+        self.upstream_probe_results
+            .with_label_values(&[worker, kind.label(), result])
+            .inc();
+        self.upstream_probe_duration
+            .with_label_values(&[worker, kind.label()])
+            .observe(outcome.latency.as_secs_f64());
     }
 
     /// Counts a protocol error.
@@ -298,6 +338,48 @@ impl Metrics {
                     self.rss.with_label_values(l);
                     self.threads.with_label_values(l);
                 }
+            }
+        }
+        drop(cursors);
+        self.refresh_upstreams(snapshot);
+    }
+
+    /// The per-worker series of each upstream (SPEC §8): verdicts, its busy and pending
+    /// gauges re-exported as `worker_in_flight` and `worker_pending`, its process.
+    fn refresh_upstreams(&self, snapshot: &Snapshot) {
+        let (state, verdicts) = (&snapshot.state, &snapshot.verdicts);
+        for (name, u) in &state.upstreams {
+            let n = name.as_str();
+            let l = &[n];
+            let v = verdicts.get_upstream(n);
+            let flag = |ok: Option<bool>| i64::from(ok.unwrap_or(false));
+            self.ready
+                .with_label_values(l)
+                .set(flag(v.map(|v| v.ready.is_ok())));
+            self.live
+                .with_label_values(l)
+                .set(flag(v.map(|v| v.live.is_ok())));
+            for reason in LiveReason::ALL {
+                self.hangs.with_label_values(&[n, reason.as_str()]);
+            }
+            for kind in u.spec.probes.keys() {
+                self.upstream_probe_duration
+                    .with_label_values(&[n, kind.label()]);
+            }
+            if u.spec.metrics.is_some() {
+                // The latest page, while scrapes succeed: a failing one leaves no evidence.
+                let latest = u.stall.last().filter(|_| u.scrape_failure.is_none());
+                let gauge = |v: Option<f64>| v.map_or(0, |v| v.clamp(0.0, i64::MAX as f64) as i64);
+                self.in_flight
+                    .with_label_values(l)
+                    .set(gauge(latest.and_then(|r| r.busy)));
+                self.pending
+                    .with_label_values(l)
+                    .set(gauge(latest.and_then(|r| r.pending)));
+            }
+            if let Some(s) = u.proc.latest.as_ref().filter(|_| !u.proc.gone) {
+                self.rss.with_label_values(l).set(clamp(s.rss_bytes));
+                self.threads.with_label_values(l).set(clamp(s.threads));
             }
         }
     }

@@ -20,6 +20,8 @@ use vitals_proto::message::{
 use vitals_proto::{Phase, WorkerName};
 
 use crate::proc::{ProcSample, SampleError};
+use crate::upstream::config::UpstreamSpec;
+use crate::upstream::state::UpstreamState;
 
 /// The shared registry. Writers (the socket server, the /proc watcher) apply in-memory
 /// updates under a lock held for those assignments only; readers get the current state
@@ -228,11 +230,15 @@ pub struct ProcTarget {
     pub pid: u32,
 }
 
-/// Everything the agent knows about workers: the snapshot verdicts are computed from.
+/// Everything the agent knows about workers and upstreams: the snapshot verdicts are
+/// computed from.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct State {
     /// Known workers by name.
     pub workers: BTreeMap<WorkerName, Worker>,
+    /// Upstreams (SPEC §8) by container name, fixed at start; their probers, scraper and
+    /// /proc watcher write here.
+    pub upstreams: BTreeMap<WorkerName, UpstreamState>,
 }
 
 impl State {
@@ -248,7 +254,29 @@ impl State {
                 (name.clone(), worker)
             })
             .collect();
-        Self { workers }
+        Self {
+            workers,
+            upstreams: BTreeMap::new(),
+        }
+    }
+
+    /// Adds the upstreams to watch (at start).
+    pub fn add_upstreams(&mut self, specs: &[Arc<UpstreamSpec>]) {
+        for spec in specs {
+            self.upstreams
+                .insert(spec.name.clone(), UpstreamState::new(Arc::clone(spec)));
+        }
+    }
+
+    /// The pids of the protocol workers' processes (for the upstreams' cgroup fallback).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.workers
+            .values()
+            .filter_map(|w| match w.instance.as_ref()?.proc.mode {
+                ProcMode::On(pid) => Some(pid),
+                ProcMode::Off(_) => None,
+            })
+            .collect()
     }
 
     /// Registers a connection's `hello`. Fails when another connection holds the name;

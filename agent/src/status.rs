@@ -20,7 +20,10 @@ use vitals_proto::message::{CheckReport, Heartbeat, Progress};
 use crate::registry::ProcMode;
 use crate::snapshot::Snapshot;
 use crate::ticker::{rfc3339, Transition, TransitionLog};
-use crate::verdict::{pid_status, PidStatus, Probe};
+use crate::upstream::config::Action;
+use crate::upstream::discover::Method;
+use crate::upstream::state::UpstreamState;
+use crate::verdict::{pid_status, PidStatus, Probe, UpstreamVerdict};
 
 /// Pass or fail, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +155,86 @@ pub struct WorkerDoc {
     pub instance: Option<InstanceDoc>,
 }
 
+/// The latest run of one of an upstream's own probes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamProbeDoc {
+    /// `startup`, `liveness` or `readiness`.
+    pub probe: String,
+    /// What it does: `GET :8000/health`, `tcp :8001`, `grpc :8001`.
+    pub action: String,
+    /// `periodSeconds`.
+    pub period_seconds: f64,
+    /// `timeoutSeconds`.
+    pub timeout_seconds: f64,
+    /// The latest result; `None` before the first one.
+    pub result: Option<VerdictDoc>,
+    /// Seconds since that result's probe started.
+    pub age_seconds: Option<f64>,
+    /// How long the upstream took to answer (or fail), in milliseconds.
+    pub latency_ms: Option<f64>,
+}
+
+/// What an upstream's own metrics say (SPEC §8 `metrics`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamMetricsDoc {
+    /// The built-in profile, or `None` for a custom one.
+    pub profile: Option<String>,
+    /// Where they are scraped (`:8000/metrics`).
+    pub endpoint: String,
+    /// The sum of the `work` counters in the latest page.
+    pub work: Option<f64>,
+    /// Seconds the engine has been busy without a work counter moving (0 while idle).
+    pub busy_without_work_seconds: f64,
+    /// Sum of the busy gauges.
+    pub busy: Option<f64>,
+    /// Sum of the pending gauges.
+    pub pending: Option<f64>,
+    /// Seconds since the latest page was read.
+    pub page_age_seconds: Option<f64>,
+    /// Why the latest scrape failed, if it did.
+    pub scrape_error: Option<String>,
+}
+
+/// An upstream's process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamProcDoc {
+    /// Its pid, once found.
+    pub pid: Option<u32>,
+    /// `socket` (holds the listening socket) or `cgroup` (the only other container).
+    pub found_by: Option<String>,
+    /// Why /proc checks are off, when it could not be found.
+    pub off_reason: Option<String>,
+    /// `exists`, `gone` or `unknown`.
+    pub process: String,
+    /// The latest /proc state letter.
+    pub state: Option<String>,
+    /// Resident memory.
+    pub rss_bytes: Option<u64>,
+}
+
+/// One upstream: a container watched through its own probes (SPEC §8).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamDoc {
+    /// The container.
+    pub name: String,
+    /// Always `upstream`.
+    pub kind: String,
+    /// `/livez/{name}`.
+    pub live: VerdictDoc,
+    /// `/readyz/{name}`.
+    pub ready: VerdictDoc,
+    /// `/startupz/{name}`.
+    pub startup: VerdictDoc,
+    /// Its probes' latest results.
+    pub probes: Vec<UpstreamProbeDoc>,
+    /// The metrics profile's name, if any.
+    pub profile: Option<String>,
+    /// Its metrics, when configured.
+    pub metrics: Option<UpstreamMetricsDoc>,
+    /// Its process.
+    pub proc: UpstreamProcDoc,
+}
+
 /// The `/status` document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusDoc {
@@ -159,6 +242,9 @@ pub struct StatusDoc {
     pub agent: AgentDoc,
     /// Every known worker, by name.
     pub workers: Vec<WorkerDoc>,
+    /// Every upstream, by name (absent from older agents' documents).
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamDoc>,
     /// The last verdict transitions, oldest first.
     pub transitions: Vec<Transition>,
 }
@@ -282,10 +368,99 @@ fn build(snapshot: &Snapshot, facts: &AgentFacts, transitions: Vec<Transition>) 
             })
         })
         .collect();
+    let upstreams = state
+        .upstreams
+        .iter()
+        .filter_map(|(name, u)| Some(upstream_doc(u, v.get_upstream(name.as_str())?, now)))
+        .collect();
     StatusDoc {
         agent,
         workers,
+        upstreams,
         transitions,
+    }
+}
+
+fn action_text(a: &Action) -> String {
+    match a {
+        Action::Http(h) => format!(
+            "GET {}:{}{}",
+            h.host.as_deref().unwrap_or(""),
+            h.port,
+            h.path
+        ),
+        Action::Tcp { port, host } => format!("tcp {}:{port}", host.as_deref().unwrap_or("")),
+        Action::Grpc { port, service } if service.is_empty() => format!("grpc :{port}"),
+        Action::Grpc { port, service } => format!("grpc :{port} {service}"),
+    }
+}
+
+fn upstream_doc(u: &UpstreamState, uv: &UpstreamVerdict, now: Instant) -> UpstreamDoc {
+    let probes = u
+        .spec
+        .probes
+        .iter()
+        .map(|(kind, spec)| {
+            let last = u.probes.get(kind);
+            UpstreamProbeDoc {
+                probe: kind.label().to_owned(),
+                action: action_text(&spec.action),
+                period_seconds: secs(spec.period),
+                timeout_seconds: secs(spec.timeout),
+                result: last.map(|o| VerdictDoc::of(&o.result.as_ref().map(|_| ()))),
+                age_seconds: last.map(|o| secs(now.saturating_duration_since(o.started))),
+                latency_ms: last.map(|o| (o.latency.as_secs_f64() * 1e6).round() / 1e3),
+            }
+        })
+        .collect();
+    let metrics = u.spec.metrics.as_ref().map(|m| {
+        let last = u.stall.last();
+        UpstreamMetricsDoc {
+            profile: m.profile.map(str::to_owned),
+            endpoint: format!(":{}{}", m.port, m.path),
+            work: last.and_then(|r| r.work.iter().flatten().copied().reduce(|a, b| a + b)),
+            busy_without_work_seconds: secs(u.stall.stalled_for(now)),
+            busy: last.and_then(|r| r.busy),
+            pending: last.and_then(|r| r.pending),
+            page_age_seconds: last.map(|r| secs(now.saturating_duration_since(r.at))),
+            scrape_error: u.scrape_failure.as_ref().map(|f| f.error.clone()),
+        }
+    });
+    let p = &u.proc;
+    let latest = p.latest.as_ref();
+    UpstreamDoc {
+        name: uv.name.to_string(),
+        kind: "upstream".to_owned(),
+        live: VerdictDoc::of(&uv.live),
+        ready: VerdictDoc::of(&uv.ready),
+        startup: VerdictDoc::of(&uv.startup),
+        probes,
+        profile: u
+            .spec
+            .metrics
+            .as_ref()
+            .and_then(|m| m.profile)
+            .map(str::to_owned),
+        metrics,
+        proc: UpstreamProcDoc {
+            pid: p.found.as_ref().ok().map(|f| f.pid),
+            found_by: p.found.as_ref().ok().map(|f| {
+                match f.method {
+                    Method::Socket => "socket",
+                    Method::Cgroup => "cgroup",
+                }
+                .to_owned()
+            }),
+            off_reason: p.found.as_ref().err().map(ToString::to_string),
+            process: match uv.pid {
+                PidStatus::Exists => "exists",
+                PidStatus::Gone => "gone",
+                PidStatus::Unknown => "unknown",
+            }
+            .to_owned(),
+            state: latest.map(|s| s.state.to_string()),
+            rss_bytes: latest.map(|s| s.rss_bytes),
+        },
     }
 }
 
@@ -537,7 +712,7 @@ pub fn render(doc: &StatusDoc) -> String {
     for row in &rows {
         line(row);
     }
-    if doc.workers.is_empty() {
+    if doc.workers.is_empty() && doc.upstreams.is_empty() {
         out.push_str("(no workers expected or connected)\n");
     }
     if doc.workers.iter().any(|w| !w.expected) {
@@ -572,6 +747,10 @@ pub fn render(doc: &StatusDoc) -> String {
         out.push_str(&notes.join("\n"));
         out.push('\n');
     }
+    if !doc.upstreams.is_empty() {
+        out.push('\n');
+        out.push_str(&render_upstreams(&doc.upstreams));
+    }
     if !doc.transitions.is_empty() {
         out.push_str("\nrecent transitions:\n");
         for t in doc.transitions.iter().rev().take(8).rev() {
@@ -584,6 +763,106 @@ pub fn render(doc: &StatusDoc) -> String {
                 t.from.as_deref().unwrap_or("-"),
                 t.to
             );
+        }
+    }
+    out
+}
+
+/// The upstreams' table: verdicts, each probe's last result (age, latency), the metrics
+/// (the work counter and how long it has stood still while busy) and the process.
+fn render_upstreams(ups: &[UpstreamDoc]) -> String {
+    let header = [
+        "UPSTREAM",
+        "LIVE",
+        "READY",
+        "STARTUP",
+        "LAST PROBES",
+        "METRICS",
+        "PID",
+    ];
+    let rows: Vec<[String; 7]> = ups
+        .iter()
+        .map(|u| {
+            let probes: Vec<String> = u
+                .probes
+                .iter()
+                .map(|p| match (&p.result, p.age_seconds, p.latency_ms) {
+                    (Some(r), Some(age), Some(ms)) => format!(
+                        "{} {} {} ago {ms:.0}ms",
+                        p.probe,
+                        r.text(),
+                        duration_text(age)
+                    ),
+                    _ => format!("{} (no result yet)", p.probe),
+                })
+                .collect();
+            let metrics = u.metrics.as_ref().map_or_else(
+                || "-".to_owned(),
+                |m| {
+                    let mut t = m.profile.clone().unwrap_or_else(|| "custom".to_owned());
+                    match m.work {
+                        Some(w) => {
+                            let _ = write!(t, ": work {w}");
+                            if m.busy_without_work_seconds > 0.0 {
+                                let _ = write!(
+                                    t,
+                                    " (unmoved {} while busy)",
+                                    duration_text(m.busy_without_work_seconds)
+                                );
+                            }
+                            let _ = write!(
+                                t,
+                                ", {} busy, {} pending",
+                                m.busy.unwrap_or(0.0),
+                                m.pending.unwrap_or(0.0)
+                            );
+                        }
+                        None => t.push_str(": no page yet"),
+                    }
+                    if let Some(e) = &m.scrape_error {
+                        let _ = write!(t, " (scrape: {e})");
+                    }
+                    t
+                },
+            );
+            let pid = match (&u.proc.pid, &u.proc.found_by) {
+                (Some(pid), Some(by)) if u.proc.process == "gone" => format!("{pid} (gone, {by})"),
+                (Some(pid), Some(by)) => format!("{pid} ({by})"),
+                _ => "- (no /proc)".to_owned(),
+            };
+            [
+                u.name.clone(),
+                u.live.text(),
+                u.ready.text(),
+                u.startup.text(),
+                if probes.is_empty() {
+                    "-".to_owned()
+                } else {
+                    probes.join(", ")
+                },
+                metrics,
+                pid,
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for cells in std::iter::once(header.map(str::to_owned)).chain(rows) {
+        let mut l = String::new();
+        for (cell, w) in cells.iter().zip(widths) {
+            let _ = write!(l, "{cell:<w$}  ");
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    }
+    for u in ups {
+        if let Some(why) = &u.proc.off_reason {
+            let _ = writeln!(out, "  {}: /proc off: {why}", u.name);
         }
     }
     out
@@ -603,6 +882,7 @@ mod tests {
             reason: Some(r.into()),
         };
         StatusDoc {
+            upstreams: Vec::new(),
             agent: AgentDoc {
                 version: "0.1.0".into(),
                 started_at: "2024-01-01T00:00:00.000Z".into(),

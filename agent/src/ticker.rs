@@ -76,10 +76,10 @@ fn outcomes(v: &Verdicts) -> Vec<((String, Probe), String)> {
             outcome(v.aggregate(probe).reason.as_deref()),
         ));
     }
-    for w in &v.workers {
+    for name in v.names() {
         for probe in Probe::ALL {
-            let reason = v.worker(probe, w.name.as_str()).and_then(|a| a.reason);
-            all.push(((w.name.to_string(), probe), outcome(reason.as_deref())));
+            let reason = v.worker(probe, name).and_then(|a| a.reason);
+            all.push(((name.to_owned(), probe), outcome(reason.as_deref())));
         }
     }
     all
@@ -125,10 +125,22 @@ impl Tracker {
             });
             self.last.insert(key, now);
         }
-        for w in &v.workers {
-            let before = self.live.insert(w.name.to_string(), w.live);
-            if let (Some(Ok(())) | None, Err(reason)) = (before, w.live) {
-                metrics.hang(w.name.as_str(), reason);
+        let lives =
+            v.workers
+                .iter()
+                .map(|w| (w.name.as_str(), w.live))
+                .chain(v.upstreams.iter().map(|u| {
+                    // Only the /proc and metrics reasons are hangs; a failing probe is not.
+                    let live = match &u.live {
+                        Err(r) => r.as_live().map_or(Ok(()), Err),
+                        Ok(()) => Ok(()),
+                    };
+                    (u.name.as_str(), live)
+                }));
+        for (name, live) in lives {
+            let before = self.live.insert(name.to_owned(), live);
+            if let (Some(Ok(())) | None, Err(reason)) = (before, live) {
+                metrics.hang(name, reason);
             }
         }
     }

@@ -1,5 +1,6 @@
-//! The verdict function (SPEC §2, §7): pure, from a registry [`State`] and `now` to the
-//! startup, ready and live verdict of every worker, the agent's own, and the aggregates.
+//! The verdict function (SPEC §2, §7, §8): pure, from a registry [`State`] and `now` to the
+//! startup, ready and live verdict of every worker and upstream, the agent's own, and the
+//! aggregates.
 //!
 //! This is the one place that decides why `/livez/model` fails: HTTP, metrics, the
 //! transition log and `/status` only render what [`evaluate`] returns. It does no I/O and
@@ -11,6 +12,9 @@ use std::time::{Duration, Instant};
 use vitals_proto::{Phase, WorkerName};
 
 use crate::registry::{Instance, ProcMode, State, Worker};
+use crate::upstream::config::ProbeKind;
+use crate::upstream::probe::Failure;
+use crate::upstream::state::UpstreamState;
 
 /// The agent's own liveness fails when its ticker has not run for this long (SPEC §7).
 pub const TICKER_LIMIT: Duration = Duration::from_secs(2);
@@ -279,6 +283,8 @@ pub struct Verdicts {
     pub agent_ready: Result<(), &'static str>,
     /// Each known worker, by name.
     pub workers: Vec<WorkerVerdict>,
+    /// Each upstream (SPEC §8), by name.
+    pub upstreams: Vec<UpstreamVerdict>,
 }
 
 fn err_string<E: fmt::Display>(r: &Result<(), E>) -> Result<(), String> {
@@ -307,6 +313,13 @@ impl Verdicts {
             Probe::Ready | Probe::Startup => None,
         });
         checks.extend(counted.map(|(w, r)| Check::new(w.name.as_str(), r)));
+        // Every upstream counts like an expected worker (SPEC §8).
+        let upstreams = self.upstreams.iter().filter_map(|u| match probe {
+            Probe::Live => None,
+            Probe::Ready => Some((u, err_string(&u.ready))),
+            Probe::Startup => Some((u, err_string(&u.startup))),
+        });
+        checks.extend(upstreams.map(|(u, r)| Check::new(u.name.as_str(), r)));
         let reason = checks.iter().find_map(|c| {
             let reason = c.reason.as_ref()?;
             Some(if c.name == "agent" {
@@ -322,8 +335,25 @@ impl Verdicts {
         }
     }
 
-    /// The answer of `/<probe>/<name>`; `None` for a name never expected nor seen.
+    /// One upstream's verdicts.
+    pub fn get_upstream(&self, name: &str) -> Option<&UpstreamVerdict> {
+        self.upstreams.iter().find(|u| u.name.as_str() == name)
+    }
+
+    /// Every name a per-container probe answers for: workers, then upstreams.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.workers
+            .iter()
+            .map(|w| w.name.as_str())
+            .chain(self.upstreams.iter().map(|u| u.name.as_str()))
+    }
+
+    /// The answer of `/<probe>/<name>` for a worker or an upstream; `None` for a name
+    /// never expected nor seen.
     pub fn worker(&self, probe: Probe, name: &str) -> Option<Answer> {
+        if let Some(u) = self.get_upstream(name) {
+            return Some(u.answer(probe));
+        }
         let w = self.get(name)?;
         let (reason, checks) = match probe {
             Probe::Live => {
@@ -362,6 +392,11 @@ pub fn evaluate(state: &State, agent: AgentInput, t: &Thresholds, now: Instant) 
             .workers
             .iter()
             .map(|(name, w)| worker(name, w, t, now))
+            .collect(),
+        upstreams: state
+            .upstreams
+            .iter()
+            .map(|(name, u)| upstream(name, u, t, now))
             .collect(),
     }
 }
@@ -541,6 +576,173 @@ fn absent(name: &WorkerName, w: &Worker, pid: PidStatus) -> WorkerVerdict {
             Check::new("connected", not_connected),
             Check::new("live", Ok(())),
         ],
+    }
+}
+
+/// Why an upstream's probe fails (SPEC §8), in precedence order (the derived `Ord` is that
+/// order): the /proc and metrics reasons first, by §7's order, then the process being
+/// gone (readiness only), then the container's own probe ([`UpstreamReason::rank`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamReason {
+    /// /proc state `T` for `--hang-timeout`.
+    Stopped,
+    /// /proc state `D` continuously for `--d-state-timeout`.
+    Uninterruptible,
+    /// Busy per its metrics, and no work counter moved for `--stall-timeout`.
+    LoopStalled,
+    /// Its process exited (readiness only: a restarting container's liveness is its own
+    /// probe's business).
+    ProcessGone,
+    /// Its own probe's latest result is a failure.
+    ProbeFailed(Failure),
+    /// Its own probe has not finished once yet.
+    NoResultYet,
+}
+
+impl fmt::Display for UpstreamReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stopped => f.write_str("stopped"),
+            Self::Uninterruptible => f.write_str("uninterruptible"),
+            Self::LoopStalled => f.write_str("loop_stalled"),
+            Self::ProcessGone => f.write_str("process gone"),
+            Self::ProbeFailed(why) => write!(f, "probe failed: {why}"),
+            Self::NoResultYet => f.write_str("no result yet"),
+        }
+    }
+}
+
+impl UpstreamReason {
+    /// Its place in the precedence order (declaration order): lower is reported first.
+    pub fn rank(&self) -> u8 {
+        match self {
+            Self::Stopped => 0,
+            Self::Uninterruptible => 1,
+            Self::LoopStalled => 2,
+            Self::ProcessGone => 3,
+            Self::ProbeFailed(_) => 4,
+            Self::NoResultYet => 5,
+        }
+    }
+
+    /// The liveness reason of the same name, for the per-reason hang counter.
+    pub fn as_live(&self) -> Option<LiveReason> {
+        match self {
+            Self::Stopped => Some(LiveReason::Stopped),
+            Self::Uninterruptible => Some(LiveReason::Uninterruptible),
+            Self::LoopStalled => Some(LiveReason::LoopStalled),
+            Self::ProcessGone | Self::ProbeFailed(_) | Self::NoResultYet => None,
+        }
+    }
+}
+
+/// The verdicts of one upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamVerdict {
+    /// The container.
+    pub name: WorkerName,
+    /// Whether its process exists, as far as /proc tells.
+    pub pid: PidStatus,
+    /// Startup: its startup probe's latest result.
+    pub startup: Result<(), UpstreamReason>,
+    /// Readiness: its readiness probe, live, and its process not gone.
+    pub ready: Result<(), UpstreamReason>,
+    /// Liveness: its liveness probe and the /proc and metrics rules.
+    pub live: Result<(), UpstreamReason>,
+    /// The parts of readiness: `live`, `process`, `readinessProbe`.
+    pub ready_checks: Vec<Check>,
+}
+
+impl UpstreamVerdict {
+    /// The answer of `/<probe>/<name>`.
+    pub fn answer(&self, probe: Probe) -> Answer {
+        let (result, checks) = match probe {
+            Probe::Live => {
+                let r = err_string(&self.live);
+                (r.clone(), vec![Check::new("live", r)])
+            }
+            Probe::Startup => {
+                let r = err_string(&self.startup);
+                (r.clone(), vec![Check::new("started", r)])
+            }
+            Probe::Ready => (err_string(&self.ready), self.ready_checks.clone()),
+        };
+        Answer {
+            probe,
+            reason: result.err(),
+            checks,
+        }
+    }
+}
+
+/// The latest result of `kind`: passes when the container did not have that probe.
+fn probe_result(u: &UpstreamState, kind: ProbeKind) -> Result<(), UpstreamReason> {
+    if !u.spec.probes.contains_key(&kind) {
+        return Ok(());
+    }
+    match u.probes.get(&kind).map(|o| &o.result) {
+        None => Err(UpstreamReason::NoResultYet),
+        Some(Ok(_)) => Ok(()),
+        Some(Err(why)) => Err(UpstreamReason::ProbeFailed(why.clone())),
+    }
+}
+
+/// Every verdict of one upstream at `now`.
+pub fn upstream(
+    name: &WorkerName,
+    u: &UpstreamState,
+    t: &Thresholds,
+    now: Instant,
+) -> UpstreamVerdict {
+    let p = &u.proc;
+    let pid = match &p.found {
+        Err(_) => PidStatus::Unknown,
+        Ok(_) if p.gone => PidStatus::Gone,
+        Ok(_) => PidStatus::Exists,
+    };
+    let exists = pid == PidStatus::Exists;
+    let held = |since: Option<Instant>, bound: Duration| {
+        exists && since.is_some_and(|s| elapsed(s, now) >= bound)
+    };
+    let live_rules = [
+        (UpstreamReason::Stopped, held(p.stopped_since, t.hang)),
+        (UpstreamReason::Uninterruptible, held(p.d_since, t.d_state)),
+        (UpstreamReason::LoopStalled, u.stall.stalled(now, t.stall)),
+    ];
+    let first = |rules: &[(UpstreamReason, bool)]| {
+        rules
+            .iter()
+            .find(|(_, holds)| *holds)
+            .map(|(r, _)| r.clone())
+    };
+    let live = match first(&live_rules) {
+        Some(r) => Err(r),
+        None => probe_result(u, ProbeKind::Liveness),
+    };
+    let process = if pid == PidStatus::Gone {
+        Err(UpstreamReason::ProcessGone)
+    } else {
+        Ok(())
+    };
+    let readiness = probe_result(u, ProbeKind::Readiness);
+    // The first failure in precedence order; among equals, liveness before readiness.
+    let ready = [&live, &process, &readiness]
+        .into_iter()
+        .filter_map(|r| r.clone().err())
+        .min_by_key(UpstreamReason::rank)
+        .map_or(Ok(()), Err);
+    let ready_checks = vec![
+        Check::new("live", err_string(&live)),
+        Check::new("process", err_string(&process)),
+        Check::new("readinessProbe", err_string(&readiness)),
+    ];
+    UpstreamVerdict {
+        name: name.clone(),
+        pid,
+        startup: probe_result(u, ProbeKind::Startup),
+        ready,
+        live,
+        ready_checks,
     }
 }
 
@@ -1165,5 +1367,242 @@ pub(crate) mod tests {
         let live = |d| evaluate(&state, agent, &T, t0 + d).aggregate(Probe::Live);
         assert!(live(TICKER_LIMIT - EPS).ok());
         assert_eq!(live(TICKER_LIMIT).reason.as_deref(), Some("ticker_stalled"));
+    }
+
+    mod upstreams {
+        use std::sync::Arc;
+
+        use super::*;
+        use crate::upstream::config::parse;
+        use crate::upstream::discover::{Found, Method, NotFound};
+        use crate::upstream::probe::Outcome;
+        use crate::upstream::stall::Reading;
+
+        /// An upstream with all three probes and vLLM's metrics, its process found.
+        fn up() -> UpstreamState {
+            let spec = parse(
+                r#"{"vllm": {"startupProbe": {"httpGet": {"path": "/health", "port": 8000}},
+                             "livenessProbe": {"httpGet": {"path": "/health", "port": 8000}},
+                             "readinessProbe": {"tcpSocket": {"port": 8000}},
+                             "metrics": "vllm"}}"#,
+                &[],
+            )
+            .expect("valid")
+            .remove(0);
+            let mut u = UpstreamState::new(Arc::new(spec));
+            u.record_discovery(Ok(Found {
+                pid: 7,
+                start_time: 1,
+                method: Method::Socket,
+            }));
+            u
+        }
+
+        fn outcome(at: Instant, result: Result<Option<u16>, Failure>) -> Outcome {
+            Outcome {
+                started: at,
+                latency: Duration::from_millis(3),
+                result,
+            }
+        }
+
+        fn pass_all(u: &mut UpstreamState, at: Instant) {
+            for kind in ProbeKind::ALL {
+                u.record_probe(kind, outcome(at, Ok(Some(200))));
+            }
+        }
+
+        fn sample(at: Instant, state: char) -> crate::proc::ProcSample {
+            crate::proc::ProcSample {
+                taken_at: at,
+                state,
+                cpu_seconds: 0.0,
+                rss_bytes: 1,
+                threads: 1,
+                start_time: 1,
+            }
+        }
+
+        fn busy(at: Instant, work: f64) -> Reading {
+            Reading {
+                at,
+                work: vec![Some(work), None, None],
+                busy: Some(1.0),
+                pending: Some(0.0),
+            }
+        }
+
+        type Reasons = (Result<(), String>, Result<(), String>, Result<(), String>);
+
+        fn judge(u: &UpstreamState, now: Instant) -> Reasons {
+            let v = upstream(&name("vllm"), u, &T, now);
+            (
+                err_string(&v.startup),
+                err_string(&v.live),
+                err_string(&v.ready),
+            )
+        }
+
+        #[test]
+        fn every_reason_in_precedence_order() {
+            let t0 = Instant::now();
+            let at = |secs: u64| t0 + Duration::from_secs(secs);
+            let fail = |r: &str| Err(r.to_owned());
+            // (what, set-up, now, (startup, live, ready))
+            type Setup = fn(&mut UpstreamState, Instant);
+            let cases: Vec<(&str, Setup, u64, Reasons)> = vec![
+                ("no result yet", |_, _| {}, 0, (fail("no result yet"), fail("no result yet"), fail("no result yet"))),
+                ("every probe passes", |u, t| pass_all(u, t), 1, (Ok(()), Ok(()), Ok(()))),
+                (
+                    "its own liveness probe fails: live and ready fail, startup stays",
+                    |u, t| {
+                        pass_all(u, t);
+                        u.record_probe(ProbeKind::Liveness, outcome(t, Err(Failure::Status(503))));
+                    },
+                    1,
+                    (Ok(()), fail("probe failed: status 503"), fail("probe failed: status 503")),
+                ),
+                (
+                    "its readiness probe times out: ready only",
+                    |u, t| {
+                        pass_all(u, t);
+                        u.record_probe(ProbeKind::Readiness, outcome(t, Err(Failure::Timeout)));
+                    },
+                    1,
+                    (Ok(()), Ok(()), fail("probe failed: timeout")),
+                ),
+                (
+                    "process gone: ready fails before the probe says so, live is the probe's business",
+                    |u, t| {
+                        pass_all(u, t);
+                        u.record_probe(ProbeKind::Readiness, outcome(t, Err(Failure::Refused)));
+                        u.record_sample(Err(crate::proc::SampleError::Gone(7)));
+                    },
+                    1,
+                    (Ok(()), Ok(()), fail("process gone")),
+                ),
+                (
+                    "stopped for the hang timeout outranks a failing probe",
+                    |u, t| {
+                        pass_all(u, t);
+                        u.record_probe(ProbeKind::Liveness, outcome(t, Err(Failure::Timeout)));
+                        u.record_sample(Ok(sample(t, 'T')));
+                    },
+                    10,
+                    (Ok(()), fail("stopped"), fail("stopped")),
+                ),
+                (
+                    "stopped, not yet for the hang timeout",
+                    |u, t| {
+                        pass_all(u, t);
+                        u.record_sample(Ok(sample(t, 'T')));
+                    },
+                    9,
+                    (Ok(()), Ok(()), Ok(())),
+                ),
+                (
+                    "uninterruptible for the D-state timeout",
+                    |u, t| {
+                        pass_all(u, t);
+                        u.record_sample(Ok(sample(t, 'D')));
+                    },
+                    30,
+                    (Ok(()), fail("uninterruptible"), fail("uninterruptible")),
+                ),
+                (
+                    "stopped outranks loop_stalled",
+                    |u, t| {
+                        pass_all(u, t);
+                        u.record_sample(Ok(sample(t, 'T')));
+                        u.record_scrape(Ok(busy(t, 5.0)), T.stall);
+                        u.record_scrape(Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall);
+                    },
+                    30,
+                    (Ok(()), fail("stopped"), fail("stopped")),
+                ),
+                (
+                    "busy without work for the stall timeout, /health still 200",
+                    |u, t| {
+                        pass_all(u, t + Duration::from_secs(30));
+                        u.record_scrape(Ok(busy(t, 5.0)), T.stall);
+                        u.record_scrape(Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall);
+                    },
+                    30,
+                    (Ok(()), fail("loop_stalled"), fail("loop_stalled")),
+                ),
+                (
+                    "busy and working is live",
+                    |u, t| {
+                        pass_all(u, t);
+                        u.record_scrape(Ok(busy(t, 5.0)), T.stall);
+                        u.record_scrape(Ok(busy(t + Duration::from_secs(29), 6.0)), T.stall);
+                    },
+                    40,
+                    (Ok(()), Ok(()), Ok(())),
+                ),
+            ];
+            for (what, setup, now, want) in cases {
+                let mut u = up();
+                setup(&mut u, t0);
+                assert_eq!(judge(&u, at(now)), want, "{what}");
+            }
+        }
+
+        #[test]
+        fn a_probe_it_did_not_have_passes_and_no_process_means_no_proc_rules() {
+            let spec = parse(
+                r#"{"x": {"readinessProbe": {"tcpSocket": {"port": 1}}}}"#,
+                &[],
+            )
+            .expect("valid")
+            .remove(0);
+            let mut u = UpstreamState::new(Arc::new(spec));
+            let t0 = Instant::now();
+            u.record_probe(ProbeKind::Readiness, outcome(t0, Ok(None)));
+            let v = upstream(&name("x"), &u, &T, t0);
+            assert_eq!(
+                (v.startup.clone(), v.live.clone(), v.ready.clone()),
+                (Ok(()), Ok(()), Ok(()))
+            );
+            assert_eq!(v.pid, PidStatus::Unknown);
+            assert_eq!(u.proc.found, Err(NotFound::NoListener(vec![1])));
+        }
+
+        #[test]
+        fn aggregates_and_paths_include_upstreams() {
+            let mut state = State::new(&[]);
+            let spec = parse(
+                r#"{"vllm": {"readinessProbe": {"tcpSocket": {"port": 1}}, "startupProbe": {"tcpSocket": {"port": 1}}}}"#,
+                &[],
+            )
+            .expect("valid");
+            state.add_upstreams(&spec.into_iter().map(Arc::new).collect::<Vec<_>>());
+            let t0 = Instant::now();
+            let agent = AgentInput {
+                shutting_down: false,
+                last_tick: t0,
+            };
+            let v = evaluate(&state, agent, &T, t0);
+            assert_eq!(
+                v.aggregate(Probe::Ready).reason.as_deref(),
+                Some("vllm: no result yet")
+            );
+            assert_eq!(
+                v.aggregate(Probe::Startup).reason.as_deref(),
+                Some("vllm: no result yet")
+            );
+            assert!(v.aggregate(Probe::Live).ok(), "/livez is the agent alone");
+            let ready = v.worker(Probe::Ready, "vllm").expect("known");
+            let names: Vec<_> = ready.checks.iter().map(|c| c.name.as_str()).collect();
+            assert_eq!(names, ["live", "process", "readinessProbe"]);
+            assert!(v.worker(Probe::Live, "vllm").expect("known").ok());
+            assert_eq!(v.names().collect::<Vec<_>>(), ["vllm"]);
+            state.upstreams.values_mut().for_each(|u| {
+                u.record_probe(ProbeKind::Readiness, outcome(t0, Ok(None)));
+                u.record_probe(ProbeKind::Startup, outcome(t0, Ok(None)));
+            });
+            let v = evaluate(&state, agent, &T, t0);
+            assert!(v.aggregate(Probe::Ready).ok() && v.aggregate(Probe::Startup).ok());
+        }
     }
 }

@@ -61,6 +61,23 @@ pub enum Failure {
     Io(String),
 }
 
+impl Failure {
+    /// A short fixed name of the kind of failure (the `result` label of
+    /// `vitals_upstream_probe_results_total`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Refused => "refused",
+            Self::Reset => "reset",
+            Self::Status(_) => "status",
+            Self::TooManyRedirects => "redirects",
+            Self::Protocol(_) => "protocol",
+            Self::Grpc(_) => "grpc",
+            Self::Io(_) => "error",
+        }
+    }
+}
+
 /// The result of one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -83,8 +100,9 @@ pub async fn run(action: &Action, default_host: IpAddr, timeout: Duration) -> Ou
                 connect(&host, *port).await.map(|_| None)
             }
             Action::Grpc { port, service } => {
-                let _ = (port, service);
-                Err(Failure::Grpc("health checks are not built in yet".into()))
+                super::grpc::check(&default_host.to_string(), *port, service)
+                    .await
+                    .map(|()| None)
             }
         }
     };

@@ -77,6 +77,11 @@ impl StallClock {
             .filter(|l| now.saturating_duration_since(l.at) <= 2 * stall_timeout)
     }
 
+    /// The latest reading, however old.
+    pub fn last(&self) -> Option<&Reading> {
+        self.last.as_ref()
+    }
+
     /// How long the engine has been busy without work (zero while idle or working).
     pub fn stalled_for(&self, now: Instant) -> Duration {
         self.since

@@ -1,0 +1,174 @@
+//! Upstreams (SPEC §8) through a real agent: its probes of a container that does not speak
+//! the protocol are answered at once from the latest result, whatever the container does;
+//! `/status` and `/metrics` show it next to the workers.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{eventually, metric, Agent};
+use vitals_agent::config::Config;
+use vitals_agent::upstream::config::parse;
+
+/// A tiny model server: `/health` answers `code` after `delay_ms`; `/metrics` says
+/// `running` requests are running and `work` iterations were done.
+struct Server {
+    port: u16,
+    code: Arc<AtomicU16>,
+    delay_ms: Arc<AtomicU64>,
+    work: Arc<AtomicU64>,
+    running: Arc<AtomicU64>,
+}
+
+impl Server {
+    fn start() -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let code = Arc::new(AtomicU16::new(200));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let work = Arc::new(AtomicU64::new(0));
+        let running = Arc::new(AtomicU64::new(0));
+        let (c, d, w, r) = (
+            Arc::clone(&code),
+            Arc::clone(&delay_ms),
+            Arc::clone(&work),
+            Arc::clone(&running),
+        );
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let (c, d, w, r) = (
+                    Arc::clone(&c),
+                    Arc::clone(&d),
+                    Arc::clone(&w),
+                    Arc::clone(&r),
+                );
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 2048];
+                    let n = s.read(&mut buf).unwrap_or(0);
+                    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let (code, body) = if head.starts_with("GET /metrics") {
+                        let text = format!(
+                            "vllm:num_requests_running {}\nvllm:num_requests_waiting 0\nvllm:iteration_tokens_total_count {}\n",
+                            r.load(Ordering::SeqCst),
+                            w.load(Ordering::SeqCst)
+                        );
+                        (200, text)
+                    } else {
+                        std::thread::sleep(Duration::from_millis(d.load(Ordering::SeqCst)));
+                        (c.load(Ordering::SeqCst), String::new())
+                    };
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 {code} X\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
+            }
+        });
+        Self {
+            port,
+            code,
+            delay_ms,
+            work,
+            running,
+        }
+    }
+}
+
+fn with_upstream(port: u16) -> impl FnOnce(&mut Config) {
+    move |c: &mut Config| {
+        common::fast(c);
+        let json = format!(
+            r#"{{"vllm": {{"livenessProbe": {{"httpGet": {{"path": "/health", "port": {port}}}, "periodSeconds": 1}},
+                        "readinessProbe": {{"httpGet": {{"path": "/health", "port": {port}}}, "periodSeconds": 1}},
+                        "metrics": "vllm"}}}}"#
+        );
+        c.upstreams = parse(&json, &c.expect)
+            .unwrap()
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+    }
+}
+
+#[test]
+fn probes_are_answered_from_the_latest_result() {
+    let server = Server::start();
+    let agent = Agent::start(with_upstream(server.port));
+    agent.wait_for("/readyz/vllm", 200, "ok");
+    agent.wait_for("/livez/vllm", 200, "ok");
+    agent.wait_for("/startupz/vllm", 200, "ok");
+    agent.wait_for("/readyz", 200, "ok");
+    server.code.store(503, Ordering::SeqCst);
+    agent.wait_for("/readyz/vllm", 503, "fail: probe failed: status 503");
+    agent.wait_for("/readyz", 503, "fail: vllm: probe failed: status 503");
+    // An upstream answering in 3 s with timeoutSeconds 1: the agent still answers at once.
+    server.code.store(200, Ordering::SeqCst);
+    server.delay_ms.store(3000, Ordering::SeqCst);
+    agent.wait_for("/livez/vllm", 503, "fail: probe failed: timeout");
+    for _ in 0..20 {
+        let started = Instant::now();
+        let r = agent.get("/livez/vllm");
+        assert_eq!(r.code, 503);
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let unknown = agent.get("/livez/nobody");
+    assert_eq!(unknown.code, 404);
+    assert!(unknown.body.contains("vllm"), "{}", unknown.body);
+}
+
+#[test]
+fn a_busy_server_whose_work_stops_is_loop_stalled() {
+    let server = Server::start();
+    let agent = Agent::start(with_upstream(server.port));
+    agent.wait_for("/livez/vllm", 200, "ok");
+    server.running.store(1, Ordering::SeqCst);
+    // Work moves: never stalled, however long it is busy.
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        server.work.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(agent.get("/livez/vllm").code, 200);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Work stops while one request runs.
+    agent.wait_for("/livez/vllm", 503, "fail: loop_stalled");
+    let status = agent.status();
+    let up = status["upstreams"]
+        .as_array()
+        .and_then(|a| a.iter().find(|u| u["name"] == "vllm"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no upstream in /status: {status}"));
+    assert_eq!(up["kind"], "upstream");
+    assert_eq!(up["profile"], "vllm");
+    assert_eq!(up["live"]["reason"], "loop_stalled");
+    let m = eventually("upstream metrics", || {
+        let m = agent.metrics();
+        metric(&m, "vitals_worker_in_flight{worker=\"vllm\"}").map(|_| m)
+    });
+    assert_eq!(
+        metric(&m, "vitals_worker_in_flight{worker=\"vllm\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "vitals_worker_pending{worker=\"vllm\"}"),
+        Some(0.0)
+    );
+    assert!(
+        m.contains("vitals_upstream_probe_results_total{probe=\"liveness\",result=\"pass\",worker=\"vllm\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("vitals_upstream_probe_duration_seconds_bucket"),
+        "{m}"
+    );
+}
