@@ -87,9 +87,11 @@ class WithAgentTest(AgentTest):
             self.assertEqual(f.read(16), content[:16])
             wait_for(
                 "a partial read reported",
-                lambda: (p := self.progress(agent, "loader")) and p[2]["done"] < len(content) and p,
+                lambda: (p := self.progress(agent, "loader")) and p[2] and p[2]["done"] < len(content) and p,
             )
-            self.assertEqual(agent.get("/readyz/loader"), (503, "fail: phase loading"))
+            code, verbose = agent.get("/readyz/loader?verbose")
+            self.assertEqual(code, 503)
+            self.assertIn("[-]phase failed: phase loading", verbose)
             f.seek(0)
             self.assertEqual(f.read(), content)
         total = {"done": len(content), "total": len(content), "unit": "bytes"}

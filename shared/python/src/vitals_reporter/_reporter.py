@@ -49,10 +49,11 @@ _MAX_TEXT = 4096
 # to, or one heartbeat period, whichever is longer: shorter delays are scheduling noise.
 _STARVED_MIN_S = 0.5
 # The process used at least this share of a core while the heartbeat thread could not
-# run: it was spinning. Lower than the agent's 0.5 (agent/src/verdict.rs SPIN_CORES)
-# because on a busy node a spinning process gets only part of a core, while a blocked one
-# gets close to nothing.
-_SPIN_CORES = 0.25
+# run: it was spinning. Far lower than the agent's 0.5 (agent/src/verdict.rs SPIN_CORES):
+# a blocked process uses close to nothing, while a spinning one on a node with several
+# runnable threads per core gets only its share (0.15 to 0.3 of a core measured on a
+# 2-core machine at load 10).
+_SPIN_CORES = 0.1
 
 _log = logging.getLogger("vitals_reporter")
 _noop_logged = False
@@ -106,7 +107,7 @@ class Reporter:
         #: Work being computed now; the inference loop sets it.
         self.in_flight = 0
         # `next()` on an itertools.count is one C call under the GIL, so `tick` is atomic
-        # without a lock. Reading it also advances it: `_peek` subtracts its own reads.
+        # without a lock. Reading it also advances it: `_peek_locked` subtracts its reads.
         self._ticks = itertools.count()
         self._peeks = 0
         self._bulk = 0
@@ -276,11 +277,15 @@ class Reporter:
     def _run(self):
         backoff = _BACKOFF_START
         warned = False
+        self._watch.ran()
         while True:
             try:
                 self._session()
                 return
             except (_SessionEnded, OSError) as err:
+                # The session may have waited on the agent (connect, welcome): waiting for
+                # a reason is not being starved.
+                self._watch.ran()
                 with self._changed:
                     was_connected, self._connected = self._connected, False
                     self._changed.notify_all()
@@ -320,6 +325,7 @@ class Reporter:
             }
             sock.sendall(_line(hello))
             welcome = self._welcome(sock)
+            self._watch.ran()
             self._watch.hang_timeout_s = _count(welcome.get("hang_timeout_ms")) / 1000
             _log.info(
                 "vitals: connected to agent %s (hang_timeout_ms=%s) as %s, instance %s",
@@ -409,17 +415,13 @@ class Reporter:
         poller.register(self._wake_r, select.POLLIN)
         if sock is not None:
             poller.register(sock, select.POLLIN)
-        started, cpu_started = time.monotonic(), time.process_time()
+        started = time.monotonic()
         events = poller.poll(max(0, math.ceil((deadline - started) * 1000)))
-        woke, cpu = time.monotonic(), time.process_time()
         readable = {fd for fd, _ in events}
-        late = woke - max(deadline, started)
-        starved = late > max(_STARVED_MIN_S, self._heartbeat_s)
-        if starved:
-            self._watch.starved(woke - started, late, cpu - cpu_started)
+        starved = self._watch.woke(started, deadline, self._heartbeat_s)
         phase = self._phase["phase"] if self._phase is not None else None
         outstanding = (_count(self.pending), _count(self.in_flight))
-        self._watch.loop(self.progress, phase, outstanding, woke, trust=not starved)
+        self._watch.loop(self.progress, phase, outstanding, time.monotonic(), trust=not starved)
         if self._wake_r.fileno() in readable:
             try:
                 while self._wake_r.recv(4096):
@@ -446,26 +448,45 @@ class _Watch:
         self._moved_at = 0.0
         self._phase = None
         self._dumped = False
+        self._ran_at = time.monotonic()
+        self._cpu_at = time.process_time()
 
-    def starved(self, wall, late, cpu):
-        """The reporter thread could not run for `wall` seconds: something held the GIL.
-        The process's CPU time over that gap tells spinning from blocked."""
-        cores = cpu / wall if wall > 0 else 0.0
+    def ran(self):
+        """The reporter thread runs now after waiting for a reason (on the agent)."""
+        self._ran_at, self._cpu_at = time.monotonic(), time.process_time()
+
+    def woke(self, started, deadline, heartbeat_s):
+        """The thread is back from a sleep that began at `started` and was due to end by
+        `deadline`; returns whether it was starved, and says why when it was.
+
+        Between two sleeps the thread only computes (microseconds) and writes to a socket
+        the agent reads, and a sleep ends at its deadline or earlier. Any more time than
+        that, the thread was runnable but could not run: something held the GIL. The
+        process's CPU time since the thread last ran tells spinning from blocked.
+        """
+        woke, cpu = time.monotonic(), time.process_time()
+        lost = (started - self._ran_at) + max(0.0, woke - max(deadline, started))
+        wall, used = woke - self._ran_at, cpu - self._cpu_at
+        self._ran_at, self._cpu_at = woke, cpu
+        if lost <= max(_STARVED_MIN_S, heartbeat_s):
+            return False
+        cores = used / wall if wall > 0 else 0.0
         if cores >= _SPIN_CORES:
             diagnosis = "spinning: a call that does not release the GIL (a C extension, a regular expression) held it"
         else:
             diagnosis = "blocked: the process did not run (stopped, swapped out, or a call holding the GIL was waiting)"
         limit = f"; the agent fails liveness at {self.hang_timeout_s:g} s" if self.hang_timeout_s else ""
         _log.warning(
-            "vitals: heartbeats %.2f s late, the reporter thread could not run for %.2f s "
-            "while the process used %.2f s of CPU (%.2f cores): %s%s",
-            late,
+            "vitals: the reporter thread could not run for %.2f s (heartbeats late); the process "
+            "used %.2f s of CPU in %.2f s (%.2f cores): %s%s",
+            lost,
+            used,
             wall,
-            cpu,
             cores,
             diagnosis,
             limit,
         )
+        return True
 
     def loop(self, progress, phase, outstanding, now, trust):
         """Dumps every thread's stack once per stall: `tick` has not moved for half the
