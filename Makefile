@@ -14,10 +14,16 @@ test: model deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) deploy-check
+	$(MAKE) python-test
 
 ## deploy-check: render deploy/ and inject outputs, validate them (kubernetes-validate, promtool)
 deploy-check:
 	scripts/check-deploy.sh
+
+## python-test: the Python reporter's tests (shared/python) against target/debug/vitals-agent (or $VITALS_AGENT_BIN)
+.PHONY: python-test
+python-test:
+	python3 shared/python/tests/run.py
 
 ## lint: formatting and clippy, warnings are errors
 lint:
