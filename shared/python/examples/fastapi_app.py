@@ -21,7 +21,6 @@ import queue
 import threading
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
-from typing import List
 
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
@@ -81,7 +80,7 @@ app = FastAPI(lifespan=lifespan)
 
 
 class EmbedRequest(BaseModel):
-    input: List[str]
+    input: list[str]
 
 
 @app.post("/embed")

@@ -29,7 +29,9 @@ _POLL = 0.02
 
 def agent_bin():
     """The agent binary: $VITALS_AGENT_BIN, else <repo>/target/debug/vitals-agent."""
-    return os.environ.get("VITALS_AGENT_BIN") or os.path.join(REPO, "target", "debug", "vitals-agent")
+    return os.environ.get("VITALS_AGENT_BIN") or os.path.join(
+        REPO, "target", "debug", "vitals-agent"
+    )
 
 
 def free_port():
@@ -162,7 +164,8 @@ class Proc:
         """Waits for a line starting with `text`; returns that line."""
 
         def line():
-            return next((l for l in self.stdout().splitlines() if l.startswith(text)), None)
+            lines = self.stdout().splitlines()
+            return next((line for line in lines if line.startswith(text)), None)
 
         return wait_for(f"{text!r} in stdout", line, deadline)[0]
 

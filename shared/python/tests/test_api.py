@@ -42,7 +42,9 @@ class WithoutAgentTest(unittest.TestCase):
             wait_for("the warning", lambda: logs.output)
         r.close()
         self.assertIn("unreachable", logs.output[0])
-        self.assertEqual(len([l for l in logs.output if "unreachable" in l]), 1, "once per outage")
+        self.assertEqual(
+            len([line for line in logs.output if "unreachable" in line]), 1, "once per outage"
+        )
 
     def test_tick_counts_every_call_from_many_threads(self):
         r = vitals_reporter.Reporter(socket="")
@@ -87,7 +89,12 @@ class WithAgentTest(AgentTest):
             self.assertEqual(f.read(16), content[:16])
             wait_for(
                 "a partial read reported",
-                lambda: (p := self.progress(agent, "loader")) and p[2] and p[2]["done"] < len(content) and p,
+                lambda: (
+                    (p := self.progress(agent, "loader"))
+                    and p[2]
+                    and p[2]["done"] < len(content)
+                    and p
+                ),
             )
             code, verbose = agent.get("/readyz/loader?verbose")
             self.assertEqual(code, 503)
@@ -95,21 +102,29 @@ class WithAgentTest(AgentTest):
             f.seek(0)
             self.assertEqual(f.read(), content)
         total = {"done": len(content), "total": len(content), "unit": "bytes"}
-        wait_for("the whole file reported", lambda: self.progress(agent, "loader") == ("loading", "reading weights.bin", total))
+        wait_for(
+            "the whole file reported",
+            lambda: self.progress(agent, "loader") == ("loading", "reading weights.bin", total),
+        )
         for _ in r.steps(["embeddings", "encoder", "pooler"], "loading layers", unit="layers"):
             pass
         layers = {"done": 3, "total": 3, "unit": "layers"}
-        wait_for("every step reported", lambda: self.progress(agent, "loader") == ("loading", "loading layers", layers))
+        wait_for(
+            "every step reported",
+            lambda: self.progress(agent, "loader") == ("loading", "loading layers", layers),
+        )
         self.assertEqual(agent.get("/livez/loader"), (200, "ok"), "a load that moves is live")
         r.phase("ready", "serving")
         self.wait_probe(agent, "/readyz/loader", 200, "ok")
 
     def test_exception_escaping_the_with_block_is_reported_failed(self):
         agent = self.agent("--expect", "model")
-        with self.assertRaises(RuntimeError):
-            with vitals_reporter.Reporter(name="model", socket=agent.socket, heartbeat_ms=100) as r:
-                r.phase("ready", "serving")
-                self.assertTrue(r.flush(5.0))
-                raise RuntimeError("lost the CUDA context")
+        reporter = vitals_reporter.Reporter(name="model", socket=agent.socket, heartbeat_ms=100)
+        with self.assertRaises(RuntimeError), reporter as r:
+            r.phase("ready", "serving")
+            self.assertTrue(r.flush(5.0))
+            raise RuntimeError("lost the CUDA context")
         inst = agent.worker("model")["instance"]
-        self.assertEqual((inst["phase"], inst["detail"]), ("failed", "RuntimeError: lost the CUDA context"))
+        self.assertEqual(
+            (inst["phase"], inst["detail"]), ("failed", "RuntimeError: lost the CUDA context")
+        )

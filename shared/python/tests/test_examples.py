@@ -14,12 +14,15 @@ class ExamplesTest(AgentTest):
         agent = self.agent("--expect", "model")
         port = free_port()
         server = self.worker(
-            agent, label="plain", argv=[os.path.join(EXAMPLES, "plain_threads.py"), "--listen", f"127.0.0.1:{port}"]
+            agent,
+            label="plain",
+            argv=[os.path.join(EXAMPLES, "plain_threads.py"), "--listen", f"127.0.0.1:{port}"],
         )
         self.wait_probe(agent, "/readyz/model", 200, "ok")
         server.wait_stdout("listening on")
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/embed", data=json.dumps({"input": ["hello", "world"]}).encode()
+            f"http://127.0.0.1:{port}/embed",
+            data=json.dumps({"input": ["hello", "world"]}).encode(),
         )
         with urllib.request.urlopen(request, timeout=DEADLINE) as r:
             embeddings = json.load(r)["embeddings"]

@@ -22,9 +22,11 @@ class ProtocolTest(AgentTest):
         first = inst["heartbeat"]
         later, _ = wait_for(
             "two more heartbeats with progress",
-            lambda: (h := agent.worker("model")["instance"]["heartbeat"])["seq"] >= first["seq"] + 2
-            and h["progress"] > first["progress"]
-            and h,
+            lambda: (
+                (h := agent.worker("model")["instance"]["heartbeat"])["seq"] >= first["seq"] + 2
+                and h["progress"] > first["progress"]
+                and h
+            ),
         )
         self.assertEqual((later["pending"], later["in_flight"]), (0, 0))
 
@@ -48,16 +50,22 @@ class ProtocolTest(AgentTest):
         agent = self.agent("--expect", "model")
         worker = self.worker(agent)
         worker.send("check tokenizer ok 30522 tokens")
-        wait_for("tokenizer check", lambda: "[+]check:tokenizer ok" in agent.get("/readyz/model?verbose")[1])
+        wait_for(
+            "tokenizer check",
+            lambda: "[+]check:tokenizer ok" in agent.get("/readyz/model?verbose")[1],
+        )
         instance = agent.worker("model")["instance"]["id"]
         agent.kill()
         agent.start()
         took = self.wait_probe(agent, "/readyz/model", 200, "ok", deadline=2.0)
         print(f"ready again {took:.2f} s after the agent came back", end=" ... ")
         doc = agent.worker("model")
-        self.assertEqual(doc["instance"]["id"], instance, "same instance: a reconnect, not a restart")
         self.assertEqual(
-            {c["name"]: c["ok"] for c in doc["instance"]["checks"]}, {"device": True, "tokenizer": True}
+            doc["instance"]["id"], instance, "same instance: a reconnect, not a restart"
+        )
+        self.assertEqual(
+            {c["name"]: c["ok"] for c in doc["instance"]["checks"]},
+            {"device": True, "tokenizer": True},
         )
         self.assertEqual(worker.stderr().count("unreachable"), 1, "one warning per outage")
 
@@ -107,7 +115,7 @@ class ProtocolTest(AgentTest):
         self.assertGreater(held, 0.8, "the regex held the GIL long enough to starve the reporter")
         self.assertEqual(answers, {(200, "ok")}, "liveness never failed")
         worker.wait_stderr("cores): spinning")
-        line = next(l for l in worker.stderr().splitlines() if "spinning" in l)
+        line = next(line for line in worker.stderr().splitlines() if "spinning" in line)
         self.assertRegex(line, r"the reporter thread could not run for \d+\.\d+ s")
 
     def test_gil_held_longer_than_hang_timeout_fails_liveness_until_it_returns(self):
@@ -138,4 +146,6 @@ class ProtocolTest(AgentTest):
         self.assertEqual(worker.proc.wait(DEADLINE), 3)
         self.assertIn("failed sent=True", worker.stdout())
         inst = agent.worker("model")["instance"]
-        self.assertEqual((inst["phase"], inst["detail"]), ("failed", "weights corrupt: checksum mismatch"))
+        self.assertEqual(
+            (inst["phase"], inst["detail"]), ("failed", "weights corrupt: checksum mismatch")
+        )

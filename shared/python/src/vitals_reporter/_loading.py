@@ -27,10 +27,16 @@ class _Progress:
 
     def report(self, done, final=False):
         now = time.monotonic()
-        if not final and self._reported_at is not None and now - self._reported_at < _MIN_INTERVAL_S:
+        if (
+            not final
+            and self._reported_at is not None
+            and now - self._reported_at < _MIN_INTERVAL_S
+        ):
             return
         self._reported_at = now
-        self._reporter.phase(self._phase, self._detail, done=done, total=self._total, unit=self._unit)
+        self._reporter.phase(
+            self._phase, self._detail, done=done, total=self._total, unit=self._unit
+        )
 
 
 class _ReportingRaw(io.RawIOBase):

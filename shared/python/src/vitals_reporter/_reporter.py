@@ -13,6 +13,7 @@ far too late means something held the GIL, and the process CPU time over that ga
 whether it was spinning or blocked.
 """
 
+import contextlib
 import faulthandler
 import itertools
 import json
@@ -136,7 +137,9 @@ class Reporter:
                 "(set VITALS_NAME, by convention the container's name)"
             )
         self._name = name
-        self._version = _text(version if version is not None else os.environ.get("VITALS_VERSION", "unknown"))
+        self._version = _text(
+            version if version is not None else os.environ.get("VITALS_VERSION", "unknown")
+        )
         self._heartbeat_s = heartbeat_ms / 1000
         self._heartbeat_ms = heartbeat_ms
         # Unique per process start and kept for its life (rule 2 of shared/README.md).
@@ -266,11 +269,9 @@ class Reporter:
         return False
 
     def _wake(self):
-        try:
+        # OSError: the buffer is full (the thread has wake-ups pending anyway) or closed.
+        with contextlib.suppress(OSError):
             self._wake_w.send(b"w")
-        except OSError:
-            # The buffer is full (the thread has wake-ups pending anyway) or closed.
-            pass
 
     # The reporter thread's side: the socket, heartbeats, and the watch over the loop.
 
@@ -298,7 +299,8 @@ class Reporter:
                 else:
                     warned = True
                     _log.warning(
-                        "vitals: agent at %s unreachable: %s; retrying (backoff %.1f s, capped at 1 s)",
+                        "vitals: agent at %s unreachable: %s; "
+                        "retrying (backoff %.1f s, capped at 1 s)",
                         self._socket_path,
                         err,
                         backoff,
@@ -363,7 +365,9 @@ class Reporter:
         if reply.get("type") == "error":
             # `name_in_use` lands here: the agent still sees our previous connection;
             # the backoff retry is the documented answer (rule 3).
-            raise _SessionEnded(f"agent refused hello ({reply.get('code')}): {reply.get('message')}")
+            raise _SessionEnded(
+                f"agent refused hello ({reply.get('code')}): {reply.get('message')}"
+            )
         if reply.get("type") != "welcome":
             raise _SessionEnded(f"unexpected reply to hello: {reply!r}")
         return reply
@@ -433,7 +437,9 @@ class Reporter:
             data = sock.recv(_MAX_LINE + 1)
             if not data:
                 raise _SessionEnded("agent closed the connection")
-            raise _SessionEnded(f"agent closed the connection: {data.decode('utf-8', 'replace').strip()}")
+            raise _SessionEnded(
+                f"agent closed the connection: {data.decode('utf-8', 'replace').strip()}"
+            )
         with self._lock:
             return self._stopping
 
@@ -472,10 +478,20 @@ class _Watch:
             return False
         cores = used / wall if wall > 0 else 0.0
         if cores >= _SPIN_CORES:
-            diagnosis = "spinning: a call that does not release the GIL (a C extension, a regular expression) held it"
+            diagnosis = (
+                "spinning: a call that does not release the GIL "
+                "(a C extension, a regular expression) held it"
+            )
         else:
-            diagnosis = "blocked: the process did not run (stopped, swapped out, or a call holding the GIL was waiting)"
-        limit = f"; the agent fails liveness at {self.hang_timeout_s:g} s" if self.hang_timeout_s else ""
+            diagnosis = (
+                "blocked: the process did not run "
+                "(stopped, swapped out, or a call holding the GIL was waiting)"
+            )
+        limit = (
+            f"; the agent fails liveness at {self.hang_timeout_s:g} s"
+            if self.hang_timeout_s
+            else ""
+        )
         _log.warning(
             "vitals: the reporter thread could not run for %.2f s (heartbeats late); the process "
             "used %.2f s of CPU in %.2f s (%.2f cores): %s%s",
