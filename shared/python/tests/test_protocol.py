@@ -97,6 +97,8 @@ class ProtocolTest(AgentTest):
         self.assertIn("2 pending and 1 in flight", err)
         dump = err[err.index(_DUMP_HEADER) :]
         self.assertRegex(dump, r'File ".*worker\.py", line \d+ in stuck_in_inference')
+        # The header and the stuck thread's stack, as evidence in the test log.
+        print("\n" + dump.split("\n\n")[0], end="\n... ")
 
     def test_gil_held_shorter_than_hang_timeout_stays_live_and_is_diagnosed_spinning(self):
         agent = self.agent("--expect", "model", "--hang-timeout", "10s", "--stall-timeout", "12s")
@@ -117,6 +119,7 @@ class ProtocolTest(AgentTest):
         worker.wait_stderr("cores): spinning")
         line = next(line for line in worker.stderr().splitlines() if "spinning" in line)
         self.assertRegex(line, r"the reporter thread could not run for \d+\.\d+ s")
+        print("\n" + line, end="\n... ")
 
     def test_gil_held_longer_than_hang_timeout_fails_liveness_until_it_returns(self):
         agent = self.agent("--expect", "model", "--hang-timeout", "1s", "--stall-timeout", "8s")
