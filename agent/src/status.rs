@@ -708,7 +708,10 @@ pub fn render(doc: &StatusDoc) -> String {
         out.push_str(l.trim_end());
         out.push('\n');
     };
-    line(&header.map(str::to_owned));
+    // A pod of upstreams only has no workers' table.
+    if !rows.is_empty() || doc.upstreams.is_empty() {
+        line(&header.map(str::to_owned));
+    }
     for row in &rows {
         line(row);
     }
@@ -748,7 +751,9 @@ pub fn render(doc: &StatusDoc) -> String {
         out.push('\n');
     }
     if !doc.upstreams.is_empty() {
-        out.push('\n');
+        if !doc.workers.is_empty() {
+            out.push('\n');
+        }
         out.push_str(&render_upstreams(&doc.upstreams));
     }
     if !doc.transitions.is_empty() {
@@ -968,5 +973,72 @@ mod tests {
         let d = doc();
         let text = serde_json::to_string(&d).expect("serialises");
         assert_eq!(serde_json::from_str::<StatusDoc>(&text).expect("parses"), d);
+    }
+
+    #[test]
+    fn upstreams_show_their_probes_metrics_and_process() {
+        let ok = VerdictDoc {
+            ok: true,
+            reason: None,
+        };
+        let stalled = VerdictDoc {
+            ok: false,
+            reason: Some("loop_stalled".into()),
+        };
+        let mut d = doc();
+        d.workers.clear();
+        d.upstreams = vec![UpstreamDoc {
+            name: "vllm".into(),
+            kind: "upstream".into(),
+            live: stalled.clone(),
+            ready: stalled,
+            startup: ok.clone(),
+            probes: vec![UpstreamProbeDoc {
+                probe: "liveness".into(),
+                action: "GET :8000/health".into(),
+                period_seconds: 10.0,
+                timeout_seconds: 1.0,
+                result: Some(ok),
+                age_seconds: Some(3.2),
+                latency_ms: Some(2.4),
+            }],
+            profile: Some("vllm".into()),
+            metrics: Some(UpstreamMetricsDoc {
+                profile: Some("vllm".into()),
+                endpoint: ":8000/metrics".into(),
+                work: Some(18436.0),
+                busy_without_work_seconds: 41.0,
+                busy: Some(2.0),
+                pending: Some(1.0),
+                page_age_seconds: Some(0.5),
+                scrape_error: None,
+            }),
+            proc: UpstreamProcDoc {
+                pid: Some(4242),
+                found_by: Some("socket".into()),
+                off_reason: None,
+                process: "exists".into(),
+                state: Some("S".into()),
+                rss_bytes: Some(1 << 30),
+            },
+        }];
+        let out = render(&d);
+        assert!(!out.contains("WORKER"), "no empty workers' table: {out}");
+        let row = out.lines().find(|l| l.starts_with("vllm")).expect("row");
+        for want in [
+            "fail: loop_stalled",
+            "liveness ok 3.2s ago 2ms",
+            "vllm: work 18436 (unmoved 41.0s while busy), 2 busy, 1 pending",
+            "4242 (socket)",
+        ] {
+            assert!(row.contains(want), "{want:?} missing in {row:?}");
+        }
+        let text = serde_json::to_string(&d).expect("serialises");
+        assert_eq!(serde_json::from_str::<StatusDoc>(&text).expect("parses"), d);
+        // A document from an agent without upstreams still parses.
+        let mut old: serde_json::Value = serde_json::to_value(doc()).expect("value");
+        old.as_object_mut().expect("object").remove("upstreams");
+        let parsed: StatusDoc = serde_json::from_value(old).expect("parses");
+        assert!(parsed.upstreams.is_empty());
     }
 }

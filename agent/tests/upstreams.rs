@@ -172,3 +172,46 @@ fn a_busy_server_whose_work_stops_is_loop_stalled() {
         "{m}"
     );
 }
+
+#[test]
+fn upstream_metrics_pass_promtool_check() {
+    let server = Server::start();
+    let agent = Agent::start(with_upstream(server.port));
+    agent.wait_for("/readyz/vllm", 200, "ok");
+    server.running.store(2, Ordering::SeqCst);
+    let text = eventually("the re-exported busy gauge", || {
+        let m = agent.metrics();
+        (metric(&m, "vitals_worker_in_flight{worker=\"vllm\"}") == Some(2.0)).then_some(m)
+    });
+    for name in [
+        "vitals_upstream_probe_duration_seconds_bucket{probe=\"readiness\",worker=\"vllm\"",
+        "vitals_upstream_probe_results_total{probe=\"liveness\",result=\"pass\",worker=\"vllm\"}",
+        "vitals_worker_ready{worker=\"vllm\"} 1",
+        "vitals_worker_pending{worker=\"vllm\"} 0",
+    ] {
+        assert!(text.contains(name), "{name} missing in {text}");
+    }
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (`make deps`)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
+}
