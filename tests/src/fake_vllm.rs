@@ -295,12 +295,17 @@ mod tests {
         let page = client::get(addr, "/metrics", Duration::from_secs(2))
             .expect("metrics")
             .text();
-        client::metric(
-            &page,
-            name,
-            &[("engine", "0"), ("model_name", "fake/llama")],
-        )
-        .unwrap_or_else(|| panic!("{name} missing in {page}"))
+        // This page has one series per name.
+        page.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix('{')?
+                    .split_once("} ")?
+                    .1
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("{name} missing in {page}"))
     }
 
     fn await_move(addr: SocketAddr, name: &str, from: f64) -> bool {

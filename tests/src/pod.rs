@@ -55,6 +55,8 @@ pub struct AgentOptions {
     pub shutdown_grace: Duration,
     /// A command the agent runs under (`unshare --pid --fork ...`), empty for none.
     pub wrapper: Vec<String>,
+    /// More flags after the usual ones (`--upstreams FILE`).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for AgentOptions {
@@ -67,6 +69,7 @@ impl Default for AgentOptions {
             proc_interval: Duration::from_millis(250),
             shutdown_grace: Duration::from_secs(1),
             wrapper: Vec::new(),
+            extra_args: Vec::new(),
         }
     }
 }
@@ -296,6 +299,7 @@ impl Pod {
             "--log-format".into(),
             "text".into(),
         ]);
+        argv.extend(o.extra_args.iter().cloned());
         let log = self.log("agent");
         self.agent = Some(Proc::spawn("agent", &argv, &log, &self.timeline));
     }

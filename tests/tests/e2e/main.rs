@@ -12,3 +12,4 @@ mod faults;
 mod isolation;
 mod lifecycle;
 mod restarts;
+mod upstreams;

@@ -1,0 +1,413 @@
+//! Scenarios U1–U6 (SPEC §8): a model server that does not speak the protocol, a fake vLLM
+//! in its own process, watched by the agent through its original probes, /proc and its
+//! metrics. The agent's configuration comes from running `vitals-agent inject` on a plain
+//! vLLM Deployment, as a user would, never from hand-written JSON.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use vitals_e2e::bins;
+use vitals_e2e::client;
+use vitals_e2e::fake_vllm::FakeVllm;
+use vitals_e2e::pod::{free_addr, AgentOptions, Pod};
+use vitals_e2e::probe::{probe_once, DEFAULT_TIMEOUT};
+use vitals_e2e::report::report_line;
+use vitals_e2e::slots;
+
+use crate::common::*;
+
+const STARTED: &str = "/startupz/vllm";
+const LIVE: &str = "/livez/vllm";
+const READY: &str = "/readyz/vllm";
+/// The probes' `periodSeconds` in the manifest.
+const PERIOD: Duration = Duration::from_secs(1);
+
+/// A vLLM Deployment as its users write it: `/health` on the API port, by name for
+/// readiness; `periodSeconds: 1` so the scenarios run in seconds.
+fn manifest(port: u16) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: llm
+spec:
+  selector:
+    matchLabels: {{app: llm}}
+  template:
+    metadata:
+      labels: {{app: llm}}
+    spec:
+      containers:
+      - name: vllm
+        image: vllm/vllm-openai:v0.8.5
+        ports:
+        - name: http
+          containerPort: {port}
+        startupProbe:
+          httpGet: {{path: /health, port: {port}}}
+          periodSeconds: 1
+          failureThreshold: 30
+        livenessProbe:
+          httpGet: {{path: /health, port: {port}}}
+          periodSeconds: 1
+          failureThreshold: 3
+        readinessProbe:
+          httpGet: {{path: /health, port: http}}
+          periodSeconds: 1
+"
+    )
+}
+
+/// Runs `vitals-agent inject` on `manifest` and returns the agent's `VITALS_UPSTREAMS`.
+fn injected_upstreams(manifest: &str) -> String {
+    let mut child = Command::new(bins::agent_bin())
+        .args(["inject", "-q", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run vitals-agent inject");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(manifest.as_bytes())
+        .expect("write the manifest");
+    let out = child.wait_with_output().expect("inject finishes");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "inject failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The value is one YAML double-quoted scalar; JSON inside it only needs `\"` and `\\`
+    // undone.
+    let value = text
+        .lines()
+        .skip_while(|l| !l.trim_end().ends_with("name: VITALS_UPSTREAMS"))
+        .nth(1)
+        .and_then(|l| l.trim().strip_prefix("value: \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no VITALS_UPSTREAMS in inject's output:\n{text}"));
+    let json = value.replace("\\\"", "\"").replace("\\\\", "\\");
+    serde_json::from_str::<serde_json::Value>(&json)
+        .unwrap_or_else(|e| panic!("VITALS_UPSTREAMS is not JSON ({e}): {json}"));
+    json
+}
+
+/// A pod with the agent and the fake vLLM (loading for `load_for`), wired by inject.
+struct UpstreamPod {
+    pod: Pod,
+    vllm: FakeVllm,
+    /// When the fake vLLM started (its load began), on the pod's timeline.
+    vllm_started: Duration,
+    _dir: tempfile::TempDir,
+}
+
+fn start(name: &str, load_for: Option<Duration>) -> UpstreamPod {
+    let dir = tempfile::tempdir().expect("temp folder");
+    let addr = free_addr();
+    let config = injected_upstreams(&manifest(addr.port()));
+    let file = dir.path().join("upstreams.json");
+    std::fs::write(&file, &config).expect("write the upstreams");
+    let agent = AgentOptions {
+        extra_args: vec!["--upstreams".into(), file.to_string_lossy().into_owned()],
+        ..agent()
+    };
+    let mut pod = Pod::new(name, agent, worker());
+    let vllm_started = pod.event("starting the fake vLLM");
+    let vllm = FakeVllm::start(
+        Path::new(env!("CARGO_BIN_EXE_fake-vllm")),
+        addr,
+        load_for,
+        &dir.path().join("fake-vllm.log"),
+    );
+    pod.event(format!("fake vLLM started on {addr} (pid {})", vllm.pid()));
+    pod.start_agent_and_wait();
+    UpstreamPod {
+        pod,
+        vllm,
+        vllm_started,
+        _dir: dir,
+    }
+}
+
+impl UpstreamPod {
+    /// Waits until `/status` shows the agent found vLLM's process (by its listening
+    /// socket: the tests run as one user, so its fds are readable).
+    fn await_process_found(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let status = self.pod.status();
+            let proc = &status["upstreams"][0]["proc"];
+            if proc["process"] == "exists" {
+                assert_eq!(proc["pid"], self.vllm.pid(), "{status}");
+                assert_eq!(proc["found_by"], "socket", "{status}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent did not find vLLM's process: {status}"
+            );
+            std::thread::sleep(vitals_e2e::pod::POLL);
+        }
+    }
+
+    /// Loaded, serving, and seen so by the agent.
+    fn ready(name: &str) -> UpstreamPod {
+        let p = start(name, Some(Duration::ZERO));
+        p.pod
+            .await_probe(READY, Duration::from_secs(10), "vLLM ready", |o| o.passed());
+        p
+    }
+}
+
+/// U1: a slow start passes through startup without a restart: while vLLM loads, the
+/// agent's startup probe fails with vLLM's own 503, well inside the kubelet's budget, and
+/// passes within a period of vLLM turning healthy.
+#[test]
+fn u1_slow_start_passes_startup() {
+    let _slot = slots::shared();
+    const LOAD: Duration = Duration::from_secs(4);
+    let mut p = start("up_slow_start", Some(LOAD));
+    let t0 = p.vllm_started;
+    p.pod.event("agent up, vLLM loading");
+    // Before the agent's first run of the probe: `no result yet`; then vLLM's own 503.
+    p.pod.await_probe(
+        STARTED,
+        Duration::from_secs(5),
+        "startup fails with vLLM's 503 while loading",
+        |o| o.reason() == Some("probe failed: status 503"),
+    );
+    let loading = p.pod.timeline.probes(STARTED, t0, p.pod.timeline.now());
+    assert!(
+        loading.iter().all(|e| e.passed == Some(false)
+            && e.reason()
+                .is_some_and(|r| r == "no result yet" || r == "probe failed: status 503")),
+        "startup while loading: {loading:?}"
+    );
+    let watch = p.pod.watch(
+        // The kubelet's budget: periodSeconds 1 × failureThreshold 30, at the watch's grain.
+        vec![(
+            STARTED,
+            vitals_e2e::probe::ProbeWorker::new(
+                vitals_e2e::probe::ProbeKind::Startup,
+                1,
+                (30 * PERIOD.as_millis() / WATCH_PERIOD.as_millis()) as u32,
+            ),
+        )],
+        WATCH_PERIOD,
+    );
+    let (passed_at, _) = p.pod.await_probe(
+        STARTED,
+        LOAD + Duration::from_secs(5),
+        "startup passes",
+        |o| o.passed(),
+    );
+    p.pod.stop_watches();
+    let after_load = passed_at.saturating_sub(t0 + LOAD);
+    report_line(&format!(
+        "[up_slow_start] startup passed {:.2}s after vLLM turned healthy (bound {}s + 1s)",
+        after_load.as_secs_f64(),
+        PERIOD.as_secs()
+    ));
+    assert!(
+        after_load <= PERIOD + SLACK,
+        "startup passed late: {after_load:?}"
+    );
+    assert_eq!(
+        watch.restarts(STARTED),
+        0,
+        "the kubelet would have restarted vLLM"
+    );
+    p.vllm.kill();
+}
+
+/// U2: the engine hangs while `/health` still answers 200: `/livez/vllm` fails with
+/// `loop_stalled` within the stall timeout (+ 2 s) from vLLM's own metrics.
+#[test]
+fn u2_engine_hang_fails_liveness_while_health_is_200() {
+    let _slot = slots::shared();
+    let p = UpstreamPod::ready("up_engine_hang");
+    let stall = p.pod.agent_options.stall_timeout;
+    p.vllm.busy(2, 1);
+    p.pod.event("vLLM busy: 2 running, 1 waiting");
+    // Working while busy is never a stall.
+    let busy_from = p.pod.timeline.now();
+    std::thread::sleep(stall + Duration::from_secs(1));
+    p.pod.probe(LIVE);
+    assert_all_pass(
+        &p.pod,
+        LIVE,
+        busy_from,
+        p.pod.timeline.now(),
+        "busy and working",
+    );
+    p.vllm.hang_engine();
+    let fault = p.pod.event("vLLM engine loop hung");
+    p.pod.await_detection(
+        LIVE,
+        &["loop_stalled"],
+        fault,
+        stall,
+        Duration::from_secs(2),
+        stall.saturating_sub(p.pod.agent_options.proc_interval * 2),
+    );
+    let health = client::get(p.vllm.addr, "/health", Duration::from_secs(2)).expect("health");
+    assert_eq!(health.status, 200, "vLLM's own /health still passes");
+    let status = p.pod.status();
+    let text = status.to_string();
+    assert!(
+        text.contains("\"upstream\"") && text.contains("loop_stalled") && text.contains("vllm"),
+        "/status does not show the stalled upstream: {status}"
+    );
+    let metrics = p.pod.metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "vitals_worker_in_flight{worker=\"vllm\"} 2"),
+        "vLLM's running requests re-exported: {metrics}"
+    );
+}
+
+/// U3: SIGSTOP of the vLLM process reads `stopped` within the hang timeout, as for a
+/// native worker, and clears on SIGCONT.
+#[test]
+fn u3_sigstop_reads_stopped() {
+    let _slot = slots::shared();
+    let p = UpstreamPod::ready("up_sigstop");
+    let pid = Pid::from_raw(i32::try_from(p.vllm.pid()).expect("pid fits"));
+    let hang = p.pod.agent_options.hang_timeout;
+    signal::kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+    let fault = p.pod.event("SIGSTOP -> vLLM");
+    p.pod
+        .await_detection(LIVE, &["stopped"], fault, hang, SLACK, Duration::ZERO);
+    signal::kill(pid, Signal::SIGCONT).expect("SIGCONT");
+    p.pod.event("SIGCONT -> vLLM");
+    p.pod
+        .await_probe(LIVE, hang + Duration::from_secs(5), "live again", |o| {
+            o.passed()
+        });
+}
+
+/// U4: the upstream process killed: readiness fails within one period + 1 s.
+#[test]
+fn u4_killed_upstream_fails_readiness() {
+    let _slot = slots::shared();
+    let mut p = UpstreamPod::ready("up_killed");
+    p.await_process_found();
+    let fault = p.pod.event("SIGKILL -> vLLM");
+    p.vllm.kill();
+    let (_, o) = p.pod.await_probe(
+        READY,
+        PERIOD + SLACK + Duration::from_secs(3),
+        "not ready",
+        |o| !o.passed(),
+    );
+    let after = p.pod.timeline.now().saturating_sub(fault);
+    report_line(&format!(
+        "[up_killed] readiness failed ({}) {:.2}s after the kill (bound {}s + 1s)",
+        o.reason().unwrap_or_default(),
+        after.as_secs_f64(),
+        PERIOD.as_secs()
+    ));
+    assert!(
+        after <= PERIOD + SLACK + vitals_e2e::pod::POLL,
+        "too late: {after:?}"
+    );
+    assert!(
+        o.reason()
+            .is_some_and(|r| r == "process gone" || r.starts_with("probe failed")),
+        "{o}"
+    );
+}
+
+/// U5: vLLM answering in 5 s while its probe has `timeoutSeconds: 1`: the agent's answer
+/// stays immediate and says `probe failed: timeout`.
+#[test]
+fn u5_slow_upstream_never_slows_the_agent() {
+    let _slot = slots::shared();
+    let p = UpstreamPod::ready("up_slow_answers");
+    p.vllm.slow(Duration::from_secs(5));
+    let at = p.pod.event("vLLM answers in 5 s");
+    p.pod.await_detection(
+        READY,
+        &["probe failed: timeout"],
+        at,
+        PERIOD + DEFAULT_TIMEOUT,
+        SLACK,
+        Duration::ZERO,
+    );
+    let mut latencies: Vec<Duration> = (0..50)
+        .map(|_| {
+            let o = probe_once(p.pod.agent_addr, READY, DEFAULT_TIMEOUT);
+            assert_eq!(o.reason(), Some("probe failed: timeout"), "{o}");
+            o.latency
+        })
+        .collect();
+    latencies.sort();
+    let (p50, max) = (
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+    );
+    report_line(&format!(
+        "[up_slow_answers] the agent answered /readyz/vllm in p50 {:.2} ms, max {:.2} ms while vLLM took 5 s",
+        p50.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3
+    ));
+    assert!(
+        max < DEFAULT_TIMEOUT,
+        "a probe of the agent waited on the upstream: {max:?}"
+    );
+}
+
+/// Resident memory of `pid` in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
+}
+
+/// U6: 50 probes a second of the upstream's paths through the agent for 60 s, while the
+/// agent probes and scrapes vLLM: the agent's resident memory grows by less than 2 MiB.
+#[test]
+fn u6_steady_probing_does_not_grow_memory() {
+    let _slot = slots::exclusive();
+    let mut p = UpstreamPod::ready("up_memory");
+    p.vllm.busy(1, 0);
+    let pid = p.pod.agent().pid().as_raw().unsigned_abs();
+    let paths = [STARTED, LIVE, READY];
+    let run = |for_: Duration| {
+        let start = Instant::now();
+        let mut n = 0u32;
+        while start.elapsed() < for_ {
+            let o = probe_once(p.pod.agent_addr, paths[n as usize % 3], DEFAULT_TIMEOUT);
+            assert!(o.passed(), "{o}");
+            n += 1;
+            let next = start + Duration::from_millis(20) * n;
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        n
+    };
+    run(Duration::from_secs(5));
+    let before = rss_kib(pid);
+    let n = run(Duration::from_secs(60));
+    let after = rss_kib(pid);
+    report_line(&format!(
+        "[up_memory] {n} probes in 60 s: agent RSS {before} KiB -> {after} KiB ({:+} KiB)",
+        after as i64 - before as i64
+    ));
+    assert!(
+        after < before + 2048,
+        "RSS grew from {before} to {after} KiB"
+    );
+}
