@@ -935,3 +935,18 @@ fn a_single_container_is_a_worker_only_when_named() {
     let worker = inject(&one, &["--container".into(), "embeddings".into()]);
     assert!(worker.contains("--expect=embeddings") && !worker.contains(UPSTREAMS_ENV));
 }
+
+#[test]
+fn a_custom_metrics_object_survives_reinjection() {
+    let out = inject(&fixture("exec-probe.in.yaml"), &[]);
+    let (config, _) = upstreams_of(&out);
+    let mut custom = config.clone();
+    custom["ollama"]["metrics"] = serde_json::json!({"port": 11434, "work": ["ollama_tokens_total"], "busy": ["ollama_running"]});
+    let edited = out.replace(
+        &serde_json::to_string(&config.to_string()).expect("quoted"),
+        &serde_json::to_string(&custom.to_string()).expect("quoted"),
+    );
+    assert_ne!(edited, out, "the fixture's config was found and edited");
+    let (again, _) = upstreams_of(&inject(&edited, &[]));
+    assert_eq!(again, custom);
+}

@@ -153,8 +153,21 @@ pub(super) fn wire_upstream(
         }
         ok
     });
-    if let Some(p) = profile {
-        entry.insert("metrics".into(), Value::String(p.into()));
+    match (profile, profile_override) {
+        (Some(p), _) => {
+            entry.insert("metrics".into(), Value::String(p.into()));
+        }
+        // A custom metrics object someone put in the agent's config stays, unless the
+        // annotation says otherwise.
+        (None, None) => {
+            if let Some(custom) = previous
+                .and_then(|p| p.get("metrics"))
+                .filter(|m| m.is_object())
+            {
+                entry.insert("metrics".into(), custom.clone());
+            }
+        }
+        (None, Some(_)) => {}
     }
     Ok(Some((Value::Object(entry), profile)))
 }
