@@ -411,3 +411,154 @@ fn u6_steady_probing_does_not_grow_memory() {
         "RSS grew from {before} to {after} KiB"
     );
 }
+
+/// A child process killed (and reaped) when the scenario ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A model pod as people run them: our worker speaking the protocol (`model`), a fake vLLM,
+/// and our worker again with the protocol off (its socket leads nowhere) as a TEI-style
+/// embeddings upstream probed on `/health`.
+fn three_container_manifest(vllm: u16, embedder: u16) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: mixed
+  annotations:
+    vitals.dev/workers: model
+spec:
+  containers:
+  - name: model
+    image: vitals-worker:dev
+  - name: vllm
+    image: vllm/vllm-openai:v0.8.5
+    ports: [{{name: http, containerPort: {vllm}}}]
+    livenessProbe: {{httpGet: {{path: /health, port: http}}, periodSeconds: 1}}
+    readinessProbe: {{httpGet: {{path: /health, port: http}}, periodSeconds: 1}}
+  - name: embedder
+    image: ghcr.io/huggingface/text-embeddings-inference:cpu-1.5
+    ports: [{{containerPort: {embedder}}}]
+    livenessProbe: {{tcpSocket: {{port: {embedder}}}, periodSeconds: 1}}
+    readinessProbe: {{httpGet: {{path: /health, port: {embedder}}}, periodSeconds: 1}}
+"
+    )
+}
+
+/// U7: one upstream's engine hang and another's death touch nobody else's verdict: the
+/// protocol worker and the other upstream stay live and ready throughout.
+#[test]
+fn u7_upstreams_beside_a_protocol_worker_are_isolated() {
+    let _slot = slots::shared();
+    let dir = tempfile::tempdir().expect("temp folder");
+    let (vllm_addr, emb_addr) = (free_addr(), free_addr());
+    let config = injected_upstreams(&three_container_manifest(vllm_addr.port(), emb_addr.port()));
+    let parsed: serde_json::Value = serde_json::from_str(&config).expect("JSON");
+    assert!(
+        parsed.get("model").is_none(),
+        "the protocol worker is no upstream"
+    );
+    assert_eq!(
+        parsed["embedder"]["metrics"], "tei",
+        "profile from the image"
+    );
+    let file = dir.path().join("upstreams.json");
+    std::fs::write(&file, &config).expect("write the upstreams");
+    let agent = AgentOptions {
+        extra_args: vec!["--upstreams".into(), file.to_string_lossy().into_owned()],
+        ..agent()
+    };
+    let mut pod = Pod::new("up_mixed", agent, worker());
+    let vllm = FakeVllm::start(
+        Path::new(env!("CARGO_BIN_EXE_fake-vllm")),
+        vllm_addr,
+        Some(Duration::ZERO),
+        &dir.path().join("fake-vllm.log"),
+    );
+    // Our worker with the protocol off: its reporter retries a socket that never exists.
+    let log = std::fs::File::create(dir.path().join("embedder.log")).expect("log");
+    let mut embedder = KillOnDrop(
+        Command::new(bins::worker_bin())
+            .arg("--model-dir")
+            .arg(bins::model_dir())
+            .args(["--device", "cpu", "--listen", &emb_addr.to_string()])
+            .arg("--agent-socket")
+            .arg(dir.path().join("nowhere/agent.sock"))
+            .args([
+                "--name",
+                "embedder",
+                "--threads",
+                "1",
+                "--max-batch-tokens",
+                "1024",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start the embedder"),
+    );
+    pod.start_ready();
+    for path in [READY, "/readyz/embedder", "/readyz"] {
+        pod.await_probe(path, Duration::from_secs(60), "all ready", |o| o.passed());
+    }
+    let kubelet = |kind, failures| vitals_e2e::probe::ProbeWorker::new(kind, 1, failures);
+    use vitals_e2e::probe::ProbeKind as K;
+    pod.watch(
+        vec![
+            ("/livez/model", kubelet(K::Liveness, 3)),
+            ("/readyz/model", kubelet(K::Readiness, 1)),
+            ("/livez/embedder", kubelet(K::Liveness, 3)),
+            ("/readyz/embedder", kubelet(K::Readiness, 1)),
+        ],
+        WATCH_PERIOD,
+    );
+    vllm.busy(2, 0);
+    vllm.hang_engine();
+    let fault = pod.event("vLLM engine loop hung");
+    let stall = pod.agent_options.stall_timeout;
+    pod.await_detection(
+        LIVE,
+        &["loop_stalled"],
+        fault,
+        stall,
+        Duration::from_secs(2),
+        Duration::ZERO,
+    );
+    let (_, agg) = pod.await_probe("/readyz", Duration::from_secs(5), "aggregate", |o| {
+        !o.passed()
+    });
+    assert_eq!(agg.reason(), Some("vllm: loop_stalled"), "{agg}");
+    let killed = pod.event("SIGKILL -> embedder");
+    embedder.kill();
+    pod.await_probe(
+        "/readyz/embedder",
+        PERIOD + SLACK + Duration::from_secs(3),
+        "embedder not ready",
+        |o| !o.passed(),
+    );
+    let now = pod.timeline.now();
+    pod.stop_watches();
+    for path in ["/livez/model", "/readyz/model"] {
+        assert_all_pass(&pod, path, fault, now, "the protocol worker");
+    }
+    for path in ["/livez/embedder", "/readyz/embedder"] {
+        assert_all_pass(&pod, path, fault, killed, "the embedder before its death");
+    }
+    report_line(&format!(
+        "[up_mixed] vLLM hang and embedder death left model live and ready (embedder not ready {:.2}s after its kill)",
+        now.saturating_sub(killed).as_secs_f64()
+    ));
+}
