@@ -24,9 +24,13 @@ use crate::verdict::{LiveReason, Probe};
 /// The metric name prefix.
 const NAMESPACE: &str = "vitals";
 
-/// Probe latency buckets: answers take microseconds; anything near 10 ms is a problem.
+/// Probe latency buckets: answers take about 200 µs, so the fine buckets show drift early;
+/// the coarse ones reach the kubelet's 1 s default timeout and beyond, so a p99 of seconds
+/// (a starved runtime, a stalled node) is measured rather than clipped at the top bucket,
+/// and `VitalsProbeSlow` can fire.
 const PROBE_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1,
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// Upstream answer latency buckets: from a local server's sub-millisecond answer to a
@@ -441,7 +445,8 @@ mod tests {
         let out = text(&m);
         for want in [
             "vitals_probe_requests_total{probe=\"readyz\",result=\"pass\",target=\"_all\"} 1",
-            "vitals_probe_duration_seconds_bucket{probe=\"readyz\",le=\"0.00005\"} 1",
+            "vitals_probe_duration_seconds_bucket{probe=\"readyz\",le=\"0.0001\"} 1",
+            "vitals_probe_duration_seconds_bucket{probe=\"readyz\",le=\"10\"} 1",
             "vitals_worker_connected{worker=\"model\"} 1",
             "vitals_worker_ready{worker=\"model\"} 1",
             "vitals_worker_live{worker=\"model\"} 1",

@@ -8,7 +8,6 @@
 //! size-limited before parsing; texts are tokenised on a blocking task (never on the
 //! model thread, never on the async runtime), then queued for the model thread.
 
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -20,8 +19,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::oneshot;
 use vitals_proto::Phase;
 
 use crate::batch::{Job, LoopFaults, SubmitError, Submitter};
@@ -33,8 +31,6 @@ use crate::startup::Loaded;
 
 /// Largest request body accepted, whatever the other limits (413 beyond).
 pub const MAX_BODY_BYTES: usize = 8 << 20;
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Per-request limits.
 #[derive(Debug, Clone, Copy)]
@@ -135,56 +131,6 @@ fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full<Byt
     response
 }
 
-/// Accepts connections until the task is aborted. Each connection holds a clone of
-/// `open` so the caller can tell when all have ended, and closes gracefully (finishing
-/// its current response) once `closing` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    closing: watch::Receiver<bool>,
-    open: mpsc::Sender<()>,
-) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of file descriptors and the like: back off rather than spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let state = Arc::clone(&state);
-        let mut closing = closing.clone();
-        let open = open.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(handle(&state, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                () = async {
-                    // Drop the borrow at once: it must not live across the await below.
-                    let _ = closing.wait_for(|c| *c).await;
-                } => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            drop(open);
-        });
-    }
-}
-
 /// Routes one request and records its metrics.
 pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
@@ -238,9 +184,14 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<B
     response
 }
 
-/// 503 unless the phase is `ready`, saying what the worker is doing instead.
+/// 503 unless the worker serves: phase `ready`, or `draining` within the drain delay
+/// (readiness already fails, but requests routed here meanwhile still get answers).
 fn require_ready(state: &AppState) -> Result<Arc<Loaded>, ApiError> {
-    let Status { phase, detail } = state.lifecycle.status();
+    let Status {
+        phase,
+        detail,
+        accepting,
+    } = state.lifecycle.status();
     let unavailable = |code, message: String| {
         Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -249,15 +200,17 @@ fn require_ready(state: &AppState) -> Result<Arc<Loaded>, ApiError> {
         ))
     };
     match phase {
-        Phase::Ready => state.loaded.get().cloned().map_or_else(
+        Phase::Ready | Phase::Draining if accepting => state.loaded.get().cloned().map_or_else(
             || unavailable("not_ready", "the model is not loaded yet".into()),
             Ok,
         ),
+        Phase::Ready | Phase::Draining => {
+            unavailable("draining", "the server is shutting down".into())
+        }
         Phase::Loading | Phase::Warming => unavailable(
             "not_ready",
             format!("the model is {} ({detail}); retry shortly", phase.as_str()),
         ),
-        Phase::Draining => unavailable("draining", "the server is shutting down".into()),
         Phase::Failed => unavailable("failed", format!("the worker has failed: {detail}")),
     }
 }

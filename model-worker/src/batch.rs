@@ -188,8 +188,6 @@ pub struct ModelLoop {
     pub metrics: Metrics,
     /// Faults to obey.
     pub faults: Arc<LoopFaults>,
-    /// Set after a drain: the loop returns once its queue is empty.
-    pub stop: Arc<AtomicBool>,
 }
 
 /// A bounded queue: the submitter for the HTTP side and the loop for the model thread.
@@ -214,7 +212,6 @@ pub fn queue(
             counters,
             metrics,
             faults: Arc::default(),
-            stop: Arc::default(),
         },
     )
 }
@@ -227,7 +224,8 @@ struct Pending {
 }
 
 impl ModelLoop {
-    /// Runs batches until stopped (or every submitter is gone) with an empty queue.
+    /// Runs batches until every [`Submitter`] is gone (the HTTP server has closed) and the
+    /// queue is empty: a drain finishes what was accepted, then the loop ends by itself.
     /// Returns an error after a model failure when `errors_are_fatal` (a CUDA device:
     /// its context is unusable afterwards); every request then still queued is answered
     /// with that error. Otherwise a failed batch fails only its own requests.
@@ -250,7 +248,7 @@ impl ModelLoop {
                 queue.push_back(entry(job));
             }
             self.retire(&mut queue);
-            if queue.is_empty() && (disconnected || self.stop.load(Ordering::SeqCst)) {
+            if queue.is_empty() && disconnected {
                 return Ok(());
             }
             let wait = match next_batch(&queue, &self.limits, Instant::now()) {
@@ -583,10 +581,9 @@ mod tests {
     }
 
     #[test]
-    fn the_idle_loop_keeps_ticking_and_stops_when_asked() {
+    fn the_idle_loop_keeps_ticking_and_ends_when_the_server_is_gone() {
         let (submitter, model_loop) = setup(8);
         let counters = Arc::clone(&model_loop.counters);
-        let stop = Arc::clone(&model_loop.stop);
         let thread = std::thread::spawn(move || {
             let mut fake = Fake {
                 batches: Vec::new(),
@@ -594,10 +591,12 @@ mod tests {
             };
             model_loop.run(&mut fake, false)
         });
-        std::thread::sleep(TICK * 3);
-        assert!(counters.progress() >= 2, "ticks while idle");
-        stop.store(true, Ordering::SeqCst);
-        thread.join().expect("no panic").expect("clean exit");
+        let deadline = Instant::now() + TICK * 50;
+        while counters.progress() < 3 {
+            assert!(Instant::now() < deadline, "the idle loop stopped ticking");
+            std::thread::park_timeout(TICK / 4);
+        }
         drop(submitter);
+        thread.join().expect("no panic").expect("clean exit");
     }
 }

@@ -10,10 +10,14 @@ use vitals_proto::WorkerName;
 
 use crate::model::device::DeviceSpec;
 
+/// The duration grammar, as `--help` states it: the agent's, from the same crate (humantime).
+pub const DURATIONS_HELP: &str =
+    "Durations are numbers with units, summed: 250ms, 10s, 1m30s, 2h (a bare number is refused).";
+
 /// vitals-worker: a sentence-embedding server (OpenAI- and TEI-compatible) that reports
 /// its lifecycle to the Vitals agent.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "vitals-worker", version)]
+#[command(name = "vitals-worker", version, after_help = DURATIONS_HELP)]
 pub struct Args {
     /// Model folder in sentence-transformers layout (config.json, model.safetensors,
     /// tokenizer.json, modules.json, 1_Pooling/config.json).
@@ -46,7 +50,7 @@ pub struct Args {
     #[arg(long, env = "VITALS_MAX_BATCH_TOKENS", default_value_t = 4096)]
     pub max_batch_tokens: usize,
     /// How long a partly filled batch waits for more work before running.
-    #[arg(long, env = "VITALS_BATCH_LINGER", default_value = "2ms", value_parser = parse_duration)]
+    #[arg(long, env = "VITALS_BATCH_LINGER", default_value = "2ms", value_parser = humantime::parse_duration)]
     pub batch_linger: Duration,
     /// Most requests queued for the model; beyond it requests get 429.
     #[arg(long, env = "VITALS_MAX_QUEUE", default_value_t = 1024)]
@@ -57,11 +61,16 @@ pub struct Args {
     /// Most characters over all texts of one request (413 beyond).
     #[arg(long, env = "VITALS_MAX_REQUEST_CHARS", default_value_t = 1_000_000)]
     pub max_request_chars: usize,
-    /// After SIGTERM, how long queued and running requests may take before exiting.
-    #[arg(long, env = "VITALS_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    /// After SIGTERM, how long new requests are still accepted (readiness already failing)
+    /// while endpoints and load balancers stop routing here. Keep
+    /// terminationGracePeriodSeconds above drain delay + drain timeout + a margin.
+    #[arg(long, env = "VITALS_DRAIN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
+    /// After the drain delay, how long queued and running requests may take before exiting.
+    #[arg(long, env = "VITALS_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
     /// How often the reporter sends a heartbeat to the agent.
-    #[arg(long, env = "VITALS_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "VITALS_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
     /// CPU threads for candle's matrix products (default: available cores).
     #[arg(long, env = "VITALS_THREADS")]
@@ -73,7 +82,7 @@ pub struct Args {
     #[arg(long, env = "VITALS_ENABLE_FAULT_INJECTION")]
     pub enable_fault_injection: bool,
     /// Fault: loading takes this long, with progress moving all along.
-    #[arg(long, env = "VITALS_FAULT_SLOW_LOAD", value_parser = parse_duration, requires = "enable_fault_injection")]
+    #[arg(long, env = "VITALS_FAULT_SLOW_LOAD", value_parser = humantime::parse_duration, requires = "enable_fault_injection")]
     pub fault_slow_load: Option<Duration>,
     /// Fault: loading stops part-way (progress frozen) and never finishes.
     #[arg(
@@ -134,7 +143,9 @@ pub struct Config {
     pub max_inputs: usize,
     /// Most characters per request.
     pub max_request_chars: usize,
-    /// Drain deadline after a shutdown signal.
+    /// How long new requests are still admitted after a shutdown signal.
+    pub drain_delay: Duration,
+    /// How long in-flight requests may take after the drain delay.
     pub drain_timeout: Duration,
     /// Heartbeat interval.
     pub heartbeat_interval: Duration,
@@ -204,6 +215,7 @@ impl Config {
             max_queue: args.max_queue,
             max_inputs: args.max_inputs,
             max_request_chars: args.max_request_chars,
+            drain_delay: args.drain_delay,
             drain_timeout: args.drain_timeout,
             heartbeat_interval: args.heartbeat_interval,
             threads,
@@ -216,26 +228,6 @@ impl Config {
     }
 }
 
-/// Parses `250ms`, `10s`, `1.5s`, `2m` or `1h` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 10s, 2m"))?;
-    let scale = match unit.trim() {
-        "ms" => 1e-3,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        other => return Err(format!("invalid duration unit {other:?} in {s:?}")),
-    };
-    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("invalid duration {s:?}: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,14 +237,16 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5d").is_err());
+    fn durations_take_the_agents_grammar() {
+        let args = parse(&["--drain-timeout", "1m30s", "--batch-linger", "250ms"]).expect("parses");
+        assert_eq!(args.drain_timeout, Duration::from_secs(90));
+        assert_eq!(args.batch_linger, Duration::from_millis(250));
+        for bad in ["3", "ten", "1x"] {
+            let flag = format!("--drain-delay={bad}");
+            assert!(parse(&[&flag]).is_err(), "{bad:?} must be refused");
+        }
+        let help = parse(&["--help"]).expect_err("help exits").to_string();
+        assert!(help.contains(DURATIONS_HELP), "{help}");
     }
 
     #[test]
@@ -261,6 +255,7 @@ mod tests {
         assert_eq!(config.name.to_string(), "model");
         assert_eq!(config.batch.max_batch_size, 32);
         assert_eq!(config.max_queue, 1024);
+        assert_eq!(config.drain_delay, Duration::from_secs(5));
         assert_eq!(config.drain_timeout, Duration::from_secs(30));
         assert_eq!(config.device, DeviceSpec::Auto);
         assert!(!config.fault_injection);

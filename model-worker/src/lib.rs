@@ -1,10 +1,12 @@
 //! vitals-worker: a BERT sentence-embedding server (candle) that reports its lifecycle to
 //! the Vitals agent. The binary in `main.rs` only parses the command line and calls
-//! [`run`]; tests call the same `run` with a bound port and their own [`Shutdown`].
+//! [`run`]; tests call the same `run` with a bound port and their own shutdown token.
 //!
-//! Threads and tasks: the HTTP server runs on the caller's tokio runtime; the model runs
-//! on its own OS thread ([`startup`], [`batch`]); the reporter has its own thread
-//! (vitals-proto). One [`Shutdown`] signal ends them all.
+//! Threads and tasks: the HTTP server ([`server`], [`api`]) runs on the caller's tokio
+//! runtime; the model runs on its own OS thread ([`startup`], [`batch`]); the reporter has
+//! its own thread (vitals-proto). One shutdown root, a `CancellationToken` cancelled by
+//! SIGTERM/SIGINT or by the model thread when it fails, starts the drain that [`run`]
+//! drives; every wait in it is bounded, so a hung model thread cannot keep the process up.
 
 pub mod api;
 pub mod batch;
@@ -12,23 +14,26 @@ pub mod config;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;
+pub mod server;
 pub mod startup;
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use vitals_proto::{Phase, Reporter, ReporterConfig};
 
 pub use config::Config;
-pub use lifecycle::{Lifecycle, Shutdown};
+pub use lifecycle::Lifecycle;
 
-/// How long to wait for the agent to hear a final phase before exiting.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long open connections get to finish their last response after the drain.
+/// How long the agent gets to hear the final phase. Short: the agent is on a local socket,
+/// and the drain budget (delay + timeout) plus this must stay within the pod's grace.
+const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long open connections get to finish their last response once the queue is empty.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the drain looks at the queue's depth.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 /// Why the worker stopped unsuccessfully.
 #[derive(Debug, thiserror::Error)]
@@ -47,12 +52,23 @@ pub enum WorkerError {
     Failed(String),
 }
 
-/// Runs the worker until `shutdown` is triggered (then drains and returns `Ok`) or the
-/// model fails (returns [`WorkerError::Failed`] after telling the agent).
+/// Runs the worker until `shutdown` is cancelled, then drains and returns `Ok`; or, when
+/// the model fails (it cancels `shutdown` itself after reporting `failed`), returns
+/// [`WorkerError::Failed`].
+///
+/// The drain, from the moment `shutdown` is cancelled (SPEC §2 `draining`):
+/// 1. report `draining` at once: the agent fails readiness, so endpoints stop routing here;
+/// 2. keep admitting new requests for `drain_delay`, while kube-proxy and ingresses catch up;
+/// 3. refuse new requests (503 `draining`) and wait for the queue to empty, at most
+///    `drain_timeout`;
+/// 4. close connections once each has finished its response, report, return.
+///
+/// The caller's runtime must not wait for the model thread either: it may be hung (that is
+/// what Vitals detects); the binary uses `Runtime::shutdown_timeout`.
 pub async fn run(
     config: Config,
     listener: TcpListener,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let mut reporter_config = ReporterConfig::new(
         &config.agent_socket,
@@ -70,7 +86,6 @@ pub async fn run(
     let (submitter, model_loop) =
         batch::queue(config.max_queue, config.batch, counters, metrics.clone());
     let loop_faults = Arc::clone(&model_loop.faults);
-    let stop_loop = Arc::clone(&model_loop.stop);
     let loaded = Arc::new(OnceLock::new());
     let model_name = config
         .model_dir
@@ -92,11 +107,12 @@ pub async fn run(
         source,
     })?;
 
+    let depth = submitter.clone();
     let state = Arc::new(api::AppState {
         lifecycle: lifecycle.clone(),
         model_name,
         loaded,
-        submitter: submitter.clone(),
+        submitter,
         metrics,
         limits: api::ApiLimits {
             max_inputs: config.max_inputs,
@@ -107,59 +123,61 @@ pub async fn run(
         fault_injection: config.fault_injection,
         loop_faults,
     });
-    let (closing_tx, closing) = watch::channel(false);
-    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
-    let server = tokio::spawn(api::serve(listener, state, closing, open_tx));
+    let close = CancellationToken::new();
+    let server = tokio::spawn(server::serve(listener, state, close.clone(), CLOSE_TIMEOUT));
 
-    shutdown.wait().await;
-    if shutdown.exit_code() != 0 {
-        let status = lifecycle.status();
+    shutdown.cancelled().await;
+    let signalled = Instant::now();
+    if lifecycle.status().phase == Phase::Failed {
+        close.cancel();
         flush(&lifecycle).await;
-        server.abort();
-        return Err(WorkerError::Failed(status.detail));
+        return Err(WorkerError::Failed(lifecycle.status().detail));
     }
-
     lifecycle.set_phase(Phase::Draining, "shutting down", None);
-    tracing::info!(queued = submitter.depth(), "draining");
-    let deadline = Instant::now() + config.drain_timeout;
-    while submitter.depth() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    tracing::info!(delay = ?config.drain_delay, queued = depth.depth(), "draining: still accepting for the drain delay");
+    tokio::time::sleep(config.drain_delay).await;
+    lifecycle.stop_accepting();
+    let deadline = signalled + config.drain_delay + config.drain_timeout;
+    while depth.depth() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(DRAIN_POLL).await;
     }
-    let left = submitter.depth();
+    let left = depth.depth();
     if left > 0 {
         tracing::warn!(
             left,
             "drain timeout: exiting with requests still queued or running"
         );
     }
-    stop_loop.store(true, Ordering::SeqCst);
-    // Stop accepting, let every connection finish its response, then close them.
-    server.abort();
-    let _ = server.await;
-    let _ = closing_tx.send(true);
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    let _ = tokio::time::timeout(remaining.min(CLOSE_TIMEOUT), open_rx.recv()).await;
-    if left == 0 {
-        // The loop exits at its next tick once stopped; do not wait on a hung one.
-        let _ = tokio::time::timeout(
-            Duration::from_millis(500),
-            tokio::task::spawn_blocking(move || model_thread.join()),
-        )
-        .await;
+    drop(depth);
+    close.cancel();
+    let close_by = deadline.max(Instant::now() + CLOSE_TIMEOUT.min(Duration::from_millis(500)));
+    if tokio::time::timeout_at(close_by.into(), server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open at the drain deadline");
+    }
+    if model_thread.is_finished() {
+        tracing::debug!("model loop ended");
+    } else {
+        tracing::warn!("model thread still busy at exit (hung?); not waiting for it");
     }
     flush(&lifecycle).await;
-    tracing::info!("stopped");
+    tracing::info!(took = ?signalled.elapsed(), "stopped");
     Ok(())
 }
 
-/// Gives the reporter a moment to deliver the last phase to the agent; only a short one
-/// when no agent is connected (a worker running alone should exit promptly).
+/// Gives the reporter a moment to deliver the last phase to the agent, on a plain thread:
+/// a blocking-pool task would make the runtime wait for it at shutdown.
 async fn flush(lifecycle: &Lifecycle) {
     let lifecycle = lifecycle.clone();
-    let timeout = if lifecycle.reporter().is_connected() {
-        FLUSH_TIMEOUT
-    } else {
-        FLUSH_TIMEOUT / 8
-    };
-    let _ = tokio::task::spawn_blocking(move || lifecycle.flush(timeout)).await;
+    let (done, flushed) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("flush".into())
+        .spawn(move || {
+            let _ = done.send(lifecycle.flush(FLUSH_TIMEOUT));
+        });
+    if spawned.is_ok() {
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, flushed).await;
+    }
 }

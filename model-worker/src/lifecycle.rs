@@ -1,11 +1,11 @@
 //! The worker's lifecycle in one place: the phase (`loading` → `warming` → `ready`, then
-//! `draining` or `failed`), its readiness checks, and the one shutdown signal.
+//! `draining` or `failed`), its readiness checks, and whether new work is still admitted
+//! (through the drain delay, after `draining` is reported).
 //!
 //! Every change goes both to the agent (through the [`Reporter`]) and to the HTTP side
 //! (a watch channel the API reads to answer 503 while not ready), so the two never
 //! disagree. `failed` is terminal: later phase changes are ignored, as the agent does.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +20,9 @@ pub struct Status {
     pub phase: Phase,
     /// Human-readable detail (loading step, failure reason).
     pub detail: String,
+    /// Whether new requests are admitted. True from the start; false once the drain delay
+    /// after `draining` has passed. While loading, requests are refused by phase anyway.
+    pub accepting: bool,
 }
 
 /// Reports the lifecycle to the agent and to the API; cheap to clone.
@@ -35,6 +38,7 @@ impl Lifecycle {
         let status = Status {
             phase: Phase::Loading,
             detail: "starting".to_owned(),
+            accepting: true,
         };
         reporter.set_phase(status.phase, status.detail.clone(), None);
         Self {
@@ -67,10 +71,8 @@ impl Lifecycle {
                 return false;
             }
             if s.phase != phase || s.detail != detail {
-                *s = Status {
-                    phase,
-                    detail: detail.to_owned(),
-                };
+                s.phase = phase;
+                s.detail = detail.to_owned();
             }
             true
         });
@@ -78,6 +80,12 @@ impl Lifecycle {
             self.reporter.set_phase(phase, detail, progress);
         }
         changed
+    }
+
+    /// The drain delay is over: new requests are refused from now on (in-flight ones
+    /// still finish).
+    pub fn stop_accepting(&self) {
+        self.status.send_modify(|s| s.accepting = false);
     }
 
     /// Reports a readiness check.
@@ -94,67 +102,5 @@ impl Lifecycle {
     /// Waits (blocking) up to `timeout` for the agent to have received every update.
     pub fn flush(&self, timeout: Duration) -> bool {
         self.reporter.flush(timeout)
-    }
-}
-
-/// The one shutdown signal: set once, observed by every task and thread.
-#[derive(Debug, Clone)]
-pub struct Shutdown {
-    inner: Arc<ShutdownInner>,
-}
-
-#[derive(Debug)]
-struct ShutdownInner {
-    triggered: watch::Sender<bool>,
-    flag: AtomicBool,
-    /// The exit code the process should end with (0 after a clean drain).
-    code: AtomicI32,
-}
-
-impl Default for Shutdown {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Shutdown {
-    /// A signal not yet triggered.
-    pub fn new() -> Self {
-        Self {
-            inner: Arc::new(ShutdownInner {
-                triggered: watch::channel(false).0,
-                flag: AtomicBool::new(false),
-                code: AtomicI32::new(0),
-            }),
-        }
-    }
-
-    /// Starts shutting down (idempotent).
-    pub fn trigger(&self) {
-        self.inner.flag.store(true, Ordering::SeqCst);
-        self.inner.triggered.send_replace(true);
-    }
-
-    /// Starts shutting down because of an unrecoverable error: the process exits 1.
-    pub fn trigger_failure(&self) {
-        self.inner.code.store(1, Ordering::SeqCst);
-        self.trigger();
-    }
-
-    /// The exit code asked for so far.
-    pub fn exit_code(&self) -> i32 {
-        self.inner.code.load(Ordering::SeqCst)
-    }
-
-    /// Whether shutdown has started (for threads that poll).
-    pub fn is_triggered(&self) -> bool {
-        self.inner.flag.load(Ordering::SeqCst)
-    }
-
-    /// Resolves once shutdown has started.
-    pub async fn wait(&self) {
-        let mut rx = self.inner.triggered.subscribe();
-        // The sender lives in `self`, so the channel cannot close while we wait.
-        let _ = rx.wait_for(|t| *t).await;
     }
 }

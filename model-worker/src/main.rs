@@ -1,18 +1,31 @@
 //! The `vitals-worker` binary: parse the command line, set up logging and CPU threads,
-//! turn SIGTERM/SIGINT into the shutdown signal, and run the worker.
+//! turn SIGTERM/SIGINT into the shutdown root, and run the worker. Exit codes, as the
+//! agent's: 0 ok, 1 runtime failure, 2 bad command line.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use tokio_util::sync::CancellationToken;
 use vitals_worker::config::{Args, Config, LogFormat};
-use vitals_worker::Shutdown;
+
+/// How long tasks still running after the drain (a connection stuck on a hung model) may
+/// hold the process once `run` has returned.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(250);
 
 fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(args.log_format);
-    match run(args) {
+    let config = match Config::from_args(args) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!("invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -21,15 +34,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
-    let config = Config::from_args(args).context("invalid configuration")?;
+fn run(config: Config) -> anyhow::Result<()> {
     // Before any other thread exists (see its doc).
     vitals_worker::model::device::configure_cpu_threads(config.threads);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -39,16 +51,20 @@ fn run(args: Args) -> anyhow::Result<()> {
             agent_socket = %config.agent_socket.display(),
             "vitals-worker starting"
         );
-        let shutdown = Shutdown::new();
+        let shutdown = CancellationToken::new();
         tokio::spawn(on_signals(shutdown.clone()));
         vitals_worker::run(config, listener, shutdown)
             .await
             .context("vitals-worker stopped")
-    })
+    });
+    // Never wait on the model thread or a connection stuck behind it: a hung loop is what
+    // the agent exists to catch, and it must not also turn SIGTERM into SIGKILL.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
 }
 
-/// Triggers shutdown on the first SIGTERM or SIGINT.
-async fn on_signals(shutdown: Shutdown) {
+/// Cancels the shutdown root on the first SIGTERM or SIGINT.
+async fn on_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -61,7 +77,7 @@ async fn on_signals(shutdown: Shutdown) {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = int.recv() => tracing::info!("SIGINT: draining"),
     }
-    shutdown.trigger();
+    shutdown.cancel();
 }
 
 fn init_tracing(format: LogFormat) {

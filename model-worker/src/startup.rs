@@ -1,17 +1,19 @@
 //! The model thread from start to end: read the folder, load the tokenizer, open the
 //! device, read the weights (reporting byte progress), warm up at the largest batch
 //! shape, report `ready`, then run the batching loop. Each step is reported to the agent
-//! as it happens; an unrecoverable error reports `failed` and asks the process to exit 1.
+//! as it happens; an unrecoverable error reports `failed` and cancels the shutdown root,
+//! so the process drains and exits 1.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
 use vitals_proto::message::Progress;
 use vitals_proto::Phase;
 
 use crate::batch::ModelLoop;
 use crate::config::{BatchLimits, LoadFaults};
-use crate::lifecycle::{Lifecycle, Shutdown};
+use crate::lifecycle::Lifecycle;
 use crate::model::bert::{BertEmbedder, READ_CHUNK};
 use crate::model::device::{self, DeviceSpec, OpenDevice};
 use crate::model::tokenizer::TextTokenizer;
@@ -60,8 +62,8 @@ pub struct ModelThread {
     pub lifecycle: Lifecycle,
     /// Published once ready.
     pub loaded: Arc<OnceLock<Arc<Loaded>>>,
-    /// The shutdown signal (interrupts loading; raised on failure).
-    pub shutdown: Shutdown,
+    /// The shutdown root: interrupts loading; cancelled here after a failure.
+    pub shutdown: CancellationToken,
     /// The batching loop to run once ready.
     pub model_loop: ModelLoop,
 }
@@ -85,14 +87,14 @@ impl ModelThread {
             }
             Err(e) => {
                 lifecycle.fail(&e.to_string());
-                shutdown.trigger_failure();
+                shutdown.cancel();
                 return;
             }
         };
         let started = Instant::now();
         if let Err(e) = self.model_loop.run(&mut model, device.device.is_cuda()) {
             lifecycle.fail(&format!("inference on {} failed: {e}", device.name));
-            shutdown.trigger_failure();
+            shutdown.cancel();
         }
         tracing::debug!(uptime = ?started.elapsed(), "model loop ended");
     }
@@ -158,7 +160,7 @@ impl ModelThread {
     fn progress(&self) -> impl FnMut(u64, u64) -> Result<(), ModelError> + '_ {
         let mut per_chunk = None;
         move |done, total| {
-            if self.shutdown.is_triggered() {
+            if self.shutdown.is_cancelled() {
                 return Err(ModelError::Interrupted);
             }
             self.lifecycle.set_phase(
@@ -191,7 +193,7 @@ impl ModelThread {
     fn sleep(&self, d: Duration) -> Result<(), ModelError> {
         let end = Instant::now() + d;
         while Instant::now() < end {
-            if self.shutdown.is_triggered() {
+            if self.shutdown.is_cancelled() {
                 return Err(ModelError::Interrupted);
             }
             std::thread::sleep((end - Instant::now()).min(Duration::from_millis(50)));

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 use vitals_proto::codec::{encode_line, read_line};
 use vitals_proto::message::{decode_hello, decode_message, AgentMessage, Welcome, WorkerMessage};
 use vitals_proto::Phase;
 use vitals_worker::config::{Args, Config};
-use vitals_worker::{Shutdown, WorkerError};
+use vitals_worker::WorkerError;
 
 fn model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2")
@@ -34,7 +35,7 @@ fn have_model() -> bool {
 /// A worker running in this process on its own runtime thread.
 struct Worker {
     addr: SocketAddr,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
     result: Mutex<std::sync::mpsc::Receiver<Result<(), WorkerError>>>,
     agent: Arc<Mutex<Vec<WorkerMessage>>>,
     _dir: tempfile::TempDir,
@@ -62,7 +63,7 @@ impl Worker {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         listener.set_nonblocking(true).expect("nonblocking");
-        let shutdown = Shutdown::new();
+        let shutdown = CancellationToken::new();
         let (tx, rx) = std::sync::mpsc::channel();
         let sd = shutdown.clone();
         std::thread::spawn(move || {
@@ -584,7 +585,7 @@ fn loading_answers_503_and_faults_work_before_ready() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // Shutdown interrupts the (slow) load promptly.
-    w.shutdown.trigger();
+    w.shutdown.cancel();
     w.finish(Duration::from_secs(10)).expect("clean stop");
 }
 
@@ -659,7 +660,7 @@ fn full_queue_is_429_and_draining_is_503() {
         "no heartbeats after stop_heartbeats"
     );
 
-    w.shutdown.trigger();
+    w.shutdown.cancel();
     std::thread::sleep(Duration::from_millis(100));
     assert_error(addr, "/v1/embeddings", br#"{"input":"c"}"#, 503, "draining");
     let start = Instant::now();

@@ -79,6 +79,8 @@ impl Default for AgentOptions {
 pub struct WorkerOptions {
     /// How often the worker heartbeats (`--heartbeat-interval`).
     pub heartbeat_interval: Duration,
+    /// `--drain-delay`: how long the worker still admits requests after SIGTERM.
+    pub drain_delay: Duration,
     /// `--drain-timeout`.
     pub drain_timeout: Duration,
     /// `--fault-slow-load`: loading takes this long while progress keeps moving.
@@ -97,6 +99,7 @@ impl Default for WorkerOptions {
         Self {
             threads: Some(1),
             heartbeat_interval: Duration::from_millis(250),
+            drain_delay: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(10),
             slow_load: None,
             stuck_load: false,
@@ -336,6 +339,8 @@ impl Pod {
             // 16 x 256 takes four, longer than the scenarios' 3 s load-stall timeout.
             "--max-batch-tokens".into(),
             "1024".into(),
+            "--drain-delay".into(),
+            duration_arg(o.drain_delay),
             "--drain-timeout".into(),
             duration_arg(o.drain_timeout),
             "--heartbeat-interval".into(),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use vitals_e2e::load::Load;
 use vitals_e2e::pod::{Pod, WorkerOptions};
+use vitals_e2e::probe::{ProbeKind, ProbeWorker};
 use vitals_e2e::slots;
 
 use crate::common::*;
@@ -147,7 +148,16 @@ fn s02_slow_progressing_load_stays_live() {
         },
     );
     pod.start_agent_and_wait();
-    let kubelet = pod.watch(kubelet(), WATCH_PERIOD);
+    // A startup budget (period × failureThreshold) of a third of the load: under the old
+    // rule (startup at `ready`) the kubelet would kill this load, forever (issue 12).
+    let budget_probes = u32::try_from((slow / 3).as_millis() / WATCH_PERIOD.as_millis())
+        .expect("a few dozen probes");
+    let mut probes = kubelet();
+    probes[0] = (
+        STARTED,
+        ProbeWorker::new(ProbeKind::Startup, 1, budget_probes),
+    );
+    let kubelet = pod.watch(probes, WATCH_PERIOD);
     let spawned = pod.event("starting the worker");
     pod.start_worker();
     let ready = pod.await_ready(Duration::from_secs(60));
@@ -155,6 +165,17 @@ fn s02_slow_progressing_load_stays_live() {
     let end = pod.timeline.now();
     pod.stop_watches();
 
+    assert!(
+        ready - spawned >= (WATCH_PERIOD * budget_probes) * 3,
+        "the load ({:.2}s) must take at least 3x the startup budget ({:.2}s)",
+        (ready - spawned).as_secs_f64(),
+        (WATCH_PERIOD * budget_probes).as_secs_f64()
+    );
+    assert_eq!(
+        kubelet.restarts(STARTED),
+        0,
+        "the startup budget killed a load that was progressing"
+    );
     assert_all_pass(
         &pod,
         LIVE,
@@ -194,7 +215,8 @@ fn s02_slow_progressing_load_stays_live() {
 }
 
 /// Scenario 3: a load whose progress is frozen fails liveness with `load_stalled` once the
-/// load-stall timeout has passed since its progress last moved.
+/// load-stall timeout has passed since its progress last moved; the kubelet restarts it
+/// through liveness (its startup passed at hello).
 #[test]
 fn s03_stuck_load_fails_liveness() {
     let _slot = slots::shared();
@@ -208,7 +230,7 @@ fn s03_stuck_load_fails_liveness() {
         },
     );
     pod.start_agent_and_wait();
-    pod.watch(kubelet(), WATCH_PERIOD);
+    let kubelet = pod.watch(kubelet(), WATCH_PERIOD);
     let spawned = pod.event("starting the worker");
     pod.start_worker();
     // The load clock starts when the worker reports `loading` (at hello or later).
@@ -227,6 +249,20 @@ fn s03_stuck_load_fails_liveness() {
     );
     let ready = pod.probe(READY);
     assert_eq!(ready.reason(), Some("load_stalled"), "readiness: {ready}");
+    // SPEC §2: the stuck load was started at its hello; liveness is what kills it.
     let started = pod.probe(STARTED);
-    assert!(!started.passed(), "startup of a stuck load: {started}");
+    assert!(started.passed(), "startup of a stuck load: {started}");
+    let deadline = std::time::Instant::now() + SLACK * 2;
+    while kubelet.restarts(LIVE) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kubelet's liveness never reached its failure threshold"
+        );
+        std::thread::sleep(WATCH_PERIOD);
+    }
+    assert_eq!(
+        kubelet.restarts(STARTED),
+        0,
+        "killed by liveness, not startup"
+    );
 }

@@ -1,5 +1,6 @@
-//! Scenarios 6-8: processes going away. A worker crash and its restart, an agent restart
-//! under the worker's feet (under load), and a graceful drain (under load).
+//! Processes going away: a worker crash and its restart, an agent restart under the
+//! worker's feet (under load), a graceful drain (under load) with its drain delay, SIGTERM
+//! while the model thread is hung, and an agent crash loop that must not restart the model.
 
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -10,6 +11,7 @@ use serde_json::json;
 use vitals_e2e::client::{self, ClientError};
 use vitals_e2e::load::{judge, Load, Outcome};
 use vitals_e2e::pod::{Pod, WorkerOptions};
+use vitals_e2e::probe::{ProbeKind, ProbeWorker};
 use vitals_e2e::report::report_line;
 use vitals_e2e::slots;
 
@@ -137,6 +139,7 @@ fn s07_agent_restart_under_load() {
 fn s08_drain_under_load() {
     let _slot = slots::exclusive();
     let opts = WorkerOptions {
+        drain_delay: Duration::from_secs(2),
         drain_timeout: Duration::from_secs(10),
         ..worker()
     };
@@ -209,8 +212,12 @@ fn s08_drain_under_load() {
         opts.drain_timeout
     ));
     assert!(
-        exited - term <= opts.drain_timeout,
-        "draining took longer than its timeout"
+        exited - term >= opts.drain_delay,
+        "the worker left before its drain delay was over"
+    );
+    assert!(
+        exited - term <= opts.drain_delay + opts.drain_timeout,
+        "draining took longer than its delay + timeout"
     );
     let heavy: Vec<_> = done.iter().collect();
     assert_eq!(heavy.len(), HEAVY, "every heavy request got an outcome");
@@ -225,14 +232,160 @@ fn s08_drain_under_load() {
         }
     }
     assert_all_pass(&pod, LIVE, term, exited, "liveness while draining");
-    // Requests sent before SIGTERM must succeed; later ones may be turned away (503, a
+    // Requests sent before SIGTERM and during the drain delay (readiness failing, endpoints
+    // still routing here) must succeed: zero errors. Later ones may be turned away (503, a
     // refused or reset connection) but never lost.
+    let delay_end = term + opts.drain_delay;
+    let during_delay = report
+        .records
+        .iter()
+        .filter(|r| r.sent.is_some_and(|s| s > term && s < delay_end))
+        .count();
+    assert!(
+        during_delay >= 10,
+        "only {during_delay} requests were sent during the drain delay"
+    );
+    report_line(&format!(
+        "[drain] {during_delay} requests sent during the {:?} drain delay, all answered 200",
+        opts.drain_delay
+    ));
     report.assert_clean("drain", 20, |r| {
-        r.sent.is_none_or(|s| s > term)
+        r.sent.is_none_or(|s| s >= delay_end)
             && match &r.outcome {
                 Outcome::Status(s, _) => *s == 503,
                 Outcome::Error(e) => matches!(e, ClientError::Refused(_) | ClientError::Reset(_)),
                 Outcome::Ok => true,
             }
     });
+}
+
+/// Issue 10's defect: a hung model thread must not turn SIGTERM into SIGKILL. With the loop
+/// hung and a request stuck behind it, the worker still exits within its drain budget
+/// (delay + timeout) plus one second.
+#[test]
+fn s11_sigterm_while_the_model_thread_is_hung() {
+    let _slot = slots::shared();
+    let opts = WorkerOptions {
+        drain_delay: Duration::from_millis(500),
+        drain_timeout: Duration::from_secs(2),
+        ..worker()
+    };
+    let mut pod = Pod::new("sigterm_hung", agent(), opts.clone());
+    pod.start_ready();
+    pod.fault("hang_loop");
+    let (stuck_tx, stuck) = mpsc::channel();
+    let addr = pod.worker_addr;
+    thread::spawn(move || {
+        let body = json!({ "input": "stuck behind a hung loop" });
+        let r = client::post_json(addr, "/v1/embeddings", &body, Duration::from_secs(30));
+        let _ = stuck_tx.send(r);
+    });
+    // The request is queued (never answered) once the queue depth says so.
+    let queued = std::time::Instant::now() + Duration::from_secs(10);
+    let depth = || {
+        let text = client::get(addr, "/metrics", Duration::from_secs(2)).map(|r| r.text());
+        text.ok()
+            .and_then(|t| client::metric(&t, "embedding_queue_depth", &[]))
+            .unwrap_or(0.0)
+    };
+    while depth() < 1.0 {
+        assert!(
+            std::time::Instant::now() < queued,
+            "the request never queued"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let term = pod.signal_worker(Signal::SIGTERM);
+    let budget = opts.drain_delay + opts.drain_timeout + Duration::from_secs(1);
+    let exit = pod.worker().wait_exit(budget + Duration::from_secs(5));
+    let exited = pod.event(format!("worker exit: {exit:?}"));
+    let took = exited - term;
+    report_line(&format!(
+        "[sigterm_hung] worker exited {:.2}s after SIGTERM with its model thread hung (budget {:.2}s)",
+        took.as_secs_f64(),
+        budget.as_secs_f64()
+    ));
+    let exit = exit.expect("the worker ignored SIGTERM while its model thread was hung");
+    assert!(
+        took <= budget,
+        "exit took {took:?}, over delay + timeout + 1 s"
+    );
+    assert!(
+        exit.success(),
+        "a drain that timed out still exits 0: {exit}"
+    );
+    assert!(
+        stuck.recv_timeout(Duration::from_secs(5)).is_ok(),
+        "the stuck client was left hanging after the worker exited"
+    );
+}
+/// Issue 12: the agent is never the reason a model restarts. The agent is killed and
+/// restarted three times in a row with the kubelet's crash-loop delays (10 s, 20 s, 40 s),
+/// while a kubelet probes `/livez/model` with the worker's liveness period and
+/// failureThreshold from `deploy/base/deployment.yaml`. Time is scaled by 1/20 (delays and
+/// period alike), so the arithmetic of docs/deploy.md is what is tested: the worker's
+/// liveness never reaches its failure threshold.
+#[test]
+fn s12_agent_crash_loop_never_restarts_the_model() {
+    const SCALE: u32 = 20;
+    let _slot = slots::shared();
+    let (period, failure_threshold) = manifest_liveness("/livez/model");
+    let period = period / SCALE;
+    let mut pod = Pod::new("agent_crash_loop", agent(), worker());
+    pod.start_ready();
+    let kubelet = pod.watch(
+        vec![(
+            LIVE,
+            ProbeWorker::new(ProbeKind::Liveness, 1, failure_threshold),
+        )],
+        period,
+    );
+    let worker_pid = pod.worker().pid();
+    for delay_s in [10u64, 20, 40] {
+        pod.kill_agent();
+        thread::sleep(Duration::from_secs(delay_s) / SCALE);
+        pod.event(format!("agent restarts after {delay_s}s/{SCALE}"));
+        pod.start_agent();
+        pod.await_probe(LIVE, Duration::from_secs(5), "agent answering again", |o| {
+            o.passed()
+        });
+    }
+    pod.await_ready(Duration::from_secs(10));
+    pod.stop_watches();
+    report_line(&format!(
+        "[agent_crash_loop] 3 agent restarts (delays 10/20/40 s scaled 1/{SCALE}), worker liveness {:?} x {failure_threshold} (scaled): {} kubelet restarts",
+        period,
+        kubelet.restarts(LIVE)
+    ));
+    assert_eq!(
+        kubelet.restarts(LIVE),
+        0,
+        "the agent's crash loop made the kubelet restart the model"
+    );
+    assert_eq!(pod.worker().pid(), worker_pid);
+    assert!(pod.worker().try_exit().is_none(), "the worker kept running");
+}
+
+/// `(periodSeconds, failureThreshold)` of the liveness probe on `path` in the base manifest.
+fn manifest_liveness(path: &str) -> (Duration, u32) {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/base/deployment.yaml"
+    );
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let after = text
+        .split_once(&format!("path: {path}"))
+        .unwrap_or_else(|| panic!("{file} has no probe of {path}"))
+        .1;
+    let field = |name: &str| -> u32 {
+        after
+            .lines()
+            .take(8)
+            .find_map(|l| l.trim().strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{file}: no {name} after {path}"))
+    };
+    (
+        Duration::from_secs(field("periodSeconds:").into()),
+        field("failureThreshold:"),
+    )
 }
