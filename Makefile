@@ -3,7 +3,7 @@ SHELL := /bin/bash
 MODEL_DIR ?= models/all-MiniLM-L6-v2
 CARGO ?= cargo
 
-.PHONY: run test lint bench model build release images deps clean deploy-check
+.PHONY: run test lint bench model build release images deps clean deploy-check cuda-build gpu-check
 
 ## run: build, fetch the model, start agent + worker as a pod would, watch the probes
 run: model build
@@ -51,6 +51,14 @@ release:
 ## images: vitals-agent:dev and vitals-worker:dev (CPU) with podman, then run them as a pod would
 images: model
 	scripts/images.sh
+
+## cuda-build: the worker with --features cuda (CUDA toolkit from PyPI wheels, no GPU needed) into target-cuda/, then its no-GPU checks
+cuda-build: model
+	scripts/cuda-build.sh
+
+## gpu-check: on a machine with an NVIDIA GPU, accuracy and embed benchmark on --device cuda into docs/benchmarks.md; without one it says so and exits 0
+gpu-check:
+	scripts/gpu-check.sh
 
 ## deps: test tools (promtool); a no-op where they are already installed
 deps:

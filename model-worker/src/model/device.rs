@@ -1,15 +1,16 @@
-//! Which device the model runs on: parsing `--device`, opening it, and describing it for
-//! the `device` check and `/info`.
+//! Which device the model runs on: parsing `--device`, opening it (or saying clearly why
+//! there is no CUDA device), and describing it for the `device` check and `/info`.
 //!
-//! Without the `cuda` cargo feature candle's CUDA calls fail with "not compiled with
-//! CUDA", so only the memory report needs `cfg(feature = "cuda")`.
+//! A `cuda` build links the NVIDIA driver library (candle-core 0.11.1 builds cudarc with
+//! `dynamic-linking`), so it starts only where `libcuda.so.1` exists: a GPU node, or the
+//! link-time stub of scripts/cuda-toolkit.sh. There, a missing GPU is an error value from
+//! the driver, which [`open`] turns into [`DeviceError::Unavailable`].
 
 use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
 use std::str::FromStr;
 
 use candle_core::Device;
-
-use super::ModelError;
 
 /// The `--device` choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,26 @@ impl fmt::Display for DeviceSpec {
             Self::Cuda(n) => write!(f, "cuda:{n}"),
         }
     }
+}
+
+/// Why the requested device cannot be used. The worker fails start-up with this message
+/// (phase `failed`, exit code 1).
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// CUDA was asked for but this binary was built without the `cuda` feature.
+    #[error(
+        "no CUDA device: this vitals-worker was built without CUDA support \
+         (cargo feature `cuda`); use --device cpu or a CUDA build"
+    )]
+    NotCompiled,
+    /// The CUDA device could not be opened: no GPU, no usable driver, or a bad ordinal.
+    #[error("no CUDA device cuda:{ordinal}: {reason}")]
+    Unavailable {
+        /// The requested ordinal.
+        ordinal: usize,
+        /// What the CUDA driver said.
+        reason: String,
+    },
 }
 
 /// An opened device and how to describe it.
@@ -88,7 +109,7 @@ pub fn configure_cpu_threads(threads: usize) {
 
 /// Opens the device `spec` asks for. `auto` falls back to the CPU when no CUDA device can
 /// be opened; an explicit `cuda:N` that cannot be opened is an error.
-pub fn open(spec: DeviceSpec, cpu_threads: usize) -> Result<OpenDevice, ModelError> {
+pub fn open(spec: DeviceSpec, cpu_threads: usize) -> Result<OpenDevice, DeviceError> {
     let cpu = || OpenDevice {
         device: Device::Cpu,
         name: "cpu".to_owned(),
@@ -96,10 +117,7 @@ pub fn open(spec: DeviceSpec, cpu_threads: usize) -> Result<OpenDevice, ModelErr
     };
     match spec {
         DeviceSpec::Cpu => Ok(cpu()),
-        DeviceSpec::Cuda(n) => open_cuda(n, cpu_threads).map_err(|e| ModelError::Device {
-            device: spec.to_string(),
-            reason: e.to_string(),
-        }),
+        DeviceSpec::Cuda(n) => open_cuda(n, cpu_threads),
         DeviceSpec::Auto if cfg!(feature = "cuda") => match open_cuda(0, cpu_threads) {
             Ok(d) => Ok(d),
             Err(e) => {
@@ -111,12 +129,35 @@ pub fn open(spec: DeviceSpec, cpu_threads: usize) -> Result<OpenDevice, ModelErr
     }
 }
 
-fn open_cuda(ordinal: usize, cpu_threads: usize) -> candle_core::Result<OpenDevice> {
-    Ok(OpenDevice {
-        device: Device::new_cuda(ordinal)?,
-        name: format!("cuda:{ordinal}"),
-        cpu_threads,
-    })
+fn open_cuda(ordinal: usize, cpu_threads: usize) -> Result<OpenDevice, DeviceError> {
+    if !cfg!(feature = "cuda") {
+        return Err(DeviceError::NotCompiled);
+    }
+    // Opening runs third-party code (candle, cudarc) against whatever driver the node
+    // has. A panic there would end the model thread without a verdict and leave the
+    // worker `loading` forever; as an error, start-up fails with a reason.
+    let opened = panic::catch_unwind(AssertUnwindSafe(|| Device::new_cuda(ordinal)));
+    let reason = match opened {
+        Ok(Ok(device)) => {
+            return Ok(OpenDevice {
+                device,
+                name: format!("cuda:{ordinal}"),
+                cpu_threads,
+            })
+        }
+        // candle attaches a backtrace when RUST_BACKTRACE is set: noise in a reason.
+        Ok(Err(candle_core::Error::WithBacktrace { inner, .. })) => inner.to_string(),
+        Ok(Err(e)) => e.to_string(),
+        Err(panic) => panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .map_or_else(
+                || "the CUDA library panicked".to_owned(),
+                |m| format!("the CUDA library panicked: {m}"),
+            ),
+    };
+    Err(DeviceError::Unavailable { ordinal, reason })
 }
 
 #[cfg(feature = "cuda")]
@@ -167,6 +208,7 @@ mod tests {
         let d = open(DeviceSpec::Cpu, 3).expect("cpu");
         assert_eq!(d.describe(), "cpu, 3 threads");
         let err = open(DeviceSpec::Cuda(0), 1).expect_err("no CUDA in this build");
-        assert!(err.to_string().starts_with("device cuda:0"), "{err}");
+        assert!(matches!(err, DeviceError::NotCompiled), "{err:?}");
+        assert!(err.to_string().starts_with("no CUDA device: "), "{err}");
     }
 }

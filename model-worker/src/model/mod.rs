@@ -97,13 +97,8 @@ pub enum ModelError {
         source: candle_core::Error,
     },
     /// The device could not be opened.
-    #[error("device {device}: {reason}")]
-    Device {
-        /// The requested device.
-        device: String,
-        /// Why it failed.
-        reason: String,
-    },
+    #[error(transparent)]
+    Device(#[from] device::DeviceError),
     /// Loading was interrupted by shutdown.
     #[error("loading interrupted by shutdown")]
     Interrupted,
