@@ -69,14 +69,6 @@ impl StallClock {
         }
     }
 
-    /// The latest reading still in force at `now` (for `/status` and the re-exported
-    /// gauges), `None` once it is older than 2 × `stall_timeout`.
-    pub fn latest(&self, now: Instant, stall_timeout: Duration) -> Option<&Reading> {
-        self.last
-            .as_ref()
-            .filter(|l| now.saturating_duration_since(l.at) <= 2 * stall_timeout)
-    }
-
     /// The latest reading, however old.
     pub fn last(&self) -> Option<&Reading> {
         self.last.as_ref()
@@ -257,7 +249,6 @@ mod tests {
             Duration::from_secs(11)
         );
         assert!(c.stalled(t0 + Duration::from_secs(59), T));
-        assert!(c.latest(t0 + Duration::from_secs(59), T).is_some());
-        assert!(c.latest(t0 + Duration::from_secs(90), T).is_none());
+        assert_eq!(c.last().map(|r| r.at), Some(t0 + Duration::from_secs(29)));
     }
 }

@@ -21,8 +21,6 @@ pub struct UpstreamProc {
     pub found: Result<Found, NotFound>,
     /// The latest sample of it.
     pub latest: Option<ProcSample>,
-    /// The sample before, for CPU use.
-    pub previous: Option<ProcSample>,
     /// Since when it has been stopped (`T`/`t`), per consecutive samples.
     pub stopped_since: Option<Instant>,
     /// Since when it has been in `D`, per consecutive samples.
@@ -67,7 +65,6 @@ impl UpstreamState {
             proc: UpstreamProc {
                 found: Err(NotFound::NoListener(ports)),
                 latest: None,
-                previous: None,
                 stopped_since: None,
                 d_since: None,
                 gone: false,
@@ -109,7 +106,6 @@ impl UpstreamState {
                 self.proc = UpstreamProc {
                     found: Ok(f),
                     latest: None,
-                    previous: None,
                     stopped_since: None,
                     d_since: None,
                     gone: false,
@@ -145,7 +141,7 @@ impl UpstreamState {
                 } else {
                     None
                 };
-                p.previous = p.latest.replace(s);
+                p.latest = Some(s);
             }
             Err(SampleError::Gone(_)) => {
                 p.gone = true;
