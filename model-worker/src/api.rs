@@ -1,26 +1,35 @@
-//! The HTTP API: routing, request validation, the one mapping from errors to statuses,
-//! and response rendering. Routes: `POST /v1/embeddings` (OpenAI), `POST /embed` (TEI),
-//! `GET /v1/models`, `GET /info`, `GET /health`, `GET /metrics`, and `POST /debug/fault`
-//! only with `--enable-fault-injection`.
+//! The HTTP API: routing ([`Route`]), typed request bodies (the `request` module), the
+//! one mapping from errors to statuses ([`ApiError`]), and response rendering. Routes:
+//! `POST /v1/embeddings` (OpenAI), `POST /embed` (TEI), `GET /v1/models`, `GET /info`,
+//! `GET /health`, `GET /metrics`, and `POST /debug/fault` only with
+//! `--enable-fault-injection`.
 //!
 //! The server answers from the first moment, before the model loads: embedding requests
 //! get 503 until the phase is `ready`, and again once `draining` or `failed`. Bodies are
 //! size-limited before parsing; texts are tokenised on a blocking task (never on the
 //! model thread, never on the async runtime), then queued for the model thread.
 
+mod error;
+mod request;
+
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use vitals_proto::Phase;
+
+pub use error::ApiError;
+pub use request::{EncodingFormat, FaultKind, FaultRequest, Input, OpenAiRequest, TeiRequest};
 
 use crate::batch::{Job, LoopFaults, SubmitError, Submitter};
 use crate::config::BatchLimits;
@@ -28,6 +37,7 @@ use crate::lifecycle::{Lifecycle, Status};
 use crate::metrics::Metrics;
 use crate::model::l2_normalize;
 use crate::startup::Loaded;
+use request::Body;
 
 /// Largest request body accepted, whatever the other limits (413 beyond).
 pub const MAX_BODY_BYTES: usize = 8 << 20;
@@ -66,60 +76,6 @@ pub struct AppState {
     pub loop_faults: Arc<LoopFaults>,
 }
 
-/// An API error, rendered as OpenAI's `{"error":{"message","type","param","code"}}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-    param: Option<&'static str>,
-    code: &'static str,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            param: None,
-            code,
-        }
-    }
-
-    fn bad_request(code: &'static str, param: Option<&'static str>, message: String) -> Self {
-        Self {
-            param,
-            ..Self::new(StatusCode::BAD_REQUEST, code, message)
-        }
-    }
-
-    fn kind(&self) -> &'static str {
-        match self.status {
-            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
-            StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
-            s if s.is_server_error() => "server_error",
-            _ => "invalid_request_error",
-        }
-    }
-
-    fn into_response(self) -> Response<Full<Bytes>> {
-        let body = json!({"error": {
-            "message": self.message,
-            "type": self.kind(),
-            "param": self.param,
-            "code": self.code,
-        }});
-        let mut response = json_response(self.status, &body);
-        if self.status == StatusCode::TOO_MANY_REQUESTS
-            || self.status == StatusCode::SERVICE_UNAVAILABLE
-        {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
-    }
-}
-
 fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
     let bytes =
         serde_json::to_vec(body).expect("API responses serialise: no maps with non-string keys");
@@ -131,57 +87,103 @@ fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full<Byt
     response
 }
 
+/// What a path names. Each route takes one method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `POST /v1/embeddings` (OpenAI).
+    Embeddings,
+    /// `POST /embed` (text-embeddings-inference).
+    Embed,
+    /// `GET /v1/models` (OpenAI).
+    Models,
+    /// `GET /info`.
+    Info,
+    /// `GET /health`.
+    Health,
+    /// `GET /metrics`.
+    Metrics,
+    /// `POST /debug/fault`, only with `--enable-fault-injection`.
+    Fault,
+}
+
+/// The metrics `route` label of requests to no route.
+const NO_ROUTE_LABEL: &str = "other";
+
+impl Route {
+    const ALL: [Self; 7] = [
+        Self::Embeddings,
+        Self::Embed,
+        Self::Models,
+        Self::Info,
+        Self::Health,
+        Self::Metrics,
+        Self::Fault,
+    ];
+
+    /// The route `path` names; the fault route only when fault injection is on.
+    pub fn parse(path: &str, fault_injection: bool) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.path() == path)
+            .filter(|r| *r != Self::Fault || fault_injection)
+    }
+
+    /// Its path, also its metrics `route` label (dashboards and alerts select on it).
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Embeddings => "/v1/embeddings",
+            Self::Embed => "/embed",
+            Self::Models => "/v1/models",
+            Self::Info => "/info",
+            Self::Health => "/health",
+            Self::Metrics => "/metrics",
+            Self::Fault => "/debug/fault",
+        }
+    }
+
+    /// The one method it takes.
+    pub fn method(self) -> Method {
+        match self {
+            Self::Embeddings | Self::Embed | Self::Fault => Method::POST,
+            Self::Models | Self::Info | Self::Health | Self::Metrics => Method::GET,
+        }
+    }
+}
+
 /// Routes one request and records its metrics.
 pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
-    let path = req.uri().path().to_owned();
-    let route = match path.as_str() {
-        "/v1/embeddings" | "/embed" | "/v1/models" | "/info" | "/health" | "/metrics" => {
-            path.as_str()
-        }
-        "/debug/fault" if state.fault_injection => "/debug/fault",
-        _ => "other",
+    let route = Route::parse(req.uri().path(), state.fault_injection);
+    let result = match route {
+        Some(route) if req.method() == route.method() => dispatch(state, route, req).await,
+        Some(route) => Err(ApiError::MethodNotAllowed { route }),
+        None => Err(ApiError::NotFound {
+            path: req.uri().path().to_owned(),
+        }),
     };
-    let allowed = match route {
-        "/v1/embeddings" | "/embed" | "/debug/fault" => Method::POST,
-        "other" => req.method().clone(),
-        _ => Method::GET,
-    };
-    let response = if route == "other" {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no route {path}"),
-        )
-        .into_response()
-    } else if req.method() != allowed {
-        let mut r = ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{path} accepts {allowed} only"),
-        )
-        .into_response();
-        r.headers_mut().insert(
-            hyper::header::ALLOW,
-            HeaderValue::from_str(allowed.as_str()).expect("a method name is a valid header"),
-        );
-        r
-    } else {
-        let result = match route {
-            "/v1/embeddings" => openai_embeddings(state, req).await,
-            "/embed" => tei_embed(state, req).await,
-            "/v1/models" => Ok(models(state)),
-            "/info" => Ok(info(state)),
-            "/health" => health(state),
-            "/metrics" => Ok(metrics(state)),
-            _ => fault(state, req).await,
-        };
-        result.unwrap_or_else(ApiError::into_response)
-    };
-    state
-        .metrics
-        .request(route, response.status().as_u16(), started.elapsed());
+    let response = result.unwrap_or_else(ApiError::into_response);
+    state.metrics.request(
+        route.map_or(NO_ROUTE_LABEL, Route::path),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
+}
+
+async fn dispatch(
+    state: &AppState,
+    route: Route,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    match route {
+        Route::Embeddings => openai_embeddings(state, req).await,
+        Route::Embed => tei_embed(state, req).await,
+        Route::Models => Ok(models(state)),
+        Route::Info => Ok(info(state)),
+        Route::Health => health(state),
+        Route::Metrics => Ok(metrics(state)),
+        Route::Fault => fault(state, req).await,
+    }
 }
 
 /// 503 unless the worker serves: phase `ready`, or `draining` within the drain delay
@@ -192,146 +194,55 @@ fn require_ready(state: &AppState) -> Result<Arc<Loaded>, ApiError> {
         detail,
         accepting,
     } = state.lifecycle.status();
-    let unavailable = |code, message: String| {
-        Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            code,
-            message,
-        ))
-    };
     match phase {
-        Phase::Ready | Phase::Draining if accepting => state.loaded.get().cloned().map_or_else(
-            || unavailable("not_ready", "the model is not loaded yet".into()),
-            Ok,
-        ),
-        Phase::Ready | Phase::Draining => {
-            unavailable("draining", "the server is shutting down".into())
+        Phase::Ready | Phase::Draining if accepting => {
+            state.loaded.get().cloned().ok_or(ApiError::NotReady {
+                state: "not loaded yet".into(),
+            })
         }
-        Phase::Loading | Phase::Warming => unavailable(
-            "not_ready",
-            format!("the model is {} ({detail}); retry shortly", phase.as_str()),
-        ),
-        Phase::Failed => unavailable("failed", format!("the worker has failed: {detail}")),
+        Phase::Ready | Phase::Draining => Err(ApiError::Draining),
+        Phase::Loading | Phase::Warming => Err(ApiError::NotReady {
+            state: format!("{} ({detail})", phase.as_str()),
+        }),
+        Phase::Failed => Err(ApiError::Failed { reason: detail }),
     }
 }
 
-/// Reads the body (at most [`MAX_BODY_BYTES`]) and parses it as a JSON object.
-async fn read_json(req: Request<Incoming>) -> Result<serde_json::Map<String, Value>, ApiError> {
+/// Reads the body (at most [`MAX_BODY_BYTES`]) and decodes it as a `T`.
+async fn read_body<T: Body>(req: Request<Incoming>) -> Result<T, ApiError> {
     let body = Limited::new(req.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("request body exceeds {MAX_BODY_BYTES} bytes"),
-                )
+                ApiError::BodyTooLarge
             } else {
-                ApiError::bad_request("bad_body", None, format!("cannot read the body: {e}"))
+                ApiError::UnreadableBody(e.to_string())
             }
         })?
         .to_bytes();
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::bad_request(
-            "invalid_json",
-            None,
-            "the body must be a JSON object".into(),
-        )),
-        Err(e) => Err(ApiError::bad_request(
-            "invalid_json",
-            None,
-            format!("invalid JSON body: {e}"),
-        )),
-    }
-}
-
-/// A string or a non-empty array of strings, as `input` / `inputs`.
-fn texts(
-    body: &serde_json::Map<String, Value>,
-    field: &'static str,
-) -> Result<Vec<String>, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Err(ApiError::bad_request(
-            "missing_field",
-            Some(field),
-            format!("missing required field `{field}`"),
-        )),
-        Some(Value::String(s)) => Ok(vec![s.clone()]),
-        Some(Value::Array(items)) if items.is_empty() => Err(ApiError::bad_request(
-            "empty_input",
-            Some(field),
-            format!("`{field}` must not be an empty array"),
-        )),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|item| match item {
-                Value::String(s) => Ok(s.clone()),
-                Value::Number(_) | Value::Array(_) => Err(ApiError::bad_request(
-                    "unsupported_input",
-                    Some(field),
-                    format!("`{field}` must hold strings; token-id inputs are not supported"),
-                )),
-                _ => Err(ApiError::bad_request(
-                    "invalid_input",
-                    Some(field),
-                    format!("`{field}` must be a string or an array of strings"),
-                )),
-            })
-            .collect(),
-        Some(_) => Err(ApiError::bad_request(
-            "invalid_input",
-            Some(field),
-            format!("`{field}` must be a string or an array of strings"),
-        )),
-    }
-}
-
-fn optional_bool(
-    body: &serde_json::Map<String, Value>,
-    field: &'static str,
-    default: bool,
-) -> Result<bool, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(ApiError::bad_request(
-            "invalid_parameter",
-            Some(field),
-            format!("`{field}` must be a boolean"),
-        )),
-    }
+    request::decode(&body)
 }
 
 fn check_limits(limits: &ApiLimits, texts: &[String]) -> Result<(), ApiError> {
     if texts.len() > limits.max_inputs {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_inputs",
-            format!(
-                "{} inputs exceed the limit of {} per request",
-                texts.len(),
-                limits.max_inputs
-            ),
-        ));
+        return Err(ApiError::TooManyInputs {
+            count: texts.len(),
+            max: limits.max_inputs,
+        });
     }
     let chars: usize = texts.iter().map(|t| t.chars().count()).sum();
     if chars > limits.max_request_chars {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_characters",
-            format!(
-                "{chars} characters exceed the limit of {} per request",
-                limits.max_request_chars
-            ),
-        ));
+        return Err(ApiError::TooManyCharacters {
+            count: chars,
+            max: limits.max_request_chars,
+        });
     }
     Ok(())
 }
 
 /// Embeddings of `texts`, normalised if asked; with the number of tokens used.
-/// With `truncate` false, a text longer than the model's maximum is a 413.
+/// With `truncate` false, a text longer than the model's maximum is refused.
 async fn embed(
     state: &AppState,
     loaded: Arc<Loaded>,
@@ -344,34 +255,20 @@ async fn embed(
     let seqs = tokio::task::spawn_blocking(move || {
         texts
             .iter()
-            .enumerate()
-            .map(|(i, t)| tokenizer.encode(t).map(|tokens| (i, tokens)))
+            .map(|t| tokenizer.encode(t))
             .collect::<Result<Vec<_>, _>>()
     })
-    .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "tokenizer_failed",
-            format!("tokenisation task failed: {e}"),
-        )
-    })?
-    .map_err(|e| {
-        ApiError::bad_request("tokenizer_failed", None, format!("cannot tokenise: {e}"))
-    })?;
+    .await?
+    .map_err(ApiError::Tokenizer)?;
     if !truncate {
-        if let Some((i, _)) = seqs.iter().find(|(_, t)| t.truncated) {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "input_too_long",
-                format!(
-                    "input {i} is longer than {} tokens; send \"truncate\": true to truncate it",
-                    loaded.info.max_tokens
-                ),
-            ));
+        if let Some(index) = seqs.iter().position(|t| t.truncated) {
+            return Err(ApiError::InputTooLong {
+                index,
+                max_tokens: loaded.info.max_tokens,
+            });
         }
     }
-    let seqs: Vec<Vec<u32>> = seqs.into_iter().map(|(_, t)| t.ids).collect();
+    let seqs: Vec<Vec<u32>> = seqs.into_iter().map(|t| t.ids).collect();
     let tokens = seqs.iter().map(Vec::len).sum();
     let (reply, answer) = oneshot::channel();
     state
@@ -382,36 +279,13 @@ async fn embed(
             reply,
         })
         .map_err(|e| match e {
-            SubmitError::Full => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "queue_full",
-                format!(
-                    "the queue is full ({} requests); retry later",
-                    state.limits.max_queue
-                ),
-            ),
-            SubmitError::Closed => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                "the model loop has stopped",
-            ),
+            SubmitError::Full => ApiError::QueueFull {
+                max_queue: state.limits.max_queue,
+            },
+            SubmitError::Closed => ApiError::LoopStopped,
         })?;
-    let mut vectors = answer
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                "the model loop stopped before answering",
-            )
-        })?
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "inference_failed",
-                e.to_string(),
-            )
-        })?;
+    // The sender is dropped unanswered only when the model loop stops.
+    let mut vectors = answer.await.map_err(|_| ApiError::LoopStopped)??;
     if normalize {
         vectors.iter_mut().for_each(|v| l2_normalize(v));
     }
@@ -423,40 +297,27 @@ async fn openai_embeddings(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let loaded = require_ready(state)?;
-    let body = read_json(req).await?;
-    let texts = texts(&body, "input")?;
-    let base64 = match body.get("encoding_format") {
-        None | Some(Value::Null) => false,
-        Some(Value::String(f)) if f == "float" => false,
-        Some(Value::String(f)) if f == "base64" => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                Some("encoding_format"),
-                format!("encoding_format must be \"float\" or \"base64\", not {other}"),
-            ))
-        }
-    };
-    if body.get("dimensions").is_some_and(|d| !d.is_null()) {
-        return Err(ApiError::bad_request(
-            "unsupported_parameter",
-            Some("dimensions"),
-            format!(
-                "`dimensions` is not supported: {} returns {}-dimensional embeddings",
+    let request: OpenAiRequest = read_body(req).await?;
+    let texts = request.input.into_texts("input")?;
+    if request.dimensions.is_some() {
+        return Err(ApiError::UnsupportedParameter {
+            param: "dimensions",
+            reason: format!(
+                "{} returns {}-dimensional embeddings",
                 loaded.info.model, loaded.info.dimension
             ),
-        ));
+        });
     }
+    let format = request.encoding_format.unwrap_or_default();
     let normalize = loaded.info.normalize;
     let (vectors, tokens) = embed(state, Arc::clone(&loaded), texts, true, normalize).await?;
     let data: Vec<Value> = vectors
         .iter()
         .enumerate()
         .map(|(index, v)| {
-            let embedding = if base64 {
-                Value::String(base64_f32(v))
-            } else {
-                json!(v)
+            let embedding = match format {
+                EncodingFormat::Float => json!(v),
+                EncodingFormat::Base64 => Value::String(base64_f32(v)),
             };
             json!({"object": "embedding", "index": index, "embedding": embedding})
         })
@@ -477,14 +338,13 @@ async fn tei_embed(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let loaded = require_ready(state)?;
-    let body = read_json(req).await?;
-    let texts = texts(&body, "inputs")?;
-    let normalize = optional_bool(&body, "normalize", true)?;
-    let truncate = optional_bool(&body, "truncate", false)?;
+    let request: TeiRequest = read_body(req).await?;
+    let texts = request.inputs.into_texts("inputs")?;
+    let normalize = request.normalize.unwrap_or(true);
+    let truncate = request.truncate.unwrap_or(false);
     let (vectors, _) = embed(state, loaded, texts, truncate, normalize).await?;
     Ok(json_response(StatusCode::OK, &vectors))
 }
-
 fn models(state: &AppState) -> Response<Full<Bytes>> {
     json_response(
         StatusCode::OK,
@@ -541,26 +401,18 @@ async fn fault(
     state: &AppState,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let body = read_json(req).await?;
-    let kind = body.get("kind").and_then(Value::as_str).unwrap_or_default();
-    tracing::warn!(kind, "fault injection");
+    let FaultRequest { kind } = read_body(req).await?;
+    tracing::warn!(?kind, "fault injection");
     match kind {
-        "hang_loop" => state.loop_faults.hang.store(true, Ordering::SeqCst),
-        "stop_heartbeats" => state.lifecycle.reporter().pause_heartbeats(true),
-        "fail" => state.lifecycle.fail("fault injection: fail"),
-        "crash" => {
+        FaultKind::HangLoop => state.loop_faults.hang.store(true, Ordering::SeqCst),
+        FaultKind::StopHeartbeats => state.lifecycle.reporter().pause_heartbeats(true),
+        FaultKind::Fail => state.lifecycle.fail("fault injection: fail"),
+        FaultKind::Crash => {
             // Answer first, then abort: the caller learns the fault was taken.
             tokio::spawn(async {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 std::process::abort();
             });
-        }
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                Some("kind"),
-                "kind must be one of hang_loop, stop_heartbeats, fail, crash".into(),
-            ))
         }
     }
     Ok(json_response(StatusCode::OK, &json!({"fault": kind})))
@@ -568,26 +420,9 @@ async fn fault(
 
 /// Standard base64 (with padding) of the little-endian bytes of `v`, as OpenAI's
 /// `encoding_format: "base64"` returns.
-pub fn base64_f32(v: &[f32]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+fn base64_f32(v: &[f32]) -> String {
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    BASE64.encode(bytes)
 }
 
 #[cfg(test)]
@@ -600,6 +435,37 @@ mod tests {
         assert_eq!(base64_f32(&[1.0]), "AACAPw==");
         assert_eq!(base64_f32(&[]), "");
         assert_eq!(base64_f32(&[1.0, -2.0, 0.5]), "AACAPwAAAMAAAAA/");
+    }
+
+    #[test]
+    fn routing_table() {
+        for (path, route, method) in [
+            ("/v1/embeddings", Route::Embeddings, Method::POST),
+            ("/embed", Route::Embed, Method::POST),
+            ("/v1/models", Route::Models, Method::GET),
+            ("/info", Route::Info, Method::GET),
+            ("/health", Route::Health, Method::GET),
+            ("/metrics", Route::Metrics, Method::GET),
+            ("/debug/fault", Route::Fault, Method::POST),
+        ] {
+            assert_eq!(Route::parse(path, true), Some(route), "{path}");
+            // The metrics label is the path, as dashboards and alerts expect.
+            assert_eq!(route.path(), path);
+            assert_eq!(route.method(), method, "{path}");
+        }
+        assert_eq!(Route::parse("/debug/fault", false), None);
+        assert_eq!(Route::parse("/health", false), Some(Route::Health));
+        for path in [
+            "/",
+            "",
+            "/nope",
+            "/v1/embeddings/",
+            "/v1",
+            "/HEALTH",
+            "/health/x",
+        ] {
+            assert_eq!(Route::parse(path, true), None, "{path}");
+        }
     }
 
     #[test]
@@ -616,21 +482,14 @@ mod tests {
         };
         assert!(check_limits(&limits, &["ab".into(), "ü€".into()]).is_ok());
         let e = check_limits(&limits, &["a".into(), "b".into(), "c".into()]).expect_err("inputs");
-        assert_eq!(
-            (e.status, e.code),
-            (StatusCode::PAYLOAD_TOO_LARGE, "too_many_inputs")
+        assert!(
+            matches!(e, ApiError::TooManyInputs { count: 3, max: 2 }),
+            "{e:?}"
         );
         let e = check_limits(&limits, &["abcdef".into()]).expect_err("chars");
-        assert_eq!(e.code, "too_many_characters");
-    }
-
-    #[test]
-    fn errors_render_in_openai_shape() {
-        let r = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", "full").into_response();
-        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(
-            r.headers().get(RETRY_AFTER).map(|v| v.as_bytes()),
-            Some(&b"1"[..])
+        assert!(
+            matches!(e, ApiError::TooManyCharacters { count: 6, max: 5 }),
+            "{e:?}"
         );
     }
 }
