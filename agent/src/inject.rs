@@ -926,8 +926,8 @@ fn ensure_socket_mount(c: &mut Map, container: &str) -> Result<(), Problem> {
 /// Timing of a probe that inject adds: (periodSeconds, timeoutSeconds, failureThreshold).
 /// The same values as deploy/base, where the reasoning is written down.
 type Timing = (u32, u32, u32);
-const WORKER_STARTUP: Timing = (2, 1, 150);
-const WORKER_LIVENESS: Timing = (5, 1, 4);
+const WORKER_STARTUP: Timing = (2, 1, 30);
+const WORKER_LIVENESS: Timing = (5, 1, 12);
 const WORKER_READINESS: Timing = (1, 1, 2);
 const AGENT_STARTUP: Timing = (1, 1, 30);
 const AGENT_LIVENESS: Timing = (5, 1, 3);

@@ -584,9 +584,12 @@ fn loading_answers_503_and_faults_work_before_ready() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Shutdown interrupts the (slow) load promptly.
+    // Shutdown interrupts the (slow) load promptly; a failed worker exits with its failure.
     w.shutdown.cancel();
-    w.finish(Duration::from_secs(10)).expect("clean stop");
+    let err = w
+        .finish(Duration::from_secs(10))
+        .expect_err("a failed worker does not stop cleanly");
+    assert!(matches!(err, WorkerError::Failed(_)), "{err}");
 }
 
 #[test]
@@ -597,6 +600,8 @@ fn full_queue_is_429_and_draining_is_503() {
     let w = Worker::start(
         &model_dir(),
         &[
+            // Refuse at once on SIGTERM: the drain delay is the e2e drain scenario's.
+            "--drain-delay=0s",
             "--enable-fault-injection",
             "--max-queue",
             "1",
