@@ -26,35 +26,12 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
 import fake_model
+from inference import inference_loop
 from vitals_reporter import Reporter
 
-# How long an idle inference loop waits before it ticks anyway (rule 4 of
-# shared/README.md): a loop whose count stops while heartbeats go on is `loop_stalled`.
-IDLE_TICK_S = 0.25
 
 reporter = Reporter(version="fastapi-example")
 jobs = queue.Queue(maxsize=1024)
-
-
-def inference_loop(model):
-    """Runs queued batches until it gets None; every iteration ticks, idle ones too."""
-    while True:
-        try:
-            job = jobs.get(timeout=IDLE_TICK_S)
-        except queue.Empty:
-            reporter.tick()
-            continue
-        if job is None:
-            return
-        texts, future = job
-        reporter.pending = jobs.qsize()
-        reporter.in_flight = len(texts)
-        try:
-            future.set_result(model.embed(texts))
-        except Exception as err:  # a bad request must not kill the loop
-            future.set_exception(err)
-        reporter.in_flight = 0
-        reporter.tick()
 
 
 @asynccontextmanager
@@ -66,7 +43,9 @@ async def lifespan(app):
     await asyncio.to_thread(model.embed, ["warm-up"] * 8)
     # With torch: reporter.check("device", torch.cuda.is_available(), torch.cuda.get_device_name())
     reporter.check("device", True, "cpu")
-    loop = threading.Thread(target=inference_loop, args=(model,), name="inference", daemon=True)
+    loop = threading.Thread(
+        target=inference_loop, args=(reporter, model, jobs), name="inference", daemon=True
+    )
     loop.start()
     reporter.phase("ready", "serving")
     yield

@@ -19,32 +19,9 @@ from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import fake_model
+from inference import inference_loop
 from vitals_reporter import Reporter
 
-# How long an idle inference loop waits before it ticks anyway: the agent tells a hung loop
-# from an idle one by `progress` moving (rule 4 of shared/README.md asks for 250 ms).
-IDLE_TICK_S = 0.25
-
-
-def inference_loop(reporter, model, jobs):
-    """Runs queued batches until it gets None; every iteration ticks, idle ones too."""
-    while True:
-        try:
-            job = jobs.get(timeout=IDLE_TICK_S)
-        except queue.Empty:
-            reporter.tick()
-            continue
-        if job is None:
-            return
-        texts, future = job
-        reporter.pending = jobs.qsize()
-        reporter.in_flight = len(texts)
-        try:
-            future.set_result(model.embed(texts))
-        except Exception as err:  # a bad request must not kill the loop
-            future.set_exception(err)
-        reporter.in_flight = 0
-        reporter.tick()
 
 
 def handler(reporter, jobs, draining):
