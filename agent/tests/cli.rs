@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::{eventually, Agent, Worker};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use vitals_e2e::pod::free_addr;
 
 fn agent_cmd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vitals-agent"));
@@ -34,13 +35,6 @@ fn output(args: &[&str], env: &[(&str, &str)]) -> Output {
         c.env(k, v);
     }
     c.output().unwrap()
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 #[test]
@@ -114,7 +108,7 @@ impl Drop for Running {
 }
 
 fn spawn_agent(socket: &Path, extra_env: &[(&str, &str)]) -> Running {
-    let addr = free_port();
+    let addr = free_addr();
     let mut c = agent_cmd();
     c.arg("run")
         .env("VITALS_LISTEN", addr.to_string())

@@ -138,7 +138,8 @@ fn frozen_progress_is_loop_stalled() {
     w.phase("ready");
     let start = Instant::now();
     let mut failed_at = None;
-    // Heartbeats keep coming but progress never moves.
+    // Heartbeats keep coming but progress never moves; the sleep is the worker's heartbeat
+    // period, part of the scenario.
     while start.elapsed() < common::DEADLINE {
         w.beat(7);
         if agent.get("/livez/model").body == "fail: loop_stalled" {
@@ -160,7 +161,8 @@ fn frozen_progress_is_loop_stalled() {
 fn a_stuck_load_is_load_stalled_but_a_moving_one_is_live() {
     let agent = Agent::start(fast);
     let mut w = agent.worker("model", "i-1");
-    // Slow but moving: live for well past the load-stall timeout.
+    // Slow but moving: live for well past the load-stall timeout (the sleeps below are the
+    // worker's pace, part of the scenario).
     let start = Instant::now();
     let mut done = 0;
     while start.elapsed() < Duration::from_millis(2000) {

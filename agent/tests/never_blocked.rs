@@ -12,12 +12,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, Agent, Worker};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use common::{eventually, Agent, PythonWorker, Worker};
+use nix::sys::signal::Signal;
 
 const P99_BOUND: Duration = Duration::from_millis(10);
 const MAX_BOUND: Duration = Duration::from_millis(100);
@@ -49,27 +47,9 @@ fn probes_answer_at_once_with_a_wedged_connection_and_a_stopped_worker() {
     // Wedged after hello: says hello, then nothing.
     let _mute = agent.worker("mute", "i-1");
     // A worker process, then SIGSTOPped.
-    let script = "import socket,sys,os,json,time\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall((json.dumps({'type':'hello','v':1,'worker':'model','instance':str(os.getpid()),'pid':os.getpid(),'version':'py','heartbeat_ms':50})+'\\n').encode())\ns.recv(4096)\ns.sendall(b'{\"type\":\"phase\",\"phase\":\"ready\"}\\n')\nwhile True:\n  s.sendall(b'{\"type\":\"heartbeat\",\"seq\":1,\"progress\":1,\"pending\":0,\"in_flight\":0}\\n'); time.sleep(0.05)\n";
-    let child = Command::new("python3")
-        .args(["-c", script])
-        .arg(&agent.socket)
-        .stdin(Stdio::null())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => Some(c),
-        Err(e) => {
-            eprintln!("SKIPPED part: python3 not available ({e}); no stopped worker process");
-            None
-        }
-    };
-    if let Some(c) = &child {
-        agent.wait_for("/readyz/model", 200, "ok");
-        kill(
-            Pid::from_raw(i32::try_from(c.id()).unwrap()),
-            Signal::SIGSTOP,
-        )
-        .unwrap();
-    }
+    let child = PythonWorker::start(&agent.socket, "model", None);
+    agent.wait_for("/readyz/model", 200, "ok");
+    child.signal(Signal::SIGSTOP);
     let paths = [
         "/readyz",
         "/livez",
@@ -85,10 +65,6 @@ fn probes_answer_at_once_with_a_wedged_connection_and_a_stopped_worker() {
         })
         .collect();
     assert_fast("1000 probes, wedged + stopped", times);
-    if let Some(c) = child.as_mut() {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
 }
 
 #[test]
@@ -110,6 +86,7 @@ fn idle_connections_and_a_slow_loris_do_not_starve_probes() {
                 if s.write_all(b"X").is_err() {
                     return true; // the agent closed it: header read timeout
                 }
+                // The loris's pace is the behaviour under test, not a synchronisation.
                 std::thread::sleep(Duration::from_millis(50));
             }
             false

@@ -1,5 +1,7 @@
-//! A minimal blocking HTTP/1.1 client over `std::net::TcpStream` for everything that is not
-//! a probe: embedding requests, `/status`, `/metrics`, fault injection.
+//! The one blocking HTTP/1.1 test client (over `std::net::TcpStream`) for everything that is
+//! not a kubelet probe: the agent's and the worker's tests, embedding requests, `/status`,
+//! `/metrics`, fault injection. ([`crate::probe`] is the kubelet's own client, kept apart
+//! because it must behave exactly as the kubelet does.)
 //!
 //! One request per connection (`Connection: close`), one deadline over the whole exchange.
 //! It keeps what the load checks need to prove "exactly one answer per request": the bytes
@@ -30,6 +32,14 @@ impl Response {
     /// The body as (lossy) text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The value of header `name` (any case), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// The body parsed as JSON.
@@ -97,6 +107,51 @@ fn io_error(what: &str, e: std::io::Error, answered: bool) -> ClientError {
     }
 }
 
+/// One request: its method, target, extra header lines and body.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// `GET`, `POST`, `HEAD`, ...
+    pub method: &'a str,
+    /// The request target (`/readyz?verbose`).
+    pub path: &'a str,
+    /// Header lines besides `Host` and `Connection`.
+    pub headers: &'a [(&'a str, &'a str)],
+    /// The content type and the bytes of the body, if any.
+    pub body: Option<(&'a str, &'a [u8])>,
+}
+
+impl<'a> Request<'a> {
+    /// A request without headers or body.
+    pub fn new(method: &'a str, path: &'a str) -> Self {
+        Self {
+            method,
+            path,
+            headers: &[],
+            body: None,
+        }
+    }
+
+    fn wire(&self, addr: SocketAddr) -> Vec<u8> {
+        let (method, path) = (self.method, self.path);
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (name, value) in self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if let Some((content_type, bytes)) = self.body {
+            head.push_str(&format!(
+                "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
+                bytes.len()
+            ));
+        }
+        head.push_str("\r\n");
+        let mut wire = head.into_bytes();
+        if let Some((_, bytes)) = self.body {
+            wire.extend_from_slice(bytes);
+        }
+        wire
+    }
+}
+
 /// Sends one request and reads the complete response within `timeout`.
 /// `on_sent` is called once the request has been written completely.
 pub fn request_with(
@@ -107,6 +162,29 @@ pub fn request_with(
     timeout: Duration,
     on_sent: impl FnOnce(),
 ) -> Result<Response, ClientError> {
+    let req = Request {
+        body,
+        ..Request::new(method, path)
+    };
+    exchange(addr, &req, timeout, on_sent)
+}
+
+/// Sends `req` and reads the complete response within `timeout`.
+pub fn send(
+    addr: SocketAddr,
+    req: &Request<'_>,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
+    exchange(addr, req, timeout, || {})
+}
+
+fn exchange(
+    addr: SocketAddr,
+    req: &Request<'_>,
+    timeout: Duration,
+    on_sent: impl FnOnce(),
+) -> Result<Response, ClientError> {
+    let (method, path) = (req.method, req.path);
     let deadline = Instant::now() + timeout;
     let left = || {
         deadline
@@ -118,25 +196,18 @@ pub fn request_with(
     };
     let mut stream =
         TcpStream::connect_timeout(&addr, left()?).map_err(|e| io_error("connect", e, false))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some((content_type, bytes)) = body {
-        req.push_str(&format!(
-            "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
-            bytes.len()
-        ));
-    }
-    req.push_str("\r\n");
-    let mut wire = req.into_bytes();
-    if let Some((_, bytes)) = body {
-        wire.extend_from_slice(bytes);
-    }
     stream
         .set_write_timeout(Some(left()?))
         .map_err(|e| io_error("set timeout", e, false))?;
-    stream
-        .write_all(&wire)
-        .map_err(|e| io_error("write", e, false))?;
-    on_sent();
+    // A server may answer (a 413, say) and close before reading all of a large body: the
+    // write then fails, and the answer is still there to read.
+    let unsent = match stream.write_all(&req.wire(addr)) {
+        Ok(()) => {
+            on_sent();
+            None
+        }
+        Err(e) => Some(io_error("write", e, false)),
+    };
 
     let mut buf = Vec::new();
     let head_end = loop {
@@ -144,29 +215,45 @@ pub fn request_with(
             break end;
         }
         let answered = !buf.is_empty();
-        let n = read_some(&mut stream, &mut buf, left()?)
-            .map_err(|e| io_error("read head", e, answered))?;
-        if n == 0 && buf.is_empty() {
-            return Err(ClientError::Reset("EOF before any response byte".into()));
-        }
-        if n == 0 {
-            return Err(ClientError::Truncated(format!(
-                "EOF after {} bytes, before the end of the response head",
-                buf.len()
-            )));
+        let read = read_some(&mut stream, &mut buf, left()?);
+        let n = match (read, unsent.clone()) {
+            (Ok(n), _) => n,
+            (Err(_), Some(write_error)) if !answered => return Err(write_error),
+            (Err(e), _) => return Err(io_error("read head", e, answered)),
+        };
+        match (n, unsent.clone()) {
+            (0, Some(write_error)) if buf.is_empty() => return Err(write_error),
+            (0, None) if buf.is_empty() => {
+                return Err(ClientError::Reset("EOF before any response byte".into()))
+            }
+            (0, _) => {
+                return Err(ClientError::Truncated(format!(
+                    "EOF after {} bytes, before the end of the response head",
+                    buf.len()
+                )))
+            }
+            _ => {}
         }
     };
     let head = parse_head(&buf[..head_end]).map_err(ClientError::Protocol)?;
     let mut rest = buf.split_off(head_end);
     // Read to EOF (we asked for Connection: close), then cut the message out of it.
+    // A server that stopped reading our body resets the connection after its answer:
+    // then the answer read so far is all there is.
     loop {
-        let n = read_some(&mut stream, &mut rest, left()?)
-            .map_err(|e| io_error("read body", e, true))?;
-        if n == 0 {
-            break;
+        match read_some(&mut stream, &mut rest, left()?) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) if unsent.is_some() => break,
+            Err(e) => return Err(io_error("read body", e, true)),
         }
     }
-    let (body, used) = if head.chunked {
+    // RFC 9112 §6.3: the answer to HEAD, and 1xx, 204 and 304 answers, have no body
+    // whatever their Content-Length says.
+    let bodyless = method == "HEAD" || head.status < 200 || matches!(head.status, 204 | 304);
+    let (body, used) = if bodyless {
+        (Vec::new(), 0)
+    } else if head.chunked {
         decode_chunked(&rest)
             .map_err(ClientError::Protocol)?
             .ok_or_else(|| ClientError::Truncated("EOF inside a chunked body".into()))?
@@ -212,58 +299,8 @@ pub fn post_json(
     )
 }
 
-/// The value of the Prometheus sample `name{labels}` in an exposition text, where `labels`
-/// is the exact label set as rendered (`worker="model"`), or empty for none.
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric_name, label_text) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            if metric_name != name {
-                return None;
-            }
-            let got = parse_labels(label_text);
-            let matches = labels.len() == got.len()
-                && labels
-                    .iter()
-                    .all(|(k, v)| got.iter().any(|(gk, gv)| gk == k && gv == v));
-            matches.then(|| value.parse().ok()).flatten()
-        })
-}
-
-fn parse_labels(text: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut rest = text.trim();
-    while let Some((key, after)) = rest.split_once("=\"") {
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let mut end = after.len();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, n)) = chars.next() {
-                        value.push(match n {
-                            'n' => '\n',
-                            other => other,
-                        });
-                    }
-                }
-                '"' => {
-                    end = i + 1;
-                    break;
-                }
-                c => value.push(c),
-            }
-        }
-        out.push((key.trim().trim_start_matches(',').trim().to_string(), value));
-        rest = after[end..].trim_start_matches(',').trim();
-    }
-    out
-}
+/// The Prometheus sample lookup, where the HTTP callers (`/metrics` pages) reach for it.
+pub use crate::prom::metric;
 
 #[cfg(test)]
 mod tests {
@@ -316,27 +353,29 @@ mod tests {
     }
 
     #[test]
-    fn finds_metric_samples() {
-        let text = "# HELP vitals_worker_ready x\n# TYPE vitals_worker_ready gauge\n\
-            vitals_worker_ready{worker=\"model\"} 1\n\
-            vitals_worker_hangs_total{reason=\"loop_stalled\",worker=\"model\"} 2\n\
-            vitals_up 3.5\n";
+    fn head_answers_have_no_body_and_headers_are_sent() {
+        let addr = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
+        let req = Request {
+            headers: &[("X-Probe", "1")],
+            ..Request::new("HEAD", "/readyz")
+        };
+        let r = send(addr, &req, Duration::from_secs(2)).expect("a response");
         assert_eq!(
-            metric(text, "vitals_worker_ready", &[("worker", "model")]),
-            Some(1.0)
+            (r.status, r.body.len(), r.header("Content-Length")),
+            (200, 0, Some("2"))
         );
-        assert_eq!(
-            metric(
-                text,
-                "vitals_worker_hangs_total",
-                &[("worker", "model"), ("reason", "loop_stalled")]
-            ),
-            Some(2.0)
-        );
-        assert_eq!(metric(text, "vitals_up", &[]), Some(3.5));
-        assert_eq!(
-            metric(text, "vitals_worker_ready", &[("worker", "x")]),
-            None
-        );
+        assert!(String::from_utf8_lossy(&req.wire(addr)).contains("\r\nX-Probe: 1\r\n"));
+    }
+
+    #[test]
+    fn an_early_answer_to_a_large_body_is_read() {
+        let addr = serve_once(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n");
+        let big = vec![b' '; 8 << 20];
+        let req = Request {
+            body: Some(("application/json", &big)),
+            ..Request::new("POST", "/")
+        };
+        let r = send(addr, &req, Duration::from_secs(5)).expect("the 413 is read");
+        assert_eq!(r.status, 413);
     }
 }
