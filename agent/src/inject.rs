@@ -941,6 +941,20 @@ fn http_get(path: &str) -> Node {
     ]))
 }
 
+/// Replaces `probe`'s handler (exec, httpGet, tcpSocket, grpc) with an httpGet of `path` on
+/// the agent, where the old handler stood; the probe's timing fields stay as they are.
+fn point_at_agent(probe: &mut Map, path: &str) {
+    let at = HANDLERS
+        .iter()
+        .filter_map(|k| probe.position(k))
+        .min()
+        .unwrap_or(0);
+    for k in HANDLERS {
+        probe.remove(k);
+    }
+    probe.insert_at(at, "httpGet", http_get(path));
+}
+
 /// Points a probe at the agent. An existing probe keeps its timing (the user's tuning) and
 /// loses its handler (exec, tcpSocket, grpc, another httpGet); a missing one is added.
 fn ensure_probe(c: &mut Map, key: &str, path: &str, (period, timeout, failures): Timing) {
@@ -954,15 +968,7 @@ fn ensure_probe(c: &mut Map, key: &str, path: &str, (period, timeout, failures):
                     && h.get_str("scheme").is_none_or(|s| s == "HTTP")
             }) && HANDLERS.iter().filter(|k| probe.get(k).is_some()).count() == 1;
             if !ok {
-                let at = HANDLERS
-                    .iter()
-                    .filter_map(|k| probe.position(k))
-                    .min()
-                    .unwrap_or(0);
-                for k in HANDLERS {
-                    probe.remove(k);
-                }
-                probe.insert_at(at, "httpGet", http_get(path));
+                point_at_agent(probe, path);
             }
         }
         None => {

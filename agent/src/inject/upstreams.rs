@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map as JsonMap, Value};
 
 use super::yaml::{Map, Node};
-use super::{container_name, http_get, Problem, AGENT_PORT, HANDLERS};
+use super::{container_name, point_at_agent, Problem, AGENT_PORT};
 use crate::upstream::profiles;
 
 /// The agent's env var holding the upstreams' JSON.
@@ -116,15 +116,7 @@ pub(super) fn wire_upstream(
             continue;
         };
         entry.insert(key.to_string(), Value::Object(original));
-        let at = HANDLERS
-            .iter()
-            .filter_map(|k| probe.position(k))
-            .min()
-            .unwrap_or(0);
-        for k in HANDLERS {
-            probe.remove(k);
-        }
-        probe.insert_at(at, "httpGet", http_get(&path));
+        point_at_agent(probe, &path);
         probe.set("timeoutSeconds", Node::plain("1"));
     }
     if entry.is_empty() {
