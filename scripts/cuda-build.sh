@@ -4,7 +4,7 @@
 # serve with `--device cpu`, and refuse `--device cuda` with "no CUDA device" and exit 1
 # (model-worker/tests/cuda_device.rs). CI runs it after `make test`.
 #
-# Environment: CUDA_COMPUTE_CAP (default 80: candle's kernels become compute_80 PTX,
+# Environment: CUDAFORGE_THREADS (nvcc jobs, default all cores), CUDA_COMPUTE_CAP (default 80: candle's kernels become compute_80 PTX,
 # which the driver compiles for 8.0, 9.0 and newer GPUs when it loads them; see
 # docs/benchmarks.md "GPU"), CUDA_TARGET_DIR (default target-cuda, apart from the CPU
 # builds so neither rebuilds the other), VITALS_CUDA_HOME (scripts/cuda-toolkit.sh).
@@ -13,6 +13,9 @@ cd "$(dirname "$0")/.."
 
 CUDA_TARGET_DIR=${CUDA_TARGET_DIR:-target-cuda}
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-80}
+# cudaforge compiles candle's kernels on half the cores by default, and they are the
+# longest step of the build: all of them (cudaforge src/parallel.rs).
+export CUDAFORGE_THREADS=${CUDAFORGE_THREADS:-$(nproc)}
 
 start=$SECONDS
 eval "$(scripts/cuda-toolkit.sh)"

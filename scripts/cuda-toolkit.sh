@@ -105,7 +105,8 @@ build_driver_stub() {
 
 # The CUDA libraries the built worker loads, copied into $2 for an image. The binary
 # needs libcuda.so.1 (the driver's), libcublas.so.13 and libcurand.so.10 (readelf -d; the
-# linker drops the rest as unused); libcublas needs libcublasLt, libcurand needs libcudart.
+# linker drops the rest as unused); libcublas needs libcublasLt, libcurand needs libcudart,
+# which needs libstdc++ (from the base image).
 runtime_libs() {
   local root=$1 dest=$2
   mkdir -p "$dest"

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # `make images`: builds vitals-agent:dev and vitals-worker:dev (CPU flavour) with podman,
 # pulling nothing, then runs them as a pod would and checks the probes through the agent.
+# `FLAVOR=cuda make images` builds vitals-worker:dev-cuda instead (the CUDA build of
+# scripts/cuda-build.sh, CUDA libraries from the same wheels) and smoke-tests it with
+# `--device cpu`, the toolkit's driver stub standing in for the GPU node's driver.
 #
 #   scripts/images.sh            build both images, then the pod smoke test
 #   scripts/images.sh build      build only
@@ -11,8 +14,9 @@
 # worker's runtime base is a distroless-like image assembled from Debian packages. Users
 # with a registry run plain `docker build -f Dockerfile.agent .` instead.
 #
-# Environment: WORKER_PROFILE (cargo profile of the worker binary: `worker` by default; CI
-# passes `dev` to reuse the binary `make test` built), MODEL_DIR, IMAGES_OPTIONAL (below).
+# Environment: FLAVOR (cpu or cuda), WORKER_PROFILE (cargo profile of the CPU worker
+# binary: `worker` by default; CI passes `dev` to reuse the binary `make test` built),
+# MODEL_DIR, IMAGES_OPTIONAL (below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +24,20 @@ WORKER_PROFILE=${WORKER_PROFILE:-worker}
 MODEL_DIR=${MODEL_DIR:-models/all-MiniLM-L6-v2}
 AGENT_IMAGE=localhost/vitals-agent:dev
 MODEL_IMAGE=localhost/vitals-model:dev
-WORKER_IMAGE=localhost/vitals-worker:dev
+FLAVOR=${FLAVOR:-cpu}
 BASE_IMAGE=localhost/vitals-glibc-base:bookworm
+case "$FLAVOR" in
+  cpu) WORKER_IMAGE=localhost/vitals-worker:dev ;;
+  cuda)
+    WORKER_IMAGE=localhost/vitals-worker:dev-cuda
+    # The CPU image's base plus libstdc++, which the wheels' libcudart needs.
+    CUDA_BASE_IMAGE=localhost/vitals-glibc-cxx-base:bookworm
+    CUDA_TARGET_DIR=${CUDA_TARGET_DIR:-target-cuda}
+    export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-80}
+    eval "$(scripts/cuda-toolkit.sh)"
+    ;;
+  *) echo "FLAVOR must be cpu or cuda, not $FLAVOR" >&2; exit 2 ;;
+esac
 # The smoke test's containers (global: the EXIT trap removes them).
 agent=vitals-smoke-agent
 worker=vitals-smoke-worker
@@ -66,12 +82,14 @@ EOF
 
 # A distroless-like glibc base (about 6 MB) from Debian packages: libc, libgcc, netbase,
 # and a passwd naming the non-root user. Nothing else: no shell, no package manager.
+# build_base [IMAGE EXTRA_PACKAGE...]: another image with more packages.
 build_base() {
-  if podman image exists "$BASE_IMAGE"; then return; fi
-  say "assembling $BASE_IMAGE from Debian packages"
+  local image=${1:-$BASE_IMAGE}
+  if podman image exists "$image"; then return; fi
+  say "assembling $image from Debian packages"
   local dl="$WORK/debs" root="$WORK/base-root"
   rm -rf "$dl" "$root" && mkdir -p "$dl" "$root/etc" "$root/tmp"
-  local pkgs=(libc6 libgcc-s1 netbase)
+  local pkgs=(libc6 libgcc-s1 netbase "${@:2}")
   if ! (cd "$dl" && apt-get download -o APT::Sandbox::User=root "${pkgs[@]}" >/dev/null 2>&1); then
     apt-get update -qq -o DPkg::Lock::Timeout=300
     (cd "$dl" && apt-get download -o APT::Sandbox::User=root "${pkgs[@]}" >/dev/null)
@@ -81,7 +99,7 @@ build_base() {
   printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$root/etc/passwd"
   printf 'root:x:0:\nnonroot:x:65532:\n' >"$root/etc/group"
   chmod 1777 "$root/tmp"
-  tar -C "$root" -c . | podman import - "$BASE_IMAGE" >/dev/null
+  tar -C "$root" -c . | podman import - "$image" >/dev/null
 }
 
 # vitals-model:dev (Dockerfile.model: FROM scratch, only the model's files) for
@@ -119,20 +137,36 @@ build_images() {
   mkdir -p "$WORK/agent-ctx/out" "$WORK/worker-ctx/out"
   cp "$agent_bin" "$WORK/agent-ctx/out/vitals-agent"
 
-  say "worker binary (profile $WORKER_PROFILE)"
-  cargo build --profile "$WORKER_PROFILE" --locked -p vitals-worker
-  local dir=$WORKER_PROFILE
-  [ "$dir" = dev ] && dir=debug
-  cp "target/$dir/vitals-worker" "$WORK/worker-ctx/out/vitals-worker"
+  if [ "$FLAVOR" = cuda ]; then
+    say "CUDA worker binary (as scripts/cuda-build.sh builds it)"
+    CARGO_TARGET_DIR=$CUDA_TARGET_DIR \
+      cargo build --profile worker --locked -p vitals-worker --features cuda
+    cp "$CUDA_TARGET_DIR/worker/vitals-worker" "$WORK/worker-ctx/out/vitals-worker"
+    rm -rf "$WORK/worker-ctx/out/cuda"
+    scripts/cuda-toolkit.sh runtime-libs "$WORK/worker-ctx/out/cuda"
+  else
+    say "worker binary (profile $WORKER_PROFILE)"
+    cargo build --profile "$WORKER_PROFILE" --locked -p vitals-worker
+    local dir=$WORKER_PROFILE
+    [ "$dir" = dev ] && dir=debug
+    cp "target/$dir/vitals-worker" "$WORK/worker-ctx/out/vitals-worker"
+  fi
 
   build_base
   say "building $AGENT_IMAGE"
   podman build --pull=never --network none --build-context build="$WORK/agent-ctx" \
     -f Dockerfile.agent -t "$AGENT_IMAGE" .
-  say "building $WORKER_IMAGE (CPU)"
-  podman build --pull=never --network none --build-context build="$WORK/worker-ctx" \
-    --build-arg FLAVOR=cpu --build-arg CPU_RUNTIME="$BASE_IMAGE" \
-    -f Dockerfile.worker -t "$WORKER_IMAGE" .
+  say "building $WORKER_IMAGE ($FLAVOR)"
+  if [ "$FLAVOR" = cuda ]; then
+    build_base "$CUDA_BASE_IMAGE" libstdc++6
+    podman build --pull=never --network none --build-context build="$WORK/worker-ctx" \
+      --build-arg FLAVOR=cuda --build-arg CUDA_RUNTIME="$CUDA_BASE_IMAGE" \
+      -f Dockerfile.worker -t "$WORKER_IMAGE" .
+  else
+    podman build --pull=never --network none --build-context build="$WORK/worker-ctx" \
+      --build-arg FLAVOR=cpu --build-arg CPU_RUNTIME="$BASE_IMAGE" \
+      -f Dockerfile.worker -t "$WORKER_IMAGE" .
+  fi
   build_model_image
   local size
   for image in "$AGENT_IMAGE" "$WORKER_IMAGE" "$MODEL_IMAGE"; do
@@ -186,11 +220,19 @@ smoke() {
   podman run -d --name "$agent" "${hardening[@]}" -v "$sock:/run/vitals" "$AGENT_IMAGE" \
     run --listen "127.0.0.1:$aport" --socket /run/vitals/agent.sock --expect model \
     --hang-timeout 3s --proc-interval 250ms --shutdown-grace 1s >/dev/null
+  # The CUDA image on a machine without a GPU: the driver stub is mounted where a GPU
+  # node's runtime puts the driver, and the worker runs on the CPU.
+  local flavor_run=() flavor_args=()
+  if [ "$FLAVOR" = cuda ]; then
+    flavor_run=(-v "$CUDA_ROOT/lib/stubs:/usr/local/nvidia/lib64:ro"
+      -e LD_LIBRARY_PATH=/usr/local/lib/vitals-cuda:/usr/local/nvidia/lib64)
+    flavor_args=(--device cpu)
+  fi
   # --pid=container: is shareProcessNamespace: the agent sees the worker's pid and /proc.
   podman run -d --name "$worker" "${hardening[@]}" --pid "container:$agent" \
-    -v "$sock:/run/vitals" -v "$(pwd)/$MODEL_DIR:/models/all-MiniLM-L6-v2:ro" \
+    -v "$sock:/run/vitals" -v "$(pwd)/$MODEL_DIR:/models/all-MiniLM-L6-v2:ro" "${flavor_run[@]}" \
     "$WORKER_IMAGE" --model-dir /models/all-MiniLM-L6-v2 --listen "127.0.0.1:$wport" \
-    --max-batch-tokens 1024 --heartbeat-interval 250ms >/dev/null
+    --max-batch-tokens 1024 --heartbeat-interval 250ms "${flavor_args[@]}" >/dev/null
 
   local base="http://127.0.0.1:$aport"
   await "$base/livez" 200 30 "the agent answers"
