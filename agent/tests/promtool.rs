@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use common::{eventually, metric, Agent, Worker};
 use vitals_agent::config::Config;
 use vitals_proto::WorkerName;
@@ -43,29 +40,9 @@ fn metrics_pass_promtool_check() {
     ] {
         assert!(text.contains(name), "{name} missing");
     }
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = child.unwrap_or_else(|e| {
-        panic!("this test needs promtool, and it could not be started ({e}): run `make deps`")
-    });
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (passed, report) = vitals_e2e::prom::promtool_check(&text);
     assert!(
-        out.status.success() && report.trim().is_empty(),
+        passed && report.trim().is_empty(),
         "promtool: {report}\n{text}"
     );
 }

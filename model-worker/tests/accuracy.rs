@@ -1,11 +1,11 @@
 //! Accuracy against sentence-transformers: the committed reference (made by
 //! scripts/make-reference.py, see docs/accuracy.md) must be matched to cosine ≥ 0.9999
-//! for every text, one at a time and in one padded batch.
-
-use std::path::{Path, PathBuf};
+//! for every text, one at a time and in one padded batch. Without the model (`make model`)
+//! the test fails.
 
 use candle_core::Device;
 use serde::Deserialize;
+use vitals_e2e::bins::model_dir;
 use vitals_worker::model::bert::BertEmbedder;
 use vitals_worker::model::tokenizer::TextTokenizer;
 use vitals_worker::model::{l2_normalize, Embedder, ModelSpec};
@@ -23,19 +23,6 @@ struct Item {
     embedding: Vec<f32>,
 }
 
-fn model_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2");
-    if dir.join("model.safetensors").exists() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "SKIPPED: no model in {} (run `make model`; `make test` fetches it)",
-            dir.display()
-        );
-        None
-    }
-}
-
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a
         .iter()
@@ -49,7 +36,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn matches_sentence_transformers() {
-    let Some(dir) = model_dir() else { return };
+    let dir = model_dir();
     let reference: Reference =
         serde_json::from_str(include_str!("data/reference.json")).expect("reference.json is valid");
     assert!(reference.items.len() >= 30);

@@ -1,43 +1,36 @@
 //! The HTTP API over real sockets, with the real model: every success and error case of
 //! the routes, start-up reporting to a fake agent, loading / draining / queue-full
 //! answers and the fault routes. One worker (one model load) is shared by most tests;
-//! the few that need other flags start their own.
+//! the few that need other flags start their own. Without the model (`make model`) the
+//! tests that load it fail.
 
-use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
-use vitals_proto::codec::{encode_line, read_line};
-use vitals_proto::message::{decode_hello, decode_message, AgentMessage, Welcome, WorkerMessage};
+use vitals_e2e::bins::model_dir;
+use vitals_e2e::client::{self, Request, Response};
+use vitals_e2e::peer::FakeAgent;
+use vitals_e2e::prom;
+use vitals_e2e::wait::eventually;
+use vitals_proto::message::WorkerMessage;
 use vitals_proto::Phase;
 use vitals_worker::config::{Args, Config};
 use vitals_worker::WorkerError;
 
-fn model_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2")
-}
-
-fn have_model() -> bool {
-    let ok = model_dir().join("model.safetensors").exists();
-    if !ok {
-        eprintln!("SKIPPED: no model (run `make model`; `make test` fetches it)");
-    }
-    ok
-}
+/// How long one request may take: a cold batch of long texts on a busy 2-core machine.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A worker running in this process on its own runtime thread.
 struct Worker {
     addr: SocketAddr,
     shutdown: CancellationToken,
     result: Mutex<std::sync::mpsc::Receiver<Result<(), WorkerError>>>,
-    agent: Arc<Mutex<Vec<WorkerMessage>>>,
+    agent: FakeAgent,
     _dir: tempfile::TempDir,
 }
 
@@ -45,7 +38,7 @@ impl Worker {
     fn start(model_dir: &Path, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("agent.sock");
-        let agent = fake_agent(&socket);
+        let agent = FakeAgent::bind(&socket, Duration::from_secs(10));
         let mut argv = vec![
             "vitals-worker".to_owned(),
             "--model-dir".into(),
@@ -87,14 +80,9 @@ impl Worker {
     }
 
     fn wait_ready(&self) {
-        let start = Instant::now();
-        while get(self.addr, "/health").0 != 200 {
-            assert!(
-                start.elapsed() < Duration::from_secs(120),
-                "worker not ready"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        eventually("the worker ready", Duration::from_secs(120), || {
+            (get(self.addr, "/health").status == 200).then_some(())
+        });
     }
 
     /// Waits for `run` to return.
@@ -107,50 +95,11 @@ impl Worker {
     }
 
     fn messages(&self) -> Vec<WorkerMessage> {
-        self.agent.lock().expect("lock").clone()
+        self.agent.messages()
     }
 }
 
-/// A minimal agent: welcomes each connection and records every message.
-fn fake_agent(socket: &Path) -> Arc<Mutex<Vec<WorkerMessage>>> {
-    let listener = UnixListener::bind(socket).expect("bind agent socket");
-    let messages = Arc::new(Mutex::new(Vec::new()));
-    let out = Arc::clone(&messages);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            let out = Arc::clone(&out);
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let Ok(line) = read_line(&mut stream, &mut buf) else {
-                    return;
-                };
-                if decode_hello(&line).is_err() {
-                    return;
-                }
-                let welcome = AgentMessage::Welcome(Welcome {
-                    v: 1,
-                    agent_version: "fake".into(),
-                    hang_timeout_ms: 10_000,
-                });
-                if stream.write_all(&encode_line(&welcome)).is_err() {
-                    return;
-                }
-                while let Ok(line) = read_line(&mut stream, &mut buf) {
-                    if let Ok(m) = decode_message(&line) {
-                        out.lock().expect("lock").push(m);
-                    }
-                }
-            });
-        }
-    });
-    messages
-}
-
-static SHARED: LazyLock<Option<Worker>> = LazyLock::new(|| {
-    if !have_model() {
-        return None;
-    }
+static SHARED: LazyLock<Worker> = LazyLock::new(|| {
     let w = Worker::start(
         &model_dir(),
         &[
@@ -165,60 +114,35 @@ static SHARED: LazyLock<Option<Worker>> = LazyLock::new(|| {
         ],
     );
     w.wait_ready();
-    Some(w)
+    w
 });
 
-fn shared() -> Option<SocketAddr> {
-    SHARED.as_ref().map(|w| w.addr)
+fn shared() -> SocketAddr {
+    SHARED.addr
 }
 
-/// One HTTP/1.1 request on a fresh connection: (status, headers, body).
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&[u8]>,
-) -> (u16, HashMap<String, String>, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
-    let body = body.unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).expect("write head");
-    // A server may answer (413) and close before reading a huge body.
-    let _ = stream.write_all(body);
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a full response");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(": "))
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
+/// One request on a fresh connection, a JSON body (or any bytes) when given.
+fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&[u8]>) -> Response {
+    let req = Request {
+        body: body.map(|b| ("application/json", b)),
+        ..Request::new(method, path)
+    };
+    client::send(addr, &req, REQUEST_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{method} {path}: no complete answer: {e}"))
 }
 
-fn get(addr: SocketAddr, path: &str) -> (u16, HashMap<String, String>, String) {
+fn get(addr: SocketAddr, path: &str) -> Response {
     http(addr, "GET", path, None)
 }
 
 fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
-    let (status, _, text) = http(addr, "POST", path, Some(body.to_string().as_bytes()));
-    (status, serde_json::from_str(&text).expect("JSON body"))
+    let r = http(addr, "POST", path, Some(body.to_string().as_bytes()));
+    (r.status, r.json().expect("JSON body"))
 }
 
 fn assert_error(addr: SocketAddr, path: &str, body: &[u8], status: u16, code: &str) -> Value {
-    let (got, _, text) = http(addr, "POST", path, Some(body));
+    let r = http(addr, "POST", path, Some(body));
+    let (got, text) = (r.status, r.text());
     let v: Value = serde_json::from_str(&text).expect("JSON error");
     assert_eq!(got, status, "{text}");
     assert_eq!(v["error"]["code"], code, "{text}");
@@ -268,7 +192,7 @@ fn decode_base64(s: &str) -> Vec<f32> {
 
 #[test]
 fn openai_embeddings_float_and_base64() {
-    let Some(addr) = shared() else { return };
+    let addr = shared();
     let (status, v) = post(
         addr,
         "/v1/embeddings",
@@ -302,7 +226,7 @@ fn openai_embeddings_float_and_base64() {
 
 #[test]
 fn concurrent_requests_are_batched_and_match_single_ones() {
-    let Some(addr) = shared() else { return };
+    let addr = shared();
     let texts: Vec<String> = (0..10)
         .map(|i| format!("sentence number {i} about {}", "probes ".repeat(i * 3)))
         .collect();
@@ -329,20 +253,15 @@ fn concurrent_requests_are_batched_and_match_single_ones() {
         let batched = t.join().expect("thread");
         assert!(cosine(&batched, single) >= 0.9999);
     }
-    let (_, _, metrics) = get(addr, "/metrics");
-    let count = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-            .expect("metric present")
-    };
+    let metrics = get(addr, "/metrics").text();
+    let count = |name: &str| prom::metric(&metrics, name, &[]).expect("metric present");
     // 10 concurrent single-text requests ran in fewer than 10 + 10 passes overall.
     assert!(count("embedding_batch_size_count") < count("embedding_texts_total"));
 }
 
 #[test]
 fn tei_embed_normalize_and_truncate() {
-    let Some(addr) = shared() else { return };
+    let addr = shared();
     let (status, v) = post(addr, "/embed", &json!({"inputs": "hello world"}));
     assert_eq!(status, 200, "{v}");
     let rows = v.as_array().expect("array of arrays");
@@ -375,7 +294,7 @@ fn tei_embed_normalize_and_truncate() {
 
 #[test]
 fn invalid_requests_are_400() {
-    let Some(addr) = shared() else { return };
+    let addr = shared();
     let e = "/v1/embeddings";
     assert_error(addr, e, b"{not json", 400, "invalid_json");
     assert_error(addr, e, b"[1,2]", 400, "invalid_json");
@@ -414,7 +333,7 @@ fn invalid_requests_are_400() {
 
 #[test]
 fn oversized_requests_are_413() {
-    let Some(addr) = shared() else { return };
+    let addr = shared();
     let nine = json!({"input": vec!["a"; 9]}).to_string();
     assert_error(
         addr,
@@ -437,9 +356,9 @@ fn oversized_requests_are_413() {
 
 #[test]
 fn routes_methods_and_info() {
-    let Some(addr) = shared() else { return };
-    let (status, _, body) = get(addr, "/nope");
-    assert_eq!(status, 404, "{body}");
+    let addr = shared();
+    let r = get(addr, "/nope");
+    assert_eq!(r.status, 404, "{}", r.text());
     // Without --enable-fault-injection the fault route does not exist.
     assert_error(
         addr,
@@ -448,14 +367,13 @@ fn routes_methods_and_info() {
         404,
         "not_found",
     );
-    let (status, headers, _) = get(addr, "/v1/embeddings");
-    assert_eq!(status, 405);
-    assert_eq!(headers.get("allow").map(String::as_str), Some("POST"));
+    let r = get(addr, "/v1/embeddings");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("POST"));
 
-    let (status, _, body) = get(addr, "/health");
-    assert_eq!(status, 200, "{body}");
-    let (_, _, body) = get(addr, "/info");
-    let info: Value = serde_json::from_str(&body).expect("json");
+    let r = get(addr, "/health");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let info = get(addr, "/info").json().expect("json");
     assert_eq!(info["model"], "all-MiniLM-L6-v2");
     assert_eq!(info["dimension"], 384);
     assert_eq!(info["max_tokens"], 256);
@@ -463,12 +381,14 @@ fn routes_methods_and_info() {
     assert_eq!(info["pooling"], "mean");
     assert_eq!(info["max_batch_size"], 4);
     assert_eq!(info["phase"], "ready");
-    let (_, _, body) = get(addr, "/v1/models");
-    let models: Value = serde_json::from_str(&body).expect("json");
+    let models = get(addr, "/v1/models").json().expect("json");
     assert_eq!(models["data"][0]["id"], "all-MiniLM-L6-v2");
-    let (status, headers, metrics) = get(addr, "/metrics");
-    assert_eq!(status, 200);
-    assert!(headers["content-type"].starts_with("text/plain"));
+    let r = get(addr, "/metrics");
+    let metrics = r.text();
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/plain")));
     for name in [
         "embedding_requests_total",
         "embedding_request_duration_seconds_bucket",
@@ -481,22 +401,15 @@ fn routes_methods_and_info() {
 
 #[test]
 fn start_up_is_reported_to_the_agent() {
-    let Some(worker) = SHARED.as_ref() else {
-        return;
-    };
-    let start = Instant::now();
-    let messages = loop {
-        let m = worker.messages();
-        let beats = m
-            .iter()
-            .filter(|m| matches!(m, WorkerMessage::Heartbeat(_)))
-            .count();
-        if beats >= 3 {
-            break m;
-        }
-        assert!(start.elapsed() < Duration::from_secs(10), "no heartbeats");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let messages = SHARED
+        .agent
+        .wait_for("3 heartbeats", Duration::from_secs(10), |m| {
+            let beats = m
+                .iter()
+                .filter(|m| matches!(m, WorkerMessage::Heartbeat(_)))
+                .count();
+            (beats >= 3).then(|| m.to_vec())
+        });
     let phases: Vec<Phase> = messages
         .iter()
         .filter_map(|m| match m {
@@ -538,14 +451,16 @@ fn start_up_is_reported_to_the_agent() {
 
 #[test]
 fn loading_answers_503_and_faults_work_before_ready() {
-    if !have_model() {
-        return;
-    }
     let w = Worker::start(
         &model_dir(),
         &["--enable-fault-injection", "--fault-slow-load", "60s"],
     );
-    std::thread::sleep(Duration::from_millis(300));
+    w.agent
+        .wait_for("phase loading", Duration::from_secs(10), |m| {
+            m.iter()
+                .any(|m| matches!(m, WorkerMessage::Phase(p) if p.phase == Phase::Loading))
+                .then_some(())
+        });
     let v = assert_error(
         w.addr,
         "/v1/embeddings",
@@ -556,10 +471,10 @@ fn loading_answers_503_and_faults_work_before_ready() {
     assert!(v["error"]["message"]
         .as_str()
         .is_some_and(|m| m.contains("loading")));
-    let (status, headers, _) = get(w.addr, "/health");
-    assert_eq!(status, 503);
-    assert_eq!(headers.get("retry-after").map(String::as_str), Some("1"));
-    let (_, _, info) = get(w.addr, "/info");
+    let health = get(w.addr, "/health");
+    assert_eq!(health.status, 503);
+    assert_eq!(health.header("retry-after"), Some("1"));
+    let info = get(w.addr, "/info").text();
     assert!(info.contains(r#""phase":"loading""#), "{info}");
 
     assert_error(
@@ -572,18 +487,12 @@ fn loading_answers_503_and_faults_work_before_ready() {
     let (status, _) = post(w.addr, "/debug/fault", &json!({"kind": "fail"}));
     assert_eq!(status, 200);
     assert_error(w.addr, "/v1/embeddings", br#"{"input":"a"}"#, 503, "failed");
-    let start = Instant::now();
-    while !w
-        .messages()
-        .iter()
-        .any(|m| matches!(m, WorkerMessage::Phase(p) if p.phase == Phase::Failed))
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "failed not reported"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    w.agent
+        .wait_for("failed reported", Duration::from_secs(5), |m| {
+            m.iter()
+                .any(|m| matches!(m, WorkerMessage::Phase(p) if p.phase == Phase::Failed))
+                .then_some(())
+        });
     // Shutdown interrupts the (slow) load promptly; a failed worker exits with its failure.
     w.shutdown.cancel();
     let err = w
@@ -594,9 +503,6 @@ fn loading_answers_503_and_faults_work_before_ready() {
 
 #[test]
 fn full_queue_is_429_and_draining_is_503() {
-    if !have_model() {
-        return;
-    }
     let w = Worker::start(
         &model_dir(),
         &[
@@ -614,59 +520,57 @@ fn full_queue_is_429_and_draining_is_503() {
     w.wait_ready();
     let (status, _) = post(w.addr, "/debug/fault", &json!({"kind": "hang_loop"}));
     assert_eq!(status, 200);
-    std::thread::sleep(Duration::from_millis(300));
     let addr = w.addr;
     // This request is queued and never answered: the loop hangs.
     let stuck = std::thread::spawn(move || {
         let _ = http(addr, "POST", "/v1/embeddings", Some(br#"{"input":"a"}"#));
     });
-    let start = Instant::now();
-    loop {
-        let (_, _, metrics) = get(addr, "/metrics");
-        if metrics.contains("embedding_queue_depth 1") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "request not queued"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (status, headers, body) = http(addr, "POST", "/v1/embeddings", Some(br#"{"input":"b"}"#));
-    assert_eq!(status, 429, "{body}");
-    assert_eq!(headers.get("retry-after").map(String::as_str), Some("1"));
+    eventually("the request queued", Duration::from_secs(10), || {
+        let metrics = get(addr, "/metrics").text();
+        (prom::metric(&metrics, "embedding_queue_depth", &[]) == Some(1.0)).then_some(())
+    });
+    let r = http(addr, "POST", "/v1/embeddings", Some(br#"{"input":"b"}"#));
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
     // HTTP still answers while the loop hangs.
-    assert_eq!(get(addr, "/health").0, 200);
+    assert_eq!(get(addr, "/health").status, 200);
+
+    // Hung: the queued request woke the loop, whose next step after a tick is the fault
+    // check; six heartbeats in a row (250 ms) without a tick, where a live idle loop ticks
+    // every 100 ms (batch::TICK), show it stopped.
+    let queued = w.agent.heartbeats().len();
+    w.agent
+        .wait_for("the loop hung", Duration::from_secs(10), |_| {
+            let beats = w.agent.heartbeats();
+            let last = &beats[queued.max(beats.len().saturating_sub(6))..];
+            (last.len() == 6 && last.iter().all(|p| *p == last[0])).then_some(())
+        });
 
     // The hung loop no longer ticks: heartbeats still come, their progress is frozen.
-    let progress = |w: &Worker| -> Vec<u64> {
-        w.messages()
-            .iter()
-            .filter_map(|m| match m {
-                WorkerMessage::Heartbeat(h) => Some(h.progress),
-                _ => None,
-            })
-            .collect()
-    };
-    let before = progress(&w);
-    std::thread::sleep(Duration::from_millis(300));
-    let after = progress(&w);
-    assert!(after.len() >= before.len() + 3, "heartbeats continue");
+    let before = w.agent.heartbeats();
+    let after = w
+        .agent
+        .wait_for("heartbeats continue", Duration::from_secs(10), |_| {
+            Some(w.agent.heartbeats()).filter(|a| a.len() >= before.len() + 3)
+        });
     assert_eq!(before.last(), after.last(), "progress frozen");
 
     let (status, _) = post(addr, "/debug/fault", &json!({"kind": "stop_heartbeats"}));
     assert_eq!(status, 200);
-    std::thread::sleep(Duration::from_millis(100));
-    let before = progress(&w).len();
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        progress(&w).len(),
-        before,
+    let before = w.agent.heartbeats().len();
+    // Silence is what is checked: no heartbeat for 400 ms (eight periods), bar the one that
+    // may have been on its way when the fault landed.
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        w.agent.heartbeats().len() <= before + 1,
         "no heartbeats after stop_heartbeats"
     );
 
     w.shutdown.cancel();
-    std::thread::sleep(Duration::from_millis(100));
+    eventually("draining answers", Duration::from_secs(5), || {
+        let r = http(addr, "POST", "/v1/embeddings", Some(br#"{"input":"c"}"#));
+        (r.status == 503).then_some(())
+    });
     assert_error(addr, "/v1/embeddings", br#"{"input":"c"}"#, 503, "draining");
     let start = Instant::now();
     w.finish(Duration::from_secs(10))

@@ -2,7 +2,10 @@
 //! exact label set, in any label order, with escaped label values and an optional timestamp.
 //!
 //! It only reads samples; whether a page is valid exposition text is promtool's job
-//! (`agent/tests/promtool.rs`).
+//! ([`promtool_check`]).
+
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 /// One sample line: `name{labels} value [timestamp]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +61,36 @@ pub fn series(text: &str, series: &str) -> Option<f64> {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     metric(text, &name, &labels)
+}
+
+/// Runs `promtool check metrics` on `text` and returns what it said (empty when the page is
+/// valid and lint-clean) and whether it passed.
+///
+/// # Panics
+/// When promtool cannot be started: the tests that call this need it (`make deps`).
+pub fn promtool_check(text: &str) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("this test needs promtool, and it could not be started ({e}): run `make deps`")
+        });
+    child
+        .stdin
+        .take()
+        .expect("promtool's stdin is piped")
+        .write_all(text.as_bytes())
+        .expect("promtool reads the page");
+    let out = child.wait_with_output().expect("promtool runs to its end");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), report)
 }
 
 /// Parses one sample line.
