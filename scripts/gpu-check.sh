@@ -101,6 +101,8 @@ while True:
     time.sleep(0.2)
 
 info = call("/info")
+if not str(info.get("device")).startswith(os.environ["DEVICE"]):
+    sys.exit(f"gpu-check: the worker runs on {info.get('device')}, not {os.environ['DEVICE']}")
 ref = json.load(open(os.environ["REFERENCE"]))
 items = ref["items"]
 texts = [i["text"] for i in items]
