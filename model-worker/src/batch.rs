@@ -166,6 +166,23 @@ impl Submitter {
     pub fn depth(&self) -> usize {
         self.depth.load(Ordering::SeqCst)
     }
+
+    /// A read-only view of [`Submitter::depth`] that, unlike a clone of the submitter,
+    /// does not keep the queue open: the model loop still ends once every submitter is gone.
+    pub fn depth_gauge(&self) -> QueueDepth {
+        QueueDepth(Arc::clone(&self.depth))
+    }
+}
+
+/// Requests queued or being computed, read without holding the queue open.
+#[derive(Debug, Clone)]
+pub struct QueueDepth(Arc<AtomicUsize>);
+
+impl QueueDepth {
+    /// Requests queued or being computed now (0 means drained).
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 /// Faults the loop obeys (set through `/debug/fault`).

@@ -107,7 +107,7 @@ pub async fn run(
         source,
     })?;
 
-    let depth = submitter.clone();
+    let depth = submitter.depth_gauge();
     let state = Arc::new(api::AppState {
         lifecycle: lifecycle.clone(),
         model_name,
@@ -134,27 +134,26 @@ pub async fn run(
         return Err(WorkerError::Failed(lifecycle.status().detail));
     }
     lifecycle.set_phase(Phase::Draining, "shutting down", None);
-    tracing::info!(delay = ?config.drain_delay, queued = depth.depth(), "draining: still accepting for the drain delay");
+    tracing::info!(delay = ?config.drain_delay, queued = depth.get(), "draining: still accepting for the drain delay");
     tokio::time::sleep(config.drain_delay).await;
     lifecycle.stop_accepting();
     let deadline = signalled + config.drain_delay + config.drain_timeout;
-    while depth.depth() > 0 && Instant::now() < deadline {
+    while depth.get() > 0 && Instant::now() < deadline {
         tokio::time::sleep(DRAIN_POLL).await;
     }
-    let left = depth.depth();
+    let left = depth.get();
     if left > 0 {
         tracing::warn!(
             left,
             "drain timeout: exiting with requests still queued or running"
         );
     }
-    drop(depth);
     close.cancel();
-    let close_by = deadline.max(Instant::now() + CLOSE_TIMEOUT.min(Duration::from_millis(500)));
-    if tokio::time::timeout_at(close_by.into(), server)
-        .await
-        .is_err()
-    {
+    // Connections get CLOSE_TIMEOUT to finish their responses, but a request stuck on a hung
+    // loop must not push the exit more than half a second past the drain deadline.
+    let left_of_budget = deadline.saturating_duration_since(Instant::now());
+    let close_within = CLOSE_TIMEOUT.min(left_of_budget.max(Duration::from_millis(500)));
+    if tokio::time::timeout(close_within, server).await.is_err() {
         tracing::warn!("connections still open at the drain deadline");
     }
     if model_thread.is_finished() {
