@@ -13,9 +13,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use vitals_proto::WorkerName;
 
 use crate::inject::InjectArgs;
-use crate::status::StatusArgs;
-use crate::upstream;
-use crate::upstream::config::{UpstreamSpec, UpstreamsError};
+use crate::sources::upstream;
+use crate::sources::upstream::config::{UpstreamSpec, UpstreamsError};
+use crate::surfaces::status::StatusArgs;
 use crate::verdict::Thresholds;
 
 /// `vitals-agent`: the pod's single probe port.

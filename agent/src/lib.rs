@@ -2,23 +2,17 @@
 //! socket, the agent adds what /proc shows, and answers the kubelet's probes and
 //! Prometheus' scrapes from memory, at once, whatever the workers do.
 //!
-//! State flows one way: [`socket`], [`procwatch`] and the [`upstream`] probers write the
-//! [`registry`]; a [`snapshot`] of it is judged by [`verdict`] and rendered by [`http`],
-//! [`metrics`], [`ticker`] and [`status`]. Each task gets the narrow handles it needs, not a hub.
-//! [`run`] wires them; the binary and the integration tests call the same `run`.
+//! State flows one way: [`sources`] (the worker socket, /proc, upstream probers) write the
+//! [`state`]; a snapshot of it is judged by [`verdict`] and rendered by the [`surfaces`]
+//! (probe port, metrics, ticker, status). Each task gets the narrow handles it needs, not a
+//! hub. [`run`] wires them; the binary and the integration tests call the same `run`.
+//! [`config`] is the one place that parses configuration; [`inject`] adds the agent to pods.
 
 pub mod config;
-pub mod http;
 pub mod inject;
-pub mod metrics;
-pub mod proc;
-pub mod procwatch;
-pub mod registry;
-pub mod snapshot;
-pub mod socket;
-pub mod status;
-pub mod ticker;
-pub mod upstream;
+pub mod sources;
+pub mod state;
+pub mod surfaces;
 pub mod verdict;
 
 use std::net::SocketAddr;
@@ -29,13 +23,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::proc::{LiveProc, ProcSource};
-use crate::registry::Registry;
-use crate::snapshot::{AgentHealth, Snapshots};
-use crate::socket::{SocketError, SocketListener};
-use crate::status::{AgentFacts, StatusSource};
-use crate::ticker::TransitionLog;
+use crate::sources::proc::{LiveProc, ProcSource};
+use crate::sources::socket::{SocketError, SocketListener};
+use crate::state::registry::Registry;
+use crate::state::snapshot::{AgentHealth, Snapshots};
+use crate::surfaces::metrics::Metrics;
+use crate::surfaces::status::{AgentFacts, StatusSource};
+use crate::surfaces::ticker::TransitionLog;
 
 /// This agent's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -125,8 +119,8 @@ pub async fn run_with(
     let proc_wake = Arc::new(Notify::new());
     let stop = CancellationToken::new();
     let tasks = tokio_util::task::TaskTracker::new();
-    tasks.spawn(http::serve(
-        http::Context {
+    tasks.spawn(surfaces::http::serve(
+        surfaces::http::Context {
             snapshots: snapshots.clone(),
             metrics: Arc::clone(&metrics),
             status: StatusSource {
@@ -139,14 +133,14 @@ pub async fn run_with(
             },
         },
         http,
-        http::Limits {
+        surfaces::http::Limits {
             max_connections: config.max_connections,
             header_timeout: config.header_timeout,
         },
         stop.clone(),
     ));
-    tasks.spawn(socket::serve(
-        socket::Context {
+    tasks.spawn(sources::socket::serve(
+        sources::socket::Context {
             registry: Arc::clone(&registry),
             metrics: Arc::clone(&metrics),
             proc_wake: Arc::clone(&proc_wake),
@@ -155,19 +149,19 @@ pub async fn run_with(
         unix,
         stop.clone(),
     ));
-    tasks.spawn(ticker::run(
+    tasks.spawn(surfaces::ticker::run(
         snapshots,
         Arc::clone(&health),
         Arc::clone(&metrics),
         transitions,
         stop.clone(),
     ));
-    upstream::run::spawn(
+    sources::upstream::run::spawn(
         &tasks,
-        &upstream::run::Context {
+        &sources::upstream::run::Context {
             registry: Arc::clone(&registry),
             metrics: Arc::clone(&metrics),
-            host: upstream::run::host(config.pod_ip),
+            host: sources::upstream::run::host(config.pod_ip),
             stall_timeout: config.thresholds.stall,
             proc_interval: config.proc_interval,
             proc_source: Arc::clone(&proc_source),
@@ -176,7 +170,7 @@ pub async fn run_with(
         &config.upstreams,
         &stop,
     );
-    tasks.spawn(procwatch::watch(
+    tasks.spawn(sources::proc::watch::watch(
         registry,
         proc_source,
         config.proc_interval,

@@ -9,7 +9,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use vitals_agent::config::{Cli, Command, Config, LogFormat};
-use vitals_agent::{inject, status, Listeners};
+use vitals_agent::{inject, surfaces::status, Listeners};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use vitals_proto::{Phase, WorkerName};
 
-use crate::registry::{Instance, ProcMode, State, Worker};
-use crate::upstream::config::ProbeKind;
-use crate::upstream::probe::Failure;
-use crate::upstream::state::UpstreamState;
+use crate::sources::upstream::config::ProbeKind;
+use crate::sources::upstream::probe::Failure;
+use crate::state::registry::{Instance, ProcMode, State, Worker};
+use crate::state::upstream::UpstreamState;
 
 /// The agent's own liveness fails when its ticker has not run for this long (SPEC §7).
 pub const TICKER_LIMIT: Duration = Duration::from_secs(2);
@@ -753,9 +753,9 @@ pub(crate) mod tests {
     use vitals_proto::message::{CheckReport, WorkerMessage};
 
     use super::*;
-    use crate::proc::{ProcSample, SampleError};
-    use crate::registry::tests::{beat, hello, name, phase, PEER};
-    use crate::registry::{PeerCred, ProcTarget};
+    use crate::sources::proc::{ProcSample, SampleError};
+    use crate::state::registry::tests::{beat, hello, name, phase, PEER};
+    use crate::state::registry::{PeerCred, ProcTarget};
 
     pub(crate) const T: Thresholds = Thresholds {
         hang: Duration::from_secs(10),
@@ -1379,10 +1379,10 @@ pub(crate) mod tests {
         use std::sync::Arc;
 
         use super::*;
-        use crate::upstream::config::parse;
-        use crate::upstream::discover::{Found, Method, NotFound};
-        use crate::upstream::probe::Outcome;
-        use crate::upstream::stall::Reading;
+        use crate::sources::proc::discover::{Found, Method, NotFound};
+        use crate::sources::upstream::config::parse;
+        use crate::sources::upstream::probe::Outcome;
+        use crate::sources::upstream::stall::Reading;
 
         /// An upstream with all three probes and vLLM's metrics, its process found.
         fn up() -> UpstreamState {
@@ -1418,8 +1418,8 @@ pub(crate) mod tests {
             }
         }
 
-        fn sample(at: Instant, state: char) -> crate::proc::ProcSample {
-            crate::proc::ProcSample {
+        fn sample(at: Instant, state: char) -> crate::sources::proc::ProcSample {
+            crate::sources::proc::ProcSample {
                 taken_at: at,
                 state,
                 cpu_seconds: 0.0,
@@ -1482,7 +1482,7 @@ pub(crate) mod tests {
                     |u, t| {
                         pass_all(u, t);
                         u.record_probe(ProbeKind::Readiness, outcome(t, Err(Failure::Refused)));
-                        u.record_sample(Err(crate::proc::SampleError::Gone(7)));
+                        u.record_sample(Err(crate::sources::proc::SampleError::Gone(7)));
                     },
                     1,
                     (Ok(()), Ok(()), fail("process gone")),

@@ -12,7 +12,7 @@ use vitals_agent::inject::{
     inject_documents, inject_report, InjectArgs, InjectError, InjectOptions, Problem, AGENT_UID,
     UPSTREAMS_ENV, VERSION,
 };
-use vitals_agent::upstream::config as upstream_config;
+use vitals_agent::sources::upstream::config as upstream_config;
 use vitals_proto::WorkerName;
 use yaml_rust2::{Yaml, YamlLoader};
 

@@ -16,7 +16,7 @@ use serde_json::{Map as JsonMap, Value};
 
 use super::yaml::{Map, Node};
 use super::{container_name, point_at_agent, Problem, AGENT_PORT};
-use crate::upstream::profiles;
+use crate::sources::upstream::profiles;
 
 /// The agent's env var holding the upstreams' JSON.
 pub const UPSTREAMS_ENV: &str = "VITALS_UPSTREAMS";

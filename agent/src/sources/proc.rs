@@ -1,8 +1,11 @@
 //! Reading one process from /proc: its state letter, CPU time, memory, threads and start
 //! time, behind [`ProcSource`] so the registry and verdict tests feed fixtures instead.
 //!
-//! This module only reads; [`crate::procwatch`] decides when, and the registry what a
+//! This module only reads; [`crate::sources::proc::watch`] decides when, and the registry what a
 //! sample means.
+
+pub mod discover;
+pub mod watch;
 
 use std::time::Instant;
 

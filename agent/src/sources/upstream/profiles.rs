@@ -157,7 +157,7 @@ pub fn for_image(image: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::expo::is_metric_name;
+    use crate::sources::upstream::expo::is_metric_name;
 
     #[test]
     fn every_profile_is_well_formed() {

@@ -71,7 +71,7 @@ mod tests {
     use std::net::{Ipv4Addr, TcpListener};
 
     use super::*;
-    use crate::upstream::config::parse;
+    use crate::sources::upstream::config::parse;
 
     fn vllm_spec(port: u16) -> MetricsSpec {
         let text = format!(

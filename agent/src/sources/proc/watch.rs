@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::proc::ProcSource;
-use crate::registry::Registry;
+use crate::sources::proc::ProcSource;
+use crate::state::registry::Registry;
 
 /// Samples every known pid each `interval` (and whenever `wake` is notified, for a new
 /// worker) until `stop`.

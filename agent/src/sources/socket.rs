@@ -26,8 +26,8 @@ use vitals_proto::message::{
 };
 use vitals_proto::{ErrorCode, WorkerName};
 
-use crate::metrics::Metrics;
-use crate::registry::{ConnId, HelloOutcome, PeerCred, Registry};
+use crate::state::registry::{ConnId, HelloOutcome, PeerCred, Registry};
+use crate::surfaces::metrics::Metrics;
 
 /// Most worker connections open at once; more are closed at once. Far above any real pod
 /// (one per worker), it bounds what a runaway client can cost.

@@ -15,10 +15,11 @@ use tokio_util::task::TaskTracker;
 use vitals_proto::WorkerName;
 
 use super::config::{MetricsSpec, ProbeKind, ProbeSpec, UpstreamSpec};
-use super::{discover, probe, scrape};
-use crate::metrics::Metrics;
-use crate::proc::ProcSource;
-use crate::registry::Registry;
+use super::{probe, scrape};
+use crate::sources::proc::discover;
+use crate::sources::proc::ProcSource;
+use crate::state::registry::Registry;
+use crate::surfaces::metrics::Metrics;
 
 /// How long one scrape may take: beyond it, the page is no evidence.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);

@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::config::{ProbeKind, UpstreamSpec};
-use super::discover::{Found, NotFound};
-use super::probe::Outcome;
-use super::scrape::ScrapeError;
-use super::stall::{Reading, StallClock};
-use crate::proc::{ProcSample, SampleError};
+use crate::sources::proc::discover::{Found, NotFound};
+use crate::sources::proc::{ProcSample, SampleError};
+use crate::sources::upstream::config::{ProbeKind, UpstreamSpec};
+use crate::sources::upstream::probe::Outcome;
+use crate::sources::upstream::scrape::ScrapeError;
+use crate::sources::upstream::stall::{Reading, StallClock};
 
 /// The upstream's process, as found and sampled.
 #[derive(Debug, Clone, PartialEq)]
@@ -157,8 +157,8 @@ impl UpstreamState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::config::parse;
-    use crate::upstream::discover::Method;
+    use crate::sources::proc::discover::Method;
+    use crate::sources::upstream::config::parse;
 
     fn state() -> UpstreamState {
         let spec = parse(

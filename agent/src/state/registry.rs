@@ -19,9 +19,9 @@ use vitals_proto::message::{
 };
 use vitals_proto::{Phase, WorkerName};
 
-use crate::proc::{ProcSample, SampleError};
-use crate::upstream::config::UpstreamSpec;
-use crate::upstream::state::UpstreamState;
+use crate::sources::proc::{ProcSample, SampleError};
+use crate::sources::upstream::config::UpstreamSpec;
+use crate::state::upstream::UpstreamState;
 
 /// The shared registry. Writers (the socket server, the /proc watcher) apply in-memory
 /// updates under a lock held for those assignments only; readers get the current state

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::registry::{Registry, State};
+use crate::state::registry::{Registry, State};
 use crate::verdict::{evaluate, AgentInput, Thresholds, Verdicts};
 
 /// The agent's own liveness and readiness inputs: when its ticker last ran, and whether
@@ -118,7 +118,7 @@ impl Snapshots {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::tests::{hello, name, phase, PEER};
+    use crate::state::registry::tests::{hello, name, phase, PEER};
     use crate::verdict::tests::T;
     use vitals_proto::Phase;
 

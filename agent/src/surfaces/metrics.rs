@@ -16,9 +16,9 @@ use prometheus::{
 };
 use vitals_proto::{ErrorCode, Phase};
 
-use crate::snapshot::Snapshot;
-use crate::upstream::config::ProbeKind;
-use crate::upstream::probe::Outcome;
+use crate::sources::upstream::config::ProbeKind;
+use crate::sources::upstream::probe::Outcome;
+use crate::state::snapshot::Snapshot;
 use crate::verdict::{LiveReason, Probe};
 
 /// The metric name prefix.
@@ -414,8 +414,8 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::registry::tests::{beat, hello, name, phase, PEER};
-    use crate::registry::State;
+    use crate::state::registry::tests::{beat, hello, name, phase, PEER};
+    use crate::state::registry::State;
     use crate::verdict::tests::T;
     use crate::verdict::AgentInput;
 

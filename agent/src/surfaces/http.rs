@@ -22,9 +22,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
-use crate::snapshot::Snapshots;
-use crate::status::StatusSource;
+use crate::state::snapshot::Snapshots;
+use crate::surfaces::metrics::Metrics;
+use crate::surfaces::status::StatusSource;
 use crate::verdict::{Answer, Probe};
 
 /// The largest request head accepted (hyper's minimum is 8 KiB).

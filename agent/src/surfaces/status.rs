@@ -17,12 +17,12 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use vitals_proto::message::{CheckReport, Heartbeat, Progress};
 
-use crate::registry::ProcMode;
-use crate::snapshot::Snapshot;
-use crate::ticker::{rfc3339, Transition, TransitionLog};
-use crate::upstream::config::Action;
-use crate::upstream::discover::Method;
-use crate::upstream::state::UpstreamState;
+use crate::sources::proc::discover::Method;
+use crate::sources::upstream::config::Action;
+use crate::state::registry::ProcMode;
+use crate::state::snapshot::Snapshot;
+use crate::state::upstream::UpstreamState;
+use crate::surfaces::ticker::{rfc3339, Transition, TransitionLog};
 use crate::verdict::{pid_status, PidStatus, Probe, UpstreamVerdict};
 
 /// Pass or fail, with the reason.

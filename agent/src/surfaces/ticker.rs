@@ -12,8 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
-use crate::snapshot::{AgentHealth, Snapshots};
+use crate::state::snapshot::{AgentHealth, Snapshots};
+use crate::surfaces::metrics::Metrics;
 use crate::verdict::{LiveReason, Probe, Verdicts};
 
 /// How often the ticker runs; well under the 2 s agent-liveness bound.
@@ -184,8 +184,8 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::tests::{hello, name, phase, PEER};
-    use crate::registry::Registry;
+    use crate::state::registry::tests::{hello, name, phase, PEER};
+    use crate::state::registry::Registry;
     use crate::verdict::tests::T;
     use crate::verdict::{evaluate, AgentInput};
     use vitals_proto::Phase;

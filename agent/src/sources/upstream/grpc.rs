@@ -202,7 +202,7 @@ mod tests {
     use hyper::{HeaderMap, Response};
 
     use super::*;
-    use crate::upstream::config::Action;
+    use crate::sources::upstream::config::Action;
 
     #[test]
     fn wire_format() {
@@ -289,7 +289,7 @@ mod tests {
             port,
             service: "vllm".into(),
         };
-        crate::upstream::probe::run(
+        crate::sources::upstream::probe::run(
             &action,
             IpAddr::V4(Ipv4Addr::LOCALHOST),
             Duration::from_secs(1),

@@ -1,0 +1,7 @@
+//! How the state is shown: the probe port ([`http`]), Prometheus [`metrics`], the
+//! [`ticker`] that logs transitions and keeps gauges fresh, and the operators' [`status`].
+
+pub mod http;
+pub mod metrics;
+pub mod status;
+pub mod ticker;
