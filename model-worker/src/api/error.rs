@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, ALLOW, RETRY_AFTER};
 use hyper::{Response, StatusCode};
-use serde_json::json;
+use serde::Serialize;
 
 use super::{json_response, Route, MAX_BODY_BYTES};
 use crate::batch::InferenceError;
@@ -218,12 +218,14 @@ impl ApiError {
     /// (429, 503) and `Allow` on 405.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let status = self.status();
-        let body = json!({"error": {
-            "message": self.to_string(),
-            "type": self.kind(),
-            "param": self.param(),
-            "code": self.code(),
-        }});
+        let body = ErrorBody {
+            error: ErrorObject {
+                message: self.to_string(),
+                kind: self.kind(),
+                param: self.param(),
+                code: self.code(),
+            },
+        };
         let mut response = json_response(status, &body);
         let headers = response.headers_mut();
         if matches!(
@@ -241,12 +243,32 @@ impl ApiError {
     }
 }
 
+/// OpenAI's error body.
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    error: ErrorObject,
+}
+
+/// What went wrong, in OpenAI's fields.
+#[derive(Debug, Serialize)]
+struct ErrorObject {
+    /// [`ApiError`]'s display.
+    message: String,
+    /// [`ApiError::kind`].
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// [`ApiError::param`]; null when no field is at fault.
+    param: Option<&'static str>,
+    /// [`ApiError::code`].
+    code: &'static str,
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use http_body_util::BodyExt;
-    use serde_json::Value;
+    use serde_json::{json, Value};
 
     use super::*;
 
