@@ -6,7 +6,6 @@ use std::time::Duration;
 use serde_json::Value;
 use vitals_e2e::pod::{AgentOptions, Pod, WorkerOptions};
 use vitals_e2e::probe::{ProbeKind, ProbeWorker};
-use vitals_e2e::report::report_line;
 
 /// The worker's liveness probe path (SPEC §6).
 pub const LIVE: &str = "/livez/model";
@@ -135,11 +134,6 @@ pub fn instance(pod: &Pod) -> String {
 /// A sample of the agent's metrics for worker `model`.
 pub fn worker_metric(pod: &Pod, name: &str) -> Option<f64> {
     vitals_e2e::client::metric(&pod.metrics(), name, &[("worker", "model")])
-}
-
-/// Says, where the person running the tests sees it, that a scenario could not run here.
-pub fn skip(scenario: &str, why: &str) {
-    report_line(&format!("[{scenario}] SKIPPED: {why}"));
 }
 
 /// Whether any string in `v` (recursively) contains `needle`.

@@ -11,7 +11,7 @@ use serde_json::json;
 use vitals_e2e::client;
 use vitals_e2e::freezer::Freezer;
 use vitals_e2e::pod::{proc_state, Pod};
-use vitals_e2e::report::report_line;
+use vitals_e2e::report::{cannot_run, report_line};
 use vitals_e2e::slots;
 
 use crate::common::*;
@@ -213,7 +213,7 @@ fn s10_uninterruptible_sleep_is_reported() {
     let mut freezer = match Freezer::create(&name) {
         Ok(f) => f,
         Err(why) => {
-            skip("d_state", &format!("no cgroup v1 freezer: {why}"));
+            cannot_run("s10", &format!("no cgroup v1 freezer: {why}"));
             return;
         }
     };
@@ -235,8 +235,8 @@ fn s10_uninterruptible_sleep_is_reported() {
     }
     pod.event(format!("worker /proc state: {state:?}"));
     if state != Some('D') {
-        skip(
-            "d_state",
+        cannot_run(
+            "s10",
             &format!("a frozen worker shows state {state:?}, not D, on this kernel (cgroup v2 semantics)"),
         );
         return;

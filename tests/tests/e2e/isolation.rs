@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use vitals_e2e::pod::{AgentOptions, Pod, WorkerOptions};
+use vitals_e2e::report::cannot_run;
 use vitals_e2e::slots;
 
 use crate::common::*;
@@ -48,10 +49,7 @@ fn unshare_works() -> Result<(), String> {
 fn s09_separate_pid_namespace_keeps_heartbeat_verdicts() {
     let _slot = slots::shared();
     if let Err(why) = unshare_works() {
-        skip(
-            "pid_namespace",
-            &format!("no separate PID namespace here: {why}"),
-        );
+        cannot_run("s09", &format!("no separate PID namespace here: {why}"));
         return;
     }
     let agent = AgentOptions {

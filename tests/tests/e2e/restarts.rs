@@ -13,7 +13,7 @@ use vitals_e2e::load::{judge, Load, Outcome};
 use vitals_e2e::pod::{Pod, WorkerOptions};
 use vitals_e2e::probe::{ProbeKind, ProbeWorker};
 use vitals_e2e::report::report_line;
-use vitals_e2e::slots;
+use vitals_e2e::{slots, wait};
 
 use crate::common::*;
 
@@ -146,14 +146,16 @@ fn s08_drain_under_load() {
     let mut pod = Pod::new("drain", agent(), opts.clone());
     pod.start_ready();
     pod.watch(kubelet(), WATCH_PERIOD);
+    // The load's clients: each has at most one request in the worker at a time.
+    const CLIENTS: usize = 4;
     let load = Load::start(
         pod.worker_addr,
-        4,
+        CLIENTS,
         Duration::from_millis(20),
         Arc::clone(&pod.timeline),
     );
     load.await_ok(20, Duration::from_secs(30));
-    // Heavier requests, so some are surely queued or computing when the signal comes.
+    // Heavier requests, so that some are queued or computing when the signal comes.
     const HEAVY: usize = 6;
     let text = "the drain must finish every request that was accepted before it began ".repeat(12);
     let (sent_tx, sent) = mpsc::channel();
@@ -181,7 +183,18 @@ fn s08_drain_under_load() {
             .expect("every heavy request is sent");
     }
     pod.event(format!("{HEAVY} heavy requests sent"));
-    thread::sleep(Duration::from_millis(100));
+    // SIGTERM only once the worker holds more requests than the load's clients can account
+    // for: then at least one heavy request is queued or computing.
+    let depth = wait::eventually(
+        "a heavy request queued or computing in the worker",
+        Duration::from_secs(10),
+        || {
+            let text = client::get(pod.worker_addr, "/metrics", Duration::from_secs(2)).ok()?;
+            let depth = client::metric(&text.text(), "embedding_queue_depth", &[])?;
+            (depth > CLIENTS as f64).then_some(depth)
+        },
+    );
+    pod.event(format!("embedding_queue_depth {depth}"));
     let term = pod.signal_worker(Signal::SIGTERM);
     // Clients that keep arriving through the drain delay, as kube-proxy and ingresses keep
     // routing here for a few seconds: each its own connection, spaced through the delay
