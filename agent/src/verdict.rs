@@ -1536,6 +1536,109 @@ pub(crate) mod tests {
             }
         }
 
+        /// A member's headless container (SPEC §9): no probes, only its command line.
+        fn headless() -> UpstreamState {
+            let spec = parse(
+                r#"{"ray-worker": {"process": {"cmdline": ["ray", "start", "--block"]}}}"#,
+                &[],
+            )
+            .expect("valid")
+            .remove(0);
+            UpstreamState::new(Arc::new(spec))
+        }
+
+        fn found(u: &mut UpstreamState) {
+            u.proc.discovered(Ok(Watched {
+                pid: 7,
+                start_time: Some(1),
+                found_by: FoundBy::Cgroup,
+            }));
+        }
+
+        #[test]
+        fn a_container_without_probes_is_judged_by_proc_alone() {
+            let t0 = Instant::now();
+            let ms = |ms: u64| t0 + Duration::from_millis(ms);
+            let fail = |r: &str| Err(r.to_owned());
+            let (hang, d) = (T.hang.as_millis() as u64, T.d_state.as_millis() as u64);
+            // (what, set-up, now in ms, (startup, live, ready))
+            type Setup = fn(&mut UpstreamState, Instant);
+            let cases: Vec<(&str, Setup, u64, Reasons)> = vec![
+                (
+                    "not found (yet): /proc off, nothing fails",
+                    |_, _| {},
+                    0,
+                    (Ok(()), Ok(()), Ok(())),
+                ),
+                (
+                    "found and running",
+                    |u, t| {
+                        found(u);
+                        u.proc.apply(Ok(sample(t, 'S')), None);
+                    },
+                    0,
+                    (Ok(()), Ok(()), Ok(())),
+                ),
+                (
+                    "stopped, 1 ms under the hang timeout",
+                    |u, t| {
+                        found(u);
+                        u.proc.apply(Ok(sample(t, 'T')), None);
+                    },
+                    hang - 1,
+                    (Ok(()), Ok(()), Ok(())),
+                ),
+                (
+                    "stopped for the hang timeout: live and ready fail",
+                    |u, t| {
+                        found(u);
+                        u.proc.apply(Ok(sample(t, 'T')), None);
+                    },
+                    hang,
+                    (Ok(()), fail("stopped"), fail("stopped")),
+                ),
+                (
+                    "uninterruptible, 1 ms under the D-state timeout",
+                    |u, t| {
+                        found(u);
+                        u.proc.apply(Ok(sample(t, 'D')), None);
+                    },
+                    d - 1,
+                    (Ok(()), Ok(()), Ok(())),
+                ),
+                (
+                    "uninterruptible for the D-state timeout",
+                    |u, t| {
+                        found(u);
+                        u.proc.apply(Ok(sample(t, 'D')), None);
+                    },
+                    d,
+                    (Ok(()), fail("uninterruptible"), fail("uninterruptible")),
+                ),
+                (
+                    "gone: not ready, and its exit is the kubelet's business (live passes)",
+                    |u, t| {
+                        found(u);
+                        u.proc.apply(Ok(sample(t, 'T')), None);
+                        u.proc.apply(Err(SampleError::Gone(7)), None);
+                    },
+                    hang,
+                    (Ok(()), Ok(()), fail("process gone")),
+                ),
+            ];
+            for (what, setup, now, want) in cases {
+                let mut u = headless();
+                setup(&mut u, t0);
+                let v = upstream(&name("ray-worker"), &u, &T, ms(now));
+                let got = (
+                    err_string(&v.startup),
+                    err_string(&v.live),
+                    err_string(&v.ready),
+                );
+                assert_eq!(got, want, "{what}");
+            }
+        }
+
         #[test]
         fn a_probe_it_did_not_have_passes_and_no_process_means_no_proc_rules() {
             let spec = parse(
