@@ -107,7 +107,7 @@ pub async fn run_with(
     let unix = tokio::net::UnixListener::from_std(unix)?;
     let started_at = Instant::now();
     let registry = Arc::new(Registry::new(&config.expect));
-    registry.update(|state| state.add_upstreams(&config.upstreams));
+    registry.add_upstreams(&config.upstreams);
     let health = Arc::new(AgentHealth::new(started_at));
     let snapshots = Snapshots::new(
         Arc::clone(&registry),
@@ -141,7 +141,7 @@ pub async fn run_with(
     ));
     tasks.spawn(sources::socket::serve(
         sources::socket::Context {
-            registry: Arc::clone(&registry),
+            workers: registry.worker_reports(),
             metrics: Arc::clone(&metrics),
             proc_wake: Arc::clone(&proc_wake),
             hang_timeout: config.thresholds.hang,
@@ -159,21 +159,22 @@ pub async fn run_with(
     sources::upstream::run::spawn(
         &tasks,
         &sources::upstream::run::Context {
-            registry: Arc::clone(&registry),
             metrics: Arc::clone(&metrics),
             host: sources::upstream::run::host(config.pod_ip),
             stall_timeout: config.thresholds.stall,
-            proc_interval: config.proc_interval,
-            proc_source: Arc::clone(&proc_source),
-            proc_root: std::path::PathBuf::from("/proc"),
+            scrape_interval: config.proc_interval,
         },
+        &registry,
         &config.upstreams,
         &stop,
     );
     tasks.spawn(sources::proc::watch::watch(
-        registry,
-        proc_source,
-        config.proc_interval,
+        registry.proc_samples(),
+        sources::proc::watch::Sampler {
+            source: proc_source,
+            proc_root: std::path::PathBuf::from("/proc"),
+            interval: config.proc_interval,
+        },
         proc_wake,
         stop.clone(),
     ));

@@ -13,7 +13,9 @@ use vitals_proto::{Phase, WorkerName};
 
 use crate::sources::upstream::config::ProbeKind;
 use crate::sources::upstream::probe::Failure;
-use crate::state::registry::{Instance, ProcMode, State, Worker};
+pub use crate::state::proc_track::PidStatus;
+use crate::state::proc_track::ProcTrack;
+use crate::state::registry::{Instance, State, Worker};
 use crate::state::upstream::UpstreamState;
 
 /// The agent's own liveness fails when its ticker has not run for this long (SPEC §7).
@@ -160,17 +162,6 @@ impl fmt::Display for StartupReason {
             StartupReason::NotConnected => "not_connected",
         })
     }
-}
-
-/// Whether a worker's process exists, as far as /proc tells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PidStatus {
-    /// /proc is off for it (pid 0), or no instance is known.
-    Unknown,
-    /// Exists (or not sampled yet).
-    Exists,
-    /// Exited, or its pid was reused.
-    Gone,
 }
 
 /// One named line of a verbose or JSON answer.
@@ -403,39 +394,40 @@ pub fn evaluate(state: &State, agent: AgentInput, t: &Thresholds, now: Instant) 
     }
 }
 
-/// Whether `inst`'s process exists, per SPEC §7.
-pub fn pid_status(inst: &Instance) -> PidStatus {
-    match inst.proc.mode {
-        ProcMode::Off(_) => PidStatus::Unknown,
-        ProcMode::On(_) if inst.proc.gone => PidStatus::Gone,
-        ProcMode::On(_) => PidStatus::Exists,
-    }
-}
-
 fn elapsed(since: Instant, now: Instant) -> Duration {
     now.saturating_duration_since(since)
+}
+
+/// The /proc liveness rules, read the same way for workers and upstreams (SPEC §7, §8):
+/// `(stopped, uninterruptible)`. A run of `T` (`D`) samples fails liveness once it has held
+/// for `--hang-timeout` (`--d-state-timeout`), while the process exists and no evidence
+/// newer than the latest sample (`ran_at`: a heartbeat, an answered probe) says it ran.
+fn proc_rules(
+    p: &ProcTrack,
+    ran_at: Option<Instant>,
+    t: &Thresholds,
+    now: Instant,
+) -> (bool, bool) {
+    let counts = p.pid_status() == PidStatus::Exists && p.latest_counts(ran_at);
+    let held_for = |since: Option<Instant>, bound: Duration| {
+        counts && since.is_some_and(|s| elapsed(s, now) >= bound)
+    };
+    (
+        held_for(p.stopped_since, t.hang),
+        held_for(p.d_since, t.d_state),
+    )
 }
 
 /// Every liveness rule that holds, in precedence order.
 fn live_failures(inst: &Instance, pid: PidStatus, t: &Thresholds, now: Instant) -> Vec<LiveReason> {
     let phase = inst.phase();
-    let proc = &inst.proc;
     // A heartbeat newer than the latest sample supersedes a T/D seen in it.
-    let sample_counts = proc
-        .latest
-        .as_ref()
-        .is_some_and(|s| s.taken_at >= inst.heartbeat_at && pid == PidStatus::Exists);
-    let held_for = |since: Option<Instant>, bound: Duration| {
-        sample_counts && since.is_some_and(|s| elapsed(s, now) >= bound)
-    };
+    let (stopped, uninterruptible) = proc_rules(&inst.proc, Some(inst.heartbeat_at), t, now);
     let connected = inst.connected;
     let rules = [
         (LiveReason::Failed, phase == Some(Phase::Failed)),
-        (LiveReason::Stopped, held_for(proc.stopped_since, t.hang)),
-        (
-            LiveReason::Uninterruptible,
-            held_for(proc.d_since, t.d_state),
-        ),
+        (LiveReason::Stopped, stopped),
+        (LiveReason::Uninterruptible, uninterruptible),
         (
             LiveReason::HeartbeatTimeout,
             connected && elapsed(inst.heartbeat_at, now) >= t.hang,
@@ -489,7 +481,7 @@ fn worker(name: &WorkerName, w: &Worker, t: &Thresholds, now: Instant) -> Worker
     let Some(inst) = w.instance.as_ref() else {
         return absent(name, w, PidStatus::Unknown);
     };
-    let pid = pid_status(inst);
+    let pid = inst.proc.pid_status();
     if !inst.connected && pid != PidStatus::Exists {
         // Gone or unknown: the kubelet already restarts exited containers (SPEC §2).
         return absent(name, w, pid);
@@ -696,19 +688,11 @@ pub fn upstream(
     t: &Thresholds,
     now: Instant,
 ) -> UpstreamVerdict {
-    let p = &u.proc;
-    let pid = match &p.found {
-        Err(_) => PidStatus::Unknown,
-        Ok(_) if p.gone => PidStatus::Gone,
-        Ok(_) => PidStatus::Exists,
-    };
-    let exists = pid == PidStatus::Exists;
-    let held = |since: Option<Instant>, bound: Duration| {
-        exists && since.is_some_and(|s| elapsed(s, now) >= bound)
-    };
+    let pid = u.proc.pid_status();
+    let (stopped, uninterruptible) = proc_rules(&u.proc, u.ran_at(), t, now);
     let live_rules = [
-        (UpstreamReason::Stopped, held(p.stopped_since, t.hang)),
-        (UpstreamReason::Uninterruptible, held(p.d_since, t.d_state)),
+        (UpstreamReason::Stopped, stopped),
+        (UpstreamReason::Uninterruptible, uninterruptible),
         (UpstreamReason::LoopStalled, u.stall.stalled(now, t.stall)),
     ];
     let first = |rules: &[(UpstreamReason, bool)]| {
@@ -754,6 +738,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::sources::proc::{ProcSample, SampleError};
+    use crate::state::proc_track::{FoundBy, Watched};
     use crate::state::registry::tests::{beat, hello, name, phase, PEER};
     use crate::state::registry::{PeerCred, ProcTarget};
 
@@ -810,13 +795,15 @@ pub(crate) mod tests {
             let now = self.at(d);
             self.state.disconnect(&name(w), self.conn, now);
         }
-        fn sample(&mut self, w: &str, state: char, cpu: f64, start: u64, d: Duration) {
-            let target = self
-                .state
+        fn target(&self, w: &str) -> ProcTarget {
+            self.state
                 .proc_targets()
                 .into_iter()
-                .find(|t| t.worker.as_str() == w)
-                .expect("sampled worker");
+                .find(|t| t.name.as_str() == w)
+                .expect("sampled worker")
+        }
+        fn sample(&mut self, w: &str, state: char, cpu: f64, start: u64, d: Duration) {
+            let target = self.target(w);
             let sample = ProcSample {
                 taken_at: self.at(d),
                 state,
@@ -825,17 +812,12 @@ pub(crate) mod tests {
                 threads: 3,
                 start_time: start,
             };
-            self.state.apply_sample(&target, Ok(sample));
+            self.state.apply_proc(&target, None, Some(Ok(sample)));
         }
         fn gone(&mut self, w: &str) {
-            let target: ProcTarget = self
-                .state
-                .proc_targets()
-                .into_iter()
-                .find(|t| t.worker.as_str() == w)
-                .expect("sampled worker");
+            let target = self.target(w);
             self.state
-                .apply_sample(&target, Err(SampleError::Gone(target.pid)));
+                .apply_proc(&target, None, Some(Err(SampleError::Gone(PEER.pid))));
         }
         fn eval(&self, d: Duration) -> Verdicts {
             let now = self.at(d);
@@ -1379,7 +1361,7 @@ pub(crate) mod tests {
         use std::sync::Arc;
 
         use super::*;
-        use crate::sources::proc::discover::{Found, Method, NotFound};
+        use crate::sources::proc::discover::NotFound;
         use crate::sources::upstream::config::parse;
         use crate::sources::upstream::probe::Outcome;
         use crate::sources::upstream::stall::Reading;
@@ -1396,10 +1378,10 @@ pub(crate) mod tests {
             .expect("valid")
             .remove(0);
             let mut u = UpstreamState::new(Arc::new(spec));
-            u.record_discovery(Ok(Found {
+            u.proc.discovered(Ok(Watched {
                 pid: 7,
-                start_time: 1,
-                method: Method::Socket,
+                start_time: Some(1),
+                found_by: FoundBy::Socket,
             }));
             u
         }
@@ -1482,7 +1464,7 @@ pub(crate) mod tests {
                     |u, t| {
                         pass_all(u, t);
                         u.record_probe(ProbeKind::Readiness, outcome(t, Err(Failure::Refused)));
-                        u.record_sample(Err(crate::sources::proc::SampleError::Gone(7)));
+                        u.proc.apply(Err(SampleError::Gone(7)), u.ran_at());
                     },
                     1,
                     (Ok(()), Ok(()), fail("process gone")),
@@ -1492,7 +1474,7 @@ pub(crate) mod tests {
                     |u, t| {
                         pass_all(u, t);
                         u.record_probe(ProbeKind::Liveness, outcome(t, Err(Failure::Timeout)));
-                        u.record_sample(Ok(sample(t, 'T')));
+                        u.proc.apply(Ok(sample(t, 'T')), u.ran_at());
                     },
                     10,
                     (Ok(()), fail("stopped"), fail("stopped")),
@@ -1501,7 +1483,7 @@ pub(crate) mod tests {
                     "stopped, not yet for the hang timeout",
                     |u, t| {
                         pass_all(u, t);
-                        u.record_sample(Ok(sample(t, 'T')));
+                        u.proc.apply(Ok(sample(t, 'T')), u.ran_at());
                     },
                     9,
                     (Ok(()), Ok(()), Ok(())),
@@ -1510,7 +1492,7 @@ pub(crate) mod tests {
                     "uninterruptible for the D-state timeout",
                     |u, t| {
                         pass_all(u, t);
-                        u.record_sample(Ok(sample(t, 'D')));
+                        u.proc.apply(Ok(sample(t, 'D')), u.ran_at());
                     },
                     30,
                     (Ok(()), fail("uninterruptible"), fail("uninterruptible")),
@@ -1519,7 +1501,7 @@ pub(crate) mod tests {
                     "stopped outranks loop_stalled",
                     |u, t| {
                         pass_all(u, t);
-                        u.record_sample(Ok(sample(t, 'T')));
+                        u.proc.apply(Ok(sample(t, 'T')), u.ran_at());
                         u.record_scrape(Ok(busy(t, 5.0)), T.stall);
                         u.record_scrape(Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall);
                     },
@@ -1554,6 +1536,109 @@ pub(crate) mod tests {
             }
         }
 
+        /// A member's headless container (SPEC §9): no probes, only its command line.
+        fn headless() -> UpstreamState {
+            let spec = parse(
+                r#"{"ray-worker": {"process": {"cmdline": ["ray", "start", "--block"]}}}"#,
+                &[],
+            )
+            .expect("valid")
+            .remove(0);
+            UpstreamState::new(Arc::new(spec))
+        }
+
+        fn found(u: &mut UpstreamState) {
+            u.proc.discovered(Ok(Watched {
+                pid: 7,
+                start_time: Some(1),
+                found_by: FoundBy::Cgroup,
+            }));
+        }
+
+        #[test]
+        fn a_container_without_probes_is_judged_by_proc_alone() {
+            let t0 = Instant::now();
+            let ms = |ms: u64| t0 + Duration::from_millis(ms);
+            let fail = |r: &str| Err(r.to_owned());
+            let (hang, d) = (T.hang.as_millis() as u64, T.d_state.as_millis() as u64);
+            // (what, set-up, now in ms, (startup, live, ready))
+            type Setup = fn(&mut UpstreamState, Instant);
+            let cases: Vec<(&str, Setup, u64, Reasons)> = vec![
+                (
+                    "not found (yet): /proc off, nothing fails",
+                    |_, _| {},
+                    0,
+                    (Ok(()), Ok(()), Ok(())),
+                ),
+                (
+                    "found and running",
+                    |u, t| {
+                        found(u);
+                        u.proc.apply(Ok(sample(t, 'S')), None);
+                    },
+                    0,
+                    (Ok(()), Ok(()), Ok(())),
+                ),
+                (
+                    "stopped, 1 ms under the hang timeout",
+                    |u, t| {
+                        found(u);
+                        u.proc.apply(Ok(sample(t, 'T')), None);
+                    },
+                    hang - 1,
+                    (Ok(()), Ok(()), Ok(())),
+                ),
+                (
+                    "stopped for the hang timeout: live and ready fail",
+                    |u, t| {
+                        found(u);
+                        u.proc.apply(Ok(sample(t, 'T')), None);
+                    },
+                    hang,
+                    (Ok(()), fail("stopped"), fail("stopped")),
+                ),
+                (
+                    "uninterruptible, 1 ms under the D-state timeout",
+                    |u, t| {
+                        found(u);
+                        u.proc.apply(Ok(sample(t, 'D')), None);
+                    },
+                    d - 1,
+                    (Ok(()), Ok(()), Ok(())),
+                ),
+                (
+                    "uninterruptible for the D-state timeout",
+                    |u, t| {
+                        found(u);
+                        u.proc.apply(Ok(sample(t, 'D')), None);
+                    },
+                    d,
+                    (Ok(()), fail("uninterruptible"), fail("uninterruptible")),
+                ),
+                (
+                    "gone: not ready, and its exit is the kubelet's business (live passes)",
+                    |u, t| {
+                        found(u);
+                        u.proc.apply(Ok(sample(t, 'T')), None);
+                        u.proc.apply(Err(SampleError::Gone(7)), None);
+                    },
+                    hang,
+                    (Ok(()), Ok(()), fail("process gone")),
+                ),
+            ];
+            for (what, setup, now, want) in cases {
+                let mut u = headless();
+                setup(&mut u, t0);
+                let v = upstream(&name("ray-worker"), &u, &T, ms(now));
+                let got = (
+                    err_string(&v.startup),
+                    err_string(&v.live),
+                    err_string(&v.ready),
+                );
+                assert_eq!(got, want, "{what}");
+            }
+        }
+
         #[test]
         fn a_probe_it_did_not_have_passes_and_no_process_means_no_proc_rules() {
             let spec = parse(
@@ -1571,7 +1656,10 @@ pub(crate) mod tests {
                 (Ok(()), Ok(()), Ok(()))
             );
             assert_eq!(v.pid, PidStatus::Unknown);
-            assert_eq!(u.proc.found, Err(NotFound::NoListener(vec![1])));
+            assert_eq!(
+                u.proc.watched,
+                Err(NotFound::NoListener(vec![1]).to_string())
+            );
         }
 
         #[test]

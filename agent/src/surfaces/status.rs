@@ -17,13 +17,11 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use vitals_proto::message::{CheckReport, Heartbeat, Progress};
 
-use crate::sources::proc::discover::Method;
 use crate::sources::upstream::config::Action;
-use crate::state::registry::ProcMode;
 use crate::state::snapshot::Snapshot;
 use crate::state::upstream::UpstreamState;
 use crate::surfaces::ticker::{rfc3339, Transition, TransitionLog};
-use crate::verdict::{pid_status, PidStatus, Probe, UpstreamVerdict};
+use crate::verdict::{PidStatus, Probe, UpstreamVerdict};
 
 /// Pass or fail, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -334,12 +332,9 @@ fn build(snapshot: &Snapshot, facts: &AgentFacts, transitions: Vec<Transition>) 
                     messages: i.messages,
                     connections: i.connections,
                     proc: ProcDoc {
-                        enabled: matches!(p.mode, ProcMode::On(_)),
-                        off_reason: match p.mode {
-                            ProcMode::Off(why) => Some(why.to_owned()),
-                            ProcMode::On(_) => None,
-                        },
-                        process: match pid_status(i) {
+                        enabled: p.is_on(),
+                        off_reason: p.watched.as_ref().err().cloned(),
+                        process: match p.pid_status() {
                             PidStatus::Exists => "exists",
                             PidStatus::Gone => "gone",
                             PidStatus::Unknown => "unknown",
@@ -443,15 +438,13 @@ fn upstream_doc(u: &UpstreamState, uv: &UpstreamVerdict, now: Instant) -> Upstre
             .map(str::to_owned),
         metrics,
         proc: UpstreamProcDoc {
-            pid: p.found.as_ref().ok().map(|f| f.pid),
-            found_by: p.found.as_ref().ok().map(|f| {
-                match f.method {
-                    Method::Socket => "socket",
-                    Method::Cgroup => "cgroup",
-                }
-                .to_owned()
-            }),
-            off_reason: p.found.as_ref().err().map(ToString::to_string),
+            pid: p.pid(),
+            found_by: p
+                .watched
+                .as_ref()
+                .ok()
+                .map(|w| w.found_by.as_str().to_owned()),
+            off_reason: p.watched.as_ref().err().cloned(),
             process: match uv.pid {
                 PidStatus::Exists => "exists",
                 PidStatus::Gone => "gone",

@@ -133,6 +133,18 @@ pub struct UpstreamSpec {
     pub probes: BTreeMap<ProbeKind, ProbeSpec>,
     /// Its metrics, if any.
     pub metrics: Option<MetricsSpec>,
+    /// Its container's command line as `inject` recorded it, to find its process without
+    /// privileges (SPEC §8); the only thing known of a container without probes (§9).
+    pub process: Option<ProcessSpec>,
+}
+
+/// `"process"`: what the container runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSpec {
+    /// The container's `command` followed by its `args` (or `args` alone when the image's
+    /// entrypoint is not known); matched against /proc/<pid>/cmdline by
+    /// [`crate::sources::proc::discover::cmdline_matches`].
+    pub cmdline: Vec<String>,
 }
 
 impl UpstreamSpec {
@@ -204,12 +216,18 @@ pub fn parse(text: &str, expect: &[WorkerName]) -> Result<Vec<UpstreamSpec>, Ups
             None | Some(Value::Null) => None,
             Some(m) => Some(metrics(m, &format!("{name}.metrics"), &probes)?),
         };
+        let process = match obj.get("process") {
+            None | Some(Value::Null) => None,
+            Some(p) => Some(process(p, &format!("{name}.process"))?),
+        };
         for key in obj.keys() {
-            let known = ProbeKind::ALL.iter().any(|k| k.key() == key) || key == "metrics";
+            let known = ProbeKind::ALL.iter().any(|k| k.key() == key)
+                || key == "metrics"
+                || key == "process";
             if !known {
                 return Err(bad(
                     format!("{name}.{key}"),
-                    "unknown key (expected startupProbe, livenessProbe, readinessProbe, metrics)",
+                    "unknown key (expected startupProbe, livenessProbe, readinessProbe, metrics, process)",
                 ));
             }
         }
@@ -217,6 +235,7 @@ pub fn parse(text: &str, expect: &[WorkerName]) -> Result<Vec<UpstreamSpec>, Ups
             name: worker,
             probes,
             metrics,
+            process,
         });
     }
     Ok(out)
@@ -370,6 +389,31 @@ fn probe(v: &Value, field: &str) -> Result<ProbeSpec, UpstreamsError> {
     })
 }
 
+/// `{"cmdline": ["vllm", "serve", ...]}`: a non-empty list of strings, the first not empty.
+fn process(v: &Value, field: &str) -> Result<ProcessSpec, UpstreamsError> {
+    let obj = object(v, field)?;
+    if let Some(key) = obj.keys().find(|k| *k != "cmdline") {
+        return Err(bad(
+            format!("{field}.{key}"),
+            "unknown key (expected cmdline)",
+        ));
+    }
+    let field = format!("{field}.cmdline");
+    let list = obj
+        .get("cmdline")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad(&field, "must be a list of strings"))?;
+    let cmdline = list
+        .iter()
+        .map(|a| a.as_str().map(str::to_owned))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| bad(&field, "must be a list of strings"))?;
+    if cmdline.first().is_none_or(String::is_empty) {
+        return Err(bad(&field, "must name at least the program"));
+    }
+    Ok(ProcessSpec { cmdline })
+}
+
 fn names(obj: &Map<String, Value>, key: &str, field: &str) -> Result<Vec<String>, UpstreamsError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(Vec::new()),
@@ -490,7 +534,8 @@ mod tests {
             "startupProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 5, "failureThreshold": 120},
             "livenessProbe": {"httpGet": {"path": "/health", "port": 8000, "httpHeaders": [{"name": "X-A", "value": "b"}]}, "timeoutSeconds": 3},
             "readinessProbe": {"tcpSocket": {"port": 8000}},
-            "metrics": "vllm"}}"#);
+            "metrics": "vllm",
+            "process": {"cmdline": ["vllm", "serve", "/models/x"]}}}"#);
         let s = &specs[0];
         assert_eq!(s.name.as_str(), "vllm");
         let startup = &s.probes[&ProbeKind::Startup];
@@ -519,6 +564,17 @@ mod tests {
         );
         assert!(m.busy.contains(&"vllm:num_requests_running".to_string()));
         assert_eq!(s.probe_ports(), vec![8000]);
+        assert_eq!(
+            s.process.as_ref().map(|p| p.cmdline.as_slice()),
+            Some(["vllm", "serve", "/models/x"].map(String::from).as_slice())
+        );
+    }
+
+    #[test]
+    fn a_container_without_probes_is_its_process_alone() {
+        let specs = ok(r#"{"ray-worker": {"process": {"cmdline": ["ray", "start", "--block"]}}}"#);
+        assert!(specs[0].probes.is_empty() && specs[0].probe_ports().is_empty());
+        assert_eq!(specs[0].process.as_ref().map(|p| p.cmdline.len()), Some(3));
     }
 
     #[test]
@@ -616,6 +672,22 @@ mod tests {
             (
                 r#"{"a": {"livenessProbe": {"httpGet": {"port": 1, "httpHeaders": [{"name": "bad name", "value": ""}]}}}}"#,
                 "a.livenessProbe.httpGet.httpHeaders[0]",
+            ),
+            (
+                r#"{"a": {"process": {"cmdline": []}}}"#,
+                "a.process.cmdline: must name",
+            ),
+            (
+                r#"{"a": {"process": {"cmdline": "vllm"}}}"#,
+                "a.process.cmdline: must be a list",
+            ),
+            (
+                r#"{"a": {"process": {"cmdline": [1]}}}"#,
+                "a.process.cmdline: must be a list",
+            ),
+            (
+                r#"{"a": {"process": {"argv": ["x"]}}}"#,
+                "a.process.argv: unknown key",
             ),
         ];
         for (text, want) in cases {
