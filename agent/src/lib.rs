@@ -6,10 +6,12 @@
 //! [`state`]; a snapshot of it is judged by [`verdict`] and rendered by the [`surfaces`]
 //! (probe port, metrics, ticker, status). Each task gets the narrow handles it needs, not a
 //! hub. [`run`] wires them; the binary and the integration tests call the same `run`.
-//! [`config`] is the one place that parses configuration; [`inject`] adds the agent to pods.
+//! [`config`] is the one place that parses configuration; [`inject`] adds the agent to pods;
+//! [`net`] is the one outbound HTTP client (probes, scrapes, `vitals-agent status`).
 
 pub mod config;
 pub mod inject;
+pub mod net;
 pub mod sources;
 pub mod state;
 pub mod surfaces;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use vitals_proto::{Phase, WorkerName};
 
 use crate::sources::upstream::config::ProbeKind;
-use crate::sources::upstream::probe::Failure;
+use crate::state::probe_result::Failure;
 use crate::state::registry::{Instance, ProcMode, State, Worker};
 use crate::state::upstream::UpstreamState;
 
@@ -706,10 +706,22 @@ pub fn upstream(
     let held = |since: Option<Instant>, bound: Duration| {
         exists && since.is_some_and(|s| elapsed(s, now) >= bound)
     };
+    // SPEC §8's exception: where the engine loop answers /metrics itself (llama.cpp),
+    // scrapes unanswered for the stall timeout while the container's own probes pass are
+    // a hung engine, busy or idle. (When the probes fail too, the server as a whole is
+    // unreachable, and the probe's reason says so.)
+    let engine_silent = u.spec.metrics.as_ref().is_some_and(|m| m.engine_answers)
+        && u.stall.unanswered_for(now) >= t.stall
+        && ProbeKind::ALL.iter().all(|k| {
+            !u.spec.probes.contains_key(k) || matches!(u.probes.get(k), Some(o) if o.result.is_ok())
+        });
     let live_rules = [
         (UpstreamReason::Stopped, held(p.stopped_since, t.hang)),
         (UpstreamReason::Uninterruptible, held(p.d_since, t.d_state)),
-        (UpstreamReason::LoopStalled, u.stall.stalled(now, t.stall)),
+        (
+            UpstreamReason::LoopStalled,
+            u.stall.stalled(now, t.stall) || engine_silent,
+        ),
     ];
     let first = |rules: &[(UpstreamReason, bool)]| {
         rules
@@ -1381,8 +1393,8 @@ pub(crate) mod tests {
         use super::*;
         use crate::sources::proc::discover::{Found, Method, NotFound};
         use crate::sources::upstream::config::parse;
-        use crate::sources::upstream::probe::Outcome;
         use crate::sources::upstream::stall::Reading;
+        use crate::state::probe_result::Outcome;
 
         /// An upstream with all three probes and vLLM's metrics, its process found.
         fn up() -> UpstreamState {
@@ -1435,6 +1447,7 @@ pub(crate) mod tests {
                 work: vec![Some(work), None, None],
                 busy: Some(1.0),
                 pending: Some(0.0),
+                blurred: false,
             }
         }
 
@@ -1520,8 +1533,8 @@ pub(crate) mod tests {
                     |u, t| {
                         pass_all(u, t);
                         u.record_sample(Ok(sample(t, 'T')));
-                        u.record_scrape(Ok(busy(t, 5.0)), T.stall);
-                        u.record_scrape(Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall);
+                        u.record_scrape(t, Ok(busy(t, 5.0)), T.stall);
+                        u.record_scrape(t, Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall);
                     },
                     30,
                     (Ok(()), fail("stopped"), fail("stopped")),
@@ -1530,8 +1543,8 @@ pub(crate) mod tests {
                     "busy without work for the stall timeout, /health still 200",
                     |u, t| {
                         pass_all(u, t + Duration::from_secs(30));
-                        u.record_scrape(Ok(busy(t, 5.0)), T.stall);
-                        u.record_scrape(Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall);
+                        u.record_scrape(t, Ok(busy(t, 5.0)), T.stall);
+                        u.record_scrape(t, Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall);
                     },
                     30,
                     (Ok(()), fail("loop_stalled"), fail("loop_stalled")),
@@ -1540,8 +1553,8 @@ pub(crate) mod tests {
                     "busy and working is live",
                     |u, t| {
                         pass_all(u, t);
-                        u.record_scrape(Ok(busy(t, 5.0)), T.stall);
-                        u.record_scrape(Ok(busy(t + Duration::from_secs(29), 6.0)), T.stall);
+                        u.record_scrape(t, Ok(busy(t, 5.0)), T.stall);
+                        u.record_scrape(t, Ok(busy(t + Duration::from_secs(29), 6.0)), T.stall);
                     },
                     40,
                     (Ok(()), Ok(()), Ok(())),

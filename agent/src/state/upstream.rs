@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use crate::sources::proc::discover::{Found, NotFound};
 use crate::sources::proc::{ProcSample, SampleError};
 use crate::sources::upstream::config::{ProbeKind, UpstreamSpec};
-use crate::sources::upstream::probe::Outcome;
-use crate::sources::upstream::scrape::ScrapeError;
 use crate::sources::upstream::stall::{Reading, StallClock};
+use crate::state::probe_result::{Outcome, ScrapeError};
 
 /// The upstream's process, as found and sampled.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,14 +76,21 @@ impl UpstreamState {
         self.probes.insert(kind, outcome);
     }
 
-    /// A scrape finished; failures are no evidence for the stall rule.
-    pub fn record_scrape(&mut self, result: Result<Reading, ScrapeError>, stall_timeout: Duration) {
+    /// A scrape that began at `started` finished; a failure is no evidence for the stall
+    /// rule, except that timeouts in a row are timed (SPEC §8's exception).
+    pub fn record_scrape(
+        &mut self,
+        started: Instant,
+        result: Result<Reading, ScrapeError>,
+        stall_timeout: Duration,
+    ) {
         match result {
             Ok(reading) => {
                 self.scrape_failure = None;
                 self.stall.observe(reading, stall_timeout);
             }
             Err(e) => {
+                self.stall.observe_failure(started, e.is_timeout());
                 self.scrape_failure = Some(ScrapeFailure {
                     at: Instant::now(),
                     error: e.to_string(),

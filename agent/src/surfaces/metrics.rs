@@ -17,7 +17,7 @@ use prometheus::{
 use vitals_proto::{ErrorCode, Phase};
 
 use crate::sources::upstream::config::ProbeKind;
-use crate::sources::upstream::probe::Outcome;
+use crate::state::probe_result::Outcome;
 use crate::state::snapshot::Snapshot;
 use crate::verdict::{LiveReason, Probe};
 
@@ -69,6 +69,7 @@ pub struct Metrics {
     unknown_messages: IntCounter,
     upstream_probe_duration: HistogramVec,
     upstream_probe_results: IntCounterVec,
+    upstream_scrape_errors: IntCounterVec,
     cursors: Mutex<HashMap<String, Cursor>>,
 }
 
@@ -211,6 +212,12 @@ impl Metrics {
                 "Runs of an upstream's own probes, by probe and result (pass, or the failure: status, timeout, refused, reset, redirects, protocol, grpc, error).",
                 &["worker", "probe", "result"]
             ),
+            upstream_scrape_errors: metric!(
+                IntCounterVec,
+                "upstream_scrape_errors_total",
+                "Scrapes of an upstream's own metrics that gave no reading, by reason (unauthorized, timeout, refused, reset, status, protocol, parse, error).",
+                &["worker", "reason"]
+            ),
             cursors: Mutex::default(),
             registry,
         }
@@ -239,6 +246,13 @@ impl Metrics {
         self.upstream_probe_duration
             .with_label_values(&[worker, kind.label()])
             .observe(outcome.latency.as_secs_f64());
+    }
+
+    /// Counts a scrape of an upstream's metrics that gave no reading.
+    pub fn upstream_scrape_error(&self, worker: &str, reason: &str) {
+        self.upstream_scrape_errors
+            .with_label_values(&[worker, reason])
+            .inc();
     }
 
     /// Counts a protocol error.

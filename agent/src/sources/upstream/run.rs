@@ -107,21 +107,25 @@ async fn prober(
     }
 }
 
-/// Scrapes the metrics every `interval`.
+/// Scrapes the metrics every `interval`; counts every failed scrape.
 async fn scraper(cx: Context, name: WorkerName, spec: MetricsSpec, stop: CancellationToken) {
     let mut tick = ticker(cx.proc_interval);
+    let mut scraper = scrape::Scraper::new(name.clone(), spec, cx.host);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let result = tokio::select! {
+        let (started, result) = tokio::select! {
             () = stop.cancelled() => return,
-            r = scrape::scrape(cx.host, &spec, SCRAPE_TIMEOUT) => r,
+            r = scraper.scrape(SCRAPE_TIMEOUT) => r,
         };
+        if let Err(e) = &result {
+            cx.metrics.upstream_scrape_error(name.as_str(), e.kind());
+        }
         cx.registry.update(|state| {
             if let Some(u) = state.upstreams.get_mut(&name) {
-                u.record_scrape(result, cx.stall_timeout);
+                u.record_scrape(started, result, cx.stall_timeout);
             }
         });
     }
