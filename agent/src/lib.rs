@@ -70,7 +70,7 @@ impl Listeners {
             addr: config.listen,
             source,
         };
-        let http = std::net::TcpListener::bind(config.listen).map_err(http_err)?;
+        let http = surfaces::http::bind(config.listen).map_err(http_err)?;
         http.set_nonblocking(true).map_err(http_err)?;
         let socket = SocketListener::bind(&config.socket, config.socket_mode)?;
         Ok(Self { http, socket })

@@ -8,6 +8,7 @@
 //! kept-alive connections idle for that long (hyper starts it for each next request).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,45 @@ use crate::state::snapshot::Snapshots;
 use crate::surfaces::metrics::Metrics;
 use crate::surfaces::status::StatusSource;
 use crate::verdict::{Answer, Probe};
+
+/// Binds the probe port. An unspecified IPv6 address (`[::]`, the default) listens
+/// dual-stack: `IPV6_V6ONLY` is turned off explicitly, whatever the node's
+/// `net.ipv6.bindv6only`, so the kubelet reaches it on an IPv6 pod IP and on IPv4 alike
+/// (issue 21 item 4). Where the kernel has IPv6 disabled, it falls back to `0.0.0.0` on the
+/// same port, with a log line. Any other address is bound as given.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    match addr {
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => match bind_dual_stack(v6) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) => {
+                let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, v6.port()));
+                tracing::warn!(asked = %addr, listening = %v4, "IPv6 is disabled in this kernel; listening on IPv4 only");
+                std::net::TcpListener::bind(v4)
+            }
+            other => other,
+        },
+        _ => std::net::TcpListener::bind(addr),
+    }
+}
+
+fn bind_dual_stack(addr: std::net::SocketAddrV6) -> std::io::Result<std::net::TcpListener> {
+    use nix::sys::socket::{
+        bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+        SockaddrIn6,
+    };
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Inet6,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // As std's TcpListener::bind does: a restarted agent rebinds at once.
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
+    bind(fd.as_raw_fd(), &SockaddrIn6::from(addr))?;
+    listen(&fd, Backlog::MAXCONN)?;
+    Ok(std::net::TcpListener::from(fd))
+}
 
 /// The largest request head accepted (hyper's minimum is 8 KiB).
 const MAX_HEAD: usize = 16 * 1024;
