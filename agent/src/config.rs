@@ -55,8 +55,9 @@ pub const DURATIONS_HELP: &str =
 #[derive(Debug, Clone, Args)]
 #[command(after_help = DURATIONS_HELP)]
 pub struct RunArgs {
-    /// Address of the probe/metrics/status HTTP port.
-    #[arg(long, env = "VITALS_LISTEN", default_value = "0.0.0.0:9180")]
+    /// Address of the probe/metrics/status HTTP port. `[::]` listens dual-stack (IPv6 and
+    /// IPv4), falling back to 0.0.0.0 where the kernel has IPv6 disabled.
+    #[arg(long, env = "VITALS_LISTEN", default_value = "[::]:9180")]
     pub listen: SocketAddr,
 
     /// Unix socket workers report to; its folder is created if missing.
@@ -308,7 +309,7 @@ mod tests {
     #[test]
     fn defaults_match_the_spec() {
         let c = Config::defaults();
-        assert_eq!(c.listen, "0.0.0.0:9180".parse().expect("addr"));
+        assert_eq!(c.listen, "[::]:9180".parse().expect("addr"));
         assert_eq!(c.socket, PathBuf::from("/run/vitals/agent.sock"));
         assert_eq!(c.socket_mode, 0o660);
         assert_eq!(c.thresholds.hang, Duration::from_secs(10));

@@ -6,10 +6,12 @@
 //! [`state`]; a snapshot of it is judged by [`verdict`] and rendered by the [`surfaces`]
 //! (probe port, metrics, ticker, status). Each task gets the narrow handles it needs, not a
 //! hub. [`run`] wires them; the binary and the integration tests call the same `run`.
-//! [`config`] is the one place that parses configuration; [`inject`] adds the agent to pods.
+//! [`config`] is the one place that parses configuration; [`inject`] adds the agent to pods;
+//! [`net`] is the one outbound HTTP client (probes, scrapes, `vitals-agent status`).
 
 pub mod config;
 pub mod inject;
+pub mod net;
 pub mod sources;
 pub mod state;
 pub mod surfaces;
@@ -68,7 +70,7 @@ impl Listeners {
             addr: config.listen,
             source,
         };
-        let http = std::net::TcpListener::bind(config.listen).map_err(http_err)?;
+        let http = surfaces::http::bind(config.listen).map_err(http_err)?;
         http.set_nonblocking(true).map_err(http_err)?;
         let socket = SocketListener::bind(&config.socket, config.socket_mode)?;
         Ok(Self { http, socket })

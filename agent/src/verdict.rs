@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use vitals_proto::{Phase, WorkerName};
 
 use crate::sources::upstream::config::ProbeKind;
-use crate::sources::upstream::probe::Failure;
+use crate::state::probe_result::Failure;
 pub use crate::state::proc_track::PidStatus;
 use crate::state::proc_track::ProcTrack;
 use crate::state::registry::{Instance, State, Worker};
@@ -690,10 +690,22 @@ pub fn upstream(
 ) -> UpstreamVerdict {
     let pid = u.proc.pid_status();
     let (stopped, uninterruptible) = proc_rules(&u.proc, u.ran_at(), t, now);
+    // SPEC §8's exception: where the engine loop answers /metrics itself (llama.cpp),
+    // scrapes unanswered for the stall timeout while the container's own probes pass are
+    // a hung engine, busy or idle. (When the probes fail too, the server as a whole is
+    // unreachable, and the probe's reason says so.)
+    let engine_silent = u.spec.metrics.as_ref().is_some_and(|m| m.engine_answers)
+        && u.stall.unanswered_for(now) >= t.stall
+        && ProbeKind::ALL.iter().all(|k| {
+            !u.spec.probes.contains_key(k) || matches!(u.probes.get(k), Some(o) if o.result.is_ok())
+        });
     let live_rules = [
         (UpstreamReason::Stopped, stopped),
         (UpstreamReason::Uninterruptible, uninterruptible),
-        (UpstreamReason::LoopStalled, u.stall.stalled(now, t.stall)),
+        (
+            UpstreamReason::LoopStalled,
+            u.stall.stalled(now, t.stall) || engine_silent,
+        ),
     ];
     let first = |rules: &[(UpstreamReason, bool)]| {
         rules
@@ -1363,8 +1375,8 @@ pub(crate) mod tests {
         use super::*;
         use crate::sources::proc::discover::NotFound;
         use crate::sources::upstream::config::parse;
-        use crate::sources::upstream::probe::Outcome;
         use crate::sources::upstream::stall::Reading;
+        use crate::state::probe_result::Outcome;
 
         /// An upstream with all three probes and vLLM's metrics, its process found.
         fn up() -> UpstreamState {
@@ -1417,6 +1429,7 @@ pub(crate) mod tests {
                 work: vec![Some(work), None, None],
                 busy: Some(1.0),
                 pending: Some(0.0),
+                blurred: false,
             }
         }
 
@@ -1502,8 +1515,8 @@ pub(crate) mod tests {
                     |u, t| {
                         pass_all(u, t);
                         u.proc.apply(Ok(sample(t, 'T')), u.ran_at());
-                        u.record_scrape(Ok(busy(t, 5.0)), T.stall);
-                        u.record_scrape(Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall);
+                        u.record_scrape(t, Ok(busy(t, 5.0)), T.stall);
+                        u.record_scrape(t, Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall);
                     },
                     30,
                     (Ok(()), fail("stopped"), fail("stopped")),
@@ -1512,8 +1525,8 @@ pub(crate) mod tests {
                     "busy without work for the stall timeout, /health still 200",
                     |u, t| {
                         pass_all(u, t + Duration::from_secs(30));
-                        u.record_scrape(Ok(busy(t, 5.0)), T.stall);
-                        u.record_scrape(Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall);
+                        u.record_scrape(t, Ok(busy(t, 5.0)), T.stall);
+                        u.record_scrape(t, Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall);
                     },
                     30,
                     (Ok(()), fail("loop_stalled"), fail("loop_stalled")),
@@ -1522,8 +1535,8 @@ pub(crate) mod tests {
                     "busy and working is live",
                     |u, t| {
                         pass_all(u, t);
-                        u.record_scrape(Ok(busy(t, 5.0)), T.stall);
-                        u.record_scrape(Ok(busy(t + Duration::from_secs(29), 6.0)), T.stall);
+                        u.record_scrape(t, Ok(busy(t, 5.0)), T.stall);
+                        u.record_scrape(t, Ok(busy(t + Duration::from_secs(29), 6.0)), T.stall);
                     },
                     40,
                     (Ok(()), Ok(()), Ok(())),

@@ -22,9 +22,8 @@ use vitals_proto::{Phase, WorkerName};
 use crate::sources::proc::discover::NotFound;
 use crate::sources::proc::{ProcSample, SampleError};
 use crate::sources::upstream::config::{ProbeKind, UpstreamSpec};
-use crate::sources::upstream::probe::Outcome;
-use crate::sources::upstream::scrape::ScrapeError;
 use crate::sources::upstream::stall::Reading;
+use crate::state::probe_result::{Outcome, ScrapeError};
 use crate::state::proc_track::{ProcTrack, Watched};
 use crate::state::upstream::UpstreamState;
 
@@ -149,9 +148,14 @@ impl UpstreamResults {
         self.with(|u| u.record_probe(kind, outcome));
     }
 
-    /// A scrape finished.
-    pub fn scrape(&self, result: Result<Reading, ScrapeError>, stall_timeout: std::time::Duration) {
-        self.with(|u| u.record_scrape(result, stall_timeout));
+    /// A scrape that began at `started` finished.
+    pub fn scrape(
+        &self,
+        started: Instant,
+        result: Result<Reading, ScrapeError>,
+        stall_timeout: std::time::Duration,
+    ) {
+        self.with(|u| u.record_scrape(started, result, stall_timeout));
     }
 
     fn with(&self, change: impl FnOnce(&mut UpstreamState)) {

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use crate::sources::proc::discover::NotFound;
 use crate::sources::upstream::config::{Action, ProbeKind, UpstreamSpec};
-use crate::sources::upstream::probe::Outcome;
-use crate::sources::upstream::scrape::ScrapeError;
 use crate::sources::upstream::stall::{Reading, StallClock};
+use crate::state::probe_result::{Outcome, ScrapeError};
 use crate::state::proc_track::ProcTrack;
 
 /// One scrape that failed, for `/status`.
@@ -67,14 +66,21 @@ impl UpstreamState {
         self.probes.insert(kind, outcome);
     }
 
-    /// A scrape finished; failures are no evidence for the stall rule.
-    pub fn record_scrape(&mut self, result: Result<Reading, ScrapeError>, stall_timeout: Duration) {
+    /// A scrape that began at `started` finished; a failure is no evidence for the stall
+    /// rule, except that timeouts in a row are timed (SPEC §8's exception).
+    pub fn record_scrape(
+        &mut self,
+        started: Instant,
+        result: Result<Reading, ScrapeError>,
+        stall_timeout: Duration,
+    ) {
         match result {
             Ok(reading) => {
                 self.scrape_failure = None;
                 self.stall.observe(reading, stall_timeout);
             }
             Err(e) => {
+                self.stall.observe_failure(started, e.is_timeout());
                 self.scrape_failure = Some(ScrapeFailure {
                     at: Instant::now(),
                     error: e.to_string(),

@@ -17,7 +17,7 @@ use prometheus::{
 use vitals_proto::{ErrorCode, Phase};
 
 use crate::sources::upstream::config::ProbeKind;
-use crate::sources::upstream::probe::Outcome;
+use crate::state::probe_result::Outcome;
 use crate::state::snapshot::Snapshot;
 use crate::verdict::{LiveReason, Probe};
 
@@ -70,6 +70,7 @@ pub struct Metrics {
     upstream_probe_duration: HistogramVec,
     upstream_probe_results: IntCounterVec,
     upstream_proc_watched: IntGaugeVec,
+    upstream_scrape_errors: IntCounterVec,
     cursors: Mutex<HashMap<String, Cursor>>,
 }
 
@@ -218,6 +219,12 @@ impl Metrics {
                 "1 when the upstream's process is found and its /proc checks (stopped, uninterruptible, gone) run; 0 when they are off (the reason is in /status).",
                 w
             ),
+            upstream_scrape_errors: metric!(
+                IntCounterVec,
+                "upstream_scrape_errors_total",
+                "Scrapes of an upstream's own metrics that gave no reading, by reason (unauthorized, timeout, refused, reset, status, protocol, parse, error).",
+                &["worker", "reason"]
+            ),
             cursors: Mutex::default(),
             registry,
         }
@@ -246,6 +253,13 @@ impl Metrics {
         self.upstream_probe_duration
             .with_label_values(&[worker, kind.label()])
             .observe(outcome.latency.as_secs_f64());
+    }
+
+    /// Counts a scrape of an upstream's metrics that gave no reading.
+    pub fn upstream_scrape_error(&self, worker: &str, reason: &str) {
+        self.upstream_scrape_errors
+            .with_label_values(&[worker, reason])
+            .inc();
     }
 
     /// Counts a protocol error.

@@ -2,18 +2,14 @@
 //! the agent builds it from a snapshot, and `vitals-agent status`, which renders it as a
 //! table for an operator who `kubectl exec`s into the pod.
 //!
-//! The CLI uses a minimal hyper HTTP/1 client instead of an HTTP client crate: the agent
-//! binary must stay small, and it only ever talks plain HTTP to its own pod.
+//! The CLI fetches with the agent's one HTTP client ([`crate::net`]).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use clap::Args;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use vitals_proto::message::{CheckReport, Heartbeat, Progress};
 
@@ -498,6 +494,9 @@ pub enum StatusError {
     },
 }
 
+/// The largest `/status` document the CLI reads (a few KiB per worker).
+const STATUS_LIMIT: usize = 8 * 1024 * 1024;
+
 /// Fetches `/status` once: `(raw JSON, parsed)`.
 pub async fn fetch(url: &str) -> Result<(String, StatusDoc), StatusError> {
     let base = url.trim_end_matches('/');
@@ -515,40 +514,19 @@ pub async fn fetch(url: &str) -> Result<(String, StatusDoc), StatusError> {
         url: url.to_owned(),
         source: e,
     };
-    let addr = format!(
-        "{}:{}",
+    let path = uri.path_and_query().map_or("/status", |p| p.as_str());
+    let exchange = crate::net::get_once(
         authority.host(),
-        authority.port_u16().unwrap_or(80)
+        authority.port_u16().unwrap_or(80),
+        path,
+        &[],
+        crate::net::BodyRead::Keep(STATUS_LIMIT),
     );
-    let exchange = async {
-        let tcp = tokio::net::TcpStream::connect(&addr)
-            .await
-            .map_err(|e| unreachable(e.into()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| unreachable(e.into()))?;
-        let driver = tokio::spawn(conn);
-        let req = hyper::Request::get(uri.clone())
-            .header(hyper::header::HOST, authority.as_str())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| unreachable(e.into()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| unreachable(e.into()))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| unreachable(e.into()))?
-            .to_bytes();
-        driver.abort();
-        Ok::<_, StatusError>((status, body))
-    };
-    let (status, body) = tokio::time::timeout(Duration::from_secs(5), exchange)
+    let answer = tokio::time::timeout(Duration::from_secs(5), exchange)
         .await
-        .map_err(|e| unreachable(e.into()))??;
+        .map_err(|e| unreachable(e.into()))?
+        .map_err(|e| unreachable(e.into()))?;
+    let (status, body) = (answer.status.as_u16(), answer.body);
     let bad = |detail: String| StatusError::BadAnswer {
         url: url.to_owned(),
         status,

@@ -112,6 +112,9 @@ pub struct ProbeSpec {
 pub struct MetricsSpec {
     /// The built-in profile this came from, for `/status`; `None` for a custom one.
     pub profile: Option<&'static str>,
+    /// Where to connect: the `host` of the httpGet probe the port comes from (a server
+    /// bound to 127.0.0.1 while `POD_IP` is set, SPEC §8), else where the probes go.
+    pub host: Option<String>,
     /// Port of the metrics endpoint.
     pub port: u16,
     /// Path of the metrics endpoint.
@@ -122,6 +125,29 @@ pub struct MetricsSpec {
     pub busy: Vec<String>,
     /// Gauges of requests waiting.
     pub pending: Vec<String>,
+    /// Headers sent with every scrape (credentials), values read from the environment.
+    pub headers: Vec<ScrapeHeader>,
+    /// Whether a scrape may reuse the previous scrape's connection (see [`Profile`]).
+    pub keep_alive: bool,
+    /// Whether the server's engine loop itself answers the metrics endpoint, so that
+    /// scrapes timing out while the probes pass are a hung engine (SPEC §8, llama.cpp).
+    pub engine_answers: bool,
+}
+
+/// A header sent with every scrape. Its `Debug` hides the value: it is a secret and must
+/// never reach a log line or `/status`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScrapeHeader {
+    /// Header name.
+    pub name: hyper::header::HeaderName,
+    /// Header value (the prefix, then the variable's value), marked sensitive.
+    pub value: hyper::header::HeaderValue,
+}
+
+impl std::fmt::Debug for ScrapeHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: <redacted>", self.name)
+    }
 }
 
 /// One upstream container.
@@ -186,8 +212,18 @@ fn bad(field: impl Into<String>, problem: impl Into<String>) -> UpstreamsError {
 }
 
 /// Parses and validates the JSON text; `expect` are the protocol workers (`--expect`),
-/// whose names an upstream may not take.
+/// whose names an upstream may not take. Metrics header values come from the process's
+/// environment.
 pub fn parse(text: &str, expect: &[WorkerName]) -> Result<Vec<UpstreamSpec>, UpstreamsError> {
+    parse_with_env(text, expect, |name| std::env::var(name).ok())
+}
+
+/// [`parse`], with the environment given as a lookup (for tests).
+pub fn parse_with_env(
+    text: &str,
+    expect: &[WorkerName],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<UpstreamSpec>, UpstreamsError> {
     let root: Value = serde_json::from_str(text).map_err(UpstreamsError::Json)?;
     let Value::Object(root) = root else {
         return Err(bad("(top level)", "must be an object of container names"));
@@ -214,7 +250,7 @@ pub fn parse(text: &str, expect: &[WorkerName]) -> Result<Vec<UpstreamSpec>, Ups
         }
         let metrics = match obj.get("metrics") {
             None | Some(Value::Null) => None,
-            Some(m) => Some(metrics(m, &format!("{name}.metrics"), &probes)?),
+            Some(m) => Some(metrics(m, &format!("{name}.metrics"), &probes, &env)?),
         };
         let process = match obj.get("process") {
             None | Some(Value::Null) => None,
@@ -434,78 +470,170 @@ fn names(obj: &Map<String, Value>, key: &str, field: &str) -> Result<Vec<String>
     }
 }
 
+/// `headers` of a metrics object: `[{"name", "valueFromEnv", "prefix"}]`, each value read
+/// from the environment now (a missing variable is a start-up error, not a silent 401).
+fn scrape_headers(
+    obj: &Map<String, Value>,
+    field: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Vec<ScrapeHeader>, UpstreamsError> {
+    let list = match obj.get("headers") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(bad(format!("{field}.headers"), "must be a list")),
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        let hf = format!("{field}.headers[{i}]");
+        let item = object(item, &hf)?;
+        for key in item.keys() {
+            if !["name", "valueFromEnv", "prefix"].contains(&key.as_str()) {
+                return Err(bad(format!("{hf}.{key}"), "unknown key"));
+            }
+        }
+        let name =
+            opt_string(item, "name", &hf)?.ok_or_else(|| bad(format!("{hf}.name"), "missing"))?;
+        let name = hyper::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| bad(format!("{hf}.name"), "not a valid HTTP header name"))?;
+        let var = opt_string(item, "valueFromEnv", &hf)?
+            .ok_or_else(|| bad(format!("{hf}.valueFromEnv"), "missing"))?;
+        let secret = env(&var).ok_or_else(|| {
+            bad(
+                format!("{hf}.valueFromEnv"),
+                format!("environment variable {var} is not set"),
+            )
+        })?;
+        let prefix = opt_string(item, "prefix", &hf)?.unwrap_or_default();
+        // The value itself is never part of an error: it is a secret.
+        let mut value = hyper::header::HeaderValue::from_str(&format!("{prefix}{secret}"))
+            .map_err(|_| {
+                bad(
+                    format!("{hf}.valueFromEnv"),
+                    format!("{var} is not a valid header value"),
+                )
+            })?;
+        value.set_sensitive(true);
+        out.push(ScrapeHeader { name, value });
+    }
+    Ok(out)
+}
+
 fn metrics(
     v: &Value,
     field: &str,
     probes: &BTreeMap<ProbeKind, ProbeSpec>,
+    env: &impl Fn(&str) -> Option<String>,
 ) -> Result<MetricsSpec, UpstreamsError> {
-    // The first httpGet probe's port is where a profile scrapes unless the server has its
-    // own metrics port.
-    let http_port = ProbeKind::ALL.iter().find_map(|k| match probes.get(k) {
+    // The first httpGet probe is where a profile scrapes (its host, and its port unless
+    // the server has its own metrics port).
+    let http_probe = ProbeKind::ALL.iter().find_map(|k| match probes.get(k) {
         Some(ProbeSpec {
             action: Action::Http(h),
             ..
-        }) => Some(h.port),
+        }) => Some(h),
         _ => None,
     });
+    let http_port = http_probe.map(|h| h.port);
+    let host = http_probe.and_then(|h| h.host.clone());
+    let profile = |name: &str, field: &str| -> Result<&'static Profile, UpstreamsError> {
+        profiles::builtin(name).ok_or_else(|| {
+            bad(
+                field,
+                format!(
+                    "unknown profile {name:?} (built in: {})",
+                    profiles::names().join(", ")
+                ),
+            )
+        })
+    };
+    let from_profile = |p: &'static Profile, port: u16, headers| MetricsSpec {
+        profile: Some(p.name),
+        host: host.clone(),
+        port,
+        path: p.path.to_string(),
+        work: p.work.iter().map(|s| s.to_string()).collect(),
+        busy: p.busy.iter().map(|s| s.to_string()).collect(),
+        pending: p.pending.iter().map(|s| s.to_string()).collect(),
+        headers,
+        keep_alive: p.keep_alive,
+        engine_answers: p.engine_answers,
+    };
+    let needs_port = |p: &Profile, field: &str| {
+        p.port.or(http_port).ok_or_else(|| {
+            bad(
+                field,
+                format!(
+                    "profile {} needs an httpGet probe to take the port from",
+                    p.name
+                ),
+            )
+        })
+    };
     match v {
         Value::String(name) => {
-            let p: &Profile = profiles::builtin(name).ok_or_else(|| {
-                bad(
-                    field,
-                    format!(
-                        "unknown profile {name:?} (built in: {})",
-                        profiles::names().join(", ")
-                    ),
-                )
-            })?;
-            let port = p.port.or(http_port).ok_or_else(|| {
-                bad(
-                    field,
-                    format!("profile {name} needs an httpGet probe to take the port from"),
-                )
-            })?;
-            Ok(MetricsSpec {
-                profile: Some(p.name),
-                port,
-                path: p.path.to_string(),
-                work: p.work.iter().map(|s| s.to_string()).collect(),
-                busy: p.busy.iter().map(|s| s.to_string()).collect(),
-                pending: p.pending.iter().map(|s| s.to_string()).collect(),
-            })
+            let p = profile(name, field)?;
+            Ok(from_profile(p, needs_port(p, field)?, Vec::new()))
         }
         Value::Object(obj) => {
-            let port = match obj.get("port") {
-                None | Some(Value::Null) => http_port.ok_or_else(|| {
+            for key in obj.keys() {
+                if ![
+                    "profile", "port", "path", "work", "busy", "pending", "headers",
+                ]
+                .contains(&key.as_str())
+                {
+                    return Err(bad(format!("{field}.{key}"), "unknown key"));
+                }
+            }
+            let headers = scrape_headers(obj, field, env)?;
+            let base = match opt_string(obj, "profile", field)? {
+                Some(name) => Some(profile(&name, &format!("{field}.profile"))?),
+                None => None,
+            };
+            let port = match (obj.get("port"), base) {
+                (None | Some(Value::Null), Some(p)) => needs_port(p, field)?,
+                (None | Some(Value::Null), None) => http_port.ok_or_else(|| {
                     bad(
                         format!("{field}.port"),
                         "missing, and no httpGet probe to take it from",
                     )
                 })?,
-                Some(_) => port(obj, field)?,
+                (Some(_), _) => port(obj, field)?,
             };
-            let path = opt_string(obj, "path", field)?.unwrap_or_else(|| "/metrics".to_string());
-            if !path.starts_with('/') || path.parse::<hyper::Uri>().is_err() {
-                return Err(bad(format!("{field}.path"), "not a valid request path"));
+            let mut spec = match base {
+                Some(p) => from_profile(p, port, headers),
+                None => MetricsSpec {
+                    profile: None,
+                    host: host.clone(),
+                    port,
+                    path: "/metrics".to_string(),
+                    work: Vec::new(),
+                    busy: Vec::new(),
+                    pending: Vec::new(),
+                    headers,
+                    keep_alive: true,
+                    engine_answers: false,
+                },
+            };
+            if let Some(path) = opt_string(obj, "path", field)? {
+                if !path.starts_with('/') || path.parse::<hyper::Uri>().is_err() {
+                    return Err(bad(format!("{field}.path"), "not a valid request path"));
+                }
+                spec.path = path;
             }
-            let spec = MetricsSpec {
-                profile: None,
-                port,
-                path,
-                work: names(obj, "work", field)?,
-                busy: names(obj, "busy", field)?,
-                pending: names(obj, "pending", field)?,
-            };
+            for (key, list) in [
+                ("work", &mut spec.work),
+                ("busy", &mut spec.busy),
+                ("pending", &mut spec.pending),
+            ] {
+                if obj.get(key).is_some_and(|v| !v.is_null()) {
+                    *list = names(obj, key, field)?;
+                }
+            }
             if spec.work.is_empty() {
                 return Err(bad(format!("{field}.work"), "needs at least one counter"));
             }
             if spec.busy.is_empty() && spec.pending.is_empty() {
                 return Err(bad(field, "needs at least one busy or pending gauge"));
-            }
-            for key in obj.keys() {
-                if !["port", "path", "work", "busy", "pending"].contains(&key.as_str()) {
-                    return Err(bad(format!("{field}.{key}"), "unknown key"));
-                }
             }
             Ok(spec)
         }

@@ -95,7 +95,7 @@ async fn prober(
     }
 }
 
-/// Scrapes the metrics every `interval`.
+/// Scrapes the metrics every `interval`; counts every scrape that gave no reading.
 async fn scraper(
     cx: Context,
     results: UpstreamResults,
@@ -103,15 +103,20 @@ async fn scraper(
     stop: CancellationToken,
 ) {
     let mut tick = ticker(cx.scrape_interval);
+    let mut scraper = scrape::Scraper::new(results.name().clone(), spec, cx.host);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let result = tokio::select! {
+        let (started, result) = tokio::select! {
             () = stop.cancelled() => return,
-            r = scrape::scrape(cx.host, &spec, SCRAPE_TIMEOUT) => r,
+            r = scraper.scrape(SCRAPE_TIMEOUT) => r,
         };
-        results.scrape(result, cx.stall_timeout);
+        if let Err(e) = &result {
+            cx.metrics
+                .upstream_scrape_error(results.name().as_str(), e.kind());
+        }
+        results.scrape(started, result, cx.stall_timeout);
     }
 }
