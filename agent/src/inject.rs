@@ -560,7 +560,7 @@ fn inject_pod(
 
     // Upstreams: every other container with probes the agent can run.
     let before = upstreams::previous_config(&agent);
-    let mut config = serde_json::Map::new();
+    let mut config = crate::config::upstreams::Upstreams::new();
     let mut upstream_names = Vec::new();
     for c in containers.iter_mut().filter_map(Node::as_map_mut) {
         let Some(name) = c.get_str("name").map(str::to_string) else {
@@ -605,8 +605,10 @@ fn inject_pod(
         .get_str("terminationGracePeriodSeconds")
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(30);
-    let upstreams_json =
-        (!config.is_empty()).then(|| serde_json::Value::Object(config).to_string());
+    let upstreams_json = (!config.is_empty()).then(|| {
+        serde_json::to_string(&config)
+            .expect("the upstream schema serialises: plain data, string keys")
+    });
     wire_agent(
         &mut agent,
         &image,

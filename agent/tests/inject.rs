@@ -744,7 +744,8 @@ fn a_plain_vllm_deployment_becomes_an_upstream() {
             "startupProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 10},
             "livenessProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 10, "timeoutSeconds": 5},
             "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 5},
-            "metrics": "vllm"
+            "metrics": "vllm",
+            "process": {"cmdline": ["vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct", "--port", "8000"]}
         }})
     );
     let vllm = by_name(&spec["containers"], "vllm").expect("vllm");
@@ -942,8 +943,19 @@ fn a_custom_metrics_object_survives_reinjection() {
     let (config, _) = upstreams_of(&out);
     let mut custom = config.clone();
     custom["ollama"]["metrics"] = serde_json::json!({"port": 11434, "work": ["ollama_tokens_total"], "busy": ["ollama_running"]});
+    // The JSON exactly as written (the schema's field order), quoted as YAML quotes it.
+    let written = docs(&out)
+        .iter()
+        .flat_map(pod_templates)
+        .find_map(|(_, _, spec)| {
+            let agent = by_name(&spec["initContainers"], "vitals-agent")?;
+            by_name(&agent["env"], UPSTREAMS_ENV)?["value"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .expect("VITALS_UPSTREAMS");
     let edited = out.replace(
-        &serde_json::to_string(&config.to_string()).expect("quoted"),
+        &serde_json::to_string(&written).expect("quoted"),
         &serde_json::to_string(&custom.to_string()).expect("quoted"),
     );
     assert_ne!(edited, out, "the fixture's config was found and edited");
