@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use super::yaml::{Map, Node};
-use super::{container_name, point_at_agent, Problem, AGENT_PORT};
+use super::{point_at_agent, Problem, AGENT_PORT};
 use crate::config::upstreams as schema;
 use crate::upstream::profiles;
 
@@ -66,28 +66,32 @@ pub(super) fn previous_config(agent: &Map) -> schema::Upstreams {
         .unwrap_or_default()
 }
 
-/// `POD_IP` from the downward API, where the agent probes the upstreams.
-pub(super) fn ensure_pod_ip(env: &mut Vec<Node>) {
-    let wanted = Node::Map(Map::from_pairs([
-        ("name", Node::string("POD_IP")),
-        (
-            "valueFrom",
-            Node::Map(Map::from_pairs([(
-                "fieldRef",
-                Node::Map(Map::from_pairs([(
-                    "fieldPath",
-                    Node::string("status.podIP"),
-                )])),
-            )])),
-        ),
-    ]));
-    match env.iter_mut().find(|e| container_name(e) == Some("POD_IP")) {
-        Some(e) => {
-            if !super::yaml::equiv(e, &wanted) {
-                *e = wanted;
-            }
-        }
-        None => env.push(wanted),
+/// A group member's container without probes (a headless Ray or torch.distributed
+/// worker, SPEC §9): an entry with only its process, judged by /proc alone, and a liveness
+/// probe on the agent so `stopped`/`uninterruptible` restart it. Conservative timing (see
+/// [`super::GROUP_LIVENESS`]): restarting a member costs the whole group.
+pub(super) fn wire_headless(
+    c: &mut Map,
+    name: &str,
+    warnings: &mut Vec<String>,
+) -> schema::Upstream {
+    let process = process(c);
+    if process.is_none() {
+        warnings.push(format!(
+            "warning: container {name}: no command or args to recognise its process by; the agent finds it by its cgroup alone"
+        ));
+    }
+    if c.get("livenessProbe").is_none() {
+        super::ensure_probe(
+            c,
+            "livenessProbe",
+            &format!("/livez/{name}"),
+            super::GROUP_LIVENESS,
+        );
+    }
+    schema::Upstream {
+        process,
+        ..schema::Upstream::default()
     }
 }
 
