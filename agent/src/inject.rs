@@ -5,8 +5,11 @@
 //! The rewrite is pure ([`inject_documents`]): text in, text out, nothing written on error.
 //! It is idempotent: a document that already has exactly this wiring comes out byte for
 //! byte, and one injected by an older version is updated in place (the agent container is
-//! found by its name, `vitals-agent`), never duplicated. Documents without a pod template
-//! (Services, ConfigMaps, …) pass through untouched, comments included.
+//! found by its name, `vitals-agent`), never duplicated. Documents without containers
+//! (Services, ConfigMaps, …) pass through untouched, comments included; a kind inject does
+//! not know that carries containers is an error unless `--skip-unknown`. A LeaderWorkerSet's
+//! two templates get a leader's and a member's agent (SPEC §9). `inject_pod` is the one
+//! pod-level transform, called once per pod template.
 
 mod resources;
 mod upstreams;
