@@ -166,6 +166,16 @@ for k in deploy/examples/*/; do
     "$agent" inject -q -f "$f" | cmp -s - "$f" ||
       fail "$f is not what vitals-agent inject writes (re-inject it: vitals-agent inject -f $f)"
   done
+  # A group's settings (docs/deploy.md, "Multi-node models"): the group recreated on any
+  # restart, members created before the leader is Ready (a Vitals leader waits for them).
+  "$py" - "$tmp/example-$name.yaml" <<'PY' || fail "$k: LeaderWorkerSet settings"
+import sys, yaml
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d.get("kind") == "LeaderWorkerSet":
+        spec = d["spec"]
+        assert spec["leaderWorkerTemplate"].get("restartPolicy") == "RecreateGroupOnPodRestart", "restartPolicy"
+        assert spec.get("startupPolicy", "LeaderCreated") == "LeaderCreated", "startupPolicy"
+PY
   lws_pods "$tmp/example-$name.yaml" "$tmp/example-$name.pods.yaml"
   validate 1.29 "$tmp/example-$name.pods.yaml" || fail "$k is not valid"
   "$py" scripts/check_deploy.py pods "$tmp/example-$name.pods.yaml"

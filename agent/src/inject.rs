@@ -78,7 +78,7 @@ pub struct InjectArgs {
     /// document is an error.
     #[arg(long, env = "VITALS_SKIP_UNKNOWN")]
     pub skip_unknown: bool,
-    /// Print no summary on stderr.
+    /// Print no summary and no warnings on stderr.
     #[arg(short, long)]
     pub quiet: bool,
 }

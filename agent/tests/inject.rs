@@ -1361,3 +1361,58 @@ fn a_leader_worker_set_gets_a_leader_and_members() {
         report.notes
     );
 }
+
+/// The kubelet's liveness rule over a timeline: probes every `period` seconds from `phase`;
+/// a probe during `outage` fails (the agent's port refuses or does not answer), any other
+/// passes; `failures` failures in a row restart the container. Times in tenths of a second.
+fn kubelet_restarts(period: u64, failures: u64, phase: u64, outage: (u64, u64)) -> bool {
+    let mut in_a_row = 0;
+    let mut t = phase;
+    while t < outage.1 + (failures + 1) * period * 10 {
+        if (outage.0..outage.1).contains(&t) {
+            in_a_row += 1;
+            if in_a_row >= failures {
+                return true;
+            }
+        } else {
+            in_a_row = 0;
+        }
+        t += period * 10;
+    }
+    false
+}
+
+/// Issue 21 item 1, the way e2e s12 tests protocol workers, on inject's own output: the
+/// agent's worst restart (43 s, docs/deploy.md "The agent restarting") and three crashes
+/// back to back (36 s), at every phase of the probe schedule, never make the kubelet
+/// restart a model whose liveness inject pointed at the agent; vLLM's usual 10 s × 3 as
+/// it was before injection would have been restarted.
+#[test]
+fn an_agent_restart_never_restarts_the_model_it_watches() {
+    const WORST_RESTART: u64 = 430;
+    const THREE_CRASHES: u64 = 360;
+    let probes = agent_liveness_probes();
+    for (at, live) in &probes {
+        let number = |key: &str, default: u64| {
+            live[key]
+                .as_i64()
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(default)
+        };
+        let (period, failures) = (number("periodSeconds", 10), number("failureThreshold", 3));
+        for outage in [WORST_RESTART, THREE_CRASHES] {
+            for phase in 0..period * 10 {
+                assert!(
+                    !kubelet_restarts(period, failures, phase, (1000, 1000 + outage)),
+                    "{at}: {period} s × {failures}: an agent outage of {} s at phase {} s restarts the model",
+                    outage / 10,
+                    phase / 10
+                );
+            }
+        }
+    }
+    assert!(
+        kubelet_restarts(10, 3, 0, (1000, 1000 + WORST_RESTART)),
+        "the original 10 s × 3 would restart vLLM: the test must be able to fail"
+    );
+}

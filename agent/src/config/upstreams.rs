@@ -272,9 +272,10 @@ pub struct MetricsHeader {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Process {
-    /// The container's `command` followed by its `args`, as the pod spec writes them (only
-    /// `args` when the image's entrypoint runs, so compare it with the end of
-    /// `/proc/<pid>/cmdline`).
+    /// The container's `command` followed by its `args`, as the pod spec writes them: only
+    /// `args` when the image's entrypoint runs (so compare it with the end of
+    /// `/proc/<pid>/cmdline`), and `$(VAR)` references unexpanded (the kubelet expands them
+    /// from the container's env, so they stand for any text).
     pub cmdline: Vec<String>,
 }
 
