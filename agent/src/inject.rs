@@ -1331,17 +1331,16 @@ fn resources_node(requests: (&str, &str), limits: (&str, &str)) -> Node {
 const LWS_SIZE_ANNOTATION: &str = "leaderworkerset.sigs.k8s.io/size";
 const LWS_NAME_LABEL: &str = "leaderworkerset.sigs.k8s.io/name";
 
-/// The agent's group env (SPEC §9): its role, and for a leader where its members are
-/// (`NAME-1 … NAME-(N-1)` under the subdomain).
+/// The agent's group env in a LeaderWorkerSet (SPEC §9): its role, and for a leader where
+/// its members are (`NAME-1 … NAME-(N-1)` under the subdomain). Outside one, the group env
+/// is left as it is: a group wired by hand (`VITALS_GROUP_MEMBERS`) is the user's.
 fn ensure_group_env(env: &mut Vec<Node>, group: Option<&Group>) {
-    const GROUP_ENV: [&str; 4] = [
-        "VITALS_GROUP_ROLE",
+    const LEADER_ONLY: [&str; 3] = [
         "VITALS_GROUP_SIZE",
         "VITALS_GROUP_POD_NAME",
         "VITALS_GROUP_SUBDOMAIN",
     ];
     let Some(group) = group else {
-        env.retain(|e| !container_name(e).is_some_and(|n| GROUP_ENV.contains(&n)));
         return;
     };
     ensure_env(env, "VITALS_GROUP_ROLE", group.role.as_str());
@@ -1360,7 +1359,7 @@ fn ensure_group_env(env: &mut Vec<Node>, group: Option<&Group>) {
             ensure_field_env(env, "VITALS_GROUP_SUBDOMAIN", &subdomain);
         }
         GroupRole::Member => {
-            env.retain(|e| !container_name(e).is_some_and(|n| GROUP_ENV[1..].contains(&n)))
+            env.retain(|e| !container_name(e).is_some_and(|n| LEADER_ONLY.contains(&n)))
         }
     }
 }
