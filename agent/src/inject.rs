@@ -290,7 +290,7 @@ pub enum Problem {
         known: String,
     },
     /// A kind inject does not know carries containers: its pods would go unwatched.
-    #[error("kind {kind} carries containers ({at}) but inject does not know where its pod template is, so its pods would not be watched; inject the resource that makes its pods, or pass --skip-unknown to leave it as it is")]
+    #[error("kind {kind} carries containers ({at}) but inject does not know where its pod template is, so its pods would not be watched; for pods a controller makes, use the admission webhook (vitals-agent webhook, SPEC §10), or pass --skip-unknown to leave this document as it is")]
     UnknownKind {
         /// `apiVersion kind`.
         kind: String,
