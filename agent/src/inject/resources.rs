@@ -1,7 +1,7 @@
 //! Quality of service (Kubernetes `Guaranteed`): whether every container of a pod but one
 //! has requests equal to limits for cpu and memory, so inject can keep a Guaranteed pod
 //! Guaranteed when it adds the agent. The rule is the kubelet's
-//! (https://kubernetes.io/docs/concepts/workloads/pods/pod-qos/#guaranteed): every container,
+//! (<https://kubernetes.io/docs/concepts/workloads/pods/pod-qos/#guaranteed>): every container,
 //! init containers included, has cpu and memory limits, and requests, when given, equal
 //! them (an absent request defaults to the limit).
 
