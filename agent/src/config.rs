@@ -4,6 +4,8 @@
 //! Values are checked here, once, so a bad flag fails at start with a clear message and a
 //! non-zero exit instead of surprising the kubelet later.
 
+pub mod upstreams;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;

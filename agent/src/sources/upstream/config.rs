@@ -1,17 +1,21 @@
-//! The `--upstreams` / `VITALS_UPSTREAMS` JSON (SPEC §8): each upstream container's original
-//! Kubernetes probes and its metrics source, validated into typed specs once, at start.
+//! The `--upstreams` / `VITALS_UPSTREAMS` JSON (SPEC §8), read into the types the probers
+//! run: each upstream container's original Kubernetes probes, its metrics source and its
+//! process, validated once, at start.
 //!
-//! The JSON is walked by hand rather than derived with serde so that every error names the
-//! exact field (`vllm.livenessProbe.httpGet.port: ...`): a bad field is found by a person
-//! reading `kubectl logs`, and "invalid type at line 1 column 212" helps nobody there.
+//! The JSON's shape is [`crate::config::upstreams`] (the schema inject writes with); serde
+//! and `serde_path_to_error` name the field of a shape error, and [`parse`] adds what the
+//! shape cannot say (named ports resolved, no `exec` or `https`, one handler per probe, a
+//! header's variable set), naming the field the same way: `upstreams.vllm.livenessProbe.
+//! httpGet.port: ...` is found by a person reading `kubectl logs`.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
-use serde_json::{Map, Value};
 use vitals_proto::WorkerName;
 
 use super::profiles::{self, Profile};
+use crate::config::upstreams as schema;
 
 /// Kubernetes' default `periodSeconds`.
 pub const DEFAULT_PERIOD: Duration = Duration::from_secs(10);
@@ -125,7 +129,7 @@ pub struct MetricsSpec {
     pub busy: Vec<String>,
     /// Gauges of requests waiting.
     pub pending: Vec<String>,
-    /// Headers sent with every scrape (credentials), values read from the environment.
+    /// Headers sent with every scrape, values already read from the environment.
     pub headers: Vec<ScrapeHeader>,
     /// Whether a scrape may reuse the previous scrape's connection (see [`Profile`]).
     pub keep_alive: bool,
@@ -134,20 +138,27 @@ pub struct MetricsSpec {
     pub engine_answers: bool,
 }
 
-/// A header sent with every scrape. Its `Debug` hides the value: it is a secret and must
-/// never reach a log line or `/status`.
+/// A header sent with every scrape (credentials). Its `Debug` hides the value: it is a
+/// secret and must never reach a log line.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ScrapeHeader {
     /// Header name.
     pub name: hyper::header::HeaderName,
-    /// Header value (the prefix, then the variable's value), marked sensitive.
+    /// Header value (the variable's value after the prefix), marked sensitive.
     pub value: hyper::header::HeaderValue,
 }
 
-impl std::fmt::Debug for ScrapeHeader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for ScrapeHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: <redacted>", self.name)
     }
+}
+
+/// How the upstream's process is recognised in /proc (SPEC §8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSpec {
+    /// The container's command and args as inject recorded them; never empty.
+    pub cmdline: Vec<String>,
 }
 
 /// One upstream container.
@@ -159,18 +170,8 @@ pub struct UpstreamSpec {
     pub probes: BTreeMap<ProbeKind, ProbeSpec>,
     /// Its metrics, if any.
     pub metrics: Option<MetricsSpec>,
-    /// Its container's command line as `inject` recorded it, to find its process without
-    /// privileges (SPEC §8); the only thing known of a container without probes (§9).
+    /// Its process's command line, when recorded.
     pub process: Option<ProcessSpec>,
-}
-
-/// `"process"`: what the container runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessSpec {
-    /// The container's `command` followed by its `args` (or `args` alone when the image's
-    /// entrypoint is not known); matched against /proc/<pid>/cmdline by
-    /// [`crate::sources::proc::discover::cmdline_matches`].
-    pub cmdline: Vec<String>,
 }
 
 impl UpstreamSpec {
@@ -191,17 +192,25 @@ impl UpstreamSpec {
 /// Why the upstreams configuration was refused. The message names the field.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamsError {
-    /// Not JSON.
+    /// Not JSON at all (the message has the line and column).
     #[error("upstreams: invalid JSON: {0}")]
     Json(#[source] serde_json::Error),
-    /// A field is wrong.
-    #[error("upstreams: {field}: {problem}")]
+    /// A field is wrong: its shape (from serde) or its meaning (from [`parse`]).
+    #[error("upstreams{}: {problem}", dotted(field))]
     Field {
-        /// Where, as `container.probe.key`.
+        /// Where, as `container.probe.key` (empty: the document itself).
         field: String,
         /// What is wrong.
         problem: String,
     },
+}
+
+fn dotted(field: &str) -> String {
+    if field.is_empty() {
+        String::new()
+    } else {
+        format!(".{field}")
+    }
 }
 
 fn bad(field: impl Into<String>, problem: impl Into<String>) -> UpstreamsError {
@@ -224,12 +233,20 @@ pub fn parse_with_env(
     expect: &[WorkerName],
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Vec<UpstreamSpec>, UpstreamsError> {
-    let root: Value = serde_json::from_str(text).map_err(UpstreamsError::Json)?;
-    let Value::Object(root) = root else {
-        return Err(bad("(top level)", "must be an object of container names"));
-    };
-    let mut out = Vec::with_capacity(root.len());
-    for (name, value) in &root {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let doc: schema::Upstreams = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            UpstreamsError::Json(inner)
+        } else {
+            // serde_path_to_error spells the document itself ".".
+            bad(field.trim_start_matches('.'), inner.to_string())
+        }
+    })?;
+    de.end().map_err(UpstreamsError::Json)?;
+    let mut out = Vec::with_capacity(doc.len());
+    for (name, entry) in doc {
         let worker = WorkerName::parse(name.as_str())
             .map_err(|e| bad(name.as_str(), format!("not a valid container name: {e}")))?;
         if expect.contains(&worker) {
@@ -238,35 +255,30 @@ pub fn parse_with_env(
                 "also named by --expect: a container is either a protocol worker or an upstream",
             ));
         }
-        let obj = object(value, name)?;
         let mut probes = BTreeMap::new();
-        for kind in ProbeKind::ALL {
-            if let Some(p) = obj.get(kind.key()) {
-                if !p.is_null() {
-                    let field = format!("{name}.{}", kind.key());
-                    probes.insert(kind, probe(p, &field)?);
-                }
+        for (kind, probe_json) in [
+            (ProbeKind::Startup, &entry.startup_probe),
+            (ProbeKind::Liveness, &entry.liveness_probe),
+            (ProbeKind::Readiness, &entry.readiness_probe),
+        ] {
+            if let Some(p) = probe_json {
+                probes.insert(kind, probe(p, &format!("{name}.{}", kind.key()))?);
             }
         }
-        let metrics = match obj.get("metrics") {
-            None | Some(Value::Null) => None,
+        let metrics = match &entry.metrics {
+            None => None,
             Some(m) => Some(metrics(m, &format!("{name}.metrics"), &probes, &env)?),
         };
-        let process = match obj.get("process") {
-            None | Some(Value::Null) => None,
-            Some(p) => Some(process(p, &format!("{name}.process"))?),
-        };
-        for key in obj.keys() {
-            let known = ProbeKind::ALL.iter().any(|k| k.key() == key)
-                || key == "metrics"
-                || key == "process";
-            if !known {
+        let process = match entry.process {
+            None => None,
+            Some(p) if p.cmdline.is_empty() => {
                 return Err(bad(
-                    format!("{name}.{key}"),
-                    "unknown key (expected startupProbe, livenessProbe, readinessProbe, metrics, process)",
-                ));
+                    format!("{name}.process.cmdline"),
+                    "must name at least the program",
+                ))
             }
-        }
+            Some(p) => Some(ProcessSpec { cmdline: p.cmdline }),
+        };
         out.push(UpstreamSpec {
             name: worker,
             probes,
@@ -277,75 +289,68 @@ pub fn parse_with_env(
     Ok(out)
 }
 
-fn object<'a>(v: &'a Value, field: &str) -> Result<&'a Map<String, Value>, UpstreamsError> {
-    v.as_object().ok_or_else(|| bad(field, "must be an object"))
-}
-
-fn seconds(
-    obj: &Map<String, Value>,
-    key: &str,
-    field: &str,
-    default: Duration,
-) -> Result<Duration, UpstreamsError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(v) => match v.as_u64() {
-            Some(n) if (1..=86_400).contains(&n) => Ok(Duration::from_secs(n)),
-            _ => Err(bad(
-                format!("{field}.{key}"),
-                "must be a whole number of seconds from 1 to 86400",
-            )),
-        },
+fn seconds(value: Option<u64>, field: &str, default: Duration) -> Result<Duration, UpstreamsError> {
+    match value {
+        None => Ok(default),
+        Some(n) if (1..=86_400).contains(&n) => Ok(Duration::from_secs(n)),
+        Some(_) => Err(bad(
+            field,
+            "must be a whole number of seconds from 1 to 86400",
+        )),
     }
 }
 
-fn port(obj: &Map<String, Value>, field: &str) -> Result<u16, UpstreamsError> {
+fn port(p: &schema::Port, field: &str) -> Result<u16, UpstreamsError> {
     let field = format!("{field}.port");
-    match obj.get("port") {
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .and_then(|n| u16::try_from(n).ok())
+    match p {
+        schema::Port::Number(n) => u16::try_from(*n)
+            .ok()
             .filter(|p| *p > 0)
             .ok_or_else(|| bad(field, "must be a port number from 1 to 65535")),
-        Some(Value::String(s)) => Err(bad(
+        schema::Port::Name(s) => Err(bad(
             field,
             format!(
                 "named port {s:?} must be resolved to its number (vitals-agent inject does this)"
             ),
         )),
-        _ => Err(bad(field, "missing or not a port number")),
     }
 }
 
-fn opt_string(
-    obj: &Map<String, Value>,
-    key: &str,
-    field: &str,
-) -> Result<Option<String>, UpstreamsError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(bad(format!("{field}.{key}"), "must be a string")),
+fn request_path(path: Option<&str>, field: &str) -> Result<String, UpstreamsError> {
+    let path = match path {
+        None => "/".to_string(),
+        Some(p) if p.starts_with('/') => p.to_string(),
+        Some(p) => format!("/{p}"),
+    };
+    if path.parse::<hyper::Uri>().is_err() {
+        return Err(bad(field, "not a valid request path"));
     }
+    Ok(path)
 }
 
-fn probe(v: &Value, field: &str) -> Result<ProbeSpec, UpstreamsError> {
-    let obj = object(v, field)?;
-    if obj.contains_key("exec") {
+fn non_empty(s: &Option<String>) -> Option<String> {
+    s.clone().filter(|s| !s.is_empty())
+}
+
+fn probe(p: &schema::Probe, field: &str) -> Result<ProbeSpec, UpstreamsError> {
+    if p.exec.is_some() {
         return Err(bad(
             format!("{field}.exec"),
             "exec probes run inside the container; leave them on the container (inject does)",
         ));
     }
-    let handlers: Vec<&str> = ["httpGet", "tcpSocket", "grpc"]
-        .into_iter()
-        .filter(|k| obj.get(*k).is_some_and(|v| !v.is_null()))
-        .collect();
-    let action = match handlers.as_slice() {
-        ["httpGet"] => {
+    let handlers: Vec<&str> = [
+        ("httpGet", p.http_get.is_some()),
+        ("tcpSocket", p.tcp_socket.is_some()),
+        ("grpc", p.grpc.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, present)| present.then_some(k))
+    .collect();
+    let action = match (&p.http_get, &p.tcp_socket, &p.grpc) {
+        (Some(h), None, None) => {
             let f = format!("{field}.httpGet");
-            let h = object(&obj["httpGet"], &f)?;
-            if let Some(scheme) = opt_string(h, "scheme", &f)? {
+            if let Some(scheme) = &h.scheme {
                 if !scheme.eq_ignore_ascii_case("http") {
                     return Err(bad(
                         format!("{f}.scheme"),
@@ -353,59 +358,34 @@ fn probe(v: &Value, field: &str) -> Result<ProbeSpec, UpstreamsError> {
                     ));
                 }
             }
-            let path = opt_string(h, "path", &f)?.unwrap_or_else(|| "/".to_string());
-            let path = if path.starts_with('/') {
-                path
-            } else {
-                format!("/{path}")
-            };
-            if path.parse::<hyper::Uri>().is_err() {
-                return Err(bad(format!("{f}.path"), "not a valid request path"));
-            }
-            let mut headers = Vec::new();
-            match h.get("httpHeaders") {
-                None | Some(Value::Null) => {}
-                Some(Value::Array(list)) => {
-                    for (i, item) in list.iter().enumerate() {
-                        let hf = format!("{f}.httpHeaders[{i}]");
-                        let item = object(item, &hf)?;
-                        let name = opt_string(item, "name", &hf)?
-                            .ok_or_else(|| bad(format!("{hf}.name"), "missing"))?;
-                        let value = opt_string(item, "value", &hf)?.unwrap_or_default();
-                        if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err()
-                            || hyper::header::HeaderValue::from_str(&value).is_err()
-                        {
-                            return Err(bad(hf, "not a valid HTTP header"));
-                        }
-                        headers.push((name, value));
-                    }
+            let mut headers = Vec::with_capacity(h.http_headers.len());
+            for (i, header) in h.http_headers.iter().enumerate() {
+                if hyper::header::HeaderName::from_bytes(header.name.as_bytes()).is_err()
+                    || hyper::header::HeaderValue::from_str(&header.value).is_err()
+                {
+                    return Err(bad(
+                        format!("{f}.httpHeaders[{i}]"),
+                        "not a valid HTTP header",
+                    ));
                 }
-                Some(_) => return Err(bad(format!("{f}.httpHeaders"), "must be a list")),
+                headers.push((header.name.clone(), header.value.clone()));
             }
             Action::Http(HttpGet {
-                path,
-                port: port(h, &f)?,
-                host: opt_string(h, "host", &f)?.filter(|s| !s.is_empty()),
+                path: request_path(h.path.as_deref(), &format!("{f}.path"))?,
+                port: port(&h.port, &f)?,
+                host: non_empty(&h.host),
                 headers,
             })
         }
-        ["tcpSocket"] => {
-            let f = format!("{field}.tcpSocket");
-            let t = object(&obj["tcpSocket"], &f)?;
-            Action::Tcp {
-                port: port(t, &f)?,
-                host: opt_string(t, "host", &f)?.filter(|s| !s.is_empty()),
-            }
-        }
-        ["grpc"] => {
-            let f = format!("{field}.grpc");
-            let g = object(&obj["grpc"], &f)?;
-            Action::Grpc {
-                port: port(g, &f)?,
-                service: opt_string(g, "service", &f)?.unwrap_or_default(),
-            }
-        }
-        [] => {
+        (None, Some(t), None) => Action::Tcp {
+            port: port(&t.port, &format!("{field}.tcpSocket"))?,
+            host: non_empty(&t.host),
+        },
+        (None, None, Some(g)) => Action::Grpc {
+            port: port(&g.port, &format!("{field}.grpc"))?,
+            service: g.service.clone().unwrap_or_default(),
+        },
+        (None, None, None) => {
             return Err(bad(
                 field,
                 "no handler: expected one of httpGet, tcpSocket, grpc",
@@ -420,98 +400,72 @@ fn probe(v: &Value, field: &str) -> Result<ProbeSpec, UpstreamsError> {
     };
     Ok(ProbeSpec {
         action,
-        period: seconds(obj, "periodSeconds", field, DEFAULT_PERIOD)?,
-        timeout: seconds(obj, "timeoutSeconds", field, DEFAULT_TIMEOUT)?,
+        period: seconds(
+            p.period_seconds,
+            &format!("{field}.periodSeconds"),
+            DEFAULT_PERIOD,
+        )?,
+        timeout: seconds(
+            p.timeout_seconds,
+            &format!("{field}.timeoutSeconds"),
+            DEFAULT_TIMEOUT,
+        )?,
     })
 }
 
-/// `{"cmdline": ["vllm", "serve", ...]}`: a non-empty list of strings, the first not empty.
-fn process(v: &Value, field: &str) -> Result<ProcessSpec, UpstreamsError> {
-    let obj = object(v, field)?;
-    if let Some(key) = obj.keys().find(|k| *k != "cmdline") {
-        return Err(bad(
-            format!("{field}.{key}"),
-            "unknown key (expected cmdline)",
-        ));
-    }
-    let field = format!("{field}.cmdline");
-    let list = obj
-        .get("cmdline")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad(&field, "must be a list of strings"))?;
-    let cmdline = list
-        .iter()
-        .map(|a| a.as_str().map(str::to_owned))
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| bad(&field, "must be a list of strings"))?;
-    if cmdline.first().is_none_or(String::is_empty) {
-        return Err(bad(&field, "must name at least the program"));
-    }
-    Ok(ProcessSpec { cmdline })
-}
-
-fn names(obj: &Map<String, Value>, key: &str, field: &str) -> Result<Vec<String>, UpstreamsError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(list)) => list
-            .iter()
-            .map(|v| match v.as_str() {
-                Some(s) if super::expo::is_metric_name(s) => Ok(s.to_string()),
-                _ => Err(bad(
-                    format!("{field}.{key}"),
-                    "must be a list of metric names",
-                )),
-            })
-            .collect(),
-        Some(_) => Err(bad(
-            format!("{field}.{key}"),
+fn metric_names(names: &[String], field: &str) -> Result<Vec<String>, UpstreamsError> {
+    match names.iter().position(|n| !super::expo::is_metric_name(n)) {
+        Some(i) => Err(bad(
+            format!("{field}[{i}]"),
             "must be a list of metric names",
         )),
+        None => Ok(names.to_vec()),
     }
 }
 
-/// `headers` of a metrics object: `[{"name", "valueFromEnv", "prefix"}]`, each value read
-/// from the environment now (a missing variable is a start-up error, not a silent 401).
+fn builtin_profile(name: &str, field: &str) -> Result<&'static Profile, UpstreamsError> {
+    profiles::builtin(name).ok_or_else(|| {
+        bad(
+            field,
+            format!(
+                "unknown profile {name:?} (built in: {})",
+                profiles::names().join(", ")
+            ),
+        )
+    })
+}
+
+/// Each header's value from the environment; an unset variable is refused by name (the
+/// variable's, never its value).
 fn scrape_headers(
-    obj: &Map<String, Value>,
+    headers: &[schema::MetricsHeader],
     field: &str,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<Vec<ScrapeHeader>, UpstreamsError> {
-    let list = match obj.get("headers") {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Array(list)) => list,
-        Some(_) => return Err(bad(format!("{field}.headers"), "must be a list")),
-    };
-    let mut out = Vec::with_capacity(list.len());
-    for (i, item) in list.iter().enumerate() {
+    let mut out = Vec::with_capacity(headers.len());
+    for (i, h) in headers.iter().enumerate() {
         let hf = format!("{field}.headers[{i}]");
-        let item = object(item, &hf)?;
-        for key in item.keys() {
-            if !["name", "valueFromEnv", "prefix"].contains(&key.as_str()) {
-                return Err(bad(format!("{hf}.{key}"), "unknown key"));
-            }
-        }
-        let name =
-            opt_string(item, "name", &hf)?.ok_or_else(|| bad(format!("{hf}.name"), "missing"))?;
-        let name = hyper::header::HeaderName::from_bytes(name.as_bytes())
+        let name = hyper::header::HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| bad(format!("{hf}.name"), "not a valid HTTP header name"))?;
-        let var = opt_string(item, "valueFromEnv", &hf)?
-            .ok_or_else(|| bad(format!("{hf}.valueFromEnv"), "missing"))?;
-        let secret = env(&var).ok_or_else(|| {
+        let value = env(&h.value_from_env).ok_or_else(|| {
             bad(
                 format!("{hf}.valueFromEnv"),
-                format!("environment variable {var} is not set"),
+                format!(
+                    "the agent's environment has no variable {}",
+                    h.value_from_env
+                ),
             )
         })?;
-        let prefix = opt_string(item, "prefix", &hf)?.unwrap_or_default();
-        // The value itself is never part of an error: it is a secret.
-        let mut value = hyper::header::HeaderValue::from_str(&format!("{prefix}{secret}"))
-            .map_err(|_| {
-                bad(
-                    format!("{hf}.valueFromEnv"),
-                    format!("{var} is not a valid header value"),
-                )
-            })?;
+        let text = format!("{}{value}", h.prefix.as_deref().unwrap_or(""));
+        let mut value = hyper::header::HeaderValue::from_str(&text).map_err(|_| {
+            bad(
+                format!("{hf}.valueFromEnv"),
+                format!(
+                    "the value of {} (with the prefix) is not a valid HTTP header value",
+                    h.value_from_env
+                ),
+            )
+        })?;
         value.set_sensitive(true);
         out.push(ScrapeHeader { name, value });
     }
@@ -519,13 +473,13 @@ fn scrape_headers(
 }
 
 fn metrics(
-    v: &Value,
+    m: &schema::Metrics,
     field: &str,
     probes: &BTreeMap<ProbeKind, ProbeSpec>,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<MetricsSpec, UpstreamsError> {
-    // The first httpGet probe is where a profile scrapes (its host, and its port unless
-    // the server has its own metrics port).
+    // The first httpGet probe's port is where a profile scrapes unless the server has its
+    // own metrics port.
     let http_probe = ProbeKind::ALL.iter().find_map(|k| match probes.get(k) {
         Some(ProbeSpec {
             action: Action::Http(h),
@@ -535,77 +489,54 @@ fn metrics(
     });
     let http_port = http_probe.map(|h| h.port);
     let host = http_probe.and_then(|h| h.host.clone());
-    let profile = |name: &str, field: &str| -> Result<&'static Profile, UpstreamsError> {
-        profiles::builtin(name).ok_or_else(|| {
-            bad(
-                field,
-                format!(
-                    "unknown profile {name:?} (built in: {})",
-                    profiles::names().join(", ")
-                ),
-            )
-        })
+    let no_port = |what: &str| {
+        bad(
+            field,
+            format!("{what} needs an httpGet probe to take the port from"),
+        )
     };
-    let from_profile = |p: &'static Profile, port: u16, headers| MetricsSpec {
-        profile: Some(p.name),
-        host: host.clone(),
-        port,
-        path: p.path.to_string(),
-        work: p.work.iter().map(|s| s.to_string()).collect(),
-        busy: p.busy.iter().map(|s| s.to_string()).collect(),
-        pending: p.pending.iter().map(|s| s.to_string()).collect(),
-        headers,
-        keep_alive: p.keep_alive,
-        engine_answers: p.engine_answers,
-    };
-    let needs_port = |p: &Profile, field: &str| {
-        p.port.or(http_port).ok_or_else(|| {
-            bad(
-                field,
-                format!(
-                    "profile {} needs an httpGet probe to take the port from",
-                    p.name
-                ),
-            )
-        })
-    };
-    match v {
-        Value::String(name) => {
-            let p = profile(name, field)?;
-            Ok(from_profile(p, needs_port(p, field)?, Vec::new()))
+    match m {
+        schema::Metrics::Profile(name) => {
+            let p = builtin_profile(name, field)?;
+            let port = p
+                .port
+                .or(http_port)
+                .ok_or_else(|| no_port(&format!("profile {name}")))?;
+            Ok(from_profile(p, host, port, p.path.to_string(), Vec::new()))
         }
-        Value::Object(obj) => {
-            for key in obj.keys() {
-                if ![
-                    "profile", "port", "path", "work", "busy", "pending", "headers",
-                ]
-                .contains(&key.as_str())
-                {
-                    return Err(bad(format!("{field}.{key}"), "unknown key"));
-                }
-            }
-            let headers = scrape_headers(obj, field, env)?;
-            let base = match opt_string(obj, "profile", field)? {
-                Some(name) => Some(profile(&name, &format!("{field}.profile"))?),
+        schema::Metrics::Custom(c) => {
+            let profile = match &c.profile {
+                Some(name) => Some(builtin_profile(name, &format!("{field}.profile"))?),
                 None => None,
             };
-            let port = match (obj.get("port"), base) {
-                (None | Some(Value::Null), Some(p)) => needs_port(p, field)?,
-                (None | Some(Value::Null), None) => http_port.ok_or_else(|| {
-                    bad(
-                        format!("{field}.port"),
-                        "missing, and no httpGet probe to take it from",
-                    )
-                })?,
-                (Some(_), _) => port(obj, field)?,
+            let port = match &c.port {
+                Some(p) => port(p, field)?,
+                None => match profile.and_then(|p| p.port).or(http_port) {
+                    Some(p) => p,
+                    None => {
+                        return Err(bad(
+                            format!("{field}.port"),
+                            "missing, and no httpGet probe to take it from",
+                        ))
+                    }
+                },
             };
-            let mut spec = match base {
-                Some(p) => from_profile(p, port, headers),
+            let path = match (&c.path, profile) {
+                (Some(p), _) => p.clone(),
+                (None, Some(profile)) => profile.path.to_string(),
+                (None, None) => "/metrics".to_string(),
+            };
+            if !path.starts_with('/') || path.parse::<hyper::Uri>().is_err() {
+                return Err(bad(format!("{field}.path"), "not a valid request path"));
+            }
+            let headers = scrape_headers(&c.headers, field, env)?;
+            let mut spec = match profile {
+                Some(p) => from_profile(p, host, port, path, headers),
                 None => MetricsSpec {
                     profile: None,
-                    host: host.clone(),
+                    host,
                     port,
-                    path: "/metrics".to_string(),
+                    path,
                     work: Vec::new(),
                     busy: Vec::new(),
                     pending: Vec::new(),
@@ -614,19 +545,14 @@ fn metrics(
                     engine_answers: false,
                 },
             };
-            if let Some(path) = opt_string(obj, "path", field)? {
-                if !path.starts_with('/') || path.parse::<hyper::Uri>().is_err() {
-                    return Err(bad(format!("{field}.path"), "not a valid request path"));
-                }
-                spec.path = path;
-            }
-            for (key, list) in [
-                ("work", &mut spec.work),
-                ("busy", &mut spec.busy),
-                ("pending", &mut spec.pending),
+            // Series given here replace the profile's.
+            for (list, key, target) in [
+                (&c.work, "work", &mut spec.work),
+                (&c.busy, "busy", &mut spec.busy),
+                (&c.pending, "pending", &mut spec.pending),
             ] {
-                if obj.get(key).is_some_and(|v| !v.is_null()) {
-                    *list = names(obj, key, field)?;
+                if !list.is_empty() {
+                    *target = metric_names(list, &format!("{field}.{key}"))?;
                 }
             }
             if spec.work.is_empty() {
@@ -637,7 +563,28 @@ fn metrics(
             }
             Ok(spec)
         }
-        _ => Err(bad(field, "must be a profile name or an object")),
+    }
+}
+
+fn from_profile(
+    p: &Profile,
+    host: Option<String>,
+    port: u16,
+    path: String,
+    headers: Vec<ScrapeHeader>,
+) -> MetricsSpec {
+    let owned = |names: &[&str]| names.iter().map(|s| s.to_string()).collect();
+    MetricsSpec {
+        profile: Some(p.name),
+        host,
+        port,
+        path,
+        work: owned(p.work),
+        busy: owned(p.busy),
+        pending: owned(p.pending),
+        headers,
+        keep_alive: p.keep_alive,
+        engine_answers: p.engine_answers,
     }
 }
 
@@ -662,8 +609,7 @@ mod tests {
             "startupProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 5, "failureThreshold": 120},
             "livenessProbe": {"httpGet": {"path": "/health", "port": 8000, "httpHeaders": [{"name": "X-A", "value": "b"}]}, "timeoutSeconds": 3},
             "readinessProbe": {"tcpSocket": {"port": 8000}},
-            "metrics": "vllm",
-            "process": {"cmdline": ["vllm", "serve", "/models/x"]}}}"#);
+            "metrics": "vllm"}}"#);
         let s = &specs[0];
         assert_eq!(s.name.as_str(), "vllm");
         let startup = &s.probes[&ProbeKind::Startup];
@@ -692,17 +638,6 @@ mod tests {
         );
         assert!(m.busy.contains(&"vllm:num_requests_running".to_string()));
         assert_eq!(s.probe_ports(), vec![8000]);
-        assert_eq!(
-            s.process.as_ref().map(|p| p.cmdline.as_slice()),
-            Some(["vllm", "serve", "/models/x"].map(String::from).as_slice())
-        );
-    }
-
-    #[test]
-    fn a_container_without_probes_is_its_process_alone() {
-        let specs = ok(r#"{"ray-worker": {"process": {"cmdline": ["ray", "start", "--block"]}}}"#);
-        assert!(specs[0].probes.is_empty() && specs[0].probe_ports().is_empty());
-        assert_eq!(specs[0].process.as_ref().map(|p| p.cmdline.len()), Some(3));
     }
 
     #[test]
@@ -738,7 +673,7 @@ mod tests {
     fn errors_name_the_field() {
         let cases = [
             ("{", "invalid JSON"),
-            ("[]", "(top level)"),
+            ("[]", "upstreams: invalid type: sequence, expected a map"),
             (r#"{"model": {}}"#, "model: also named by --expect"),
             (r#"{"Bad": {}}"#, "Bad: not a valid container name"),
             (
@@ -775,7 +710,7 @@ mod tests {
             ),
             (
                 r#"{"a": {"livenessprobe": {}}}"#,
-                "a.livenessprobe: unknown key",
+                "upstreams.a.livenessprobe: unknown field `livenessprobe`, expected one of",
             ),
             (
                 r#"{"a": {"metrics": "ollama"}}"#,
@@ -791,7 +726,7 @@ mod tests {
             ),
             (
                 r#"{"a": {"metrics": {"port": 1, "work": ["x y"]}}}"#,
-                "a.metrics.work: must be a list of metric names",
+                "a.metrics.work[0]: must be a list of metric names",
             ),
             (
                 r#"{"a": {"metrics": {"port": 1, "work": ["w"]}}}"#,
@@ -801,26 +736,80 @@ mod tests {
                 r#"{"a": {"livenessProbe": {"httpGet": {"port": 1, "httpHeaders": [{"name": "bad name", "value": ""}]}}}}"#,
                 "a.livenessProbe.httpGet.httpHeaders[0]",
             ),
-            (
-                r#"{"a": {"process": {"cmdline": []}}}"#,
-                "a.process.cmdline: must name",
-            ),
-            (
-                r#"{"a": {"process": {"cmdline": "vllm"}}}"#,
-                "a.process.cmdline: must be a list",
-            ),
-            (
-                r#"{"a": {"process": {"cmdline": [1]}}}"#,
-                "a.process.cmdline: must be a list",
-            ),
-            (
-                r#"{"a": {"process": {"argv": ["x"]}}}"#,
-                "a.process.argv: unknown key",
-            ),
         ];
         for (text, want) in cases {
             let got = err(text);
             assert!(got.contains(want), "{text}\n got: {got}\nwant: {want}");
         }
+    }
+
+    #[test]
+    fn shape_errors_name_the_whole_field_path() {
+        let cases = [
+            (
+                r#"{"vllm": {"livenessProbe": {"httpGet": {"port": true}}}}"#,
+                "upstreams.vllm.livenessProbe.httpGet.port: invalid type: boolean `true`, expected a port number",
+            ),
+            (
+                r#"{"vllm": {"livenessProbe": {"httpGet": {"port": 8000, "paht": "/"}}}}"#,
+                "upstreams.vllm.livenessProbe.httpGet.paht: unknown field `paht`",
+            ),
+            (
+                r#"{"a": {"metrics": {"port": 1, "work": ["w"], "busy": ["b"], "scrape": 1}}}"#,
+                "upstreams.a.metrics.scrape: unknown field `scrape`",
+            ),
+            (
+                r#"{"a": {"metrics": {"work": ["w"], "busy": [1]}}}"#,
+                "upstreams.a.metrics.busy[0]: invalid type: integer `1`, expected a string",
+            ),
+            (
+                r#"{"a": {"process": {"cmdline": "vllm serve"}}}"#,
+                "upstreams.a.process.cmdline: invalid type: string",
+            ),
+            (
+                r#"{"a": {"process": {"cmdline": []}}}"#,
+                "upstreams.a.process.cmdline: must name at least the program",
+            ),
+            (r#"{"a": {}} x"#, "upstreams: invalid JSON: trailing characters"),
+        ];
+        for (text, want) in cases {
+            let got = err(text);
+            assert!(got.starts_with(want), "{text}\n got: {got}\nwant: {want}");
+        }
+    }
+
+    #[test]
+    fn a_process_alone_is_an_upstream_judged_by_proc() {
+        let specs = ok(r#"{"ray-worker": {"process": {"cmdline": ["ray", "start", "--block"]}}}"#);
+        assert!(specs[0].probes.is_empty() && specs[0].metrics.is_none());
+        assert_eq!(
+            specs[0].process,
+            Some(ProcessSpec {
+                cmdline: vec!["ray".into(), "start".into(), "--block".into()]
+            })
+        );
+    }
+
+    #[test]
+    fn metrics_headers_come_from_the_environment_and_are_never_printed() {
+        let text = r#"{"llama": {"livenessProbe": {"httpGet": {"path": "/health", "port": 8080}},
+            "metrics": {"profile": "vllm", "headers": [{"name": "Authorization", "valueFromEnv": "LLAMA_KEY", "prefix": "Bearer "}]}}}"#;
+        let env = |name: &str| (name == "LLAMA_KEY").then(|| "s3cret".to_string());
+        let specs = parse_with_env(text, &[], env).expect("valid");
+        let m = specs[0].metrics.as_ref().expect("metrics");
+        assert_eq!((m.profile, m.port), (Some("vllm"), 8080));
+        assert_eq!(m.headers[0].name.as_str(), "authorization");
+        assert_eq!(m.headers[0].value.to_str().ok(), Some("Bearer s3cret"));
+        assert!(m.headers[0].value.is_sensitive());
+        let shown = format!("{specs:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+
+        let unset = parse_with_env(text, &[], |_| None).expect_err("unset variable");
+        assert_eq!(
+            unset.to_string(),
+            "upstreams.llama.metrics.headers[0].valueFromEnv: the agent's environment has no variable LLAMA_KEY"
+        );
+        let bad_value = parse_with_env(text, &[], |_| Some("a\nb".into())).expect_err("newline");
+        assert!(!bad_value.to_string().contains("a\nb"), "{bad_value}");
     }
 }
