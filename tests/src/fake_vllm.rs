@@ -399,9 +399,12 @@ fn query_param(query: &str, k: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A request head: method, target, header lines (name, value).
+type Head = (String, String, Vec<(String, String)>);
+
 /// The request line's method and target, and the header lines (no bodies are sent to
 /// these servers).
-fn read_head(stream: &TcpStream) -> Option<(String, String, Vec<(String, String)>)> {
+fn read_head(stream: &TcpStream) -> Option<Head> {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut reader = BufReader::new(stream.try_clone().ok()?);
     let mut line = String::new();
