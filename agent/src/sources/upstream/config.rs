@@ -751,4 +751,46 @@ mod tests {
             assert!(got.contains(want), "{text}\n got: {got}\nwant: {want}");
         }
     }
+
+    #[test]
+    fn metrics_headers_come_from_the_environment_and_never_show() {
+        let text = r#"{"llama": {"livenessProbe": {"httpGet": {"path": "/health", "port": 8080, "host": "127.0.0.1"}},
+            "metrics": {"profile": "llamacpp", "headers": [{"name": "Authorization", "valueFromEnv": "KEY", "prefix": "Bearer "}]}}}"#;
+        let env = |n: &str| (n == "KEY").then(|| "s3cret".to_owned());
+        let specs = parse_with_env(text, &[], env).expect("valid");
+        let m = specs[0].metrics.as_ref().expect("metrics");
+        assert_eq!(
+            (
+                m.profile,
+                m.host.as_deref(),
+                m.port,
+                m.keep_alive,
+                m.engine_answers
+            ),
+            (Some("llamacpp"), Some("127.0.0.1"), 8080, false, true)
+        );
+        assert_eq!(m.headers[0].value.to_str().ok(), Some("Bearer s3cret"));
+        assert!(m.headers[0].value.is_sensitive());
+        let shown = format!("{specs:?}");
+        assert!(!shown.contains("s3cret") && shown.contains("authorization: <redacted>"));
+        let missing = parse_with_env(text, &[], |_| None).expect_err("unset variable");
+        let missing = missing.to_string();
+        assert!(
+            missing.contains(
+                "llama.metrics.headers[0].valueFromEnv: environment variable KEY is not set"
+            ),
+            "{missing}"
+        );
+        let bad = parse_with_env(
+            r#"{"x": {"livenessProbe": {"httpGet": {"port": 1}}, "metrics": {"profile": "vllm", "headers": [{"name": "A", "value": "b"}]}}}"#,
+            &[],
+            |_| None,
+        )
+        .expect_err("value is not a key");
+        assert!(
+            bad.to_string()
+                .contains("x.metrics.headers[0].value: unknown key"),
+            "{bad}"
+        );
+    }
 }

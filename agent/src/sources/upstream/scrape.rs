@@ -229,4 +229,16 @@ mod tests {
         .expect_err("not metrics");
         assert!(matches!(e, ScrapeError::Parse(_)), "{e}");
     }
+
+    #[test]
+    fn a_counter_printed_too_coarsely_is_blurred() {
+        let spec = vllm_spec(1);
+        let page =
+            |w: &str| format!("vllm:num_requests_running 1\nvllm:generation_tokens_total {w}\n");
+        let at = Instant::now();
+        let r = |w: &str| reading(&page(w), &spec, at).expect("reading");
+        assert!(r("1.23457e+08").blurred, "llama.cpp's 6 digits past 1e8");
+        assert!(!r("123456789").blurred);
+        assert!(!r("123456789.0").blurred, "Python's repr");
+    }
 }
