@@ -136,6 +136,8 @@ fn a_scrape_refused_for_credentials_is_shown_and_counted_and_headers_fix_it() {
         .filter(|n| *n >= 2.0)
     });
     assert!(counted >= 2.0);
+    let (ok, report) = vitals_e2e::prom::promtool_check(&agent.metrics());
+    assert!(ok && report.trim().is_empty(), "promtool: {report}");
     drop(agent);
     // With the key from the environment: scrapes pass, and a hang is seen again.
     let agent = Agent::start(with_llama(llama.addr.port(), WITH_KEY));
