@@ -696,9 +696,7 @@ pub fn upstream(
     // unreachable, and the probe's reason says so.)
     let engine_silent = u.spec.metrics.as_ref().is_some_and(|m| m.engine_answers)
         && u.stall.unanswered_for(now) >= t.stall
-        && ProbeKind::ALL.iter().all(|k| {
-            !u.spec.probes.contains_key(k) || matches!(u.probes.get(k), Some(o) if o.result.is_ok())
-        });
+        && ProbeKind::ALL.iter().all(|k| probe_result(u, *k).is_ok());
     let live_rules = [
         (UpstreamReason::Stopped, stopped),
         (UpstreamReason::Uninterruptible, uninterruptible),
@@ -1650,6 +1648,91 @@ pub(crate) mod tests {
                 );
                 assert_eq!(got, want, "{what}");
             }
+        }
+
+        #[test]
+        fn unanswered_scrapes_are_loop_stalled_only_where_the_engine_answers_them() {
+            let t0 = Instant::now();
+            let at = |ms: u64| t0 + Duration::from_millis(ms);
+            let spec = |metrics: &str| {
+                let text = format!(
+                    r#"{{"x": {{"livenessProbe": {{"httpGet": {{"path": "/health", "port": 8080}}}},
+                               "readinessProbe": {{"httpGet": {{"path": "/health", "port": 8080}}}},
+                               "metrics": "{metrics}"}}}}"#
+                );
+                UpstreamState::new(Arc::new(parse(&text, &[]).expect("valid").remove(0)))
+            };
+            /// (what, profile, probes pass, silent since ms, now ms, live)
+            type Case = (
+                &'static str,
+                &'static str,
+                bool,
+                u64,
+                u64,
+                Result<(), String>,
+            );
+            let cases: &[Case] = &[
+                (
+                    "llama.cpp: just under the stall timeout",
+                    "llamacpp",
+                    true,
+                    0,
+                    29_999,
+                    Ok(()),
+                ),
+                (
+                    "llama.cpp: at the stall timeout",
+                    "llamacpp",
+                    true,
+                    0,
+                    30_000,
+                    Err("loop_stalled".into()),
+                ),
+                (
+                    "llama.cpp: its probe fails too: the probe's reason",
+                    "llamacpp",
+                    false,
+                    0,
+                    60_000,
+                    Err("probe failed: timeout".into()),
+                ),
+                (
+                    "vLLM: a scrape timing out is no evidence",
+                    "vllm",
+                    true,
+                    0,
+                    60_000,
+                    Ok(()),
+                ),
+            ];
+            for (what, profile, pass, silent_from, now, want) in cases {
+                let mut u = spec(profile);
+                let result = if *pass {
+                    Ok(Some(200))
+                } else {
+                    Err(Failure::Timeout)
+                };
+                for kind in ProbeKind::ALL {
+                    u.record_probe(kind, outcome(at(*now), result.clone()));
+                }
+                u.record_scrape(at(*silent_from), Err(Failure::Timeout.into()), T.stall);
+                u.record_scrape(
+                    at(silent_from + 1000),
+                    Err(Failure::Timeout.into()),
+                    T.stall,
+                );
+                let live = err_string(&upstream(&name("x"), &u, &T, at(*now)).live);
+                assert_eq!(&live, want, "{what}");
+            }
+            // An answered scrape ends it at once.
+            let mut u = spec("llamacpp");
+            pass_all(&mut u, at(0));
+            u.record_scrape(at(0), Err(Failure::Timeout.into()), T.stall);
+            u.record_scrape(at(30_000), Ok(busy(at(30_000), 1.0)), T.stall);
+            assert_eq!(
+                err_string(&upstream(&name("x"), &u, &T, at(30_000)).live),
+                Ok(())
+            );
         }
 
         #[test]

@@ -222,6 +222,17 @@ fn the_default_listen_address_serves_ipv6_and_ipv4() {
         let addr = std::net::SocketAddr::new(ip.parse().unwrap(), agent.addr.port());
         let r = common::request(addr, "GET", "/livez", &[]);
         assert_eq!((r.code, r.body.as_str()), (200, "ok"), "{addr}");
+        // `vitals-agent status` reaches it on either (its client is the agent's own).
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (_, doc) = rt
+            .block_on(vitals_agent::surfaces::status::fetch(&format!(
+                "http://{addr}"
+            )))
+            .unwrap_or_else(|e| panic!("status over {addr}: {e}"));
+        assert_eq!(doc.agent.version, vitals_agent::VERSION);
     }
 }
 

@@ -812,4 +812,25 @@ mod tests {
         let bad_value = parse_with_env(text, &[], |_| Some("a\nb".into())).expect_err("newline");
         assert!(!bad_value.to_string().contains("a\nb"), "{bad_value}");
     }
+
+    #[test]
+    fn a_llamacpp_profile_scrapes_on_the_probes_host_without_keep_alive() {
+        let text = r#"{"llama": {"livenessProbe": {"httpGet": {"path": "/health", "port": 8080, "host": "127.0.0.1"}},
+            "metrics": {"profile": "llamacpp", "headers": [{"name": "Authorization", "valueFromEnv": "KEY", "prefix": "Bearer "}]}}}"#;
+        let env = |n: &str| (n == "KEY").then(|| "s3cret".to_owned());
+        let specs = parse_with_env(text, &[], env).expect("valid");
+        let m = specs[0].metrics.as_ref().expect("metrics");
+        assert_eq!(
+            (
+                m.profile,
+                m.host.as_deref(),
+                m.port,
+                m.keep_alive,
+                m.engine_answers
+            ),
+            (Some("llamacpp"), Some("127.0.0.1"), 8080, false, true)
+        );
+        let shown = format!("{specs:?}");
+        assert!(!shown.contains("s3cret") && shown.contains("authorization: <redacted>"));
+    }
 }

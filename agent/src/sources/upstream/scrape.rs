@@ -229,4 +229,68 @@ mod tests {
         .expect_err("not metrics");
         assert!(matches!(e, ScrapeError::Parse(_)), "{e}");
     }
+
+    #[test]
+    fn a_counter_printed_too_coarsely_is_blurred() {
+        let spec = vllm_spec(1);
+        let page =
+            |w: &str| format!("vllm:num_requests_running 1\nvllm:generation_tokens_total {w}\n");
+        let at = Instant::now();
+        let r = |w: &str| reading(&page(w), &spec, at).expect("reading");
+        assert!(r("1.23457e+08").blurred, "llama.cpp's 6 digits past 1e8");
+        assert!(!r("123456789").blurred);
+        assert!(!r("123456789.0").blurred, "Python's repr");
+    }
+
+    /// A keep-alive HTTP/1.1 server (hyper's) answering every request with a vLLM page;
+    /// counts the connections it accepted.
+    async fn keep_alive_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let count = std::sync::Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(
+                            b"vllm:num_requests_running 1\nvllm:generation_tokens_total 5\n",
+                        )),
+                    ))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc),
+                );
+            }
+        });
+        (port, accepted)
+    }
+
+    #[tokio::test]
+    async fn scrapes_reuse_a_kept_alive_connection_unless_the_profile_says_not_to() {
+        use std::sync::atomic::Ordering;
+        let host = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        for (keep_alive, want) in [(true, 1), (false, 3)] {
+            let (port, accepted) = keep_alive_server().await;
+            let spec = MetricsSpec {
+                keep_alive,
+                ..vllm_spec(port)
+            };
+            let mut s = Scraper::new(WorkerName::parse("v").expect("valid"), spec, host);
+            for _ in 0..3 {
+                let (_, r) = s.scrape(Duration::from_secs(1)).await;
+                assert_eq!(r.expect("reading").busy, Some(1.0));
+            }
+            assert_eq!(
+                accepted.load(Ordering::SeqCst),
+                want,
+                "keep_alive {keep_alive}"
+            );
+        }
+    }
 }
