@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vitals_proto::WorkerName;
 
+use crate::inject::webhook::WebhookArgs;
 use crate::inject::InjectArgs;
 use crate::status::StatusArgs;
 use crate::upstream;
@@ -36,6 +37,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Rewrite pod specs so Vitals watches their containers.
     Inject(InjectArgs),
+    /// Serve the admission webhook that injects Pods at creation (SPEC §10).
+    Webhook(WebhookArgs),
 }
 
 /// How log lines are written.

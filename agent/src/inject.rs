@@ -9,6 +9,7 @@
 //! (Services, ConfigMaps, …) pass through untouched, comments included.
 
 mod upstreams;
+pub mod webhook;
 mod yaml;
 
 use std::collections::BTreeSet;
@@ -637,6 +638,19 @@ fn inject_pod(
         upstreams: upstream_names,
         warnings,
     })
+}
+
+/// Injects Vitals into one Pod object (a mapping with `metadata` and `spec`) exactly as
+/// [`inject_documents`] does to each pod template; the admission webhook's entry point.
+/// Returns the warnings for the operator; on error `pod` is left as it was.
+pub(crate) fn inject_pod_object(
+    pod: &mut Map,
+    opts: &InjectOptions,
+) -> Result<Vec<String>, Problem> {
+    let before = pod.clone();
+    inject_pod(pod, opts, &mut BTreeSet::new())
+        .map(|summary| summary.warnings)
+        .inspect_err(|_| *pod = before)
 }
 
 /// The names of the pod's containers, the agent's excepted.
