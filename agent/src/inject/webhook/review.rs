@@ -91,7 +91,8 @@ struct Review {
     api_version: String,
     #[serde(default)]
     kind: String,
-    request: Option<Request>,
+    // Read after the version check, so another version gets that message, not a field error.
+    request: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -136,7 +137,7 @@ pub fn review(body: &[u8], opts: &InjectOptions) -> Result<Answer, BadReview> {
             kind: review.kind,
         });
     }
-    let request = review.request.ok_or(BadReview::NoRequest)?;
+    let request: Request = serde_json::from_value(review.request.ok_or(BadReview::NoRequest)?)?;
     let (result, patch, warnings) = decide(&request, opts);
     let mut response = json!({"uid": request.uid, "allowed": true});
     if let Some(patch) = patch {
