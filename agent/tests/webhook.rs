@@ -592,6 +592,43 @@ fn tls_is_verified_and_a_rotated_certificate_is_served_within_10s_without_droppi
 }
 
 #[test]
+fn a_mismatched_pair_keeps_the_old_certificate_until_the_new_pair_is_whole() {
+    let ca = Ca::new("CA");
+    let (cert, key, first_der) = ca.issue("first");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert_path, key_path) = write_pair(dir.path(), &cert, &key);
+    let mut s = settings(InjectOptions::default());
+    s.tls_reload_interval = Duration::from_millis(100);
+    let server = Server::start(s, &cert_path, &key_path);
+    let rt = runtime();
+    // The new certificate lands before its key (two files, two writes): not a usable pair.
+    let (cert2, key2, second_der) = ca.issue("second");
+    write_pair(dir.path(), &cert2, &key);
+    // Time passing is what is checked here: ten reload intervals with the mismatched pair.
+    std::thread::sleep(Duration::from_millis(1000));
+    let (_, presented) = rt
+        .block_on(connect(server.addr, &ca.der()))
+        .expect("handshakes still succeed with a mismatched pair on disk");
+    assert_eq!(
+        presented, first_der,
+        "the old pair is kept while the files disagree"
+    );
+    write_pair(dir.path(), &cert2, &key2);
+    until(
+        "the whole new pair to be served",
+        Duration::from_secs(2),
+        || {
+            let (_, presented) = rt.block_on(connect(server.addr, &ca.der()))?;
+            if presented == second_der {
+                Ok(())
+            } else {
+                Err("old certificate".to_string())
+            }
+        },
+    );
+}
+
+#[test]
 fn eight_clients_times_forty_reviews_all_answered() {
     const CLIENTS: usize = 8;
     const REVIEWS: usize = 40;
@@ -646,6 +683,17 @@ fn eight_clients_times_forty_reviews_all_answered() {
     assert!(text.contains("vitals_webhook_review_duration_seconds_bucket{result=\"injected\""));
 }
 
+/// What the server sends until it closes (at most 3 s; empty on a reset).
+async fn read_answer(
+    stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server must answer or close within 3 s");
+    String::from_utf8_lossy(&buf).to_string()
+}
+
 #[test]
 fn bad_requests_get_a_clear_4xx_or_an_allowed_answer_and_the_server_keeps_serving() {
     let ca = Ca::new("CA");
@@ -674,7 +722,6 @@ fn bad_requests_get_a_clear_4xx_or_an_allowed_answer_and_the_server_keeps_servin
                 StatusCode::BAD_REQUEST,
                 "expected apiVersion admission.k8s.io/v1",
             ),
-            ("oversized", vec![b' '; MAX_BODY + 1], StatusCode::PAYLOAD_TOO_LARGE, "at most"),
         ];
         for (what, body, want, says) in cases {
             // A fresh connection each: a 413 may close the connection before the body is read.
@@ -698,6 +745,35 @@ fn bad_requests_get_a_clear_4xx_or_an_allowed_answer_and_the_server_keeps_servin
             let (status, _) = send(&mut sender, method, path, Vec::new()).await.expect(path);
             assert_eq!(status, want, "{method} {path}");
         }
+
+        // Oversized, declared: 413 from the head alone (the body is never read).
+        let mut big = tls_stream(addr, &ca.der()).await.expect("connect");
+        let head = format!(
+            "POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
+        big.write_all(head.as_bytes()).await.expect("write head");
+        let answer = read_answer(&mut big).await;
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+        assert!(answer.contains("at most 3145728 bytes"), "{answer:?}");
+        // Oversized, chunked (no length announced): read up to the limit, then 413, or the
+        // connection reset if the rest of the body was still unread; never a hang.
+        let mut chunked = tls_stream(addr, &ca.der()).await.expect("connect");
+        chunked
+            .write_all(b"POST /mutate HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n")
+            .await
+            .expect("write head");
+        let chunk = vec![b' '; 64 * 1024];
+        let mut sent = 0;
+        while sent <= MAX_BODY {
+            let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+            if chunked.write_all(&framed).await.is_err() {
+                break; // the server answered and closed: fine
+            }
+            sent += chunk.len();
+        }
+        let answer = read_answer(&mut chunked).await;
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 413"), "{answer:?}");
 
         // A client that stops sending its body gets 408 within the read timeout (1 s here)
         // plus 2 s of slack, and one that sends nothing after the handshake is closed.
@@ -731,4 +807,64 @@ fn bad_requests_get_a_clear_4xx_or_an_allowed_answer_and_the_server_keeps_servin
         let (status, _) = send(&mut sender, "GET", "/healthz", Vec::new()).await.expect("healthz");
         assert_eq!(status, StatusCode::OK);
     });
+}
+
+#[test]
+fn the_subcommand_refuses_an_unusable_certificate_and_stops_cleanly_on_sigterm() {
+    let bin = env!("CARGO_BIN_EXE_vitals-agent");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("CA");
+    let (cert, key, _) = ca.issue("webhook");
+    let (_, other_key, _) = ca.issue("other");
+    let (cert_path, key_path) = write_pair(dir.path(), &cert, &other_key);
+    let out = std::process::Command::new(bin)
+        .args(["webhook", "--listen", "127.0.0.1:0", "--image", "x"])
+        .arg("--tls-cert")
+        .arg(&cert_path)
+        .arg("--tls-key")
+        .arg(&key_path)
+        .output()
+        .expect("run vitals-agent webhook");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("does not fit") && stderr.contains("tls.crt"),
+        "{stderr}"
+    );
+
+    write_pair(dir.path(), &cert, &key);
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let mut child = std::process::Command::new(bin)
+        .args(["webhook", "--image", "x", "--shutdown-delay", "0s"])
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--tls-cert")
+        .arg(&cert_path)
+        .arg("--tls-key")
+        .arg(&key_path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start vitals-agent webhook");
+    let rt = runtime();
+    until("GET /healthz over HTTPS", Duration::from_secs(10), || {
+        rt.block_on(async {
+            let (mut sender, _) = connect(addr, &ca.der()).await?;
+            send(&mut sender, "GET", "/healthz", Vec::new()).await
+        })
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits")),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = until("exit after SIGTERM", Duration::from_secs(5), || {
+        child
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "running".to_string())
+    });
+    assert!(status.success(), "{status:?}");
 }

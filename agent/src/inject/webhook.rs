@@ -382,7 +382,11 @@ async fn mutate(ctx: &Context, req: Request<Incoming>) -> (Outcome, Response<Ful
     };
     match review(&body, &ctx.settings.options) {
         Ok(answer) => {
-            tracing::debug!(result = answer.result.label(), "admission reviewed");
+            if answer.result == Outcome::NotInjected {
+                tracing::warn!(pod = %answer.pod, warnings = ?answer.warnings, "pod admitted without Vitals");
+            } else {
+                tracing::debug!(pod = %answer.pod, result = answer.result.label(), warnings = ?answer.warnings, "admission reviewed");
+            }
             let response = Response::builder()
                 .header(CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from(answer.body)))

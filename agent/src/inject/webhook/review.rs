@@ -103,6 +103,8 @@ struct Request {
     #[serde(default)]
     sub_resource: String,
     #[serde(default)]
+    namespace: String,
+    #[serde(default)]
     operation: String,
     #[serde(default)]
     object: Option<Value>,
@@ -123,6 +125,11 @@ struct GroupVersionKind {
 pub struct Answer {
     /// What became of it.
     pub result: Outcome,
+    /// The pod, for the log: `namespace/name`, or `namespace/generateName*`.
+    pub pod: String,
+    /// The warnings sent back (also worth a log line: for a pod made by a controller, the
+    /// warnings go to the controller, not to a person).
+    pub warnings: Vec<String>,
     /// The response body (an AdmissionReview, or the 400 message).
     pub body: Vec<u8>,
 }
@@ -152,6 +159,8 @@ pub fn review(body: &[u8], opts: &InjectOptions) -> Result<Answer, BadReview> {
         json!({"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response});
     Ok(Answer {
         result,
+        pod: pod_name(&request),
+        warnings,
         body: serde_json::to_vec(&answer).expect("a JSON value always serializes"),
     })
 }
@@ -223,6 +232,16 @@ fn opted_out(pod: &Value) -> bool {
     ["annotations", "labels"]
         .iter()
         .any(|field| meta[field][INJECT_KEY].as_str() == Some("false"))
+}
+
+fn pod_name(request: &Request) -> String {
+    let meta = request.object.as_ref().map(|o| &o["metadata"]);
+    let name = match meta.map(|m| (m["name"].as_str(), m["generateName"].as_str())) {
+        Some((Some(name), _)) if !name.is_empty() => name.to_string(),
+        Some((_, Some(prefix))) => format!("{prefix}*"),
+        _ => "?".to_string(),
+    };
+    format!("{}/{name}", request.namespace)
 }
 
 fn restart_policy(pod: &Value) -> &str {

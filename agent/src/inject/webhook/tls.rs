@@ -7,7 +7,7 @@
 //! a shorter build; the webhook needs nothing that only aws-lc has (FIPS, post-quantum).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio_rustls::rustls::crypto::{ring, CryptoProvider};
@@ -57,11 +57,18 @@ pub enum TlsError {
     },
 }
 
-/// The contents of the two files as last read.
+/// The contents of the two files.
 #[derive(PartialEq, Eq)]
 struct Pem {
     cert: Vec<u8>,
     key: Vec<u8>,
+}
+
+// Never the key's bytes in a log line.
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pem { .. }")
+    }
 }
 
 /// Serves the current certificate to every handshake; [`CertStore::watch`] replaces it.
@@ -71,6 +78,8 @@ pub struct CertStore {
     key_path: PathBuf,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
+    /// The file contents `current` was made from (only the watcher reads and writes it).
+    current_pem: Mutex<Pem>,
 }
 
 impl CertStore {
@@ -84,6 +93,7 @@ impl CertStore {
             key_path: key_path.to_path_buf(),
             provider,
             current: RwLock::new(key),
+            current_pem: Mutex::new(pem),
         }))
     }
 
@@ -102,8 +112,8 @@ impl CertStore {
     /// form a valid pair, new handshakes get it. A half-written or mismatched pair keeps the
     /// old one (logged) and is tried again at the next tick.
     pub async fn watch(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
-        let mut loaded = read_pair(&self.cert_path, &self.key_path).ok();
-        let mut ticks = tokio::time::interval(interval);
+        // The first look is one interval on: `load` has just read the files.
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -125,13 +135,14 @@ impl CertStore {
                     continue;
                 }
             };
-            if loaded.as_ref() == Some(&pem) {
+            let mut current_pem = self.current_pem.lock().unwrap_or_else(|p| p.into_inner());
+            if *current_pem == pem {
                 continue;
             }
             match certified_key(&pem, &self.cert_path, &self.key_path, &self.provider) {
                 Ok(key) => {
                     *self.current.write().unwrap_or_else(|p| p.into_inner()) = key;
-                    loaded = Some(pem);
+                    *current_pem = pem;
                     tracing::info!(cert = %self.cert_path.display(), "TLS certificate reloaded");
                 }
                 Err(e) => {
