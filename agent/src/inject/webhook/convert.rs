@@ -24,11 +24,16 @@ pub(crate) fn to_tree(value: &Value) -> Node {
             tag: None,
         }),
         Value::Array(items) => Node::Seq(items.iter().map(to_tree).collect()),
-        Value::Object(fields) => Node::Map(Map(fields
-            .iter()
-            .map(|(k, v)| (Scalar::string(k.as_str()), to_tree(v)))
-            .collect())),
+        Value::Object(fields) => Node::Map(object_to_tree(fields)),
     }
+}
+
+/// [`to_tree`] of a JSON object: a mapping.
+pub(crate) fn object_to_tree(fields: &JsonMap<String, Value>) -> Map {
+    Map(fields
+        .iter()
+        .map(|(k, v)| (Scalar::string(k.as_str()), to_tree(v)))
+        .collect())
 }
 
 /// The JSON value of a tree: quoted and block scalars are strings; a plain scalar is null,

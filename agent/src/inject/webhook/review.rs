@@ -188,25 +188,27 @@ fn decide(request: &Request, opts: &InjectOptions) -> Decision {
         // Kubernetes forbids most pod spec changes after creation: nothing to do, nothing to say.
         return (Outcome::Ignored, None, Vec::new());
     }
-    let Some(object) = request.object.as_ref().filter(|o| o.is_object()) else {
+    // `dryRun` needs nothing: the answer has no side effects either way.
+    let Some(object) = request.object.as_ref() else {
         let warning = "vitals: not injected: the request has no Pod object".to_string();
+        return (Outcome::NotInjected, None, vec![warning]);
+    };
+    let Some(fields) = object.as_object() else {
+        let warning = "vitals: not injected: the request's object is not a JSON object".to_string();
         return (Outcome::NotInjected, None, vec![warning]);
     };
     if opted_out(object) {
         return (Outcome::OptedOut, None, Vec::new());
     }
-    let mut tree = convert::to_tree(object);
-    let Node::Map(pod) = &mut tree else {
-        unreachable!("a JSON object converts to a mapping")
-    };
-    match inject_pod_object(pod, opts) {
+    let mut pod = convert::object_to_tree(fields);
+    match inject_pod_object(&mut pod, opts) {
         Err(problem) => (
             Outcome::NotInjected,
             None,
             vec![format!("vitals: not injected: {problem}")],
         ),
         Ok(notes) => {
-            let injected = convert::to_json(&tree);
+            let injected = convert::to_json(&Node::Map(pod));
             let patch = convert::diff(object, &injected);
             let mut warnings: Vec<String> = notes.iter().map(|n| format!("vitals: {n}")).collect();
             if opts.legacy_sidecar && restart_policy(object) != "Always" && !patch.is_empty() {
