@@ -16,6 +16,10 @@
 #     (kubernetes-validate has no LeaderWorkerSet schema, and no CRD package is pinned for it),
 #     wired as SPEC §6 says, and exactly what `vitals-agent inject` writes (re-injecting
 #     changes nothing).
+#   - the injector (deploy/components/injector, SPEC §10), both certificate paths: the same
+#     validation, cert-manager's Certificate and Issuer against their CRD schemas, and
+#     scripts/check_injector.py (never-blocking webhook settings, selectors, no API
+#     permissions for the webhook, the certificate reaching the caBundle).
 # Every tool comes from scripts/install-test-deps.sh; one that is still missing fails the
 # check (never a skip).
 set -euo pipefail
@@ -76,6 +80,8 @@ while IFS= read -r k; do targets+=("$(dirname "$k")"); done < <(
 for c in deploy/components/*/; do
   c=${c%/}
   name=$(basename "$c")
+  # Not a Component of the model Deployment: its own namespace, checked in 2b.
+  [ "$name" = injector ] && continue
   variant=cpu
   case $name in gpu*) variant=gpu ;; esac
   dir="$tmp/components/$name"
@@ -105,6 +111,17 @@ for k in "${targets[@]}"; do
   crds+=("$tmp/crds-$n.json")
   echo "deploy-check: ${k#"$tmp/"} valid (Kubernetes >= $min)"
   n=$((n + 1))
+done
+
+# 2b. The injector, each certificate path on its own (a cluster-wide install, not an overlay).
+for path in cert-manager certgen; do
+  out="$tmp/injector-$path.yaml"
+  kubectl kustomize "deploy/components/injector/$path" >"$out" || fail "kubectl kustomize deploy/components/injector/$path failed"
+  min=$("$py" scripts/check_deploy.py split "$out" "$tmp/injector-core-$path.yaml" "$tmp/crds-injector-$path.json")
+  validate "$min" "$tmp/injector-core-$path.yaml" || fail "injector/$path is not valid"
+  "$py" scripts/check_injector.py "$out" "$path" || fail "injector/$path: checks failed"
+  crds+=("$tmp/crds-injector-$path.json")
+  echo "deploy-check: injector/$path valid (Kubernetes >= $min)"
 done
 
 # 3. Monitoring: custom resources to their schemas, rules through promtool, core strictly.

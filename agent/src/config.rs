@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vitals_proto::WorkerName;
 
+use crate::inject::webhook::WebhookArgs;
 use crate::inject::InjectArgs;
 use crate::sources::upstream;
 use crate::sources::upstream::config::{UpstreamSpec, UpstreamsError};
@@ -38,6 +39,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Rewrite pod specs so Vitals watches their containers.
     Inject(InjectArgs),
+    /// Serve the admission webhook that injects Pods at creation (SPEC §10).
+    Webhook(WebhookArgs),
 }
 
 /// How log lines are written.

@@ -13,6 +13,7 @@
 
 mod resources;
 mod upstreams;
+pub mod webhook;
 mod yaml;
 
 use std::collections::BTreeSet;
@@ -910,6 +911,19 @@ fn inject_pod(
         warnings,
         default_image,
     })
+}
+
+/// Injects Vitals into one Pod object (a mapping with `metadata` and `spec`) exactly as
+/// [`inject_documents`] does to each pod template; the admission webhook's entry point.
+/// Returns the warnings for the operator; on error `pod` is left as it was.
+pub(crate) fn inject_pod_object(
+    pod: &mut Map,
+    opts: &InjectOptions,
+) -> Result<Vec<String>, Problem> {
+    let before = pod.clone();
+    inject_pod(pod, opts, None, &mut BTreeSet::new())
+        .map(|summary| summary.warnings)
+        .inspect_err(|_| *pod = before)
 }
 
 /// Whether the pod-level user is root (`runAsUser: 0`): the one case where the agent must
