@@ -16,6 +16,8 @@ use crate::common::*;
 /// embedding request succeeds, and no client request fails after readiness.
 #[test]
 fn s01_cold_start_under_load() {
+    // Good answers after ready that prove the load flowed.
+    const MIN_OK: usize = 20;
     let _slot = slots::exclusive();
     let slow = Duration::from_secs(3);
     let mut pod = Pod::new(
@@ -37,8 +39,11 @@ fn s01_cold_start_under_load() {
     let spawned = pod.event("starting the worker");
     pod.start_worker();
     let ready = pod.await_ready(Duration::from_secs(60));
-    // A deliberate observation window: everything must keep passing under load.
+    // A deliberate observation window: everything must keep passing under load, for at
+    // least 2 s and until the load has had enough good answers to prove something (a
+    // starved machine answers fewer per second).
     std::thread::sleep(Duration::from_secs(2));
+    load.await_ok(MIN_OK, Duration::from_secs(30));
     let embedded = pod
         .embed("a request after readiness", Duration::from_secs(10))
         .expect("an embedding request after readiness gets an answer");
@@ -114,7 +119,7 @@ fn s01_cold_start_under_load() {
     );
     // Before readiness a request may be refused (no listener yet) or answered 503; after
     // it, none may fail. None may be lost at any time.
-    report.assert_clean("cold_start", 20, |r| {
+    report.assert_clean("cold_start", MIN_OK, |r| {
         r.started < ready
             && match &r.outcome {
                 vitals_e2e::load::Outcome::Status(s, _) => *s == 503,
