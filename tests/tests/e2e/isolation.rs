@@ -79,7 +79,7 @@ fn s09_separate_pid_namespace_keeps_heartbeat_verdicts() {
         &["heartbeat_timeout"],
         stop,
         agent.hang_timeout,
-        SLACK,
+        PROBE_POLL,
         agent
             .hang_timeout
             .saturating_sub(opts.heartbeat_interval * 2),
@@ -93,7 +93,7 @@ fn s09_separate_pid_namespace_keeps_heartbeat_verdicts() {
         "without /proc the agent cannot know the worker is stopped: {live}"
     );
     let cont = pod.signal_worker(Signal::SIGCONT);
-    let (ready, _) = pod.await_probe(READY, SLACK * 3, "ready after SIGCONT", |o| o.passed());
+    let (ready, _) = pod.await_probe(READY, RECOVERY_WAIT, "ready after SIGCONT", |o| o.passed());
     vitals_e2e::report::report_line(&format!(
         "[pid_namespace] ready again {:.2}s after SIGCONT",
         (ready - cont).as_secs_f64()
