@@ -24,6 +24,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::oneshot;
 use vitals_proto::Phase;
@@ -37,7 +38,6 @@ use crate::lifecycle::{Lifecycle, Status};
 use crate::metrics::Metrics;
 use crate::model::l2_normalize;
 use crate::startup::Loaded;
-use request::Body;
 use response::{
     EmbeddingList, EmbeddingObject, EmbeddingValue, FaultTaken, Health, InfoDocument, ModelList,
     Usage,
@@ -213,7 +213,7 @@ fn require_ready(state: &AppState) -> Result<Arc<Loaded>, ApiError> {
 }
 
 /// Reads the body (at most [`MAX_BODY_BYTES`]) and decodes it as a `T`.
-async fn read_body<T: Body>(req: Request<Incoming>) -> Result<T, ApiError> {
+async fn read_body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
     let body = Limited::new(req.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
@@ -405,7 +405,7 @@ async fn fault(
     state: &AppState,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let FaultRequest { kind } = read_body(req).await?;
+    let kind = read_body::<FaultRequest>(req).await?.kind()?;
     tracing::warn!(?kind, "fault injection");
     match kind {
         FaultKind::HangLoop => state.loop_faults.hang.store(true, Ordering::SeqCst),

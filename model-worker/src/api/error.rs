@@ -77,8 +77,8 @@ pub enum ApiError {
     /// A parameter has a value this API does not define.
     #[error("invalid `{param}`: {reason}")]
     InvalidParameter {
-        /// The parameter.
-        param: &'static str,
+        /// The parameter's path in the body, e.g. `encoding_format`.
+        param: String,
         /// What is wrong with its value.
         reason: String,
     },
@@ -201,15 +201,14 @@ impl ApiError {
     }
 
     /// The request field at fault, if one is.
-    pub fn param(&self) -> Option<&'static str> {
+    pub fn param(&self) -> Option<&str> {
         match self {
             Self::MissingField { field }
             | Self::EmptyInput { field }
             | Self::UnsupportedInput { field }
-            | Self::InvalidInput { field } => Some(field),
-            Self::InvalidParameter { param, .. } | Self::UnsupportedParameter { param, .. } => {
-                Some(param)
-            }
+            | Self::InvalidInput { field }
+            | Self::UnsupportedParameter { param: field, .. } => Some(field),
+            Self::InvalidParameter { param, .. } => Some(param),
             _ => None,
         }
     }
@@ -245,20 +244,20 @@ impl ApiError {
 
 /// OpenAI's error body.
 #[derive(Debug, Serialize)]
-struct ErrorBody {
-    error: ErrorObject,
+struct ErrorBody<'a> {
+    error: ErrorObject<'a>,
 }
 
 /// What went wrong, in OpenAI's fields.
 #[derive(Debug, Serialize)]
-struct ErrorObject {
+struct ErrorObject<'a> {
     /// [`ApiError`]'s display.
     message: String,
     /// [`ApiError::kind`].
     #[serde(rename = "type")]
     kind: &'static str,
     /// [`ApiError::param`]; null when no field is at fault.
-    param: Option<&'static str>,
+    param: Option<&'a str>,
     /// [`ApiError::code`].
     code: &'static str,
 }
@@ -379,7 +378,7 @@ mod tests {
             ),
             (
                 ApiError::InvalidParameter {
-                    param: "encoding_format",
+                    param: "encoding_format".into(),
                     reason: "x".into(),
                 },
                 400,
