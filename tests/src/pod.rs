@@ -19,6 +19,7 @@ use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 use crate::bins;
+use crate::cgroup::Cgroup;
 use crate::client::{self, ClientError, Response};
 use crate::probe::{kubelet_probe, ProbeOutcome, ProbeWorker, DEFAULT_TIMEOUT};
 use crate::report::Detection;
@@ -57,6 +58,11 @@ pub struct AgentOptions {
     pub wrapper: Vec<String>,
     /// More flags after the usual ones (`--upstreams FILE`).
     pub extra_args: Vec<String>,
+    /// `--listen` when it is not the address the scenario probes (`[::]:PORT`, to listen
+    /// dual-stack while probing `[::1]` and `127.0.0.1`); `None`: the probed address.
+    pub listen: Option<String>,
+    /// A cgroup (the agent's "container") the agent is moved into at each start.
+    pub cgroup: Option<Arc<Cgroup>>,
 }
 
 impl Default for AgentOptions {
@@ -72,6 +78,8 @@ impl Default for AgentOptions {
             shutdown_grace: Duration::from_secs(1),
             wrapper: Vec::new(),
             extra_args: Vec::new(),
+            listen: None,
+            cgroup: None,
         }
     }
 }
@@ -285,7 +293,9 @@ impl Pod {
         argv.extend([
             "run".to_string(),
             "--listen".into(),
-            self.agent_addr.to_string(),
+            o.listen
+                .clone()
+                .unwrap_or_else(|| self.agent_addr.to_string()),
             "--socket".into(),
             self.socket().to_string_lossy().into_owned(),
             "--expect".into(),
@@ -307,7 +317,14 @@ impl Pod {
         ]);
         argv.extend(o.extra_args.iter().cloned());
         let log = self.log("agent");
-        self.agent = Some(Proc::spawn("agent", &argv, &log, &self.timeline));
+        let agent = Proc::spawn("agent", &argv, &log, &self.timeline);
+        if let Some(cgroup) = &o.cgroup {
+            let pid = u32::try_from(agent.pid().as_raw()).expect("pids are positive");
+            cgroup
+                .add(pid)
+                .unwrap_or_else(|e| panic!("agent's cgroup: {e}"));
+        }
+        self.agent = Some(agent);
     }
 
     /// Starts the agent and waits until its own `/livez` passes.

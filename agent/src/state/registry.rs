@@ -1,10 +1,12 @@
-//! Worker instances and their latest reported and observed state: the one place the
-//! socket server and the /proc watcher write, and the snapshot verdicts are computed from.
+//! Worker instances, upstreams and their latest reported and observed state: the one place
+//! the sources write, and the snapshot verdicts are computed from.
 //!
 //! [`State`] is plain data with methods that take `now`, so every SPEC §7 clock rule is
 //! unit-testable without sockets or sleeps. [`Registry`] is the one shared copy: writers
-//! change it in place under a short lock, readers take the current [`State`] as an `Arc`
-//! and evaluate it after the lock is released. The clocks kept here:
+//! change it in place under a short lock, each through a handle that can change only its
+//! part ([`WorkerReports`] for the socket server, [`UpstreamResults`] for one upstream's
+//! probers and scraper, [`ProcSamples`] for the /proc sampler); readers take the current
+//! [`State`] as an `Arc` and evaluate it after the lock is released. The clocks kept here:
 //! - heartbeat clock (`heartbeat_at`): starts at `hello`, restarts at each heartbeat;
 //! - loop-progress clock (`loop_clock`): starts at a connection's first heartbeat,
 //!   restarts when `progress` moves or the phase becomes `ready`;
@@ -27,7 +29,7 @@ use crate::state::probe_result::{Outcome, ScrapeError};
 use crate::state::proc_track::{ProcTrack, Watched};
 use crate::state::upstream::UpstreamState;
 
-/// The shared registry. Writers (the socket server, the /proc watcher) apply in-memory
+/// The shared registry. Writers (through the handles) apply in-memory
 /// updates under a lock held for those assignments only; readers get the current state
 /// as an immutable `Arc` for the cost of a reference count, so a probe never waits for
 /// rendering, metrics or another probe. An update while readers still hold the old state

@@ -1,7 +1,7 @@
 //! What the agent knows about one upstream (SPEC §8): the latest result of each of its
 //! probes, its metrics' stall clock, and its process as /proc shows it. Plain data with
-//! small update methods; the probers, the scraper and the /proc watcher write it through
-//! the registry, and the verdict function reads it.
+//! small update methods; the probers and the scraper write it through their upstream's
+//! handle, the /proc sampler its [`ProcTrack`], and the verdict function reads it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

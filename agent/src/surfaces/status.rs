@@ -194,7 +194,8 @@ pub struct UpstreamMetricsDoc {
 pub struct UpstreamProcDoc {
     /// Its pid, once found.
     pub pid: Option<u32>,
-    /// `socket` (holds the listening socket) or `cgroup` (the only other container).
+    /// `socket` (holds the listening socket) or `cgroup` (the only container whose
+    /// processes match the socket's uid and the recorded command line).
     pub found_by: Option<String>,
     /// Why /proc checks are off, when it could not be found.
     pub off_reason: Option<String>,

@@ -11,5 +11,6 @@ mod common;
 mod faults;
 mod isolation;
 mod lifecycle;
+mod pod_shape;
 mod restarts;
 mod upstreams;
