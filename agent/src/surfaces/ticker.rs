@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::state::snapshot::{AgentHealth, Snapshots};
 use crate::surfaces::metrics::Metrics;
+use crate::verdict::group::without_age;
 use crate::verdict::{LiveReason, Probe, Verdicts};
 
 /// How often the ticker runs; well under the 2 s agent-liveness bound.
@@ -104,7 +105,8 @@ impl Tracker {
     ) {
         for (key, now) in outcomes(v) {
             let before = self.last.get(&key);
-            if before == Some(&now) {
+            // A group member's unreachable age grows every tick; the verdict does not change.
+            if before.is_some_and(|b| without_age(b) == without_age(&now)) {
                 continue;
             }
             let (target, probe) = (&key.0, key.1);

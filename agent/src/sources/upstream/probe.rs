@@ -214,7 +214,7 @@ fn host_header(host: &str, port: u16) -> String {
 /// One request on a fresh connection: the status, the `Location`, and up to `keep` bytes
 /// of the body (a longer body is an error when `keep` > 0; with `keep` = 0 the first
 /// [`BODY_LIMIT`] bytes are read and dropped, as the kubelet does).
-pub(super) async fn http_once(
+pub(crate) async fn http_once(
     host: &str,
     port: u16,
     path: &str,
