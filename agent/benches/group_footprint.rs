@@ -169,7 +169,11 @@ fn main() {
     eprintln!("a leader polling {members} members every 1 s, for {idle:?} …");
     let (rss, cpu, rss_after) = measure(&bin, &leader_flags, idle);
     let mib = |kib: u64| kib as f64 / 1024.0;
-    println!("| agent ({}) | RSS formed / after | CPU over {} s |", bin.display(), idle.as_secs());
+    println!(
+        "| agent ({}) | RSS formed / after | CPU over {} s |",
+        bin.display(),
+        idle.as_secs()
+    );
     println!("|---|---|---|");
     println!(
         "| outside any group | {:.2} / {:.2} MiB | {base_cpu:.3} % of a core |",

@@ -337,6 +337,13 @@ fn build(snapshot: &Snapshot, facts: &AgentFacts, transitions: Vec<Transition>) 
             reason: a.reason,
         }
     };
+    // A container's verdict as its probe answers it (on a group leader, with the group's).
+    let answer = |p, name: &str| {
+        v.worker(p, name).map(|a| VerdictDoc {
+            ok: a.ok(),
+            reason: a.reason,
+        })
+    };
     let agent = AgentDoc {
         version: crate::VERSION.to_owned(),
         started_at: rfc3339(facts.started_wall),
@@ -406,8 +413,10 @@ fn build(snapshot: &Snapshot, facts: &AgentFacts, transitions: Vec<Transition>) 
                 name: name.to_string(),
                 expected: w.expected,
                 connected: wv.connected,
-                live: VerdictDoc::of(&wv.live),
-                ready: VerdictDoc::of(&wv.ready),
+                live: answer(Probe::Live, name.as_str())
+                    .unwrap_or_else(|| VerdictDoc::of(&wv.live)),
+                ready: answer(Probe::Ready, name.as_str())
+                    .unwrap_or_else(|| VerdictDoc::of(&wv.ready)),
                 startup: VerdictDoc::of(&wv.startup),
                 diagnosis: wv.diagnosis.map(|d| d.as_str().to_owned()),
                 restarts: w.restarts,
@@ -418,7 +427,13 @@ fn build(snapshot: &Snapshot, facts: &AgentFacts, transitions: Vec<Transition>) 
     let upstreams = state
         .upstreams
         .iter()
-        .filter_map(|(name, u)| Some(upstream_doc(u, v.get_upstream(name.as_str())?, now)))
+        .filter_map(|(name, u)| {
+            let mut doc = upstream_doc(u, v.get_upstream(name.as_str())?, now);
+            // What the kubelet's probes get: a group leader's verdict included.
+            doc.live = answer(Probe::Live, name.as_str())?;
+            doc.ready = answer(Probe::Ready, name.as_str())?;
+            Some(doc)
+        })
         .collect();
     StatusDoc {
         agent,
