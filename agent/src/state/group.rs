@@ -196,6 +196,10 @@ impl GroupState {
         match result {
             Ok(report) => {
                 for (c, i) in &report.instances {
+                    // A member that names new containers at every answer cannot grow this.
+                    if m.seen.len() >= MAX_CONTAINERS && !m.seen.contains_key(c) {
+                        continue;
+                    }
                     if m.seen.get(c) != Some(i) {
                         m.seen.insert(c.clone(), i.clone());
                         m.seen_changed_at = Some(now);
@@ -427,6 +431,27 @@ pub(crate) mod tests {
         let reason = r.reason.expect("kept");
         assert_eq!(reason.chars().count(), MAX_TEXT);
         assert!(reason.starts_with("a b"));
+    }
+
+    #[test]
+    fn a_member_naming_new_containers_every_time_cannot_grow_the_state() {
+        let t0 = Instant::now();
+        let mut g = GroupState::new(&targets(1), t0);
+        for round in 0..10 {
+            let names: Vec<(String, String)> = (0..MAX_CONTAINERS)
+                .map(|i| (format!("c{round}-{i}"), "1:1".to_owned()))
+                .collect();
+            let pairs: Vec<(&str, &str)> = names
+                .iter()
+                .map(|(c, i)| (c.as_str(), i.as_str()))
+                .collect();
+            g.record(0, live(&pairs), &Instances::new(), FRESH, t0);
+        }
+        assert_eq!(g.members[0].seen.len(), MAX_CONTAINERS);
+        assert!(g.members[0]
+            .recorded
+            .as_ref()
+            .is_some_and(|r| r.len() == MAX_CONTAINERS));
     }
 
     #[test]
