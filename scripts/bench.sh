@@ -3,6 +3,7 @@
 #   1. the agent's footprint and probe latency (agent/benches/footprint.rs, release binary),
 #      and `vitals-agent webhook`'s review latency, CPU per review and RSS
 #      (agent/benches/webhook.rs, same binary);
+#      and as a group leader polling 16 members (agent/benches/group_footprint.rs);
 #   2. the worker's embeddings/s and latency in process and over HTTP
 #      (model-worker/benches/embed.rs, `worker` profile);
 #   3. sentence-transformers on the same texts and threads, and the comparison
@@ -17,6 +18,8 @@ cargo build --release -p vitals-agent
 cargo bench -p vitals-agent --bench footprint | tee bench-results/agent.md
 echo "== agent webhook: AdmissionReview latency (1 and 8 clients, new connections), CPU, RSS"
 cargo bench -p vitals-agent --bench webhook | tee bench-results/webhook.md
+echo "== agent as a group leader: RSS and CPU polling 16 members every second"
+cargo bench -p vitals-agent --bench group_footprint | tee bench-results/group.md
 
 echo "== worker (candle): in process at batch 1/8/32/128, one sentence, HTTP with 8 clients"
 BENCH_SERVER=1 cargo bench --profile worker -p vitals-worker --bench embed

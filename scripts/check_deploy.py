@@ -44,7 +44,8 @@ METRICS = {
     "vitals_worker_hangs_total", "vitals_worker_startup_seconds",
     "vitals_worker_process_cpu_seconds_total", "vitals_worker_process_resident_memory_bytes",
     "vitals_worker_process_threads", "vitals_protocol_errors_total",
-    "vitals_protocol_unknown_messages_total",
+    "vitals_protocol_unknown_messages_total", "vitals_group_members", "vitals_group_formed",
+    "vitals_group_broken_total", "vitals_group_poll_duration_seconds",
 }
 POD_KINDS = {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
 CLUSTER_SCOPED = {"Namespace", "PriorityClass", "RuntimeClass", "ClusterRole", "ClusterRoleBinding"}

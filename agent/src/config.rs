@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve probes, metrics and /status; accept worker reports on the Unix socket.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show the agent's /status as a table (for `kubectl exec`).
     Status(StatusArgs),
     /// Rewrite pod specs so Vitals watches their containers.
@@ -123,6 +123,100 @@ pub struct RunArgs {
     /// The pod's IP (downward API); upstreams are probed there, else on 127.0.0.1.
     #[arg(long, env = "POD_IP")]
     pub pod_ip: Option<IpAddr>,
+
+    /// This pod's role in a multi-pod model (SPEC §9): the leader polls its members'
+    /// `/group` and judges the group as one; a member only serves `/group`.
+    #[arg(long, env = "VITALS_GROUP_ROLE", value_enum)]
+    pub group_role: Option<GroupRole>,
+
+    /// The leader's members, as their agents' addresses (comma-separated HOST:PORT).
+    #[arg(
+        long,
+        env = "VITALS_GROUP_MEMBERS",
+        value_delimiter = ',',
+        value_name = "HOST:PORT"
+    )]
+    pub group_members: Vec<String>,
+
+    /// Pods in the group, leader included (LeaderWorkerSet's size): members are
+    /// `<pod-name>-1 … <pod-name>-(N-1)` under `--group-subdomain`, on this agent's port.
+    #[arg(long, env = "VITALS_GROUP_SIZE")]
+    pub group_size: Option<u32>,
+
+    /// The leader pod's name (downward API), for members derived from `--group-size`.
+    #[arg(long, env = "VITALS_GROUP_POD_NAME")]
+    pub group_pod_name: Option<String>,
+
+    /// The headless Service's name the members resolve under (LeaderWorkerSet's subdomain).
+    #[arg(long, env = "VITALS_GROUP_SUBDOMAIN")]
+    pub group_subdomain: Option<String>,
+
+    /// How often the leader polls each member; each poll's timeout is the same.
+    #[arg(long, env = "VITALS_GROUP_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub group_poll: Duration,
+
+    /// The leader's readiness fails when a member has not answered for this long.
+    #[arg(long, env = "VITALS_GROUP_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub group_timeout: Duration,
+
+    /// The leader's model liveness fails (`group_broken: member i lost`) when a member of
+    /// a formed group has not answered for this long.
+    #[arg(long, env = "VITALS_GROUP_LOST_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub group_lost_after: Duration,
+}
+
+/// A pod's role in a group (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GroupRole {
+    /// Polls the members and judges the group.
+    Leader,
+    /// Judges its own pod and serves `/group`.
+    Member,
+}
+
+/// One member the leader polls: its 1-based index (as reasons name it) and its agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberTarget {
+    /// `i` in `group: member <i> …`.
+    pub index: usize,
+    /// Host name or IP of the member's agent.
+    pub host: String,
+    /// The member agent's port.
+    pub port: u16,
+}
+
+impl std::fmt::Display for MemberTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A leader's group settings (SPEC §9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// The members, in index order; only these are ever polled.
+    pub members: Vec<MemberTarget>,
+    /// Poll period, also each poll's timeout.
+    pub poll: Duration,
+    /// Unanswered this long: `unreachable` (readiness).
+    pub timeout: Duration,
+    /// Unanswered this long in a formed group: `lost` (liveness).
+    pub lost_after: Duration,
+}
+
+/// The group part of [`Config`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Group {
+    /// Not part of a group (no `--group-role`).
+    None,
+    /// A member: serves `/group`, polls nothing.
+    Member,
+    /// The leader.
+    Leader(GroupConfig),
 }
 
 /// A value `run` cannot work with, found after parsing.
@@ -146,6 +240,14 @@ pub enum ConfigError {
     /// The upstreams configuration is invalid (the message names the field).
     #[error(transparent)]
     Upstreams(#[from] UpstreamsError),
+    /// The group flags do not describe one group (the message names the flag).
+    #[error("--{flag}: {why}")]
+    Group {
+        /// The flag at fault.
+        flag: &'static str,
+        /// Why.
+        why: String,
+    },
 }
 
 /// Validated settings of `vitals-agent run`.
@@ -175,6 +277,8 @@ pub struct Config {
     pub upstreams: Vec<Arc<UpstreamSpec>>,
     /// Where the upstreams are probed (`None`: 127.0.0.1).
     pub pod_ip: Option<IpAddr>,
+    /// This pod's part in a multi-pod model (SPEC §9).
+    pub group: Group,
 }
 
 impl TryFrom<RunArgs> for Config {
@@ -188,6 +292,9 @@ impl TryFrom<RunArgs> for Config {
             ("d-state-timeout", a.d_state_timeout),
             ("proc-interval", a.proc_interval),
             ("header-timeout", a.header_timeout),
+            ("group-poll", a.group_poll),
+            ("group-timeout", a.group_timeout),
+            ("group-lost-after", a.group_lost_after),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
@@ -196,6 +303,7 @@ impl TryFrom<RunArgs> for Config {
         if a.max_connections == 0 {
             return Err(ConfigError::NoConnections);
         }
+        let group = group(&a)?;
         let mut expect = a.expect;
         expect.sort();
         expect.dedup();
@@ -234,8 +342,135 @@ impl TryFrom<RunArgs> for Config {
             header_timeout: a.header_timeout,
             upstreams,
             pod_ip: a.pod_ip,
+            group,
         })
     }
+}
+
+/// The most members a leader polls: a bound on its tasks and on what a typo in
+/// `--group-size` can cost (the largest groups today are 16 to 32 pods).
+pub const MAX_MEMBERS: usize = 256;
+
+/// Validates the group flags, the one place they are read (SPEC §9).
+fn group(a: &RunArgs) -> Result<Group, ConfigError> {
+    let err = |flag, why: &str| ConfigError::Group {
+        flag,
+        why: why.to_owned(),
+    };
+    let members: Vec<&str> = a
+        .group_members
+        .iter()
+        .map(|m| m.trim())
+        .filter(|m| !m.is_empty())
+        .collect();
+    let derived =
+        a.group_size.is_some() || a.group_pod_name.is_some() || a.group_subdomain.is_some();
+    match a.group_role {
+        None if !members.is_empty() => return Err(err("group-members", "needs --group-role leader")),
+        None if derived => return Err(err("group-size", "needs --group-role leader")),
+        None => return Ok(Group::None),
+        Some(GroupRole::Member) if !members.is_empty() || derived => {
+            return Err(err(
+                "group-role",
+                "a member polls nothing: --group-members, --group-size, --group-pod-name and --group-subdomain are for the leader",
+            ))
+        }
+        Some(GroupRole::Member) => return Ok(Group::Member),
+        Some(GroupRole::Leader) => {}
+    }
+    let targets = match (members.is_empty(), derived) {
+        (false, true) => {
+            return Err(err(
+                "group-members",
+                "give either --group-members or --group-size with --group-pod-name and --group-subdomain, not both",
+            ))
+        }
+        (true, false) => {
+            return Err(err(
+                "group-members",
+                "a leader needs its members: --group-members HOST:PORT,... or --group-size, --group-pod-name and --group-subdomain",
+            ))
+        }
+        (false, false) => members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| member_addr(i + 1, m))
+            .collect::<Result<Vec<_>, _>>()?,
+        (true, true) => {
+            let size = a.group_size.ok_or_else(|| err("group-size", "missing (the group's pod count, leader included)"))?;
+            let pod = a.group_pod_name.as_deref().map(str::trim).filter(|p| !p.is_empty());
+            let pod = pod.ok_or_else(|| err("group-pod-name", "missing (the leader pod's name)"))?;
+            let sub = a.group_subdomain.as_deref().map(str::trim).filter(|s| !s.is_empty());
+            let sub = sub.ok_or_else(|| err("group-subdomain", "missing (the members' headless Service)"))?;
+            if size == 0 {
+                return Err(err("group-size", "must be at least 1 (the leader)"));
+            }
+            for (flag, label) in [("group-pod-name", pod), ("group-subdomain", sub)] {
+                if !is_dns_label(label) {
+                    return Err(err(flag, &format!("{label:?} is not a DNS label")));
+                }
+            }
+            (1..size)
+                .map(|i| MemberTarget {
+                    index: i as usize,
+                    host: format!("{pod}-{i}.{sub}"),
+                    port: a.listen.port(),
+                })
+                .collect()
+        }
+    };
+    if targets.len() > MAX_MEMBERS {
+        return Err(err(
+            if members.is_empty() {
+                "group-size"
+            } else {
+                "group-members"
+            },
+            &format!("{} members; at most {MAX_MEMBERS}", targets.len()),
+        ));
+    }
+    Ok(Group::Leader(GroupConfig {
+        members: targets,
+        poll: a.group_poll,
+        timeout: a.group_timeout,
+        lost_after: a.group_lost_after,
+    }))
+}
+
+/// Parses one `HOST:PORT` of `--group-members` (`[v6]:PORT` for IPv6 addresses).
+fn member_addr(index: usize, text: &str) -> Result<MemberTarget, ConfigError> {
+    let bad = |why: &str| ConfigError::Group {
+        flag: "group-members",
+        why: format!("{text:?}: {why}"),
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| bad("not HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad("the port is not a number 1-65535"))?;
+    if port == 0 {
+        return Err(bad("the port is not a number 1-65535"));
+    }
+    let valid_host = host.parse::<IpAddr>().is_ok()
+        || (!host.is_empty() && host.len() <= 253 && host.split('.').all(is_dns_label));
+    if !valid_host {
+        return Err(bad("the host is neither an IP address nor a DNS name"));
+    }
+    Ok(MemberTarget {
+        index,
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// An RFC 1123 label: 1-63 of `a-z0-9-`, not starting or ending with `-`.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 impl Config {
@@ -248,7 +483,7 @@ impl Config {
         let Command::Run(args) = args else {
             unreachable!("parsed the `run` subcommand")
         };
-        Config::try_from(args).expect("the defaults of `run` are valid")
+        Config::try_from(*args).expect("the defaults of `run` are valid")
     }
 }
 
@@ -276,7 +511,7 @@ mod tests {
     fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
         let cli = Cli::try_parse_from(["vitals-agent", "run"].iter().chain(args))?;
         match cli.command {
-            Command::Run(a) => Ok(a),
+            Command::Run(a) => Ok(*a),
             _ => unreachable!("parsed run"),
         }
     }
@@ -325,6 +560,209 @@ mod tests {
         assert_eq!(c.shutdown_grace, Duration::from_secs(5));
         assert_eq!(c.log_format, LogFormat::Text);
         assert!(c.expect.is_empty());
+        assert_eq!(c.group, Group::None);
+    }
+
+    fn group_of(args: &[&str]) -> Result<Group, ConfigError> {
+        Config::try_from(run_args(args).expect("parses")).map(|c| c.group)
+    }
+
+    #[test]
+    fn a_leader_polls_the_members_it_was_given() {
+        let g = group_of(&[
+            "--group-role",
+            "leader",
+            "--group-members",
+            "10.0.0.2:9180, m-2.sub:9181,[::1]:9",
+        ]);
+        let Ok(Group::Leader(g)) = g else {
+            panic!("a leader: {g:?}")
+        };
+        let shown: Vec<_> = g.members.iter().map(|m| (m.index, m.to_string())).collect();
+        assert_eq!(
+            shown,
+            [
+                (1, "10.0.0.2:9180".to_owned()),
+                (2, "m-2.sub:9181".to_owned()),
+                (3, "[::1]:9".to_owned())
+            ]
+        );
+        assert_eq!(g.poll, Duration::from_secs(1));
+        assert_eq!(g.timeout, Duration::from_secs(3));
+        assert_eq!(g.lost_after, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_leaderworkerset_leader_derives_its_members_on_its_own_port() {
+        let g = group_of(&[
+            "--listen",
+            "0.0.0.0:9200",
+            "--group-role",
+            "leader",
+            "--group-size",
+            "4",
+            "--group-pod-name",
+            "vllm-0",
+            "--group-subdomain",
+            "vllm",
+            "--group-poll",
+            "500ms",
+        ]);
+        let Ok(Group::Leader(g)) = g else {
+            panic!("a leader: {g:?}")
+        };
+        let shown: Vec<_> = g.members.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "vllm-0-1.vllm:9200",
+                "vllm-0-2.vllm:9200",
+                "vllm-0-3.vllm:9200"
+            ]
+        );
+        assert_eq!(g.poll, Duration::from_millis(500));
+        let alone = group_of(&[
+            "--group-role",
+            "leader",
+            "--group-size",
+            "1",
+            "--group-pod-name",
+            "a-0",
+            "--group-subdomain",
+            "a",
+        ]);
+        assert!(matches!(alone, Ok(Group::Leader(g)) if g.members.is_empty()));
+        assert_eq!(
+            group_of(&["--group-role", "member"]).ok(),
+            Some(Group::Member)
+        );
+    }
+
+    #[test]
+    fn group_flags_that_do_not_describe_one_group_name_the_flag() {
+        for (args, flag) in [
+            (&["--group-members", "a:1"][..], "--group-members"),
+            (&["--group-size", "2"], "--group-size"),
+            (&["--group-role", "leader"], "--group-members"),
+            (
+                &["--group-role", "member", "--group-members", "a:1"],
+                "--group-role",
+            ),
+            (
+                &[
+                    "--group-role",
+                    "leader",
+                    "--group-members",
+                    "a:1",
+                    "--group-size",
+                    "2",
+                ],
+                "--group-members",
+            ),
+            (
+                &["--group-role", "leader", "--group-members", "a"],
+                "--group-members",
+            ),
+            (
+                &["--group-role", "leader", "--group-members", "a:0"],
+                "--group-members",
+            ),
+            (
+                &["--group-role", "leader", "--group-members", "a:99999"],
+                "--group-members",
+            ),
+            (
+                &["--group-role", "leader", "--group-members", "bad_host:1"],
+                "--group-members",
+            ),
+            (
+                &[
+                    "--group-role",
+                    "leader",
+                    "--group-size",
+                    "3",
+                    "--group-pod-name",
+                    "p",
+                ],
+                "--group-subdomain",
+            ),
+            (
+                &[
+                    "--group-role",
+                    "leader",
+                    "--group-size",
+                    "3",
+                    "--group-subdomain",
+                    "s",
+                ],
+                "--group-pod-name",
+            ),
+            (
+                &[
+                    "--group-role",
+                    "leader",
+                    "--group-pod-name",
+                    "p",
+                    "--group-subdomain",
+                    "s",
+                ],
+                "--group-size",
+            ),
+            (
+                &[
+                    "--group-role",
+                    "leader",
+                    "--group-size",
+                    "0",
+                    "--group-pod-name",
+                    "p",
+                    "--group-subdomain",
+                    "s",
+                ],
+                "--group-size",
+            ),
+            (
+                &[
+                    "--group-role",
+                    "leader",
+                    "--group-size",
+                    "9999",
+                    "--group-pod-name",
+                    "p",
+                    "--group-subdomain",
+                    "s",
+                ],
+                "--group-size",
+            ),
+            (
+                &[
+                    "--group-role",
+                    "leader",
+                    "--group-size",
+                    "2",
+                    "--group-pod-name",
+                    "P",
+                    "--group-subdomain",
+                    "s",
+                ],
+                "--group-pod-name",
+            ),
+            (
+                &[
+                    "--group-role",
+                    "leader",
+                    "--group-members",
+                    "a:1",
+                    "--group-poll",
+                    "0s",
+                ],
+                "--group-poll",
+            ),
+        ] {
+            let e = group_of(args).expect_err(&format!("{args:?}")).to_string();
+            assert!(e.contains(flag), "{args:?}: {e}");
+        }
+        assert!(run_args(&["--group-role", "boss"]).is_err());
     }
 
     #[test]

@@ -24,11 +24,12 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, Group};
 use crate::sources::proc::{LiveProc, ProcSource};
 use crate::sources::socket::{SocketError, SocketListener};
+use crate::state::group::SharedGroup;
 use crate::state::registry::Registry;
-use crate::state::snapshot::{AgentHealth, Snapshots};
+use crate::state::snapshot::{AgentHealth, GroupSource, Snapshots};
 use crate::surfaces::metrics::Metrics;
 use crate::surfaces::status::{AgentFacts, StatusSource};
 use crate::surfaces::ticker::TransitionLog;
@@ -111,12 +112,25 @@ pub async fn run_with(
     let registry = Arc::new(Registry::new(&config.expect));
     registry.add_upstreams(&config.upstreams);
     let health = Arc::new(AgentHealth::new(started_at));
-    let snapshots = Snapshots::new(
+    let mut snapshots = Snapshots::new(
         Arc::clone(&registry),
         Arc::clone(&health),
         config.thresholds,
     );
     let metrics = Arc::new(Metrics::new());
+    // A leader's snapshots also judge its group, which its poller learns (SPEC §9).
+    let mut group = None;
+    if let Group::Leader(g) = &config.group {
+        let shared = Arc::new(SharedGroup::new(&g.members, Instant::now()));
+        snapshots = snapshots.with_group(GroupSource {
+            shared: Arc::clone(&shared),
+            limits: verdict::group::GroupLimits {
+                timeout: g.timeout,
+                lost_after: g.lost_after,
+            },
+        });
+        group = Some((shared, g.clone()));
+    }
     let transitions = Arc::new(TransitionLog::default());
     let proc_wake = Arc::new(Notify::new());
     let stop = CancellationToken::new();
@@ -170,6 +184,18 @@ pub async fn run_with(
         &config.upstreams,
         &stop,
     );
+    if let Some((shared, g)) = group {
+        sources::group::spawn(
+            &tasks,
+            &sources::group::Context {
+                group: shared,
+                registry: Arc::clone(&registry),
+                metrics: Arc::clone(&metrics),
+                config: g,
+            },
+            &stop,
+        );
+    }
     tasks.spawn(sources::proc::watch::watch(
         registry.proc_samples(),
         sources::proc::watch::Sampler {
@@ -185,6 +211,7 @@ pub async fn run_with(
         listen = %config.listen,
         socket = %config.socket.display(),
         expect = ?config.expect.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
+        group = ?config.group,
         version = VERSION,
         "vitals agent started"
     );

@@ -14,7 +14,7 @@ use vitals_agent::{inject, surfaces::status, Listeners};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => match Config::try_from(args) {
+        Command::Run(args) => match Config::try_from(*args) {
             Ok(config) => run(config),
             Err(e) => {
                 eprintln!("error: {e}");

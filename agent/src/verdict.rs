@@ -5,6 +5,9 @@
 //! This is the one place that decides why `/livez/model` fails: HTTP, metrics, the
 //! transition log and `/status` only render what [`evaluate`] returns. It does no I/O and
 //! reads no clock, so probes can call it on the spot and tests can call it with any `now`.
+//! A leader's [`group`] verdict (SPEC §9) is judged apart and added to the answers here.
+
+pub mod group;
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -278,6 +281,9 @@ pub struct Verdicts {
     pub workers: Vec<WorkerVerdict>,
     /// Each upstream (SPEC §8), by name.
     pub upstreams: Vec<UpstreamVerdict>,
+    /// A leader's group verdict (SPEC §9): added, after each container's own reasons, to
+    /// `/readyz`, `/readyz/<c>` and `/livez/<c>`.
+    pub group: Option<group::GroupVerdict>,
 }
 
 fn err_string<E: fmt::Display>(r: &Result<(), E>) -> Result<(), String> {
@@ -313,7 +319,7 @@ impl Verdicts {
             Probe::Startup => Some((u, err_string(&u.startup))),
         });
         checks.extend(upstreams.map(|(u, r)| Check::new(u.name.as_str(), r)));
-        let reason = checks.iter().find_map(|c| {
+        let mut reason = checks.iter().find_map(|c| {
             let reason = c.reason.as_ref()?;
             Some(if c.name == "agent" {
                 reason.clone()
@@ -321,6 +327,12 @@ impl Verdicts {
                 format!("{}: {reason}", c.name)
             })
         });
+        if let (Probe::Ready, Some(g)) = (probe, &self.group) {
+            // The group's reasons read whole (`group: forming 1/2`), after the pod's own.
+            let r = err_string(&g.ready);
+            reason = reason.or_else(|| r.clone().err());
+            checks.push(Check::new("group", r));
+        }
         Answer {
             probe,
             reason,
@@ -344,6 +356,28 @@ impl Verdicts {
     /// The answer of `/<probe>/<name>` for a worker or an upstream; `None` for a name
     /// never expected nor seen.
     pub fn worker(&self, probe: Probe, name: &str) -> Option<Answer> {
+        let answer = self.own_answer(probe, name)?;
+        Some(self.with_group(answer))
+    }
+
+    /// A model container's answer with a leader's group verdict added after its own
+    /// reasons (readiness and liveness only).
+    fn with_group(&self, mut answer: Answer) -> Answer {
+        let Some(g) = &self.group else {
+            return answer;
+        };
+        let r = match answer.probe {
+            Probe::Startup => return answer,
+            Probe::Live => err_string(&g.live),
+            Probe::Ready => err_string(&g.ready),
+        };
+        answer.reason = answer.reason.or_else(|| r.clone().err());
+        answer.checks.push(Check::new("group", r));
+        answer
+    }
+
+    /// The container's own answer, without the group.
+    fn own_answer(&self, probe: Probe, name: &str) -> Option<Answer> {
         if let Some(u) = self.get_upstream(name) {
             return Some(u.answer(probe));
         }
@@ -391,6 +425,7 @@ pub fn evaluate(state: &State, agent: AgentInput, t: &Thresholds, now: Instant) 
             .iter()
             .map(|(name, u)| upstream(name, u, t, now))
             .collect(),
+        group: None,
     }
 }
 

@@ -4,13 +4,16 @@
 //! A [`Snapshot`] pairs the registry's state (taken as an `Arc` under the registry's lock,
 //! which is then released) with the agent's own health and the verdicts evaluated from
 //! both. Everything downstream renders a snapshot; nothing downstream holds a lock while
-//! it evaluates, renders or encodes.
+//! it evaluates, renders or encodes. On a group's leader it also pairs the group's state
+//! (SPEC §9) and adds the group verdict to the verdicts.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::state::group::{self, GroupState, SharedGroup};
 use crate::state::registry::{Registry, State};
+use crate::verdict::group::GroupLimits;
 use crate::verdict::{evaluate, AgentInput, Thresholds, Verdicts};
 
 /// The agent's own liveness and readiness inputs: when its ticker last ran, and whether
@@ -64,8 +67,10 @@ pub struct Snapshot {
     pub state: Arc<State>,
     /// The agent's own health at `at`.
     pub agent: AgentInput,
-    /// Every verdict, evaluated from `state` and `agent` at `at`.
+    /// Every verdict, evaluated from `state` and `agent` (and `group`) at `at`.
     pub verdicts: Verdicts,
+    /// A leader's group state at `at`.
+    pub group: Option<Arc<GroupState>>,
 }
 
 impl Snapshot {
@@ -82,8 +87,29 @@ impl Snapshot {
             state,
             agent,
             verdicts,
+            group: None,
         }
     }
+
+    /// Adds a leader's group: its state, and its verdict against this pod's own
+    /// instances at `at`.
+    pub fn with_group(mut self, g: Arc<GroupState>, limits: &GroupLimits) -> Self {
+        let leader = group::instances(&self.state);
+        self.verdicts.group = Some(crate::verdict::group::evaluate(
+            &g, &leader, limits, self.at,
+        ));
+        self.group = Some(g);
+        self
+    }
+}
+
+/// A leader's group, as snapshots read it.
+#[derive(Debug, Clone)]
+pub struct GroupSource {
+    /// What the poller learnt.
+    pub shared: Arc<SharedGroup>,
+    /// `--group-timeout` and `--group-lost-after`.
+    pub limits: GroupLimits,
 }
 
 /// Takes snapshots: a cheap, cloneable read handle on the registry and the agent's health.
@@ -92,6 +118,7 @@ pub struct Snapshots {
     registry: Arc<Registry>,
     health: Arc<AgentHealth>,
     thresholds: Thresholds,
+    group: Option<GroupSource>,
 }
 
 impl Snapshots {
@@ -101,17 +128,28 @@ impl Snapshots {
             registry,
             health,
             thresholds,
+            group: None,
         }
+    }
+
+    /// The same, on a group's leader: every snapshot also judges the group.
+    pub fn with_group(mut self, group: GroupSource) -> Self {
+        self.group = Some(group);
+        self
     }
 
     /// The snapshot at `now`. Holds the registry's lock only to clone an `Arc`.
     pub fn take(&self, now: Instant) -> Snapshot {
-        Snapshot::evaluate(
+        let snapshot = Snapshot::evaluate(
             self.registry.current(),
             self.health.input(),
             &self.thresholds,
             now,
-        )
+        );
+        match &self.group {
+            Some(g) => snapshot.with_group(g.shared.current(), &g.limits),
+            None => snapshot,
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The probe port (hyper 1, HTTP/1 only): routing and rendering of SPEC §3 — probes in
-//! plain, `?verbose` and JSON forms, `/metrics`, `/status`, 404, 405, HEAD.
+//! plain, `?verbose` and JSON forms, `/metrics`, `/status`, `/group` (SPEC §9), 404, 405,
+//! HEAD.
 //!
 //! Every answer is computed from in-memory state held for microseconds; nothing here
 //! waits on a worker or does I/O besides the client's own socket. Slow or numerous
@@ -248,12 +249,14 @@ enum Route<'a> {
     Probe(Probe, Option<&'a str>),
     Metrics,
     Status,
+    Group,
 }
 
 fn route(path: &str) -> Option<Route<'_>> {
     match path {
         "/metrics" => return Some(Route::Metrics),
         "/status" => return Some(Route::Status),
+        "/group" => return Some(Route::Group),
         _ => {}
     }
     let rest = path.strip_prefix('/')?;
@@ -362,7 +365,7 @@ fn handle<B>(ctx: &Context, req: &Request<B>) -> Response<Full<Bytes>> {
         return respond(
             StatusCode::NOT_FOUND,
             TEXT,
-            "not found: try /livez, /readyz, /startupz, /livez/{worker}, /metrics or /status\n",
+            "not found: try /livez, /readyz, /startupz, /livez/{worker}, /metrics, /status or /group\n",
         );
     };
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
@@ -410,6 +413,18 @@ fn handle<B>(ctx: &Context, req: &Request<B>) -> Response<Full<Bytes>> {
         Route::Metrics => {
             ctx.metrics.refresh(&ctx.snapshots.take(started));
             respond(StatusCode::OK, METRICS, ctx.metrics.encode())
+        }
+        Route::Group => {
+            let snapshot = ctx.snapshots.take(started);
+            let report = crate::verdict::group::report(&snapshot.verdicts, &snapshot.state);
+            match serde_json::to_vec(&report) {
+                Ok(body) => respond(StatusCode::OK, JSON, body),
+                Err(e) => respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    TEXT,
+                    format!("cannot render group: {e}\n"),
+                ),
+            }
         }
         Route::Status => {
             let doc = ctx.status.build(&ctx.snapshots.take(started));
@@ -468,6 +483,7 @@ mod tests {
         );
         assert_eq!(route("/metrics"), Some(Route::Metrics));
         assert_eq!(route("/status"), Some(Route::Status));
+        assert_eq!(route("/group"), Some(Route::Group));
         for none in [
             "/",
             "",

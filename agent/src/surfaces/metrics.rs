@@ -19,6 +19,7 @@ use vitals_proto::{ErrorCode, Phase};
 use crate::sources::upstream::config::ProbeKind;
 use crate::state::probe_result::Outcome;
 use crate::state::snapshot::Snapshot;
+use crate::verdict::group::{BrokenReason, MemberStatus};
 use crate::verdict::{LiveReason, Probe};
 
 /// The metric name prefix.
@@ -36,6 +37,13 @@ const PROBE_BUCKETS: &[f64] = &[
 /// Upstream answer latency buckets: from a local server's sub-millisecond answer to a
 /// probe's longest timeouts.
 const UPSTREAM_BUCKETS: &[f64] = &[0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The label values of a series without labels.
+const NO_LABELS: &[&str] = &[];
+
+/// Group poll latency buckets: a member agent answers from memory in about a
+/// millisecond; a poll's bound is `--group-poll` (1 s by default).
+const GROUP_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5];
 
 /// How far each worker's mirrored counters have been advanced.
 #[derive(Debug, Default)]
@@ -71,6 +79,12 @@ pub struct Metrics {
     upstream_probe_results: IntCounterVec,
     upstream_proc_watched: IntGaugeVec,
     upstream_scrape_errors: IntCounterVec,
+    group_members: IntGaugeVec,
+    group_formed: IntGaugeVec,
+    group_broken: IntCounterVec,
+    group_poll_duration: HistogramVec,
+    /// The group's broken reason at the last refresh, to count each break once.
+    group_was_broken: Mutex<Option<BrokenReason>>,
     cursors: Mutex<HashMap<String, Cursor>>,
 }
 
@@ -142,6 +156,19 @@ impl Metrics {
         )
         .expect("histogram options are valid constants");
         register(Box::new(upstream_probe_duration.clone()));
+        // No labels, but a Vec: the series exist only on a group's leader, so an alert on
+        // them never fires for the pods that are not one.
+        let group_poll_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "group_poll_duration_seconds",
+                "Time a group leader's poll of one member's /group took (SPEC §9), answered or not.",
+            )
+            .namespace(NAMESPACE)
+            .buckets(GROUP_BUCKETS.to_vec()),
+            &[],
+        )
+        .expect("histogram options are valid constants");
+        register(Box::new(group_poll_duration.clone()));
         Self {
             probe_requests: metric!(
                 IntCounterVec,
@@ -225,6 +252,26 @@ impl Metrics {
                 "Scrapes of an upstream's own metrics that gave no reading, by reason (unauthorized, timeout, refused, reset, status, protocol, parse, error).",
                 &["worker", "reason"]
             ),
+            group_members: metric!(
+                IntGaugeVec,
+                "group_members",
+                "A group leader's members, by state (live, not_live, unreachable).",
+                &["state"]
+            ),
+            group_formed: metric!(
+                IntGaugeVec,
+                "group_formed",
+                "1 while a group leader's group is formed (every member answered live since the leader's model started).",
+                &[]
+            ),
+            group_broken: metric!(
+                IntCounterVec,
+                "group_broken_total",
+                "Times a group leader's group broke (its model's liveness fails), by reason (restarted, lost).",
+                &["reason"]
+            ),
+            group_poll_duration,
+            group_was_broken: Mutex::default(),
             cursors: Mutex::default(),
             registry,
         }
@@ -260,6 +307,13 @@ impl Metrics {
         self.upstream_scrape_errors
             .with_label_values(&[worker, reason])
             .inc();
+    }
+
+    /// Records one poll of a group member.
+    pub fn group_poll(&self, took: Duration) {
+        self.group_poll_duration
+            .with_label_values(NO_LABELS)
+            .observe(took.as_secs_f64());
     }
 
     /// Counts a protocol error.
@@ -367,6 +421,36 @@ impl Metrics {
         }
         drop(cursors);
         self.refresh_upstreams(snapshot);
+        self.refresh_group(snapshot);
+    }
+
+    /// A leader's group series (SPEC §9); nothing on other agents.
+    fn refresh_group(&self, snapshot: &Snapshot) {
+        let Some(g) = &snapshot.verdicts.group else {
+            return;
+        };
+        for status in MemberStatus::ALL {
+            let count = g.members.iter().filter(|(s, _)| *s == status).count();
+            self.group_members
+                .with_label_values(&[status.as_str()])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        self.group_formed
+            .with_label_values(NO_LABELS)
+            .set(i64::from(g.formed));
+        for kind in BrokenReason::KINDS {
+            self.group_broken.with_label_values(&[kind]);
+        }
+        self.group_poll_duration.with_label_values(NO_LABELS);
+        let mut was = self
+            .group_was_broken
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = g.live.err();
+        if let Some(b) = now.filter(|b| was.as_ref() != Some(b)) {
+            self.group_broken.with_label_values(&[b.kind()]).inc();
+        }
+        *was = now;
     }
 
     /// The per-worker series of each upstream (SPEC §8): verdicts, its busy and pending

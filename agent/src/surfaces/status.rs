@@ -230,6 +230,50 @@ pub struct UpstreamDoc {
     pub proc: UpstreamProcDoc,
 }
 
+/// One member of a leader's group (SPEC §9).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberDoc {
+    /// Its index (`member <i>` in reasons).
+    pub member: usize,
+    /// Its agent's address, as configured.
+    pub address: String,
+    /// `live`, `not_live` or `unreachable` (no answer for `--group-timeout`).
+    pub state: String,
+    /// Its latest answer's `live`, `ready` and `reason` (`null` before any answer).
+    pub live: Option<bool>,
+    /// See `live`.
+    pub ready: Option<bool>,
+    /// See `live`.
+    pub reason: Option<String>,
+    /// Each container's latest known `pid:starttime`.
+    pub instances: std::collections::BTreeMap<String, String>,
+    /// Those recorded at formation (`null` while forming).
+    pub recorded: Option<std::collections::BTreeMap<String, String>>,
+    /// Seconds since its instances last changed.
+    pub instance_age_seconds: Option<f64>,
+    /// Seconds since its latest answer.
+    pub last_answer_seconds: Option<f64>,
+    /// Why the polls since that answer failed.
+    pub poll_error: Option<String>,
+}
+
+/// A leader's group (SPEC §9).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupDoc {
+    /// Formed (this epoch).
+    pub formed: bool,
+    /// Seconds since it formed.
+    pub formed_seconds: Option<f64>,
+    /// What the group adds to the leader's readiness.
+    pub ready: VerdictDoc,
+    /// What the group adds to the leader's model liveness.
+    pub live: VerdictDoc,
+    /// Times the leader's own model restart started formation over.
+    pub resets: u64,
+    /// The members, in index order.
+    pub members: Vec<MemberDoc>,
+}
+
 /// The `/status` document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusDoc {
@@ -242,6 +286,9 @@ pub struct StatusDoc {
     pub upstreams: Vec<UpstreamDoc>,
     /// The last verdict transitions, oldest first.
     pub transitions: Vec<Transition>,
+    /// A group leader's group (absent on other agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupDoc>,
 }
 
 fn secs(d: Duration) -> f64 {
@@ -284,6 +331,13 @@ fn build(snapshot: &Snapshot, facts: &AgentFacts, transitions: Vec<Transition>) 
             ok: a.ok(),
             reason: a.reason,
         }
+    };
+    // A container's verdict as its probe answers it (on a group leader, with the group's).
+    let answer = |p, name: &str| {
+        v.worker(p, name).map(|a| VerdictDoc {
+            ok: a.ok(),
+            reason: a.reason,
+        })
     };
     let agent = AgentDoc {
         version: crate::VERSION.to_owned(),
@@ -351,8 +405,10 @@ fn build(snapshot: &Snapshot, facts: &AgentFacts, transitions: Vec<Transition>) 
                 name: name.to_string(),
                 expected: w.expected,
                 connected: wv.connected,
-                live: VerdictDoc::of(&wv.live),
-                ready: VerdictDoc::of(&wv.ready),
+                live: answer(Probe::Live, name.as_str())
+                    .unwrap_or_else(|| VerdictDoc::of(&wv.live)),
+                ready: answer(Probe::Ready, name.as_str())
+                    .unwrap_or_else(|| VerdictDoc::of(&wv.ready)),
                 startup: VerdictDoc::of(&wv.startup),
                 diagnosis: wv.diagnosis.map(|d| d.as_str().to_owned()),
                 restarts: w.restarts,
@@ -363,14 +419,59 @@ fn build(snapshot: &Snapshot, facts: &AgentFacts, transitions: Vec<Transition>) 
     let upstreams = state
         .upstreams
         .iter()
-        .filter_map(|(name, u)| Some(upstream_doc(u, v.get_upstream(name.as_str())?, now)))
+        .filter_map(|(name, u)| {
+            let mut doc = upstream_doc(u, v.get_upstream(name.as_str())?, now);
+            // What the kubelet's probes get: a group leader's verdict included.
+            doc.live = answer(Probe::Live, name.as_str())?;
+            doc.ready = answer(Probe::Ready, name.as_str())?;
+            Some(doc)
+        })
         .collect();
     StatusDoc {
         agent,
         workers,
         upstreams,
         transitions,
+        group: group_doc(snapshot),
     }
+}
+
+fn group_doc(snapshot: &Snapshot) -> Option<GroupDoc> {
+    let (g, gv, now) = (
+        snapshot.group.as_ref()?,
+        snapshot.verdicts.group.as_ref()?,
+        snapshot.at,
+    );
+    let age = |t: Instant| secs(now.saturating_duration_since(t));
+    let members = g
+        .members
+        .iter()
+        .zip(&gv.members)
+        .map(|(m, (status, _))| {
+            let answer = m.answer.as_ref();
+            MemberDoc {
+                member: m.target.index,
+                address: m.target.to_string(),
+                state: status.as_str().to_owned(),
+                live: answer.map(|a| a.report.live),
+                ready: answer.map(|a| a.report.ready),
+                reason: answer.and_then(|a| a.report.reason.clone()),
+                instances: m.seen.clone(),
+                recorded: m.recorded.clone(),
+                instance_age_seconds: m.seen_changed_at.map(age),
+                last_answer_seconds: answer.map(|a| age(a.at)),
+                poll_error: m.failure.as_ref().map(|f| f.error.clone()),
+            }
+        })
+        .collect();
+    Some(GroupDoc {
+        formed: gv.formed,
+        formed_seconds: g.formed_at.filter(|_| gv.formed).map(age),
+        ready: VerdictDoc::of(&gv.ready),
+        live: VerdictDoc::of(&gv.live),
+        resets: g.resets,
+        members,
+    })
 }
 
 fn action_text(a: &Action) -> String {
@@ -728,6 +829,10 @@ pub fn render(doc: &StatusDoc) -> String {
         }
         out.push_str(&render_upstreams(&doc.upstreams));
     }
+    if let Some(g) = &doc.group {
+        out.push('\n');
+        out.push_str(&render_group(g));
+    }
     if !doc.transitions.is_empty() {
         out.push_str("\nrecent transitions:\n");
         for t in doc.transitions.iter().rev().take(8).rev() {
@@ -741,6 +846,86 @@ pub fn render(doc: &StatusDoc) -> String {
                 t.to
             );
         }
+    }
+    out
+}
+
+/// A leader's GROUP table: the group's verdicts, then each member's latest answer, how
+/// long its processes have run and how long ago it answered.
+fn render_group(g: &GroupDoc) -> String {
+    let formed = match g.formed_seconds {
+        Some(s) if g.formed => format!("formed {} ago", duration_text(s)),
+        _ => "forming".to_owned(),
+    };
+    let mut out = format!(
+        "GROUP  leader of {} members  {formed}  ready {}  live {}\n",
+        g.members.len(),
+        g.ready.text(),
+        g.live.text()
+    );
+    let header = [
+        "MEMBER",
+        "ADDRESS",
+        "LIVE",
+        "READY",
+        "REASON",
+        "INSTANCE",
+        "LAST ANSWER",
+    ];
+    let yes_no = |b: Option<bool>| match b {
+        Some(true) => "yes".to_owned(),
+        Some(false) => "no".to_owned(),
+        None => "-".to_owned(),
+    };
+    let rows: Vec<[String; 7]> = g
+        .members
+        .iter()
+        .map(|m| {
+            let restarted = m.recorded.as_ref().is_some_and(|r| {
+                r.iter()
+                    .any(|(c, i)| m.instances.get(c).is_some_and(|n| n != i))
+            });
+            let mut instance = m
+                .instance_age_seconds
+                .map_or_else(|| "-".to_owned(), duration_text);
+            if restarted {
+                instance.push_str(" (restarted)");
+            }
+            let last = match (m.last_answer_seconds, &m.poll_error) {
+                (Some(s), None) => format!("{} ago", duration_text(s)),
+                (Some(s), Some(e)) => format!("{} ago ({e})", duration_text(s)),
+                (None, Some(e)) => format!("never ({e})"),
+                (None, None) => "never".to_owned(),
+            };
+            let reason = if m.state == "unreachable" {
+                "unreachable".to_owned()
+            } else {
+                m.reason.clone().unwrap_or_else(|| "-".to_owned())
+            };
+            [
+                m.member.to_string(),
+                m.address.clone(),
+                yes_no(m.live),
+                yes_no(m.ready),
+                reason,
+                instance,
+                last,
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for cells in std::iter::once(header.map(str::to_owned)).chain(rows) {
+        let mut l = String::new();
+        for (cell, w) in cells.iter().zip(widths) {
+            let _ = write!(l, "{cell:<w$}  ");
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
     }
     out
 }
@@ -860,6 +1045,7 @@ mod tests {
         };
         StatusDoc {
             upstreams: Vec::new(),
+            group: None,
             agent: AgentDoc {
                 version: "0.1.0".into(),
                 started_at: "2024-01-01T00:00:00.000Z".into(),
@@ -1012,5 +1198,64 @@ mod tests {
         old.as_object_mut().expect("object").remove("upstreams");
         let parsed: StatusDoc = serde_json::from_value(old).expect("parses");
         assert!(parsed.upstreams.is_empty());
+    }
+
+    #[test]
+    fn a_leader_shows_its_group_and_which_member_broke_it() {
+        let mut d = doc();
+        let member = |i: usize, state: &str, live: Option<bool>, reason: Option<&str>| MemberDoc {
+            member: i,
+            address: format!("vllm-0-{i}.vllm:9180"),
+            state: state.into(),
+            live,
+            ready: live,
+            reason: reason.map(Into::into),
+            instances: [("ray".to_owned(), format!("{i}:9"))].into(),
+            recorded: Some(
+                [(
+                    "ray".to_owned(),
+                    format!("{i}:{}", if i == 2 { 8 } else { 9 }),
+                )]
+                .into(),
+            ),
+            instance_age_seconds: Some(4.0),
+            last_answer_seconds: Some(0.4),
+            poll_error: None,
+        };
+        d.group = Some(GroupDoc {
+            formed: true,
+            formed_seconds: Some(300.0),
+            ready: VerdictDoc {
+                ok: false,
+                reason: Some("group: member 3 unreachable 4.4s".into()),
+            },
+            live: VerdictDoc {
+                ok: false,
+                reason: Some("group_broken: member 2 restarted".into()),
+            },
+            resets: 0,
+            members: vec![
+                member(1, "live", Some(true), None),
+                member(2, "live", Some(true), None),
+                MemberDoc {
+                    last_answer_seconds: Some(4.4),
+                    poll_error: Some("timeout".into()),
+                    ..member(3, "unreachable", Some(true), None)
+                },
+            ],
+        });
+        let text = render(&d);
+        for want in [
+            "GROUP  leader of 3 members  formed 5m00s ago  ready fail: group: member 3 unreachable 4.4s  live fail: group_broken: member 2 restarted",
+            "MEMBER  ADDRESS             LIVE  READY  REASON       INSTANCE          LAST ANSWER",
+            "1       vllm-0-1.vllm:9180  yes   yes    -            4.0s              0.4s ago",
+            "2       vllm-0-2.vllm:9180  yes   yes    -            4.0s (restarted)  0.4s ago",
+            "3       vllm-0-3.vllm:9180  yes   yes    unreachable  4.0s              4.4s ago (timeout)",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        let back: StatusDoc =
+            serde_json::from_str(&serde_json::to_string(&d).expect("json")).expect("parses");
+        assert_eq!(back, d);
     }
 }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::state::snapshot::{AgentHealth, Snapshots};
 use crate::surfaces::metrics::Metrics;
+use crate::verdict::group::without_age;
 use crate::verdict::{LiveReason, Probe, Verdicts};
 
 /// How often the ticker runs; well under the 2 s agent-liveness bound.
@@ -104,7 +105,8 @@ impl Tracker {
     ) {
         for (key, now) in outcomes(v) {
             let before = self.last.get(&key);
-            if before == Some(&now) {
+            // A group member's unreachable age grows every tick; the verdict does not change.
+            if before.is_some_and(|b| without_age(b) == without_age(&now)) {
                 continue;
             }
             let (target, probe) = (&key.0, key.1);
@@ -237,5 +239,44 @@ mod tests {
             observe(&mut tracker);
         }
         assert_eq!(log.list().len(), KEEP);
+    }
+
+    #[test]
+    fn an_unreachable_members_growing_age_is_one_transition() {
+        use crate::state::group::tests::{live, targets, FRESH};
+        use crate::state::group::{GroupState, Instances};
+        use crate::verdict::group::GroupLimits;
+        let t0 = Instant::now();
+        let state = crate::state::registry::State::new(&[]);
+        let mut g = GroupState::new(&targets(1), t0);
+        g.record(0, live(&[]), &Instances::new(), FRESH, t0);
+        let limits = GroupLimits {
+            timeout: FRESH,
+            lost_after: Duration::from_secs(60),
+        };
+        let (log, metrics) = (TransitionLog::default(), Metrics::new());
+        let mut tracker = Tracker::default();
+        for secs in [3, 4, 5, 6] {
+            let at = t0 + Duration::from_secs(secs);
+            let agent = AgentInput {
+                shutting_down: false,
+                last_tick: at,
+            };
+            let mut v = evaluate(&state, agent, &T, at);
+            v.group = Some(crate::verdict::group::evaluate(
+                &g,
+                &Instances::new(),
+                &limits,
+                at,
+            ));
+            tracker.observe(&v, SystemTime::now(), &log, &metrics);
+        }
+        let ready: Vec<_> = log
+            .list()
+            .into_iter()
+            .filter(|t| t.target == "_all" && t.probe == "readyz")
+            .map(|t| t.to)
+            .collect();
+        assert_eq!(ready, ["fail: group: member 1 unreachable 3.0s"]);
     }
 }

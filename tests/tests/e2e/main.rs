@@ -9,6 +9,7 @@
 
 mod common;
 mod faults;
+mod group;
 mod isolation;
 mod lifecycle;
 mod pod_shape;

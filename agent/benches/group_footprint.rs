@@ -1,0 +1,202 @@
+//! `make bench`: what leading a group costs the agent (SPEC §9), on the real release binary.
+//!
+//! A leader agent polls `BENCH_MEMBERS` (default 16) members every second (the default
+//! `--group-poll`); each member is a small in-process HTTP server answering a member
+//! agent's `/group` document (the leader's cost does not depend on who answers). Measured:
+//! the leader's resident memory once formed, its CPU over `BENCH_IDLE_SECS` (default 60)
+//! seconds of polling, and the same for an agent outside any group, for comparison.
+//! Results print as a table and go to `bench-results/group.json`.
+//! Environment: `VITALS_AGENT_BIN` (default `target/release/vitals-agent`),
+//! `BENCH_MEMBERS`, `BENCH_IDLE_SECS`.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Kills the agent when the bench ends, however it ends.
+struct AgentProcess(Child);
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A member agent's `/group` answer on a fresh port, one thread per connection.
+fn member(index: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let body = serde_json::json!({
+        "live": true, "ready": true, "reason": null,
+        "instances": {"ray": format!("{}:{}", 1000 + index, 4242)}
+    })
+    .to_string();
+    thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 2048];
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// One GET on a new connection: the status code and body.
+fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let code = buf.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+    Ok((code, body.unwrap_or_default()))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = procfs::process::Process::new(i32::try_from(pid).unwrap())
+        .unwrap()
+        .stat()
+        .unwrap();
+    (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64
+}
+
+/// Starts an agent with `extra` flags, waits until `/readyz` passes; returns it with its
+/// RSS then and its CPU share over `idle` (percent of a core) and its RSS after.
+fn measure(bin: &Path, extra: &[String], idle: Duration) -> (u64, f64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let child = Command::new(bin)
+        .args(["run", "--listen", &addr.to_string(), "--socket"])
+        .arg(dir.path().join("agent.sock"))
+        .args(["--log-format", "json"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent = AgentProcess(child);
+    let pid = agent.0.id();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(addr, "/readyz").map(|r| r.0).ok() != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not become ready (group formed): {:?}",
+            get(addr, "/readyz")
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_secs(2));
+    let rss = rss_kib(pid);
+    let cpu0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    thread::sleep(idle);
+    let cpu = (cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+    let rss_after = rss_kib(pid);
+    let (_, status) = get(addr, "/status").unwrap();
+    if !extra.is_empty() {
+        let doc: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let members = doc["group"]["members"].as_array().map_or(0, Vec::len);
+        assert!(doc["group"]["formed"] == true && members > 0, "{doc}");
+    }
+    (rss, cpu, rss_after)
+}
+
+fn main() {
+    let bin = std::env::var_os("VITALS_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/release/vitals-agent"));
+    assert!(
+        bin.exists(),
+        "{}: missing (run `make release` first)",
+        bin.display()
+    );
+    let members = usize::try_from(env_u64("BENCH_MEMBERS", 16)).unwrap();
+    let idle = Duration::from_secs(env_u64("BENCH_IDLE_SECS", 60));
+    let addrs: Vec<String> = (1..=members).map(|i| member(i).to_string()).collect();
+    let leader_flags = vec![
+        "--group-role".to_owned(),
+        "leader".to_owned(),
+        "--group-members".to_owned(),
+        addrs.join(","),
+        "--group-poll".to_owned(),
+        "1s".to_owned(),
+    ];
+    eprintln!("an agent outside any group, idle for {idle:?} …");
+    let (base_rss, base_cpu, base_rss_after) = measure(&bin, &[], idle);
+    eprintln!("a leader polling {members} members every 1 s, for {idle:?} …");
+    let (rss, cpu, rss_after) = measure(&bin, &leader_flags, idle);
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "| agent ({}) | RSS formed / after | CPU over {} s |",
+        bin.display(),
+        idle.as_secs()
+    );
+    println!("|---|---|---|");
+    println!(
+        "| outside any group | {:.2} / {:.2} MiB | {base_cpu:.3} % of a core |",
+        mib(base_rss),
+        mib(base_rss_after)
+    );
+    println!(
+        "| leader, {members} members polled every 1 s | {:.2} / {:.2} MiB | {cpu:.3} % of a core |",
+        mib(rss),
+        mib(rss_after)
+    );
+    let out = workspace().join("bench-results");
+    std::fs::create_dir_all(&out).unwrap();
+    let json = serde_json::json!({
+        "members": members,
+        "poll_seconds": 1,
+        "idle_seconds": idle.as_secs(),
+        "leader": {"rss_kib": rss, "rss_after_kib": rss_after, "cpu_percent": cpu},
+        "no_group": {"rss_kib": base_rss, "rss_after_kib": base_rss_after, "cpu_percent": base_cpu},
+    });
+    std::fs::write(
+        out.join("group.json"),
+        serde_json::to_string_pretty(&json).unwrap(),
+    )
+    .unwrap();
+}

@@ -1,0 +1,508 @@
+//! The group rules (SPEC §9): pure, from the leader's [`GroupState`], its own containers'
+//! instances now and `now` to the group's readiness and liveness, which the leader adds,
+//! after its own reasons, to its aggregate `/readyz` and to `/readyz/<c>` and `/livez/<c>`
+//! of its model containers (never to the agent's own `/livez`).
+//!
+//! Precedence (first that holds is reported; the enums are declared in this order):
+//!
+//! | verdict | reason | holds when |
+//! |---|---|---|
+//! | ready | `group: forming <k>/<N-1>` | not formed this epoch, or one of the leader's own instances changed since (formation starts over); `k` members answered live within `--group-timeout` |
+//! | ready | `group: member <i> unreachable <age>` | formed; member `i` has not answered for `--group-timeout` (lowest `i` first) |
+//! | ready | `group: member <i> <reason>` | formed; member `i`'s latest answer is not live (its own reason, else `not live`) |
+//! | ready | the liveness reason below | ready as far as the above go, but broken |
+//! | live | `group_broken: member <i> restarted` | formed; a known instance of member `i` differs from the one recorded at formation |
+//! | live | `group_broken: member <i> lost` | formed; member `i` has not answered for `--group-lost-after` |
+//!
+//! Liveness never fails while the group is forming. An agent restart alone is never a
+//! member restart: instances are processes' `pid:starttime`, and a container a member does
+//! not list (yet) is no evidence ([`crate::state::group::changed`]).
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::state::group::{changed, instances, GroupReport, GroupState, Instances, MemberState};
+use crate::state::registry::State;
+use crate::verdict::{Probe, Verdicts};
+
+/// `--group-timeout` and `--group-lost-after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupLimits {
+    /// Unanswered this long: unreachable.
+    pub timeout: Duration,
+    /// Unanswered this long in a formed group: lost.
+    pub lost_after: Duration,
+}
+
+/// Why the group breaks the leader's model liveness, in precedence order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokenReason {
+    /// A member's process differs from the one recorded at formation.
+    Restarted {
+        /// The member's index.
+        member: usize,
+    },
+    /// A member has not answered for `--group-lost-after`.
+    Lost {
+        /// The member's index.
+        member: usize,
+    },
+}
+
+impl BrokenReason {
+    /// Every kind, for the per-reason counter.
+    pub const KINDS: [&'static str; 2] = ["restarted", "lost"];
+
+    /// `restarted` or `lost` (the `reason` label of `vitals_group_broken_total`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Restarted { .. } => "restarted",
+            Self::Lost { .. } => "lost",
+        }
+    }
+}
+
+impl fmt::Display for BrokenReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Restarted { member } => write!(f, "group_broken: member {member} restarted"),
+            Self::Lost { member } => write!(f, "group_broken: member {member} lost"),
+        }
+    }
+}
+
+/// Why the group fails the leader's readiness, in precedence order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupReadyReason {
+    /// Not formed (this epoch).
+    Forming {
+        /// Members that answered live within `--group-timeout`.
+        live: usize,
+        /// N−1.
+        members: usize,
+    },
+    /// A member has not answered for `--group-timeout`.
+    Unreachable {
+        /// The member's index.
+        member: usize,
+        /// Since its last answer (or since polling started).
+        age: Duration,
+    },
+    /// A member says it is not live.
+    MemberNotLive {
+        /// The member's index.
+        member: usize,
+        /// Its own reason.
+        reason: String,
+    },
+    /// The group is broken (liveness fails too).
+    Broken(BrokenReason),
+}
+
+impl fmt::Display for GroupReadyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Forming { live, members } => write!(f, "group: forming {live}/{members}"),
+            Self::Unreachable { member, age } => {
+                write!(f, "group: member {member} unreachable {}", age_text(*age))
+            }
+            Self::MemberNotLive { member, reason } => write!(f, "group: member {member} {reason}"),
+            Self::Broken(b) => b.fmt(f),
+        }
+    }
+}
+
+/// `4.2s`: the age in a reason.
+fn age_text(age: Duration) -> String {
+    format!("{:.1}s", age.as_secs_f64())
+}
+
+/// `text` with the age of an `unreachable <age>` reason taken out: two reasons that differ
+/// only in it are the same verdict (the transition log records the change once, not every
+/// tick while the member stays away).
+pub fn without_age(text: &str) -> &str {
+    match text.find(" unreachable ") {
+        Some(at) if text[..at].contains("group: member ") => &text[..at + " unreachable".len()],
+        _ => text,
+    }
+}
+
+/// One member as the group verdict sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberStatus {
+    /// Answered live within `--group-timeout`.
+    Live,
+    /// Answered within `--group-timeout`, not live.
+    NotLive,
+    /// No answer for `--group-timeout`.
+    Unreachable,
+}
+
+impl MemberStatus {
+    /// Every status (the `state` label of `vitals_group_members`).
+    pub const ALL: [MemberStatus; 3] = [Self::Live, Self::NotLive, Self::Unreachable];
+
+    /// `live`, `not_live`, `unreachable`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::NotLive => "not_live",
+            Self::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// The group's verdicts at one instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupVerdict {
+    /// Formed this epoch (and the leader's own instances unchanged since).
+    pub formed: bool,
+    /// Added to the leader's readiness.
+    pub ready: Result<(), GroupReadyReason>,
+    /// Added to the liveness of the leader's model containers.
+    pub live: Result<(), BrokenReason>,
+    /// Each member's status and the time since its last answer, in index order.
+    pub members: Vec<(MemberStatus, Option<Duration>)>,
+}
+
+fn since_answer(m: &MemberState, now: Instant) -> Option<Duration> {
+    m.answer
+        .as_ref()
+        .map(|a| now.saturating_duration_since(a.at))
+}
+
+fn status(m: &MemberState, limits: &GroupLimits, now: Instant) -> MemberStatus {
+    match m.answer.as_ref() {
+        Some(a) if now.saturating_duration_since(a.at) < limits.timeout => {
+            if a.report.live {
+                MemberStatus::Live
+            } else {
+                MemberStatus::NotLive
+            }
+        }
+        _ => MemberStatus::Unreachable,
+    }
+}
+
+/// Judges the group at `now`; `leader_now` is the leader's own containers' instances now.
+pub fn evaluate(
+    g: &GroupState,
+    leader_now: &Instances,
+    limits: &GroupLimits,
+    now: Instant,
+) -> GroupVerdict {
+    let members: Vec<_> = g
+        .members
+        .iter()
+        .map(|m| (status(m, limits, now), since_answer(m, now)))
+        .collect();
+    let formed =
+        (g.formed_at.is_some() || g.members.is_empty()) && changed(&g.leader, leader_now).is_none();
+    if !formed {
+        let live = members
+            .iter()
+            .filter(|(s, _)| *s == MemberStatus::Live)
+            .count();
+        return GroupVerdict {
+            formed,
+            ready: Err(GroupReadyReason::Forming {
+                live,
+                members: g.members.len(),
+            }),
+            live: Ok(()),
+            members,
+        };
+    }
+    let unanswered = |m: &MemberState| {
+        since_answer(m, now).unwrap_or_else(|| now.saturating_duration_since(g.epoch))
+    };
+    let restarted = g.members.iter().find_map(|m| {
+        let recorded = m.recorded.as_ref()?;
+        changed(recorded, &m.seen).map(|_| BrokenReason::Restarted {
+            member: m.target.index,
+        })
+    });
+    let lost = || {
+        g.members
+            .iter()
+            .find(|m| unanswered(m) >= limits.lost_after)
+            .map(|m| BrokenReason::Lost {
+                member: m.target.index,
+            })
+    };
+    let live = match restarted.or_else(lost) {
+        Some(b) => Err(b),
+        None => Ok(()),
+    };
+    let unreachable = g.members.iter().zip(&members).find_map(|(m, (s, _))| {
+        (*s == MemberStatus::Unreachable).then(|| GroupReadyReason::Unreachable {
+            member: m.target.index,
+            age: unanswered(m),
+        })
+    });
+    let not_live = || {
+        g.members.iter().zip(&members).find_map(|(m, (s, _))| {
+            let a = m.answer.as_ref().filter(|_| *s == MemberStatus::NotLive)?;
+            Some(GroupReadyReason::MemberNotLive {
+                member: m.target.index,
+                reason: a
+                    .report
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "not live".to_owned()),
+            })
+        })
+    };
+    let ready = match unreachable
+        .or_else(not_live)
+        .or_else(|| live.err().map(GroupReadyReason::Broken))
+    {
+        Some(r) => Err(r),
+        None => Ok(()),
+    };
+    GroupVerdict {
+        formed,
+        ready,
+        live,
+        members,
+    }
+}
+
+/// What this agent answers on `GET /group`: `live` when every container's `/livez/<c>`
+/// passes (the agent's own liveness is not the model's), `ready` as `/readyz`, the first
+/// failing liveness reason (else readiness reason), and the instances the registry knows.
+pub fn report(v: &Verdicts, state: &State) -> GroupReport {
+    let not_live = v.names().find_map(|name| {
+        let reason = v.worker(Probe::Live, name)?.reason?;
+        Some(format!("{name}: {reason}"))
+    });
+    let ready = v.aggregate(Probe::Ready);
+    GroupReport {
+        live: not_live.is_none(),
+        ready: ready.ok(),
+        reason: not_live.or(ready.reason),
+        instances: instances(state),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::group::tests::{inst, live, not_live, targets, FRESH};
+
+    const LIMITS: GroupLimits = GroupLimits {
+        timeout: FRESH,
+        lost_after: Duration::from_secs(60),
+    };
+    const EPS: Duration = Duration::from_millis(1);
+    const SEC: Duration = Duration::from_secs(1);
+
+    /// A leader with `n` members, formed at t0 with member i's `ray` process `i:i`, and
+    /// the leader's `vllm` process `0:0`.
+    fn formed(n: usize) -> (GroupState, Instant) {
+        let t0 = Instant::now();
+        let mut g = GroupState::new(&targets(n), t0);
+        for slot in 0..n {
+            let me = format!("{}:{}", slot + 1, slot + 1);
+            g.record(slot, live(&[("ray", &me)]), &leader(), FRESH, t0);
+        }
+        assert_eq!(g.formed_at, Some(t0));
+        (g, t0)
+    }
+
+    fn leader() -> Instances {
+        inst(&[("vllm", "0:0")])
+    }
+
+    fn judge(g: &GroupState, at: Instant) -> GroupVerdict {
+        evaluate(g, &leader(), &LIMITS, at)
+    }
+
+    fn texts(v: &GroupVerdict) -> (Option<String>, Option<String>) {
+        (
+            v.ready.as_ref().err().map(ToString::to_string),
+            v.live.as_ref().err().map(ToString::to_string),
+        )
+    }
+
+    fn say(s: &str) -> Option<String> {
+        Some(s.to_owned())
+    }
+
+    #[test]
+    fn a_formed_group_with_every_member_live_passes() {
+        let (g, t0) = formed(2);
+        let v = judge(&g, t0 + FRESH - EPS);
+        assert_eq!(texts(&v), (None, None));
+        assert!(v.formed);
+        assert_eq!(v.members[0].0, MemberStatus::Live);
+    }
+
+    #[test]
+    fn forming_counts_the_members_that_answered_live_and_never_fails_liveness() {
+        let t0 = Instant::now();
+        let mut g = GroupState::new(&targets(3), t0);
+        assert_eq!(texts(&judge(&g, t0)), (say("group: forming 0/3"), None));
+        g.record(0, live(&[]), &leader(), FRESH, t0);
+        g.record(1, not_live("ray: stopped"), &leader(), FRESH, t0);
+        assert_eq!(texts(&judge(&g, t0)), (say("group: forming 1/3"), None));
+        // Hours unanswered while forming: still only forming (no `lost`).
+        let late = t0 + Duration::from_secs(3600);
+        assert_eq!(texts(&judge(&g, late)), (say("group: forming 0/3"), None));
+    }
+
+    #[test]
+    fn a_group_without_members_is_formed() {
+        let t0 = Instant::now();
+        let g = GroupState::new(&[], t0);
+        assert_eq!(texts(&judge(&g, t0)), (None, None));
+    }
+
+    #[test]
+    fn unreachable_from_the_timeout_on_with_its_age() {
+        let (g, t0) = formed(2);
+        assert_eq!(texts(&judge(&g, t0 + FRESH - EPS)), (None, None));
+        let v = judge(&g, t0 + FRESH);
+        assert_eq!(texts(&v), (say("group: member 1 unreachable 3.0s"), None));
+        assert_eq!(v.members[0].0, MemberStatus::Unreachable);
+    }
+
+    #[test]
+    fn a_member_that_is_not_live_fails_readiness_with_its_reason() {
+        let (mut g, t0) = formed(2);
+        g.record(1, not_live("ray: stopped"), &leader(), FRESH, t0 + SEC);
+        let v = judge(&g, t0 + SEC);
+        assert_eq!(texts(&v), (say("group: member 2 ray: stopped"), None));
+        assert_eq!(v.members[1].0, MemberStatus::NotLive);
+        let mut silent = not_live("x");
+        if let Ok(r) = silent.as_mut() {
+            r.reason = None;
+        }
+        g.record(1, silent, &leader(), FRESH, t0 + SEC);
+        assert_eq!(
+            judge(&g, t0 + SEC).ready.err().map(|r| r.to_string()),
+            say("group: member 2 not live")
+        );
+    }
+
+    #[test]
+    fn unreachable_outranks_not_live_and_lower_members_come_first() {
+        let (mut g, t0) = formed(3);
+        let t1 = t0 + FRESH;
+        g.record(0, not_live("ray: stopped"), &leader(), FRESH, t1);
+        g.record(1, live(&[("ray", "2:2")]), &leader(), FRESH, t1);
+        // Member 3 last answered at t0: unreachable at t1.
+        assert_eq!(
+            texts(&judge(&g, t1)).0,
+            say("group: member 3 unreachable 3.0s")
+        );
+        g.record(2, not_live("ray: uninterruptible"), &leader(), FRESH, t1);
+        assert_eq!(texts(&judge(&g, t1)).0, say("group: member 1 ray: stopped"));
+    }
+
+    #[test]
+    fn lost_from_lost_after_on_unreachable_before() {
+        let (g, t0) = formed(1);
+        let before = judge(&g, t0 + LIMITS.lost_after - EPS);
+        assert_eq!(
+            texts(&before),
+            (say("group: member 1 unreachable 60.0s"), None)
+        );
+        let at = judge(&g, t0 + LIMITS.lost_after);
+        assert_eq!(
+            texts(&at),
+            (
+                say("group: member 1 unreachable 60.0s"),
+                say("group_broken: member 1 lost")
+            )
+        );
+        assert_eq!(at.live.map_err(|b| b.kind()), Err("lost"));
+    }
+
+    #[test]
+    fn a_member_back_before_lost_after_is_never_broken() {
+        let (mut g, t0) = formed(1);
+        let back = t0 + LIMITS.lost_after - EPS;
+        g.record(0, live(&[("ray", "1:1")]), &leader(), FRESH, back);
+        assert_eq!(texts(&judge(&g, back)), (None, None));
+    }
+
+    #[test]
+    fn a_changed_member_instance_breaks_liveness_and_readiness() {
+        let (mut g, t0) = formed(2);
+        g.record(1, live(&[("ray", "9:9")]), &leader(), FRESH, t0 + SEC);
+        let v = judge(&g, t0 + SEC);
+        assert_eq!(
+            texts(&v),
+            (
+                say("group_broken: member 2 restarted"),
+                say("group_broken: member 2 restarted")
+            )
+        );
+        assert_eq!(v.live.map_err(|b| b.kind()), Err("restarted"));
+    }
+
+    #[test]
+    fn restarted_outranks_lost() {
+        let (mut g, t0) = formed(2);
+        let late = t0 + LIMITS.lost_after;
+        g.record(1, live(&[("ray", "9:9")]), &leader(), FRESH, late);
+        assert_eq!(
+            texts(&judge(&g, late)).1,
+            say("group_broken: member 2 restarted")
+        );
+    }
+
+    #[test]
+    fn an_agent_restart_alone_is_never_a_member_restart() {
+        let (mut g, t0) = formed(1);
+        // The member's agent restarts: it answers before finding the process again
+        // (nothing listed), then finds the same process.
+        let t1 = t0 + SEC;
+        g.record(0, live(&[]), &leader(), FRESH, t1);
+        assert_eq!(texts(&judge(&g, t1)), (None, None));
+        g.record(0, live(&[("ray", "1:1")]), &leader(), FRESH, t1);
+        assert_eq!(texts(&judge(&g, t1)), (None, None));
+        // A container the member did not list at formation is no evidence either.
+        g.record(
+            0,
+            live(&[("ray", "1:1"), ("sidecar", "5:5")]),
+            &leader(),
+            FRESH,
+            t1,
+        );
+        assert_eq!(texts(&judge(&g, t1)), (None, None));
+    }
+
+    #[test]
+    fn the_leaders_own_restart_clears_broken_and_forms_again() {
+        let (mut g, t0) = formed(1);
+        let t1 = t0 + SEC;
+        g.record(0, live(&[("ray", "9:9")]), &leader(), FRESH, t1);
+        assert!(judge(&g, t1).live.is_err());
+        // The kubelet restarted the leader's model: before the poller saw it, the verdict
+        // already treats the group as forming (no broken).
+        let restarted = inst(&[("vllm", "3:3")]);
+        let v = evaluate(&g, &restarted, &LIMITS, t1);
+        assert_eq!(texts(&v), (say("group: forming 1/1"), None));
+        // The next poll starts the epoch over and forms with the new instances.
+        let t2 = t1 + SEC;
+        g.record(0, live(&[("ray", "9:9")]), &restarted, FRESH, t2);
+        let v = evaluate(&g, &restarted, &LIMITS, t2);
+        assert_eq!(texts(&v), (None, None));
+        assert_eq!(g.members[0].recorded, Some(inst(&[("ray", "9:9")])));
+    }
+
+    #[test]
+    fn the_age_is_not_part_of_the_verdict_for_transitions() {
+        assert_eq!(
+            without_age("group: member 2 unreachable 4.1s"),
+            "group: member 2 unreachable"
+        );
+        assert_eq!(
+            without_age("model: group: member 2 unreachable 9.9s"),
+            "model: group: member 2 unreachable"
+        );
+        assert_eq!(without_age("fail: phase loading"), "fail: phase loading");
+    }
+}

@@ -1,0 +1,412 @@
+//! Scenarios G1–G2 (SPEC §9): one model served by three pods. A leader agent watches the
+//! fake vLLM (the group's API, an upstream with its own HTTP probes); two member agents
+//! each watch a headless process (`ray`). Every process is real and talks over loopback:
+//! the leader polls its members' `GET /group`, and its `/readyz/vllm` and `/livez/vllm`
+//! (the kubelet's probes of the leader's model container) judge the group as one.
+//!
+//! Until member agents watch a container without probes by /proc alone (upstream entries
+//! with only `"process"`), each member's headless process is a process that listens on a
+//! port (the fake-vllm binary, nothing else of it used) configured with a `tcpSocket`
+//! liveness probe, which is how the agent finds its process in /proc today.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use vitals_e2e::fake_vllm::FakeVllm;
+use vitals_e2e::pod::{duration_arg, free_addr, AgentOptions, Pod};
+use vitals_e2e::probe::{ProbeKind, ProbeWorker};
+use vitals_e2e::report::report_line;
+use vitals_e2e::slots;
+
+use crate::common::*;
+
+const LIVE: &str = "/livez/vllm";
+const READY: &str = "/readyz/vllm";
+/// `--group-poll` of the leader (also each poll's timeout).
+const POLL: Duration = Duration::from_millis(250);
+/// `--group-timeout`: a member unanswered this long is `unreachable`.
+const TIMEOUT: Duration = Duration::from_secs(1);
+/// `--group-lost-after`: longer than any outage these scenarios cause on purpose.
+const LOST_AFTER: Duration = Duration::from_secs(30);
+/// The upstream probes' `periodSeconds`.
+const PERIOD: Duration = Duration::from_secs(1);
+
+fn fake_vllm(addr: SocketAddr, dir: &Path, label: &str) -> FakeVllm {
+    FakeVllm::start(
+        Path::new(env!("CARGO_BIN_EXE_fake-vllm")),
+        addr,
+        Some(Duration::ZERO),
+        &dir.join(format!("{label}.log")),
+    )
+}
+
+/// A member pod: its agent (role member) and the headless `ray` process.
+struct Member {
+    pod: Pod,
+    ray: FakeVllm,
+    dir: tempfile::TempDir,
+}
+
+impl Member {
+    fn start(name: &str) -> Member {
+        let dir = tempfile::tempdir().expect("temp folder");
+        let ray_addr = free_addr();
+        let ray = fake_vllm(ray_addr, dir.path(), "ray");
+        let upstreams = serde_json::json!({"ray": {"livenessProbe": {
+            "tcpSocket": {"port": ray_addr.port()}, "periodSeconds": PERIOD.as_secs()
+        }}});
+        let agent = AgentOptions {
+            extra_args: vec![
+                "--upstreams".into(),
+                upstreams.to_string(),
+                "--group-role".into(),
+                "member".into(),
+            ],
+            ..agent()
+        };
+        let mut pod = Pod::new(name, agent, worker());
+        pod.event(format!("ray started on {ray_addr} (pid {})", ray.pid()));
+        pod.start_agent_and_wait();
+        let m = Member { pod, ray, dir };
+        m.await_ray_found();
+        m
+    }
+
+    /// Waits until `/group` lists ray's current process.
+    fn await_ray_found(&self) {
+        let want = format!("{}:", self.ray.pid());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let group =
+                vitals_e2e::client::get(self.pod.agent_addr, "/group", Duration::from_secs(1))
+                    .and_then(|r| r.json());
+            if let Ok(g) = &group {
+                if g["instances"]["ray"]
+                    .as_str()
+                    .is_some_and(|i| i.starts_with(&want))
+                {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the member agent did not find ray (pid {}): {group:?}",
+                self.ray.pid()
+            );
+            std::thread::sleep(vitals_e2e::pod::POLL);
+        }
+    }
+
+    fn ray_pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.ray.pid()).expect("pid fits"))
+    }
+}
+
+/// The leader pod: its agent (role leader, polling `members`) and the fake vLLM.
+struct Leader {
+    pod: Pod,
+    vllm: FakeVllm,
+    dir: tempfile::TempDir,
+    /// When its agent was started, on its timeline.
+    agent_started: Duration,
+}
+
+impl Leader {
+    fn start(name: &str, members: &[SocketAddr]) -> Leader {
+        let dir = tempfile::tempdir().expect("temp folder");
+        let addr = free_addr();
+        let vllm = fake_vllm(addr, dir.path(), "vllm");
+        let health = serde_json::json!({"httpGet": {"path": "/health", "port": addr.port()},
+            "periodSeconds": PERIOD.as_secs()});
+        let upstreams =
+            serde_json::json!({"vllm": {"livenessProbe": health, "readinessProbe": health}});
+        let members: Vec<String> = members.iter().map(ToString::to_string).collect();
+        let agent = AgentOptions {
+            extra_args: vec![
+                "--upstreams".into(),
+                upstreams.to_string(),
+                "--group-role".into(),
+                "leader".into(),
+                "--group-members".into(),
+                members.join(","),
+                "--group-poll".into(),
+                duration_arg(POLL),
+                "--group-timeout".into(),
+                duration_arg(TIMEOUT),
+                "--group-lost-after".into(),
+                duration_arg(LOST_AFTER),
+            ],
+            ..agent()
+        };
+        let mut pod = Pod::new(name, agent, worker());
+        pod.event(format!("vLLM started on {addr} (pid {})", vllm.pid()));
+        let agent_started = pod.event("starting the leader's agent");
+        pod.start_agent_and_wait();
+        Leader {
+            pod,
+            vllm,
+            dir,
+            agent_started,
+        }
+    }
+
+    /// The kubelet restarting the leader's model container: the old process killed, a new
+    /// one on the same port.
+    fn restart_vllm(&mut self) -> Duration {
+        let at = self.pod.event("kubelet: restarting the vLLM container");
+        let addr = self.vllm.addr;
+        self.vllm.kill();
+        self.vllm = fake_vllm(addr, self.dir.path(), "vllm-2");
+        self.pod
+            .event(format!("vLLM restarted (pid {})", self.vllm.pid()));
+        at
+    }
+
+    fn group(&self) -> serde_json::Value {
+        self.pod.status()["group"].clone()
+    }
+}
+
+/// Three pods, formed: leader `/readyz/vllm` passes. Bound: within 2 × the probe period +
+/// 2 polls + measured starvation of the leader's agent starting, its members already up (vLLM's readiness
+/// probe runs once per period, then one poll sees every member live).
+fn formed_group(name: &str) -> (Leader, Member, Member) {
+    let m1 = Member::start(&format!("{name}_m1"));
+    let m2 = Member::start(&format!("{name}_m2"));
+    let leader = Leader::start(name, &[m1.pod.agent_addr, m2.pod.agent_addr]);
+    let t0 = leader.agent_started;
+    let bound = PERIOD * 2 + POLL * 2;
+    let (at, _) = leader.pod.await_probe(
+        READY,
+        bound + Duration::from_secs(5),
+        "the group forms",
+        |o| o.passed(),
+    );
+    leader.pod.check_latency(
+        "the group formed after the leader's agent started",
+        t0,
+        at,
+        bound,
+        PROBE_POLL,
+    );
+    let g = leader.group();
+    assert_eq!(g["formed"], true, "{g}");
+    (leader, m1, m2)
+}
+
+/// G1: a member's faults as the leader's readiness sees them, liveness untouched.
+/// - ray SIGSTOPped: `/readyz/vllm` fails with `group: member 1 ray: stopped` within
+///   `--hang-timeout` + 2 × `--proc-interval` + a poll (+ measured starvation), never before
+///   `--hang-timeout`; SIGCONT: ready again within 2 × `--proc-interval` + a poll (+ measured starvation).
+/// - member 2's agent killed: `group: member 2 unreachable <age>` within `--group-timeout`
+///   plus a poll (+ measured starvation), never before `--group-timeout` less a poll; started again: ready within 2 probe
+///   periods + a poll (+ measured starvation) of its agent answering; `/livez/vllm` passes throughout.
+/// - member 2's agent SIGSTOPped (accepts connections, never answers): 300 probes of the
+///   leader have p99 < 10 ms.
+#[test]
+fn g1_member_faults_fail_the_leaders_readiness_not_its_liveness() {
+    let _slot = slots::shared();
+    let (mut leader, m1, mut m2) = formed_group("group_member_faults");
+    let watch = leader.pod.watch(
+        vec![(LIVE, ProbeWorker::new(ProbeKind::Liveness, 1, 3))],
+        WATCH_PERIOD,
+    );
+    let from = leader.pod.timeline.now();
+
+    signal::kill(m1.ray_pid(), Signal::SIGSTOP).expect("SIGSTOP ray");
+    let fault = leader.pod.event("SIGSTOP -> member 1's ray");
+    let hang = m1.pod.agent_options.hang_timeout;
+    let proc = m1.pod.agent_options.proc_interval;
+    leader.pod.await_detection(
+        READY,
+        &["group: member 1 ray: stopped"],
+        fault,
+        hang + proc * 2 + POLL,
+        PROBE_POLL,
+        hang,
+    );
+    signal::kill(m1.ray_pid(), Signal::SIGCONT).expect("SIGCONT ray");
+    let resumed = leader.pod.event("SIGCONT -> member 1's ray");
+    let (at, _) =
+        leader
+            .pod
+            .await_probe(READY, Duration::from_secs(10), "ready after SIGCONT", |o| {
+                o.passed()
+            });
+    leader.pod.check_latency(
+        "ready after SIGCONT",
+        resumed,
+        at,
+        proc * 2 + POLL,
+        PROBE_POLL,
+    );
+
+    let killed = leader.pod.event("SIGKILL -> member 2's agent");
+    m2.pod.kill_agent();
+    let (at, o) = leader.pod.await_probe(
+        READY,
+        TIMEOUT + POLL + Duration::from_secs(5),
+        "member 2 unreachable",
+        |o| {
+            o.reason()
+                .is_some_and(|r| r.starts_with("group: member 2 unreachable "))
+        },
+    );
+    let after = leader
+        .pod
+        .check_latency(
+            &format!(
+                "`{}` after member 2's agent died",
+                o.reason().unwrap_or_default()
+            ),
+            killed,
+            at,
+            TIMEOUT + POLL,
+            PROBE_POLL,
+        )
+        .after;
+    // Its last answer came at most one poll before the kill.
+    assert!(
+        after + POLL >= TIMEOUT,
+        "unreachable before --group-timeout: {after:?}"
+    );
+    m2.pod.start_agent_and_wait();
+    let up = leader.pod.event("member 2's agent answers again");
+    let (at, _) = leader.pod.await_probe(
+        READY,
+        Duration::from_secs(10),
+        "ready with member 2 back",
+        |o| o.passed(),
+    );
+    leader.pod.check_latency(
+        "ready with member 2's agent back",
+        up,
+        at,
+        PERIOD * 2 + POLL,
+        PROBE_POLL,
+    );
+    leader.pod.stop_watches();
+    assert_all_pass(
+        &leader.pod,
+        LIVE,
+        from,
+        leader.pod.timeline.now(),
+        "a member's stop or agent restart never breaks the group",
+    );
+    assert_eq!(watch.restarts(LIVE), 0);
+    assert_eq!(leader.group()["live"]["ok"], true);
+
+    let agent_pid = m2.pod.agent().pid();
+    signal::kill(agent_pid, Signal::SIGSTOP).expect("SIGSTOP member agent");
+    leader
+        .pod
+        .event("SIGSTOP -> member 2's agent (accepts, never answers)");
+    leader.pod.await_probe(
+        READY,
+        TIMEOUT + Duration::from_secs(5),
+        "unreachable",
+        |o| {
+            o.reason()
+                .is_some_and(|r| r.starts_with("group: member 2 unreachable "))
+        },
+    );
+    let mut took: Vec<Duration> = (0..300)
+        .map(|_| {
+            let t = Instant::now();
+            let o = leader.pod.probe(READY);
+            assert!(!o.passed());
+            t.elapsed()
+        })
+        .collect();
+    signal::kill(agent_pid, Signal::SIGCONT).expect("SIGCONT member agent");
+    took.sort();
+    let p99 = took[took.len() * 99 / 100];
+    report_line(&format!(
+        "[group_member_faults] leader probe p99 {:.2}ms, max {:.2}ms over 300 probes while a member never answers (bound p99 < 10ms)",
+        p99.as_secs_f64() * 1e3,
+        took[took.len() - 1].as_secs_f64() * 1e3
+    ));
+    assert!(p99 < Duration::from_millis(10), "p99 {p99:?}");
+    leader
+        .pod
+        .await_probe(READY, Duration::from_secs(10), "ready after SIGCONT", |o| {
+            o.passed()
+        });
+}
+
+/// G2: member 1's process replaced (a new pid): the leader's `/livez/vllm` fails with
+/// `group_broken: member 1 restarted` within 2 × `--proc-interval` + a poll (+ measured starvation) of the
+/// new process listening; the kubelet (liveness failureThreshold 3) restarts the leader's
+/// vLLM; the group forms again, with the new instances, within 2 probe periods + 2 polls
+/// (+ measured starvation) of the new vLLM listening, and stays live.
+#[test]
+fn g2_a_replaced_member_breaks_the_group_and_the_leaders_restart_forms_it_again() {
+    let _slot = slots::shared();
+    let (mut leader, mut m1, _m2) = formed_group("group_member_replaced");
+    let before = leader.group()["members"][0]["recorded"]["ray"].clone();
+    let watch = leader.pod.watch(
+        vec![(LIVE, ProbeWorker::new(ProbeKind::Liveness, 1, 3))],
+        WATCH_PERIOD,
+    );
+    let addr = m1.ray.addr;
+    m1.ray.kill();
+    m1.ray = fake_vllm(addr, m1.dir.path(), "ray-2");
+    let replaced = leader
+        .pod
+        .event(format!("member 1's ray replaced (pid {})", m1.ray.pid()));
+    let proc = m1.pod.agent_options.proc_interval;
+    leader.pod.await_detection(
+        LIVE,
+        &["group_broken: member 1 restarted"],
+        replaced,
+        proc * 2 + POLL,
+        PROBE_POLL,
+        Duration::ZERO,
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while watch.restarts(LIVE) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the kubelet never restarted vLLM"
+        );
+        std::thread::sleep(vitals_e2e::pod::POLL);
+    }
+    leader.pod.stop_watches();
+    let restarted = leader.restart_vllm();
+    let bound = PERIOD * 2 + POLL * 2;
+    let (at, _) =
+        leader
+            .pod
+            .await_probe(READY, bound + Duration::from_secs(5), "formed again", |o| {
+                o.passed()
+            });
+    leader.pod.check_latency(
+        "formed again after the leader's vLLM restart",
+        restarted,
+        at,
+        bound,
+        PROBE_POLL,
+    );
+    assert_stays_passing(
+        &leader.pod,
+        LIVE,
+        Duration::from_secs(2),
+        "the new group is live",
+    );
+    let g = leader.group();
+    assert_eq!(g["resets"], 1, "{g}");
+    let after = g["members"][0]["recorded"]["ray"].clone();
+    assert_ne!(
+        before, after,
+        "the new formation records the new process: {g}"
+    );
+    assert!(
+        after
+            .as_str()
+            .is_some_and(|i| i.starts_with(&format!("{}:", m1.ray.pid()))),
+        "{g}"
+    );
+}
