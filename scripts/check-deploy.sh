@@ -11,7 +11,15 @@
 #     and startup arithmetic of docs/deploy.md, replicas against PDB and autoscalers, GPU
 #     settings, namespaces, NetworkPolicy ports; KEDA queries through `promtool check rules`;
 #   - monitoring: `promtool check rules`, `promtool test rules` (every alert fired by one test
-#     and kept quiet by another), runbook_url anchors, the dashboard's metric names.
+#     and kept quiet by another), runbook_url anchors, the dashboard's metric names;
+#   - deploy/examples/*: rendered, each LeaderWorkerSet's two pod templates validated as Pods
+#     (kubernetes-validate has no LeaderWorkerSet schema, and no CRD package is pinned for it),
+#     wired as SPEC §6 says, and exactly what `vitals-agent inject` writes (re-injecting
+#     changes nothing).
+#   - the injector (deploy/components/injector, SPEC §10), both certificate paths: the same
+#     validation, cert-manager's Certificate and Issuer against their CRD schemas, and
+#     scripts/check_injector.py (never-blocking webhook settings, selectors, no API
+#     permissions for the webhook, the certificate reaching the caBundle).
 # Every tool comes from scripts/install-test-deps.sh; one that is still missing fails the
 # check (never a skip).
 set -euo pipefail
@@ -31,6 +39,26 @@ py="$venv/bin/python" # PyYAML comes with kubernetes-validate
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+
+# Each LeaderWorkerSet document becomes two Pods, its leader's and its workers' templates
+# (a missing leaderTemplate is the workerTemplate), so the core schemas check them.
+lws_pods() { # src dst
+  "$py" - "$1" "$2" <<'PY'
+import sys, yaml
+out = []
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d.get("kind") == "LeaderWorkerSet":
+        lwt = d["spec"]["leaderWorkerTemplate"]
+        for role in ("leaderTemplate", "workerTemplate"):
+            t = lwt.get(role) or lwt["workerTemplate"]
+            meta = dict(t.get("metadata") or {})
+            meta["name"] = f"{d['metadata']['name']}-{role}"
+            out.append({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": t["spec"]})
+    elif d:
+        out.append(d)
+yaml.safe_dump_all(out, open(sys.argv[2], "w"), sort_keys=False)
+PY
+}
 
 validate() { # min-version files...
   local min=$1 v
@@ -52,6 +80,8 @@ while IFS= read -r k; do targets+=("$(dirname "$k")"); done < <(
 for c in deploy/components/*/; do
   c=${c%/}
   name=$(basename "$c")
+  # Not a Component of the model Deployment: its own namespace, checked in 2b.
+  [ "$name" = injector ] && continue
   variant=cpu
   case $name in gpu*) variant=gpu ;; esac
   dir="$tmp/components/$name"
@@ -81,6 +111,17 @@ for k in "${targets[@]}"; do
   crds+=("$tmp/crds-$n.json")
   echo "deploy-check: ${k#"$tmp/"} valid (Kubernetes >= $min)"
   n=$((n + 1))
+done
+
+# 2b. The injector, each certificate path on its own (a cluster-wide install, not an overlay).
+for path in cert-manager certgen; do
+  out="$tmp/injector-$path.yaml"
+  kubectl kustomize "deploy/components/injector/$path" >"$out" || fail "kubectl kustomize deploy/components/injector/$path failed"
+  min=$("$py" scripts/check_deploy.py split "$out" "$tmp/injector-core-$path.yaml" "$tmp/crds-injector-$path.json")
+  validate "$min" "$tmp/injector-core-$path.yaml" || fail "injector/$path is not valid"
+  "$py" scripts/check_injector.py "$out" "$path" || fail "injector/$path: checks failed"
+  crds+=("$tmp/crds-injector-$path.json")
+  echo "deploy-check: injector/$path valid (Kubernetes >= $min)"
 done
 
 # 3. Monitoring: custom resources to their schemas, rules through promtool, core strictly.
@@ -124,7 +165,36 @@ if [ -e "${fixtures[0]}" ]; then
     "$py" scripts/check_deploy.py expand-lists "$tmp/inject-$name.yaml" "$tmp/inject-$name.expanded.yaml"
     outs+=("$tmp/inject-$name.expanded.yaml")
   done
+  for i in "${!outs[@]}"; do lws_pods "${outs[$i]}" "${outs[$i]}.pods.yaml"; outs[i]="${outs[$i]}.pods.yaml"; done
   validate 1.29 "${outs[@]}"
   "$py" scripts/check_deploy.py pods "${outs[@]}"
   echo "deploy-check: inject outputs of ${#outs[@]} fixtures valid and idempotent"
 fi
+
+# 6. Examples (deploy/examples/*): what a user applies, already injected.
+for k in deploy/examples/*/; do
+  k=${k%/}
+  name=$(basename "$k")
+  kubectl kustomize "$k" >"$tmp/example-$name.yaml" || fail "kubectl kustomize $k failed"
+  agent=${agent:-${VITALS_AGENT_BIN:-${CARGO_TARGET_DIR:-target}/debug/vitals-agent}}
+  [ -x "$agent" ] || cargo build -q -p vitals-agent
+  for f in "$k"/*.yaml; do
+    [ "$(basename "$f")" = kustomization.yaml ] && continue
+    "$agent" inject -q -f "$f" | cmp -s - "$f" ||
+      fail "$f is not what vitals-agent inject writes (re-inject it: vitals-agent inject -f $f)"
+  done
+  # A group's settings (docs/deploy.md, "Multi-node models"): the group recreated on any
+  # restart, members created before the leader is Ready (a Vitals leader waits for them).
+  "$py" - "$tmp/example-$name.yaml" <<'PY' || fail "$k: LeaderWorkerSet settings"
+import sys, yaml
+for d in yaml.safe_load_all(open(sys.argv[1])):
+    if d and d.get("kind") == "LeaderWorkerSet":
+        spec = d["spec"]
+        assert spec["leaderWorkerTemplate"].get("restartPolicy") == "RecreateGroupOnPodRestart", "restartPolicy"
+        assert spec.get("startupPolicy", "LeaderCreated") == "LeaderCreated", "startupPolicy"
+PY
+  lws_pods "$tmp/example-$name.yaml" "$tmp/example-$name.pods.yaml"
+  validate 1.29 "$tmp/example-$name.pods.yaml" || fail "$k is not valid"
+  "$py" scripts/check_deploy.py pods "$tmp/example-$name.pods.yaml"
+  echo "deploy-check: example $name valid, injected as inject writes it"
+done

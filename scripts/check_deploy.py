@@ -504,8 +504,9 @@ def check_monitoring(rendered, base, rules_out, test_dir, docs_path):
         for ns, labels, spec in hits:
             containers = spec.get("initContainers", []) + spec["containers"]
             ports = {p.get("name") for c in containers for p in c.get("ports", [])}
-            agent_ports = {p.get("name") for c in containers if c["name"] == AGENT for p in c.get("ports", [])}
-            eps = {ep.get("port") for ep in m["spec"]["podMetricsEndpoints"]}
+            ports |= {p.get("containerPort") for c in containers for p in c.get("ports", [])}
+            agent_ports = {p.get(k) for c in containers if c["name"] == AGENT for p in c.get("ports", []) for k in ("name", "containerPort")}
+            eps = {ep.get("port", ep.get("portNumber")) for ep in m["spec"]["podMetricsEndpoints"]}
             for p in eps - ports:
                 err(f"PodMonitor {m['metadata']['name']}", f"port {p!r} is not a port of the pods {sorted(ports)}")
             if not eps & agent_ports:

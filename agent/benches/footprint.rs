@@ -13,8 +13,7 @@
 //! `BENCH_IDLE_SECS`, `BENCH_PROBES` (default 10000).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +21,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use vitals_e2e::{client, wait};
 use vitals_proto::{Phase, Reporter, ReporterConfig, WorkerName};
 
 const WORKERS: usize = 4;
@@ -48,20 +48,10 @@ impl Drop for AgentProcess {
     }
 }
 
-/// One GET on a new connection; the status code.
-fn get(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(1)))?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes(),
-    )?;
-    let mut buf = Vec::with_capacity(512);
-    s.read_to_end(&mut buf)?;
-    let code = std::str::from_utf8(buf.get(9..12).unwrap_or_default())
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok(code)
+/// One GET on a new connection, as the kubelet probes (the toolkit's client, 1 s timeout);
+/// the status code.
+fn get(addr: SocketAddr, path: &str) -> Result<u16, client::ClientError> {
+    client::get(addr, path, Duration::from_secs(1)).map(|r| r.status)
 }
 
 fn rss_kib(pid: i32) -> u64 {
@@ -116,11 +106,9 @@ fn main() {
     let agent = AgentProcess(child);
     let pid = i32::try_from(agent.0.id()).unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get(addr, "/livez").ok() != Some(200) {
-        assert!(Instant::now() < deadline, "the agent did not come up");
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait::eventually("the agent's /livez", Duration::from_secs(10), || {
+        (get(addr, "/livez").ok() == Some(200)).then_some(())
+    });
 
     // Four workers, heartbeating every second as the default reporter does; a loop thread
     // ticks their progress so they stay live (a stalled loop would change nothing here
@@ -145,14 +133,11 @@ fn main() {
             }
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while (0..WORKERS).any(|i| get(addr, &format!("/readyz/w{i}")).ok() != Some(200)) {
-        assert!(
-            Instant::now() < deadline,
-            "the workers did not become ready"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait::eventually("every worker ready", Duration::from_secs(10), || {
+        (0..WORKERS)
+            .all(|i| get(addr, &format!("/readyz/w{i}")).ok() == Some(200))
+            .then_some(())
+    });
 
     eprintln!("4 workers connected; idle for {idle_secs} s …");
     thread::sleep(Duration::from_secs(2));

@@ -4,6 +4,8 @@
 //! Values are checked here, once, so a bad flag fails at start with a clear message and a
 //! non-zero exit instead of surprising the kubelet later.
 
+pub mod upstreams;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vitals_proto::WorkerName;
 
+use crate::inject::webhook::WebhookArgs;
 use crate::inject::InjectArgs;
 use crate::sources::upstream;
 use crate::sources::upstream::config::{UpstreamSpec, UpstreamsError};
@@ -36,6 +39,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Rewrite pod specs so Vitals watches their containers.
     Inject(InjectArgs),
+    /// Serve the admission webhook that injects Pods at creation (SPEC §10).
+    Webhook(WebhookArgs),
 }
 
 /// How log lines are written.
@@ -55,8 +60,9 @@ pub const DURATIONS_HELP: &str =
 #[derive(Debug, Clone, Args)]
 #[command(after_help = DURATIONS_HELP)]
 pub struct RunArgs {
-    /// Address of the probe/metrics/status HTTP port.
-    #[arg(long, env = "VITALS_LISTEN", default_value = "0.0.0.0:9180")]
+    /// Address of the probe/metrics/status HTTP port. `[::]` listens dual-stack (IPv6 and
+    /// IPv4), falling back to 0.0.0.0 where the kernel has IPv6 disabled.
+    #[arg(long, env = "VITALS_LISTEN", default_value = "[::]:9180")]
     pub listen: SocketAddr,
 
     /// Unix socket workers report to; its folder is created if missing.
@@ -543,7 +549,7 @@ mod tests {
     #[test]
     fn defaults_match_the_spec() {
         let c = Config::defaults();
-        assert_eq!(c.listen, "0.0.0.0:9180".parse().expect("addr"));
+        assert_eq!(c.listen, "[::]:9180".parse().expect("addr"));
         assert_eq!(c.socket, PathBuf::from("/run/vitals/agent.sock"));
         assert_eq!(c.socket_mode, 0o660);
         assert_eq!(c.thresholds.hang, Duration::from_secs(10));

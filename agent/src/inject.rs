@@ -5,10 +5,15 @@
 //! The rewrite is pure ([`inject_documents`]): text in, text out, nothing written on error.
 //! It is idempotent: a document that already has exactly this wiring comes out byte for
 //! byte, and one injected by an older version is updated in place (the agent container is
-//! found by its name, `vitals-agent`), never duplicated. Documents without a pod template
-//! (Services, ConfigMaps, …) pass through untouched, comments included.
+//! found by its name, `vitals-agent`), never duplicated. Documents without containers
+//! (Services, ConfigMaps, …) pass through untouched, comments included; a kind inject does
+//! not know that carries containers is an error unless `--skip-unknown`. A LeaderWorkerSet's
+//! two templates get a leader's and a member's agent (SPEC §9). `inject_pod` is the one
+//! pod-level transform, called once per pod template.
 
+mod resources;
 mod upstreams;
+pub mod webhook;
 mod yaml;
 
 use std::collections::BTreeSet;
@@ -69,7 +74,12 @@ pub struct InjectArgs {
     /// this version].
     #[arg(long, value_name = "IMAGE", env = "VITALS_IMAGE")]
     pub image: Option<String>,
-    /// Print no summary on stderr.
+    /// Leave documents of kinds inject does not know as they are, even when they carry
+    /// containers (a KServe InferenceService): they are then NOT watched. Without it such a
+    /// document is an error.
+    #[arg(long, env = "VITALS_SKIP_UNKNOWN")]
+    pub skip_unknown: bool,
+    /// Print no summary and no warnings on stderr.
     #[arg(short, long)]
     pub quiet: bool,
 }
@@ -86,6 +96,7 @@ impl InjectArgs {
                 .collect(),
             legacy_sidecar: self.legacy_sidecar,
             image: self.image.clone(),
+            skip_unknown: self.skip_unknown,
         }
     }
 }
@@ -132,6 +143,52 @@ pub struct InjectOptions {
     pub legacy_sidecar: bool,
     /// The agent image; `None` for the default (see [`InjectArgs::image`]).
     pub image: Option<String>,
+    /// Pass documents of unknown kinds with containers through instead of failing.
+    pub skip_unknown: bool,
+}
+
+/// A pod's role in a group (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupRole {
+    /// The pod serving the API; its agent polls the members.
+    Leader,
+    /// A headless member pod.
+    Member,
+}
+
+impl GroupRole {
+    /// The value of `--group-role` / `VITALS_GROUP_ROLE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Leader => "leader",
+            Self::Member => "member",
+        }
+    }
+}
+
+/// Where a LeaderWorkerSet's pods find their subdomain (the headless Service's name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubdomainSource {
+    /// Policy `Shared` (the default): the Service is named after the LWS, which LWS writes
+    /// into every pod's `leaderworkerset.sigs.k8s.io/name` label.
+    SetName,
+    /// Policy `UniquePerReplica`: one Service per group, named after the leader pod.
+    LeaderPodName,
+}
+
+/// What a LeaderWorkerSet's spec says about the group wiring.
+#[derive(Debug, Clone, Copy)]
+struct LwsFacts {
+    subdomain: SubdomainSource,
+}
+
+/// The group wiring of one pod template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Group {
+    /// The pods' role.
+    pub role: GroupRole,
+    /// Where the leader's agent reads the members' subdomain.
+    pub subdomain: SubdomainSource,
 }
 
 /// Why nothing could be injected.
@@ -233,6 +290,14 @@ pub enum Problem {
         /// The built-in names, comma-separated.
         known: String,
     },
+    /// A kind inject does not know carries containers: its pods would go unwatched.
+    #[error("kind {kind} carries containers ({at}) but inject does not know where its pod template is, so its pods would not be watched; for pods a controller makes, use the admission webhook (vitals-agent webhook, SPEC §10), or pass --skip-unknown to leave this document as it is")]
+    UnknownKind {
+        /// `apiVersion kind`.
+        kind: String,
+        /// Where the containers are (`.spec.predictor.containers`).
+        at: String,
+    },
     /// A worker already mounts something else where the socket goes.
     #[error("container {container} mounts volume {volume} at {SOCKET_DIR}, where the agent's socket goes")]
     MountConflict {
@@ -319,6 +384,12 @@ pub fn inject_report(input: &str, opts: &InjectOptions) -> Result<Report, Inject
     if let (0, Some(e)) = (tally.injected, tally.nothing_to_watch) {
         return Err(e);
     }
+    if tally.default_image {
+        notes.push(format!(
+            "warning: no --image given: the agent image is {}; pass --image with your registry's copy",
+            default_image()
+        ));
+    }
     Ok(Report {
         output: pieces.concat(),
         notes,
@@ -344,20 +415,60 @@ struct Tally {
     injected: usize,
     /// The first pod template skipped for having nothing to watch.
     nothing_to_watch: Option<InjectError>,
+    /// Whether some pod got the default image (no `--image`, none injected before).
+    default_image: bool,
 }
 
-/// Where a kind keeps its pod template, for the API groups that define it.
-fn template_path(api_version: &str, kind: &str) -> Option<&'static [&'static str]> {
+/// The API group of LeaderWorkerSet (SPEC §9).
+const LWS_GROUP: &str = "leaderworkerset.x-k8s.io";
+
+/// Where a kind keeps its pod templates, for the API groups that define it, with the group
+/// role of each (LeaderWorkerSet: the leader's and the workers').
+fn template_sites(
+    api_version: &str,
+    kind: &str,
+) -> Option<Vec<(&'static [&'static str], Option<GroupRole>)>> {
     let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    let one = |path: &'static [&'static str]| Some(vec![(path, None)]);
     match (group, kind) {
-        ("", "Pod") => Some(&[]),
-        ("", "ReplicationController") => Some(&["spec", "template"]),
+        ("", "Pod") => one(&[]),
+        ("", "ReplicationController") => one(&["spec", "template"]),
         ("apps" | "extensions", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet") => {
-            Some(&["spec", "template"])
+            one(&["spec", "template"])
         }
-        ("batch", "Job") => Some(&["spec", "template"]),
-        ("batch", "CronJob") => Some(&["spec", "jobTemplate", "spec", "template"]),
+        ("batch", "Job") => one(&["spec", "template"]),
+        ("batch", "CronJob") => one(&["spec", "jobTemplate", "spec", "template"]),
+        (LWS_GROUP, "LeaderWorkerSet") => Some(vec![
+            (
+                &["spec", "leaderWorkerTemplate", "leaderTemplate"],
+                Some(GroupRole::Leader),
+            ),
+            (
+                &["spec", "leaderWorkerTemplate", "workerTemplate"],
+                Some(GroupRole::Member),
+            ),
+        ]),
         _ => None,
+    }
+}
+
+/// Where under `node` a `containers` list is, as a dotted path (`.spec.predictor.containers`):
+/// how a kind inject does not know is found to carry pods.
+fn containers_under(node: &Node, path: &str) -> Option<String> {
+    match node {
+        Node::Map(m) => m.0.iter().find_map(|(k, v)| {
+            let here = format!("{path}.{}", k.value);
+            if k.value == "containers" && v.as_seq().is_some() {
+                Some(here)
+            } else {
+                containers_under(v, &here)
+            }
+        }),
+        Node::Seq(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| containers_under(v, &format!("{path}[{i}]"))),
+        Node::Scalar(_) => None,
     }
 }
 
@@ -389,10 +500,116 @@ fn inject_node(
         }
         return Ok(());
     }
-    let Some(path) = template_path(&api_version, &kind) else {
-        notes.push(format!("{workload}: skipped (no pod template)"));
+    let Some(sites) = template_sites(&api_version, &kind) else {
+        // A kind whose pods inject cannot find must not pass through unwatched: `inject |
+        // kubectl apply` would apply it as if it had been injected.
+        match doc.get("spec").and_then(|s| containers_under(s, ".spec")) {
+            Some(at) if !opts.skip_unknown => {
+                return Err(err(
+                    workload,
+                    Problem::UnknownKind {
+                        kind: format!("{api_version} {kind}"),
+                        at,
+                    },
+                ))
+            }
+            Some(at) => notes.push(format!(
+                "{workload}: warning: skipped (--skip-unknown): kind {kind} has containers ({at}) that Vitals does NOT watch"
+            )),
+            None => notes.push(format!("{workload}: skipped (no pod template)")),
+        }
         return Ok(());
     };
+    let group = group_of(doc, &kind, notes, &workload);
+    for (path, role) in sites {
+        let label = match role {
+            None => workload.clone(),
+            Some(_) => format!("{workload} ({})", path.last().copied().unwrap_or("")),
+        };
+        let group = role.map(|role| Group {
+            role,
+            subdomain: group.subdomain,
+        });
+        inject_site(
+            doc,
+            path,
+            group.as_ref(),
+            &label,
+            &kind,
+            opts,
+            tally,
+            notes,
+            err,
+        )?;
+    }
+    Ok(())
+}
+
+/// LeaderWorkerSet settings that decide the group wiring, with warnings about those that
+/// defeat it. An LWS without a `leaderTemplate` runs its `workerTemplate` for the leader too:
+/// it is copied there, so the leader's agent can get its own role.
+fn group_of(doc: &mut Map, kind: &str, notes: &mut Vec<String>, workload: &str) -> LwsFacts {
+    let mut facts = LwsFacts {
+        subdomain: SubdomainSource::SetName,
+    };
+    if kind != "LeaderWorkerSet" {
+        return facts;
+    }
+    let Some(spec) = doc.get_mut("spec").and_then(Node::as_map_mut) else {
+        return facts;
+    };
+    // pkg/controllers/leaderworkerset_controller.go (reconcileHeadlessServices) and
+    // pkg/webhooks/pod_webhook.go: the pods' subdomain is the headless Service named after
+    // the LWS (policy Shared, the default), or the leader pod's own name (UniquePerReplica).
+    let unique = spec
+        .get("networkConfig")
+        .and_then(Node::as_map)
+        .and_then(|n| n.get_str("subdomainPolicy"))
+        == Some("UniquePerReplica");
+    if unique {
+        facts.subdomain = SubdomainSource::LeaderPodName;
+    }
+    if spec.get_str("startupPolicy") == Some("LeaderReady") {
+        notes.push(format!(
+            "{workload}: warning: startupPolicy LeaderReady creates the workers only once the leader is Ready, and a Vitals leader is Ready only once its group formed: the group never starts; use LeaderCreated (docs/deploy.md, \"Multi-node models\")"
+        ));
+    }
+    if let Some(lwt) = spec
+        .get_mut("leaderWorkerTemplate")
+        .and_then(Node::as_map_mut)
+    {
+        if let Some(policy) = lwt
+            .get_str("restartPolicy")
+            .filter(|p| *p == "None" || *p == "Default")
+        {
+            notes.push(format!(
+                "{workload}: warning: restartPolicy {policy} restarts only the failed pod, which the engine cannot take back into its group; use RecreateGroupOnPodRestart"
+            ));
+        }
+        if lwt.get("leaderTemplate").is_none() {
+            if let Some(worker) = lwt.get("workerTemplate").cloned() {
+                let at = lwt.position("workerTemplate").unwrap_or(lwt.0.len());
+                lwt.insert_at(at, "leaderTemplate", worker);
+            }
+        }
+    }
+    facts
+}
+
+/// Injects one pod template of a workload.
+#[allow(clippy::too_many_arguments)]
+fn inject_site(
+    doc: &mut Map,
+    path: &[&str],
+    group: Option<&Group>,
+    workload: &str,
+    kind: &str,
+    opts: &InjectOptions,
+    tally: &mut Tally,
+    notes: &mut Vec<String>,
+    err: &mut ErrFn<'_>,
+) -> Result<(), InjectError> {
+    let workload = workload.to_string();
     // Walk to the pod template: its metadata (annotations) and spec.
     let mut tmpl: &mut Map = doc;
     let mut walked = String::new();
@@ -432,7 +649,7 @@ fn inject_node(
                 .and_then(Node::as_map)
                 .and_then(|s| s.get_str("restartPolicy"))
                 .is_some_and(|p| p != "Always"));
-    let pod = match inject_pod(tmpl, opts, &mut tally.used) {
+    let pod = match inject_pod(tmpl, opts, group, &mut tally.used) {
         Ok(pod) => pod,
         Err(problem @ Problem::NoWorkerChosen { .. }) => {
             *tmpl = before;
@@ -445,6 +662,7 @@ fn inject_node(
         Err(problem) => return Err(err(workload, problem)),
     };
     tally.injected += 1;
+    tally.default_image |= pod.default_image;
     let what = if *tmpl == before {
         "unchanged (already injected)".to_string()
     } else if let Some(v) = was_injected {
@@ -453,6 +671,9 @@ fn inject_node(
         "injected".to_string()
     };
     let mut watched = Vec::new();
+    if let Some(g) = group {
+        watched.push(format!("group role: {}", g.role.as_str()));
+    }
     if !pod.workers.is_empty() {
         watched.push(format!("workers: {}", pod.workers.join(", ")));
     }
@@ -515,13 +736,26 @@ struct PodSummary {
     upstreams: Vec<(String, Option<&'static str>)>,
     /// Warnings for the operator.
     warnings: Vec<String>,
+    /// Whether the agent got the default image.
+    default_image: bool,
 }
 
-/// Wires one pod template: chooses the workers, checks the ports, wires the workers and the
-/// upstreams, then the agent, the pod-level settings and the annotations.
+/// Pod label inject puts on every pod it injects: what `deploy/monitoring`'s PodMonitor
+/// selects, and how people find Vitals pods (`kubectl get pods -l vitals.dev/injected`).
+pub const INJECTED_LABEL: &str = "vitals.dev/injected";
+
+fn default_image() -> String {
+    format!("vitals-agent:{VERSION}")
+}
+
+/// Wires one pod template (the pod-level transform, called once per pod template):
+/// chooses the workers, checks the ports, wires the workers and the upstreams, then the
+/// agent, the pod-level settings, the label and the annotations. `group` is the template's
+/// role in a multi-pod group (LeaderWorkerSet), `None` for an ordinary pod.
 fn inject_pod(
     tmpl: &mut Map,
     opts: &InjectOptions,
+    group: Option<&Group>,
     used: &mut BTreeSet<String>,
 ) -> Result<PodSummary, Problem> {
     let previous: Vec<String> = annotation(tmpl, WORKERS_ANNOTATION)
@@ -558,10 +792,12 @@ fn inject_pod(
         }
     }
 
-    // Upstreams: every other container with probes the agent can run.
+    // Upstreams: every other container with probes the agent can run; in a group, every
+    // other container (headless ones watched by /proc alone).
     let before = upstreams::previous_config(&agent);
-    let mut config = serde_json::Map::new();
+    let mut config = crate::config::upstreams::Upstreams::new();
     let mut upstream_names = Vec::new();
+    let role = group.map(|g| g.role);
     for c in containers.iter_mut().filter_map(Node::as_map_mut) {
         let Some(name) = c.get_str("name").map(str::to_string) else {
             continue;
@@ -569,16 +805,34 @@ fn inject_pod(
         if workers.contains(&name) || name == AGENT_CONTAINER {
             continue;
         }
-        let wired = upstreams::wire_upstream(
+        let mut wired = upstreams::wire_upstream(
             c,
             &name,
             before.get(&name),
             profile_overrides.get(&name).map(String::as_str),
             &mut warnings,
         )?;
+        // A group's container without probes (a member's Ray worker; a leader made from
+        // the workerTemplate) is watched by /proc alone.
+        if wired.is_none() && role.is_some() {
+            wired = Some((upstreams::wire_headless(c, &name, &mut warnings), None));
+        }
         if let Some((entry, profile)) = wired {
             if !is_worker_name(&name) {
                 return Err(Problem::BadWorkerName { name });
+            }
+            // A leader's model container needs a liveness probe on the agent for the
+            // group's verdict (`group_broken`) to restart it (SPEC §9).
+            if role == Some(GroupRole::Leader) && c.get("livenessProbe").is_none() {
+                ensure_probe(
+                    c,
+                    "livenessProbe",
+                    &format!("/livez/{name}"),
+                    GROUP_LIVENESS,
+                );
+            }
+            if let Some(live) = c.get_mut("livenessProbe").and_then(Node::as_map_mut) {
+                tolerate_agent_restart(live);
             }
             config.insert(name.clone(), entry);
             upstream_names.push((name, profile));
@@ -590,41 +844,60 @@ fn inject_pod(
     }
 
     // The agent: found by name wherever an earlier injection put it, updated in place.
-    let image = opts
-        .image
-        .clone()
-        .or_else(|| {
-            if same_version {
-                agent.get_str("image").map(str::to_string)
-            } else {
-                None
-            }
-        })
-        .unwrap_or_else(|| format!("vitals-agent:{VERSION}"));
+    let (image, default_image) = match (&opts.image, same_version) {
+        (Some(image), _) => (image.clone(), false),
+        (None, true) => match agent.get_str("image") {
+            Some(image) => (image.to_string(), false),
+            None => (default_image(), true),
+        },
+        (None, false) => (default_image(), true),
+    };
     let grace = spec
         .get_str("terminationGracePeriodSeconds")
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(30);
-    let upstreams_json =
-        (!config.is_empty()).then(|| serde_json::Value::Object(config).to_string());
+    let upstreams_json = (!config.is_empty()).then(|| {
+        serde_json::to_string(&config)
+            .expect("the upstream schema serialises: plain data, string keys")
+    });
+    let host_network = matches!(spec.get("hostNetwork"), Some(Node::Scalar(s)) if s.is_true());
+    if host_network {
+        warnings.push(format!(
+            "warning: hostNetwork: true puts the agent's port {AGENT_PORT} on the node: /status and /metrics are reachable on the node's IP (restrict them with a host firewall), and two such pods on one node collide on the port (the second agent cannot listen)"
+        ));
+    }
+    let facts = PodFacts {
+        root: pod_runs_as_root(spec),
+        guaranteed: resources::guaranteed(spec, AGENT_CONTAINER),
+    };
     wire_agent(
         &mut agent,
-        &image,
-        &workers,
-        upstreams_json.as_deref(),
-        opts.legacy_sidecar.then_some(grace),
+        &AgentWiring {
+            image: &image,
+            workers: &workers,
+            upstreams: upstreams_json.as_deref(),
+            legacy_grace: opts.legacy_sidecar.then_some(grace),
+            group,
+            facts,
+        },
     );
     place_agent(spec, agent, old_key, old_index, opts.legacy_sidecar)?;
     pod_level(spec, &mut warnings)?;
 
-    // Annotations, for the next injection and for people.
+    // Label and annotations, for the next injection, for Prometheus and for people.
     if tmpl.get("metadata").is_none() {
         let at = tmpl.position("spec").unwrap_or(0);
         tmpl.insert_at(at, "metadata", Node::Map(Map::default()));
     }
-    let annotations = tmpl
+    let metadata = tmpl
         .map_entry("metadata")
-        .and_then(|m| m.map_entry("annotations"))
+        .ok_or_else(|| shape("metadata", "mapping"))?;
+    metadata
+        .map_entry("labels")
+        .ok_or_else(|| shape("metadata.labels", "mapping"))?
+        .ensure(INJECTED_LABEL, Node::string("true"));
+    let annotations = metadata
+        .map_entry("annotations")
         .ok_or_else(|| shape("metadata.annotations", "mapping"))?;
     if workers.is_empty() {
         annotations.remove(WORKERS_ANNOTATION);
@@ -636,7 +909,41 @@ fn inject_pod(
         workers,
         upstreams: upstream_names,
         warnings,
+        default_image,
     })
+}
+
+/// Injects Vitals into one Pod object (a mapping with `metadata` and `spec`) exactly as
+/// [`inject_documents`] does to each pod template; the admission webhook's entry point.
+/// Returns the warnings for the operator; on error `pod` is left as it was.
+pub(crate) fn inject_pod_object(
+    pod: &mut Map,
+    opts: &InjectOptions,
+) -> Result<Vec<String>, Problem> {
+    let before = pod.clone();
+    inject_pod(pod, opts, None, &mut BTreeSet::new())
+        .map(|summary| summary.warnings)
+        .inspect_err(|_| *pod = before)
+}
+
+/// Whether the pod-level user is root (`runAsUser: 0`): the one case where the agent must
+/// name its own user. Elsewhere the image's user (65532) runs it, or the platform's
+/// (OpenShift's restricted-v2 assigns one from the namespace's range and refuses an explicit
+/// user outside it).
+fn pod_runs_as_root(spec: &Map) -> bool {
+    spec.get("securityContext")
+        .and_then(Node::as_map)
+        .and_then(|sc| sc.get_str("runAsUser"))
+        == Some("0")
+}
+
+/// What the agent's container settings depend on in the rest of the pod.
+#[derive(Debug, Clone, Copy)]
+struct PodFacts {
+    /// The pod-level user is root.
+    root: bool,
+    /// Every other container has requests = limits for cpu and memory (QoS Guaranteed).
+    guaranteed: bool,
 }
 
 /// The names of the pod's containers, the agent's excepted.
@@ -867,6 +1174,9 @@ fn wire_worker(c: &mut Map, name: &str) -> Result<(), Problem> {
         &format!("/livez/{name}"),
         WORKER_LIVENESS,
     );
+    if let Some(live) = c.get_mut("livenessProbe").and_then(Node::as_map_mut) {
+        tolerate_agent_restart(live);
+    }
     ensure_probe(
         c,
         "readinessProbe",
@@ -931,6 +1241,10 @@ const WORKER_LIVENESS: Timing = (5, 1, 12);
 const WORKER_READINESS: Timing = (1, 1, 2);
 const AGENT_STARTUP: Timing = (1, 1, 30);
 const AGENT_LIVENESS: Timing = (5, 1, 3);
+/// The liveness inject gives a group's containers that had none (a member's headless
+/// process, a leader's model server): conservative, since restarting one costs the whole
+/// group (LeaderWorkerSet recreates it): 10 s × 7 tolerates 60 s, the agent's restart too.
+const GROUP_LIVENESS: Timing = (10, 1, 7);
 
 const HANDLERS: [&str; 4] = ["exec", "httpGet", "tcpSocket", "grpc"];
 
@@ -990,19 +1304,108 @@ fn ensure_probe(c: &mut Map, key: &str, path: &str, (period, timeout, failures):
     }
 }
 
-/// The agent container; `legacy_grace` is the pod's termination grace for an ordinary
-/// container (None: native sidecar).
-fn wire_agent(
-    agent: &mut Map,
-    image: &str,
-    workers: &[String],
-    upstreams: Option<&str>,
+/// Everything [`wire_agent`] writes into the agent container.
+struct AgentWiring<'a> {
+    image: &'a str,
+    workers: &'a [String],
+    /// The upstreams' JSON, if any.
+    upstreams: Option<&'a str>,
+    /// The pod's termination grace for an ordinary container (None: native sidecar).
     legacy_grace: Option<u64>,
-) {
+    group: Option<&'a Group>,
+    facts: PodFacts,
+}
+
+/// The agent's resources: small requests (it idles at a few MiB and microseconds per
+/// probe) under a limit that only bounds a runaway.
+const AGENT_REQUESTS: (&str, &str) = ("10m", "16Mi");
+const AGENT_LIMITS: (&str, &str) = ("200m", "64Mi");
+
+fn resources_node(requests: (&str, &str), limits: (&str, &str)) -> Node {
+    let pair = |(cpu, memory): (&str, &str)| {
+        Node::Map(Map::from_pairs([
+            ("cpu", Node::string(cpu)),
+            ("memory", Node::string(memory)),
+        ]))
+    };
+    Node::Map(Map::from_pairs([
+        ("requests", pair(requests)),
+        ("limits", pair(limits)),
+    ]))
+}
+
+/// `LWS`'s own labels and annotations on its pods, read by the group env through the
+/// downward API. kubernetes-sigs/lws api/leaderworkerset/v1/leaderworkerset_types.go:
+/// `SizeAnnotationKey` (the group's pod count, leader included) and `SetNameLabelKey` (the
+/// LWS's name, also the Shared headless Service's: pkg/controllers/
+/// leaderworkerset_controller.go, reconcileHeadlessServices). LWS also sets
+/// `LWS_LEADER_ADDRESS`, `LWS_GROUP_SIZE` and `LWS_WORKER_INDEX` in every container
+/// (pkg/utils/pod/pod_utils.go, AddLWSVariables), but through its pod webhook, after this
+/// template is written: the downward API reads the same facts without depending on it.
+const LWS_SIZE_ANNOTATION: &str = "leaderworkerset.sigs.k8s.io/size";
+const LWS_NAME_LABEL: &str = "leaderworkerset.sigs.k8s.io/name";
+
+/// The agent's group env in a LeaderWorkerSet (SPEC §9): its role, and for a leader where
+/// its members are (`NAME-1 … NAME-(N-1)` under the subdomain). Outside one, the group env
+/// is left as it is: a group wired by hand (`VITALS_GROUP_MEMBERS`) is the user's.
+fn ensure_group_env(env: &mut Vec<Node>, group: Option<&Group>) {
+    const LEADER_ONLY: [&str; 3] = [
+        "VITALS_GROUP_SIZE",
+        "VITALS_GROUP_POD_NAME",
+        "VITALS_GROUP_SUBDOMAIN",
+    ];
+    let Some(group) = group else {
+        return;
+    };
+    ensure_env(env, "VITALS_GROUP_ROLE", group.role.as_str());
+    match group.role {
+        GroupRole::Leader => {
+            ensure_field_env(
+                env,
+                "VITALS_GROUP_SIZE",
+                &format!("metadata.annotations['{LWS_SIZE_ANNOTATION}']"),
+            );
+            ensure_field_env(env, "VITALS_GROUP_POD_NAME", "metadata.name");
+            let subdomain = match group.subdomain {
+                SubdomainSource::SetName => format!("metadata.labels['{LWS_NAME_LABEL}']"),
+                SubdomainSource::LeaderPodName => "metadata.name".to_string(),
+            };
+            ensure_field_env(env, "VITALS_GROUP_SUBDOMAIN", &subdomain);
+        }
+        GroupRole::Member => {
+            env.retain(|e| !container_name(e).is_some_and(|n| LEADER_ONLY.contains(&n)))
+        }
+    }
+}
+
+/// An env var from the downward API (`fieldRef`).
+pub(crate) fn ensure_field_env(env: &mut Vec<Node>, name: &str, field_path: &str) {
+    let wanted = Node::Map(Map::from_pairs([
+        ("name", Node::string(name)),
+        (
+            "valueFrom",
+            Node::Map(Map::from_pairs([(
+                "fieldRef",
+                Node::Map(Map::from_pairs([("fieldPath", Node::string(field_path))])),
+            )])),
+        ),
+    ]));
+    match env.iter_mut().find(|e| container_name(e) == Some(name)) {
+        Some(e) => {
+            if !yaml::equiv(e, &wanted) {
+                *e = wanted;
+            }
+        }
+        None => env.push(wanted),
+    }
+}
+
+/// The agent container.
+fn wire_agent(agent: &mut Map, w: &AgentWiring<'_>) {
     agent.ensure("name", Node::string(AGENT_CONTAINER));
-    agent.ensure("image", Node::string(image));
+    agent.ensure("image", Node::string(w.image));
     agent.set_default("imagePullPolicy", Node::string("IfNotPresent"));
-    match legacy_grace {
+    match w.legacy_grace {
         Some(_) => {
             agent.remove("restartPolicy");
         }
@@ -1018,14 +1421,16 @@ fn wire_agent(
     }
     let mut args = vec![
         "run".to_string(),
-        format!("--listen=0.0.0.0:{AGENT_PORT}"),
+        // Dual-stack: `[::]` accepts IPv4 too, and an IPv6-only cluster's kubelet probes
+        // the pod's IPv6 address.
+        format!("--listen=[::]:{AGENT_PORT}"),
         format!("--socket={SOCKET_PATH}"),
         // The workers may run as any UID: the socket sits in a pod-private emptyDir, so
         // letting every UID of the pod connect opens it to nobody else.
         "--socket-mode=0666".to_string(),
     ];
-    args.extend(workers.iter().map(|w| format!("--expect={w}")));
-    if let Some(grace) = legacy_grace {
+    args.extend(w.workers.iter().map(|w| format!("--expect={w}")));
+    if let Some(grace) = w.legacy_grace {
         // An ordinary container gets SIGTERM together with the workers: keep answering
         // their probes while they drain, and leave before the kubelet's SIGKILL.
         args.push(format!(
@@ -1043,11 +1448,12 @@ fn wire_agent(
     }
     if let Some(env) = agent.seq_entry("env") {
         // The upstreams are probed at the pod's IP, where their servers listen (SPEC §8).
-        upstreams::ensure_pod_ip(env);
-        match upstreams {
+        ensure_field_env(env, "POD_IP", "status.podIP");
+        match w.upstreams {
             Some(json) => ensure_env(env, UPSTREAMS_ENV, json),
             None => env.retain(|e| container_name(e) != Some(UPSTREAMS_ENV)),
         }
+        ensure_group_env(env, w.group);
     }
     let ports = agent.seq_entry("ports");
     if let Some(ports) = ports {
@@ -1065,32 +1471,46 @@ fn wire_agent(
     }
     ensure_probe(agent, "startupProbe", "/livez", AGENT_STARTUP);
     ensure_probe(agent, "livenessProbe", "/livez", AGENT_LIVENESS);
-    agent.set_default(
-        "resources",
-        Node::Map(Map::from_pairs([
-            (
-                "requests",
-                Node::Map(Map::from_pairs([
-                    ("cpu", Node::string("10m")),
-                    ("memory", Node::string("16Mi")),
-                ])),
-            ),
-            (
-                "limits",
-                Node::Map(Map::from_pairs([
-                    ("cpu", Node::string("200m")),
-                    ("memory", Node::string("64Mi")),
-                ])),
-            ),
-        ])),
-    );
+    // A wedged agent gets 5 s to exit, not the pod's grace (often minutes on GPU pods): its
+    // restart must stay within what the model's liveness tolerates (deploy/base).
+    if let Some(live) = agent.get_mut("livenessProbe").and_then(Node::as_map_mut) {
+        live.set_default("terminationGracePeriodSeconds", Node::plain("5"));
+    }
+    // QoS: a pod whose every other container is Guaranteed stays Guaranteed (exclusive
+    // CPUs, NUMA alignment) only if the agent's requests equal its limits too. Resources
+    // someone edited (neither of inject's two forms) are theirs.
+    let burstable = resources_node(AGENT_REQUESTS, AGENT_LIMITS);
+    let guaranteed = resources_node(AGENT_LIMITS, AGENT_LIMITS);
+    let ours = agent
+        .get("resources")
+        .is_none_or(|r| yaml::equiv(r, &burstable) || yaml::equiv(r, &guaranteed));
+    if ours {
+        agent.set(
+            "resources",
+            if w.facts.guaranteed {
+                guaranteed
+            } else {
+                burstable
+            },
+        );
+    }
+    secure_agent(agent, w.facts.root);
+    // The agent's mount cannot conflict: nothing but this code writes its volumeMounts.
+    let _ = ensure_socket_mount(agent, AGENT_CONTAINER);
+}
+
+/// The agent's `securityContext`: what Pod Security `restricted` asks of every container
+/// (https://kubernetes.io/docs/concepts/security/pod-security-standards/#restricted: no
+/// privilege escalation, non-root, capabilities dropped, seccomp RuntimeDefault or
+/// Localhost), set on the agent itself so it passes whatever the pod level says. Its user
+/// is named only when the pod-level user is root; see [`pod_runs_as_root`].
+fn secure_agent(agent: &mut Map, pod_is_root: bool) {
     agent.set_default(
         "securityContext",
         Node::Map(Map::from_pairs([
             ("allowPrivilegeEscalation", Node::plain("false")),
             ("readOnlyRootFilesystem", Node::plain("true")),
             ("runAsNonRoot", Node::plain("true")),
-            ("runAsUser", Node::plain(AGENT_UID.to_string())),
             (
                 "capabilities",
                 Node::Map(Map::from_pairs([(
@@ -1100,11 +1520,70 @@ fn wire_agent(
             ),
         ])),
     );
-    // Explicit, so a pod-level `runAsUser: 0` does not meet the agent's `runAsNonRoot` and
-    // keep the pod from starting.
-    if let Some(sc) = agent.get_mut("securityContext").and_then(Node::as_map_mut) {
-        sc.set_default("runAsUser", Node::plain(AGENT_UID.to_string()));
+    let Some(sc) = agent.get_mut("securityContext").and_then(Node::as_map_mut) else {
+        return;
+    };
+    sc.ensure("allowPrivilegeEscalation", Node::plain("false"));
+    sc.ensure("runAsNonRoot", Node::plain("true"));
+    sc.remove("privileged");
+    if let Some(caps) = sc.map_entry("capabilities") {
+        if let Some(drop) = caps.seq_entry("drop") {
+            if !drop.iter().any(|d| d.as_str() == Some("ALL")) {
+                drop.push(Node::string("ALL"));
+            }
+        }
+        caps.remove("add");
     }
-    // The agent's mount cannot conflict: nothing but this code writes its volumeMounts.
-    let _ = ensure_socket_mount(agent, AGENT_CONTAINER);
+    let user = AGENT_UID.to_string();
+    if pod_is_root {
+        // Explicit, so the pod-level `runAsUser: 0` does not meet the agent's
+        // `runAsNonRoot` and keep the pod from starting.
+        let at = sc.position("runAsNonRoot").map_or(sc.0.len(), |i| i + 1);
+        if sc.get("runAsUser").is_none() {
+            sc.insert_at(at, "runAsUser", Node::plain(user));
+        }
+    } else if sc.get_str("runAsUser") == Some(user.as_str()) {
+        // Written by an older injection; OpenShift's restricted-v2 refuses it.
+        sc.remove("runAsUser");
+    }
+    if sc.get("seccompProfile").is_none() {
+        let at = sc.position("capabilities").unwrap_or(sc.0.len());
+        sc.insert_at(
+            at,
+            "seccompProfile",
+            Node::Map(Map::from_pairs([("type", Node::string("RuntimeDefault"))])),
+        );
+    }
+}
+
+/// The liveness tolerance the agent's worst restart needs (deploy/base's worker liveness,
+/// 5 s × 12: an outage of D seconds fails at most floor(D/5)+1 probes, so anything under
+/// (12 − 1) × 5 = 55 s passes; the agent's worst restart is 43 s, docs/deploy.md).
+const AGENT_RESTART_TOLERANCE_S: u64 = 55;
+
+/// Raises the failureThreshold of a liveness probe on the agent so that an agent restart
+/// alone never fails it: (failureThreshold − 1) × periodSeconds ≥ 55 s, keeping the period
+/// (the user's choice of how often) and the original when it is already that tolerant.
+fn tolerate_agent_restart(probe: &mut Map) {
+    let on_agent = probe
+        .get("httpGet")
+        .and_then(Node::as_map)
+        .is_some_and(|h| h.get_str("port") == Some("9180"));
+    if !on_agent {
+        return;
+    }
+    let number = |key: &str, default: u64| {
+        probe
+            .get_str(key)
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(default)
+    };
+    // Kubernetes' defaults.
+    let period = number("periodSeconds", 10);
+    let failures = number("failureThreshold", 3);
+    if (failures - 1) * period < AGENT_RESTART_TOLERANCE_S {
+        let needed = AGENT_RESTART_TOLERANCE_S.div_ceil(period) + 1;
+        probe.set("failureThreshold", Node::plain(needed.to_string()));
+    }
 }

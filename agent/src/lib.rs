@@ -6,10 +6,12 @@
 //! [`state`]; a snapshot of it is judged by [`verdict`] and rendered by the [`surfaces`]
 //! (probe port, metrics, ticker, status). Each task gets the narrow handles it needs, not a
 //! hub. [`run`] wires them; the binary and the integration tests call the same `run`.
-//! [`config`] is the one place that parses configuration; [`inject`] adds the agent to pods.
+//! [`config`] is the one place that parses configuration; [`inject`] adds the agent to pods;
+//! [`net`] is the one outbound HTTP client (probes, scrapes, `vitals-agent status`).
 
 pub mod config;
 pub mod inject;
+pub mod net;
 pub mod sources;
 pub mod state;
 pub mod surfaces;
@@ -69,7 +71,7 @@ impl Listeners {
             addr: config.listen,
             source,
         };
-        let http = std::net::TcpListener::bind(config.listen).map_err(http_err)?;
+        let http = surfaces::http::bind(config.listen).map_err(http_err)?;
         http.set_nonblocking(true).map_err(http_err)?;
         let socket = SocketListener::bind(&config.socket, config.socket_mode)?;
         Ok(Self { http, socket })
@@ -108,7 +110,7 @@ pub async fn run_with(
     let unix = tokio::net::UnixListener::from_std(unix)?;
     let started_at = Instant::now();
     let registry = Arc::new(Registry::new(&config.expect));
-    registry.update(|state| state.add_upstreams(&config.upstreams));
+    registry.add_upstreams(&config.upstreams);
     let health = Arc::new(AgentHealth::new(started_at));
     let mut snapshots = Snapshots::new(
         Arc::clone(&registry),
@@ -155,7 +157,7 @@ pub async fn run_with(
     ));
     tasks.spawn(sources::socket::serve(
         sources::socket::Context {
-            registry: Arc::clone(&registry),
+            workers: registry.worker_reports(),
             metrics: Arc::clone(&metrics),
             proc_wake: Arc::clone(&proc_wake),
             hang_timeout: config.thresholds.hang,
@@ -173,14 +175,12 @@ pub async fn run_with(
     sources::upstream::run::spawn(
         &tasks,
         &sources::upstream::run::Context {
-            registry: Arc::clone(&registry),
             metrics: Arc::clone(&metrics),
             host: sources::upstream::run::host(config.pod_ip),
             stall_timeout: config.thresholds.stall,
-            proc_interval: config.proc_interval,
-            proc_source: Arc::clone(&proc_source),
-            proc_root: std::path::PathBuf::from("/proc"),
+            scrape_interval: config.proc_interval,
         },
+        &registry,
         &config.upstreams,
         &stop,
     );
@@ -197,9 +197,12 @@ pub async fn run_with(
         );
     }
     tasks.spawn(sources::proc::watch::watch(
-        registry,
-        proc_source,
-        config.proc_interval,
+        registry.proc_samples(),
+        sources::proc::watch::Sampler {
+            source: proc_source,
+            proc_root: std::path::PathBuf::from("/proc"),
+            interval: config.proc_interval,
+        },
         proc_wake,
         stop.clone(),
     ));

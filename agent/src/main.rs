@@ -1,5 +1,5 @@
 //! `vitals-agent` binary: parses the command line, sets up logging and a small tokio
-//! runtime, and hands over to the library (`run`, `status`, `inject`). Exit codes: 0 ok,
+//! runtime, and hands over to the library (`run`, `status`, `inject`, `webhook`). Exit codes: 0 ok,
 //! 1 runtime failure, 2 bad command line (clap's convention).
 
 use std::process::ExitCode;
@@ -25,6 +25,10 @@ fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(status::run(&args)).map_err(Into::into))
         }
         Command::Inject(args) => inject::run(&args),
+        Command::Webhook(args) => {
+            init_logging(args.log_format);
+            inject::webhook::run(&args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 use vitals_proto::{Phase, WorkerName};
 
 use crate::sources::upstream::config::ProbeKind;
-use crate::sources::upstream::probe::Failure;
-use crate::state::registry::{Instance, ProcMode, State, Worker};
+use crate::state::probe_result::Failure;
+pub use crate::state::proc_track::PidStatus;
+use crate::state::proc_track::ProcTrack;
+use crate::state::registry::{Instance, State, Worker};
 use crate::state::upstream::UpstreamState;
 
 /// The agent's own liveness fails when its ticker has not run for this long (SPEC §7).
@@ -163,17 +165,6 @@ impl fmt::Display for StartupReason {
             StartupReason::NotConnected => "not_connected",
         })
     }
-}
-
-/// Whether a worker's process exists, as far as /proc tells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PidStatus {
-    /// /proc is off for it (pid 0), or no instance is known.
-    Unknown,
-    /// Exists (or not sampled yet).
-    Exists,
-    /// Exited, or its pid was reused.
-    Gone,
 }
 
 /// One named line of a verbose or JSON answer.
@@ -438,39 +429,40 @@ pub fn evaluate(state: &State, agent: AgentInput, t: &Thresholds, now: Instant) 
     }
 }
 
-/// Whether `inst`'s process exists, per SPEC §7.
-pub fn pid_status(inst: &Instance) -> PidStatus {
-    match inst.proc.mode {
-        ProcMode::Off(_) => PidStatus::Unknown,
-        ProcMode::On(_) if inst.proc.gone => PidStatus::Gone,
-        ProcMode::On(_) => PidStatus::Exists,
-    }
-}
-
 fn elapsed(since: Instant, now: Instant) -> Duration {
     now.saturating_duration_since(since)
+}
+
+/// The /proc liveness rules, read the same way for workers and upstreams (SPEC §7, §8):
+/// `(stopped, uninterruptible)`. A run of `T` (`D`) samples fails liveness once it has held
+/// for `--hang-timeout` (`--d-state-timeout`), while the process exists and no evidence
+/// newer than the latest sample (`ran_at`: a heartbeat, an answered probe) says it ran.
+fn proc_rules(
+    p: &ProcTrack,
+    ran_at: Option<Instant>,
+    t: &Thresholds,
+    now: Instant,
+) -> (bool, bool) {
+    let counts = p.pid_status() == PidStatus::Exists && p.latest_counts(ran_at);
+    let held_for = |since: Option<Instant>, bound: Duration| {
+        counts && since.is_some_and(|s| elapsed(s, now) >= bound)
+    };
+    (
+        held_for(p.stopped_since, t.hang),
+        held_for(p.d_since, t.d_state),
+    )
 }
 
 /// Every liveness rule that holds, in precedence order.
 fn live_failures(inst: &Instance, pid: PidStatus, t: &Thresholds, now: Instant) -> Vec<LiveReason> {
     let phase = inst.phase();
-    let proc = &inst.proc;
     // A heartbeat newer than the latest sample supersedes a T/D seen in it.
-    let sample_counts = proc
-        .latest
-        .as_ref()
-        .is_some_and(|s| s.taken_at >= inst.heartbeat_at && pid == PidStatus::Exists);
-    let held_for = |since: Option<Instant>, bound: Duration| {
-        sample_counts && since.is_some_and(|s| elapsed(s, now) >= bound)
-    };
+    let (stopped, uninterruptible) = proc_rules(&inst.proc, Some(inst.heartbeat_at), t, now);
     let connected = inst.connected;
     let rules = [
         (LiveReason::Failed, phase == Some(Phase::Failed)),
-        (LiveReason::Stopped, held_for(proc.stopped_since, t.hang)),
-        (
-            LiveReason::Uninterruptible,
-            held_for(proc.d_since, t.d_state),
-        ),
+        (LiveReason::Stopped, stopped),
+        (LiveReason::Uninterruptible, uninterruptible),
         (
             LiveReason::HeartbeatTimeout,
             connected && elapsed(inst.heartbeat_at, now) >= t.hang,
@@ -524,7 +516,7 @@ fn worker(name: &WorkerName, w: &Worker, t: &Thresholds, now: Instant) -> Worker
     let Some(inst) = w.instance.as_ref() else {
         return absent(name, w, PidStatus::Unknown);
     };
-    let pid = pid_status(inst);
+    let pid = inst.proc.pid_status();
     if !inst.connected && pid != PidStatus::Exists {
         // Gone or unknown: the kubelet already restarts exited containers (SPEC §2).
         return absent(name, w, pid);
@@ -731,20 +723,22 @@ pub fn upstream(
     t: &Thresholds,
     now: Instant,
 ) -> UpstreamVerdict {
-    let p = &u.proc;
-    let pid = match &p.found {
-        Err(_) => PidStatus::Unknown,
-        Ok(_) if p.gone => PidStatus::Gone,
-        Ok(_) => PidStatus::Exists,
-    };
-    let exists = pid == PidStatus::Exists;
-    let held = |since: Option<Instant>, bound: Duration| {
-        exists && since.is_some_and(|s| elapsed(s, now) >= bound)
-    };
+    let pid = u.proc.pid_status();
+    let (stopped, uninterruptible) = proc_rules(&u.proc, u.ran_at(), t, now);
+    // SPEC §8's exception: where the engine loop answers /metrics itself (llama.cpp),
+    // scrapes unanswered for the stall timeout while the container's own probes pass are
+    // a hung engine, busy or idle. (When the probes fail too, the server as a whole is
+    // unreachable, and the probe's reason says so.)
+    let engine_silent = u.spec.metrics.as_ref().is_some_and(|m| m.engine_answers)
+        && u.stall.unanswered_for(now) >= t.stall
+        && ProbeKind::ALL.iter().all(|k| probe_result(u, *k).is_ok());
     let live_rules = [
-        (UpstreamReason::Stopped, held(p.stopped_since, t.hang)),
-        (UpstreamReason::Uninterruptible, held(p.d_since, t.d_state)),
-        (UpstreamReason::LoopStalled, u.stall.stalled(now, t.stall)),
+        (UpstreamReason::Stopped, stopped),
+        (UpstreamReason::Uninterruptible, uninterruptible),
+        (
+            UpstreamReason::LoopStalled,
+            u.stall.stalled(now, t.stall) || engine_silent,
+        ),
     ];
     let first = |rules: &[(UpstreamReason, bool)]| {
         rules
@@ -789,6 +783,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::sources::proc::{ProcSample, SampleError};
+    use crate::state::proc_track::{FoundBy, Watched};
     use crate::state::registry::tests::{beat, hello, name, phase, PEER};
     use crate::state::registry::{PeerCred, ProcTarget};
 
@@ -845,13 +840,15 @@ pub(crate) mod tests {
             let now = self.at(d);
             self.state.disconnect(&name(w), self.conn, now);
         }
-        fn sample(&mut self, w: &str, state: char, cpu: f64, start: u64, d: Duration) {
-            let target = self
-                .state
+        fn target(&self, w: &str) -> ProcTarget {
+            self.state
                 .proc_targets()
                 .into_iter()
-                .find(|t| t.worker.as_str() == w)
-                .expect("sampled worker");
+                .find(|t| t.name.as_str() == w)
+                .expect("sampled worker")
+        }
+        fn sample(&mut self, w: &str, state: char, cpu: f64, start: u64, d: Duration) {
+            let target = self.target(w);
             let sample = ProcSample {
                 taken_at: self.at(d),
                 state,
@@ -860,17 +857,12 @@ pub(crate) mod tests {
                 threads: 3,
                 start_time: start,
             };
-            self.state.apply_sample(&target, Ok(sample));
+            self.state.apply_proc(&target, None, Some(Ok(sample)));
         }
         fn gone(&mut self, w: &str) {
-            let target: ProcTarget = self
-                .state
-                .proc_targets()
-                .into_iter()
-                .find(|t| t.worker.as_str() == w)
-                .expect("sampled worker");
+            let target = self.target(w);
             self.state
-                .apply_sample(&target, Err(SampleError::Gone(target.pid)));
+                .apply_proc(&target, None, Some(Err(SampleError::Gone(PEER.pid))));
         }
         fn eval(&self, d: Duration) -> Verdicts {
             let now = self.at(d);
@@ -1414,10 +1406,10 @@ pub(crate) mod tests {
         use std::sync::Arc;
 
         use super::*;
-        use crate::sources::proc::discover::{Found, Method, NotFound};
+        use crate::sources::proc::discover::NotFound;
         use crate::sources::upstream::config::parse;
-        use crate::sources::upstream::probe::Outcome;
         use crate::sources::upstream::stall::Reading;
+        use crate::state::probe_result::Outcome;
 
         /// An upstream with all three probes and vLLM's metrics, its process found.
         fn up() -> UpstreamState {
@@ -1431,10 +1423,10 @@ pub(crate) mod tests {
             .expect("valid")
             .remove(0);
             let mut u = UpstreamState::new(Arc::new(spec));
-            u.record_discovery(Ok(Found {
+            u.proc.discovered(Ok(Watched {
                 pid: 7,
-                start_time: 1,
-                method: Method::Socket,
+                start_time: Some(1),
+                found_by: FoundBy::Socket,
             }));
             u
         }
@@ -1470,6 +1462,7 @@ pub(crate) mod tests {
                 work: vec![Some(work), None, None],
                 busy: Some(1.0),
                 pending: Some(0.0),
+                blurred: false,
             }
         }
 
@@ -1517,7 +1510,7 @@ pub(crate) mod tests {
                     |u, t| {
                         pass_all(u, t);
                         u.record_probe(ProbeKind::Readiness, outcome(t, Err(Failure::Refused)));
-                        u.record_sample(Err(crate::sources::proc::SampleError::Gone(7)));
+                        u.proc.apply(Err(SampleError::Gone(7)), u.ran_at());
                     },
                     1,
                     (Ok(()), Ok(()), fail("process gone")),
@@ -1527,7 +1520,7 @@ pub(crate) mod tests {
                     |u, t| {
                         pass_all(u, t);
                         u.record_probe(ProbeKind::Liveness, outcome(t, Err(Failure::Timeout)));
-                        u.record_sample(Ok(sample(t, 'T')));
+                        u.proc.apply(Ok(sample(t, 'T')), u.ran_at());
                     },
                     10,
                     (Ok(()), fail("stopped"), fail("stopped")),
@@ -1536,7 +1529,7 @@ pub(crate) mod tests {
                     "stopped, not yet for the hang timeout",
                     |u, t| {
                         pass_all(u, t);
-                        u.record_sample(Ok(sample(t, 'T')));
+                        u.proc.apply(Ok(sample(t, 'T')), u.ran_at());
                     },
                     9,
                     (Ok(()), Ok(()), Ok(())),
@@ -1545,7 +1538,7 @@ pub(crate) mod tests {
                     "uninterruptible for the D-state timeout",
                     |u, t| {
                         pass_all(u, t);
-                        u.record_sample(Ok(sample(t, 'D')));
+                        u.proc.apply(Ok(sample(t, 'D')), u.ran_at());
                     },
                     30,
                     (Ok(()), fail("uninterruptible"), fail("uninterruptible")),
@@ -1554,9 +1547,9 @@ pub(crate) mod tests {
                     "stopped outranks loop_stalled",
                     |u, t| {
                         pass_all(u, t);
-                        u.record_sample(Ok(sample(t, 'T')));
-                        u.record_scrape(Ok(busy(t, 5.0)), T.stall);
-                        u.record_scrape(Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall);
+                        u.proc.apply(Ok(sample(t, 'T')), u.ran_at());
+                        u.record_scrape(t, Ok(busy(t, 5.0)), T.stall);
+                        u.record_scrape(t, Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall);
                     },
                     30,
                     (Ok(()), fail("stopped"), fail("stopped")),
@@ -1565,8 +1558,8 @@ pub(crate) mod tests {
                     "busy without work for the stall timeout, /health still 200",
                     |u, t| {
                         pass_all(u, t + Duration::from_secs(30));
-                        u.record_scrape(Ok(busy(t, 5.0)), T.stall);
-                        u.record_scrape(Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall);
+                        u.record_scrape(t, Ok(busy(t, 5.0)), T.stall);
+                        u.record_scrape(t, Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall);
                     },
                     30,
                     (Ok(()), fail("loop_stalled"), fail("loop_stalled")),
@@ -1575,8 +1568,8 @@ pub(crate) mod tests {
                     "busy and working is live",
                     |u, t| {
                         pass_all(u, t);
-                        u.record_scrape(Ok(busy(t, 5.0)), T.stall);
-                        u.record_scrape(Ok(busy(t + Duration::from_secs(29), 6.0)), T.stall);
+                        u.record_scrape(t, Ok(busy(t, 5.0)), T.stall);
+                        u.record_scrape(t, Ok(busy(t + Duration::from_secs(29), 6.0)), T.stall);
                     },
                     40,
                     (Ok(()), Ok(()), Ok(())),
@@ -1587,6 +1580,194 @@ pub(crate) mod tests {
                 setup(&mut u, t0);
                 assert_eq!(judge(&u, at(now)), want, "{what}");
             }
+        }
+
+        /// A member's headless container (SPEC §9): no probes, only its command line.
+        fn headless() -> UpstreamState {
+            let spec = parse(
+                r#"{"ray-worker": {"process": {"cmdline": ["ray", "start", "--block"]}}}"#,
+                &[],
+            )
+            .expect("valid")
+            .remove(0);
+            UpstreamState::new(Arc::new(spec))
+        }
+
+        fn found(u: &mut UpstreamState) {
+            u.proc.discovered(Ok(Watched {
+                pid: 7,
+                start_time: Some(1),
+                found_by: FoundBy::Cgroup,
+            }));
+        }
+
+        #[test]
+        fn a_container_without_probes_is_judged_by_proc_alone() {
+            let t0 = Instant::now();
+            let ms = |ms: u64| t0 + Duration::from_millis(ms);
+            let fail = |r: &str| Err(r.to_owned());
+            let (hang, d) = (T.hang.as_millis() as u64, T.d_state.as_millis() as u64);
+            // (what, set-up, now in ms, (startup, live, ready))
+            type Setup = fn(&mut UpstreamState, Instant);
+            let cases: Vec<(&str, Setup, u64, Reasons)> = vec![
+                (
+                    "not found (yet): /proc off, nothing fails",
+                    |_, _| {},
+                    0,
+                    (Ok(()), Ok(()), Ok(())),
+                ),
+                (
+                    "found and running",
+                    |u, t| {
+                        found(u);
+                        u.proc.apply(Ok(sample(t, 'S')), None);
+                    },
+                    0,
+                    (Ok(()), Ok(()), Ok(())),
+                ),
+                (
+                    "stopped, 1 ms under the hang timeout",
+                    |u, t| {
+                        found(u);
+                        u.proc.apply(Ok(sample(t, 'T')), None);
+                    },
+                    hang - 1,
+                    (Ok(()), Ok(()), Ok(())),
+                ),
+                (
+                    "stopped for the hang timeout: live and ready fail",
+                    |u, t| {
+                        found(u);
+                        u.proc.apply(Ok(sample(t, 'T')), None);
+                    },
+                    hang,
+                    (Ok(()), fail("stopped"), fail("stopped")),
+                ),
+                (
+                    "uninterruptible, 1 ms under the D-state timeout",
+                    |u, t| {
+                        found(u);
+                        u.proc.apply(Ok(sample(t, 'D')), None);
+                    },
+                    d - 1,
+                    (Ok(()), Ok(()), Ok(())),
+                ),
+                (
+                    "uninterruptible for the D-state timeout",
+                    |u, t| {
+                        found(u);
+                        u.proc.apply(Ok(sample(t, 'D')), None);
+                    },
+                    d,
+                    (Ok(()), fail("uninterruptible"), fail("uninterruptible")),
+                ),
+                (
+                    "gone: not ready, and its exit is the kubelet's business (live passes)",
+                    |u, t| {
+                        found(u);
+                        u.proc.apply(Ok(sample(t, 'T')), None);
+                        u.proc.apply(Err(SampleError::Gone(7)), None);
+                    },
+                    hang,
+                    (Ok(()), Ok(()), fail("process gone")),
+                ),
+            ];
+            for (what, setup, now, want) in cases {
+                let mut u = headless();
+                setup(&mut u, t0);
+                let v = upstream(&name("ray-worker"), &u, &T, ms(now));
+                let got = (
+                    err_string(&v.startup),
+                    err_string(&v.live),
+                    err_string(&v.ready),
+                );
+                assert_eq!(got, want, "{what}");
+            }
+        }
+
+        #[test]
+        fn unanswered_scrapes_are_loop_stalled_only_where_the_engine_answers_them() {
+            let t0 = Instant::now();
+            let at = |ms: u64| t0 + Duration::from_millis(ms);
+            let spec = |metrics: &str| {
+                let text = format!(
+                    r#"{{"x": {{"livenessProbe": {{"httpGet": {{"path": "/health", "port": 8080}}}},
+                               "readinessProbe": {{"httpGet": {{"path": "/health", "port": 8080}}}},
+                               "metrics": "{metrics}"}}}}"#
+                );
+                UpstreamState::new(Arc::new(parse(&text, &[]).expect("valid").remove(0)))
+            };
+            /// (what, profile, probes pass, silent since ms, now ms, live)
+            type Case = (
+                &'static str,
+                &'static str,
+                bool,
+                u64,
+                u64,
+                Result<(), String>,
+            );
+            let cases: &[Case] = &[
+                (
+                    "llama.cpp: just under the stall timeout",
+                    "llamacpp",
+                    true,
+                    0,
+                    29_999,
+                    Ok(()),
+                ),
+                (
+                    "llama.cpp: at the stall timeout",
+                    "llamacpp",
+                    true,
+                    0,
+                    30_000,
+                    Err("loop_stalled".into()),
+                ),
+                (
+                    "llama.cpp: its probe fails too: the probe's reason",
+                    "llamacpp",
+                    false,
+                    0,
+                    60_000,
+                    Err("probe failed: timeout".into()),
+                ),
+                (
+                    "vLLM: a scrape timing out is no evidence",
+                    "vllm",
+                    true,
+                    0,
+                    60_000,
+                    Ok(()),
+                ),
+            ];
+            for (what, profile, pass, silent_from, now, want) in cases {
+                let mut u = spec(profile);
+                let result = if *pass {
+                    Ok(Some(200))
+                } else {
+                    Err(Failure::Timeout)
+                };
+                for kind in ProbeKind::ALL {
+                    u.record_probe(kind, outcome(at(*now), result.clone()));
+                }
+                u.record_scrape(at(*silent_from), Err(Failure::Timeout.into()), T.stall);
+                u.record_scrape(
+                    at(silent_from + 1000),
+                    Err(Failure::Timeout.into()),
+                    T.stall,
+                );
+                let live = err_string(&upstream(&name("x"), &u, &T, at(*now)).live);
+                assert_eq!(&live, want, "{what}");
+            }
+            // An answered scrape ends it at once.
+            let mut u = spec("llamacpp");
+            pass_all(&mut u, at(0));
+            u.record_scrape(at(0), Err(Failure::Timeout.into()), T.stall);
+            u.record_scrape(at(30_000), Ok(busy(at(30_000), 1.0)), T.stall);
+            assert_eq!(
+                err_string(&upstream(&name("x"), &u, &T, at(30_000)).live),
+                Ok(())
+            );
         }
 
         #[test]
@@ -1606,7 +1787,10 @@ pub(crate) mod tests {
                 (Ok(()), Ok(()), Ok(()))
             );
             assert_eq!(v.pid, PidStatus::Unknown);
-            assert_eq!(u.proc.found, Err(NotFound::NoListener(vec![1])));
+            assert_eq!(
+                u.proc.watched,
+                Err(NotFound::NoListener(vec![1]).to_string())
+            );
         }
 
         #[test]

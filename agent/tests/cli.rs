@@ -91,7 +91,7 @@ fn help_names_every_flag_its_env_var_and_default() {
         assert!(help.contains(&env), "{env} in help");
     }
     assert!(help.contains("[default: 10s]"));
-    assert!(help.contains("[default: 0.0.0.0:9180]"));
+    assert!(help.contains("[default: [::]:9180]"));
     assert!(help.contains("[default: /run/vitals/agent.sock]"));
 }
 

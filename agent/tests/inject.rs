@@ -89,6 +89,15 @@ fn pod_templates(y: &Yaml) -> Vec<(String, Yaml, Yaml)> {
         "Pod" => &[],
         "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => &["spec", "template"],
         "CronJob" => &["spec", "jobTemplate", "spec", "template"],
+        "LeaderWorkerSet" => {
+            return ["leaderTemplate", "workerTemplate"]
+                .iter()
+                .map(|t| {
+                    let t = get(y, &["spec", "leaderWorkerTemplate", t]);
+                    (kind.clone(), t["metadata"].clone(), t["spec"].clone())
+                })
+                .collect()
+        }
         _ => return Vec::new(),
     };
     let t = get(y, path);
@@ -224,7 +233,13 @@ fn every_pod_template_is_wired_as_spec_section_6_says() {
                     args.contains(&"--socket=/run/vitals/agent.sock"),
                     "{at}: {args:?}"
                 );
-                assert!(args.contains(&"--listen=0.0.0.0:9180"), "{at}: {args:?}");
+                // Dual-stack (issue 21 item 4): an IPv6-only cluster's kubelet probes the IPv6 pod IP.
+                assert!(args.contains(&"--listen=[::]:9180"), "{at}: {args:?}");
+                assert_eq!(
+                    meta["labels"]["vitals.dev/injected"].as_str(),
+                    Some("true"),
+                    "{at}: the label the PodMonitor selects"
+                );
                 let mount =
                     by_name(&agent["volumeMounts"], "vitals-socket").expect("agent socket mount");
                 assert_eq!(mount["mountPath"].as_str(), Some("/run/vitals"));
@@ -290,9 +305,12 @@ fn check_upstreams(at: &str, agent: &Yaml, spec: &Yaml, workers: &[&str]) {
         Some("status.podIP"),
         "{at}"
     );
+    // The agent's user is named only where the pod-level user is root (OpenShift's
+    // restricted-v2 refuses an explicit user outside the namespace's range).
+    let pod_is_root = spec["securityContext"]["runAsUser"].as_i64() == Some(0);
     assert_eq!(
         agent["securityContext"]["runAsUser"].as_i64(),
-        Some(i64::from(AGENT_UID)),
+        pod_is_root.then_some(i64::from(AGENT_UID)),
         "{at}"
     );
     let expect: Vec<WorkerName> = workers
@@ -328,6 +346,8 @@ fn check_upstreams(at: &str, agent: &Yaml, spec: &Yaml, workers: &[&str]) {
                 continue;
             }
             let u = upstream.unwrap_or_else(|| panic!("{at}: {name} has {key} but is no upstream"));
+            // In a group, inject gives a container without liveness one on the agent (SPEC §9).
+            let added_for_group = env("VITALS_GROUP_ROLE").is_some() && key == "livenessProbe";
             assert_eq!(
                 p["httpGet"]["path"].as_str(),
                 Some(format!("/{path}/{name}").as_str()),
@@ -340,7 +360,7 @@ fn check_upstreams(at: &str, agent: &Yaml, spec: &Yaml, workers: &[&str]) {
             );
             assert_eq!(p["timeoutSeconds"].as_i64(), Some(1), "{at} {name} {key}");
             assert!(
-                u.probes.keys().any(|k| k.key() == key),
+                added_for_group || u.probes.keys().any(|k| k.key() == key),
                 "{at}: {name}'s original {key} is not in the agent's config"
             );
         }
@@ -385,6 +405,9 @@ fn owned_by_inject(path: &str) -> bool {
         || path.contains("[name=VITALS_NAME]")
         || path.contains("[name=VITALS_AGENT_SOCKET]")
         || path.ends_with("vitals.dev/injected-version")
+        || path.ends_with("labels.vitals.dev/injected")
+        // Raised so the agent's restart never fails it (issue 21 item 1).
+        || path.ends_with(".livenessProbe.failureThreshold")
         || path.ends_with("shareProcessNamespace")
 }
 
@@ -744,7 +767,8 @@ fn a_plain_vllm_deployment_becomes_an_upstream() {
             "startupProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 10},
             "livenessProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 10, "timeoutSeconds": 5},
             "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 5},
-            "metrics": "vllm"
+            "metrics": "vllm",
+            "process": {"cmdline": ["vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct", "--port", "8000"]}
         }})
     );
     let vllm = by_name(&spec["containers"], "vllm").expect("vllm");
@@ -752,7 +776,8 @@ fn a_plain_vllm_deployment_becomes_an_upstream() {
     let live = &vllm["livenessProbe"];
     assert_eq!(live["httpGet"]["path"].as_str(), Some("/livez/vllm"));
     assert_eq!(live["periodSeconds"].as_i64(), Some(10));
-    assert_eq!(live["failureThreshold"].as_i64(), Some(3));
+    // 10 s × 3 tolerates 20 s, less than the agent's worst restart: raised to 10 s × 7.
+    assert_eq!(live["failureThreshold"].as_i64(), Some(7));
     assert_eq!(live["timeoutSeconds"].as_i64(), Some(1));
     assert_eq!(vllm["startupProbe"]["failureThreshold"].as_i64(), Some(60));
     // Not a protocol worker: no socket, no env, no --expect.
@@ -942,11 +967,452 @@ fn a_custom_metrics_object_survives_reinjection() {
     let (config, _) = upstreams_of(&out);
     let mut custom = config.clone();
     custom["ollama"]["metrics"] = serde_json::json!({"port": 11434, "work": ["ollama_tokens_total"], "busy": ["ollama_running"]});
+    // The JSON exactly as written (the schema's field order), quoted as YAML quotes it.
+    let written = docs(&out)
+        .iter()
+        .flat_map(pod_templates)
+        .find_map(|(_, _, spec)| {
+            let agent = by_name(&spec["initContainers"], "vitals-agent")?;
+            by_name(&agent["env"], UPSTREAMS_ENV)?["value"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .expect("VITALS_UPSTREAMS");
     let edited = out.replace(
-        &serde_json::to_string(&config.to_string()).expect("quoted"),
+        &serde_json::to_string(&written).expect("quoted"),
         &serde_json::to_string(&custom.to_string()).expect("quoted"),
     );
     assert_ne!(edited, out, "the fixture's config was found and edited");
     let (again, _) = upstreams_of(&inject(&edited, &[]));
     assert_eq!(again, custom);
+}
+
+/// Every container of every injected fixture whose liveness probe goes to the agent.
+fn agent_liveness_probes() -> Vec<(String, Yaml)> {
+    let mut out = Vec::new();
+    for (name, text, flags) in fixtures() {
+        for doc in docs(&inject(&text, &flags)) {
+            for (_, _, spec) in pod_templates(&doc) {
+                for c in spec["containers"].as_vec().into_iter().flatten() {
+                    let live = &c["livenessProbe"];
+                    if live["httpGet"]["port"].as_i64() == Some(9180)
+                        && c["name"].as_str() != Some("vitals-agent")
+                    {
+                        let at = format!("{name} {}", c["name"].as_str().unwrap_or("?"));
+                        out.push((at, live.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Issue 21 item 1: the agent is never the reason a model restarts. While the agent is down
+/// its port refuses and every probe fails; an outage of D seconds fails at most
+/// floor(D/period)+1 probes, so a probe tolerates any outage under (failureThreshold − 1) ×
+/// period. The agent's worst restart is 43 s (docs/deploy.md, "The agent restarting": a
+/// wedge detected in 16 s, killed in 5 s thanks to its probe-level grace, 20 s back-off, 2 s
+/// to start); deploy/base's 5 s × 12 tolerates 55 s.
+#[test]
+fn liveness_on_the_agent_tolerates_the_agents_worst_restart() {
+    let probes = agent_liveness_probes();
+    assert!(probes.len() >= 10, "{probes:?}");
+    for (at, live) in &probes {
+        let period = live["periodSeconds"].as_i64().unwrap_or(10);
+        let failures = live["failureThreshold"].as_i64().unwrap_or(3);
+        assert!(
+            (failures - 1) * period >= 55,
+            "{at}: {period} s × {failures} tolerates only {} s",
+            (failures - 1) * period
+        );
+    }
+    // A more tolerant original is kept as it is: sglang's 30 s × 5 tolerates 120 s.
+    let out = inject(&fixture("gpu-guaranteed.in.yaml"), &[]);
+    let live = docs(&out)[0]["spec"]["template"]["spec"]["containers"][0]["livenessProbe"].clone();
+    assert_eq!(
+        (
+            live["periodSeconds"].as_i64(),
+            live["failureThreshold"].as_i64()
+        ),
+        (Some(30), Some(5))
+    );
+    // A wedged agent is killed within 5 s, not the pod's grace (600 s in this fixture).
+    let out = inject(&fixture("root-vllm-istio.in.yaml"), &[]);
+    let spec = &docs(&out)[0]["spec"]["template"]["spec"];
+    assert_eq!(spec["terminationGracePeriodSeconds"].as_i64(), Some(600));
+    let agent = by_name(&spec["initContainers"], "vitals-agent").expect("agent");
+    assert_eq!(
+        agent["livenessProbe"]["terminationGracePeriodSeconds"].as_i64(),
+        Some(5)
+    );
+}
+
+/// The Pod Security Standards' `restricted` profile, as
+/// https://kubernetes.io/docs/concepts/security/pod-security-standards/ writes its rules
+/// (Baseline's included), for one container in its pod: what it breaks, empty when none.
+fn restricted_violations(spec: &Yaml, c: &Yaml) -> Vec<String> {
+    let mut out = Vec::new();
+    let pod_sc = &spec["securityContext"];
+    let sc = &c["securityContext"];
+    let effective = |key: &str| {
+        if sc[key].is_badvalue() {
+            pod_sc[key].clone()
+        } else {
+            sc[key].clone()
+        }
+    };
+    // Baseline: privileged containers; capabilities beyond the default set.
+    if sc["privileged"].as_bool() == Some(true) {
+        out.push("privileged".into());
+    }
+    // Baseline: host ports (hostPort 0 or unset).
+    for p in c["ports"].as_vec().into_iter().flatten() {
+        if p["hostPort"].as_i64().unwrap_or(0) != 0 {
+            out.push("hostPort".into());
+        }
+    }
+    // Baseline: procMount Default; seccomp never Unconfined.
+    if sc["procMount"].as_str().is_some_and(|m| m != "Default") {
+        out.push("procMount".into());
+    }
+    // Restricted: privilege escalation must be false.
+    if sc["allowPrivilegeEscalation"].as_bool() != Some(false) {
+        out.push("allowPrivilegeEscalation is not false".into());
+    }
+    // Restricted: running as non-root (container or pod level true, neither false).
+    if effective("runAsNonRoot").as_bool() != Some(true) {
+        out.push("runAsNonRoot is not true".into());
+    }
+    // Restricted: running as a non-root user (runAsUser must not be 0).
+    if effective("runAsUser").as_i64() == Some(0) {
+        out.push("runAsUser 0".into());
+    }
+    // Restricted: seccomp RuntimeDefault or Localhost, at the container or the pod level.
+    let seccomp = effective("seccompProfile");
+    if !matches!(
+        seccomp["type"].as_str(),
+        Some("RuntimeDefault" | "Localhost")
+    ) {
+        out.push("seccompProfile is not RuntimeDefault or Localhost".into());
+    }
+    // Restricted: capabilities drop ALL, add at most NET_BIND_SERVICE.
+    let drops: Vec<&str> = sc["capabilities"]["drop"]
+        .as_vec()
+        .into_iter()
+        .flatten()
+        .filter_map(Yaml::as_str)
+        .collect();
+    if !drops.contains(&"ALL") {
+        out.push("capabilities do not drop ALL".into());
+    }
+    for add in sc["capabilities"]["add"].as_vec().into_iter().flatten() {
+        if add.as_str() != Some("NET_BIND_SERVICE") {
+            out.push(format!("adds capability {add:?}"));
+        }
+    }
+    out
+}
+
+/// Issue 21 item 3: what inject adds satisfies Pod Security `restricted` in every fixture,
+/// whatever the pod level says; a pod that satisfied it before still does after.
+#[test]
+fn what_inject_adds_satisfies_pod_security_restricted() {
+    let restricted_pod = |spec: &Yaml| -> Vec<String> {
+        let mut v = Vec::new();
+        for key in ["initContainers", "containers"] {
+            for c in spec[key].as_vec().into_iter().flatten() {
+                for problem in restricted_violations(spec, c) {
+                    v.push(format!("{}: {problem}", c["name"].as_str().unwrap_or("?")));
+                }
+            }
+        }
+        // Restricted: only these volume types (the socket is an emptyDir).
+        for vol in spec["volumes"].as_vec().into_iter().flatten() {
+            let ok = [
+                "configMap",
+                "csi",
+                "downwardAPI",
+                "emptyDir",
+                "ephemeral",
+                "persistentVolumeClaim",
+                "projected",
+                "secret",
+            ]
+            .iter()
+            .any(|t| !vol[*t].is_badvalue());
+            if !ok {
+                v.push(format!("volume {:?}", vol["name"]));
+            }
+        }
+        v
+    };
+    for (name, text, flags) in fixtures() {
+        for doc in docs(&inject(&text, &flags)) {
+            for (_, _, spec) in pod_templates(&doc) {
+                let agent = by_name(&spec["initContainers"], "vitals-agent")
+                    .or_else(|| by_name(&spec["containers"], "vitals-agent"));
+                if let Some(agent) = agent {
+                    let v = restricted_violations(&spec, agent);
+                    assert!(v.is_empty(), "{name}: the agent breaks restricted: {v:?}");
+                }
+            }
+        }
+    }
+    let text = fixture("pss-restricted.in.yaml");
+    let before = docs(&text);
+    assert_eq!(restricted_pod(&before[0]["spec"]), Vec::<String>::new());
+    let after = docs(&inject(&text, &[]));
+    assert_eq!(restricted_pod(&after[0]["spec"]), Vec::<String>::new());
+}
+
+fn agent_of(spec: &Yaml) -> &Yaml {
+    by_name(&spec["initContainers"], "vitals-agent").expect("agent")
+}
+
+/// Issue 21 item 5: a Guaranteed pod stays Guaranteed; a Burstable one keeps the agent's
+/// small requests.
+#[test]
+fn a_guaranteed_pod_stays_guaranteed() {
+    let out = docs(&inject(&fixture("gpu-guaranteed.in.yaml"), &[]));
+    let r = &agent_of(&out[0]["spec"]["template"]["spec"])["resources"];
+    assert_eq!(r["requests"], r["limits"], "{r:?}");
+    assert_eq!(r["limits"]["cpu"].as_str(), Some("200m"));
+    let out = docs(&inject(&fixture("root-vllm-istio.in.yaml"), &[]));
+    let r = &agent_of(&out[0]["spec"]["template"]["spec"])["resources"];
+    assert_eq!(r["requests"]["cpu"].as_str(), Some("10m"));
+}
+
+/// Issue 21 item 10: the agent names its user only where the pod-level user is root.
+#[test]
+fn the_agent_names_its_user_only_in_root_pods() {
+    let root = docs(&inject(&fixture("run-as-root.in.yaml"), &[]));
+    let spec = pod_templates(&root[0]).remove(0).2;
+    assert_eq!(
+        agent_of(&spec)["securityContext"]["runAsUser"].as_i64(),
+        Some(65532)
+    );
+    let image_root = docs(&inject(&fixture("root-vllm-istio.in.yaml"), &[]));
+    let sc = &agent_of(&image_root[0]["spec"]["template"]["spec"])["securityContext"];
+    assert!(sc["runAsUser"].is_badvalue(), "{sc:?}");
+    assert_eq!(sc["runAsNonRoot"].as_bool(), Some(true));
+}
+
+/// Issue 21 items 6, 8, 9: unknown kinds with containers are refused (naming the kind)
+/// unless skipped; hostNetwork and the default image are warned about.
+#[test]
+fn unknown_kinds_host_network_and_the_default_image() {
+    let text = std::fs::read_to_string(fixture_dir().join("err-kserve.yaml")).expect("fixture");
+    let e = error_of(&text, &InjectOptions::default());
+    assert!(
+        matches!(
+            &e,
+            InjectError::Workload {
+                problem: Problem::UnknownKind { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("InferenceService/llama")
+            && msg.contains("serving.kserve.io/v1beta1 InferenceService")
+            && msg.contains(".spec.predictor.containers")
+            && msg.contains("--skip-unknown"),
+        "{msg}"
+    );
+    let skipped = inject_report(
+        &text,
+        &InjectOptions {
+            skip_unknown: true,
+            ..Default::default()
+        },
+    );
+    // Nothing else to inject: still an error-free pass-through, with a warning.
+    let report = skipped.expect("skip-unknown passes it through");
+    assert_eq!(report.output, text.trim_start_matches('\u{feff}'));
+    assert!(
+        report.notes.iter().any(|n| n.contains("NOT watch")),
+        "{:?}",
+        report.notes
+    );
+
+    let bin = env!("CARGO_BIN_EXE_vitals-agent");
+    let out = Command::new(bin)
+        .args(["inject", "-f"])
+        .arg(fixture_dir().join("err-kserve.yaml"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+
+    let host = "apiVersion: v1\nkind: Pod\nmetadata: {name: edge}\nspec:\n  hostNetwork: true\n  containers:\n  - name: srv\n    image: x\n    readinessProbe: {tcpSocket: {port: 8000}}\n";
+    let report = inject_report(host, &InjectOptions::default()).expect("inject");
+    let warned = |what: &str| report.notes.iter().any(|n| n.contains(what));
+    assert!(
+        warned("reachable on the node's IP") && warned("collide"),
+        "{:?}",
+        report.notes
+    );
+    assert!(warned("no --image given: the agent image is vitals-agent:"));
+    let with_image = inject_report(
+        host,
+        &InjectOptions {
+            image: Some("registry.example/vitals-agent:1".into()),
+            ..Default::default()
+        },
+    )
+    .expect("inject");
+    assert!(!with_image.notes.iter().any(|n| n.contains("--image")));
+}
+
+/// Issue 18 item 5: both templates of a LeaderWorkerSet get an agent with its role; the
+/// leader's members come from the downward API; the headless worker is watched by /proc
+/// with a conservative liveness probe on its agent.
+#[test]
+fn a_leader_worker_set_gets_a_leader_and_members() {
+    let out = inject(&fixture("lws-vllm.in.yaml"), &[]);
+    let templates = pod_templates(&docs(&out)[0]);
+    let env_of = |spec: &Yaml, name: &str| by_name(&agent_of(spec)["env"], name).cloned();
+    let (leader, worker) = (&templates[0].2, &templates[1].2);
+    assert_eq!(
+        env_of(leader, "VITALS_GROUP_ROLE").map(|e| e["value"].clone()),
+        Some(Yaml::String("leader".into()))
+    );
+    let field = |e: Option<Yaml>| {
+        e.and_then(|e| {
+            e["valueFrom"]["fieldRef"]["fieldPath"]
+                .as_str()
+                .map(str::to_string)
+        })
+    };
+    assert_eq!(
+        field(env_of(leader, "VITALS_GROUP_SIZE")).as_deref(),
+        Some("metadata.annotations['leaderworkerset.sigs.k8s.io/size']")
+    );
+    assert_eq!(
+        field(env_of(leader, "VITALS_GROUP_POD_NAME")).as_deref(),
+        Some("metadata.name")
+    );
+    assert_eq!(
+        field(env_of(leader, "VITALS_GROUP_SUBDOMAIN")).as_deref(),
+        Some("metadata.labels['leaderworkerset.sigs.k8s.io/name']")
+    );
+    assert_eq!(
+        env_of(worker, "VITALS_GROUP_ROLE").map(|e| e["value"].clone()),
+        Some(Yaml::String("member".into()))
+    );
+    assert!(env_of(worker, "VITALS_GROUP_SIZE").is_none());
+    // The leader's model container: probes on the agent, a liveness for group_broken.
+    let vllm = by_name(&leader["containers"], "vllm-leader").expect("leader");
+    assert_eq!(
+        vllm["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz/vllm-leader")
+    );
+    assert_eq!(
+        vllm["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/livez/vllm-leader")
+    );
+    // The worker's headless container: only its process in the config, a liveness probe.
+    let json = env_of(worker, UPSTREAMS_ENV).expect("upstreams")["value"]
+        .as_str()
+        .expect("text")
+        .to_string();
+    let config: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(
+        config["vllm-worker"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["process".to_string()])
+    );
+    assert_eq!(config["vllm-worker"]["process"]["cmdline"][0], "sh");
+    let member = by_name(&worker["containers"], "vllm-worker").expect("worker");
+    let live = &member["livenessProbe"];
+    assert_eq!(live["httpGet"]["path"].as_str(), Some("/livez/vllm-worker"));
+    assert_eq!(
+        (
+            live["periodSeconds"].as_i64(),
+            live["failureThreshold"].as_i64()
+        ),
+        (Some(10), Some(7))
+    );
+    let specs = upstream_config::parse(&json, &[]).expect("the agent accepts it");
+    assert!(specs[0].probes.is_empty() && specs[0].process.is_some());
+
+    // Without a leaderTemplate, LWS runs the workerTemplate for the leader: inject copies
+    // it so the leader gets its role; a LeaderReady startup would deadlock and is warned.
+    let no_leader = fixture("lws-vllm.in.yaml");
+    let start = no_leader.find("    leaderTemplate:").expect("leader");
+    let end = no_leader.find("    workerTemplate:").expect("worker");
+    let no_leader = format!("{}{}", &no_leader[..start], &no_leader[end..]).replace(
+        "  replicas: 1\n",
+        "  replicas: 1\n  startupPolicy: LeaderReady\n",
+    );
+    let report = inject_report(&no_leader, &InjectOptions::default()).expect("inject");
+    let templates = pod_templates(&docs(&report.output)[0]);
+    assert_eq!(
+        env_of(&templates[0].2, "VITALS_GROUP_ROLE").map(|e| e["value"].clone()),
+        Some(Yaml::String("leader".into()))
+    );
+    assert!(
+        report.notes.iter().any(|n| n.contains("LeaderReady")),
+        "{:?}",
+        report.notes
+    );
+}
+
+/// The kubelet's liveness rule over a timeline: probes every `period` seconds from `phase`;
+/// a probe during `outage` fails (the agent's port refuses or does not answer), any other
+/// passes; `failures` failures in a row restart the container. Times in tenths of a second.
+fn kubelet_restarts(period: u64, failures: u64, phase: u64, outage: (u64, u64)) -> bool {
+    let mut in_a_row = 0;
+    let mut t = phase;
+    while t < outage.1 + (failures + 1) * period * 10 {
+        if (outage.0..outage.1).contains(&t) {
+            in_a_row += 1;
+            if in_a_row >= failures {
+                return true;
+            }
+        } else {
+            in_a_row = 0;
+        }
+        t += period * 10;
+    }
+    false
+}
+
+/// Issue 21 item 1, the way e2e s12 tests protocol workers, on inject's own output: the
+/// agent's worst restart (43 s, docs/deploy.md "The agent restarting") and three crashes
+/// back to back (36 s), at every phase of the probe schedule, never make the kubelet
+/// restart a model whose liveness inject pointed at the agent; vLLM's usual 10 s × 3 as
+/// it was before injection would have been restarted.
+#[test]
+fn an_agent_restart_never_restarts_the_model_it_watches() {
+    const WORST_RESTART: u64 = 430;
+    const THREE_CRASHES: u64 = 360;
+    let probes = agent_liveness_probes();
+    for (at, live) in &probes {
+        let number = |key: &str, default: u64| {
+            live[key]
+                .as_i64()
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(default)
+        };
+        let (period, failures) = (number("periodSeconds", 10), number("failureThreshold", 3));
+        for outage in [WORST_RESTART, THREE_CRASHES] {
+            for phase in 0..period * 10 {
+                assert!(
+                    !kubelet_restarts(period, failures, phase, (1000, 1000 + outage)),
+                    "{at}: {period} s × {failures}: an agent outage of {} s at phase {} s restarts the model",
+                    outage / 10,
+                    phase / 10
+                );
+            }
+        }
+    }
+    assert!(
+        kubelet_restarts(10, 3, 0, (1000, 1000 + WORST_RESTART)),
+        "the original 10 s × 3 would restart vLLM: the test must be able to fail"
+    );
 }

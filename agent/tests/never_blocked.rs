@@ -1,6 +1,7 @@
 //! The probe port answers at once whatever workers and clients do: wedged and stopped
 //! workers, 1000 kubelet-style probes, 500 idle keep-alive connections, a slow-loris
-//! client, oversized headers, and a full connection cap.
+//! client, oversized headers, and a full connection cap (a new connection takes the
+//! place of the oldest idle one).
 //!
 //! Latency bounds: the contract is "well under 10 ms"; the bench (`scripts/bench-agent.sh`,
 //! release build) reports p50/p99. Here, in a debug build on shared CI cores, the test
@@ -14,7 +15,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{eventually, Agent, PythonWorker, Worker};
+use common::{Agent, PythonWorker, Worker};
 use nix::sys::signal::Signal;
 
 const P99_BOUND: Duration = Duration::from_millis(10);
@@ -106,36 +107,40 @@ fn idle_connections_and_a_slow_loris_do_not_starve_probes() {
 }
 
 #[test]
-fn over_the_cap_new_connections_close_at_once_and_idle_ones_time_out() {
+fn at_the_cap_a_new_connection_takes_the_place_of_the_oldest_idle_one() {
     let agent = Agent::start(|c| {
         c.max_connections = 16;
         c.header_timeout = Duration::from_millis(500);
     });
-    let idle: Vec<TcpStream> = (0..16)
+    let mut idle: Vec<TcpStream> = (0..16)
         .map(|_| TcpStream::connect(agent.addr).unwrap())
         .collect();
-    // Let the agent accept them all.
-    eventually("cap reached", || {
-        let mut s = TcpStream::connect(agent.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let _ = s.write_all(b"GET /livez HTTP/1.1\r\nConnection: close\r\n\r\n");
-        let mut buf = Vec::new();
-        let start = Instant::now();
-        let n = s.read_to_end(&mut buf).unwrap_or(0);
-        // Closed without an answer, at once rather than queued.
-        (n == 0 && start.elapsed() < Duration::from_millis(200)).then_some(())
-    });
-    // The idle ones are closed after the header timeout; probes answer again.
-    agent.wait_for("/livez", 200, "ok");
+    // The kernel's accept queue is FIFO: the agent takes all 16 before the probe's own
+    // connection, so the cap is full when it arrives. It is still answered at once (issue
+    // 21 item 14), and the oldest idle connection is the one closed to make room.
+    let mut oldest = idle.remove(0);
+    oldest
+        .set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
+    let (took, code) = timed_probe(agent.addr, "/livez");
+    assert_eq!(code, 200);
+    assert!(took < MAX_BOUND, "{took:?}");
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        oldest.read(&mut buf).unwrap_or(1),
+        0,
+        "the oldest idle connection closed by the agent before the header timeout"
+    );
+    // The others are closed after the header timeout.
     for mut s in idle {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = [0u8; 16];
         assert_eq!(
             s.read(&mut buf).unwrap_or(0),
             0,
             "idle connection closed by the agent"
         );
     }
+    agent.wait_for("/livez", 200, "ok");
 }
 
 #[test]

@@ -27,7 +27,12 @@ struct Server {
 
 impl Server {
     fn start() -> Self {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on("127.0.0.1:0")
+    }
+
+    /// A server listening on `addr` only (`[::1]:0`: IPv6 loopback alone).
+    fn start_on(addr: &str) -> Self {
+        let l = TcpListener::bind(addr).unwrap();
         let port = l.local_addr().unwrap().port();
         let code = Arc::new(AtomicU16::new(200));
         let delay_ms = Arc::new(AtomicU64::new(0));
@@ -82,11 +87,17 @@ impl Server {
 }
 
 fn with_upstream(port: u16) -> impl FnOnce(&mut Config) {
+    with_upstream_on(port, None)
+}
+
+/// A vLLM-like upstream on `port`, its probes' `httpGet.host` set to `host` when given.
+fn with_upstream_on(port: u16, host: Option<&str>) -> impl FnOnce(&mut Config) {
+    let host = host.map_or_else(String::new, |h| format!(r#", "host": "{h}""#));
     move |c: &mut Config| {
         common::fast(c);
         let json = format!(
-            r#"{{"vllm": {{"livenessProbe": {{"httpGet": {{"path": "/health", "port": {port}}}, "periodSeconds": 1}},
-                        "readinessProbe": {{"httpGet": {{"path": "/health", "port": {port}}}, "periodSeconds": 1}},
+            r#"{{"vllm": {{"livenessProbe": {{"httpGet": {{"path": "/health", "port": {port}{host}}}, "periodSeconds": 1}},
+                        "readinessProbe": {{"httpGet": {{"path": "/health", "port": {port}{host}}}, "periodSeconds": 1}},
                         "metrics": "vllm"}}}}"#
         );
         c.upstreams = parse(&json, &c.expect)
@@ -193,4 +204,65 @@ fn upstream_metrics_pass_promtool_check() {
     }
     let (ok, report) = vitals_e2e::prom::promtool_check(&text);
     assert!(ok && report.trim().is_empty(), "promtool: {report}");
+}
+
+/// Busy with frozen work until the agent says `loop_stalled` (the scrapes reach the server).
+fn assert_stall_seen(agent: &Agent, server: &Server) {
+    agent.wait_for("/livez/vllm", 200, "ok");
+    server.running.store(1, Ordering::SeqCst);
+    agent.wait_for("/livez/vllm", 503, "fail: loop_stalled");
+}
+
+#[test]
+fn the_default_listen_address_serves_ipv6_and_ipv4() {
+    // Issue 21 item 4: IPv6-only clusters probe the pod's IPv6 address.
+    let default = Config::defaults().listen;
+    let agent = Agent::start(|c| c.listen = std::net::SocketAddr::new(default.ip(), 0));
+    for ip in ["::1", "127.0.0.1"] {
+        let addr = std::net::SocketAddr::new(ip.parse().unwrap(), agent.addr.port());
+        let r = common::request(addr, "GET", "/livez", &[]);
+        assert_eq!((r.code, r.body.as_str()), (200, "ok"), "{addr}");
+        // `vitals-agent status` reaches it on either (its client is the agent's own).
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (_, doc) = rt
+            .block_on(vitals_agent::surfaces::status::fetch(&format!(
+                "http://{addr}"
+            )))
+            .unwrap_or_else(|e| panic!("status over {addr}: {e}"));
+        assert_eq!(doc.agent.version, vitals_agent::VERSION);
+    }
+}
+
+#[test]
+fn an_upstream_on_an_ipv6_pod_ip_is_probed_and_scraped() {
+    // POD_IP is the IPv6 address (here ::1, the server listening there only).
+    let server = Server::start_on("[::1]:0");
+    let agent = Agent::start(|c| {
+        with_upstream(server.port)(c);
+        c.pod_ip = Some("::1".parse().unwrap());
+    });
+    agent.wait_for("/readyz/vllm", 200, "ok");
+    assert_stall_seen(&agent, &server);
+}
+
+#[test]
+fn metrics_are_scraped_on_the_host_the_probe_uses() {
+    // Issue 21 item 8: a llama.cpp-like server bound to 127.0.0.1 while POD_IP is set (here
+    // ::1, where nothing listens): its probes carry `httpGet.host`, and so must the scrapes.
+    let server = Server::start();
+    let agent = Agent::start(|c| {
+        with_upstream_on(server.port, Some("127.0.0.1"))(c);
+        c.pod_ip = Some("::1".parse().unwrap());
+    });
+    agent.wait_for("/readyz/vllm", 200, "ok");
+    assert_stall_seen(&agent, &server);
+    let status = agent.status();
+    assert_eq!(
+        status["upstreams"][0]["metrics"]["scrape_error"],
+        serde_json::Value::Null,
+        "{status}"
+    );
 }

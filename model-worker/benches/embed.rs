@@ -14,8 +14,7 @@
 //! `MODEL_DIR`, `BENCH_SECS` (per measurement, default 5), `BENCH_SERVER`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use vitals_e2e::{client, wait};
 use vitals_worker::model::bert::BertEmbedder;
 use vitals_worker::model::device::{self, DeviceSpec};
 use vitals_worker::model::tokenizer::TextTokenizer;
@@ -210,49 +210,6 @@ impl Drop for WorkerProcess {
     }
 }
 
-/// One keep-alive HTTP/1.1 client; returns the status of each request.
-struct Client {
-    reader: BufReader<TcpStream>,
-    stream: TcpStream,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream.set_nodelay(true).unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        Self { reader, stream }
-    }
-
-    fn post(&mut self, path: &str, body: &str) -> u16 {
-        write!(
-            self.stream,
-            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut status = String::new();
-        self.reader.read_line(&mut status).unwrap();
-        let code = status.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let mut len = 0usize;
-        loop {
-            let mut h = String::new();
-            self.reader.read_line(&mut h).unwrap();
-            if h == "\r\n" || h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().unwrap();
-                }
-            }
-        }
-        let mut body = vec![0; len];
-        self.reader.read_exact(&mut body).unwrap();
-        code
-    }
-}
-
 fn server(texts: &[String], threads: usize, secs: f64, max_batch: usize) -> serde_json::Value {
     let bin = workspace().join("target/worker/vitals-worker");
     let dir = tempfile::tempdir().unwrap();
@@ -276,22 +233,11 @@ fn server(texts: &[String], threads: usize, secs: f64, max_batch: usize) -> serd
         .spawn()
         .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
     let _worker = WorkerProcess(child);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let ok = TcpStream::connect(addr).ok().is_some_and(|mut s| {
-            s.write_all(b"GET /health HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
-                .is_ok()
-                && {
-                    let mut r = String::new();
-                    s.read_to_string(&mut r).is_ok() && r.starts_with("HTTP/1.1 200")
-                }
-        });
-        if ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the worker did not become ready");
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait::eventually("the worker's /health", Duration::from_secs(120), || {
+        client::get(addr, "/health", Duration::from_secs(1))
+            .ok()
+            .filter(|r| r.status == 200)
+    });
 
     let stop = Arc::new(AtomicBool::new(false));
     let bodies: Arc<Vec<String>> = Arc::new(
@@ -304,12 +250,20 @@ fn server(texts: &[String], threads: usize, secs: f64, max_batch: usize) -> serd
         .map(|c| {
             let (stop, bodies) = (Arc::clone(&stop), Arc::clone(&bodies));
             thread::spawn(move || {
-                let mut client = Client::connect(addr);
                 let (mut lat, mut errors) = (Vec::new(), 0usize);
                 let mut i = c * 61;
                 while !stop.load(Ordering::Relaxed) {
                     let t0 = Instant::now();
-                    if client.post("/v1/embeddings", &bodies[i % bodies.len()]) != 200 {
+                    // The toolkit's client: one request per connection (on loopback a
+                    // connect costs tens of µs, against milliseconds of embedding).
+                    let body = bodies[i % bodies.len()].as_bytes();
+                    let req = client::Request {
+                        body: Some(("application/json", body)),
+                        ..client::Request::new("POST", "/v1/embeddings")
+                    };
+                    if client::send(addr, &req, Duration::from_secs(30)).map(|r| r.status)
+                        != Ok(200)
+                    {
                         errors += 1;
                     }
                     lat.push(t0.elapsed());

@@ -11,6 +11,7 @@
 
 mod error;
 mod request;
+mod response;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -23,8 +24,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use vitals_proto::Phase;
 
@@ -37,7 +38,10 @@ use crate::lifecycle::{Lifecycle, Status};
 use crate::metrics::Metrics;
 use crate::model::l2_normalize;
 use crate::startup::Loaded;
-use request::Body;
+use response::{
+    EmbeddingList, EmbeddingObject, EmbeddingValue, FaultTaken, Health, InfoDocument, ModelList,
+    Usage,
+};
 
 /// Largest request body accepted, whatever the other limits (413 beyond).
 pub const MAX_BODY_BYTES: usize = 8 << 20;
@@ -209,7 +213,7 @@ fn require_ready(state: &AppState) -> Result<Arc<Loaded>, ApiError> {
 }
 
 /// Reads the body (at most [`MAX_BODY_BYTES`]) and decodes it as a `T`.
-async fn read_body<T: Body>(req: Request<Incoming>) -> Result<T, ApiError> {
+async fn read_body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
     let body = Limited::new(req.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
@@ -311,25 +315,29 @@ async fn openai_embeddings(
     let format = request.encoding_format.unwrap_or_default();
     let normalize = loaded.info.normalize;
     let (vectors, tokens) = embed(state, Arc::clone(&loaded), texts, true, normalize).await?;
-    let data: Vec<Value> = vectors
+    let data = vectors
         .iter()
         .enumerate()
-        .map(|(index, v)| {
-            let embedding = match format {
-                EncodingFormat::Float => json!(v),
-                EncodingFormat::Base64 => Value::String(base64_f32(v)),
-            };
-            json!({"object": "embedding", "index": index, "embedding": embedding})
+        .map(|(index, v)| EmbeddingObject {
+            object: "embedding",
+            index,
+            embedding: match format {
+                EncodingFormat::Float => EmbeddingValue::Float(v),
+                EncodingFormat::Base64 => EmbeddingValue::Base64(base64_f32(v)),
+            },
         })
         .collect();
     Ok(json_response(
         StatusCode::OK,
-        &json!({
-            "object": "list",
-            "data": data,
-            "model": loaded.info.model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }),
+        &EmbeddingList {
+            object: "list",
+            data,
+            model: &loaded.info.model,
+            usage: Usage {
+                prompt_tokens: tokens,
+                total_tokens: tokens,
+            },
+        },
     ))
 }
 
@@ -345,44 +353,40 @@ async fn tei_embed(
     let (vectors, _) = embed(state, loaded, texts, truncate, normalize).await?;
     Ok(json_response(StatusCode::OK, &vectors))
 }
+
 fn models(state: &AppState) -> Response<Full<Bytes>> {
-    json_response(
-        StatusCode::OK,
-        &json!({"object": "list", "data": [
-            {"id": state.model_name, "object": "model", "created": 0, "owned_by": "vitals"}
-        ]}),
-    )
+    json_response(StatusCode::OK, &ModelList::one(&state.model_name))
 }
 
 fn info(state: &AppState) -> Response<Full<Bytes>> {
     let status = state.lifecycle.status();
-    let loaded = state.loaded.get();
+    let loaded = state.loaded.get().map(|l| &l.info);
     let limits = &state.limits;
     json_response(
         StatusCode::OK,
-        &json!({
-            "model": state.model_name,
-            "version": env!("CARGO_PKG_VERSION"),
-            "phase": status.phase.as_str(),
-            "detail": status.detail,
-            "dimension": loaded.map(|l| l.info.dimension),
-            "max_tokens": loaded.map(|l| l.info.max_tokens),
-            "pooling": loaded.map(|l| l.info.pooling),
-            "normalize": loaded.map(|l| l.info.normalize),
-            "device": loaded.map(|l| l.info.device.clone()),
-            "device_detail": loaded.map(|l| l.info.device_detail.clone()),
-            "max_batch_size": limits.batch.max_batch_size,
-            "max_batch_tokens": limits.batch.max_batch_tokens,
-            "max_queue": limits.max_queue,
-            "max_inputs": limits.max_inputs,
-            "max_request_chars": limits.max_request_chars,
-        }),
+        &InfoDocument {
+            model: &state.model_name,
+            version: env!("CARGO_PKG_VERSION"),
+            phase: status.phase.as_str(),
+            detail: &status.detail,
+            dimension: loaded.map(|i| i.dimension),
+            max_tokens: loaded.map(|i| i.max_tokens),
+            pooling: loaded.map(|i| i.pooling),
+            normalize: loaded.map(|i| i.normalize),
+            device: loaded.map(|i| i.device.as_str()),
+            device_detail: loaded.map(|i| i.device_detail.as_str()),
+            max_batch_size: limits.batch.max_batch_size,
+            max_batch_tokens: limits.batch.max_batch_tokens,
+            max_queue: limits.max_queue,
+            max_inputs: limits.max_inputs,
+            max_request_chars: limits.max_request_chars,
+        },
     )
 }
 
 fn health(state: &AppState) -> Result<Response<Full<Bytes>>, ApiError> {
     require_ready(state)?;
-    Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))
+    Ok(json_response(StatusCode::OK, &Health { status: "ok" }))
 }
 
 fn metrics(state: &AppState) -> Response<Full<Bytes>> {
@@ -401,7 +405,7 @@ async fn fault(
     state: &AppState,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
-    let FaultRequest { kind } = read_body(req).await?;
+    let kind = read_body::<FaultRequest>(req).await?.kind()?;
     tracing::warn!(?kind, "fault injection");
     match kind {
         FaultKind::HangLoop => state.loop_faults.hang.store(true, Ordering::SeqCst),
@@ -415,7 +419,7 @@ async fn fault(
             });
         }
     }
-    Ok(json_response(StatusCode::OK, &json!({"fault": kind})))
+    Ok(json_response(StatusCode::OK, &FaultTaken { fault: kind }))
 }
 
 /// Standard base64 (with padding) of the little-endian bytes of `v`, as OpenAI's

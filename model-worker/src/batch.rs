@@ -9,12 +9,12 @@
 //! The loop ticks the heartbeat counters at least every [`TICK`], idle or not.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use vitals_proto::LoopCounters;
 
 use crate::config::BatchLimits;
@@ -143,46 +143,86 @@ pub enum SubmitError {
 /// The sending side of the queue; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Submitter {
-    tx: mpsc::Sender<Job>,
-    depth: Arc<AtomicUsize>,
+    tx: mpsc::Sender<Queued>,
+    depth: QueueDepth,
     max_queue: usize,
 }
 
 impl Submitter {
     /// Queues a job unless `max_queue` requests are already queued or running.
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
-        self.depth
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.max_queue).then_some(n + 1)
-            })
-            .map_err(|_| SubmitError::Full)?;
-        self.tx.send(job).map_err(|_| {
-            self.depth.fetch_sub(1, Ordering::SeqCst);
-            SubmitError::Closed
-        })
+        let slot = self.depth.enter(self.max_queue).ok_or(SubmitError::Full)?;
+        // A refused send drops the job, and its slot with it.
+        self.tx
+            .send(Queued { job, _slot: slot })
+            .map_err(|_| SubmitError::Closed)
     }
 
     /// Requests queued or being computed (0 means drained).
     pub fn depth(&self) -> usize {
-        self.depth.load(Ordering::SeqCst)
+        self.depth.get()
     }
 
-    /// A read-only view of [`Submitter::depth`] that, unlike a clone of the submitter,
-    /// does not keep the queue open: the model loop still ends once every submitter is gone.
+    /// The queue's depth, which, unlike a clone of the submitter, does not keep the queue
+    /// open: the model loop still ends once every submitter is gone.
     pub fn depth_gauge(&self) -> QueueDepth {
-        QueueDepth(Arc::clone(&self.depth))
+        self.depth.clone()
     }
 }
 
-/// Requests queued or being computed, read without holding the queue open.
+/// Requests queued or being computed. A request counts from the moment it is queued until
+/// its [`QueueSlot`] is dropped, wherever that happens (answered, failed, abandoned by its
+/// client, or discarded with the queue), so no code path adjusts the count by hand.
 #[derive(Debug, Clone)]
-pub struct QueueDepth(Arc<AtomicUsize>);
+pub struct QueueDepth(Arc<watch::Sender<usize>>);
 
 impl QueueDepth {
+    fn new() -> Self {
+        Self(Arc::new(watch::Sender::new(0)))
+    }
+
     /// Requests queued or being computed now (0 means drained).
     pub fn get(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
+        *self.0.borrow()
     }
+
+    /// Returns once nothing is queued or being computed; woken by the last request's
+    /// slot being dropped, not by polling.
+    pub async fn drained(&self) {
+        let mut depth = self.0.subscribe();
+        // The sender lives as long as `self`, so the wait cannot fail.
+        let _ = depth.wait_for(|&n| n == 0).await;
+    }
+
+    /// Counts one more request in, unless `max` are already counted.
+    fn enter(&self, max: usize) -> Option<QueueSlot> {
+        self.0
+            .send_if_modified(|n| {
+                let room = *n < max;
+                if room {
+                    *n += 1;
+                }
+                room
+            })
+            .then(|| QueueSlot(self.clone()))
+    }
+}
+
+/// One request's place in [`QueueDepth`]: counted out when dropped.
+#[derive(Debug)]
+struct QueueSlot(QueueDepth);
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        (self.0).0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// A job on its way to the loop, carrying its place in the depth count.
+#[derive(Debug)]
+struct Queued {
+    job: Job,
+    _slot: QueueSlot,
 }
 
 /// Faults the loop obeys (set through `/debug/fault`).
@@ -195,8 +235,8 @@ pub struct LoopFaults {
 /// The receiving side of the queue, consumed by [`ModelLoop::run`].
 #[derive(Debug)]
 pub struct ModelLoop {
-    rx: Receiver<Job>,
-    depth: Arc<AtomicUsize>,
+    rx: Receiver<Queued>,
+    depth: QueueDepth,
     /// Batch limits.
     pub limits: BatchLimits,
     /// Heartbeat counters to tick and keep current.
@@ -215,11 +255,11 @@ pub fn queue(
     metrics: Metrics,
 ) -> (Submitter, ModelLoop) {
     let (tx, rx) = mpsc::channel();
-    let depth = Arc::new(AtomicUsize::new(0));
+    let depth = QueueDepth::new();
     (
         Submitter {
             tx,
-            depth: Arc::clone(&depth),
+            depth: depth.clone(),
             max_queue,
         },
         ModelLoop {
@@ -238,6 +278,8 @@ pub fn queue(
 struct Pending {
     reply: Option<oneshot::Sender<JobResult>>,
     results: Vec<Vec<f32>>,
+    /// Dropped with the entry, after its answer is sent: the drain sees 0 only then.
+    _slot: QueueSlot,
 }
 
 impl ModelLoop {
@@ -301,17 +343,13 @@ impl ModelLoop {
                     // The client may have gone; nothing to do then.
                     let _ = reply.send(Ok(std::mem::take(&mut done.payload.results)));
                 }
-                self.depth.fetch_sub(1, Ordering::SeqCst);
             }
         }
-        let before = queue.len();
         queue.retain(|e| e.payload.reply.as_ref().is_some_and(|r| !r.is_closed()));
-        self.depth.fetch_sub(before - queue.len(), Ordering::SeqCst);
         let pending: usize = queue.iter().map(|e| e.seqs.len() - e.next).sum();
         self.counters.set_pending(pending as u64);
         self.counters.set_in_flight(0);
-        self.metrics
-            .set_queue_depth(self.depth.load(Ordering::SeqCst));
+        self.metrics.set_queue_depth(self.depth.get());
     }
 
     /// Runs one batch; on error answers the requests it touched with the error.
@@ -357,7 +395,6 @@ impl ModelLoop {
                     if let Some(reply) = failed.payload.reply.take() {
                         let _ = reply.send(Err(InferenceError(Arc::clone(&e))));
                     }
-                    self.depth.fetch_sub(1, Ordering::SeqCst);
                 }
                 Err(e)
             }
@@ -372,18 +409,18 @@ impl ModelLoop {
             if let Some(reply) = failed.payload.reply.take() {
                 let _ = reply.send(Err(InferenceError(Arc::clone(e))));
             }
-            self.depth.fetch_sub(1, Ordering::SeqCst);
         }
         self.counters.set_pending(0);
         self.counters.set_in_flight(0);
     }
 }
 
-fn entry(job: Job) -> Entry<Pending> {
+fn entry(Queued { job, _slot }: Queued) -> Entry<Pending> {
     Entry {
         payload: Pending {
             reply: Some(job.reply),
             results: Vec::with_capacity(job.seqs.len()),
+            _slot,
         },
         seqs: job.seqs,
         next: 0,
@@ -563,6 +600,81 @@ mod tests {
         let (b, _b_rx) = job(vec![vec![1]]);
         submitter.submit(a).expect("queued");
         assert_eq!(submitter.submit(b).expect_err("full"), SubmitError::Full);
+    }
+
+    #[test]
+    fn the_drain_wakes_when_the_last_answer_is_sent() {
+        let (submitter, model_loop) = setup(8);
+        let depth = submitter.depth_gauge();
+        let (a, mut a_rx) = job(vec![vec![1]; 3]);
+        let (b, mut b_rx) = job(vec![vec![2]]);
+        submitter.submit(a).expect("queued");
+        submitter.submit(b).expect("queued");
+        assert_eq!(depth.get(), 2);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a current-thread runtime builds");
+        rt.block_on(async {
+            let drained = depth.drained();
+            tokio::pin!(drained);
+            assert!(
+                tokio::time::timeout(Duration::ZERO, &mut drained)
+                    .await
+                    .is_err(),
+                "two requests are queued: not drained"
+            );
+            drop(submitter);
+            let model = std::thread::spawn(move || {
+                let mut fake = Fake {
+                    batches: Vec::new(),
+                    fail: false,
+                };
+                model_loop.run(&mut fake, false)
+            });
+            // Generous: the loop needs two batches of a fake model, microseconds each.
+            tokio::time::timeout(Duration::from_secs(10), drained)
+                .await
+                .expect("woken once both requests are answered");
+            // The count drops after the answer is sent, never before.
+            assert!(a_rx.try_recv().expect("answered first").is_ok());
+            assert!(b_rx.try_recv().expect("answered first").is_ok());
+            model.join().expect("no panic").expect("clean exit");
+        });
+        assert_eq!(depth.get(), 0);
+    }
+
+    #[test]
+    fn a_request_abandoned_or_refused_leaves_the_depth() {
+        let (submitter, model_loop) = setup(8);
+        let (a, a_rx) = job(vec![vec![1]]);
+        let (b, b_rx) = job(vec![vec![2]]);
+        submitter.submit(a).expect("queued");
+        submitter.submit(b).expect("queued");
+        drop(a_rx); // its client went away before the loop took it
+        let depth = submitter.depth_gauge();
+        drop(submitter);
+        let mut fake = Fake {
+            batches: Vec::new(),
+            fail: false,
+        };
+        model_loop.run(&mut fake, false).expect("clean exit");
+        assert_eq!(
+            fake.batches,
+            vec![1],
+            "the abandoned request is not computed"
+        );
+        assert!(b_rx.blocking_recv().expect("answered").is_ok());
+        assert_eq!(depth.get(), 0);
+
+        let (submitter, model_loop) = setup(8);
+        drop(model_loop);
+        let (c, _c_rx) = job(vec![vec![1]]);
+        assert_eq!(
+            submitter.submit(c).expect_err("no loop"),
+            SubmitError::Closed
+        );
+        assert_eq!(submitter.depth(), 0, "a refused request is not counted");
     }
 
     #[test]

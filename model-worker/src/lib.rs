@@ -32,8 +32,9 @@ pub use lifecycle::Lifecycle;
 const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long open connections get to finish their last response once the queue is empty.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often the drain looks at the queue's depth.
-const DRAIN_POLL: Duration = Duration::from_millis(10);
+/// How far past the drain deadline closing the connections may go when a request is stuck
+/// on a hung model loop.
+const CLOSE_PAST_DEADLINE: Duration = Duration::from_millis(500);
 
 /// Why the worker stopped unsuccessfully.
 #[derive(Debug, thiserror::Error)]
@@ -52,16 +53,9 @@ pub enum WorkerError {
     Failed(String),
 }
 
-/// Runs the worker until `shutdown` is cancelled, then drains and returns `Ok`; or, when
-/// the model fails (it cancels `shutdown` itself after reporting `failed`), returns
-/// [`WorkerError::Failed`].
-///
-/// The drain, from the moment `shutdown` is cancelled (SPEC §2 `draining`):
-/// 1. report `draining` at once: the agent fails readiness, so endpoints stop routing here;
-/// 2. keep admitting new requests for `drain_delay`, while kube-proxy and ingresses catch up;
-/// 3. refuse new requests (503 `draining`) and wait for the queue to empty, at most
-///    `drain_timeout`;
-/// 4. close connections once each has finished its response, report, return.
+/// Runs the worker until `shutdown` is cancelled, then [`drain`]s and returns `Ok`; or,
+/// when the model fails (it cancels `shutdown` itself after reporting `failed`), closes the
+/// server and returns [`WorkerError::Failed`].
 ///
 /// The caller's runtime must not wait for the model thread either: it may be hung (that is
 /// what Vitals detects); the binary uses `Runtime::shutdown_timeout`.
@@ -127,43 +121,65 @@ pub async fn run(
     let server = tokio::spawn(server::serve(listener, state, close.clone(), CLOSE_TIMEOUT));
 
     shutdown.cancelled().await;
-    let signalled = Instant::now();
     if lifecycle.status().phase == Phase::Failed {
         close.cancel();
         flush(&lifecycle).await;
         return Err(WorkerError::Failed(lifecycle.status().detail));
     }
+    drain(&lifecycle, &config, &depth, &close, server, &model_thread).await;
+    Ok(())
+}
+
+/// The drain, from the moment `shutdown` is cancelled (SPEC §2 `draining`):
+/// 1. report `draining` at once: the agent fails readiness, so endpoints stop routing here;
+/// 2. keep admitting new requests for `drain_delay`, while kube-proxy and ingresses catch up;
+/// 3. refuse new requests (503 `draining`) and wait until the queue is empty (woken by the
+///    last request's slot leaving [`batch::QueueDepth`]), at most until the deadline
+///    `drain_delay + drain_timeout` after the signal;
+/// 4. close connections once each has finished its response, within [`CLOSE_TIMEOUT`] but
+///    at most [`CLOSE_PAST_DEADLINE`] past the deadline (a request stuck on a hung loop
+///    must not hold the exit);
+/// 5. leave the model thread behind if it is still busy (it may be hung: that is what
+///    Vitals detects), and give the agent [`FLUSH_TIMEOUT`] to hear the last phase.
+async fn drain(
+    lifecycle: &Lifecycle,
+    config: &Config,
+    depth: &batch::QueueDepth,
+    close: &CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+    model_thread: &std::thread::JoinHandle<()>,
+) {
+    let signalled = Instant::now();
+    let deadline = signalled + config.drain_delay + config.drain_timeout;
     lifecycle.set_phase(Phase::Draining, "shutting down", None);
     tracing::info!(delay = ?config.drain_delay, queued = depth.get(), "draining: still accepting for the drain delay");
     tokio::time::sleep(config.drain_delay).await;
+
     lifecycle.stop_accepting();
-    let deadline = signalled + config.drain_delay + config.drain_timeout;
-    while depth.get() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(DRAIN_POLL).await;
-    }
-    let left = depth.get();
-    if left > 0 {
+    if tokio::time::timeout_at(deadline.into(), depth.drained())
+        .await
+        .is_err()
+    {
         tracing::warn!(
-            left,
+            left = depth.get(),
             "drain timeout: exiting with requests still queued or running"
         );
     }
+
     close.cancel();
-    // Connections get CLOSE_TIMEOUT to finish their responses, but a request stuck on a hung
-    // loop must not push the exit more than half a second past the drain deadline.
     let left_of_budget = deadline.saturating_duration_since(Instant::now());
-    let close_within = CLOSE_TIMEOUT.min(left_of_budget.max(Duration::from_millis(500)));
+    let close_within = CLOSE_TIMEOUT.min(left_of_budget.max(CLOSE_PAST_DEADLINE));
     if tokio::time::timeout(close_within, server).await.is_err() {
         tracing::warn!("connections still open at the drain deadline");
     }
+
     if model_thread.is_finished() {
         tracing::debug!("model loop ended");
     } else {
         tracing::warn!("model thread still busy at exit (hung?); not waiting for it");
     }
-    flush(&lifecycle).await;
+    flush(lifecycle).await;
     tracing::info!(took = ?signalled.elapsed(), "stopped");
-    Ok(())
 }
 
 /// Gives the reporter a moment to deliver the last phase to the agent, on a plain thread:

@@ -1,6 +1,6 @@
 // Validates custom resources against the JSON schemas of their published CRDs, as shipped
-// (compiled) by the npm packages @kubernetes-models/keda and
-// @kubernetes-models/prometheus-operator (versions pinned in package.json / package-lock.json).
+// (compiled) by the npm packages @kubernetes-models/keda, @kubernetes-models/prometheus-operator
+// and @kubernetes-models/cert-manager (versions pinned in package.json / package-lock.json).
 //   node validate.mjs DOCS.json     DOCS.json: a JSON array of rendered documents
 // Exit 0: every document valid; 1: a document is invalid or of a kind with no schema here.
 // Those schemas, like the CRDs, do not forbid unknown fields (the API server prunes them), so
@@ -11,6 +11,8 @@ const MODELS = {
   "keda.sh/v1alpha1/ScaledObject": ["@kubernetes-models/keda/keda.sh/v1alpha1/ScaledObject", "ScaledObject"],
   "monitoring.coreos.com/v1/PodMonitor": ["@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PodMonitor", "PodMonitor"],
   "monitoring.coreos.com/v1/PrometheusRule": ["@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/PrometheusRule", "PrometheusRule"],
+  "cert-manager.io/v1/Certificate": ["@kubernetes-models/cert-manager/cert-manager.io/v1/Certificate", "Certificate"],
+  "cert-manager.io/v1/Issuer": ["@kubernetes-models/cert-manager/cert-manager.io/v1/Issuer", "Issuer"],
 };
 
 const docs = JSON.parse(readFileSync(process.argv[2], "utf8"));

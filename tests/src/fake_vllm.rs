@@ -12,6 +12,19 @@
 //!   engine loop stops: counters freeze, requests stay running, `/health` stays 200),
 //!   `/control/slow?ms=N` (every answer waits N ms), `/control/close` (stop listening; the
 //!   process lives on).
+//!
+//! [`serve_llamacpp`] is the same switches in front of a fake llama.cpp server
+//! (ggml-org/llama.cpp tools/server), with the three behaviours of the real one that the
+//! agent must handle (SPEC §8):
+//! - `/metrics` is answered by the engine loop (server-context.cpp: the handler posts a
+//!   `SERVER_TASK_TYPE_METRICS` task and waits for it), so a hung engine makes scrapes hang
+//!   while `/health` (answered by the HTTP thread) stays 200; `/control/unhang` resumes it;
+//! - with an API key, `/metrics` wants `Authorization: Bearer <key>` and answers 401
+//!   otherwise (`/health` stays public);
+//! - values are printed as C++ streams print doubles, 6 significant digits
+//!   (server-task.cpp `to_metrics`): `1.23457e+08`; counters may start at a base (a server
+//!   that has run for a long time), and every `/metrics` GET resets the window of the
+//!   `*_tokens_seconds` gauges (`metrics_reset_bucket`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -19,6 +32,7 @@ use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -92,35 +106,12 @@ pub fn serve(listener: TcpListener, load_for: Option<Duration>) {
 }
 
 fn handle(mut stream: TcpStream, engine: &Shared, closed: &AtomicBool, addr: SocketAddr) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut reader = BufReader::new(match stream.try_clone() {
-        Ok(s) => s,
-        Err(_) => return,
-    });
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
+    let Some((method, target, _)) = read_head(&stream) else {
         return;
-    }
-    // Drain the headers (no bodies are sent to this server).
-    loop {
-        let mut h = String::new();
-        match reader.read_line(&mut h) {
-            Ok(0) | Err(_) => break,
-            Ok(_) if h == "\r\n" || h == "\n" => break,
-            Ok(_) => {}
-        }
-    }
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let param = |k: &str| -> u64 {
-        query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(key, _)| *key == k)
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0)
     };
+    let (method, target) = (method.as_str(), target.as_str());
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let param = |k: &str| query_param(query, k);
     let delay = lock(engine).delay;
     let (code, body) = match (method, path) {
         ("GET", "/health") => {
@@ -196,6 +187,245 @@ fn metrics(e: &Engine) -> String {
          vllm:iteration_tokens_total_sum{{{l}}} {tokens}.0\n",
         e.running, e.waiting, e.prompt_tokens, e.generation_tokens, e.iterations, e.iterations,
     )
+}
+
+/// How the fake llama.cpp server runs.
+#[derive(Debug, Clone, Default)]
+pub struct LlamaOptions {
+    /// `--api-key`: `/metrics` then wants `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// Where every counter starts (a server that has run for a long time).
+    pub counter_base: u64,
+    /// Loading ends after this long (else on `/control/loaded`).
+    pub load_for: Option<Duration>,
+}
+
+/// The fake llama.cpp engine: its state and the `/metrics` tasks waiting for its loop.
+#[derive(Debug, Default)]
+struct Llama {
+    loading: bool,
+    hung: bool,
+    running: u64,
+    waiting: u64,
+    n_decode: u64,
+    tokens_predicted: u64,
+    prompt_tokens: u64,
+    /// The `*_tokens_seconds` window, reset by every `/metrics` GET.
+    bucket_tokens: u64,
+    bucket_ms: u64,
+    /// `/metrics` requests waiting for the engine loop to render the page.
+    tasks: Vec<mpsc::Sender<String>>,
+}
+
+/// A double as `std::stringstream << double` writes it: `%g` with 6 significant digits.
+pub fn cpp_double(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let strip = |s: String| -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
+    };
+    let sci = format!("{v:.5e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if !(-4..6).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", strip(mantissa.to_string()), exp.abs())
+    } else {
+        let decimals = usize::try_from(5 - exp).unwrap_or(0);
+        strip(format!("{v:.decimals$}"))
+    }
+}
+
+fn llama_metrics(e: &Llama, base: u64) -> String {
+    let per_second = |tokens: u64| {
+        if e.bucket_ms == 0 {
+            0.0
+        } else {
+            tokens as f64 * 1000.0 / e.bucket_ms as f64
+        }
+    };
+    let items = [
+        (
+            "prompt_tokens_total",
+            "counter",
+            (base + e.prompt_tokens) as f64,
+        ),
+        (
+            "tokens_predicted_total",
+            "counter",
+            (base + e.tokens_predicted) as f64,
+        ),
+        ("n_decode_total", "counter", (base + e.n_decode) as f64),
+        ("prompt_tokens_seconds", "gauge", per_second(0)),
+        (
+            "predicted_tokens_seconds",
+            "gauge",
+            per_second(e.bucket_tokens),
+        ),
+        ("requests_processing", "gauge", e.running as f64),
+        ("requests_deferred", "gauge", e.waiting as f64),
+    ];
+    let mut page = String::new();
+    for (name, kind, value) in items {
+        page.push_str(&format!(
+            "# HELP llamacpp:{name} {name}\n# TYPE llamacpp:{name} {kind}\nllamacpp:{name} {}\n",
+            cpp_double(value)
+        ));
+    }
+    page
+}
+
+/// Serves a fake llama.cpp on `listener` (see the module doc). Never returns.
+pub fn serve_llamacpp(listener: TcpListener, options: LlamaOptions) {
+    let engine = Arc::new(Mutex::new(Llama {
+        loading: true,
+        ..Llama::default()
+    }));
+    let started = Instant::now();
+    {
+        // The engine loop: a decode step every 20 ms while requests run, then the
+        // queued `/metrics` tasks; nothing at all while hung.
+        let engine = Arc::clone(&engine);
+        let (base, load_for) = (options.counter_base, options.load_for);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let mut e = engine.lock().unwrap_or_else(PoisonError::into_inner);
+            if e.loading && load_for.is_some_and(|d| started.elapsed() >= d) {
+                e.loading = false;
+            }
+            if e.hung {
+                continue;
+            }
+            if e.running > 0 {
+                e.n_decode += 1;
+                e.tokens_predicted += e.running;
+                e.bucket_tokens += e.running;
+                if e.waiting > 0 {
+                    e.waiting -= 1;
+                    e.prompt_tokens += 16;
+                }
+            }
+            e.bucket_ms += 20;
+            let page = llama_metrics(&e, base);
+            let tasks = std::mem::take(&mut e.tasks);
+            if !tasks.is_empty() {
+                e.bucket_tokens = 0;
+                e.bucket_ms = 0;
+            }
+            drop(e);
+            for t in tasks {
+                let _ = t.send(page.clone());
+            }
+        });
+    }
+    let key = options.api_key.map(|k| format!("Bearer {k}"));
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let (engine, key) = (Arc::clone(&engine), key.clone());
+        std::thread::spawn(move || handle_llama(stream, &engine, key.as_deref()));
+    }
+}
+
+fn handle_llama(mut stream: TcpStream, engine: &Mutex<Llama>, key: Option<&str>) {
+    let Some((method, target, headers)) = read_head(&stream) else {
+        return;
+    };
+    let lock = || engine.lock().unwrap_or_else(PoisonError::into_inner);
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let param = |k: &str| query_param(query, k);
+    let authorized = key.is_none_or(|k| {
+        headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("authorization") && v == k)
+    });
+    let (code, body) = match (method.as_str(), path) {
+        ("GET", "/health") if lock().loading => (
+            503,
+            r#"{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}"#.into(),
+        ),
+        ("GET", "/health") => (200, r#"{"status":"ok"}"#.to_string()),
+        ("GET", "/metrics") if !authorized => (
+            401,
+            r#"{"error":{"code":401,"message":"Invalid API Key","type":"authentication_error"}}"#
+                .into(),
+        ),
+        ("GET", "/metrics") => {
+            // Posted to the engine loop; answered when (if) the loop takes it.
+            let (tx, rx) = mpsc::channel();
+            lock().tasks.push(tx);
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(page) => (200, page),
+                Err(_) => return,
+            }
+        }
+        ("POST", "/control/loaded") => {
+            lock().loading = false;
+            (200, "ok".into())
+        }
+        ("POST", "/control/busy") => {
+            let mut e = lock();
+            e.running = param("running");
+            e.waiting = param("waiting");
+            (200, "ok".into())
+        }
+        ("POST", "/control/hang") => {
+            lock().hung = true;
+            (200, "ok".into())
+        }
+        ("POST", "/control/unhang") => {
+            lock().hung = false;
+            (200, "ok".into())
+        }
+        _ => (404, String::new()),
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {code} X\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+fn query_param(query: &str, k: &str) -> u64 {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(key, _)| *key == k)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A request head: method, target, header lines (name, value).
+type Head = (String, String, Vec<(String, String)>);
+
+/// The request line's method and target, and the header lines (no bodies are sent to
+/// these servers).
+fn read_head(stream: &TcpStream) -> Option<Head> {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        match reader.read_line(&mut h) {
+            Ok(0) | Err(_) => break,
+            Ok(_) if h == "\r\n" || h == "\n" => break,
+            Ok(_) => {
+                if let Some((n, v)) = h.trim_end().split_once(':') {
+                    headers.push((n.trim().to_string(), v.trim().to_string()));
+                }
+            }
+        }
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let target = parts.next().unwrap_or("/").to_string();
+    Some((method, target, headers))
 }
 
 /// A running `fake-vllm` process, in its own process group (a "container").
@@ -360,5 +590,66 @@ mod tests {
             assert!(Instant::now() < deadline, "still listening");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    #[test]
+    fn doubles_print_as_cpp_streams_do() {
+        for (v, want) in [
+            (0.0, "0"),
+            (12.0, "12"),
+            (999_999.0, "999999"),
+            (1_000_000.0, "1e+06"),
+            (1_234_567.0, "1.23457e+06"),
+            (123_456_789.0, "1.23457e+08"),
+            (0.125, "0.125"),
+            (2.371_514, "2.37151"),
+        ] {
+            assert_eq!(cpp_double(v), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn llamacpp_metrics_come_from_the_engine_loop_and_want_the_key() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            serve_llamacpp(
+                listener,
+                LlamaOptions {
+                    api_key: Some("k".into()),
+                    counter_base: 123_456_789,
+                    load_for: Some(Duration::ZERO),
+                },
+            )
+        });
+        let t = Duration::from_secs(2);
+        let metrics = |auth: &[(&str, &str)], timeout| {
+            let req = client::Request {
+                headers: auth,
+                ..client::Request::new("GET", "/metrics")
+            };
+            client::send(addr, &req, timeout)
+        };
+        let key = [("Authorization", "Bearer k")];
+        crate::wait::eventually("loaded", t, || {
+            (client::get(addr, "/health", t).ok()?.status == 200).then_some(())
+        });
+        assert_eq!(metrics(&[], t).expect("answer").status, 401);
+        let page = metrics(&key, t).expect("answer").text();
+        assert!(
+            page.contains("llamacpp:n_decode_total 1.23457e+08\n"),
+            "{page}"
+        );
+        let post =
+            |p: &str| client::request_with(addr, "POST", p, None, t, || {}).expect("control");
+        post("/control/hang");
+        let hung = metrics(&key, Duration::from_millis(500));
+        assert!(
+            hung.is_err_and(|e| e.is_lost()),
+            "a hung engine never answers /metrics"
+        );
+        assert_eq!(client::get(addr, "/health", t).expect("health").status, 200);
+        post("/control/unhang");
+        assert_eq!(metrics(&key, t).expect("answer").status, 200);
     }
 }

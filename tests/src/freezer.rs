@@ -2,7 +2,8 @@
 //! stuck driver call or NFS mount would, and to let it go again.
 //!
 //! Only cgroup v1 shows frozen tasks as `D`; cgroup v2's `cgroup.freeze` leaves them in `S`,
-//! so the D-state scenario skips (and says why) where v1's freezer is missing.
+//! so the D-state scenario cannot run (and fails, unless allowed to skip) where v1's freezer
+//! is missing.
 
 use std::fs;
 use std::path::PathBuf;

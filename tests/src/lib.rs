@@ -13,12 +13,14 @@
 //! - [`fake_vllm`]: a fake vLLM (its own process) for the upstream scenarios;
 //! - [`report`]: measured detection latencies;
 //! - [`freezer`]: the cgroup v1 freezer (uninterruptible sleep on demand);
+//! - [`cgroup`]: a cgroup v2 folder per "container" (a pod's shape for /proc discovery);
 //! - [`slots`]: how many scenarios share the machine;
 //! - [`bins`]: where the binaries and the model are (a missing one fails the test).
 //!
 //! The scenarios themselves are in `tests/e2e/`; `docs/e2e.md` describes them.
 
 pub mod bins;
+pub mod cgroup;
 pub mod client;
 pub mod fake_vllm;
 pub mod freezer;

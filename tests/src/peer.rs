@@ -3,22 +3,25 @@
 //! - [`Worker`]: a scripted worker in this process writing raw lines, so a test can also send
 //!   what no real worker would (garbage, huge lines, a second hello);
 //! - [`FakeAgent`]: an agent that welcomes every worker and records what each one says, for
-//!   testing a real worker without the real agent;
+//!   testing a real worker or the `Reporter` without the real agent (the only fake agent);
 //! - [`PythonWorker`]: a worker in its own `python3` process, for tests that need the worker's
 //!   own pid (SO_PEERCRED, /proc, SIGSTOP).
 
 use std::io::{BufRead, BufReader, Write};
+use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use vitals_proto::codec::{encode_line, read_line};
 use vitals_proto::message::{
-    decode_agent_message, decode_hello, decode_message, AgentMessage, Welcome, WorkerMessage,
+    decode_agent_message, decode_hello, decode_message, AgentMessage, Hello, Welcome, WorkerMessage,
 };
 
 use crate::wait::eventually;
@@ -131,40 +134,96 @@ pub fn hello_line(name: &str, instance: &str) -> String {
 }
 
 /// An agent that listens on a socket, welcomes every worker that says hello, and records
-/// every valid message after the hello, from all connections in arrival order.
+/// every hello and every valid message after it, from all connections in arrival order.
+/// Dropping it is the agent going away: it stops listening and closes every connection.
 pub struct FakeAgent {
-    messages: Arc<Mutex<Vec<WorkerMessage>>>,
+    record: Arc<Mutex<Record>>,
+    /// Connections' streams, to close them when the agent goes away.
+    streams: Arc<Mutex<Vec<UnixStream>>>,
+    stopping: Arc<AtomicBool>,
+    socket: PathBuf,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+/// What the fake agent heard: each welcomed connection's hello, and every message with the
+/// index of the connection (in [`FakeAgent::hellos`]) it came on.
+#[derive(Default)]
+struct Record {
+    hellos: Vec<Hello>,
+    messages: Vec<(usize, WorkerMessage)>,
 }
 
 impl FakeAgent {
-    /// Binds `socket` and serves it from a background thread for the rest of the process;
-    /// the welcome announces `hang_timeout`.
+    /// Binds `socket` and serves it from a background thread until dropped; the welcome
+    /// announces `hang_timeout`.
     pub fn bind(socket: &Path, hang_timeout: Duration) -> Self {
         let listener = UnixListener::bind(socket)
             .unwrap_or_else(|e| panic!("bind the fake agent's socket {}: {e}", socket.display()));
-        let messages = Arc::new(Mutex::new(Vec::new()));
+        Self::serve(listener, socket, hang_timeout)
+    }
+
+    /// Serves `listener`, bound at `socket` (a test may answer the first connections itself,
+    /// then hand the listener over), until dropped.
+    pub fn serve(listener: UnixListener, socket: &Path, hang_timeout: Duration) -> Self {
+        let record = Arc::new(Mutex::new(Record::default()));
+        let streams = Arc::new(Mutex::new(Vec::new()));
+        let stopping = Arc::new(AtomicBool::new(false));
         let welcome = encode_line(&AgentMessage::Welcome(Welcome {
             v: 1,
             agent_version: "fake".into(),
             hang_timeout_ms: u64::try_from(hang_timeout.as_millis()).unwrap_or(u64::MAX),
         }));
-        let out = Arc::clone(&messages);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { return };
-                let (out, welcome) = (Arc::clone(&out), welcome.clone());
-                std::thread::spawn(move || serve(stream, &welcome, &out));
-            }
-        });
-        Self { messages }
+        let acceptor = {
+            let (record, streams, stopping) = (
+                Arc::clone(&record),
+                Arc::clone(&streams),
+                Arc::clone(&stopping),
+            );
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { return };
+                    if stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if let Ok(clone) = stream.try_clone() {
+                        lock(&streams).push(clone);
+                    }
+                    let (record, welcome) = (Arc::clone(&record), welcome.clone());
+                    std::thread::spawn(move || serve(stream, &welcome, &record));
+                }
+            })
+        };
+        Self {
+            record,
+            streams,
+            stopping,
+            socket: socket.to_path_buf(),
+            acceptor: Some(acceptor),
+        }
     }
 
-    /// Everything recorded so far.
+    /// Everything recorded so far, from all connections.
     pub fn messages(&self) -> Vec<WorkerMessage> {
-        self.messages
-            .lock()
-            .expect("no recording thread panics while holding the lock")
-            .clone()
+        lock(&self.record)
+            .messages
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    /// The hello of every welcomed connection, in order.
+    pub fn hellos(&self) -> Vec<Hello> {
+        lock(&self.record).hellos.clone()
+    }
+
+    /// What connection `n` (0 for the first welcomed one) said after its hello.
+    pub fn session(&self, n: usize) -> Vec<WorkerMessage> {
+        lock(&self.record)
+            .messages
+            .iter()
+            .filter(|(c, _)| *c == n)
+            .map(|(_, m)| m.clone())
+            .collect()
     }
 
     /// Polls the recorded messages until `check` finds what it wants, for at most `within`.
@@ -190,20 +249,46 @@ impl FakeAgent {
     }
 }
 
+impl Drop for FakeAgent {
+    fn drop(&mut self) {
+        // Stop listening first, so nobody connects to a dying agent: wake the accept loop
+        // with a connection of our own, and wait until it has closed the listener.
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = UnixStream::connect(&self.socket);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        for stream in lock(&self.streams).drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Locks `m`; a recording thread that panicked leaves a record still worth reading.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// One connection: a hello, the welcome, then every message recorded until EOF.
-fn serve(mut stream: UnixStream, welcome: &[u8], out: &Mutex<Vec<WorkerMessage>>) {
+fn serve(mut stream: UnixStream, welcome: &[u8], record: &Mutex<Record>) {
     let mut buf = Vec::new();
     let Ok(line) = read_line(&mut stream, &mut buf) else {
         return;
     };
-    if decode_hello(&line).is_err() || stream.write_all(welcome).is_err() {
+    let Ok(hello) = decode_hello(&line) else {
+        return;
+    };
+    let connection = {
+        let mut record = lock(record);
+        record.hellos.push(hello.hello);
+        record.hellos.len() - 1
+    };
+    if stream.write_all(welcome).is_err() {
         return;
     }
     while let Ok(line) = read_line(&mut stream, &mut buf) {
         if let Ok(m) = decode_message(&line) {
-            out.lock()
-                .expect("no recording thread panics while holding the lock")
-                .push(m);
+            lock(record).messages.push((connection, m));
         }
     }
 }
@@ -309,5 +394,15 @@ mod tests {
         });
         assert_eq!(beats, [1, 2]);
         assert!(matches!(agent.messages()[0], WorkerMessage::Phase(_)));
+        assert_eq!(agent.hellos().len(), 1, "only the good hello counts");
+        assert_eq!(agent.session(0).len(), 3);
+
+        // The agent goes away: the connection ends and nobody listens any more.
+        drop(agent);
+        assert!(w.raw_reply().is_none(), "the connection is closed");
+        assert!(
+            UnixStream::connect(&socket).is_err(),
+            "nobody listens on the socket"
+        );
     }
 }

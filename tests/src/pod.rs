@@ -19,6 +19,7 @@ use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 use crate::bins;
+use crate::cgroup::Cgroup;
 use crate::client::{self, ClientError, Response};
 use crate::probe::{kubelet_probe, ProbeOutcome, ProbeWorker, DEFAULT_TIMEOUT};
 use crate::report::Detection;
@@ -57,6 +58,11 @@ pub struct AgentOptions {
     pub wrapper: Vec<String>,
     /// More flags after the usual ones (`--upstreams FILE`).
     pub extra_args: Vec<String>,
+    /// `--listen` when it is not the address the scenario probes (`[::]:PORT`, to listen
+    /// dual-stack while probing `[::1]` and `127.0.0.1`); `None`: the probed address.
+    pub listen: Option<String>,
+    /// A cgroup (the agent's "container") the agent is moved into at each start.
+    pub cgroup: Option<Arc<Cgroup>>,
 }
 
 impl Default for AgentOptions {
@@ -64,12 +70,16 @@ impl Default for AgentOptions {
         Self {
             hang_timeout: Duration::from_secs(2),
             stall_timeout: Duration::from_secs(2),
-            load_stall_timeout: Duration::from_secs(3),
+            // Longer than the worker's warm-up pass (no progress reported during it) on a
+            // machine busy with a build: 3.3 s measured at load 14 on 2 cores.
+            load_stall_timeout: Duration::from_secs(6),
             d_state_timeout: Duration::from_secs(2),
             proc_interval: Duration::from_millis(250),
             shutdown_grace: Duration::from_secs(1),
             wrapper: Vec::new(),
             extra_args: Vec::new(),
+            listen: None,
+            cgroup: None,
         }
     }
 }
@@ -154,6 +164,7 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {label} ({}): {e}", argv[0]));
         timeline.event(format!("{label} spawned (pid {})", child.id()));
+        timeline.watch_process(child.id());
         Proc {
             label: label.into(),
             child,
@@ -282,7 +293,9 @@ impl Pod {
         argv.extend([
             "run".to_string(),
             "--listen".into(),
-            self.agent_addr.to_string(),
+            o.listen
+                .clone()
+                .unwrap_or_else(|| self.agent_addr.to_string()),
             "--socket".into(),
             self.socket().to_string_lossy().into_owned(),
             "--expect".into(),
@@ -304,7 +317,14 @@ impl Pod {
         ]);
         argv.extend(o.extra_args.iter().cloned());
         let log = self.log("agent");
-        self.agent = Some(Proc::spawn("agent", &argv, &log, &self.timeline));
+        let agent = Proc::spawn("agent", &argv, &log, &self.timeline);
+        if let Some(cgroup) = &o.cgroup {
+            let pid = u32::try_from(agent.pid().as_raw()).expect("pids are positive");
+            cgroup
+                .add(pid)
+                .unwrap_or_else(|e| panic!("agent's cgroup: {e}"));
+        }
+        self.agent = Some(agent);
     }
 
     /// Starts the agent and waits until its own `/livez` passes.
@@ -335,10 +355,12 @@ impl Pod {
             "32".into(),
             "--max-queue".into(),
             "1024".into(),
-            // A warm-up at 4 x 256 tokens takes about a second on one CI core; the default
-            // 16 x 256 takes four, longer than the scenarios' 3 s load-stall timeout.
+            // The warm-up pass (one batch at this limit, no progress reported meanwhile)
+            // must stay well inside the scenarios' 3 s load-stall timeout even on a machine
+            // busy with a build: 1 x 256 tokens takes about 0.25 s on one idle core (4 x 256
+            // took 5.4 s beside other builds and failed the slow-load scenarios).
             "--max-batch-tokens".into(),
-            "1024".into(),
+            "256".into(),
             "--drain-delay".into(),
             duration_arg(o.drain_delay),
             "--drain-timeout".into(),
@@ -449,33 +471,37 @@ impl Pod {
         }
     }
 
-    /// Waits until `/livez/model` (or `path`) fails with one of `reasons`, then reports
-    /// and checks the detection latency from `since`: at most `bound + slack`, and at
-    /// least `not_before` (a verdict that comes too early is as wrong as a late one).
+    /// Waits until `path` fails with one of `reasons`, then reports and checks the
+    /// detection latency from `since` with [`Pod::check_latency`]: at most `bound +
+    /// mechanism +` the starvation measured meanwhile, and at least `not_before` (a verdict
+    /// that comes too early is as wrong as a late one).
     pub fn await_detection(
         &self,
         path: &str,
         reasons: &[&str],
         since: Duration,
         bound: Duration,
-        slack: Duration,
+        mechanism: Duration,
         not_before: Duration,
     ) -> (Duration, ProbeOutcome) {
-        let remaining =
-            (since + bound + slack + Duration::from_secs(5)).saturating_sub(self.timeline.now());
+        // How long to keep looking: well past the bound, so that a late verdict is reported
+        // with its measured latency instead of as a timeout.
+        let remaining = (since + (bound + mechanism) * 2 + Duration::from_secs(5))
+            .saturating_sub(self.timeline.now());
         let what = format!("{path} fails with {}", reasons.join(" or "));
         let (at, outcome) = self.await_probe(path, remaining, &what, |o| {
             o.reason().is_some_and(|r| reasons.contains(&r))
         });
-        let detection = Detection {
-            scenario: self.name.clone(),
-            what: format!("{} on {path}", outcome.reason().unwrap_or_default()),
-            after: at.saturating_sub(since),
+        let detection = self.check_latency(
+            &format!(
+                "detected {} on {path}",
+                outcome.reason().unwrap_or_default()
+            ),
+            since,
+            at,
             bound,
-            slack,
-        };
-        detection.report(&self.timeline);
-        detection.check();
+            mechanism,
+        );
         assert!(
             detection.after >= not_before,
             "{}: {} came after {:.2}s, before its earliest correct time {:.2}s",
@@ -485,6 +511,30 @@ impl Pod {
             not_before.as_secs_f64()
         );
         (at, outcome)
+    }
+
+    /// Reports and checks that `what` happened at `at`, no later after `since` than
+    /// `bound` and `mechanism` plus the starvation the timeline measured between the two
+    /// (the upper bound only: lower bounds are the caller's, and strict).
+    pub fn check_latency(
+        &self,
+        what: &str,
+        since: Duration,
+        at: Duration,
+        bound: Duration,
+        mechanism: Duration,
+    ) -> Detection {
+        let detection = Detection {
+            scenario: self.name.clone(),
+            what: what.to_string(),
+            after: at.saturating_sub(since),
+            bound,
+            mechanism,
+            starvation: self.timeline.starvation(since, at),
+        };
+        detection.report(&self.timeline);
+        detection.check();
+        detection
     }
 
     /// Probes every path of `probes` every `period` on a background thread until the pod

@@ -6,16 +6,20 @@
 //! probes stay on the container untouched. A metrics profile is picked from the image or
 //! the `vitals.dev/profile.<container>` annotation.
 //!
+//! The entry is built as the typed schema ([`crate::config::upstreams`]) and serialised, so
+//! the agent's reader accepts whatever this writes. Each entry records the container's
+//! `command` + `args` (`process.cmdline`), by which the agent finds its process in /proc
+//! without privileges.
+//!
 //! Re-injection finds the container's probes already pointing at the agent and takes
 //! their original form from the agent's existing `VITALS_UPSTREAMS`, so the rewrite is
 //! idempotent and updates in place.
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map as JsonMap, Value};
-
 use super::yaml::{Map, Node};
-use super::{container_name, point_at_agent, Problem, AGENT_PORT};
+use super::{point_at_agent, Problem, AGENT_PORT};
+use crate::config::upstreams as schema;
 use crate::sources::upstream::profiles;
 
 /// The agent's env var holding the upstreams' JSON.
@@ -47,8 +51,9 @@ pub(super) fn profile_annotations(tmpl: &Map) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// The upstreams JSON an earlier injection gave the agent (empty when none or unreadable).
-pub(super) fn previous_config(agent: &Map) -> JsonMap<String, Value> {
+/// The upstreams an earlier injection gave the agent (empty when none or unreadable: the
+/// entries are then rebuilt from the containers).
+pub(super) fn previous_config(agent: &Map) -> schema::Upstreams {
     agent
         .get("env")
         .and_then(Node::as_seq)
@@ -57,36 +62,36 @@ pub(super) fn previous_config(agent: &Map) -> JsonMap<String, Value> {
         .filter_map(Node::as_map)
         .find(|e| e.get_str("name") == Some(UPSTREAMS_ENV))
         .and_then(|e| e.get_str("value"))
-        .and_then(|v| serde_json::from_str::<Value>(v).ok())
-        .and_then(|v| match v {
-            Value::Object(m) => Some(m),
-            _ => None,
-        })
+        .and_then(|v| serde_json::from_str(v).ok())
         .unwrap_or_default()
 }
 
-/// `POD_IP` from the downward API, where the agent probes the upstreams.
-pub(super) fn ensure_pod_ip(env: &mut Vec<Node>) {
-    let wanted = Node::Map(Map::from_pairs([
-        ("name", Node::string("POD_IP")),
-        (
-            "valueFrom",
-            Node::Map(Map::from_pairs([(
-                "fieldRef",
-                Node::Map(Map::from_pairs([(
-                    "fieldPath",
-                    Node::string("status.podIP"),
-                )])),
-            )])),
-        ),
-    ]));
-    match env.iter_mut().find(|e| container_name(e) == Some("POD_IP")) {
-        Some(e) => {
-            if !super::yaml::equiv(e, &wanted) {
-                *e = wanted;
-            }
-        }
-        None => env.push(wanted),
+/// A group member's container without probes (a headless Ray or torch.distributed
+/// worker, SPEC §9): an entry with only its process, judged by /proc alone, and a liveness
+/// probe on the agent so `stopped`/`uninterruptible` restart it. Conservative timing (see
+/// [`super::GROUP_LIVENESS`]): restarting a member costs the whole group.
+pub(super) fn wire_headless(
+    c: &mut Map,
+    name: &str,
+    warnings: &mut Vec<String>,
+) -> schema::Upstream {
+    let process = process(c);
+    if process.is_none() {
+        warnings.push(format!(
+            "warning: container {name}: no command or args to recognise its process by; the agent finds it by its cgroup alone"
+        ));
+    }
+    if c.get("livenessProbe").is_none() {
+        super::ensure_probe(
+            c,
+            "livenessProbe",
+            &format!("/livez/{name}"),
+            super::GROUP_LIVENESS,
+        );
+    }
+    schema::Upstream {
+        process,
+        ..schema::Upstream::default()
     }
 }
 
@@ -95,33 +100,40 @@ pub(super) fn ensure_pod_ip(env: &mut Vec<Node>) {
 pub(super) fn wire_upstream(
     c: &mut Map,
     name: &str,
-    previous: Option<&Value>,
+    previous: Option<&schema::Upstream>,
     profile_override: Option<&str>,
     warnings: &mut Vec<String>,
-) -> Result<Option<(Value, Option<&'static str>)>, Problem> {
+) -> Result<Option<(schema::Upstream, Option<&'static str>)>, Problem> {
     let ports = named_ports(c);
-    let mut entry = JsonMap::new();
+    let mut entry = schema::Upstream::default();
     for (key, agent_path) in PROBES {
         let Some(probe) = c.get_mut(key).and_then(Node::as_map_mut) else {
             continue;
         };
         let path = format!("/{agent_path}/{name}");
+        let slot = probe_slot(&mut entry, key);
         if points_at_agent(probe, &path) {
-            if let Some(p) = previous.and_then(|p| p.get(key)) {
-                entry.insert(key.to_string(), p.clone());
-            }
+            *slot = previous.and_then(|p| probe_slot_of(p, key).clone());
             continue;
         }
         let Some(original) = original_probe(probe, &ports, name, key)? else {
             continue;
         };
-        entry.insert(key.to_string(), Value::Object(original));
+        *slot = Some(original);
         point_at_agent(probe, &path);
         probe.set("timeoutSeconds", Node::plain("1"));
     }
-    if entry.is_empty() {
+    let probes = [
+        &entry.startup_probe,
+        &entry.liveness_probe,
+        &entry.readiness_probe,
+    ];
+    if probes.iter().all(|p| p.is_none()) {
         return Ok(None);
     }
+    let has_http = probes
+        .iter()
+        .any(|p| p.as_ref().is_some_and(|p| p.http_get.is_some()));
     let profile = match profile_override {
         Some("none") => None,
         Some(p) => Some(
@@ -135,7 +147,6 @@ pub(super) fn wire_upstream(
         ),
         None => c.get_str("image").and_then(profiles::for_image),
     };
-    let has_http = entry.values().any(|p| p.get("httpGet").is_some());
     let profile = profile.filter(|p| {
         let ok = has_http || profiles::builtin(p).is_some_and(|p| p.port.is_some());
         if !ok {
@@ -145,23 +156,50 @@ pub(super) fn wire_upstream(
         }
         ok
     });
-    match (profile, profile_override) {
-        (Some(p), _) => {
-            entry.insert("metrics".into(), Value::String(p.into()));
-        }
+    entry.metrics = match (profile, profile_override) {
+        (Some(p), _) => Some(schema::Metrics::Profile(p.to_string())),
         // A custom metrics object someone put in the agent's config stays, unless the
         // annotation says otherwise.
-        (None, None) => {
-            if let Some(custom) = previous
-                .and_then(|p| p.get("metrics"))
-                .filter(|m| m.is_object())
-            {
-                entry.insert("metrics".into(), custom.clone());
-            }
-        }
-        (None, Some(_)) => {}
+        (None, None) => previous
+            .and_then(|p| p.metrics.clone())
+            .filter(|m| matches!(m, schema::Metrics::Custom(_))),
+        (None, Some(_)) => None,
+    };
+    entry.process = process(c);
+    Ok(Some((entry, profile)))
+}
+
+/// The container's `command` + `args` as the agent matches them against
+/// `/proc/<pid>/cmdline`; `None` when it gives neither (the image's entrypoint runs, which
+/// the pod spec does not show).
+pub(super) fn process(c: &Map) -> Option<schema::Process> {
+    let words = |key: &str| -> Vec<String> {
+        c.get(key)
+            .and_then(Node::as_seq)
+            .into_iter()
+            .flatten()
+            .filter_map(Node::as_str)
+            .map(str::to_string)
+            .collect()
+    };
+    let cmdline: Vec<String> = words("command").into_iter().chain(words("args")).collect();
+    (!cmdline.is_empty()).then_some(schema::Process { cmdline })
+}
+
+fn probe_slot<'a>(entry: &'a mut schema::Upstream, key: &str) -> &'a mut Option<schema::Probe> {
+    match key {
+        "startupProbe" => &mut entry.startup_probe,
+        "livenessProbe" => &mut entry.liveness_probe,
+        _ => &mut entry.readiness_probe,
     }
-    Ok(Some((Value::Object(entry), profile)))
+}
+
+fn probe_slot_of<'a>(entry: &'a schema::Upstream, key: &str) -> &'a Option<schema::Probe> {
+    match key {
+        "startupProbe" => &entry.startup_probe,
+        "livenessProbe" => &entry.liveness_probe,
+        _ => &entry.readiness_probe,
+    }
 }
 
 fn points_at_agent(probe: &Map, path: &str) -> bool {
@@ -174,7 +212,7 @@ fn points_at_agent(probe: &Map, path: &str) -> bool {
 }
 
 /// The container's named ports.
-fn named_ports(c: &Map) -> Vec<(String, u64)> {
+fn named_ports(c: &Map) -> Vec<(String, u16)> {
     c.get("ports")
         .and_then(Node::as_seq)
         .into_iter()
@@ -189,82 +227,70 @@ fn named_ports(c: &Map) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// The probe as the agent's JSON wants it, or `None` for what stays on the container (exec,
-/// https, no handler).
+/// The probe as the agent's config wants it, or `None` for what stays on the container
+/// (exec, https, no handler).
 fn original_probe(
     probe: &Map,
-    ports: &[(String, u64)],
+    ports: &[(String, u16)],
     container: &str,
     key: &'static str,
-) -> Result<Option<JsonMap<String, Value>>, Problem> {
-    let port = |h: &Map| -> Result<Value, Problem> {
+) -> Result<Option<schema::Probe>, Problem> {
+    let port = |h: &Map| -> Result<schema::Port, Problem> {
         let raw = h.get_str("port").unwrap_or("");
-        if let Ok(n) = raw.parse::<u64>() {
-            return Ok(Value::from(n));
+        if let Ok(n) = raw.parse::<i64>() {
+            return Ok(schema::Port::Number(n));
         }
         ports
             .iter()
             .find(|(n, _)| n == raw)
-            .map(|(_, p)| Value::from(*p))
+            .map(|(_, p)| schema::Port::from(*p))
             .ok_or_else(|| Problem::UnknownPort {
                 container: container.to_string(),
                 probe: key,
                 port: raw.to_string(),
             })
     };
-    let mut out = JsonMap::new();
+    let text = |m: &Map, field: &str| m.get_str(field).map(str::to_string);
+    let mut out = schema::Probe::default();
     if let Some(h) = probe.get("httpGet").and_then(Node::as_map) {
         if h.get_str("scheme")
             .is_some_and(|s| !s.eq_ignore_ascii_case("http"))
         {
             return Ok(None);
         }
-        let mut get = JsonMap::new();
-        for field in ["path", "host"] {
-            if let Some(v) = h.get_str(field) {
-                get.insert(field.into(), Value::String(v.into()));
-            }
-        }
-        get.insert("port".into(), port(h)?);
-        if let Some(headers) = h.get("httpHeaders").and_then(Node::as_seq) {
-            let list = headers
-                .iter()
-                .filter_map(Node::as_map)
-                .map(|m| {
-                    let mut o = JsonMap::new();
-                    for field in ["name", "value"] {
-                        o.insert(
-                            field.into(),
-                            Value::String(m.get_str(field).unwrap_or("").into()),
-                        );
-                    }
-                    Value::Object(o)
-                })
-                .collect();
-            get.insert("httpHeaders".into(), Value::Array(list));
-        }
-        out.insert("httpGet".into(), Value::Object(get));
+        let http_headers = h
+            .get("httpHeaders")
+            .and_then(Node::as_seq)
+            .into_iter()
+            .flatten()
+            .filter_map(Node::as_map)
+            .map(|m| schema::HttpHeader {
+                name: m.get_str("name").unwrap_or("").to_string(),
+                value: m.get_str("value").unwrap_or("").to_string(),
+            })
+            .collect();
+        out.http_get = Some(schema::HttpGet {
+            path: text(h, "path"),
+            port: port(h)?,
+            host: text(h, "host"),
+            scheme: None,
+            http_headers,
+        });
     } else if let Some(t) = probe.get("tcpSocket").and_then(Node::as_map) {
-        let mut tcp = JsonMap::new();
-        tcp.insert("port".into(), port(t)?);
-        if let Some(h) = t.get_str("host") {
-            tcp.insert("host".into(), Value::String(h.into()));
-        }
-        out.insert("tcpSocket".into(), Value::Object(tcp));
+        out.tcp_socket = Some(schema::TcpSocket {
+            port: port(t)?,
+            host: text(t, "host"),
+        });
     } else if let Some(g) = probe.get("grpc").and_then(Node::as_map) {
-        let mut grpc = JsonMap::new();
-        grpc.insert("port".into(), port(g)?);
-        if let Some(s) = g.get_str("service") {
-            grpc.insert("service".into(), Value::String(s.into()));
-        }
-        out.insert("grpc".into(), Value::Object(grpc));
+        out.grpc = Some(schema::Grpc {
+            port: port(g)?,
+            service: text(g, "service"),
+        });
     } else {
         return Ok(None);
     }
-    for field in ["periodSeconds", "timeoutSeconds"] {
-        if let Some(n) = probe.get_str(field).and_then(|v| v.parse::<u64>().ok()) {
-            out.insert(field.into(), Value::from(n));
-        }
-    }
+    let seconds = |field: &str| probe.get_str(field).and_then(|v| v.parse::<u64>().ok());
+    out.period_seconds = seconds("periodSeconds");
+    out.timeout_seconds = seconds("timeoutSeconds");
     Ok(Some(out))
 }

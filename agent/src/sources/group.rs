@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{GroupConfig, MemberTarget};
-use crate::sources::upstream::probe::http_once;
+use crate::net::{self, BodyRead};
 use crate::state::group::{self, GroupReport, SharedGroup};
 use crate::state::registry::Registry;
 use crate::surfaces::metrics::Metrics;
@@ -85,13 +85,19 @@ async fn poll_member(ctx: Context, slot: usize, target: MemberTarget, stop: Canc
 /// One `GET /group` of a member's agent, bounded by `timeout` (connect included) and by
 /// [`BODY_LIMIT`]. The one place the poller does HTTP.
 pub async fn get_group(target: &MemberTarget, timeout: Duration) -> Result<GroupReport, String> {
-    let get = http_once(&target.host, target.port, "/group", &[], BODY_LIMIT);
+    let get = net::get_once(
+        &target.host,
+        target.port,
+        "/group",
+        &[],
+        BodyRead::Keep(BODY_LIMIT),
+    );
     match tokio::time::timeout(timeout, get).await {
         Err(_) => Err("timeout".to_owned()),
         Ok(Err(failure)) => Err(failure.to_string()),
-        Ok(Ok((status, _, _))) if status != hyper::StatusCode::OK => {
-            Err(format!("status {}", status.as_u16()))
+        Ok(Ok(answer)) if answer.status != hyper::StatusCode::OK => {
+            Err(format!("status {}", answer.status.as_u16()))
         }
-        Ok(Ok((_, _, body))) => GroupReport::parse(&body),
+        Ok(Ok(answer)) => GroupReport::parse(&answer.body),
     }
 }

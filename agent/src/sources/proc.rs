@@ -1,8 +1,9 @@
 //! Reading one process from /proc: its state letter, CPU time, memory, threads and start
 //! time, behind [`ProcSource`] so the registry and verdict tests feed fixtures instead.
 //!
-//! This module only reads; [`crate::sources::proc::watch`] decides when, and the registry what a
-//! sample means.
+//! This module only reads; [`crate::sources::proc::watch`] (the one sampler) decides when,
+//! [`crate::sources::proc::discover`] which process an upstream is, and
+//! [`crate::state::proc_track`] what a sample means.
 
 pub mod discover;
 pub mod watch;

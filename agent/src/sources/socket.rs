@@ -26,7 +26,7 @@ use vitals_proto::message::{
 };
 use vitals_proto::{ErrorCode, WorkerName};
 
-use crate::state::registry::{ConnId, HelloOutcome, PeerCred, Registry};
+use crate::state::registry::{ConnId, HelloOutcome, PeerCred, WorkerReports};
 use crate::surfaces::metrics::Metrics;
 
 /// Most worker connections open at once; more are closed at once. Far above any real pod
@@ -153,12 +153,12 @@ fn lock(conns: &Conns) -> std::sync::MutexGuard<'_, HashMap<ConnId, Arc<UnixStre
     conns.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What the socket server writes to: the registry, protocol-error counts, and the /proc
-/// watcher's wake-up (a new pid to sample at once).
+/// What the socket server writes to: workers' reports, protocol-error counts, and the /proc
+/// sampler's wake-up (a new pid to sample at once).
 #[derive(Debug, Clone)]
 pub struct Context {
-    /// Where reports go.
-    pub registry: Arc<Registry>,
+    /// Where reports go: the workers' part of the registry only.
+    pub workers: WorkerReports,
     /// Protocol error and unknown-message counters.
     pub metrics: Arc<Metrics>,
     /// Notified after each accepted hello.
@@ -289,9 +289,7 @@ impl<'a> Connection<'a> {
                 }
                 Ok(msg) => {
                     let now = Instant::now();
-                    self.ctx
-                        .registry
-                        .update(|s| s.message(&name, self.id, msg, now));
+                    self.ctx.workers.message(&name, self.id, msg, now);
                 }
                 Err(e) => break e.into(),
             }
@@ -309,11 +307,7 @@ impl<'a> Connection<'a> {
     /// has already hung up (its EOF pending), else `name_in_use`.
     fn register(&self, valid: &ValidHello, peer: PeerCred) -> Result<HelloOutcome, String> {
         let now = Instant::now();
-        let held = match self
-            .ctx
-            .registry
-            .update(|s| s.hello(valid, peer, self.id, now))
-        {
+        let held = match self.ctx.workers.hello(valid, peer, self.id, now) {
             Ok(outcome) => return Ok(outcome),
             Err(held) => held,
         };
@@ -326,11 +320,8 @@ impl<'a> Connection<'a> {
             ));
         }
         self.ctx
-            .registry
-            .update(|s| {
-                s.disconnect(&valid.name, held.holder, now);
-                s.hello(valid, peer, self.id, now)
-            })
+            .workers
+            .take_over(valid, peer, self.id, held, now)
             .map_err(|h| {
                 format!(
                     "worker {:?} is held by connection {}",
@@ -342,9 +333,7 @@ impl<'a> Connection<'a> {
 
     fn disconnect(&self, name: &WorkerName) {
         let now = Instant::now();
-        self.ctx
-            .registry
-            .update(|s| s.disconnect(name, self.id, now));
+        self.ctx.workers.disconnect(name, self.id, now);
     }
 
     /// Sends `error`, counts and logs it; the caller's return closes the connection.

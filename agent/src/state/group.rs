@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::config::MemberTarget;
-use crate::state::registry::{ProcMode, State};
+use crate::state::registry::State;
 
 /// `pid:starttime` of each container whose process is known, by container name.
 pub type Instances = BTreeMap<String, String>;
@@ -78,21 +78,18 @@ fn printable(text: &str) -> String {
 /// process is found again), so an agent restart alone changes nothing. A process not known
 /// (yet) is left out: absence is never evidence of a restart.
 pub fn instances(state: &State) -> Instances {
-    let workers = state.workers.iter().filter_map(|(name, w)| {
-        let inst = w.instance.as_ref()?;
-        match (&inst.proc.mode, inst.proc.start_time) {
-            (ProcMode::On(pid), Some(start)) => Some((name.to_string(), format!("{pid}:{start}"))),
-            _ => None,
-        }
-    });
-    let upstreams = state.upstreams.iter().filter_map(|(name, u)| {
-        let found = u.proc.found.as_ref().ok()?;
-        Some((
-            name.to_string(),
-            format!("{}:{}", found.pid, found.start_time),
-        ))
-    });
-    workers.chain(upstreams).collect()
+    let workers = state
+        .workers
+        .iter()
+        .filter_map(|(name, w)| Some((name, &w.instance.as_ref()?.proc)));
+    let upstreams = state.upstreams.iter().map(|(name, u)| (name, &u.proc));
+    workers
+        .chain(upstreams)
+        .filter_map(|(name, proc)| {
+            let w = proc.watched.as_ref().ok()?;
+            Some((name.to_string(), format!("{}:{}", w.pid, w.start_time?)))
+        })
+        .collect()
 }
 
 /// The first container whose process is known in both `recorded` and `current` and

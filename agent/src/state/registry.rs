@@ -1,10 +1,12 @@
-//! Worker instances and their latest reported and observed state: the one place the
-//! socket server and the /proc watcher write, and the snapshot verdicts are computed from.
+//! Worker instances, upstreams and their latest reported and observed state: the one place
+//! the sources write, and the snapshot verdicts are computed from.
 //!
 //! [`State`] is plain data with methods that take `now`, so every SPEC §7 clock rule is
 //! unit-testable without sockets or sleeps. [`Registry`] is the one shared copy: writers
-//! change it in place under a short lock, readers take the current [`State`] as an `Arc`
-//! and evaluate it after the lock is released. The clocks kept here:
+//! change it in place under a short lock, each through a handle that can change only its
+//! part ([`WorkerReports`] for the socket server, [`UpstreamResults`] for one upstream's
+//! probers and scraper, [`ProcSamples`] for the /proc sampler); readers take the current
+//! [`State`] as an `Arc` and evaluate it after the lock is released. The clocks kept here:
 //! - heartbeat clock (`heartbeat_at`): starts at `hello`, restarts at each heartbeat;
 //! - loop-progress clock (`loop_clock`): starts at a connection's first heartbeat,
 //!   restarts when `progress` moves or the phase becomes `ready`;
@@ -19,11 +21,15 @@ use vitals_proto::message::{
 };
 use vitals_proto::{Phase, WorkerName};
 
+use crate::sources::proc::discover::NotFound;
 use crate::sources::proc::{ProcSample, SampleError};
-use crate::sources::upstream::config::UpstreamSpec;
+use crate::sources::upstream::config::{ProbeKind, UpstreamSpec};
+use crate::sources::upstream::stall::Reading;
+use crate::state::probe_result::{Outcome, ScrapeError};
+use crate::state::proc_track::{ProcTrack, Watched};
 use crate::state::upstream::UpstreamState;
 
-/// The shared registry. Writers (the socket server, the /proc watcher) apply in-memory
+/// The shared registry. Writers (through the handles) apply in-memory
 /// updates under a lock held for those assignments only; readers get the current state
 /// as an immutable `Arc` for the cost of a reference count, so a probe never waits for
 /// rendering, metrics or another probe. An update while readers still hold the old state
@@ -46,9 +52,33 @@ impl Registry {
         Arc::clone(&self.lock())
     }
 
+    /// The socket server's handle: it can change workers' reports only.
+    pub fn worker_reports(self: &Arc<Self>) -> WorkerReports {
+        WorkerReports(Arc::clone(self))
+    }
+
+    /// One upstream's probers' and scraper's handle: it can change that upstream's probe
+    /// and scrape results only.
+    pub fn upstream_results(self: &Arc<Self>, name: WorkerName) -> UpstreamResults {
+        UpstreamResults {
+            registry: Arc::clone(self),
+            name,
+        }
+    }
+
+    /// The /proc sampler's handle: it can change the /proc tracks only.
+    pub fn proc_samples(self: &Arc<Self>) -> ProcSamples {
+        ProcSamples(Arc::clone(self))
+    }
+
+    /// Adds the upstreams to watch (at start).
+    pub fn add_upstreams(&self, specs: &[Arc<UpstreamSpec>]) {
+        self.update(|s| s.add_upstreams(specs));
+    }
+
     /// Applies `change` to the state. `change` must be plain in-memory work: no I/O, no
-    /// await, no rendering.
-    pub fn update<R>(&self, change: impl FnOnce(&mut State) -> R) -> R {
+    /// await, no rendering. Writers outside this module go through the handles above.
+    fn update<R>(&self, change: impl FnOnce(&mut State) -> R) -> R {
         change(Arc::make_mut(&mut self.lock()))
     }
 
@@ -57,6 +87,121 @@ impl Registry {
         // worst leave one worker's fields half-new, which the next message fixes.
         self.current.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Changes workers' reported state (the socket server): `hello`, messages, disconnects.
+#[derive(Debug, Clone)]
+pub struct WorkerReports(Arc<Registry>);
+
+impl WorkerReports {
+    /// See [`State::hello`].
+    pub fn hello(
+        &self,
+        valid: &ValidHello,
+        peer: PeerCred,
+        conn: ConnId,
+        now: Instant,
+    ) -> Result<HelloOutcome, NameHeld> {
+        self.0.update(|s| s.hello(valid, peer, conn, now))
+    }
+
+    /// Takes the name over from `held`, whose connection has hung up: its disconnect and
+    /// this `hello` as one update.
+    pub fn take_over(
+        &self,
+        valid: &ValidHello,
+        peer: PeerCred,
+        conn: ConnId,
+        held: NameHeld,
+        now: Instant,
+    ) -> Result<HelloOutcome, NameHeld> {
+        self.0.update(|s| {
+            s.disconnect(&valid.name, held.holder, now);
+            s.hello(valid, peer, conn, now)
+        })
+    }
+
+    /// See [`State::message`].
+    pub fn message(&self, name: &WorkerName, conn: ConnId, msg: WorkerMessage, now: Instant) {
+        self.0.update(|s| s.message(name, conn, msg, now));
+    }
+
+    /// See [`State::disconnect`].
+    pub fn disconnect(&self, name: &WorkerName, conn: ConnId, now: Instant) {
+        self.0.update(|s| s.disconnect(name, conn, now));
+    }
+}
+
+/// Changes one upstream's probe and scrape results (its probers and scraper).
+#[derive(Debug, Clone)]
+pub struct UpstreamResults {
+    registry: Arc<Registry>,
+    name: WorkerName,
+}
+
+impl UpstreamResults {
+    /// The upstream this handle writes.
+    pub fn name(&self) -> &WorkerName {
+        &self.name
+    }
+
+    /// A probe finished.
+    pub fn probe(&self, kind: ProbeKind, outcome: Outcome) {
+        self.with(|u| u.record_probe(kind, outcome));
+    }
+
+    /// A scrape that began at `started` finished.
+    pub fn scrape(
+        &self,
+        started: Instant,
+        result: Result<Reading, ScrapeError>,
+        stall_timeout: std::time::Duration,
+    ) {
+        self.with(|u| u.record_scrape(started, result, stall_timeout));
+    }
+
+    fn with(&self, change: impl FnOnce(&mut UpstreamState)) {
+        self.registry.update(|s| {
+            if let Some(u) = s.upstreams.get_mut(&self.name) {
+                change(u);
+            }
+        });
+    }
+}
+
+/// Reads what to sample and records /proc results (the one /proc sampler).
+#[derive(Debug, Clone)]
+pub struct ProcSamples(Arc<Registry>);
+
+impl ProcSamples {
+    /// What to do this round, and the pids whose containers are never an upstream's (the
+    /// agent's own and the protocol workers').
+    pub fn targets(&self) -> (Vec<ProcTarget>, Vec<u32>) {
+        let state = self.0.current();
+        let mut exclude = vec![std::process::id()];
+        exclude.extend(state.worker_pids());
+        (state.proc_targets(), exclude)
+    }
+
+    /// Records one round's results; see [`State::apply_proc`].
+    pub fn record(&self, results: Vec<ProcResult>) {
+        self.0.update(|s| {
+            for r in results {
+                s.apply_proc(&r.target, r.discovered, r.sample);
+            }
+        });
+    }
+}
+
+/// What the sampler got for one [`ProcTarget`].
+#[derive(Debug)]
+pub struct ProcResult {
+    /// The job.
+    pub target: ProcTarget,
+    /// The outcome of the search, for [`ProcJob::Discover`].
+    pub discovered: Option<Result<Watched, NotFound>>,
+    /// A sample of the (found) process.
+    pub sample: Option<Result<ProcSample, SampleError>>,
 }
 
 /// Identifies one socket connection for the life of the agent.
@@ -71,55 +216,6 @@ pub struct PeerCred {
     pub uid: u32,
     /// Group id.
     pub gid: u32,
-}
-
-/// Whether /proc can be used for an instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProcMode {
-    /// Sampling this pid.
-    On(u32),
-    /// /proc checks are off, and why (shown in `/status`).
-    Off(&'static str),
-}
-
-/// What /proc has shown of an instance.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProcView {
-    /// Whether /proc is used.
-    pub mode: ProcMode,
-    /// Start time from the first sample after `hello`: identifies the process.
-    pub start_time: Option<u64>,
-    /// The latest sample.
-    pub latest: Option<ProcSample>,
-    /// The sample before it (CPU-time deltas).
-    pub previous: Option<ProcSample>,
-    /// The process has exited (or its pid now belongs to another process).
-    pub gone: bool,
-    /// First sample of the current uninterrupted run of `T` samples.
-    pub stopped_since: Option<Instant>,
-    /// First sample of the current uninterrupted run of `D` samples.
-    pub d_since: Option<Instant>,
-    /// The last sampling error other than "gone".
-    pub error: Option<String>,
-}
-
-impl ProcView {
-    fn new(pid: u32) -> Self {
-        Self {
-            mode: if pid == 0 {
-                ProcMode::Off("peer is in another PID namespace (SO_PEERCRED pid 0)")
-            } else {
-                ProcMode::On(pid)
-            },
-            start_time: None,
-            latest: None,
-            previous: None,
-            gone: false,
-            stopped_since: None,
-            d_since: None,
-            error: None,
-        }
-    }
 }
 
 /// One process start of a worker, as reported and observed.
@@ -155,15 +251,15 @@ pub struct Instance {
     pub messages: u64,
     /// Connections that said hello for this instance.
     pub connections: u64,
-    /// /proc observations.
-    pub proc: ProcView,
+    /// Its process as /proc shows it.
+    pub proc: ProcTrack,
 }
 
 impl Instance {
     fn new(hello: Hello, peer: PeerCred, now: Instant) -> Self {
         Self {
             hello,
-            proc: ProcView::new(peer.pid),
+            proc: ProcTrack::of_peer(peer.pid),
             peer,
             first_hello_at: now,
             hello_at: now,
@@ -219,17 +315,6 @@ pub struct NameHeld {
     pub holder: ConnId,
 }
 
-/// A pid to sample, tagged so a late result is not applied to a newer instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcTarget {
-    /// Worker name.
-    pub worker: WorkerName,
-    /// Instance id at the time the target was listed.
-    pub instance: String,
-    /// Pid to sample.
-    pub pid: u32,
-}
-
 /// Everything the agent knows about workers and upstreams: the snapshot verdicts are
 /// computed from.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -272,10 +357,7 @@ impl State {
     pub fn worker_pids(&self) -> Vec<u32> {
         self.workers
             .values()
-            .filter_map(|w| match w.instance.as_ref()?.proc.mode {
-                ProcMode::On(pid) => Some(pid),
-                ProcMode::Off(_) => None,
-            })
+            .filter_map(|w| w.instance.as_ref()?.proc.pid())
             .collect()
     }
 
@@ -300,7 +382,7 @@ impl State {
                 // Same process again (reconnect or agent restart): state continues, but the
                 // per-connection clocks start over.
                 if inst.peer.pid != peer.pid {
-                    inst.proc = ProcView::new(peer.pid);
+                    inst.proc = ProcTrack::of_peer(peer.pid);
                 }
                 inst.hello = hello;
                 inst.peer = peer;
@@ -373,72 +455,118 @@ impl State {
         }
     }
 
-    /// Pids to sample: every instance with /proc on whose process is not known gone.
+    /// What the /proc sampler does next: sample every watched process not known gone
+    /// (workers' and upstreams'), and look for the upstreams' processes not found yet or
+    /// gone.
     pub fn proc_targets(&self) -> Vec<ProcTarget> {
-        self.workers
-            .iter()
-            .filter_map(|(name, w)| {
-                let inst = w.instance.as_ref()?;
-                match inst.proc.mode {
-                    ProcMode::On(pid) if !inst.proc.gone => Some(ProcTarget {
-                        worker: name.clone(),
-                        instance: inst.hello.instance.clone(),
-                        pid,
-                    }),
-                    _ => None,
-                }
+        let workers = self.workers.iter().filter_map(|(name, w)| {
+            let inst = w.instance.as_ref()?;
+            Some(ProcTarget {
+                name: name.clone(),
+                of: Owner::Worker {
+                    instance: inst.hello.instance.clone(),
+                },
+                job: ProcJob::Sample(inst.proc.sample_target()?),
             })
-            .collect()
+        });
+        let upstreams = self.upstreams.iter().map(|(name, u)| {
+            let job = match u.proc.sample_target() {
+                Some(pid) if !u.proc.needs_discovery() => ProcJob::Sample(pid),
+                _ => ProcJob::Discover {
+                    ports: u.spec.probe_ports(),
+                    cmdline: u.spec.process.as_ref().map(|p| p.cmdline.clone()),
+                },
+            };
+            ProcTarget {
+                name: name.clone(),
+                of: Owner::Upstream,
+                job,
+            }
+        });
+        workers.chain(upstreams).collect()
     }
 
-    /// Records a /proc sample taken for `target`.
-    pub fn apply_sample(&mut self, target: &ProcTarget, result: Result<ProcSample, SampleError>) {
-        let Some(inst) = self
-            .workers
-            .get_mut(&target.worker)
-            .and_then(|w| w.instance.as_mut())
-        else {
-            return;
-        };
-        if inst.hello.instance != target.instance || inst.proc.mode != ProcMode::On(target.pid) {
-            return;
-        }
-        let heartbeat_at = inst.heartbeat_at;
-        let view = &mut inst.proc;
-        let sample = match result {
-            Ok(sample) => sample,
-            Err(SampleError::Gone(_)) => {
-                view.gone = true;
-                return;
+    /// Records what the sampler found for `target`: the outcome of a search (upstreams),
+    /// and a sample of the process. A result for a pid or instance no longer watched is
+    /// dropped.
+    pub fn apply_proc(
+        &mut self,
+        target: &ProcTarget,
+        discovered: Option<Result<Watched, NotFound>>,
+        sample: Option<Result<ProcSample, SampleError>>,
+    ) {
+        let (track, ran_at) = match &target.of {
+            Owner::Worker { instance } => {
+                let Some(inst) = self
+                    .workers
+                    .get_mut(&target.name)
+                    .and_then(|w| w.instance.as_mut())
+                    .filter(|i| i.hello.instance == *instance)
+                else {
+                    return;
+                };
+                (&mut inst.proc, Some(inst.heartbeat_at))
             }
-            Err(e @ SampleError::Unreadable { .. }) => {
-                view.error = Some(e.to_string());
-                return;
+            Owner::Upstream => {
+                let Some(u) = self.upstreams.get_mut(&target.name) else {
+                    return;
+                };
+                let ran_at = u.ran_at();
+                (&mut u.proc, ran_at)
             }
         };
-        view.error = None;
-        let start = *view.start_time.get_or_insert(sample.start_time);
-        if sample.is_dead() || sample.start_time != start {
-            view.gone = true;
+        if let Some(d) = discovered {
+            track.discovered(d.map_err(|e| e.to_string()));
         }
-        // A run of T or D samples continues only while no heartbeat came in between:
-        // a heartbeat proves the process ran since the previous sample.
-        let unbroken = view
-            .latest
-            .as_ref()
-            .is_some_and(|prev| prev.taken_at >= heartbeat_at);
-        view.stopped_since = match view.stopped_since {
-            Some(since) if sample.is_stopped() && unbroken => Some(since),
-            _ if sample.is_stopped() => Some(sample.taken_at),
-            _ => None,
+        let sampled_pid = match target.job {
+            ProcJob::Sample(pid) => Some(pid),
+            // Sampled in the same round as its discovery, so a new process is judged at once.
+            ProcJob::Discover { .. } => track.sample_target(),
         };
-        view.d_since = match view.d_since {
-            Some(since) if sample.is_uninterruptible() && unbroken => Some(since),
-            _ if sample.is_uninterruptible() => Some(sample.taken_at),
-            _ => None,
-        };
-        view.previous = view.latest.replace(sample);
+        if let (Some(s), Some(pid)) = (sample, sampled_pid) {
+            if track.sample_target() == Some(pid) {
+                track.apply(s, ran_at);
+            }
+        }
     }
+}
+
+/// Whose process a [`ProcTarget`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// A protocol worker's instance (a late result is not applied to a newer instance).
+    Worker {
+        /// Instance id at the time the target was listed.
+        instance: String,
+    },
+    /// An upstream container.
+    Upstream,
+}
+
+/// What the sampler does for one process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcJob {
+    /// Sample this pid (one read of its stat: state, and the start time that tells it is
+    /// still the same process).
+    Sample(u32),
+    /// Look for the upstream's process (SPEC §8), then sample what was found.
+    Discover {
+        /// Its probes' ports.
+        ports: Vec<u16>,
+        /// Its container's recorded command line.
+        cmdline: Option<Vec<String>>,
+    },
+}
+
+/// One job of the /proc sampler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcTarget {
+    /// Worker or upstream name.
+    pub name: WorkerName,
+    /// Whose process.
+    pub of: Owner,
+    /// What to do.
+    pub job: ProcJob,
 }
 
 fn apply_phase(inst: &mut Instance, report: PhaseReport, now: Instant) {
@@ -636,6 +764,14 @@ pub(crate) mod tests {
         }
     }
 
+    /// The sampler's job for `name`.
+    fn target(s: &State, name: &str) -> ProcTarget {
+        s.proc_targets()
+            .into_iter()
+            .find(|t| t.name.as_str() == name)
+            .expect("a target")
+    }
+
     #[test]
     fn samples_track_runs_of_t_and_d_and_gone_pids() {
         let t0 = Instant::now();
@@ -643,21 +779,22 @@ pub(crate) mod tests {
         let m = name("model");
         let mut s = State::default();
         s.hello(&hello("model", "a"), PEER, 1, t0).expect("free");
-        let target = s.proc_targets().pop().expect("a target");
-        assert_eq!(target.pid, PEER.pid);
+        let target = target(&s, "model");
+        assert_eq!(target.job, ProcJob::Sample(PEER.pid));
         let view = |s: &State| s.workers[&m].instance.as_ref().expect("i").proc.clone();
-        s.apply_sample(&target, Ok(sample(at(100), 'T', 9)));
-        s.apply_sample(&target, Ok(sample(at(200), 'T', 9)));
+        let apply = |s: &mut State, r| s.apply_proc(&target, None, Some(r));
+        apply(&mut s, Ok(sample(at(100), 'T', 9)));
+        apply(&mut s, Ok(sample(at(200), 'T', 9)));
         assert_eq!(view(&s).stopped_since, Some(at(100)));
         // A heartbeat after the last sample breaks the run: the process ran meanwhile.
         s.message(&m, 1, beat(1), at(250));
-        s.apply_sample(&target, Ok(sample(at(300), 'T', 9)));
+        apply(&mut s, Ok(sample(at(300), 'T', 9)));
         assert_eq!(view(&s).stopped_since, Some(at(300)));
-        s.apply_sample(&target, Ok(sample(at(400), 'D', 9)));
+        apply(&mut s, Ok(sample(at(400), 'D', 9)));
         assert_eq!(view(&s).stopped_since, None);
         assert_eq!(view(&s).d_since, Some(at(400)));
         assert!(!view(&s).gone);
-        s.apply_sample(&target, Ok(sample(at(500), 'S', 10)));
+        apply(&mut s, Ok(sample(at(500), 'S', 10)));
         assert!(view(&s).gone, "another start time: the pid was reused");
         assert!(s.proc_targets().is_empty(), "gone pids are not sampled");
     }
@@ -670,7 +807,7 @@ pub(crate) mod tests {
             .expect("free");
         assert!(s.proc_targets().is_empty());
         let inst = s.workers[&name("model")].instance.as_ref().expect("i");
-        assert!(matches!(inst.proc.mode, ProcMode::Off(_)));
+        assert!(!inst.proc.is_on());
     }
 
     #[test]
@@ -679,10 +816,53 @@ pub(crate) mod tests {
         let m = name("model");
         let mut s = State::default();
         s.hello(&hello("model", "a"), PEER, 1, t0).expect("free");
-        let old = s.proc_targets().pop().expect("target");
+        let old = target(&s, "model");
         s.disconnect(&m, 1, t0);
         s.hello(&hello("model", "b"), PEER, 2, t0).expect("free");
-        s.apply_sample(&old, Err(SampleError::Gone(PEER.pid)));
+        s.apply_proc(&old, None, Some(Err(SampleError::Gone(PEER.pid))));
         assert!(!s.workers[&m].instance.as_ref().expect("i").proc.gone);
+    }
+
+    #[test]
+    fn upstreams_are_looked_for_then_sampled_with_the_same_rules() {
+        use crate::sources::upstream::config::parse;
+        use crate::state::proc_track::FoundBy;
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut s = State::default();
+        let specs = parse(
+            r#"{"vllm": {"livenessProbe": {"tcpSocket": {"port": 8000}}, "process": {"cmdline": ["vllm"]}}}"#,
+            &[],
+        )
+        .expect("valid");
+        s.add_upstreams(&specs.into_iter().map(Arc::new).collect::<Vec<_>>());
+        let look = target(&s, "vllm");
+        assert_eq!(
+            look.job,
+            ProcJob::Discover {
+                ports: vec![8000],
+                cmdline: Some(vec!["vllm".to_owned()])
+            }
+        );
+        let found = Watched {
+            pid: 42,
+            start_time: Some(7),
+            found_by: FoundBy::Cgroup,
+        };
+        s.apply_proc(&look, Some(Ok(found)), Some(Ok(sample(at(100), 'T', 7))));
+        let sample_it = target(&s, "vllm");
+        assert_eq!(
+            sample_it.job,
+            ProcJob::Sample(42),
+            "no search while the pid is unchanged"
+        );
+        s.apply_proc(&sample_it, None, Some(Ok(sample(at(200), 'T', 7))));
+        let p = &s.upstreams[&name("vllm")].proc;
+        assert_eq!((p.stopped_since, p.gone), (Some(at(100)), false));
+        s.apply_proc(&sample_it, None, Some(Err(SampleError::Gone(42))));
+        assert!(
+            matches!(target(&s, "vllm").job, ProcJob::Discover { .. }),
+            "gone: looked for again"
+        );
     }
 }

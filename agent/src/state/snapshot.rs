@@ -166,11 +166,12 @@ mod tests {
         let registry = Arc::new(Registry::new(&[name("model")]));
         let health = Arc::new(AgentHealth::new(t0));
         let snapshots = Snapshots::new(Arc::clone(&registry), Arc::clone(&health), T);
-        registry
-            .update(|s| s.hello(&hello("model", "a"), PEER, 1, t0).map(|_| ()))
+        let reports = registry.worker_reports();
+        reports
+            .hello(&hello("model", "a"), PEER, 1, t0)
             .expect("name free");
         let before = snapshots.take(t0);
-        registry.update(|s| s.message(&name("model"), 1, phase(Phase::Failed, None), t0));
+        reports.message(&name("model"), 1, phase(Phase::Failed, None), t0);
         health.begin_shutdown();
         let after = snapshots.take(t0);
         let live = |s: &Snapshot| s.verdicts.get("model").map(|w| w.live);

@@ -4,11 +4,16 @@
 //!
 //! Every answer is computed from in-memory state held for microseconds; nothing here
 //! waits on a worker or does I/O besides the client's own socket. Slow or numerous
-//! clients are bounded: a connection cap (over it, new connections are closed at once,
-//! not queued), a header size limit, and a header read timeout that also closes
-//! kept-alive connections idle for that long (hyper starts it for each next request).
+//! clients are bounded: a connection cap, a header size limit, and a header read timeout
+//! that also closes kept-alive connections idle for that long (hyper starts it for each
+//! next request). At the cap a new connection is always served: the agent closes the
+//! oldest connection that has not completed a request (an idle or slow-loris client),
+//! else the one idle the longest since its last answer ([`ConnTable`]), so a kubelet
+//! probe on a fresh connection is answered whatever a flood holds open, and memory stays
+//! bounded by the cap (issue 21 item 14).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,14 +24,65 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::state::snapshot::Snapshots;
 use crate::surfaces::metrics::Metrics;
 use crate::surfaces::status::StatusSource;
 use crate::verdict::{Answer, Probe};
+
+/// Binds the probe port, with the kernel's largest accept queue (`SOMAXCONN`): a burst of
+/// reconnecting clients must not overflow it and leave a kubelet's SYN unanswered.
+///
+/// An unspecified IPv6 address (`[::]`, the default) listens dual-stack: `IPV6_V6ONLY` is
+/// turned off explicitly, whatever the node's `net.ipv6.bindv6only`, so the kubelet reaches
+/// it on an IPv6 pod IP and on IPv4 alike (issue 21 item 4). Where the kernel has IPv6
+/// disabled, it falls back to `0.0.0.0` on the same port, with a log line.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    match bind_socket(addr) {
+        Err(e)
+            if addr.is_ipv6()
+                && addr.ip().is_unspecified()
+                && e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) =>
+        {
+            let v4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port()));
+            tracing::warn!(asked = %addr, listening = %v4, "IPv6 is disabled in this kernel; listening on IPv4 only");
+            bind_socket(v4)
+        }
+        other => other,
+    }
+}
+
+fn bind_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use nix::sys::socket::{
+        bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+        SockaddrIn, SockaddrIn6,
+    };
+    use std::os::fd::AsRawFd;
+    let family = if addr.is_ipv6() {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    // As std's TcpListener::bind does: a restarted agent rebinds at once.
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    match addr {
+        SocketAddr::V6(v6) => {
+            if v6.ip().is_unspecified() {
+                setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
+            }
+            bind(fd.as_raw_fd(), &SockaddrIn6::from(v6))?;
+        }
+        SocketAddr::V4(v4) => bind(fd.as_raw_fd(), &SockaddrIn::from(v4))?,
+    }
+    listen(&fd, Backlog::MAXCONN)?;
+    Ok(std::net::TcpListener::from(fd))
+}
 
 /// The largest request head accepted (hyper's minimum is 8 KiB).
 const MAX_HEAD: usize = 16 * 1024;
@@ -52,9 +108,70 @@ pub struct Context {
     pub status: StatusSource,
 }
 
+/// One open connection of the probe port.
+#[derive(Debug)]
+struct ConnEntry {
+    opened: Instant,
+    /// When its latest request was answered; `None` until its first one.
+    answered: Option<Instant>,
+    /// Cancelled to close it.
+    close: CancellationToken,
+}
+
+/// The probe port's open connections, so that one can be closed to make room at the cap.
+#[derive(Debug, Default)]
+struct ConnTable {
+    next_id: u64,
+    open: HashMap<u64, ConnEntry>,
+}
+
+impl ConnTable {
+    /// Registers a new connection: its id and the token that closes it.
+    fn add(&mut self, now: Instant) -> (u64, CancellationToken) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let close = CancellationToken::new();
+        self.open.insert(
+            id,
+            ConnEntry {
+                opened: now,
+                answered: None,
+                close: close.clone(),
+            },
+        );
+        (id, close)
+    }
+
+    /// The connection which makes room: the oldest that has not completed a request (a
+    /// client that connected and sent nothing, or a slow loris), else the one idle longest
+    /// since its last answer. It leaves the table at once.
+    fn evict(&mut self) -> Option<CancellationToken> {
+        let victim = self
+            .open
+            .iter()
+            .min_by_key(|(_, c)| match c.answered {
+                None => (0, c.opened),
+                Some(at) => (1, at),
+            })
+            .map(|(id, _)| *id)?;
+        self.open.remove(&victim).map(|c| c.close)
+    }
+}
+
+/// [`ConnTable`] behind the lock the accept loop and the connections share (held for a
+/// map operation, never across an await).
+#[derive(Debug, Default)]
+struct Conns(Mutex<ConnTable>);
+
+impl Conns {
+    fn with<T>(&self, f: impl FnOnce(&mut ConnTable) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
 /// Serves HTTP on `listener` until `stop`.
 pub async fn serve(ctx: Context, listener: TcpListener, limits: Limits, stop: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let conns = Arc::new(Conns::default());
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -75,29 +192,53 @@ pub async fn serve(ctx: Context, listener: TcpListener, limits: Limits, stop: Ca
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            // Queueing would let a flood delay the kubelet; closing lets it retry.
-            tracing::debug!("HTTP connection cap reached; closing a new connection");
-            continue;
-        };
+        let now = Instant::now();
+        let (id, close, evicted) = conns.with(|t| {
+            // Refusing would let a flood fail the kubelet's probes; queueing would delay
+            // them: the new connection takes the place of one that is doing nothing.
+            let evicted = if t.open.len() >= limits.max_connections {
+                t.evict()
+            } else {
+                None
+            };
+            let (id, close) = t.add(now);
+            (id, close, evicted)
+        });
+        if let Some(victim) = evicted {
+            victim.cancel();
+            tracing::debug!(
+                "HTTP connection cap reached; closed an idle connection to serve a new one"
+            );
+            // Let the victim's task drop its socket before the next accept, so open sockets
+            // stay at the cap under a flood that reconnects whatever is closed.
+            tokio::task::yield_now().await;
+        }
         let _ = tcp.set_nodelay(true);
         let ctx = ctx.clone();
+        let served = Arc::clone(&conns);
         let conn = builder.serve_connection(
             TokioIo::new(tcp),
             service_fn(move |req| {
                 let response = handle(&ctx, &req);
+                served.with(|t| {
+                    if let Some(c) = t.open.get_mut(&id) {
+                        c.answered = Some(Instant::now());
+                    }
+                });
                 async move { Ok::<_, Infallible>(response) }
             }),
         );
         let stop = stop.clone();
+        let conns = Arc::clone(&conns);
         tokio::spawn(async move {
             tokio::select! {
                 () = stop.cancelled() => {}
+                () = close.cancelled() => {}
                 r = conn => if let Err(e) = r {
                     tracing::debug!(error = %e, "HTTP connection ended with an error");
                 },
             }
-            drop(permit);
+            conns.with(|t| t.open.remove(&id));
         });
     }
 }
@@ -303,6 +444,31 @@ fn handle<B>(ctx: &Context, req: &Request<B>) -> Response<Full<Bytes>> {
 mod tests {
     use super::*;
     use crate::verdict::Check;
+
+    #[test]
+    fn eviction_takes_the_oldest_silent_connection_then_the_longest_idle() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut t = ConnTable::default();
+        let (kept_alive, _) = t.add(at(0));
+        let (silent_old, old_token) = t.add(at(1));
+        let (_silent_new, _) = t.add(at(2));
+        let (recent, _) = t.add(at(3));
+        for (id, answered) in [(kept_alive, 10), (recent, 20)] {
+            t.open.get_mut(&id).expect("open").answered = Some(at(answered));
+        }
+        let victim = t.evict().expect("one to close");
+        assert!(
+            victim == old_token,
+            "the oldest that never completed a request"
+        );
+        assert!(!t.open.contains_key(&silent_old));
+        t.evict().expect("the younger silent one");
+        t.evict().expect("then the longest idle");
+        assert_eq!(t.open.keys().copied().collect::<Vec<_>>(), vec![recent]);
+        t.evict().expect("the last");
+        assert!(t.evict().is_none());
+    }
 
     #[test]
     fn routes() {

@@ -17,7 +17,7 @@ use prometheus::{
 use vitals_proto::{ErrorCode, Phase};
 
 use crate::sources::upstream::config::ProbeKind;
-use crate::sources::upstream::probe::Outcome;
+use crate::state::probe_result::Outcome;
 use crate::state::snapshot::Snapshot;
 use crate::verdict::group::{BrokenReason, MemberStatus};
 use crate::verdict::{LiveReason, Probe};
@@ -77,6 +77,8 @@ pub struct Metrics {
     unknown_messages: IntCounter,
     upstream_probe_duration: HistogramVec,
     upstream_probe_results: IntCounterVec,
+    upstream_proc_watched: IntGaugeVec,
+    upstream_scrape_errors: IntCounterVec,
     group_members: IntGaugeVec,
     group_formed: IntGaugeVec,
     group_broken: IntCounterVec,
@@ -238,6 +240,18 @@ impl Metrics {
                 "Runs of an upstream's own probes, by probe and result (pass, or the failure: status, timeout, refused, reset, redirects, protocol, grpc, error).",
                 &["worker", "probe", "result"]
             ),
+            upstream_proc_watched: metric!(
+                IntGaugeVec,
+                "upstream_proc_watched",
+                "1 when the upstream's process is found and its /proc checks (stopped, uninterruptible, gone) run; 0 when they are off (the reason is in /status).",
+                w
+            ),
+            upstream_scrape_errors: metric!(
+                IntCounterVec,
+                "upstream_scrape_errors_total",
+                "Scrapes of an upstream's own metrics that gave no reading, by reason (unauthorized, timeout, refused, reset, status, protocol, parse, error).",
+                &["worker", "reason"]
+            ),
             group_members: metric!(
                 IntGaugeVec,
                 "group_members",
@@ -286,6 +300,13 @@ impl Metrics {
         self.upstream_probe_duration
             .with_label_values(&[worker, kind.label()])
             .observe(outcome.latency.as_secs_f64());
+    }
+
+    /// Counts a scrape of an upstream's metrics that gave no reading.
+    pub fn upstream_scrape_error(&self, worker: &str, reason: &str) {
+        self.upstream_scrape_errors
+            .with_label_values(&[worker, reason])
+            .inc();
     }
 
     /// Records one poll of a group member.
@@ -465,6 +486,9 @@ impl Metrics {
                     .with_label_values(l)
                     .set(gauge(latest.and_then(|r| r.pending)));
             }
+            self.upstream_proc_watched
+                .with_label_values(l)
+                .set(i64::from(u.proc.is_on()));
             if let Some(s) = u.proc.latest.as_ref().filter(|_| !u.proc.gone) {
                 self.rss.with_label_values(l).set(clamp(s.rss_bytes));
                 self.threads.with_label_values(l).set(clamp(s.threads));
@@ -552,6 +576,38 @@ mod tests {
         ] {
             assert!(out.contains(want), "missing {want:?} in\n{out}");
         }
+    }
+
+    #[test]
+    fn an_upstream_says_whether_its_process_is_watched() {
+        use crate::sources::upstream::config::parse;
+        use crate::state::proc_track::{FoundBy, Watched};
+        let m = Metrics::new();
+        let t0 = Instant::now();
+        let mut s = State::new(&[]);
+        let specs = parse(
+            r#"{"vllm": {"readinessProbe": {"tcpSocket": {"port": 8000}}}, "tei": {"readinessProbe": {"tcpSocket": {"port": 8001}}}}"#,
+            &[],
+        )
+        .expect("valid");
+        s.add_upstreams(&specs.into_iter().map(Arc::new).collect::<Vec<_>>());
+        if let Some(u) = s.upstreams.get_mut(&name("tei")) {
+            u.proc.discovered(Ok(Watched {
+                pid: 42,
+                start_time: Some(1),
+                found_by: FoundBy::Cgroup,
+            }));
+        }
+        refresh(&m, &s, t0);
+        let out = text(&m);
+        assert!(
+            out.contains("vitals_upstream_proc_watched{worker=\"vllm\"} 0"),
+            "{out}"
+        );
+        assert!(
+            out.contains("vitals_upstream_proc_watched{worker=\"tei\"} 1"),
+            "{out}"
+        );
     }
 
     #[test]

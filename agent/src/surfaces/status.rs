@@ -2,28 +2,22 @@
 //! the agent builds it from a snapshot, and `vitals-agent status`, which renders it as a
 //! table for an operator who `kubectl exec`s into the pod.
 //!
-//! The CLI uses a minimal hyper HTTP/1 client instead of an HTTP client crate: the agent
-//! binary must stay small, and it only ever talks plain HTTP to its own pod.
+//! The CLI fetches with the agent's one HTTP client ([`crate::net`]).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use clap::Args;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use vitals_proto::message::{CheckReport, Heartbeat, Progress};
 
-use crate::sources::proc::discover::Method;
 use crate::sources::upstream::config::Action;
-use crate::state::registry::ProcMode;
 use crate::state::snapshot::Snapshot;
 use crate::state::upstream::UpstreamState;
 use crate::surfaces::ticker::{rfc3339, Transition, TransitionLog};
-use crate::verdict::{pid_status, PidStatus, Probe, UpstreamVerdict};
+use crate::verdict::{PidStatus, Probe, UpstreamVerdict};
 
 /// Pass or fail, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,7 +194,8 @@ pub struct UpstreamMetricsDoc {
 pub struct UpstreamProcDoc {
     /// Its pid, once found.
     pub pid: Option<u32>,
-    /// `socket` (holds the listening socket) or `cgroup` (the only other container).
+    /// `socket` (holds the listening socket) or `cgroup` (the only container whose
+    /// processes match the socket's uid and the recorded command line).
     pub found_by: Option<String>,
     /// Why /proc checks are off, when it could not be found.
     pub off_reason: Option<String>,
@@ -388,12 +383,9 @@ fn build(snapshot: &Snapshot, facts: &AgentFacts, transitions: Vec<Transition>) 
                     messages: i.messages,
                     connections: i.connections,
                     proc: ProcDoc {
-                        enabled: matches!(p.mode, ProcMode::On(_)),
-                        off_reason: match p.mode {
-                            ProcMode::Off(why) => Some(why.to_owned()),
-                            ProcMode::On(_) => None,
-                        },
-                        process: match pid_status(i) {
+                        enabled: p.is_on(),
+                        off_reason: p.watched.as_ref().err().cloned(),
+                        process: match p.pid_status() {
                             PidStatus::Exists => "exists",
                             PidStatus::Gone => "gone",
                             PidStatus::Unknown => "unknown",
@@ -544,15 +536,13 @@ fn upstream_doc(u: &UpstreamState, uv: &UpstreamVerdict, now: Instant) -> Upstre
             .map(str::to_owned),
         metrics,
         proc: UpstreamProcDoc {
-            pid: p.found.as_ref().ok().map(|f| f.pid),
-            found_by: p.found.as_ref().ok().map(|f| {
-                match f.method {
-                    Method::Socket => "socket",
-                    Method::Cgroup => "cgroup",
-                }
-                .to_owned()
-            }),
-            off_reason: p.found.as_ref().err().map(ToString::to_string),
+            pid: p.pid(),
+            found_by: p
+                .watched
+                .as_ref()
+                .ok()
+                .map(|w| w.found_by.as_str().to_owned()),
+            off_reason: p.watched.as_ref().err().cloned(),
             process: match uv.pid {
                 PidStatus::Exists => "exists",
                 PidStatus::Gone => "gone",
@@ -606,6 +596,9 @@ pub enum StatusError {
     },
 }
 
+/// The largest `/status` document the CLI reads (a few KiB per worker).
+const STATUS_LIMIT: usize = 8 * 1024 * 1024;
+
 /// Fetches `/status` once: `(raw JSON, parsed)`.
 pub async fn fetch(url: &str) -> Result<(String, StatusDoc), StatusError> {
     let base = url.trim_end_matches('/');
@@ -623,40 +616,19 @@ pub async fn fetch(url: &str) -> Result<(String, StatusDoc), StatusError> {
         url: url.to_owned(),
         source: e,
     };
-    let addr = format!(
-        "{}:{}",
+    let path = uri.path_and_query().map_or("/status", |p| p.as_str());
+    let exchange = crate::net::get_once(
         authority.host(),
-        authority.port_u16().unwrap_or(80)
+        authority.port_u16().unwrap_or(80),
+        path,
+        &[],
+        crate::net::BodyRead::Keep(STATUS_LIMIT),
     );
-    let exchange = async {
-        let tcp = tokio::net::TcpStream::connect(&addr)
-            .await
-            .map_err(|e| unreachable(e.into()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| unreachable(e.into()))?;
-        let driver = tokio::spawn(conn);
-        let req = hyper::Request::get(uri.clone())
-            .header(hyper::header::HOST, authority.as_str())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| unreachable(e.into()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| unreachable(e.into()))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| unreachable(e.into()))?
-            .to_bytes();
-        driver.abort();
-        Ok::<_, StatusError>((status, body))
-    };
-    let (status, body) = tokio::time::timeout(Duration::from_secs(5), exchange)
+    let answer = tokio::time::timeout(Duration::from_secs(5), exchange)
         .await
-        .map_err(|e| unreachable(e.into()))??;
+        .map_err(|e| unreachable(e.into()))?
+        .map_err(|e| unreachable(e.into()))?;
+    let (status, body) = (answer.status.as_u16(), answer.body);
     let bad = |detail: String| StatusError::BadAnswer {
         url: url.to_owned(),
         status,

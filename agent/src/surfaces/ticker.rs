@@ -203,7 +203,8 @@ mod tests {
     #[test]
     fn logs_each_transition_once_and_counts_hangs() {
         let t0 = Instant::now();
-        let registry = Registry::new(&[]);
+        let registry = std::sync::Arc::new(Registry::new(&[]));
+        let reports = registry.worker_reports();
         let (log, metrics) = (TransitionLog::default(), Metrics::new());
         let agent = AgentInput {
             shutting_down: false,
@@ -214,15 +215,15 @@ mod tests {
             let v = evaluate(&registry.current(), agent, &T, t0);
             tracker.observe(&v, SystemTime::now(), &log, &metrics);
         };
-        registry
-            .update(|s| s.hello(&hello("model", "a"), PEER, 1, t0).map(|_| ()))
+        reports
+            .hello(&hello("model", "a"), PEER, 1, t0)
             .expect("free");
         observe(&mut tracker);
         let first = log.list().len();
         assert_eq!(first, 6, "agent, two aggregates, three worker probes");
         observe(&mut tracker);
         assert_eq!(log.list().len(), first, "no change, no entry");
-        registry.update(|s| s.message(&name("model"), 1, phase(Phase::Failed, None), t0));
+        reports.message(&name("model"), 1, phase(Phase::Failed, None), t0);
         observe(&mut tracker);
         let entries = log.list();
         let live = entries

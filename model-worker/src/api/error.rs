@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, ALLOW, RETRY_AFTER};
 use hyper::{Response, StatusCode};
-use serde_json::json;
+use serde::Serialize;
 
 use super::{json_response, Route, MAX_BODY_BYTES};
 use crate::batch::InferenceError;
@@ -77,8 +77,8 @@ pub enum ApiError {
     /// A parameter has a value this API does not define.
     #[error("invalid `{param}`: {reason}")]
     InvalidParameter {
-        /// The parameter.
-        param: &'static str,
+        /// The parameter's path in the body, e.g. `encoding_format`.
+        param: String,
         /// What is wrong with its value.
         reason: String,
     },
@@ -201,15 +201,14 @@ impl ApiError {
     }
 
     /// The request field at fault, if one is.
-    pub fn param(&self) -> Option<&'static str> {
+    pub fn param(&self) -> Option<&str> {
         match self {
             Self::MissingField { field }
             | Self::EmptyInput { field }
             | Self::UnsupportedInput { field }
-            | Self::InvalidInput { field } => Some(field),
-            Self::InvalidParameter { param, .. } | Self::UnsupportedParameter { param, .. } => {
-                Some(param)
-            }
+            | Self::InvalidInput { field }
+            | Self::UnsupportedParameter { param: field, .. } => Some(field),
+            Self::InvalidParameter { param, .. } => Some(param),
             _ => None,
         }
     }
@@ -218,12 +217,14 @@ impl ApiError {
     /// (429, 503) and `Allow` on 405.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let status = self.status();
-        let body = json!({"error": {
-            "message": self.to_string(),
-            "type": self.kind(),
-            "param": self.param(),
-            "code": self.code(),
-        }});
+        let body = ErrorBody {
+            error: ErrorObject {
+                message: self.to_string(),
+                kind: self.kind(),
+                param: self.param(),
+                code: self.code(),
+            },
+        };
         let mut response = json_response(status, &body);
         let headers = response.headers_mut();
         if matches!(
@@ -241,12 +242,32 @@ impl ApiError {
     }
 }
 
+/// OpenAI's error body.
+#[derive(Debug, Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorObject<'a>,
+}
+
+/// What went wrong, in OpenAI's fields.
+#[derive(Debug, Serialize)]
+struct ErrorObject<'a> {
+    /// [`ApiError`]'s display.
+    message: String,
+    /// [`ApiError::kind`].
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// [`ApiError::param`]; null when no field is at fault.
+    param: Option<&'a str>,
+    /// [`ApiError::code`].
+    code: &'static str,
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use http_body_util::BodyExt;
-    use serde_json::Value;
+    use serde_json::{json, Value};
 
     use super::*;
 
@@ -357,7 +378,7 @@ mod tests {
             ),
             (
                 ApiError::InvalidParameter {
-                    param: "encoding_format",
+                    param: "encoding_format".into(),
                     reason: "x".into(),
                 },
                 400,

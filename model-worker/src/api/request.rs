@@ -1,42 +1,76 @@
 //! The request bodies as typed structs decoded by serde, and the one place that turns a
-//! body serde refuses into the OpenAI-style 400 naming the field at fault.
+//! body serde refuses into the OpenAI-style 400 naming the field at fault (its path, from
+//! `serde_path_to_error`).
 //!
-//! Unknown fields are ignored: OpenAI clients send fields this server has no use for.
+//! Unknown fields are ignored, not refused: OpenAI's API accepts fields it does not use
+//! and clients send them (newer parameters, vendor extensions).
+//! Required fields decode when absent (as [`Input::Absent`], `None`) so that their
+//! accessors refuse them as `missing_field` naming the field; serde's own refusal of a
+//! missing field names it only in prose.
 
 use std::fmt;
 use std::marker::PhantomData;
 
 use serde::de::value::MapAccessDeserializer;
-use serde::de::{DeserializeOwned, MapAccess, Visitor};
+use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::{Map, Value};
+use serde_json::error::Category;
+use serde_json::Value;
+use serde_path_to_error::Segment;
 
 use super::ApiError;
 
-/// Texts as OpenAI's `input` and TEI's `inputs` carry them. Token ids decode (OpenAI
-/// defines them) so that they can be refused as unsupported rather than as malformed.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+/// The texts field (OpenAI's `input`, TEI's `inputs`) as sent. Every JSON value decodes,
+/// so that [`Input::into_texts`] is the one place that says what is wrong with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Input {
+    /// The field is absent or null.
+    #[default]
+    Absent,
     /// One text.
     Text(String),
     /// Several texts (possibly none, which is refused).
     Texts(Vec<String>),
-    /// One text as token ids.
-    Tokens(Vec<u32>),
-    /// Several texts as token ids.
-    TokenLists(Vec<Vec<u32>>),
+    /// An array holding numbers or arrays: token ids, which OpenAI defines and this
+    /// server refuses as unsupported rather than as malformed.
+    TokenIds,
+    /// Anything else: a number, a boolean, an object, an array holding them or null.
+    Malformed,
 }
 
 impl Input {
     /// The texts to embed; `field` names the field in errors.
     pub fn into_texts(self, field: &'static str) -> Result<Vec<String>, ApiError> {
         match self {
+            Self::Absent => Err(ApiError::MissingField { field }),
             Self::Text(text) => Ok(vec![text]),
             Self::Texts(texts) if texts.is_empty() => Err(ApiError::EmptyInput { field }),
             Self::Texts(texts) => Ok(texts),
-            Self::Tokens(_) | Self::TokenLists(_) => Err(ApiError::UnsupportedInput { field }),
+            Self::TokenIds => Err(ApiError::UnsupportedInput { field }),
+            Self::Malformed => Err(ApiError::InvalidInput { field }),
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for Input {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // The field's value is read once and its strings moved into the texts.
+        Ok(match Value::deserialize(deserializer)? {
+            Value::Null => Self::Absent,
+            Value::String(text) => Self::Text(text),
+            Value::Array(items) if items.iter().any(|i| i.is_number() || i.is_array()) => {
+                Self::TokenIds
+            }
+            Value::Array(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(text) => Some(text),
+                    _ => None,
+                })
+                .collect::<Option<_>>()
+                .map_or(Self::Malformed, Self::Texts),
+            Value::Bool(_) | Value::Number(_) | Value::Object(_) => Self::Malformed,
+        })
     }
 }
 
@@ -54,7 +88,8 @@ pub enum EncodingFormat {
 /// `POST /v1/embeddings`, as OpenAI defines it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct OpenAiRequest {
-    /// The texts.
+    /// The texts (required: [`Input::into_texts`] refuses them absent).
+    #[serde(default)]
     pub input: Input,
     /// The model asked for; not checked, since the worker serves one model whatever
     /// name a client is configured with.
@@ -70,7 +105,8 @@ pub struct OpenAiRequest {
 /// `POST /embed`, as text-embeddings-inference defines it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct TeiRequest {
-    /// The texts.
+    /// The texts (required: [`Input::into_texts`] refuses them absent).
+    #[serde(default)]
     pub inputs: Input,
     /// L2-normalise the vectors (default true).
     pub normalize: Option<bool>,
@@ -82,8 +118,15 @@ pub struct TeiRequest {
 /// `POST /debug/fault`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct FaultRequest {
-    /// Which fault.
-    pub kind: FaultKind,
+    /// Which fault; required, read through [`FaultRequest::kind`].
+    kind: Option<FaultKind>,
+}
+
+impl FaultRequest {
+    /// Which fault; `MissingField` when `kind` is absent or null.
+    pub fn kind(&self) -> Result<FaultKind, ApiError> {
+        self.kind.ok_or(ApiError::MissingField { field: "kind" })
+    }
 }
 
 /// A fault to inject.
@@ -100,85 +143,32 @@ pub enum FaultKind {
     Crash,
 }
 
-/// A request body: decoded by serde, and able to say which field made decoding fail.
-pub trait Body: DeserializeOwned {
-    /// The error naming the field of `body` that does not decode, if one does not.
-    fn fault(body: &Map<String, Value>) -> Option<ApiError>;
-}
-
-impl Body for OpenAiRequest {
-    fn fault(body: &Map<String, Value>) -> Option<ApiError> {
-        input_fault(body, "input")
-            .or_else(|| param_fault::<Option<EncodingFormat>>(body, "encoding_format"))
-            .or_else(|| param_fault::<Option<u32>>(body, "dimensions"))
-            .or_else(|| param_fault::<Option<String>>(body, "model"))
-            .or_else(|| param_fault::<Option<String>>(body, "user"))
-    }
-}
-
-impl Body for TeiRequest {
-    fn fault(body: &Map<String, Value>) -> Option<ApiError> {
-        input_fault(body, "inputs")
-            .or_else(|| param_fault::<Option<bool>>(body, "normalize"))
-            .or_else(|| param_fault::<Option<bool>>(body, "truncate"))
-    }
-}
-
-impl Body for FaultRequest {
-    fn fault(body: &Map<String, Value>) -> Option<ApiError> {
-        match body.get("kind") {
-            None | Some(Value::Null) => Some(ApiError::MissingField { field: "kind" }),
-            Some(_) => param_fault::<FaultKind>(body, "kind"),
+/// Decodes a JSON object body into `T`. A value serde refuses inside a field of a JSON
+/// body is `InvalidParameter` naming the field's path; anything else refused (not JSON,
+/// not an object, trailing data, a field given twice) is `InvalidJson`.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    let Object(request) = serde_path_to_error::deserialize(&mut json).map_err(|refused| {
+        let in_field = matches!(refused.path().iter().next(), Some(Segment::Map { .. }));
+        let param = refused.path().to_string();
+        let refused = refused.into_inner();
+        // A syntax error inside a field is the body's fault, not the field's; but
+        // serde_json also reports some type errors as syntax (a number where an enum
+        // belongs), so a body that is JSON after all blames the field.
+        let body_is_json = refused.classify() == Category::Data
+            || serde_json::from_slice::<IgnoredAny>(bytes).is_ok();
+        if in_field && body_is_json {
+            ApiError::InvalidParameter {
+                param,
+                reason: refused.to_string(),
+            }
+        } else {
+            ApiError::InvalidJson(refused.to_string())
         }
-    }
-}
-
-/// Decodes a JSON object body into `T`. Only when serde refuses it is the body read
-/// again, untyped, to tell malformed JSON from a field at fault and to name that field:
-/// serde's own error says neither which field nor, for an untagged enum ("data did not
-/// match any variant"), what is wrong, and serde_json classes some type errors as syntax.
-pub fn decode<T: Body>(bytes: &[u8]) -> Result<T, ApiError> {
-    let refused = match serde_json::from_slice::<Object<T>>(bytes) {
-        Ok(Object(request)) => return Ok(request),
-        Err(e) => e,
-    };
-    let blamed = match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(body)) => T::fault(&body),
-        Ok(_) => None,
-        Err(syntax) => return Err(ApiError::InvalidJson(syntax.to_string())),
-    };
-    // Also a duplicate field, or anything else no single field explains.
-    Err(blamed.unwrap_or_else(|| ApiError::InvalidJson(refused.to_string())))
-}
-
-/// `MissingField` when `body[field]` is absent or null; otherwise `InvalidInput`, or
-/// `UnsupportedInput` for what looks like token ids, when it is not an [`Input`].
-fn input_fault(body: &Map<String, Value>, field: &'static str) -> Option<ApiError> {
-    let value = match body.get(field) {
-        None | Some(Value::Null) => return Some(ApiError::MissingField { field }),
-        Some(value) => value,
-    };
-    if Input::deserialize(value).is_ok() {
-        return None;
-    }
-    Some(match value {
-        Value::Array(items) if items.iter().any(|i| i.is_number() || i.is_array()) => {
-            ApiError::UnsupportedInput { field }
-        }
-        _ => ApiError::InvalidInput { field },
-    })
-}
-
-/// `InvalidParameter` with serde's reason when `body[param]` is present and not a `T`.
-fn param_fault<T: DeserializeOwned>(
-    body: &Map<String, Value>,
-    param: &'static str,
-) -> Option<ApiError> {
-    let refused = T::deserialize(body.get(param)?).err()?;
-    Some(ApiError::InvalidParameter {
-        param,
-        reason: refused.to_string(),
-    })
+    })?;
+    json.end()
+        .map_err(|trailing| ApiError::InvalidJson(trailing.to_string()))?;
+    Ok(request)
 }
 
 /// `T` decoded from a JSON object only: serde's derived structs also accept an array of
@@ -215,13 +205,17 @@ mod tests {
         decode(body.as_bytes())
     }
 
-    /// (code, param) of the error `body` gets at `POST /v1/embeddings`, after decoding
-    /// and turning the input into texts.
-    fn openai_error(body: &str) -> (&'static str, Option<&'static str>) {
-        let e = openai(body)
+    /// (code, param) of `error`, as the response's `error.code` and `error.param` show them.
+    fn code_and_param(error: &ApiError) -> (&'static str, Option<&str>) {
+        (error.code(), error.param())
+    }
+
+    /// The error `body` gets at `POST /v1/embeddings`, after decoding and turning the
+    /// input into texts.
+    fn openai_error(body: &str) -> ApiError {
+        openai(body)
             .and_then(|r| r.input.into_texts("input"))
-            .expect_err(body);
-        (e.code(), e.param())
+            .expect_err(body)
     }
 
     #[test]
@@ -233,10 +227,10 @@ mod tests {
         };
         assert_eq!(texts(r#"{"input":"a"}"#), ["a"]);
         assert_eq!(texts(r#"{"input":["a",""]}"#), ["a", ""]);
-        let r = openai(r#"{"input":[1,2]}"#).expect("token ids decode");
-        assert_eq!(r.input, Input::Tokens(vec![1, 2]));
-        let r = openai(r#"{"input":[[1],[]]}"#).expect("token lists decode");
-        assert_eq!(r.input, Input::TokenLists(vec![vec![1], vec![]]));
+        for body in [r#"{"input":[1,2]}"#, r#"{"input":[[1],[]]}"#] {
+            let r = openai(body).expect("token ids decode");
+            assert_eq!(r.input, Input::TokenIds, "{body}");
+        }
     }
 
     #[test]
@@ -251,16 +245,19 @@ mod tests {
             (r#"{"input":[-1]}"#, "unsupported_input"),
             (r#"{"input":[1.5]}"#, "unsupported_input"),
             (r#"{"input":["a",1]}"#, "unsupported_input"),
+            (r#"{"input":[null,1]}"#, "unsupported_input"),
             (r#"{"input":42}"#, "invalid_input"),
             (r#"{"input":true}"#, "invalid_input"),
             (r#"{"input":{"text":"a"}}"#, "invalid_input"),
             (r#"{"input":["a",null]}"#, "invalid_input"),
             (r#"{"input":["a",{}]}"#, "invalid_input"),
         ] {
-            assert_eq!(openai_error(body), (code, input), "{body}");
+            assert_eq!(code_and_param(&openai_error(body)), (code, input), "{body}");
         }
-        let e = decode::<TeiRequest>(br#"{"input":"a"}"#).expect_err("TEI names `inputs`");
-        assert_eq!((e.code(), e.param()), ("missing_field", Some("inputs")));
+        let e = decode::<TeiRequest>(br#"{"input":"a"}"#)
+            .and_then(|r| r.inputs.into_texts("inputs"))
+            .expect_err("TEI names `inputs`");
+        assert_eq!(code_and_param(&e), ("missing_field", Some("inputs")));
     }
 
     #[test]
@@ -272,14 +269,16 @@ mod tests {
             r#"["a",null,null,null,null]"#,
             "\"a\"",
             "{} x",
+            r#"{"input":"a"} {}"#,
+            // Broken inside a field: the body's fault, not the field's.
+            r#"{"input":["a""#,
         ] {
-            assert_eq!(openai_error(body), ("invalid_json", None), "{body}");
+            let e = openai_error(body);
+            assert_eq!(code_and_param(&e), ("invalid_json", None), "{body}");
         }
-        // Two values for one field: no single field is at fault.
-        assert_eq!(
-            openai_error(r#"{"input":"a","input":"b"}"#),
-            ("invalid_json", None)
-        );
+        // Two values for one field: no single value is at fault.
+        let e = openai_error(r#"{"input":"a","input":"b"}"#);
+        assert_eq!(code_and_param(&e), ("invalid_json", None));
     }
 
     #[test]
@@ -300,35 +299,49 @@ mod tests {
             (r#"{"input":"a","encoding_format":1}"#, "encoding_format"),
             (r#"{"input":"a","dimensions":-1}"#, "dimensions"),
             (r#"{"input":"a","dimensions":"8"}"#, "dimensions"),
+            (r#"{"input":"a","dimensions":1e999}"#, "dimensions"),
             (r#"{"input":"a","model":5}"#, "model"),
             (r#"{"input":"a","user":[]}"#, "user"),
+            // The field serde refuses first, in the body's order.
+            (r#"{"dimensions":"8","input":42}"#, "dimensions"),
         ] {
+            let e = openai_error(body);
             assert_eq!(
-                openai_error(body),
+                code_and_param(&e),
                 ("invalid_parameter", Some(param)),
                 "{body}"
             );
+            assert!(
+                e.to_string().starts_with(&format!("invalid `{param}`: ")),
+                "{e}"
+            );
         }
-        let e = openai(r#"{"input":"a","encoding_format":"hex"}"#).expect_err("hex");
+        let e = openai_error(r#"{"input":"a","encoding_format":"hex"}"#);
         assert!(e.to_string().contains("`float` or `base64`"), "{e}");
 
         let r: TeiRequest = decode(br#"{"inputs":"a","truncate":true}"#).expect("valid");
         assert_eq!((r.normalize, r.truncate), (None, Some(true)));
         let e = decode::<TeiRequest>(br#"{"inputs":"a","normalize":"yes"}"#).expect_err("yes");
-        assert_eq!(
-            (e.code(), e.param()),
-            ("invalid_parameter", Some("normalize"))
-        );
+        assert_eq!(code_and_param(&e), ("invalid_parameter", Some("normalize")));
     }
 
     #[test]
     fn fault_kinds() {
-        let r: FaultRequest = decode(br#"{"kind":"stop_heartbeats"}"#).expect("valid");
-        assert_eq!(r.kind, FaultKind::StopHeartbeats);
-        let e = decode::<FaultRequest>(br#"{"kind":"nope"}"#).expect_err("nope");
-        assert_eq!((e.code(), e.param()), ("invalid_parameter", Some("kind")));
+        let fault = |body: &str| decode::<FaultRequest>(body.as_bytes())?.kind();
+        assert_eq!(
+            fault(r#"{"kind":"stop_heartbeats"}"#).expect("valid"),
+            FaultKind::StopHeartbeats
+        );
+        let e = fault(r#"{"kind":"nope"}"#).expect_err("nope");
+        assert_eq!(code_and_param(&e), ("invalid_parameter", Some("kind")));
         assert!(e.to_string().contains("hang_loop"), "{e}");
-        let e = decode::<FaultRequest>(b"{}").expect_err("no kind");
-        assert_eq!((e.code(), e.param()), ("missing_field", Some("kind")));
+        for body in ["{}", r#"{"kind":null}"#] {
+            let e = fault(body).expect_err(body);
+            assert_eq!(
+                code_and_param(&e),
+                ("missing_field", Some("kind")),
+                "{body}"
+            );
+        }
     }
 }

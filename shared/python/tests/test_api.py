@@ -68,8 +68,19 @@ class WithoutAgentTest(unittest.TestCase):
             vitals_reporter.Reporter(name="Model_1", socket="/tmp/x.sock")
         with self.assertRaisesRegex(ValueError, "heartbeat_ms"):
             vitals_reporter.Reporter(socket="", heartbeat_ms=0)
+        with self.assertRaisesRegex(ValueError, "stall_timeout_ms"):
+            vitals_reporter.Reporter(socket="", stall_timeout_ms=0)
         with self.assertRaisesRegex(ValueError, "phase must be one of"):
             vitals_reporter.Reporter(socket="").phase("serving")
+
+    def test_a_stalled_loop_is_dumped_no_later_than_the_agent_fails_it(self):
+        # Half the hang timeout, or the configured stall timeout when that comes first;
+        # nothing before the agent has said its hang timeout.
+        self.assertIsNone(_reporter._Watch().dump_after_s())
+        for stall, hang, expected in ((None, 10.0, 5.0), (30.0, 10.0, 5.0), (2.0, 10.0, 2.0)):
+            watch = _reporter._Watch(stall)
+            watch.hang_timeout_s = hang
+            self.assertEqual(watch.dump_after_s(), expected, (stall, hang))
 
 
 class WithAgentTest(AgentTest):

@@ -100,6 +100,23 @@ class ProtocolTest(AgentTest):
         # The header and the stuck thread's stack, as evidence in the test log.
         print("\n" + dump.split("\n\n")[0], end="\n... ")
 
+    def test_idle_loop_that_stops_ticking_fails_liveness_and_dumps_its_stack_once(self):
+        # SPEC §2: the loop ticks when idle too, so the agent fails an idle loop that stops
+        # with `loop_stalled`; the reporter must leave the same trace as for a busy one.
+        agent = self.agent("--expect", "model", "--hang-timeout", "2s", "--stall-timeout", "3s")
+        worker = self.worker(agent)
+        self.wait_probe(agent, "/readyz/model", 200, "ok")
+        worker.send("idle-stall")
+        took = self.wait_probe(agent, "/livez/model", 503, "fail: loop_stalled", deadline=3 + 2)
+        print(f"loop_stalled after {took:.2f} s", end=" ... ")
+        heartbeat = agent.worker("model")["instance"]["heartbeat"]
+        self.assertEqual((heartbeat["pending"], heartbeat["in_flight"]), (0, 0))
+        err = worker.stderr()
+        self.assertEqual(err.count(_DUMP_HEADER), 1, err)
+        self.assertIn("0 pending and 0 in flight", err)
+        dump = err[err.index(_DUMP_HEADER) :]
+        self.assertRegex(dump, r'File ".*worker\.py", line \d+ in stuck_while_idle')
+
     def test_gil_held_shorter_than_hang_timeout_stays_live_and_is_diagnosed_spinning(self):
         agent = self.agent("--expect", "model", "--hang-timeout", "10s", "--stall-timeout", "12s")
         worker = self.worker(agent)

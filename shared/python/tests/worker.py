@@ -2,9 +2,10 @@
 inference thread fed by a queue, as a real server would; stdin commands inject faults.
 
 Commands (one per line): `check NAME ok|fail MESSAGE`, `deadlock` (the inference thread
-blocks forever on a lock, with work queued behind it), `gil SECONDS` (the inference thread
-runs a catastrophic regular expression that holds the GIL about that long), `fail DETAIL`
-(reports `failed` and exits 3). It prints `ready` when it is, and `gil-held S` after a hold.
+blocks forever on a lock, with work queued behind it), `idle-stall` (the idle inference
+thread blocks forever on a lock, nothing pending or in flight), `gil SECONDS` (the
+inference thread runs a catastrophic regular expression that holds the GIL about that
+long), `fail DETAIL` (reports `failed` and exits 3). It prints `ready` when it is, and `gil-held S` after a hold.
 """
 
 import argparse
@@ -53,6 +54,11 @@ def stuck_in_inference(lock):
     lock.acquire()
 
 
+def stuck_while_idle(lock):
+    """An idle loop that stops: no work anywhere, the lock is never released."""
+    lock.acquire()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--heartbeat-ms", type=int, default=200)
@@ -66,12 +72,15 @@ def main():
     jobs = queue.Queue()
     held = threading.Lock()
     held.acquire()
+    stall_idle = threading.Event()
 
     def inference_loop():
         while True:
             try:
                 job = jobs.get(timeout=0.25)
             except queue.Empty:
+                if stall_idle.is_set():
+                    stuck_while_idle(held)
                 reporter.tick()
                 continue
             reporter.pending = jobs.qsize()
@@ -99,6 +108,8 @@ def main():
             jobs.put(("noop", None))
             jobs.put(("noop", None))
             reporter.pending = jobs.qsize()
+        elif command == "idle-stall":
+            stall_idle.set()
         elif command == "gil":
             jobs.put(("gil", rest))
             reporter.pending = jobs.qsize()

@@ -1,23 +1,42 @@
-//! `fake-vllm ADDR [LOAD_MS]`: the fake vLLM of `vitals_e2e::fake_vllm` as a process of
-//! its own, so the agent finds it by its port and scenarios can stop or kill it.
+//! `fake-vllm ADDR [LOAD_MS] [--llamacpp [--api-key KEY] [--counter-base N]]`: the fake
+//! vLLM (or, with `--llamacpp`, the fake llama.cpp) of `vitals_e2e::fake_vllm` as a process
+//! of its own, so the agent finds it by its port and scenarios can stop or kill it.
 
 use std::net::TcpListener;
 use std::time::Duration;
 
+use vitals_e2e::fake_vllm::LlamaOptions;
+
+fn usage(problem: &str) -> ! {
+    eprintln!("fake-vllm: {problem}");
+    eprintln!("usage: fake-vllm ADDR [LOAD_MS] [--llamacpp [--api-key KEY] [--counter-base N]]");
+    std::process::exit(2);
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let Some(addr) = args.next() else {
-        eprintln!("usage: fake-vllm ADDR [LOAD_MS]");
-        std::process::exit(2);
+        usage("ADDR missing")
     };
-    let load_for = args.next().map(|ms| ms.parse().map(Duration::from_millis));
-    let load_for = match load_for.transpose() {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("fake-vllm: LOAD_MS: {e}");
-            std::process::exit(2);
+    let (mut load_for, mut llama) = (None, None::<LlamaOptions>);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--llamacpp" => llama = Some(LlamaOptions::default()),
+            "--api-key" => {
+                let key = args.next().unwrap_or_else(|| usage("--api-key KEY"));
+                llama.get_or_insert_with(LlamaOptions::default).api_key = Some(key);
+            }
+            "--counter-base" => {
+                let n = args.next().and_then(|n| n.parse().ok());
+                llama.get_or_insert_with(LlamaOptions::default).counter_base =
+                    n.unwrap_or_else(|| usage("--counter-base N"));
+            }
+            ms => match ms.parse() {
+                Ok(ms) => load_for = Some(Duration::from_millis(ms)),
+                Err(e) => usage(&format!("LOAD_MS: {e}")),
+            },
         }
-    };
+    }
     let listener = match TcpListener::bind(&addr) {
         Ok(l) => l,
         Err(e) => {
@@ -26,5 +45,14 @@ fn main() {
         }
     };
     println!("fake-vllm listening on {addr}");
-    vitals_e2e::fake_vllm::serve(listener, load_for);
+    match llama {
+        Some(options) => vitals_e2e::fake_vllm::serve_llamacpp(
+            listener,
+            LlamaOptions {
+                load_for,
+                ..options
+            },
+        ),
+        None => vitals_e2e::fake_vllm::serve(listener, load_for),
+    }
 }

@@ -1,12 +1,16 @@
-//! What the scenarios share: the probe paths, the kubelet's probe settings, the slack every
-//! bound allows on top of its timeout, and small checks over a pod's timeline.
+//! What the scenarios share: the probe paths, the kubelet's probe settings, what probing
+//! adds to every bound, and small checks over a pod's timeline.
+//!
+//! A bound on a detection is the configured timeout, plus what the mechanism adds by design
+//! (stated at each call from the intervals involved), plus the starvation the scenario's own
+//! timeline measured over the same window (`Pod::check_latency`); no fixed slack. Lower
+//! bounds add nothing.
 
 use std::time::Duration;
 
 use serde_json::Value;
 use vitals_e2e::pod::{AgentOptions, Pod, WorkerOptions};
 use vitals_e2e::probe::{ProbeKind, ProbeWorker};
-use vitals_e2e::report::report_line;
 
 /// The worker's liveness probe path (SPEC §6).
 pub const LIVE: &str = "/livez/model";
@@ -19,9 +23,13 @@ pub const STARTED: &str = "/startupz/model";
 /// a fine grain; each probe is still a new connection with a 1 s timeout.
 pub const WATCH_PERIOD: Duration = Duration::from_millis(100);
 
-/// What a bound allows on top of its timeout: a heartbeat interval and a /proc interval
-/// (evidence arrives that late at most), plus scheduling on a busy 2-core machine.
-pub const SLACK: Duration = Duration::from_secs(1);
+/// What probing adds to every detection: the verdict flips between two of
+/// `await_detection`'s probes, so the first probe to see it starts up to one poll later.
+pub const PROBE_POLL: Duration = vitals_e2e::pod::POLL;
+
+/// How long a scenario waits for a worker to come back (live again after SIGCONT or a
+/// thaw): the deadline of a wait whose latency is reported, or checked on its own.
+pub const RECOVERY_WAIT: Duration = Duration::from_secs(3);
 
 /// The agent's short timeouts for tests (see [`AgentOptions::default`]).
 pub fn agent() -> AgentOptions {
@@ -135,11 +143,6 @@ pub fn instance(pod: &Pod) -> String {
 /// A sample of the agent's metrics for worker `model`.
 pub fn worker_metric(pod: &Pod, name: &str) -> Option<f64> {
     vitals_e2e::client::metric(&pod.metrics(), name, &[("worker", "model")])
-}
-
-/// Says, where the person running the tests sees it, that a scenario could not run here.
-pub fn skip(scenario: &str, why: &str) {
-    report_line(&format!("[{scenario}] SKIPPED: {why}"));
 }
 
 /// Whether any string in `v` (recursively) contains `needle`.

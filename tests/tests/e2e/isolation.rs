@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use vitals_e2e::pod::{AgentOptions, Pod, WorkerOptions};
+use vitals_e2e::report::cannot_run;
 use vitals_e2e::slots;
 
 use crate::common::*;
@@ -48,10 +49,7 @@ fn unshare_works() -> Result<(), String> {
 fn s09_separate_pid_namespace_keeps_heartbeat_verdicts() {
     let _slot = slots::shared();
     if let Err(why) = unshare_works() {
-        skip(
-            "pid_namespace",
-            &format!("no separate PID namespace here: {why}"),
-        );
+        cannot_run("s09", &format!("no separate PID namespace here: {why}"));
         return;
     }
     let agent = AgentOptions {
@@ -81,7 +79,7 @@ fn s09_separate_pid_namespace_keeps_heartbeat_verdicts() {
         &["heartbeat_timeout"],
         stop,
         agent.hang_timeout,
-        SLACK,
+        PROBE_POLL,
         agent
             .hang_timeout
             .saturating_sub(opts.heartbeat_interval * 2),
@@ -95,7 +93,7 @@ fn s09_separate_pid_namespace_keeps_heartbeat_verdicts() {
         "without /proc the agent cannot know the worker is stopped: {live}"
     );
     let cont = pod.signal_worker(Signal::SIGCONT);
-    let (ready, _) = pod.await_probe(READY, SLACK * 3, "ready after SIGCONT", |o| o.passed());
+    let (ready, _) = pod.await_probe(READY, RECOVERY_WAIT, "ready after SIGCONT", |o| o.passed());
     vitals_e2e::report::report_line(&format!(
         "[pid_namespace] ready again {:.2}s after SIGCONT",
         (ready - cont).as_secs_f64()

@@ -12,5 +12,6 @@ mod faults;
 mod group;
 mod isolation;
 mod lifecycle;
+mod pod_shape;
 mod restarts;
 mod upstreams;

@@ -13,7 +13,7 @@ use vitals_e2e::load::{judge, Load, Outcome};
 use vitals_e2e::pod::{Pod, WorkerOptions};
 use vitals_e2e::probe::{ProbeKind, ProbeWorker};
 use vitals_e2e::report::report_line;
-use vitals_e2e::slots;
+use vitals_e2e::{slots, wait};
 
 use crate::common::*;
 
@@ -33,7 +33,7 @@ fn s06_crash_and_restart() {
     );
 
     let crash = pod.kill_worker();
-    pod.await_detection(
+    let (noticed, _) = pod.await_detection(
         READY,
         &["not_connected"],
         crash,
@@ -60,8 +60,10 @@ fn s06_crash_and_restart() {
         "liveness across a crash and restart",
     );
     // SPEC §2: from the crash to the new instance's hello startup fails `not_connected`;
-    // from that hello on it passes, while the new instance is still loading.
-    let started = first_pass(&pod, STARTED, crash, end, |r| r == "not_connected");
+    // from that hello on it passes, while the new instance is still loading. Counted from
+    // the first probe that saw the crash: a probe sent as the signal went out may still
+    // have seen the old instance.
+    let started = first_pass(&pod, STARTED, noticed, end, |r| r == "not_connected");
     assert!(
         restart <= started && started + WATCH_PERIOD < ready,
         "the new instance started at {started:?}: not between its spawn ({restart:?}) and ready ({ready:?})"
@@ -109,15 +111,13 @@ fn s07_agent_restart_under_load() {
     let (ready, _) = pod.await_probe(READY, Duration::from_secs(10), "ready again", |o| {
         o.passed()
     });
-    let after = ready.saturating_sub(restart);
-    report_line(&format!(
-        "[agent_restart] /readyz/model passed again {:.2}s after the agent restarted (bound 2s)",
-        after.as_secs_f64()
-    ));
-    assert!(
-        after <= Duration::from_secs(2),
-        "the worker's readiness came back {:.2}s after the agent restart",
-        after.as_secs_f64()
+    // The reporter retries at most 1 s apart (its backoff cap), then resyncs at once.
+    pod.check_latency(
+        "/readyz/model passing again after the agent restarted",
+        restart,
+        ready,
+        Duration::from_secs(2),
+        Duration::ZERO,
     );
     thread::sleep(Duration::from_millis(500));
     let report = load.stop();
@@ -146,21 +146,25 @@ fn s08_drain_under_load() {
     let mut pod = Pod::new("drain", agent(), opts.clone());
     pod.start_ready();
     pod.watch(kubelet(), WATCH_PERIOD);
+    // The load's clients: each has at most one request in the worker at a time.
+    const CLIENTS: usize = 4;
     let load = Load::start(
         pod.worker_addr,
-        4,
+        CLIENTS,
         Duration::from_millis(20),
         Arc::clone(&pod.timeline),
     );
     load.await_ok(20, Duration::from_secs(30));
-    // Heavier requests, so some are surely queued or computing when the signal comes.
+    // More requests, each of two sentences, so that some are queued or computing when the
+    // signal comes (awaited below); light enough that a starved machine still finishes
+    // them within the drain timeout.
     const HEAVY: usize = 6;
-    let text = "the drain must finish every request that was accepted before it began ".repeat(12);
+    let text = "the drain must finish every request that was accepted before it began ".repeat(3);
     let (sent_tx, sent) = mpsc::channel();
     let (done_tx, done) = mpsc::channel();
     for i in 0..HEAVY {
         let (addr, sent_tx, done_tx) = (pod.worker_addr, sent_tx.clone(), done_tx.clone());
-        let body = json!({ "input": vec![format!("{i} {text}"); 4] }).to_string();
+        let body = json!({ "input": vec![format!("{i} {text}"); 2] }).to_string();
         thread::spawn(move || {
             let r = client::request_with(
                 addr,
@@ -181,7 +185,18 @@ fn s08_drain_under_load() {
             .expect("every heavy request is sent");
     }
     pod.event(format!("{HEAVY} heavy requests sent"));
-    thread::sleep(Duration::from_millis(100));
+    // SIGTERM only once the worker holds more requests than the load's clients can account
+    // for: then at least one heavy request is queued or computing.
+    let depth = wait::eventually(
+        "a heavy request queued or computing in the worker",
+        Duration::from_secs(10),
+        || {
+            let text = client::get(pod.worker_addr, "/metrics", Duration::from_secs(2)).ok()?;
+            let depth = client::metric(&text.text(), "embedding_queue_depth", &[])?;
+            (depth > CLIENTS as f64).then_some(depth)
+        },
+    );
+    pod.event(format!("embedding_queue_depth {depth}"));
     let term = pod.signal_worker(Signal::SIGTERM);
     // Clients that keep arriving through the drain delay, as kube-proxy and ingresses keep
     // routing here for a few seconds: each its own connection, spaced through the delay
@@ -209,10 +224,12 @@ fn s08_drain_under_load() {
         Duration::ZERO,
         Duration::ZERO,
     );
+    // The wait outlasts the drain's own deadline (delay + timeout); the bound is checked
+    // below, with the starvation measured.
     let exit = pod
         .worker()
-        .wait_exit(opts.drain_timeout + Duration::from_secs(2))
-        .unwrap_or_else(|| panic!("the worker did not exit within its drain timeout"));
+        .wait_exit(opts.drain_delay + opts.drain_timeout + RECOVERY_WAIT)
+        .unwrap_or_else(|| panic!("the worker did not exit after its drain delay and timeout"));
     let exited = pod.event(format!("worker exited: {exit}"));
     thread::sleep(Duration::from_millis(300));
     let report = load.stop();
@@ -223,18 +240,16 @@ fn s08_drain_under_load() {
         exit.success(),
         "the worker exits 0 after draining, got {exit}"
     );
-    report_line(&format!(
-        "[drain] worker exited 0 {:.2}s after SIGTERM (drain timeout {:?})",
-        (exited - term).as_secs_f64(),
-        opts.drain_timeout
-    ));
     assert!(
         exited - term >= opts.drain_delay,
         "the worker left before its drain delay was over"
     );
-    assert!(
-        exited - term <= opts.drain_delay + opts.drain_timeout,
-        "draining took longer than its delay + timeout"
+    pod.check_latency(
+        "the worker's exit 0 after SIGTERM",
+        term,
+        exited,
+        opts.drain_delay + opts.drain_timeout,
+        Duration::ZERO,
     );
     let heavy: Vec<_> = done.iter().collect();
     assert_eq!(heavy.len(), HEAVY, "every heavy request got an outcome");
@@ -304,34 +319,21 @@ fn s11_sigterm_while_the_model_thread_is_hung() {
         let _ = stuck_tx.send(r);
     });
     // The request is queued (never answered) once the queue depth says so.
-    let queued = std::time::Instant::now() + Duration::from_secs(10);
-    let depth = || {
-        let text = client::get(addr, "/metrics", Duration::from_secs(2)).map(|r| r.text());
-        text.ok()
-            .and_then(|t| client::metric(&t, "embedding_queue_depth", &[]))
-            .unwrap_or(0.0)
-    };
-    while depth() < 1.0 {
-        assert!(
-            std::time::Instant::now() < queued,
-            "the request never queued"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait::eventually("the request queued", Duration::from_secs(10), || {
+        let text = client::get(addr, "/metrics", Duration::from_secs(2)).ok()?;
+        (client::metric(&text.text(), "embedding_queue_depth", &[])? >= 1.0).then_some(())
+    });
     let term = pod.signal_worker(Signal::SIGTERM);
     let budget = opts.drain_delay + opts.drain_timeout + Duration::from_secs(1);
     let exit = pod.worker().wait_exit(budget + Duration::from_secs(5));
     let exited = pod.event(format!("worker exit: {exit:?}"));
-    let took = exited - term;
-    report_line(&format!(
-        "[sigterm_hung] worker exited {:.2}s after SIGTERM with its model thread hung (budget {:.2}s)",
-        took.as_secs_f64(),
-        budget.as_secs_f64()
-    ));
     let exit = exit.expect("the worker ignored SIGTERM while its model thread was hung");
-    assert!(
-        took <= budget,
-        "exit took {took:?}, over delay + timeout + 1 s"
+    pod.check_latency(
+        "the worker's exit after SIGTERM with its model thread hung (delay + timeout + 1 s)",
+        term,
+        exited,
+        budget,
+        Duration::ZERO,
     );
     assert!(
         exit.success(),

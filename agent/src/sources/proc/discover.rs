@@ -1,34 +1,33 @@
-//! Finds an upstream's process (SPEC §8): the one listening on its probes' port
-//! (/proc/net/tcp{,6} → socket inode → the /proc/<pid>/fd that holds it; the oldest among
-//! several holders, which is the server's parent rather than a forked worker), or, when
-//! other users' fds are not readable (the agent runs as its own UID), the only cgroup of
-//! the pod's processes that neither the agent nor a protocol worker owns.
+//! Finds an upstream's process (SPEC §8, §9) without privileges.
 //!
-//! Plain file reads under a `/proc` root given by the caller (a fixture tree in tests); run
-//! it on the blocking pool, as /proc reads can stall.
+//! 1. By socket: the process holding the socket that listens on the first of its probes'
+//!    ports that has a listener (/proc/net/tcp{,6} → inode → /proc/<pid>/fd; the oldest of
+//!    several holders, which is the server's parent rather than a forked worker). This needs
+//!    the holder's fds to be readable: the same uid as the agent, or privileges the agent
+//!    never asks for.
+//! 2. Otherwise by container: the pod's processes grouped by cgroup (one cgroup = one
+//!    container; /proc/<pid>/cgroup is world-readable), the groups of the agent and of the
+//!    protocol workers (`exclude`) and the sandbox's `pause` left out, then narrowed by what
+//!    every user may read: a candidate process runs as the listening socket's owner (the
+//!    uid column of /proc/net/tcp against the real, effective or filesystem uid of
+//!    /proc/<pid>/status) and, when `inject` recorded the container's command line, its
+//!    /proc/<pid>/cmdline matches it ([`cmdline_matches`]). A container without probes (no
+//!    port) is narrowed by its command line alone. Exactly one cgroup must remain; its oldest
+//!    candidate process is the one judged. Anything else is [`NotFound`], and /proc checks
+//!    stay off for that upstream.
+//!
+//! Reads go through procfs under a `/proc` root given by the caller (a fixture tree in
+//! tests); run it on the blocking pool, as /proc reads can stall.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufReader;
 use std::path::Path;
 
-/// How the process was found, for `/status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    /// It holds the listening socket.
-    Socket,
-    /// It is the oldest process of the only other container cgroup.
-    Cgroup,
-}
+use procfs::net::{TcpNetEntries, TcpState};
+use procfs::process::{FDTarget, Process};
+use procfs::FromBufReadSI;
 
-/// A found process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
-    /// Its pid.
-    pub pid: u32,
-    /// Its start time (clock ticks after boot), to tell a reused pid from it.
-    pub start_time: u64,
-    /// How it was found.
-    pub method: Method,
-}
+use crate::state::proc_track::{FoundBy, Watched};
 
 /// Why the process could not be told; `/status` shows it and /proc checks stay off.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,148 +35,213 @@ pub enum NotFound {
     /// Nothing listens on any of the ports (yet).
     #[error("nothing listens on port {0:?} yet")]
     NoListener(Vec<u16>),
-    /// A socket listens, its holder's fds are unreadable, and the cgroups do not tell.
-    #[error("port {port} listens but its process is hidden (fds not readable) and {cgroups} candidate cgroups")]
+    /// The socket's holder is not readable and no single container matches.
+    #[error("port {port} listens (uid {uid}) but its process is hidden (fds not readable) and {cgroups} candidate containers match its uid{}", if *.by_cmdline { " and command line" } else { "; no command line recorded to tell them apart" })]
     Ambiguous {
         /// The listening port.
         port: u16,
-        /// How many cgroups were left after removing the agent's and the workers'.
+        /// The uid that owns the listening socket.
+        uid: u32,
+        /// How many containers (cgroups) were left.
+        cgroups: usize,
+        /// Whether the recorded command line narrowed them too.
+        by_cmdline: bool,
+    },
+    /// A container without probes: its command line did not pick exactly one container.
+    #[error("{cgroups} containers run a process matching the command line {cmdline:?}")]
+    ByCmdline {
+        /// The recorded command line.
+        cmdline: Vec<String>,
+        /// How many containers matched (0 or more than 1).
         cgroups: usize,
     },
+    /// Neither a port nor a command line to look for.
+    #[error("no probe port and no recorded command line to find the process by")]
+    NothingToLookFor,
     /// /proc itself could not be read.
     #[error("cannot read {0}")]
     Unreadable(String),
 }
 
-/// Finds the process listening on the first of `ports` that has a listener. `exclude` are
-/// the pids whose cgroups are not candidates in the fallback (the agent's own, the protocol
-/// workers').
-pub fn find(proc_root: &Path, ports: &[u16], exclude: &[u32]) -> Result<Found, NotFound> {
-    let Some((port, inodes)) = ports.iter().find_map(|p| {
-        let inodes = listening_inodes(proc_root, *p);
-        (!inodes.is_empty()).then_some((*p, inodes))
-    }) else {
-        return Err(NotFound::NoListener(ports.to_vec()));
+/// What identifies an upstream's process.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    /// Its probes' ports, in order.
+    pub ports: &'a [u16],
+    /// The container's recorded command line, if any.
+    pub cmdline: Option<&'a [String]>,
+}
+
+/// Finds the process of `wanted`. `exclude` are pids whose containers are never
+/// candidates in the fallback (the agent's own, the protocol workers').
+pub fn find(proc_root: &Path, wanted: Wanted<'_>, exclude: &[u32]) -> Result<Watched, NotFound> {
+    let listener = if wanted.ports.is_empty() {
+        None
+    } else {
+        let sockets = listening_sockets(proc_root);
+        let Some((port, inodes, uid)) = wanted.ports.iter().find_map(|p| {
+            let on_port: Vec<_> = sockets.iter().filter(|s| s.0 == *p).collect();
+            let uid = on_port.first()?.2;
+            Some((
+                *p,
+                on_port.iter().map(|s| s.1).collect::<BTreeSet<_>>(),
+                uid,
+            ))
+        }) else {
+            return Err(NotFound::NoListener(wanted.ports.to_vec()));
+        };
+        Some((port, inodes, uid))
     };
-    let pids = pids(proc_root)?;
-    let holders: Vec<u32> = pids
-        .iter()
-        .copied()
-        .filter(|pid| holds_any(proc_root, *pid, &inodes))
-        .collect();
-    if let Some(found) = oldest(proc_root, &holders) {
-        return Ok(Found {
-            pid: found.0,
-            start_time: found.1,
-            method: Method::Socket,
-        });
+    if listener.is_none() && wanted.cmdline.is_none() {
+        return Err(NotFound::NothingToLookFor);
     }
-    // Fallback: group the pod's processes by cgroup.
-    let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-    for pid in &pids {
-        if let Ok(cg) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("cgroup")) {
-            groups.entry(cg).or_default().push(*pid);
+    let procs = processes(proc_root)?;
+    if let Some((_, inodes, _)) = &listener {
+        let holders = procs.iter().filter(|p| holds_any(p, inodes));
+        if let Some(oldest) = holders.min_by_key(|p| (p.start_time, p.pid)) {
+            return Ok(Watched {
+                pid: oldest.pid,
+                start_time: Some(oldest.start_time),
+                found_by: FoundBy::Socket,
+            });
         }
     }
-    let excluded: BTreeSet<&String> = groups
-        .iter()
-        .filter(|(_, members)| members.iter().any(|p| exclude.contains(p)))
-        .map(|(cg, _)| cg)
-        .collect();
-    let candidates: Vec<&Vec<u32>> = groups
-        .iter()
-        .filter(|(cg, members)| {
-            !excluded.contains(cg) && !members.iter().all(|p| is_pause(proc_root, *p))
-        })
-        .map(|(_, m)| m)
-        .collect();
-    match candidates.as_slice() {
-        [only] => oldest(proc_root, only)
-            .map(|(pid, start_time)| Found {
-                pid,
-                start_time,
-                method: Method::Cgroup,
+    // The fallback: one cgroup is one container.
+    let mut containers: BTreeMap<String, Vec<&Candidate>> = BTreeMap::new();
+    for p in &procs {
+        if let Some(cg) = &p.cgroup {
+            containers.entry(cg.clone()).or_default().push(p);
+        }
+    }
+    let eligible = |p: &&Candidate| {
+        listener
+            .as_ref()
+            .is_none_or(|(_, _, uid)| p.uids.contains(uid))
+            && wanted.cmdline.is_none_or(|want| {
+                p.cmdline
+                    .as_deref()
+                    .is_some_and(|c| cmdline_matches(want, c))
             })
-            .ok_or(NotFound::Ambiguous { port, cgroups: 1 }),
-        _ => Err(NotFound::Ambiguous {
-            port,
-            cgroups: candidates.len(),
+    };
+    let matching: Vec<Vec<&Candidate>> = containers
+        .into_values()
+        .filter(|members| {
+            !members.iter().any(|p| exclude.contains(&p.pid))
+                && !members.iter().all(|p| p.comm.as_deref() == Some("pause"))
+        })
+        .map(|members| members.into_iter().filter(eligible).collect::<Vec<_>>())
+        .filter(|c| !c.is_empty())
+        .collect();
+    match (matching.as_slice(), &listener) {
+        ([only], _) => {
+            let oldest = only.iter().min_by_key(|p| (p.start_time, p.pid)).expect(
+                "a matching container has at least one candidate (empty ones are filtered)",
+            );
+            Ok(Watched {
+                pid: oldest.pid,
+                start_time: Some(oldest.start_time),
+                found_by: FoundBy::Cgroup,
+            })
+        }
+        (_, Some((port, _, uid))) => Err(NotFound::Ambiguous {
+            port: *port,
+            uid: *uid,
+            cgroups: matching.len(),
+            by_cmdline: wanted.cmdline.is_some(),
+        }),
+        (_, None) => Err(NotFound::ByCmdline {
+            cmdline: wanted.cmdline.unwrap_or_default().to_vec(),
+            cgroups: matching.len(),
         }),
     }
 }
 
-/// Inodes of the sockets listening on `port` (IPv4 and IPv6).
-fn listening_inodes(proc_root: &Path, port: u16) -> BTreeSet<u64> {
-    let mut out = BTreeSet::new();
-    for table in ["net/tcp", "net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(proc_root.join(table)) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // sl local_address rem_address st ... uid timeout inode
-            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
-                continue;
-            };
-            let listening = *state == "0A";
-            let on_port = local
-                .rsplit_once(':')
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
-                == Some(port);
-            if let (true, true, Ok(inode)) = (listening, on_port, inode.parse::<u64>()) {
-                if inode != 0 {
-                    out.insert(inode);
-                }
-            }
-        }
-    }
-    out
+/// Whether a process whose /proc/<pid>/cmdline is `actual` runs the container command
+/// line `recorded` (its `command` + `args` as `inject` wrote them, or `args` alone).
+///
+/// The rule: `recorded` appears in `actual` as one contiguous run, where the first
+/// recorded word matches by its last path component (`vllm` matches
+/// `/usr/local/bin/vllm`, and `/app/server` matches `server`) and every later word matches
+/// exactly. Anything before the run is allowed: an interpreter and its options
+/// (`python3 -u /usr/local/bin/vllm serve m` runs `["vllm", "serve", "m"]`), or the
+/// image's entrypoint when only `args` were recorded. Words after the run are allowed too
+/// (an entrypoint script may append flags). A process that rewrites its argv (e.g.
+/// `setproctitle`) does not match, which is why the oldest match of a container is taken:
+/// the server's parent keeps its argv.
+pub fn cmdline_matches(recorded: &[String], actual: &[String]) -> bool {
+    let Some((first, rest)) = recorded.split_first() else {
+        return false;
+    };
+    let base = |w: &str| w.rsplit('/').next().unwrap_or(w).to_owned();
+    let first = base(first);
+    actual
+        .windows(recorded.len())
+        .any(|run| base(&run[0]) == first && run[1..].iter().zip(rest).all(|(a, r)| a == r))
 }
 
-fn pids(proc_root: &Path) -> Result<Vec<u32>, NotFound> {
-    let dir = std::fs::read_dir(proc_root)
+/// `(port, inode, uid)` of every listening TCP socket (IPv4 and IPv6).
+fn listening_sockets(proc_root: &Path) -> Vec<(u16, u64, u32)> {
+    let info = procfs::current_system_info();
+    ["net/tcp", "net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::File::open(proc_root.join(table)).ok())
+        .filter_map(|f| TcpNetEntries::from_buf_read(BufReader::new(f), info).ok())
+        .flat_map(|entries| entries.0)
+        .filter(|e| e.state == TcpState::Listen && e.inode != 0)
+        .map(|e| (e.local_address.port(), e.inode, e.uid))
+        .collect()
+}
+
+/// What the fallback knows of one process; fields it could not read are `None`/empty.
+struct Candidate {
+    pid: u32,
+    start_time: u64,
+    process: Process,
+    cgroup: Option<String>,
+    comm: Option<String>,
+    /// Real, effective and filesystem uid.
+    uids: [u32; 3],
+    cmdline: Option<Vec<String>>,
+}
+
+/// Every process under `proc_root` whose stat and status are readable (they are world
+/// readable; a process that exits meanwhile is skipped).
+fn processes(proc_root: &Path) -> Result<Vec<Candidate>, NotFound> {
+    let all = procfs::process::all_processes_with_root(proc_root)
         .map_err(|e| NotFound::Unreadable(format!("{}: {e}", proc_root.display())))?;
-    Ok(dir
+    Ok(all
         .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter_map(|process| {
+            let stat = process.stat().ok()?;
+            let status = process.status().ok()?;
+            let cgroup = process.cgroups().ok().map(|groups| {
+                groups
+                    .0
+                    .iter()
+                    .map(|g| format!("{}:{}", g.hierarchy, g.pathname))
+                    .collect::<Vec<_>>()
+                    .join(";")
+            });
+            Some(Candidate {
+                pid: u32::try_from(process.pid()).ok()?,
+                start_time: stat.starttime,
+                cgroup,
+                comm: Some(stat.comm),
+                uids: [status.ruid, status.euid, status.fuid],
+                cmdline: process.cmdline().ok(),
+                process,
+            })
+        })
         .collect())
 }
 
-fn holds_any(proc_root: &Path, pid: u32, inodes: &BTreeSet<u64>) -> bool {
-    let Ok(fds) = std::fs::read_dir(proc_root.join(pid.to_string()).join("fd")) else {
+/// Whether `p` holds one of `inodes` (false when its fds are not readable).
+fn holds_any(p: &Candidate, inodes: &BTreeSet<u64>) -> bool {
+    let Ok(fds) = p.process.fd() else {
         return false;
     };
-    fds.filter_map(Result::ok).any(|fd| {
-        std::fs::read_link(fd.path()).is_ok_and(|target| {
-            target
-                .to_str()
-                .and_then(|t| t.strip_prefix("socket:["))
-                .and_then(|t| t.strip_suffix(']'))
-                .and_then(|t| t.parse::<u64>().ok())
-                .is_some_and(|i| inodes.contains(&i))
-        })
-    })
-}
-
-/// `(pid, start time)` of the oldest of `pids` (ties: the lowest pid).
-fn oldest(proc_root: &Path, pids: &[u32]) -> Option<(u32, u64)> {
-    pids.iter()
-        .filter_map(|p| start_time(proc_root, *p).map(|s| (*p, s)))
-        .min_by_key(|(p, s)| (*s, *p))
-}
-
-/// Field 22 of /proc/<pid>/stat. The command name (field 2) may hold spaces and `)`, so
-/// fields are counted after its last `)`.
-pub fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// The pod's sandbox (`pause`) has a cgroup of its own and is never the server.
-fn is_pause(proc_root: &Path, pid: u32) -> bool {
-    std::fs::read_to_string(proc_root.join(pid.to_string()).join("comm"))
-        .is_ok_and(|c| c.trim() == "pause")
+    fds.filter_map(Result::ok)
+        .any(|fd| matches!(fd.target, FDTarget::Socket(i) if inodes.contains(&i)))
 }
 
 #[cfg(test)]
@@ -186,94 +250,277 @@ mod tests {
 
     use super::*;
 
+    fn words(w: &[&str]) -> Vec<String> {
+        w.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    const NO_CMDLINE: Option<&[String]> = None;
+
+    fn by_port(ports: &[u16]) -> Result<Watched, NotFound> {
+        let wanted = Wanted {
+            ports,
+            cmdline: NO_CMDLINE,
+        };
+        find(Path::new("/proc"), wanted, &[])
+    }
+
     #[test]
     fn finds_this_process_by_its_listener() {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = l.local_addr().expect("addr").port();
-        let found = find(Path::new("/proc"), &[1, port], &[]).expect("found");
+        let found = by_port(&[1, port]).expect("found");
         assert_eq!(found.pid, std::process::id());
-        assert_eq!(found.method, Method::Socket);
-        assert_eq!(
-            Some(found.start_time),
-            start_time(Path::new("/proc"), found.pid)
-        );
-        let v6 = TcpListener::bind("[::1]:0");
-        if let Ok(v6) = v6 {
-            let port = v6.local_addr().expect("addr").port();
-            let found = find(Path::new("/proc"), &[port], &[]).expect("found on tcp6");
-            assert_eq!(found.pid, std::process::id());
-        }
+        assert_eq!(found.found_by, FoundBy::Socket);
+        let own = procfs::process::Process::myself().and_then(|p| p.stat());
+        assert_eq!(found.start_time, own.ok().map(|s| s.starttime));
+        let v6 =
+            TcpListener::bind("[::1]:0").expect("IPv6 loopback (the pod-shape e2e needs it too)");
+        let v6_port = v6.local_addr().expect("addr").port();
+        let found = by_port(&[v6_port]).expect("found on tcp6");
+        assert_eq!(found.pid, std::process::id());
         drop(l);
-        assert_eq!(
-            find(Path::new("/proc"), &[port], &[]),
-            Err(NotFound::NoListener(vec![port]))
-        );
+        assert_eq!(by_port(&[port]), Err(NotFound::NoListener(vec![port])));
     }
 
-    /// A /proc tree as the agent sees it when the server runs as another user: its fds
-    /// are unreadable (absent here), its cgroup is not.
-    fn fixture(groups: &[(u32, &str, &str, u64)]) -> tempfile::TempDir {
+    #[test]
+    fn the_cmdline_rule() {
+        let rec = words(&["vllm", "serve", "/models/m"]);
+        let cases: &[(&[&str], bool, &str)] = &[
+            (&["vllm", "serve", "/models/m"], true, "as written"),
+            (
+                &["/usr/local/bin/vllm", "serve", "/models/m"],
+                true,
+                "program by its last path part",
+            ),
+            (
+                &[
+                    "/usr/bin/python3",
+                    "-u",
+                    "/usr/local/bin/vllm",
+                    "serve",
+                    "/models/m",
+                ],
+                true,
+                "an interpreter in front",
+            ),
+            (
+                &["vllm", "serve", "/models/m", "--port", "8000"],
+                true,
+                "flags appended by an entrypoint",
+            ),
+            (
+                &["vllm", "serve", "/models/other"],
+                false,
+                "another argument",
+            ),
+            (&["vllm", "serve"], false, "shorter"),
+            (&["VLLM::EngineCore"], false, "a rewritten argv"),
+            (
+                &["myvllm", "serve", "/models/m"],
+                false,
+                "the last path part must be equal",
+            ),
+            (&[], false, "a kernel thread or a zombie"),
+        ];
+        for (actual, want, what) in cases {
+            assert_eq!(cmdline_matches(&rec, &words(actual)), *want, "{what}");
+        }
+        assert!(cmdline_matches(
+            &words(&["/app/server"]),
+            &words(&["server", "-x"])
+        ));
+        assert!(!cmdline_matches(&[], &words(&["x"])));
+    }
+
+    /// A process of the fixture: pid, command name, cgroup, start time, uid, argv.
+    type Proc<'a> = (u32, &'a str, &'a str, u64, u32, &'a [&'a str]);
+
+    /// A /proc tree as the agent (uid 65532) sees it when the server runs as another user:
+    /// its fds are unreadable (absent here); cgroup, status, stat and cmdline are not. Port
+    /// 8000 listens, owned by `listen_uid`.
+    fn fixture(procs: &[Proc<'_>], listen_uid: u32) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
         std::fs::create_dir_all(root.join("net")).expect("mkdir");
         std::fs::write(
             root.join("net/tcp"),
-            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4242 1 0 100 0 0 10 0\n   1: 0100007F:1F40 0100007F:9C40 01 00000000:00000000 00:00000000 00000000  1000        0 777 1 0 100 0 0 10 0\n",
+            format!("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 00000000:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000 {listen_uid:>5}        0 4242 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:1F40 0100007F:9C40 01 00000000:00000000 00:00000000 00000000  1000        0 777 1 0000000000000000 100 0 0 10 0\n"),
         )
         .expect("tcp");
-        std::fs::write(root.join("net/tcp6"), "  sl  local_address ...\n").expect("tcp6");
-        for (pid, comm, cgroup, start) in groups {
+        std::fs::write(
+            root.join("net/tcp6"),
+            "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n",
+        )
+        .expect("tcp6");
+        // A real status file, with the fixture's uid.
+        let template = std::fs::read_to_string("/proc/self/status").expect("own status");
+        for (pid, comm, cgroup, start, uid, argv) in procs {
             let p = root.join(pid.to_string());
             std::fs::create_dir_all(&p).expect("mkdir");
-            std::fs::write(p.join("comm"), format!("{comm}\n")).expect("comm");
             std::fs::write(p.join("cgroup"), format!("0::{cgroup}\n")).expect("cgroup");
             std::fs::write(
                 p.join("stat"),
-                format!("{pid} ({comm}) S 1 1 1 0 -1 4194560 1 0 0 0 1 1 0 0 20 0 1 0 {start} 1000 10 0"),
+                format!("{pid} ({comm}) S 1 1 1 0 -1 4194560 1 0 0 0 1 1 0 0 20 0 1 0 {start} 1000 10 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0"),
             )
             .expect("stat");
+            let status: String = template
+                .lines()
+                .map(|l| {
+                    if l.starts_with("Uid:") {
+                        format!("Uid:\t{uid}\t{uid}\t{uid}\t{uid}\n")
+                    } else if l.starts_with("Pid:") || l.starts_with("Tgid:") {
+                        format!("{}\t{pid}\n", &l[..l.find(':').expect("a colon") + 1])
+                    } else {
+                        format!("{l}\n")
+                    }
+                })
+                .collect();
+            std::fs::write(p.join("status"), status).expect("status");
+            let cmdline: String = argv.iter().map(|a| format!("{a}\0")).collect();
+            std::fs::write(p.join("cmdline"), cmdline).expect("cmdline");
         }
         dir
     }
 
+    const VLLM: &[&str] = &["/usr/bin/python3", "/usr/local/bin/vllm", "serve", "m"];
+
+    /// A real pod: pause, the agent (65532), a protocol worker, istio-proxy (1337), a root
+    /// log shipper, root vLLM (its API server and a forked engine with a rewritten argv).
+    const POD: &[Proc<'_>] = &[
+        (1, "pause", "/pod/sandbox", 10, 65535, &["/pause"]),
+        (
+            7,
+            "vitals-agent",
+            "/pod/agent",
+            20,
+            65532,
+            &["vitals-agent", "run"],
+        ),
+        (
+            9,
+            "vitals-worker",
+            "/pod/worker",
+            30,
+            1000,
+            &["vitals-worker"],
+        ),
+        (11, "envoy", "/pod/istio", 35, 1337, &["envoy", "-c", "x"]),
+        (
+            12,
+            "fluent-bit",
+            "/pod/logs",
+            38,
+            0,
+            &["fluent-bit", "-c", "/conf"],
+        ),
+        (14, "python3", "/pod/vllm", 40, 0, VLLM),
+        (40, "python3", "/pod/vllm", 90, 0, &["VLLM::EngineCore"]),
+    ];
+
     #[test]
-    fn the_cgroup_fallback() {
-        // pause (sandbox), the agent, a protocol worker, vLLM (parent and a forked child).
-        let pod = [
-            (1, "pause", "/pod/sandbox", 10),
-            (7, "vitals-agent", "/pod/agent", 20),
-            (9, "vitals-worker", "/pod/worker", 30),
-            (12, "python3", "/pod/vllm", 40),
-            (40, "python3", "/pod/vllm", 90),
-        ];
-        let dir = fixture(&pod);
-        let found = find(dir.path(), &[8000], &[7, 9]).expect("found");
+    fn the_fallback_narrows_by_socket_uid_and_cmdline() {
+        let dir = fixture(POD, 0);
+        let vllm = words(&["vllm", "serve", "m"]);
+        let by = |cmdline: Option<&[String]>, exclude: &[u32]| {
+            find(
+                dir.path(),
+                Wanted {
+                    ports: &[8000],
+                    cmdline,
+                },
+                exclude,
+            )
+        };
         assert_eq!(
-            found,
-            Found {
-                pid: 12,
-                start_time: 40,
-                method: Method::Cgroup
-            }
+            by(Some(&vllm), &[7, 9]),
+            Ok(Watched {
+                pid: 14,
+                start_time: Some(40),
+                found_by: FoundBy::Cgroup
+            }),
+            "root vLLM beside a root log shipper: the command line tells"
         );
-        // Without knowing the worker's pid, two candidates remain.
         assert_eq!(
-            find(dir.path(), &[8000], &[7]),
+            by(NO_CMDLINE, &[7, 9]),
             Err(NotFound::Ambiguous {
                 port: 8000,
-                cgroups: 2
-            })
+                uid: 0,
+                cgroups: 2,
+                by_cmdline: false
+            }),
+            "without a command line two root containers remain"
         );
+        let shown = by(NO_CMDLINE, &[7, 9]).expect_err("ambiguous").to_string();
+        assert!(shown.contains("2 candidate containers"), "{shown}");
+        // A server running as its own user needs no command line: istio runs as 1337,
+        // the agent as 65532, the worker as 1000.
+        let dir = fixture(&POD[..5], 1337);
+        let found = find(
+            dir.path(),
+            Wanted {
+                ports: &[8000],
+                cmdline: NO_CMDLINE,
+            },
+            &[7, 9],
+        );
+        assert_eq!(found.map(|f| f.pid), Ok(11));
         // Port 40000 only has an established connection, no listener.
         assert_eq!(
-            find(dir.path(), &[40000], &[7, 9]),
+            find(
+                dir.path(),
+                Wanted {
+                    ports: &[40000],
+                    cmdline: Some(&vllm)
+                },
+                &[7]
+            ),
             Err(NotFound::NoListener(vec![40000]))
         );
     }
 
     #[test]
-    fn start_time_survives_odd_command_names() {
-        let dir = fixture(&[(5, "a) b (c", "/x", 1234)]);
-        assert_eq!(start_time(dir.path(), 5), Some(1234));
+    fn a_container_without_probes_is_found_by_its_cmdline() {
+        let dir = fixture(POD, 0);
+        let find_cmd = |cmd: &[&str]| {
+            let cmd = words(cmd);
+            find(
+                dir.path(),
+                Wanted {
+                    ports: &[],
+                    cmdline: Some(&cmd),
+                },
+                &[7, 9],
+            )
+        };
+        assert_eq!(
+            find_cmd(&["fluent-bit", "-c", "/conf"]).map(|f| f.pid),
+            Ok(12)
+        );
+        assert_eq!(
+            find_cmd(&["ray", "start"]),
+            Err(NotFound::ByCmdline {
+                cmdline: words(&["ray", "start"]),
+                cgroups: 0
+            })
+        );
+        assert_eq!(
+            find_cmd(&["vitals-agent", "run"]).map_err(|e| e.to_string()),
+            Err(
+                "0 containers run a process matching the command line [\"vitals-agent\", \"run\"]"
+                    .to_owned()
+            ),
+            "the agent's own container is never a candidate"
+        );
+        assert_eq!(
+            find(
+                dir.path(),
+                Wanted {
+                    ports: &[],
+                    cmdline: NO_CMDLINE
+                },
+                &[]
+            ),
+            Err(NotFound::NothingToLookFor)
+        );
     }
 }

@@ -1,17 +1,21 @@
-//! The `--upstreams` / `VITALS_UPSTREAMS` JSON (SPEC §8): each upstream container's original
-//! Kubernetes probes and its metrics source, validated into typed specs once, at start.
+//! The `--upstreams` / `VITALS_UPSTREAMS` JSON (SPEC §8), read into the types the probers
+//! run: each upstream container's original Kubernetes probes, its metrics source and its
+//! process, validated once, at start.
 //!
-//! The JSON is walked by hand rather than derived with serde so that every error names the
-//! exact field (`vllm.livenessProbe.httpGet.port: ...`): a bad field is found by a person
-//! reading `kubectl logs`, and "invalid type at line 1 column 212" helps nobody there.
+//! The JSON's shape is [`crate::config::upstreams`] (the schema inject writes with); serde
+//! and `serde_path_to_error` name the field of a shape error, and [`parse`] adds what the
+//! shape cannot say (named ports resolved, no `exec` or `https`, one handler per probe, a
+//! header's variable set), naming the field the same way: `upstreams.vllm.livenessProbe.
+//! httpGet.port: ...` is found by a person reading `kubectl logs`.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
-use serde_json::{Map, Value};
 use vitals_proto::WorkerName;
 
 use super::profiles::{self, Profile};
+use crate::config::upstreams as schema;
 
 /// Kubernetes' default `periodSeconds`.
 pub const DEFAULT_PERIOD: Duration = Duration::from_secs(10);
@@ -112,6 +116,9 @@ pub struct ProbeSpec {
 pub struct MetricsSpec {
     /// The built-in profile this came from, for `/status`; `None` for a custom one.
     pub profile: Option<&'static str>,
+    /// Where to connect: the `host` of the httpGet probe the port comes from (a server
+    /// bound to 127.0.0.1 while `POD_IP` is set, SPEC §8), else where the probes go.
+    pub host: Option<String>,
     /// Port of the metrics endpoint.
     pub port: u16,
     /// Path of the metrics endpoint.
@@ -122,6 +129,36 @@ pub struct MetricsSpec {
     pub busy: Vec<String>,
     /// Gauges of requests waiting.
     pub pending: Vec<String>,
+    /// Headers sent with every scrape, values already read from the environment.
+    pub headers: Vec<ScrapeHeader>,
+    /// Whether a scrape may reuse the previous scrape's connection (see [`Profile`]).
+    pub keep_alive: bool,
+    /// Whether the server's engine loop itself answers the metrics endpoint, so that
+    /// scrapes timing out while the probes pass are a hung engine (SPEC §8, llama.cpp).
+    pub engine_answers: bool,
+}
+
+/// A header sent with every scrape (credentials). Its `Debug` hides the value: it is a
+/// secret and must never reach a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScrapeHeader {
+    /// Header name.
+    pub name: hyper::header::HeaderName,
+    /// Header value (the variable's value after the prefix), marked sensitive.
+    pub value: hyper::header::HeaderValue,
+}
+
+impl fmt::Debug for ScrapeHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: <redacted>", self.name)
+    }
+}
+
+/// How the upstream's process is recognised in /proc (SPEC §8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSpec {
+    /// The container's command and args as inject recorded them; never empty.
+    pub cmdline: Vec<String>,
 }
 
 /// One upstream container.
@@ -133,6 +170,8 @@ pub struct UpstreamSpec {
     pub probes: BTreeMap<ProbeKind, ProbeSpec>,
     /// Its metrics, if any.
     pub metrics: Option<MetricsSpec>,
+    /// Its process's command line, when recorded.
+    pub process: Option<ProcessSpec>,
 }
 
 impl UpstreamSpec {
@@ -153,17 +192,25 @@ impl UpstreamSpec {
 /// Why the upstreams configuration was refused. The message names the field.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamsError {
-    /// Not JSON.
+    /// Not JSON at all (the message has the line and column).
     #[error("upstreams: invalid JSON: {0}")]
     Json(#[source] serde_json::Error),
-    /// A field is wrong.
-    #[error("upstreams: {field}: {problem}")]
+    /// A field is wrong: its shape (from serde) or its meaning (from [`parse`]).
+    #[error("upstreams{}: {problem}", dotted(field))]
     Field {
-        /// Where, as `container.probe.key`.
+        /// Where, as `container.probe.key` (empty: the document itself).
         field: String,
         /// What is wrong.
         problem: String,
     },
+}
+
+fn dotted(field: &str) -> String {
+    if field.is_empty() {
+        String::new()
+    } else {
+        format!(".{field}")
+    }
 }
 
 fn bad(field: impl Into<String>, problem: impl Into<String>) -> UpstreamsError {
@@ -174,14 +221,32 @@ fn bad(field: impl Into<String>, problem: impl Into<String>) -> UpstreamsError {
 }
 
 /// Parses and validates the JSON text; `expect` are the protocol workers (`--expect`),
-/// whose names an upstream may not take.
+/// whose names an upstream may not take. Metrics header values come from the process's
+/// environment.
 pub fn parse(text: &str, expect: &[WorkerName]) -> Result<Vec<UpstreamSpec>, UpstreamsError> {
-    let root: Value = serde_json::from_str(text).map_err(UpstreamsError::Json)?;
-    let Value::Object(root) = root else {
-        return Err(bad("(top level)", "must be an object of container names"));
-    };
-    let mut out = Vec::with_capacity(root.len());
-    for (name, value) in &root {
+    parse_with_env(text, expect, |name| std::env::var(name).ok())
+}
+
+/// [`parse`], with the environment given as a lookup (for tests).
+pub fn parse_with_env(
+    text: &str,
+    expect: &[WorkerName],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<UpstreamSpec>, UpstreamsError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let doc: schema::Upstreams = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            UpstreamsError::Json(inner)
+        } else {
+            // serde_path_to_error spells the document itself ".".
+            bad(field.trim_start_matches('.'), inner.to_string())
+        }
+    })?;
+    de.end().map_err(UpstreamsError::Json)?;
+    let mut out = Vec::with_capacity(doc.len());
+    for (name, entry) in doc {
         let worker = WorkerName::parse(name.as_str())
             .map_err(|e| bad(name.as_str(), format!("not a valid container name: {e}")))?;
         if expect.contains(&worker) {
@@ -190,107 +255,102 @@ pub fn parse(text: &str, expect: &[WorkerName]) -> Result<Vec<UpstreamSpec>, Ups
                 "also named by --expect: a container is either a protocol worker or an upstream",
             ));
         }
-        let obj = object(value, name)?;
         let mut probes = BTreeMap::new();
-        for kind in ProbeKind::ALL {
-            if let Some(p) = obj.get(kind.key()) {
-                if !p.is_null() {
-                    let field = format!("{name}.{}", kind.key());
-                    probes.insert(kind, probe(p, &field)?);
-                }
+        for (kind, probe_json) in [
+            (ProbeKind::Startup, &entry.startup_probe),
+            (ProbeKind::Liveness, &entry.liveness_probe),
+            (ProbeKind::Readiness, &entry.readiness_probe),
+        ] {
+            if let Some(p) = probe_json {
+                probes.insert(kind, probe(p, &format!("{name}.{}", kind.key()))?);
             }
         }
-        let metrics = match obj.get("metrics") {
-            None | Some(Value::Null) => None,
-            Some(m) => Some(metrics(m, &format!("{name}.metrics"), &probes)?),
+        let metrics = match &entry.metrics {
+            None => None,
+            Some(m) => Some(metrics(m, &format!("{name}.metrics"), &probes, &env)?),
         };
-        for key in obj.keys() {
-            let known = ProbeKind::ALL.iter().any(|k| k.key() == key) || key == "metrics";
-            if !known {
+        let process = match entry.process {
+            None => None,
+            Some(p) if p.cmdline.is_empty() => {
                 return Err(bad(
-                    format!("{name}.{key}"),
-                    "unknown key (expected startupProbe, livenessProbe, readinessProbe, metrics)",
-                ));
+                    format!("{name}.process.cmdline"),
+                    "must name at least the program",
+                ))
             }
-        }
+            Some(p) => Some(ProcessSpec { cmdline: p.cmdline }),
+        };
         out.push(UpstreamSpec {
             name: worker,
             probes,
             metrics,
+            process,
         });
     }
     Ok(out)
 }
 
-fn object<'a>(v: &'a Value, field: &str) -> Result<&'a Map<String, Value>, UpstreamsError> {
-    v.as_object().ok_or_else(|| bad(field, "must be an object"))
-}
-
-fn seconds(
-    obj: &Map<String, Value>,
-    key: &str,
-    field: &str,
-    default: Duration,
-) -> Result<Duration, UpstreamsError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(v) => match v.as_u64() {
-            Some(n) if (1..=86_400).contains(&n) => Ok(Duration::from_secs(n)),
-            _ => Err(bad(
-                format!("{field}.{key}"),
-                "must be a whole number of seconds from 1 to 86400",
-            )),
-        },
+fn seconds(value: Option<u64>, field: &str, default: Duration) -> Result<Duration, UpstreamsError> {
+    match value {
+        None => Ok(default),
+        Some(n) if (1..=86_400).contains(&n) => Ok(Duration::from_secs(n)),
+        Some(_) => Err(bad(
+            field,
+            "must be a whole number of seconds from 1 to 86400",
+        )),
     }
 }
 
-fn port(obj: &Map<String, Value>, field: &str) -> Result<u16, UpstreamsError> {
+fn port(p: &schema::Port, field: &str) -> Result<u16, UpstreamsError> {
     let field = format!("{field}.port");
-    match obj.get("port") {
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .and_then(|n| u16::try_from(n).ok())
+    match p {
+        schema::Port::Number(n) => u16::try_from(*n)
+            .ok()
             .filter(|p| *p > 0)
             .ok_or_else(|| bad(field, "must be a port number from 1 to 65535")),
-        Some(Value::String(s)) => Err(bad(
+        schema::Port::Name(s) => Err(bad(
             field,
             format!(
                 "named port {s:?} must be resolved to its number (vitals-agent inject does this)"
             ),
         )),
-        _ => Err(bad(field, "missing or not a port number")),
     }
 }
 
-fn opt_string(
-    obj: &Map<String, Value>,
-    key: &str,
-    field: &str,
-) -> Result<Option<String>, UpstreamsError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(bad(format!("{field}.{key}"), "must be a string")),
+fn request_path(path: Option<&str>, field: &str) -> Result<String, UpstreamsError> {
+    let path = match path {
+        None => "/".to_string(),
+        Some(p) if p.starts_with('/') => p.to_string(),
+        Some(p) => format!("/{p}"),
+    };
+    if path.parse::<hyper::Uri>().is_err() {
+        return Err(bad(field, "not a valid request path"));
     }
+    Ok(path)
 }
 
-fn probe(v: &Value, field: &str) -> Result<ProbeSpec, UpstreamsError> {
-    let obj = object(v, field)?;
-    if obj.contains_key("exec") {
+fn non_empty(s: &Option<String>) -> Option<String> {
+    s.clone().filter(|s| !s.is_empty())
+}
+
+fn probe(p: &schema::Probe, field: &str) -> Result<ProbeSpec, UpstreamsError> {
+    if p.exec.is_some() {
         return Err(bad(
             format!("{field}.exec"),
             "exec probes run inside the container; leave them on the container (inject does)",
         ));
     }
-    let handlers: Vec<&str> = ["httpGet", "tcpSocket", "grpc"]
-        .into_iter()
-        .filter(|k| obj.get(*k).is_some_and(|v| !v.is_null()))
-        .collect();
-    let action = match handlers.as_slice() {
-        ["httpGet"] => {
+    let handlers: Vec<&str> = [
+        ("httpGet", p.http_get.is_some()),
+        ("tcpSocket", p.tcp_socket.is_some()),
+        ("grpc", p.grpc.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, present)| present.then_some(k))
+    .collect();
+    let action = match (&p.http_get, &p.tcp_socket, &p.grpc) {
+        (Some(h), None, None) => {
             let f = format!("{field}.httpGet");
-            let h = object(&obj["httpGet"], &f)?;
-            if let Some(scheme) = opt_string(h, "scheme", &f)? {
+            if let Some(scheme) = &h.scheme {
                 if !scheme.eq_ignore_ascii_case("http") {
                     return Err(bad(
                         format!("{f}.scheme"),
@@ -298,59 +358,34 @@ fn probe(v: &Value, field: &str) -> Result<ProbeSpec, UpstreamsError> {
                     ));
                 }
             }
-            let path = opt_string(h, "path", &f)?.unwrap_or_else(|| "/".to_string());
-            let path = if path.starts_with('/') {
-                path
-            } else {
-                format!("/{path}")
-            };
-            if path.parse::<hyper::Uri>().is_err() {
-                return Err(bad(format!("{f}.path"), "not a valid request path"));
-            }
-            let mut headers = Vec::new();
-            match h.get("httpHeaders") {
-                None | Some(Value::Null) => {}
-                Some(Value::Array(list)) => {
-                    for (i, item) in list.iter().enumerate() {
-                        let hf = format!("{f}.httpHeaders[{i}]");
-                        let item = object(item, &hf)?;
-                        let name = opt_string(item, "name", &hf)?
-                            .ok_or_else(|| bad(format!("{hf}.name"), "missing"))?;
-                        let value = opt_string(item, "value", &hf)?.unwrap_or_default();
-                        if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err()
-                            || hyper::header::HeaderValue::from_str(&value).is_err()
-                        {
-                            return Err(bad(hf, "not a valid HTTP header"));
-                        }
-                        headers.push((name, value));
-                    }
+            let mut headers = Vec::with_capacity(h.http_headers.len());
+            for (i, header) in h.http_headers.iter().enumerate() {
+                if hyper::header::HeaderName::from_bytes(header.name.as_bytes()).is_err()
+                    || hyper::header::HeaderValue::from_str(&header.value).is_err()
+                {
+                    return Err(bad(
+                        format!("{f}.httpHeaders[{i}]"),
+                        "not a valid HTTP header",
+                    ));
                 }
-                Some(_) => return Err(bad(format!("{f}.httpHeaders"), "must be a list")),
+                headers.push((header.name.clone(), header.value.clone()));
             }
             Action::Http(HttpGet {
-                path,
-                port: port(h, &f)?,
-                host: opt_string(h, "host", &f)?.filter(|s| !s.is_empty()),
+                path: request_path(h.path.as_deref(), &format!("{f}.path"))?,
+                port: port(&h.port, &f)?,
+                host: non_empty(&h.host),
                 headers,
             })
         }
-        ["tcpSocket"] => {
-            let f = format!("{field}.tcpSocket");
-            let t = object(&obj["tcpSocket"], &f)?;
-            Action::Tcp {
-                port: port(t, &f)?,
-                host: opt_string(t, "host", &f)?.filter(|s| !s.is_empty()),
-            }
-        }
-        ["grpc"] => {
-            let f = format!("{field}.grpc");
-            let g = object(&obj["grpc"], &f)?;
-            Action::Grpc {
-                port: port(g, &f)?,
-                service: opt_string(g, "service", &f)?.unwrap_or_default(),
-            }
-        }
-        [] => {
+        (None, Some(t), None) => Action::Tcp {
+            port: port(&t.port, &format!("{field}.tcpSocket"))?,
+            host: non_empty(&t.host),
+        },
+        (None, None, Some(g)) => Action::Grpc {
+            port: port(&g.port, &format!("{field}.grpc"))?,
+            service: g.service.clone().unwrap_or_default(),
+        },
+        (None, None, None) => {
             return Err(bad(
                 field,
                 "no handler: expected one of httpGet, tcpSocket, grpc",
@@ -365,107 +400,191 @@ fn probe(v: &Value, field: &str) -> Result<ProbeSpec, UpstreamsError> {
     };
     Ok(ProbeSpec {
         action,
-        period: seconds(obj, "periodSeconds", field, DEFAULT_PERIOD)?,
-        timeout: seconds(obj, "timeoutSeconds", field, DEFAULT_TIMEOUT)?,
+        period: seconds(
+            p.period_seconds,
+            &format!("{field}.periodSeconds"),
+            DEFAULT_PERIOD,
+        )?,
+        timeout: seconds(
+            p.timeout_seconds,
+            &format!("{field}.timeoutSeconds"),
+            DEFAULT_TIMEOUT,
+        )?,
     })
 }
 
-fn names(obj: &Map<String, Value>, key: &str, field: &str) -> Result<Vec<String>, UpstreamsError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(list)) => list
-            .iter()
-            .map(|v| match v.as_str() {
-                Some(s) if super::expo::is_metric_name(s) => Ok(s.to_string()),
-                _ => Err(bad(
-                    format!("{field}.{key}"),
-                    "must be a list of metric names",
-                )),
-            })
-            .collect(),
-        Some(_) => Err(bad(
-            format!("{field}.{key}"),
+fn metric_names(names: &[String], field: &str) -> Result<Vec<String>, UpstreamsError> {
+    match names.iter().position(|n| !super::expo::is_metric_name(n)) {
+        Some(i) => Err(bad(
+            format!("{field}[{i}]"),
             "must be a list of metric names",
         )),
+        None => Ok(names.to_vec()),
     }
 }
 
+fn builtin_profile(name: &str, field: &str) -> Result<&'static Profile, UpstreamsError> {
+    profiles::builtin(name).ok_or_else(|| {
+        bad(
+            field,
+            format!(
+                "unknown profile {name:?} (built in: {})",
+                profiles::names().join(", ")
+            ),
+        )
+    })
+}
+
+/// Each header's value from the environment; an unset variable is refused by name (the
+/// variable's, never its value).
+fn scrape_headers(
+    headers: &[schema::MetricsHeader],
+    field: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Vec<ScrapeHeader>, UpstreamsError> {
+    let mut out = Vec::with_capacity(headers.len());
+    for (i, h) in headers.iter().enumerate() {
+        let hf = format!("{field}.headers[{i}]");
+        let name = hyper::header::HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| bad(format!("{hf}.name"), "not a valid HTTP header name"))?;
+        let value = env(&h.value_from_env).ok_or_else(|| {
+            bad(
+                format!("{hf}.valueFromEnv"),
+                format!(
+                    "the agent's environment has no variable {}",
+                    h.value_from_env
+                ),
+            )
+        })?;
+        let text = format!("{}{value}", h.prefix.as_deref().unwrap_or(""));
+        let mut value = hyper::header::HeaderValue::from_str(&text).map_err(|_| {
+            bad(
+                format!("{hf}.valueFromEnv"),
+                format!(
+                    "the value of {} (with the prefix) is not a valid HTTP header value",
+                    h.value_from_env
+                ),
+            )
+        })?;
+        value.set_sensitive(true);
+        out.push(ScrapeHeader { name, value });
+    }
+    Ok(out)
+}
+
 fn metrics(
-    v: &Value,
+    m: &schema::Metrics,
     field: &str,
     probes: &BTreeMap<ProbeKind, ProbeSpec>,
+    env: &impl Fn(&str) -> Option<String>,
 ) -> Result<MetricsSpec, UpstreamsError> {
     // The first httpGet probe's port is where a profile scrapes unless the server has its
     // own metrics port.
-    let http_port = ProbeKind::ALL.iter().find_map(|k| match probes.get(k) {
+    let http_probe = ProbeKind::ALL.iter().find_map(|k| match probes.get(k) {
         Some(ProbeSpec {
             action: Action::Http(h),
             ..
-        }) => Some(h.port),
+        }) => Some(h),
         _ => None,
     });
-    match v {
-        Value::String(name) => {
-            let p: &Profile = profiles::builtin(name).ok_or_else(|| {
-                bad(
-                    field,
-                    format!(
-                        "unknown profile {name:?} (built in: {})",
-                        profiles::names().join(", ")
-                    ),
-                )
-            })?;
-            let port = p.port.or(http_port).ok_or_else(|| {
-                bad(
-                    field,
-                    format!("profile {name} needs an httpGet probe to take the port from"),
-                )
-            })?;
-            Ok(MetricsSpec {
-                profile: Some(p.name),
-                port,
-                path: p.path.to_string(),
-                work: p.work.iter().map(|s| s.to_string()).collect(),
-                busy: p.busy.iter().map(|s| s.to_string()).collect(),
-                pending: p.pending.iter().map(|s| s.to_string()).collect(),
-            })
+    let http_port = http_probe.map(|h| h.port);
+    let host = http_probe.and_then(|h| h.host.clone());
+    let no_port = |what: &str| {
+        bad(
+            field,
+            format!("{what} needs an httpGet probe to take the port from"),
+        )
+    };
+    match m {
+        schema::Metrics::Profile(name) => {
+            let p = builtin_profile(name, field)?;
+            let port = p
+                .port
+                .or(http_port)
+                .ok_or_else(|| no_port(&format!("profile {name}")))?;
+            Ok(from_profile(p, host, port, p.path.to_string(), Vec::new()))
         }
-        Value::Object(obj) => {
-            let port = match obj.get("port") {
-                None | Some(Value::Null) => http_port.ok_or_else(|| {
-                    bad(
-                        format!("{field}.port"),
-                        "missing, and no httpGet probe to take it from",
-                    )
-                })?,
-                Some(_) => port(obj, field)?,
+        schema::Metrics::Custom(c) => {
+            let profile = match &c.profile {
+                Some(name) => Some(builtin_profile(name, &format!("{field}.profile"))?),
+                None => None,
             };
-            let path = opt_string(obj, "path", field)?.unwrap_or_else(|| "/metrics".to_string());
+            let port = match &c.port {
+                Some(p) => port(p, field)?,
+                None => match profile.and_then(|p| p.port).or(http_port) {
+                    Some(p) => p,
+                    None => {
+                        return Err(bad(
+                            format!("{field}.port"),
+                            "missing, and no httpGet probe to take it from",
+                        ))
+                    }
+                },
+            };
+            let path = match (&c.path, profile) {
+                (Some(p), _) => p.clone(),
+                (None, Some(profile)) => profile.path.to_string(),
+                (None, None) => "/metrics".to_string(),
+            };
             if !path.starts_with('/') || path.parse::<hyper::Uri>().is_err() {
                 return Err(bad(format!("{field}.path"), "not a valid request path"));
             }
-            let spec = MetricsSpec {
-                profile: None,
-                port,
-                path,
-                work: names(obj, "work", field)?,
-                busy: names(obj, "busy", field)?,
-                pending: names(obj, "pending", field)?,
+            let headers = scrape_headers(&c.headers, field, env)?;
+            let mut spec = match profile {
+                Some(p) => from_profile(p, host, port, path, headers),
+                None => MetricsSpec {
+                    profile: None,
+                    host,
+                    port,
+                    path,
+                    work: Vec::new(),
+                    busy: Vec::new(),
+                    pending: Vec::new(),
+                    headers,
+                    keep_alive: true,
+                    engine_answers: false,
+                },
             };
+            // Series given here replace the profile's.
+            for (list, key, target) in [
+                (&c.work, "work", &mut spec.work),
+                (&c.busy, "busy", &mut spec.busy),
+                (&c.pending, "pending", &mut spec.pending),
+            ] {
+                if !list.is_empty() {
+                    *target = metric_names(list, &format!("{field}.{key}"))?;
+                }
+            }
             if spec.work.is_empty() {
                 return Err(bad(format!("{field}.work"), "needs at least one counter"));
             }
             if spec.busy.is_empty() && spec.pending.is_empty() {
                 return Err(bad(field, "needs at least one busy or pending gauge"));
             }
-            for key in obj.keys() {
-                if !["port", "path", "work", "busy", "pending"].contains(&key.as_str()) {
-                    return Err(bad(format!("{field}.{key}"), "unknown key"));
-                }
-            }
             Ok(spec)
         }
-        _ => Err(bad(field, "must be a profile name or an object")),
+    }
+}
+
+fn from_profile(
+    p: &Profile,
+    host: Option<String>,
+    port: u16,
+    path: String,
+    headers: Vec<ScrapeHeader>,
+) -> MetricsSpec {
+    let owned = |names: &[&str]| names.iter().map(|s| s.to_string()).collect();
+    MetricsSpec {
+        profile: Some(p.name),
+        host,
+        port,
+        path,
+        work: owned(p.work),
+        busy: owned(p.busy),
+        pending: owned(p.pending),
+        headers,
+        keep_alive: p.keep_alive,
+        engine_answers: p.engine_answers,
     }
 }
 
@@ -554,7 +673,7 @@ mod tests {
     fn errors_name_the_field() {
         let cases = [
             ("{", "invalid JSON"),
-            ("[]", "(top level)"),
+            ("[]", "upstreams: invalid type: sequence, expected a map"),
             (r#"{"model": {}}"#, "model: also named by --expect"),
             (r#"{"Bad": {}}"#, "Bad: not a valid container name"),
             (
@@ -591,7 +710,7 @@ mod tests {
             ),
             (
                 r#"{"a": {"livenessprobe": {}}}"#,
-                "a.livenessprobe: unknown key",
+                "upstreams.a.livenessprobe: unknown field `livenessprobe`, expected one of",
             ),
             (
                 r#"{"a": {"metrics": "ollama"}}"#,
@@ -607,7 +726,7 @@ mod tests {
             ),
             (
                 r#"{"a": {"metrics": {"port": 1, "work": ["x y"]}}}"#,
-                "a.metrics.work: must be a list of metric names",
+                "a.metrics.work[0]: must be a list of metric names",
             ),
             (
                 r#"{"a": {"metrics": {"port": 1, "work": ["w"]}}}"#,
@@ -622,5 +741,96 @@ mod tests {
             let got = err(text);
             assert!(got.contains(want), "{text}\n got: {got}\nwant: {want}");
         }
+    }
+
+    #[test]
+    fn shape_errors_name_the_whole_field_path() {
+        let cases = [
+            (
+                r#"{"vllm": {"livenessProbe": {"httpGet": {"port": true}}}}"#,
+                "upstreams.vllm.livenessProbe.httpGet.port: invalid type: boolean `true`, expected a port number",
+            ),
+            (
+                r#"{"vllm": {"livenessProbe": {"httpGet": {"port": 8000, "paht": "/"}}}}"#,
+                "upstreams.vllm.livenessProbe.httpGet.paht: unknown field `paht`",
+            ),
+            (
+                r#"{"a": {"metrics": {"port": 1, "work": ["w"], "busy": ["b"], "scrape": 1}}}"#,
+                "upstreams.a.metrics.scrape: unknown field `scrape`",
+            ),
+            (
+                r#"{"a": {"metrics": {"work": ["w"], "busy": [1]}}}"#,
+                "upstreams.a.metrics.busy[0]: invalid type: integer `1`, expected a string",
+            ),
+            (
+                r#"{"a": {"process": {"cmdline": "vllm serve"}}}"#,
+                "upstreams.a.process.cmdline: invalid type: string",
+            ),
+            (
+                r#"{"a": {"process": {"cmdline": []}}}"#,
+                "upstreams.a.process.cmdline: must name at least the program",
+            ),
+            (r#"{"a": {}} x"#, "upstreams: invalid JSON: trailing characters"),
+        ];
+        for (text, want) in cases {
+            let got = err(text);
+            assert!(got.starts_with(want), "{text}\n got: {got}\nwant: {want}");
+        }
+    }
+
+    #[test]
+    fn a_process_alone_is_an_upstream_judged_by_proc() {
+        let specs = ok(r#"{"ray-worker": {"process": {"cmdline": ["ray", "start", "--block"]}}}"#);
+        assert!(specs[0].probes.is_empty() && specs[0].metrics.is_none());
+        assert_eq!(
+            specs[0].process,
+            Some(ProcessSpec {
+                cmdline: vec!["ray".into(), "start".into(), "--block".into()]
+            })
+        );
+    }
+
+    #[test]
+    fn metrics_headers_come_from_the_environment_and_are_never_printed() {
+        let text = r#"{"llama": {"livenessProbe": {"httpGet": {"path": "/health", "port": 8080}},
+            "metrics": {"profile": "vllm", "headers": [{"name": "Authorization", "valueFromEnv": "LLAMA_KEY", "prefix": "Bearer "}]}}}"#;
+        let env = |name: &str| (name == "LLAMA_KEY").then(|| "s3cret".to_string());
+        let specs = parse_with_env(text, &[], env).expect("valid");
+        let m = specs[0].metrics.as_ref().expect("metrics");
+        assert_eq!((m.profile, m.port), (Some("vllm"), 8080));
+        assert_eq!(m.headers[0].name.as_str(), "authorization");
+        assert_eq!(m.headers[0].value.to_str().ok(), Some("Bearer s3cret"));
+        assert!(m.headers[0].value.is_sensitive());
+        let shown = format!("{specs:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+
+        let unset = parse_with_env(text, &[], |_| None).expect_err("unset variable");
+        assert_eq!(
+            unset.to_string(),
+            "upstreams.llama.metrics.headers[0].valueFromEnv: the agent's environment has no variable LLAMA_KEY"
+        );
+        let bad_value = parse_with_env(text, &[], |_| Some("a\nb".into())).expect_err("newline");
+        assert!(!bad_value.to_string().contains("a\nb"), "{bad_value}");
+    }
+
+    #[test]
+    fn a_llamacpp_profile_scrapes_on_the_probes_host_without_keep_alive() {
+        let text = r#"{"llama": {"livenessProbe": {"httpGet": {"path": "/health", "port": 8080, "host": "127.0.0.1"}},
+            "metrics": {"profile": "llamacpp", "headers": [{"name": "Authorization", "valueFromEnv": "KEY", "prefix": "Bearer "}]}}}"#;
+        let env = |n: &str| (n == "KEY").then(|| "s3cret".to_owned());
+        let specs = parse_with_env(text, &[], env).expect("valid");
+        let m = specs[0].metrics.as_ref().expect("metrics");
+        assert_eq!(
+            (
+                m.profile,
+                m.host.as_deref(),
+                m.port,
+                m.keep_alive,
+                m.engine_answers
+            ),
+            (Some("llamacpp"), Some("127.0.0.1"), 8080, false, true)
+        );
+        let shown = format!("{specs:?}");
+        assert!(!shown.contains("s3cret") && shown.contains("authorization: <redacted>"));
     }
 }

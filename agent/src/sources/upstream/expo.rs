@@ -18,6 +18,9 @@ pub struct Sample<'a> {
     pub labels: Vec<(&'a str, String)>,
     /// The value (`NaN`, `+Inf`, `-Inf` allowed).
     pub value: f64,
+    /// The place value of the last digit the server printed (`123` → 1, `8812.0` → 0.1,
+    /// `1.23457e+08` → 1000): the smallest change two readings of it can show.
+    pub resolution: f64,
 }
 
 /// Why a page is not valid exposition text.
@@ -105,8 +108,8 @@ fn sample_line(l: &str) -> Result<Sample<'_>, &'static str> {
         rest = labels_block(after, &mut labels)?;
     }
     let mut fields = rest.split([' ', '\t']).filter(|f| !f.is_empty());
-    let value = fields.next().ok_or("a sample without a value")?;
-    let value = parse_value(value).ok_or("a value that is not a number")?;
+    let text = fields.next().ok_or("a sample without a value")?;
+    let value = parse_value(text).ok_or("a value that is not a number")?;
     if let Some(ts) = fields.next() {
         if ts.parse::<i64>().is_err() {
             return Err("a timestamp that is not an integer");
@@ -122,7 +125,28 @@ fn sample_line(l: &str) -> Result<Sample<'_>, &'static str> {
         name,
         labels,
         value,
+        resolution: resolution(text),
     })
+}
+
+/// The place value of the last digit of a printed number (`1.5` → 0.1, `1e+06` → 1e6):
+/// text alone cannot tell trailing zeros a printer dropped from digits it never had, so
+/// this is the coarsest the reading may be. Infinite for `NaN` and the infinities.
+fn resolution(text: &str) -> f64 {
+    if text
+        .bytes()
+        .any(|b| b.is_ascii_alphabetic() && b != b'e' && b != b'E')
+    {
+        return f64::INFINITY;
+    }
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i32>().unwrap_or(0)),
+        None => (text, 0),
+    };
+    let fraction_digits = mantissa
+        .split_once('.')
+        .map_or(0, |(_, f)| i32::try_from(f.len()).unwrap_or(i32::MAX));
+    10f64.powi(exponent.saturating_sub(fraction_digits))
 }
 
 /// Reads `name="value",...}`; returns what follows the `}`.
@@ -196,6 +220,16 @@ pub fn totals(samples: &[Sample<'_>], names: &[String]) -> Vec<Option<f64>> {
                 .reduce(|a, b| a + b)
         })
         .collect()
+}
+
+/// The coarsest [`Sample::resolution`] among the series of `names` (0 when none is
+/// present): the smallest change their sums are sure to show.
+pub fn coarsest(samples: &[Sample<'_>], names: &[String]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| names.iter().any(|n| n == s.name))
+        .map(|s| s.resolution)
+        .fold(0.0, f64::max)
 }
 
 #[cfg(test)]
@@ -322,6 +356,30 @@ vllm:iteration_tokens_total_created{engine="0",model_name="meta-llama/Llama-3.1-
             assert_eq!(e.line, line, "{text}: {e}");
             assert!(e.problem.contains(want), "{text}: {e}, want {want}");
         }
+    }
+
+    #[test]
+    fn printed_precision() {
+        // llama.cpp's `std::stringstream << double` (6 significant digits), Python's repr,
+        // prometheus-cpp and metrics-exporter-prometheus spellings.
+        for (text, want) in [
+            ("123", 1.0),
+            ("999999", 1.0),
+            ("8812.0", 0.1),
+            ("0.125", 0.001),
+            ("1.23457e+08", 1000.0),
+            ("1e+06", 1e6),
+            ("1.5E3", 100.0),
+            ("2.5e-3", 1e-4),
+            ("NaN", f64::INFINITY),
+            ("+Inf", f64::INFINITY),
+        ] {
+            assert_eq!(resolution(text), want, "{text}");
+        }
+        let page = parse("a 1.23457e+08\nb 12\nc{x=\"1\"} 3.5\n").expect("valid");
+        assert_eq!(coarsest(&page, &names(&["b", "c"])), 1.0);
+        assert_eq!(coarsest(&page, &names(&["a", "b"])), 1000.0);
+        assert_eq!(coarsest(&page, &names(&["absent"])), 0.0);
     }
 
     #[test]

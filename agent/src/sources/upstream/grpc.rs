@@ -8,12 +8,10 @@
 //! agent than the whole prober.
 
 use bytes::{Buf, Bytes};
-use http_body_util::{BodyExt, Full};
-use hyper::header::HeaderValue;
-use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::header::{HeaderValue, CONTENT_TYPE, TE, USER_AGENT as USER_AGENT_HEADER};
 
-use super::probe::{connect, hyper_failure, ConnTask, Failure, HEAD_LIMIT, USER_AGENT};
+use crate::net::{self, USER_AGENT};
+use crate::state::probe_result::Failure;
 
 /// The most of a response body read; a health answer is a few bytes.
 const BODY_LIMIT: usize = 4 * 1024;
@@ -123,70 +121,39 @@ fn code_name(code: &str) -> String {
 
 /// One health check against `host:port`; `Ok` only for `SERVING`.
 pub async fn check(host: &str, port: u16, service: &str) -> Result<(), Failure> {
-    let stream = connect(host, port).await?;
-    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .max_header_list_size(u32::try_from(HEAD_LIMIT).unwrap_or(u32::MAX))
-        .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-        .await
-        .map_err(|e| hyper_failure(&e))?;
-    let _conn = ConnTask(tokio::spawn(async move {
-        let _ = conn.await;
-    }));
-    let authority = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
-    let mut req = Request::post(format!("http://{authority}/grpc.health.v1.Health/Check"))
-        .body(Full::new(request_frame(service)))
-        .map_err(|e| Failure::Protocol(e.to_string()))?;
-    let h = req.headers_mut();
-    h.insert(
-        hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    h.insert(hyper::header::TE, HeaderValue::from_static("trailers"));
-    h.insert(
-        hyper::header::USER_AGENT,
-        HeaderValue::from_static(USER_AGENT),
-    );
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| hyper_failure(&e))?;
-    if resp.status() != hyper::StatusCode::OK {
+    let headers = [
+        (CONTENT_TYPE, HeaderValue::from_static("application/grpc")),
+        (TE, HeaderValue::from_static("trailers")),
+        (USER_AGENT_HEADER, HeaderValue::from_static(USER_AGENT)),
+    ];
+    let answer = net::post_h2(
+        host,
+        port,
+        "/grpc.health.v1.Health/Check",
+        &headers,
+        request_frame(service),
+        BODY_LIMIT,
+    )
+    .await?;
+    if answer.status != hyper::StatusCode::OK {
         return Err(Failure::Grpc(format!(
             "http status {}",
-            resp.status().as_u16()
+            answer.status.as_u16()
         )));
     }
     // A "trailers-only" answer carries grpc-status in the headers.
-    let mut grpc_status = resp
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let mut body = resp.into_body();
-    let mut data = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| hyper_failure(&e))?;
-        if let Some(d) = frame.data_ref() {
-            if data.len() + d.len() > BODY_LIMIT {
-                return Err(Failure::Protocol("health response too large".into()));
-            }
-            data.extend_from_slice(d);
-        } else if let Some(t) = frame.trailers_ref() {
-            if let Some(s) = t.get("grpc-status").and_then(|v| v.to_str().ok()) {
-                grpc_status = Some(s.to_string());
-            }
-        }
-    }
-    match grpc_status.as_deref() {
+    let grpc_status = answer
+        .trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| answer.headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok());
+    match grpc_status {
         Some("0") => {}
         Some(code) => return Err(Failure::Grpc(code_name(code))),
         None => return Err(Failure::Protocol("no grpc-status".into())),
     }
-    match response_status(&data)? {
+    match response_status(&answer.body)? {
         1 => Ok(()),
         other => Err(Failure::Grpc(status_name(other))),
     }
@@ -198,8 +165,10 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
     use std::time::Duration;
 
+    use http_body_util::BodyExt;
     use hyper::body::Incoming;
-    use hyper::{HeaderMap, Response};
+    use hyper::{HeaderMap, Request, Response};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
 
     use super::*;
     use crate::sources::upstream::config::Action;

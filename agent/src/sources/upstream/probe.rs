@@ -7,87 +7,21 @@
 //! them, a `Host` header taken from `httpHeaders` when present, 200–399 passes, redirects
 //! followed only to the same host and at most 10, the body read up to 10 KiB and the rest
 //! discarded, the whole probe bounded by `timeoutSeconds`. Every probe also has hard caps
-//! of its own: a response head over 16 KiB is an error, and nothing of a body beyond
-//! 10 KiB is kept, so a hostile upstream costs a few KiB at most.
+//! of its own ([`crate::net`]): a response head over 16 KiB is an error, and nothing of a
+//! body beyond 10 KiB is kept, so a hostile upstream costs a few KiB at most.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::header::{HeaderName, HeaderValue};
-use hyper::{Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper::header::{HeaderName, HeaderValue, ACCEPT, USER_AGENT as USER_AGENT_HEADER};
+use hyper::Uri;
 
 use super::config::{Action, HttpGet};
+use crate::net::{self, BodyRead, USER_AGENT};
+pub use crate::state::probe_result::{Failure, Outcome, MAX_REDIRECTS};
 
 /// The kubelet reads at most this much of a probe's body (pkg/probe/http/http.go).
 pub const BODY_LIMIT: usize = 10 * 1024;
-/// The largest response head accepted.
-pub const HEAD_LIMIT: usize = 16 * 1024;
-/// Redirects followed before the probe fails (Go's http.Client default, kept by the kubelet).
-pub const MAX_REDIRECTS: usize = 10;
-/// The `User-Agent` of the agent's probes. Servers that special-case the kubelet's probes
-/// (quieter logs) match on the `kube-probe/` prefix.
-pub const USER_AGENT: &str = concat!("kube-probe/vitals-", env!("CARGO_PKG_VERSION"));
-
-/// Why a probe failed, as `/status` and the probe body show it (`probe failed: <this>`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Failure {
-    /// The probe did not finish within `timeoutSeconds`.
-    #[error("timeout")]
-    Timeout,
-    /// Nothing listens on the port.
-    #[error("refused")]
-    Refused,
-    /// The connection was reset or closed before an answer.
-    #[error("connection reset")]
-    Reset,
-    /// An HTTP status outside 200–399.
-    #[error("status {0}")]
-    Status(u16),
-    /// The redirect limit was reached.
-    #[error("stopped after {MAX_REDIRECTS} redirects")]
-    TooManyRedirects,
-    /// The answer was not valid HTTP (or gRPC), or too large a head.
-    #[error("bad response: {0}")]
-    Protocol(String),
-    /// A gRPC health answer other than `SERVING`, or a gRPC error status.
-    #[error("grpc {0}")]
-    Grpc(String),
-    /// Another I/O error (host unreachable, no route, name not resolved).
-    #[error("{0}")]
-    Io(String),
-}
-
-impl Failure {
-    /// A short fixed name of the kind of failure (the `result` label of
-    /// `vitals_upstream_probe_results_total`).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Timeout => "timeout",
-            Self::Refused => "refused",
-            Self::Reset => "reset",
-            Self::Status(_) => "status",
-            Self::TooManyRedirects => "redirects",
-            Self::Protocol(_) => "protocol",
-            Self::Grpc(_) => "grpc",
-            Self::Io(_) => "error",
-        }
-    }
-}
-
-/// The result of one probe.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// When the probe started.
-    pub started: Instant,
-    /// How long the upstream took to answer (or to fail).
-    pub latency: Duration,
-    /// Pass (with the HTTP status, for HTTP probes) or why not.
-    pub result: Result<Option<u16>, Failure>,
-}
 
 /// Runs one probe against `default_host` (the pod IP, or 127.0.0.1), bounded by `timeout`.
 pub async fn run(action: &Action, default_host: IpAddr, timeout: Duration) -> Outcome {
@@ -97,7 +31,7 @@ pub async fn run(action: &Action, default_host: IpAddr, timeout: Duration) -> Ou
             Action::Http(h) => http(h, default_host).await.map(Some),
             Action::Tcp { port, host } => {
                 let host = host.clone().unwrap_or_else(|| default_host.to_string());
-                connect(&host, *port).await.map(|_| None)
+                net::connect(&host, *port).await.map(|_| None)
             }
             Action::Grpc { port, service } => {
                 super::grpc::check(&default_host.to_string(), *port, service)
@@ -117,46 +51,24 @@ pub async fn run(action: &Action, default_host: IpAddr, timeout: Duration) -> Ou
     }
 }
 
-fn io_failure(e: &std::io::Error) -> Failure {
-    use std::io::ErrorKind as K;
-    match e.kind() {
-        K::ConnectionRefused => Failure::Refused,
-        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
-            Failure::Reset
+/// The kubelet's headers, then the probe's own `httpHeaders`, which replace them (a `Host`
+/// among them replaces the connection's authority).
+fn request_headers(probe: &HttpGet) -> Vec<(HeaderName, HeaderValue)> {
+    let mut headers = vec![
+        (USER_AGENT_HEADER, HeaderValue::from_static(USER_AGENT)),
+        (ACCEPT, HeaderValue::from_static("*/*")),
+    ];
+    for (name, value) in &probe.headers {
+        // Validated at start-up.
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.retain(|(have, _)| *have != n);
+            headers.push((n, v));
         }
-        _ => Failure::Io(e.to_string()),
     }
-}
-
-/// Opens a fresh connection.
-pub(super) async fn connect(host: &str, port: u16) -> Result<TcpStream, Failure> {
-    let stream = TcpStream::connect((host, port))
-        .await
-        .map_err(|e| io_failure(&e))?;
-    // Probes are tiny; don't wait for Nagle.
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
-}
-
-/// Maps a hyper error to what the operator should read.
-pub(super) fn hyper_failure(e: &hyper::Error) -> Failure {
-    if let Some(io) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>())
-    {
-        return io_failure(io);
-    }
-    if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
-        return Failure::Reset;
-    }
-    Failure::Protocol(e.to_string())
-}
-
-/// Aborts the connection task when the probe ends, however it ends.
-pub(super) struct ConnTask(pub(super) tokio::task::JoinHandle<()>);
-
-impl Drop for ConnTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    headers
 }
 
 async fn http(probe: &HttpGet, default_host: IpAddr) -> Result<u16, Failure> {
@@ -164,18 +76,22 @@ async fn http(probe: &HttpGet, default_host: IpAddr) -> Result<u16, Failure> {
         .host
         .clone()
         .unwrap_or_else(|| default_host.to_string());
+    let headers = request_headers(probe);
     let mut port = probe.port;
     let mut path = probe.path.clone();
     for _ in 0..=MAX_REDIRECTS {
-        let (status, location, _) = http_once(&host, port, &path, &probe.headers, 0).await?;
-        let Some(location) = location.filter(|_| status.is_redirection()) else {
+        // A fresh connection per request, as the kubelet's (SPEC §8).
+        let answer =
+            net::get_once(&host, port, &path, &headers, BodyRead::Skim(BODY_LIMIT)).await?;
+        let status = answer.status;
+        let Some(location) = answer.location().filter(|_| status.is_redirection()) else {
             return if (200..400).contains(&status.as_u16()) {
                 Ok(status.as_u16())
             } else {
                 Err(Failure::Status(status.as_u16()))
             };
         };
-        match same_host_target(&location, &host, port) {
+        match same_host_target(location, &host, port) {
             Some((p, next)) => {
                 port = p;
                 path = next;
@@ -196,97 +112,11 @@ fn same_host_target(location: &str, host: &str, port: u16) -> Option<(u16, Strin
         .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
     match (uri.scheme_str(), uri.host()) {
         (None, None) if location.starts_with('/') => Some((port, path)),
-        (Some("http"), Some(h)) if h.trim_matches(['[', ']']) == host.trim_matches(['[', ']']) => {
+        (Some("http"), Some(h)) if net::bare_host(h) == net::bare_host(host) => {
             Some((uri.port_u16().unwrap_or(80), path))
         }
         _ => None,
     }
-}
-
-fn host_header(host: &str, port: u16) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
-}
-
-/// One request on a fresh connection: the status, the `Location`, and up to `keep` bytes
-/// of the body (a longer body is an error when `keep` > 0; with `keep` = 0 the first
-/// [`BODY_LIMIT`] bytes are read and dropped, as the kubelet does).
-pub(crate) async fn http_once(
-    host: &str,
-    port: u16,
-    path: &str,
-    headers: &[(String, String)],
-    keep: usize,
-) -> Result<(StatusCode, Option<String>, Vec<u8>), Failure> {
-    let stream = connect(host, port).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .max_buf_size(HEAD_LIMIT)
-        .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-        .await
-        .map_err(|e| hyper_failure(&e))?;
-    let _conn = ConnTask(tokio::spawn(async move {
-        // Its errors surface on the request; nothing to do with them here.
-        let _ = conn.await;
-    }));
-    let mut req = Request::get(path)
-        .body(Empty::new())
-        .map_err(|e| Failure::Protocol(e.to_string()))?;
-    let h = req.headers_mut();
-    h.insert(
-        hyper::header::USER_AGENT,
-        HeaderValue::from_static(USER_AGENT),
-    );
-    h.insert(hyper::header::ACCEPT, HeaderValue::from_static("*/*"));
-    h.insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
-    if let Ok(v) = HeaderValue::from_str(&host_header(host, port)) {
-        h.insert(hyper::header::HOST, v);
-    }
-    for (name, value) in headers {
-        // Validated at start-up; the probe's own headers replace the defaults.
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            h.insert(n, v);
-        }
-    }
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| hyper_failure(&e))?;
-    let status = resp.status();
-    let location = resp
-        .headers()
-        .get(hyper::header::LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let mut body = resp.into_body();
-    let mut kept = Vec::new();
-    if keep > 0 {
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| hyper_failure(&e))?;
-            if let Some(d) = frame.data_ref() {
-                if kept.len() + d.len() > keep {
-                    return Err(Failure::Protocol(format!("body over {keep} bytes")));
-                }
-                kept.extend_from_slice(d);
-            }
-        }
-        return Ok((status, location, kept));
-    }
-    let mut read = 0;
-    while read < BODY_LIMIT {
-        match body.frame().await {
-            Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
-            // The status already arrived; a body cut short does not change it (the
-            // kubelet reads what it can and judges by the code).
-            Some(Err(_)) | None => break,
-        }
-    }
-    Ok((status, location, kept))
 }
 
 #[cfg(test)]
@@ -510,6 +340,9 @@ mod tests {
             None
         );
         assert_eq!(same_host_target("http://other/x", "10.0.0.1", 8000), None);
-        assert_eq!(host_header("::1", 80), "[::1]:80");
+        assert_eq!(
+            same_host_target("http://[::1]:81/x", "::1", 8000),
+            Some((81, "/x".into()))
+        );
     }
 }

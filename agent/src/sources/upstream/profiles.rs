@@ -6,6 +6,16 @@
 //! A `work` counter should move on every engine step while requests run (an iteration or
 //! batch counter is best; a token counter also moves every decode step). Histogram
 //! families are named by their `_count` series, which moves once per observation.
+//!
+//! Printed precision (SPEC §8): a counter is compared as the server printed it, and some
+//! servers print few digits (llama.cpp streams doubles with C++'s default 6 significant
+//! digits, so `n_decode_total` reads `1.23457e+08` past 1e6 steps and two readings of a
+//! working engine can print equal). The rule decided here: equal readings are evidence of
+//! "unmoved" only when every equal counter was printed to a unit or finer
+//! ([`super::expo::Sample::resolution`] ≤ 1); a coarser one is no evidence, so the stall
+//! clock restarts rather than count toward `loop_stalled` (a missed stall costs nothing
+//! the probes do not already cover; a false one restarts a working model). Servers that
+//! print full precision (Python's and Go's clients, prometheus-cpp) are never affected.
 
 /// One server's metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +32,12 @@ pub struct Profile {
     pub busy: &'static [&'static str],
     /// Gauges of requests waiting.
     pub pending: &'static [&'static str],
+    /// Whether a scrape may keep its connection open for the next one. Off where a kept
+    /// connection would hold one of the server's request threads between scrapes.
+    pub keep_alive: bool,
+    /// Whether the server's engine loop itself answers the metrics endpoint: then scrapes
+    /// that time out while the probes pass are a hung engine (SPEC §8's exception).
+    pub engine_answers: bool,
 }
 
 /// Every built-in profile.
@@ -42,6 +58,8 @@ pub const PROFILES: &[Profile] = &[
         ],
         busy: &["vllm:num_requests_running"],
         pending: &["vllm:num_requests_waiting"],
+        keep_alive: true,
+        engine_answers: false,
     },
     // SGLang: sgl-project/sglang python/sglang/srt/metrics/collector.py: Gauges
     // "sglang:num_running_reqs" and "sglang:num_queue_reqs" (SchedulerMetricsCollector),
@@ -57,6 +75,8 @@ pub const PROFILES: &[Profile] = &[
         ],
         busy: &["sglang:num_running_reqs"],
         pending: &["sglang:num_queue_reqs"],
+        keep_alive: true,
+        engine_answers: false,
     },
     // TGI: huggingface/text-generation-inference backends/v3/src/backend.rs: counter
     // "tgi_batch_inference_success" (every prefill and decode step), gauge
@@ -69,6 +89,8 @@ pub const PROFILES: &[Profile] = &[
         work: &["tgi_batch_inference_success"],
         busy: &["tgi_batch_current_size"],
         pending: &["tgi_queue_size"],
+        keep_alive: true,
+        engine_answers: false,
     },
     // TEI: huggingface/text-embeddings-inference core/src/queue.rs: gauge "te_queue_size"
     // and histogram "te_batch_next_size" (one observation per batch handed to the model);
@@ -86,6 +108,8 @@ pub const PROFILES: &[Profile] = &[
         ],
         busy: &[],
         pending: &["te_queue_size"],
+        keep_alive: true,
+        engine_answers: false,
     },
     // Triton: triton-inference-server/core src/metrics.cc: counters "nv_inference_exec_count"
     // and "nv_inference_count", gauge "nv_inference_pending_request_count". Metrics are
@@ -98,11 +122,37 @@ pub const PROFILES: &[Profile] = &[
         work: &["nv_inference_exec_count", "nv_inference_count"],
         busy: &[],
         pending: &["nv_inference_pending_request_count"],
+        keep_alive: true,
+        engine_answers: false,
     },
-    // llama.cpp: ggml-org/llama.cpp tools/server/server-context.cpp (the /metrics handler,
-    // which prefixes "llamacpp:"): counters "n_decode_total" (llama_decode() calls),
+    // llama.cpp: ggml-org/llama.cpp tools/server/server-task.cpp
+    // (server_task_result_metrics::to_metrics, prefix "llamacpp:"): counters
+    // "n_decode_total" (llama_decode() calls: the one that moves every engine step),
     // "tokens_predicted_total", "prompt_tokens_total"; gauges "requests_processing" and
     // "requests_deferred". Served with --metrics on the server port.
+    //
+    // What llama.cpp's source says about scraping it (tools/server/server-context.cpp,
+    // server_routes::init_routes, get_metrics):
+    // - /metrics posts a SERVER_TASK_TYPE_METRICS task to the engine's task queue and
+    //   waits for the engine loop to answer it, while /health answers from the HTTP
+    //   thread: a hung engine loop makes scrapes time out and nothing else. Hence
+    //   `engine_answers` (SPEC §8's exception).
+    // - The task carries `metrics_reset_bucket = true`: every GET of /metrics resets the
+    //   window of the `prompt_tokens_seconds` / `predicted_tokens_seconds` gauges
+    //   ("averaged over the window between two scrapes"). No query parameter or other
+    //   endpoint avoids it: /slots (also a queue task) has no counters, and /props does
+    //   not reach the engine loop at all, so it could not see a hang. The agent therefore
+    //   still scrapes /metrics, and those two gauges become averages over the last
+    //   `--proc-interval` (docs/deploy.md says so and how to read throughput instead:
+    //   rate() of the `*_seconds_total` and `*_total` counters, which no scrape resets).
+    // - `to_metrics` streams each value as a double with the default 6 significant
+    //   digits: see the module doc on printed precision.
+    // - Kept-alive connections: tools/server/server-http.cpp serves with cpp-httplib's
+    //   `ThreadPool(n_threads_http, ...)`, where an open connection holds one HTTP thread
+    //   while it waits for its next request; a scrape each second would hold one for good,
+    //   so each scrape opens its own.
+    // - `--api-key` guards /metrics too (measured on b11434: every scrape 401), so the
+    //   metrics object takes `headers` from the config.
     Profile {
         name: "llamacpp",
         port: None,
@@ -114,6 +164,8 @@ pub const PROFILES: &[Profile] = &[
         ],
         busy: &["llamacpp:requests_processing"],
         pending: &["llamacpp:requests_deferred"],
+        keep_alive: false,
+        engine_answers: true,
     },
 ];
 

@@ -1,51 +1,135 @@
-//! Reads an upstream's Prometheus metrics (SPEC §8 `M`): one GET on a fresh connection,
-//! bounded in time and size, parsed strictly, reduced to the sums the stall rule needs.
-//! A failed scrape is no evidence either way; the caller simply records nothing.
+//! Reads an upstream's Prometheus metrics (SPEC §8 `M`): one GET bounded in time and
+//! size, parsed strictly, reduced to the sums the stall rule needs. A failed scrape is no
+//! evidence of a stall (except where the engine answers the page itself, [`super::stall`]);
+//! a refused one (401/403) is logged once and shown, never silent.
+//!
+//! The connection is kept for the next scrape where the server keeps it open and the
+//! profile allows ([`super::profiles::Profile::keep_alive`]): one handshake instead of one
+//! per `--proc-interval`. The kubelet-style probes never reuse one (SPEC §8).
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use hyper::header::{HeaderName, HeaderValue, ACCEPT, CONNECTION, USER_AGENT as USER_AGENT_HEADER};
+use vitals_proto::WorkerName;
+
 use super::config::MetricsSpec;
 use super::expo;
-use super::probe::{http_once, Failure};
 use super::stall::Reading;
+use crate::net::{BodyRead, Http1, USER_AGENT};
+use crate::state::probe_result::Failure;
+pub use crate::state::probe_result::ScrapeError;
 
 /// The largest metrics page read. vLLM's page with a few models' histograms is a few
 /// hundred KiB; anything far beyond is not a metrics page worth holding in the agent.
 pub const PAGE_LIMIT: usize = 2 * 1024 * 1024;
 
-/// Why a scrape gave no reading.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ScrapeError {
-    /// The request failed or answered a non-200 status.
-    #[error("{0}")]
-    Request(#[from] Failure),
-    /// The page is not exposition text.
-    #[error("not Prometheus text: {0}")]
-    Parse(#[from] expo::ExpoError),
-    /// The page is not UTF-8.
-    #[error("not UTF-8")]
-    Encoding,
+/// One upstream's scrapes, one after another, with the connection they may share.
+pub struct Scraper {
+    name: WorkerName,
+    spec: MetricsSpec,
+    host: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    conn: Option<Http1>,
+    /// The latest scrape was refused (401/403): logged once per run of refusals.
+    refused: bool,
 }
 
-/// Scrapes `spec` at `host` within `timeout`.
-pub async fn scrape(
-    host: IpAddr,
-    spec: &MetricsSpec,
-    timeout: Duration,
-) -> Result<Reading, ScrapeError> {
-    let at = Instant::now();
-    let host = host.to_string();
-    let get = http_once(&host, spec.port, &spec.path, &[], PAGE_LIMIT);
-    let (status, _, body) = match tokio::time::timeout(timeout, get).await {
-        Ok(r) => r?,
-        Err(_) => return Err(Failure::Timeout.into()),
-    };
-    if status.as_u16() != 200 {
-        return Err(Failure::Status(status.as_u16()).into());
+impl Scraper {
+    /// Scrapes `spec` of upstream `name` on its own host, else on `default_host`.
+    pub fn new(name: WorkerName, spec: MetricsSpec, default_host: IpAddr) -> Self {
+        let host = spec
+            .host
+            .clone()
+            .unwrap_or_else(|| default_host.to_string());
+        let mut headers = vec![
+            (USER_AGENT_HEADER, HeaderValue::from_static(USER_AGENT)),
+            (ACCEPT, HeaderValue::from_static("text/plain")),
+        ];
+        headers.extend(
+            spec.headers
+                .iter()
+                .map(|h| (h.name.clone(), h.value.clone())),
+        );
+        Self {
+            name,
+            spec,
+            host,
+            headers,
+            conn: None,
+            refused: false,
+        }
     }
-    let text = std::str::from_utf8(&body).map_err(|_| ScrapeError::Encoding)?;
-    reading(text, spec, at)
+
+    /// One scrape, bounded by `timeout`: when it started, and the reading or why none.
+    pub async fn scrape(&mut self, timeout: Duration) -> (Instant, Result<Reading, ScrapeError>) {
+        let started = Instant::now();
+        let result = self.scrape_at(started, timeout).await;
+        match &result {
+            Err(ScrapeError::Unauthorized(status)) if !self.refused => {
+                self.refused = true;
+                // Names the header, never its value.
+                let sent: Vec<&str> = self.spec.headers.iter().map(|h| h.name.as_str()).collect();
+                tracing::warn!(
+                    upstream = %self.name,
+                    status,
+                    headers_sent = ?sent,
+                    "the metrics endpoint refuses the agent's scrapes: hang detection from metrics is off until the upstream's metrics \"headers\" carry valid credentials"
+                );
+            }
+            Err(ScrapeError::Unauthorized(_)) => {}
+            _ if self.refused => {
+                self.refused = false;
+                tracing::info!(upstream = %self.name, "the metrics endpoint no longer refuses the agent's scrapes");
+            }
+            _ => {}
+        }
+        (started, result)
+    }
+
+    async fn scrape_at(&mut self, at: Instant, timeout: Duration) -> Result<Reading, ScrapeError> {
+        let kept = self.conn.take().filter(Http1::is_open);
+        let (host, spec, headers) = (&self.host, &self.spec, &self.headers);
+        let close = !spec.keep_alive;
+        let exchange = async {
+            if let Some(mut conn) = kept {
+                match conn
+                    .get(&spec.path, headers, close, BodyRead::Keep(PAGE_LIMIT))
+                    .await
+                {
+                    Ok(answer) => return Ok((conn, answer)),
+                    // The server closed the kept connection between scrapes: once more,
+                    // on a fresh one.
+                    Err(Failure::Reset) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut conn = Http1::open(host, spec.port).await?;
+            let answer = conn
+                .get(&spec.path, headers, close, BodyRead::Keep(PAGE_LIMIT))
+                .await?;
+            Ok((conn, answer))
+        };
+        let (conn, answer) = match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => r?,
+            Err(_) => return Err(Failure::Timeout.into()),
+        };
+        let server_closes = answer
+            .headers
+            .get(CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        if spec.keep_alive && !server_closes && conn.is_open() {
+            self.conn = Some(conn);
+        }
+        match answer.status.as_u16() {
+            200 => {}
+            s @ (401 | 403) => return Err(ScrapeError::Unauthorized(s)),
+            s => return Err(Failure::Status(s).into()),
+        }
+        let text = std::str::from_utf8(&answer.body).map_err(|_| ScrapeError::Encoding)?;
+        reading(text, spec, at)
+    }
 }
 
 /// The stall rule's view of one page.
@@ -62,6 +146,8 @@ pub fn reading(text: &str, spec: &MetricsSpec, at: Instant) -> Result<Reading, S
         work: expo::totals(&samples, &spec.work),
         busy: sum(&spec.busy),
         pending: sum(&spec.pending),
+        // A counter moves by whole steps: a last digit worth more than 1 can hide one.
+        blurred: expo::coarsest(&samples, &spec.work) > 1.0,
     })
 }
 
@@ -72,6 +158,18 @@ mod tests {
 
     use super::*;
     use crate::sources::upstream::config::parse;
+
+    async fn scrape(
+        host: IpAddr,
+        spec: &MetricsSpec,
+        timeout: Duration,
+    ) -> Result<Reading, ScrapeError> {
+        let name = WorkerName::parse("vllm").expect("valid");
+        Scraper::new(name, spec.clone(), host)
+            .scrape(timeout)
+            .await
+            .1
+    }
 
     fn vllm_spec(port: u16) -> MetricsSpec {
         let text = format!(
@@ -130,5 +228,69 @@ mod tests {
         .await
         .expect_err("not metrics");
         assert!(matches!(e, ScrapeError::Parse(_)), "{e}");
+    }
+
+    #[test]
+    fn a_counter_printed_too_coarsely_is_blurred() {
+        let spec = vllm_spec(1);
+        let page =
+            |w: &str| format!("vllm:num_requests_running 1\nvllm:generation_tokens_total {w}\n");
+        let at = Instant::now();
+        let r = |w: &str| reading(&page(w), &spec, at).expect("reading");
+        assert!(r("1.23457e+08").blurred, "llama.cpp's 6 digits past 1e8");
+        assert!(!r("123456789").blurred);
+        assert!(!r("123456789.0").blurred, "Python's repr");
+    }
+
+    /// A keep-alive HTTP/1.1 server (hyper's) answering every request with a vLLM page;
+    /// counts the connections it accepted.
+    async fn keep_alive_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let count = std::sync::Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(
+                            b"vllm:num_requests_running 1\nvllm:generation_tokens_total 5\n",
+                        )),
+                    ))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc),
+                );
+            }
+        });
+        (port, accepted)
+    }
+
+    #[tokio::test]
+    async fn scrapes_reuse_a_kept_alive_connection_unless_the_profile_says_not_to() {
+        use std::sync::atomic::Ordering;
+        let host = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        for (keep_alive, want) in [(true, 1), (false, 3)] {
+            let (port, accepted) = keep_alive_server().await;
+            let spec = MetricsSpec {
+                keep_alive,
+                ..vllm_spec(port)
+            };
+            let mut s = Scraper::new(WorkerName::parse("v").expect("valid"), spec, host);
+            for _ in 0..3 {
+                let (_, r) = s.scrape(Duration::from_secs(1)).await;
+                assert_eq!(r.expect("reading").busy, Some(1.0));
+            }
+            assert_eq!(
+                accepted.load(Ordering::SeqCst),
+                want,
+                "keep_alive {keep_alive}"
+            );
+        }
     }
 }

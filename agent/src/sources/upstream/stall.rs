@@ -4,7 +4,13 @@
 //! The clock runs only while busy: it restarts whenever a `work` counter moves and whenever
 //! the server turns busy after being idle, so an idle server never stalls. A failed scrape
 //! is no evidence (nothing is recorded); a reading older than 2 × the stall timeout is
-//! dropped, and the next one starts afresh.
+//! dropped, and the next one starts afresh. Equal readings printed too coarsely to show a
+//! +1 change are no evidence of "unmoved" either: they restart the clock
+//! ([`super::profiles`] says why).
+//!
+//! Where the server's engine loop answers the metrics itself (llama.cpp), scrapes that keep
+//! timing out ARE evidence: the clock also keeps since when they have (SPEC §8's
+//! exception; the verdict adds "while the probes still pass").
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +25,9 @@ pub struct Reading {
     pub busy: Option<f64>,
     /// Sum of the pending gauges (`None`: none present).
     pub pending: Option<f64>,
+    /// Some work counter was printed too coarsely to show a +1 change (its last digit is
+    /// worth more than 1): two equal readings then do not show that nothing moved.
+    pub blurred: bool,
 }
 
 impl Reading {
@@ -34,18 +43,22 @@ pub struct StallClock {
     last: Option<Reading>,
     /// When the engine last showed work, or turned busy; `None` while idle.
     since: Option<Instant>,
+    /// When the current run of timed-out scrapes began (the first one's start).
+    silent_since: Option<Instant>,
 }
 
 impl StallClock {
     /// Takes a successful scrape into account.
     pub fn observe(&mut self, reading: Reading, stall_timeout: Duration) {
+        self.silent_since = None;
         let fresh = self
             .last
             .as_ref()
             .filter(|l| reading.at.saturating_duration_since(l.at) <= 2 * stall_timeout);
         self.since = match fresh {
             Some(last) if reading.is_busy() => {
-                let moved = last.work != reading.work;
+                // Equal but blurred is not "unmoved": as good as moved.
+                let moved = last.work != reading.work || reading.blurred;
                 match self.since {
                     Some(since) if !moved && last.is_busy() => Some(since),
                     _ => Some(reading.at),
@@ -55,6 +68,23 @@ impl StallClock {
             _ => None,
         };
         self.last = Some(reading);
+    }
+
+    /// A scrape that started at `started` failed: a timeout continues (or begins) a run of
+    /// unanswered scrapes, any other failure ends it (the server answered, or is gone).
+    pub fn observe_failure(&mut self, started: Instant, timed_out: bool) {
+        self.silent_since = if timed_out {
+            Some(self.silent_since.unwrap_or(started))
+        } else {
+            None
+        };
+    }
+
+    /// How long scrapes have gone unanswered (timed out, one after another) at `now`;
+    /// zero when the latest one was answered.
+    pub fn unanswered_for(&self, now: Instant) -> Duration {
+        self.silent_since
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
     }
 
     /// Whether the engine has been busy without work for `stall_timeout` at `now`.
@@ -102,6 +132,7 @@ mod tests {
                         work: vec![Some(w)],
                         busy: Some(busy),
                         pending: Some(pending),
+                        blurred: false,
                     },
                     T,
                 );
@@ -240,6 +271,7 @@ mod tests {
             work: vec![w],
             busy: Some(1.0),
             pending: None,
+            blurred: false,
         };
         c.observe(r(0, None), T);
         c.observe(r(29, Some(0.0)), T);
@@ -250,5 +282,58 @@ mod tests {
         );
         assert!(c.stalled(t0 + Duration::from_secs(59), T));
         assert_eq!(c.last().map(|r| r.at), Some(t0 + Duration::from_secs(29)));
+    }
+
+    #[test]
+    fn blurred_equal_readings_never_stall_but_moves_still_show() {
+        // llama.cpp past 1e8 decode steps prints `1.23457e+08` for a working engine.
+        let t0 = Instant::now();
+        let r = |s: u64, w: f64, blurred: bool| Reading {
+            at: t0 + Duration::from_secs(s),
+            work: vec![Some(w)],
+            busy: Some(1.0),
+            pending: None,
+            blurred,
+        };
+        let mut c = StallClock::default();
+        for s in (0..=90).step_by(10) {
+            c.observe(r(s, 1.23457e8, true), T);
+        }
+        assert!(
+            !c.stalled(t0 + Duration::from_secs(90), T),
+            "equal, but blurred"
+        );
+        // The same readings printed exactly are a stall.
+        let mut exact = StallClock::default();
+        for s in (0..=30).step_by(10) {
+            exact.observe(r(s, 123_456_789.0, false), T);
+        }
+        assert!(exact.stalled(t0 + Duration::from_secs(30), T));
+    }
+
+    #[test]
+    fn unanswered_scrapes_are_timed_from_the_first_until_an_answer() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut c = StallClock::default();
+        assert_eq!(c.unanswered_for(at(5)), Duration::ZERO);
+        c.observe_failure(at(1), true);
+        c.observe_failure(at(2), true);
+        assert_eq!(c.unanswered_for(at(31)), Duration::from_secs(30));
+        // Refused (or 401, or a bad page): the server answered or is gone, the run ends.
+        c.observe_failure(at(3), false);
+        assert_eq!(c.unanswered_for(at(40)), Duration::ZERO);
+        c.observe_failure(at(41), true);
+        c.observe(
+            Reading {
+                at: at(50),
+                work: vec![Some(1.0)],
+                busy: Some(0.0),
+                pending: None,
+                blurred: false,
+            },
+            T,
+        );
+        assert_eq!(c.unanswered_for(at(80)), Duration::ZERO, "answered again");
     }
 }

@@ -8,7 +8,8 @@ whatever the agent does. The protocol is shared/README.md in this repository; th
 reporter it mirrors is shared/src/reporter.rs.
 
 The same thread watches the inference loop (a stack dump of every thread, once per stall,
-when `tick` stops while work is outstanding) and itself: a heartbeat thread that wakes up
+when `tick` stops in `ready` or `draining`, idle or not: the loop ticks when idle too, and
+the agent's `loop_stalled` fires either way) and itself: a heartbeat thread that wakes up
 far too late means something held the GIL, and the process CPU time over that gap says
 whether it was spinning or blocked.
 """
@@ -94,15 +95,28 @@ class Reporter:
 
     Use it as a context manager: an exception escaping the `with` block is reported as
     phase `failed` (flushed to the agent) before the reporter closes.
+
+    `stall_timeout_ms` is the agent's `--stall-timeout` where the deployment knows it (the
+    agent announces only its hang timeout): the stack dump of a stalled loop then comes no
+    later than the agent's `loop_stalled`, even where that is shorter than half the hang
+    timeout.
     """
 
-    def __init__(self, name=None, socket=None, heartbeat_ms=1000, version=None):
+    def __init__(
+        self, name=None, socket=None, heartbeat_ms=1000, version=None, stall_timeout_ms=None
+    ):
         if name is None:
             name = os.environ.get("VITALS_NAME", "")
         if socket is None:
             socket = os.environ.get("VITALS_AGENT_SOCKET", "")
         if not isinstance(heartbeat_ms, int) or heartbeat_ms < 1:
             raise ValueError(f"heartbeat_ms must be a positive int, got {heartbeat_ms!r}")
+        if stall_timeout_ms is not None and (
+            not isinstance(stall_timeout_ms, int) or stall_timeout_ms < 1
+        ):
+            raise ValueError(
+                f"stall_timeout_ms must be a positive int or None, got {stall_timeout_ms!r}"
+            )
         #: Work queued and not yet started; the inference loop sets it.
         self.pending = 0
         #: Work being computed now; the inference loop sets it.
@@ -149,7 +163,7 @@ class Reporter:
         self._wake_r, self._wake_w = _socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._watch = _Watch()
+        self._watch = _Watch(None if stall_timeout_ms is None else stall_timeout_ms / 1000)
         self._thread = threading.Thread(target=self._run, name="vitals-reporter", daemon=True)
         self._thread.start()
 
@@ -447,9 +461,11 @@ class Reporter:
 class _Watch:
     """What the reporter thread concludes about the inference loop and about itself."""
 
-    def __init__(self):
+    def __init__(self, stall_timeout_s=None):
         #: The agent's hang timeout, from the latest `welcome`; 0 until one arrives.
         self.hang_timeout_s = 0.0
+        #: The agent's stall timeout when configured; None when unknown.
+        self._stall_timeout_s = stall_timeout_s
         self._progress = None
         self._moved_at = 0.0
         self._phase = None
@@ -504,9 +520,22 @@ class _Watch:
         )
         return True
 
+    def dump_after_s(self):
+        """How long `tick` may stand still before the stacks are dumped: half the agent's
+        hang timeout, or its stall timeout when that is known and shorter, so the dump comes
+        before (or with) `loop_stalled`; None before the first `welcome`."""
+        if not self.hang_timeout_s:
+            return None
+        half_hang = self.hang_timeout_s / 2
+        if self._stall_timeout_s is None:
+            return half_hang
+        return min(half_hang, self._stall_timeout_s)
+
     def loop(self, progress, phase, outstanding, now, trust):
-        """Dumps every thread's stack once per stall: `tick` has not moved for half the
-        agent's hang timeout, in `ready` or `draining`, while work is pending or in flight.
+        """Dumps every thread's stack once per stall: `tick` has not moved for
+        `dump_after_s()`, in `ready` or `draining`, idle or not. The agent's `loop_stalled`
+        asks nothing about outstanding work (the loop ticks when idle too, SPEC §2), so an
+        idle loop that stops ticking is a stall and gets its dump.
 
         `trust` is false right after the thread was starved: the loop could not tick then
         either, so the stall clock starts again from there. Counting the starved time would
@@ -521,12 +550,12 @@ class _Watch:
             self._moved_at = now
             return
         stalled_for = now - self._moved_at
+        dump_after = self.dump_after_s()
         if (
             self._dumped
-            or not self.hang_timeout_s
+            or dump_after is None
             or phase not in ("ready", "draining")
-            or not any(outstanding)
-            or stalled_for < self.hang_timeout_s / 2
+            or stalled_for < dump_after
         ):
             return
         self._dumped = True
@@ -535,7 +564,7 @@ class _Watch:
         try:
             out.write(
                 f"vitals: the inference loop has not ticked for {stalled_for:.1f} s "
-                f"(half the agent's hang timeout is {self.hang_timeout_s / 2:g} s) with "
+                f"(dumped after {dump_after:g} s, before the agent's loop_stalled restarts it) with "
                 f"{pending} pending and {in_flight} in flight; every thread's stack follows, "
                 "once per stall\n"
             )

@@ -1,0 +1,108 @@
+//! Quality of service (Kubernetes `Guaranteed`): whether every container of a pod but one
+//! has requests equal to limits for cpu and memory, so inject can keep a Guaranteed pod
+//! Guaranteed when it adds the agent. The rule is the kubelet's
+//! (<https://kubernetes.io/docs/concepts/workloads/pods/pod-qos/#guaranteed>): every container,
+//! init containers included, has cpu and memory limits, and requests, when given, equal
+//! them (an absent request defaults to the limit).
+
+use super::yaml::{Map, Node};
+
+/// Whether every container (init containers included) but `except` is Guaranteed; false
+/// when there is none.
+pub(super) fn guaranteed(spec: &Map, except: &str) -> bool {
+    let mut seen = 0;
+    for key in ["initContainers", "containers"] {
+        for c in spec
+            .get(key)
+            .and_then(Node::as_seq)
+            .into_iter()
+            .flatten()
+            .filter_map(Node::as_map)
+        {
+            if c.get_str("name") == Some(except) {
+                continue;
+            }
+            seen += 1;
+            if !container_guaranteed(c) {
+                return false;
+            }
+        }
+    }
+    seen > 0
+}
+
+fn container_guaranteed(c: &Map) -> bool {
+    let resources = c.get("resources").and_then(Node::as_map);
+    let of = |kind: &str, resource: &str| {
+        resources
+            .and_then(|r| r.get(kind))
+            .and_then(Node::as_map)
+            .and_then(|m| m.get_str(resource))
+            .map(quantity)
+    };
+    ["cpu", "memory"]
+        .iter()
+        .all(|r| match (of("limits", r), of("requests", r)) {
+            (Some(Some(limit)), None) => limit > 0.0,
+            (Some(Some(limit)), Some(Some(request))) => {
+                limit > 0.0 && (limit - request).abs() <= limit * 1e-9
+            }
+            _ => false,
+        })
+}
+
+/// A Kubernetes quantity (`500m`, `2`, `1.5Gi`, `1e3`, `64M`) as a number; `None` when it is
+/// not one.
+fn quantity(text: &str) -> Option<f64> {
+    const SUFFIXES: [(&str, f64); 13] = [
+        ("Ki", 1024.0),
+        ("Mi", 1_048_576.0),
+        ("Gi", 1_073_741_824.0),
+        ("Ti", 1_099_511_627_776.0),
+        ("Pi", 1_125_899_906_842_624.0),
+        ("Ei", 1_152_921_504_606_846_976.0),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+    ];
+    let text = text.trim();
+    for (suffix, factor) in SUFFIXES {
+        if let Some(number) = text.strip_suffix(suffix) {
+            return number.parse::<f64>().ok().map(|n| n * factor);
+        }
+    }
+    let (number, factor) = match text.strip_suffix('P') {
+        Some(n) => (n, 1e15),
+        None => match text.strip_suffix('E') {
+            // `1E` is exa, `1E3` an exponent: a trailing E with digits before it.
+            Some(n) if !n.is_empty() => (n, 1e18),
+            _ => (text, 1.0),
+        },
+    };
+    number.parse::<f64>().ok().map(|n| n * factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_as_kubernetes_reads_them() {
+        for (text, value) in [
+            ("500m", 0.5),
+            ("2", 2.0),
+            ("1.5Gi", 1.5 * 1_073_741_824.0),
+            ("64Mi", 67_108_864.0),
+            ("64M", 64e6),
+            ("1e3", 1000.0),
+            ("2E", 2e18),
+        ] {
+            assert_eq!(quantity(text), Some(value), "{text}");
+        }
+        assert_eq!(quantity("lots"), None);
+    }
+}

@@ -1,0 +1,87 @@
+//! Containers as cgroups: each "container" of a scenario gets a cgroup v2 folder of its own,
+//! the way the kubelet gives each container one, so that the agent's cgroup-based discovery
+//! of an upstream's process (SPEC §8) sees a pod's shape. Needs root and a cgroup v2
+//! hierarchy (`/sys/fs/cgroup` itself, or `/sys/fs/cgroup/unified` on a hybrid host); where
+//! either is missing, [`Cgroup::create`] says why and the test fails.
+
+use std::fs;
+use std::path::PathBuf;
+
+/// A cgroup v2 folder of our own; emptied (members moved back to the root) and removed on
+/// drop.
+#[derive(Debug)]
+pub struct Cgroup {
+    root: PathBuf,
+    dir: PathBuf,
+}
+
+impl Cgroup {
+    /// Creates `<v2 root>/vitals-test-<name>-<our pid>`, or says why it cannot.
+    pub fn create(name: &str) -> Result<Cgroup, String> {
+        let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|r| r.join("cgroup.procs").is_file() && !r.join("tasks").exists())
+            .ok_or("no cgroup v2 hierarchy at /sys/fs/cgroup or /sys/fs/cgroup/unified")?;
+        let dir = root.join(format!("vitals-test-{name}-{}", std::process::id()));
+        fs::create_dir(&dir).map_err(|e| {
+            format!(
+                "cannot create {} (the scenario needs root): {e}",
+                dir.display()
+            )
+        })?;
+        Ok(Cgroup { root, dir })
+    }
+
+    /// Moves process `pid` (all its threads) into the cgroup; its later children follow.
+    pub fn add(&self, pid: u32) -> Result<(), String> {
+        fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .map_err(|e| format!("cannot move {pid} into {}: {e}", self.dir.display()))
+    }
+
+    /// The path `/proc/<pid>/cgroup` shows for members (`/vitals-test-...`).
+    pub fn path(&self) -> String {
+        format!(
+            "/{}",
+            self.dir
+                .strip_prefix(&self.root)
+                .expect("the folder is made under the root")
+                .display()
+        )
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Hand any process left back to the root cgroup so the folder can go.
+        if let Ok(procs) = fs::read_to_string(self.dir.join("cgroup.procs")) {
+            for pid in procs.split_whitespace() {
+                let _ = fs::write(self.root.join("cgroup.procs"), pid);
+            }
+        }
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_in_its_own_cgroup() {
+        let cg =
+            Cgroup::create("unit").expect("root and cgroup v2 (CI and the dev machine have both)");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        cg.add(child.id()).expect("move");
+        let shown = fs::read_to_string(format!("/proc/{}/cgroup", child.id())).expect("cgroup");
+        assert!(
+            shown.lines().any(|l| l == format!("0::{}", cg.path())),
+            "{shown}"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
