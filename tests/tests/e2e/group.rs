@@ -4,10 +4,10 @@
 //! the leader polls its members' `GET /group`, and its `/readyz/vllm` and `/livez/vllm`
 //! (the kubelet's probes of the leader's model container) judge the group as one.
 //!
-//! Until member agents watch a container without probes by /proc alone (upstream entries
-//! with only `"process"`), each member's headless process is a process that listens on a
-//! port (the fake-vllm binary, nothing else of it used) configured with a `tcpSocket`
-//! liveness probe, which is how the agent finds its process in /proc today.
+//! Each member's headless process is a process that listens on a port (the fake-vllm
+//! binary, nothing else of it used) configured with a `tcpSocket` liveness probe, so its
+//! agent finds it by its socket; these scenarios were written before upstream entries with
+//! only `"process"` (judged by /proc alone) existed, and moving `ray` to one is a follow-up.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -185,7 +185,7 @@ fn formed_group(name: &str) -> (Leader, Member, Member) {
         |o| o.passed(),
     );
     leader.pod.check_latency(
-        "formed after the leader's agent started",
+        "formation, from the leader's agent start,",
         t0,
         at,
         PERIOD * 2,
@@ -239,7 +239,7 @@ fn g1_member_faults_fail_the_leaders_readiness_not_its_liveness() {
                 o.passed()
             });
     leader.pod.check_latency(
-        "ready after SIGCONT",
+        "readiness back, from SIGCONT,",
         resumed,
         at,
         proc * 2,
@@ -261,7 +261,7 @@ fn g1_member_faults_fail_the_leaders_readiness_not_its_liveness() {
         .pod
         .check_latency(
             &format!(
-                "`{}` after member 2's agent died",
+                "`{}`, from member 2's agent dying,",
                 o.reason().unwrap_or_default()
             ),
             killed,
@@ -284,7 +284,7 @@ fn g1_member_faults_fail_the_leaders_readiness_not_its_liveness() {
         |o| o.passed(),
     );
     leader.pod.check_latency(
-        "ready after member 2's agent came back",
+        "readiness back, from member 2's agent answering,",
         up,
         at,
         PERIOD * 2,
@@ -341,7 +341,7 @@ fn g1_member_faults_fail_the_leaders_readiness_not_its_liveness() {
 
 /// G2: member 1's process replaced (a new pid): the leader's `/livez/vllm` fails with
 /// `group_broken: member 1 restarted` within 2 × `--proc-interval` of the new process
-/// listening (+ a group poll); the kubelet (liveness failureThreshold 3) restarts the leader's
+/// listening (+ a /proc interval and a group poll); the kubelet (liveness failureThreshold 3) restarts the leader's
 /// vLLM; the group forms again, with the new instances, within 2 probe periods (+ 2 group
 /// polls) of the new vLLM listening, and stays live. Each bound also adds a probe poll and
 /// the starvation measured meanwhile.
@@ -366,7 +366,8 @@ fn g2_a_replaced_member_breaks_the_group_and_the_leaders_restart_forms_it_again(
         &["group_broken: member 1 restarted"],
         replaced,
         proc * 2,
-        POLL + PROBE_POLL,
+        // The new process is found at the /proc tick after the old one's gone sample.
+        proc + POLL + PROBE_POLL,
         Duration::ZERO,
     );
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -386,7 +387,7 @@ fn g2_a_replaced_member_breaks_the_group_and_the_leaders_restart_forms_it_again(
         |o| o.passed(),
     );
     leader.pod.check_latency(
-        "formed again after the leader's vLLM restart",
+        "re-formation, from the leader's vLLM restart,",
         restarted,
         at,
         PERIOD * 2,
