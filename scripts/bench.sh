@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # `make bench`: benchmarks, never part of `make test`. Results under bench-results/.
 #   1. the agent's footprint and probe latency (agent/benches/footprint.rs, release binary),
-#      and `vitals-agent webhook`'s review latency, CPU per review and RSS
-#      (agent/benches/webhook.rs, same binary);
-#      and as a group leader polling 16 members (agent/benches/group_footprint.rs);
+#      `vitals-agent webhook`'s review latency, CPU per review and RSS
+#      (agent/benches/webhook.rs, same binary), and the agent as a group leader polling 16
+#      members (agent/benches/group_footprint.rs);
 #   2. the worker's embeddings/s and latency in process and over HTTP
 #      (model-worker/benches/embed.rs, `worker` profile);
 #   3. sentence-transformers on the same texts and threads, and the comparison

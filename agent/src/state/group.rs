@@ -15,7 +15,6 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::config::MemberTarget;
-use crate::state::proc_track::ProcTrack;
 use crate::state::registry::State;
 
 /// `pid:starttime` of each container whose process is known, by container name.
@@ -79,21 +78,18 @@ fn printable(text: &str) -> String {
 /// process is found again), so an agent restart alone changes nothing. A process not known
 /// (yet) is left out: absence is never evidence of a restart.
 pub fn instances(state: &State) -> Instances {
-    let workers = state.workers.iter().filter_map(|(name, w)| {
-        let track = &w.instance.as_ref()?.proc;
-        Some((name.to_string(), instance_of(track)?))
-    });
-    let upstreams = state
-        .upstreams
+    let workers = state
+        .workers
         .iter()
-        .filter_map(|(name, u)| Some((name.to_string(), instance_of(&u.proc)?)));
-    workers.chain(upstreams).collect()
-}
-
-/// `pid:starttime` of the watched process, once both are known.
-fn instance_of(track: &ProcTrack) -> Option<String> {
-    let watched = track.watched.as_ref().ok()?;
-    Some(format!("{}:{}", watched.pid, watched.start_time?))
+        .filter_map(|(name, w)| Some((name, &w.instance.as_ref()?.proc)));
+    let upstreams = state.upstreams.iter().map(|(name, u)| (name, &u.proc));
+    workers
+        .chain(upstreams)
+        .filter_map(|(name, proc)| {
+            let w = proc.watched.as_ref().ok()?;
+            Some((name.to_string(), format!("{}:{}", w.pid, w.start_time?)))
+        })
+        .collect()
 }
 
 /// The first container whose process is known in both `recorded` and `current` and
