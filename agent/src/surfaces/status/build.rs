@@ -1,0 +1,277 @@
+//! How the agent builds the `/status` document from one snapshot (plus the facts fixed at
+//! start and the recent transitions): the one place that turns verdicts and state into it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::doc::*;
+use crate::sources::upstream::config::Action;
+use crate::state::snapshot::Snapshot;
+use crate::state::upstream::UpstreamState;
+use crate::surfaces::ticker::{rfc3339, Transition, TransitionLog};
+use crate::verdict::{PidStatus, Probe, UpstreamVerdict};
+
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+/// What `/status` says about the agent besides its snapshot: fixed at start.
+#[derive(Debug, Clone)]
+pub struct AgentFacts {
+    /// When the agent started (monotonic).
+    pub started_at: Instant,
+    /// When the agent started (wall clock).
+    pub started_wall: SystemTime,
+    /// The worker socket path.
+    pub socket: PathBuf,
+}
+
+/// Everything `/status` renders besides the snapshot.
+#[derive(Debug, Clone)]
+pub struct StatusSource {
+    /// Fixed facts.
+    pub facts: AgentFacts,
+    /// The recent verdict transitions.
+    pub transitions: Arc<TransitionLog>,
+}
+
+impl StatusSource {
+    /// Builds `/status` from `snapshot`.
+    pub fn build(&self, snapshot: &Snapshot) -> StatusDoc {
+        build(snapshot, &self.facts, self.transitions.list())
+    }
+}
+
+/// Builds `/status` from a snapshot, the agent's facts and its recent transitions.
+fn build(snapshot: &Snapshot, facts: &AgentFacts, transitions: Vec<Transition>) -> StatusDoc {
+    let (state, v, now) = (&snapshot.state, &snapshot.verdicts, snapshot.at);
+    let agg = |p| {
+        let a = v.aggregate(p);
+        VerdictDoc {
+            ok: a.ok(),
+            reason: a.reason,
+        }
+    };
+    // A container's verdict as its probe answers it (on a group leader, with the group's).
+    let answer = |p, name: &str| {
+        v.worker(p, name).map(|a| VerdictDoc {
+            ok: a.ok(),
+            reason: a.reason,
+        })
+    };
+    let agent = AgentDoc {
+        version: crate::VERSION.to_owned(),
+        started_at: rfc3339(facts.started_wall),
+        uptime_seconds: secs(now.saturating_duration_since(facts.started_at)),
+        socket: facts.socket.display().to_string(),
+        shutting_down: snapshot.agent.shutting_down,
+        live: agg(Probe::Live),
+        ready: agg(Probe::Ready),
+        startup: agg(Probe::Startup),
+    };
+    let workers = state
+        .workers
+        .iter()
+        .filter_map(|(name, w)| {
+            let wv = v.get(name.as_str())?;
+            let instance = w.instance.as_ref().map(|i| {
+                let p = &i.proc;
+                let latest = p.latest.as_ref();
+                InstanceDoc {
+                    id: i.hello.instance.clone(),
+                    version: i.hello.version.clone(),
+                    pid: i.peer.pid,
+                    hello_pid: i.hello.pid,
+                    uid: i.peer.uid,
+                    heartbeat_ms: i.hello.heartbeat_ms,
+                    phase: i.phase().map(|p| p.as_str().to_owned()),
+                    detail: i
+                        .phase
+                        .as_ref()
+                        .map(|p| p.detail.clone())
+                        .unwrap_or_default(),
+                    progress: i.phase.as_ref().and_then(|p| p.progress.clone()),
+                    checks: i.checks.values().cloned().collect(),
+                    heartbeat_age_seconds: secs(now.saturating_duration_since(i.heartbeat_at)),
+                    heartbeat: i.heartbeat,
+                    disconnected_seconds: i
+                        .disconnected_at
+                        .map(|d| secs(now.saturating_duration_since(d))),
+                    startup_seconds: i
+                        .ready_at
+                        .map(|r| secs(r.saturating_duration_since(i.first_hello_at))),
+                    messages: i.messages,
+                    connections: i.connections,
+                    proc: ProcDoc {
+                        enabled: p.is_on(),
+                        off_reason: p.watched.as_ref().err().cloned(),
+                        process: match p.pid_status() {
+                            PidStatus::Exists => "exists",
+                            PidStatus::Gone => "gone",
+                            PidStatus::Unknown => "unknown",
+                        }
+                        .to_owned(),
+                        state: latest.map(|s| s.state.to_string()),
+                        cpu_seconds: latest.map(|s| s.cpu_seconds),
+                        rss_bytes: latest.map(|s| s.rss_bytes),
+                        threads: latest.map(|s| s.threads),
+                        sample_age_seconds: latest
+                            .map(|s| secs(now.saturating_duration_since(s.taken_at))),
+                        error: p.error.clone(),
+                    },
+                }
+            });
+            Some(WorkerDoc {
+                name: name.to_string(),
+                expected: w.expected,
+                connected: wv.connected,
+                live: answer(Probe::Live, name.as_str())
+                    .unwrap_or_else(|| VerdictDoc::of(&wv.live)),
+                ready: answer(Probe::Ready, name.as_str())
+                    .unwrap_or_else(|| VerdictDoc::of(&wv.ready)),
+                startup: VerdictDoc::of(&wv.startup),
+                diagnosis: wv.diagnosis.map(|d| d.as_str().to_owned()),
+                restarts: w.restarts,
+                instance,
+            })
+        })
+        .collect();
+    let upstreams = state
+        .upstreams
+        .iter()
+        .filter_map(|(name, u)| {
+            let mut doc = upstream_doc(u, v.get_upstream(name.as_str())?, now);
+            // What the kubelet's probes get: a group leader's verdict included.
+            doc.live = answer(Probe::Live, name.as_str())?;
+            doc.ready = answer(Probe::Ready, name.as_str())?;
+            Some(doc)
+        })
+        .collect();
+    StatusDoc {
+        agent,
+        workers,
+        upstreams,
+        transitions,
+        group: group_doc(snapshot),
+    }
+}
+
+fn group_doc(snapshot: &Snapshot) -> Option<GroupDoc> {
+    let (g, gv, now) = (
+        snapshot.group.as_ref()?,
+        snapshot.verdicts.group.as_ref()?,
+        snapshot.at,
+    );
+    let age = |t: Instant| secs(now.saturating_duration_since(t));
+    let members = g
+        .members
+        .iter()
+        .zip(&gv.members)
+        .map(|(m, (status, _))| {
+            let answer = m.answer.as_ref();
+            MemberDoc {
+                member: m.target.index,
+                address: m.target.to_string(),
+                state: status.as_str().to_owned(),
+                live: answer.map(|a| a.report.live),
+                ready: answer.map(|a| a.report.ready),
+                reason: answer.and_then(|a| a.report.reason.clone()),
+                instances: m.seen.clone(),
+                recorded: m.recorded.clone(),
+                instance_age_seconds: m.seen_changed_at.map(age),
+                last_answer_seconds: answer.map(|a| age(a.at)),
+                poll_error: m.failure.as_ref().map(|f| f.error.clone()),
+            }
+        })
+        .collect();
+    Some(GroupDoc {
+        formed: gv.formed,
+        formed_seconds: g.formed_at.filter(|_| gv.formed).map(age),
+        ready: VerdictDoc::of(&gv.ready),
+        live: VerdictDoc::of(&gv.live),
+        resets: g.resets,
+        members,
+    })
+}
+
+fn action_text(a: &Action) -> String {
+    match a {
+        Action::Http(h) => format!(
+            "GET {}:{}{}",
+            h.host.as_deref().unwrap_or(""),
+            h.port,
+            h.path
+        ),
+        Action::Tcp { port, host } => format!("tcp {}:{port}", host.as_deref().unwrap_or("")),
+        Action::Grpc { port, service } if service.is_empty() => format!("grpc :{port}"),
+        Action::Grpc { port, service } => format!("grpc :{port} {service}"),
+    }
+}
+
+fn upstream_doc(u: &UpstreamState, uv: &UpstreamVerdict, now: Instant) -> UpstreamDoc {
+    let probes = u
+        .spec
+        .probes
+        .iter()
+        .map(|(kind, spec)| {
+            let last = u.probes.get(kind);
+            UpstreamProbeDoc {
+                probe: kind.label().to_owned(),
+                action: action_text(&spec.action),
+                period_seconds: secs(spec.period),
+                timeout_seconds: secs(spec.timeout),
+                result: last.map(|o| VerdictDoc::of(&o.result.as_ref().map(|_| ()))),
+                age_seconds: last.map(|o| secs(now.saturating_duration_since(o.started))),
+                latency_ms: last.map(|o| (o.latency.as_secs_f64() * 1e6).round() / 1e3),
+            }
+        })
+        .collect();
+    let metrics = u.spec.metrics.as_ref().map(|m| {
+        let last = u.stall.last();
+        UpstreamMetricsDoc {
+            profile: m.profile.map(str::to_owned),
+            endpoint: format!(":{}{}", m.port, m.path),
+            work: last.and_then(|r| r.work.iter().flatten().copied().reduce(|a, b| a + b)),
+            busy_without_work_seconds: secs(u.stall.stalled_for(now)),
+            busy: last.and_then(|r| r.busy),
+            pending: last.and_then(|r| r.pending),
+            page_age_seconds: last.map(|r| secs(now.saturating_duration_since(r.at))),
+            scrape_error: u.scrape_failure.as_ref().map(|f| f.error.clone()),
+        }
+    });
+    let p = &u.proc;
+    let latest = p.latest.as_ref();
+    UpstreamDoc {
+        name: uv.name.to_string(),
+        kind: "upstream".to_owned(),
+        live: VerdictDoc::of(&uv.live),
+        ready: VerdictDoc::of(&uv.ready),
+        startup: VerdictDoc::of(&uv.startup),
+        probes,
+        profile: u
+            .spec
+            .metrics
+            .as_ref()
+            .and_then(|m| m.profile)
+            .map(str::to_owned),
+        metrics,
+        proc: UpstreamProcDoc {
+            pid: p.pid(),
+            found_by: p
+                .watched
+                .as_ref()
+                .ok()
+                .map(|w| w.found_by.as_str().to_owned()),
+            off_reason: p.watched.as_ref().err().cloned(),
+            process: match uv.pid {
+                PidStatus::Exists => "exists",
+                PidStatus::Gone => "gone",
+                PidStatus::Unknown => "unknown",
+            }
+            .to_owned(),
+            state: latest.map(|s| s.state.to_string()),
+            rss_bytes: latest.map(|s| s.rss_bytes),
+        },
+    }
+}
