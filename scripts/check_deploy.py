@@ -46,6 +46,8 @@ METRICS = {
     "vitals_worker_process_threads", "vitals_protocol_errors_total",
     "vitals_protocol_unknown_messages_total", "vitals_group_members", "vitals_group_formed",
     "vitals_group_broken_total", "vitals_group_poll_duration_seconds",
+    "vitals_upstream_proc_watched", "vitals_upstream_scrape_errors_total",
+    "vitals_upstream_probe_duration_seconds", "vitals_upstream_probe_results_total",
 }
 POD_KINDS = {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
 CLUSTER_SCOPED = {"Namespace", "PriorityClass", "RuntimeClass", "ClusterRole", "ClusterRoleBinding"}
