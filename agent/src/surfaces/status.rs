@@ -858,8 +858,9 @@ fn render_group(g: &GroupDoc) -> String {
         _ => "forming".to_owned(),
     };
     let mut out = format!(
-        "GROUP  leader of {} members  {formed}  ready {}  live {}\n",
+        "GROUP  leader of {} member{}  {formed}  ready {}  live {}\n",
         g.members.len(),
+        if g.members.len() == 1 { "" } else { "s" },
         g.ready.text(),
         g.live.text()
     );
