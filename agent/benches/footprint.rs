@@ -1,8 +1,11 @@
 //! `make bench`: what the agent costs a pod, measured on the real release binary.
 //!
 //! - the stripped binary's size;
-//! - resident memory with 4 workers connected and heartbeating;
-//! - CPU used over `BENCH_IDLE_SECS` (default 60) idle seconds with those 4 workers;
+//! - resident memory with 4 workers connected and heartbeating and `BENCH_UPSTREAMS`
+//!   (default 3) vLLM-like upstreams watched (three probes each at 1 s, metrics scraped,
+//!   /proc sampled: the fake vLLM of the e2e toolkit, in this process);
+//! - CPU used over `BENCH_IDLE_SECS` (default 60) idle seconds with those workers and
+//!   upstreams;
 //! - probe latency at 1000 probes/s, each on a new TCP connection as the kubelet makes
 //!   them, measured from the moment each probe was *due* (open loop), so a stall in the
 //!   agent shows up in the tail instead of silently delaying the next probes.
@@ -89,6 +92,19 @@ fn main() {
     let idle_secs = env_u64("BENCH_IDLE_SECS", 60);
     let probes = env_u64("BENCH_PROBES", 10_000);
 
+    // Upstreams: a fake vLLM each, loaded at once; probed and scraped as inject wires vLLM.
+    let upstreams = env_u64("BENCH_UPSTREAMS", 3);
+    let upstream_json = (0..upstreams)
+        .map(|i| {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            thread::spawn(move || vitals_e2e::fake_vllm::serve(l, Some(Duration::ZERO)));
+            let probe = format!(r#"{{"httpGet": {{"path": "/health", "port": {port}}}, "periodSeconds": 1}}"#);
+            format!(r#""vllm{i}": {{"startupProbe": {probe}, "livenessProbe": {probe}, "readinessProbe": {probe}, "metrics": "vllm"}}"#)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent.sock");
     let addr = {
@@ -99,6 +115,7 @@ fn main() {
         .args(["run", "--listen", &addr.to_string(), "--socket"])
         .arg(&socket)
         .args(["--log-format", "json"])
+        .args(["--upstreams", &format!("{{{upstream_json}}}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -139,7 +156,15 @@ fn main() {
             .then_some(())
     });
 
-    eprintln!("4 workers connected; idle for {idle_secs} s …");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (0..upstreams).any(|i| get(addr, &format!("/readyz/vllm{i}")).ok() != Some(200)) {
+        assert!(
+            Instant::now() < deadline,
+            "the upstreams did not become ready"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("{WORKERS} workers connected, {upstreams} upstreams ready; idle for {idle_secs} s …");
     thread::sleep(Duration::from_secs(2));
     let idle_rss_kib = rss_kib(pid);
     let cpu0 = cpu_seconds(pid);
@@ -186,7 +211,7 @@ fn main() {
         binary_bytes as f64 / (1 << 20) as f64
     );
     println!(
-        "| RSS, {WORKERS} workers connected, idle | {:.2} MiB (after {idle_secs} s idle: {:.2} MiB) | < 8 MiB |",
+        "| RSS, {WORKERS} workers connected + {upstreams} upstreams, idle | {:.2} MiB (after {idle_secs} s idle: {:.2} MiB) | < 8 MiB |",
         mib(idle_rss_kib),
         mib(idle_rss_after_kib)
     );
@@ -209,6 +234,7 @@ fn main() {
     let json = serde_json::json!({
         "binary_bytes": binary_bytes,
         "workers": WORKERS,
+        "upstreams": upstreams,
         "idle_seconds": idle_secs,
         "idle_rss_kib": idle_rss_kib,
         "idle_rss_after_kib": idle_rss_after_kib,

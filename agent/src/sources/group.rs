@@ -83,7 +83,7 @@ async fn poll_member(ctx: Context, slot: usize, target: MemberTarget, stop: Canc
 }
 
 /// One `GET /group` of a member's agent, bounded by `timeout` (connect included) and by
-/// [`BODY_LIMIT`]. The one place the poller does HTTP.
+/// [`BODY_LIMIT`], on the agent's one outbound client. The one place the poller does HTTP.
 pub async fn get_group(target: &MemberTarget, timeout: Duration) -> Result<GroupReport, String> {
     let get = net::get_once(
         &target.host,

@@ -95,17 +95,25 @@ pub fn find(proc_root: &Path, wanted: Wanted<'_>, exclude: &[u32]) -> Result<Wat
     if listener.is_none() && wanted.cmdline.is_none() {
         return Err(NotFound::NothingToLookFor);
     }
-    let procs = processes(proc_root)?;
+    let all: Vec<Process> = procfs::process::all_processes_with_root(proc_root)
+        .map_err(|e| NotFound::Unreadable(format!("{}: {e}", proc_root.display())))?
+        .filter_map(Result::ok)
+        .collect();
     if let Some((_, inodes, _)) = &listener {
-        let holders = procs.iter().filter(|p| holds_any(p, inodes));
-        if let Some(oldest) = holders.min_by_key(|p| (p.start_time, p.pid)) {
+        let holders = all.iter().filter(|p| holds_any(p, inodes));
+        let oldest = holders
+            .filter_map(|p| Some((p.stat().ok()?.starttime, u32::try_from(p.pid()).ok()?)))
+            .min();
+        if let Some((start_time, pid)) = oldest {
             return Ok(Watched {
-                pid: oldest.pid,
-                start_time: Some(oldest.start_time),
+                pid,
+                start_time: Some(start_time),
                 found_by: FoundBy::Socket,
             });
         }
     }
+    // Only now the world-readable files of every process: what the fallback narrows by.
+    let procs: Vec<Candidate> = all.iter().filter_map(candidate).collect();
     // The fallback: one cgroup is one container.
     let mut containers: BTreeMap<String, Vec<&Candidate>> = BTreeMap::new();
     for p in &procs {
@@ -127,7 +135,7 @@ pub fn find(proc_root: &Path, wanted: Wanted<'_>, exclude: &[u32]) -> Result<Wat
         .into_values()
         .filter(|members| {
             !members.iter().any(|p| exclude.contains(&p.pid))
-                && !members.iter().all(|p| p.comm.as_deref() == Some("pause"))
+                && !members.iter().all(|p| p.comm == "pause")
         })
         .map(|members| members.into_iter().filter(eligible).collect::<Vec<_>>())
         .filter(|c| !c.is_empty())
@@ -192,52 +200,43 @@ fn listening_sockets(proc_root: &Path) -> Vec<(u16, u64, u32)> {
         .collect()
 }
 
-/// What the fallback knows of one process; fields it could not read are `None`/empty.
+/// What the fallback knows of one process.
 struct Candidate {
     pid: u32,
     start_time: u64,
-    process: Process,
     cgroup: Option<String>,
-    comm: Option<String>,
+    comm: String,
     /// Real, effective and filesystem uid.
     uids: [u32; 3],
     cmdline: Option<Vec<String>>,
 }
 
-/// Every process under `proc_root` whose stat and status are readable (they are world
-/// readable; a process that exits meanwhile is skipped).
-fn processes(proc_root: &Path) -> Result<Vec<Candidate>, NotFound> {
-    let all = procfs::process::all_processes_with_root(proc_root)
-        .map_err(|e| NotFound::Unreadable(format!("{}: {e}", proc_root.display())))?;
-    Ok(all
-        .filter_map(Result::ok)
-        .filter_map(|process| {
-            let stat = process.stat().ok()?;
-            let status = process.status().ok()?;
-            let cgroup = process.cgroups().ok().map(|groups| {
-                groups
-                    .0
-                    .iter()
-                    .map(|g| format!("{}:{}", g.hierarchy, g.pathname))
-                    .collect::<Vec<_>>()
-                    .join(";")
-            });
-            Some(Candidate {
-                pid: u32::try_from(process.pid()).ok()?,
-                start_time: stat.starttime,
-                cgroup,
-                comm: Some(stat.comm),
-                uids: [status.ruid, status.euid, status.fuid],
-                cmdline: process.cmdline().ok(),
-                process,
-            })
-        })
-        .collect())
+/// The world-readable facts of `process` (stat, status, cgroup, cmdline); `None` when its
+/// stat or status cannot be read (it exited meanwhile).
+fn candidate(process: &Process) -> Option<Candidate> {
+    let stat = process.stat().ok()?;
+    let status = process.status().ok()?;
+    let cgroup = process.cgroups().ok().map(|groups| {
+        groups
+            .0
+            .iter()
+            .map(|g| format!("{}:{}", g.hierarchy, g.pathname))
+            .collect::<Vec<_>>()
+            .join(";")
+    });
+    Some(Candidate {
+        pid: u32::try_from(process.pid()).ok()?,
+        start_time: stat.starttime,
+        cgroup,
+        comm: stat.comm,
+        uids: [status.ruid, status.euid, status.fuid],
+        cmdline: process.cmdline().ok(),
+    })
 }
 
 /// Whether `p` holds one of `inodes` (false when its fds are not readable).
-fn holds_any(p: &Candidate, inodes: &BTreeSet<u64>) -> bool {
-    let Ok(fds) = p.process.fd() else {
+fn holds_any(p: &Process, inodes: &BTreeSet<u64>) -> bool {
+    let Ok(fds) = p.fd() else {
         return false;
     };
     fds.filter_map(Result::ok)
