@@ -1,0 +1,632 @@
+//! An upstream's verdicts (SPEC §8): the one function that decides why `/livez/<container>`
+//! of a server that does not speak the protocol fails, from its own probes' latest results,
+//! its metrics' stall clock and its process's /proc track, by the same /proc rules as a
+//! worker's ([`super::proc_rules`]).
+
+use std::fmt;
+use std::time::Instant;
+
+use vitals_proto::WorkerName;
+
+use super::*;
+
+/// Why an upstream's probe fails (SPEC §8), in precedence order (the derived `Ord` is that
+/// order): the /proc and metrics reasons first, by §7's order, then the process being
+/// gone (readiness only), then the container's own probe ([`UpstreamReason::rank`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamReason {
+    /// /proc state `T` for `--hang-timeout`.
+    Stopped,
+    /// /proc state `D` continuously for `--d-state-timeout`.
+    Uninterruptible,
+    /// Busy per its metrics, and no work counter moved for `--stall-timeout`.
+    LoopStalled,
+    /// Its process exited (readiness only: a restarting container's liveness is its own
+    /// probe's business).
+    ProcessGone,
+    /// Its own probe's latest result is a failure.
+    ProbeFailed(Failure),
+    /// Its own probe has not finished once yet.
+    NoResultYet,
+}
+
+impl fmt::Display for UpstreamReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stopped => f.write_str("stopped"),
+            Self::Uninterruptible => f.write_str("uninterruptible"),
+            Self::LoopStalled => f.write_str("loop_stalled"),
+            Self::ProcessGone => f.write_str("process gone"),
+            Self::ProbeFailed(why) => write!(f, "probe failed: {why}"),
+            Self::NoResultYet => f.write_str("no result yet"),
+        }
+    }
+}
+
+impl UpstreamReason {
+    /// Its place in the precedence order (declaration order): lower is reported first.
+    pub fn rank(&self) -> u8 {
+        match self {
+            Self::Stopped => 0,
+            Self::Uninterruptible => 1,
+            Self::LoopStalled => 2,
+            Self::ProcessGone => 3,
+            Self::ProbeFailed(_) => 4,
+            Self::NoResultYet => 5,
+        }
+    }
+
+    /// The liveness reason of the same name, for the per-reason hang counter.
+    pub fn as_live(&self) -> Option<LiveReason> {
+        match self {
+            Self::Stopped => Some(LiveReason::Stopped),
+            Self::Uninterruptible => Some(LiveReason::Uninterruptible),
+            Self::LoopStalled => Some(LiveReason::LoopStalled),
+            Self::ProcessGone | Self::ProbeFailed(_) | Self::NoResultYet => None,
+        }
+    }
+}
+
+/// The verdicts of one upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamVerdict {
+    /// The container.
+    pub name: WorkerName,
+    /// Whether its process exists, as far as /proc tells.
+    pub pid: PidStatus,
+    /// Startup: its startup probe's latest result.
+    pub startup: Result<(), UpstreamReason>,
+    /// Readiness: its readiness probe, live, and its process not gone.
+    pub ready: Result<(), UpstreamReason>,
+    /// Liveness: its liveness probe and the /proc and metrics rules.
+    pub live: Result<(), UpstreamReason>,
+    /// The parts of readiness: `live`, `process`, `readinessProbe`.
+    pub ready_checks: Vec<Check>,
+}
+
+impl UpstreamVerdict {
+    /// The answer of `/<probe>/<name>`.
+    pub fn answer(&self, probe: Probe) -> Answer {
+        let (result, checks) = match probe {
+            Probe::Live => {
+                let r = err_string(&self.live);
+                (r.clone(), vec![Check::new("live", r)])
+            }
+            Probe::Startup => {
+                let r = err_string(&self.startup);
+                (r.clone(), vec![Check::new("started", r)])
+            }
+            Probe::Ready => (err_string(&self.ready), self.ready_checks.clone()),
+        };
+        Answer {
+            probe,
+            reason: result.err(),
+            checks,
+        }
+    }
+}
+
+/// The latest result of `kind`: passes when the container did not have that probe.
+fn probe_result(u: &UpstreamState, kind: ProbeKind) -> Result<(), UpstreamReason> {
+    if !u.spec.probes.contains_key(&kind) {
+        return Ok(());
+    }
+    match u.probes.get(&kind).map(|o| &o.result) {
+        None => Err(UpstreamReason::NoResultYet),
+        Some(Ok(_)) => Ok(()),
+        Some(Err(why)) => Err(UpstreamReason::ProbeFailed(why.clone())),
+    }
+}
+
+/// Every verdict of one upstream at `now`.
+pub fn judge(
+    name: &WorkerName,
+    u: &UpstreamState,
+    t: &Thresholds,
+    now: Instant,
+) -> UpstreamVerdict {
+    let pid = u.proc.pid_status();
+    let (stopped, uninterruptible) = proc_rules(&u.proc, u.ran_at(), t, now);
+    // SPEC §8's exception: where the engine loop answers /metrics itself (llama.cpp),
+    // scrapes unanswered for the stall timeout while the container's own probes pass are
+    // a hung engine, busy or idle. (When the probes fail too, the server as a whole is
+    // unreachable, and the probe's reason says so.)
+    let engine_silent = u.spec.metrics.as_ref().is_some_and(|m| m.engine_answers)
+        && u.stall.unanswered_for(now) >= t.stall
+        && ProbeKind::ALL.iter().all(|k| probe_result(u, *k).is_ok());
+    let live_rules = [
+        (UpstreamReason::Stopped, stopped),
+        (UpstreamReason::Uninterruptible, uninterruptible),
+        (
+            UpstreamReason::LoopStalled,
+            u.stall.stalled(now, t.stall) || engine_silent,
+        ),
+    ];
+    let first = |rules: &[(UpstreamReason, bool)]| {
+        rules
+            .iter()
+            .find(|(_, holds)| *holds)
+            .map(|(r, _)| r.clone())
+    };
+    let live = match first(&live_rules) {
+        Some(r) => Err(r),
+        None => probe_result(u, ProbeKind::Liveness),
+    };
+    let process = if pid == PidStatus::Gone {
+        Err(UpstreamReason::ProcessGone)
+    } else {
+        Ok(())
+    };
+    let readiness = probe_result(u, ProbeKind::Readiness);
+    // The first failure in precedence order; among equals, liveness before readiness.
+    let ready = [&live, &process, &readiness]
+        .into_iter()
+        .filter_map(|r| r.clone().err())
+        .min_by_key(UpstreamReason::rank)
+        .map_or(Ok(()), Err);
+    let ready_checks = vec![
+        Check::new("live", err_string(&live)),
+        Check::new("process", err_string(&process)),
+        Check::new("readinessProbe", err_string(&readiness)),
+    ];
+    UpstreamVerdict {
+        name: name.clone(),
+        pid,
+        startup: probe_result(u, ProbeKind::Startup),
+        ready,
+        live,
+        ready_checks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::sources::proc::discover::NotFound;
+    use crate::sources::proc::SampleError;
+    use crate::sources::upstream::config::parse;
+    use crate::sources::upstream::stall::Reading;
+    use crate::state::probe_result::Outcome;
+    use crate::state::proc_track::{FoundBy, Watched};
+    use crate::state::registry::tests::name;
+    use crate::verdict::tests::*;
+
+    /// An upstream with all three probes and vLLM's metrics, its process found.
+    fn up() -> UpstreamState {
+        let spec = parse(
+            r#"{"vllm": {"startupProbe": {"httpGet": {"path": "/health", "port": 8000}},
+                         "livenessProbe": {"httpGet": {"path": "/health", "port": 8000}},
+                         "readinessProbe": {"tcpSocket": {"port": 8000}},
+                         "metrics": "vllm"}}"#,
+            &[],
+        )
+        .expect("valid")
+        .remove(0);
+        let mut u = UpstreamState::new(Arc::new(spec));
+        u.proc.discovered(Ok(Watched {
+            pid: 7,
+            start_time: Some(1),
+            found_by: FoundBy::Socket,
+        }));
+        u
+    }
+
+    fn outcome(at: Instant, result: Result<Option<u16>, Failure>) -> Outcome {
+        Outcome {
+            started: at,
+            latency: Duration::from_millis(3),
+            result,
+        }
+    }
+
+    fn pass_all(u: &mut UpstreamState, at: Instant) {
+        for kind in ProbeKind::ALL {
+            u.record_probe(kind, outcome(at, Ok(Some(200))));
+        }
+    }
+
+    fn sample(at: Instant, state: char) -> crate::sources::proc::ProcSample {
+        crate::sources::proc::ProcSample {
+            taken_at: at,
+            state,
+            cpu_seconds: 0.0,
+            rss_bytes: 1,
+            threads: 1,
+            start_time: 1,
+        }
+    }
+
+    fn busy(at: Instant, work: f64) -> Reading {
+        Reading {
+            at,
+            work: vec![Some(work), None, None],
+            busy: Some(1.0),
+            pending: Some(0.0),
+            blurred: false,
+        }
+    }
+
+    type Reasons = (Result<(), String>, Result<(), String>, Result<(), String>);
+
+    fn judge(u: &UpstreamState, now: Instant) -> Reasons {
+        let v = super::judge(&name("vllm"), u, &T, now);
+        (
+            err_string(&v.startup),
+            err_string(&v.live),
+            err_string(&v.ready),
+        )
+    }
+
+    #[test]
+    fn every_reason_in_precedence_order() {
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let fail = |r: &str| Err(r.to_owned());
+        // (what, set-up, now, (startup, live, ready))
+        type Setup = fn(&mut UpstreamState, Instant);
+        let cases: Vec<(&str, Setup, u64, Reasons)> = vec![
+            (
+                "no result yet",
+                |_, _| {},
+                0,
+                (
+                    fail("no result yet"),
+                    fail("no result yet"),
+                    fail("no result yet"),
+                ),
+            ),
+            (
+                "every probe passes",
+                |u, t| pass_all(u, t),
+                1,
+                (Ok(()), Ok(()), Ok(())),
+            ),
+            (
+                "its own liveness probe fails: live and ready fail, startup stays",
+                |u, t| {
+                    pass_all(u, t);
+                    u.record_probe(ProbeKind::Liveness, outcome(t, Err(Failure::Status(503))));
+                },
+                1,
+                (
+                    Ok(()),
+                    fail("probe failed: status 503"),
+                    fail("probe failed: status 503"),
+                ),
+            ),
+            (
+                "its readiness probe times out: ready only",
+                |u, t| {
+                    pass_all(u, t);
+                    u.record_probe(ProbeKind::Readiness, outcome(t, Err(Failure::Timeout)));
+                },
+                1,
+                (Ok(()), Ok(()), fail("probe failed: timeout")),
+            ),
+            (
+                "process gone: ready fails before the probe says so, live is the probe's business",
+                |u, t| {
+                    pass_all(u, t);
+                    u.record_probe(ProbeKind::Readiness, outcome(t, Err(Failure::Refused)));
+                    u.proc.apply(Err(SampleError::Gone(7)), u.ran_at());
+                },
+                1,
+                (Ok(()), Ok(()), fail("process gone")),
+            ),
+            (
+                "stopped for the hang timeout outranks a failing probe",
+                |u, t| {
+                    pass_all(u, t);
+                    u.record_probe(ProbeKind::Liveness, outcome(t, Err(Failure::Timeout)));
+                    u.proc.apply(Ok(sample(t, 'T')), u.ran_at());
+                },
+                10,
+                (Ok(()), fail("stopped"), fail("stopped")),
+            ),
+            (
+                "stopped, not yet for the hang timeout",
+                |u, t| {
+                    pass_all(u, t);
+                    u.proc.apply(Ok(sample(t, 'T')), u.ran_at());
+                },
+                9,
+                (Ok(()), Ok(()), Ok(())),
+            ),
+            (
+                "uninterruptible for the D-state timeout",
+                |u, t| {
+                    pass_all(u, t);
+                    u.proc.apply(Ok(sample(t, 'D')), u.ran_at());
+                },
+                30,
+                (Ok(()), fail("uninterruptible"), fail("uninterruptible")),
+            ),
+            (
+                "stopped outranks loop_stalled",
+                |u, t| {
+                    pass_all(u, t);
+                    u.proc.apply(Ok(sample(t, 'T')), u.ran_at());
+                    u.record_scrape(t, Ok(busy(t, 5.0)), T.stall);
+                    u.record_scrape(t, Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall);
+                },
+                30,
+                (Ok(()), fail("stopped"), fail("stopped")),
+            ),
+            (
+                "busy without work for the stall timeout, /health still 200",
+                |u, t| {
+                    pass_all(u, t + Duration::from_secs(30));
+                    u.record_scrape(t, Ok(busy(t, 5.0)), T.stall);
+                    u.record_scrape(t, Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall);
+                },
+                30,
+                (Ok(()), fail("loop_stalled"), fail("loop_stalled")),
+            ),
+            (
+                "busy and working is live",
+                |u, t| {
+                    pass_all(u, t);
+                    u.record_scrape(t, Ok(busy(t, 5.0)), T.stall);
+                    u.record_scrape(t, Ok(busy(t + Duration::from_secs(29), 6.0)), T.stall);
+                },
+                40,
+                (Ok(()), Ok(()), Ok(())),
+            ),
+        ];
+        for (what, setup, now, want) in cases {
+            let mut u = up();
+            setup(&mut u, t0);
+            assert_eq!(judge(&u, at(now)), want, "{what}");
+        }
+    }
+
+    /// A member's headless container (SPEC §9): no probes, only its command line.
+    fn headless() -> UpstreamState {
+        let spec = parse(
+            r#"{"ray-worker": {"process": {"cmdline": ["ray", "start", "--block"]}}}"#,
+            &[],
+        )
+        .expect("valid")
+        .remove(0);
+        UpstreamState::new(Arc::new(spec))
+    }
+
+    fn found(u: &mut UpstreamState) {
+        u.proc.discovered(Ok(Watched {
+            pid: 7,
+            start_time: Some(1),
+            found_by: FoundBy::Cgroup,
+        }));
+    }
+
+    #[test]
+    fn a_container_without_probes_is_judged_by_proc_alone() {
+        let t0 = Instant::now();
+        let ms = |ms: u64| t0 + Duration::from_millis(ms);
+        let fail = |r: &str| Err(r.to_owned());
+        let (hang, d) = (T.hang.as_millis() as u64, T.d_state.as_millis() as u64);
+        // (what, set-up, now in ms, (startup, live, ready))
+        type Setup = fn(&mut UpstreamState, Instant);
+        let cases: Vec<(&str, Setup, u64, Reasons)> = vec![
+            (
+                "not found (yet): /proc off, nothing fails",
+                |_, _| {},
+                0,
+                (Ok(()), Ok(()), Ok(())),
+            ),
+            (
+                "found and running",
+                |u, t| {
+                    found(u);
+                    u.proc.apply(Ok(sample(t, 'S')), None);
+                },
+                0,
+                (Ok(()), Ok(()), Ok(())),
+            ),
+            (
+                "stopped, 1 ms under the hang timeout",
+                |u, t| {
+                    found(u);
+                    u.proc.apply(Ok(sample(t, 'T')), None);
+                },
+                hang - 1,
+                (Ok(()), Ok(()), Ok(())),
+            ),
+            (
+                "stopped for the hang timeout: live and ready fail",
+                |u, t| {
+                    found(u);
+                    u.proc.apply(Ok(sample(t, 'T')), None);
+                },
+                hang,
+                (Ok(()), fail("stopped"), fail("stopped")),
+            ),
+            (
+                "uninterruptible, 1 ms under the D-state timeout",
+                |u, t| {
+                    found(u);
+                    u.proc.apply(Ok(sample(t, 'D')), None);
+                },
+                d - 1,
+                (Ok(()), Ok(()), Ok(())),
+            ),
+            (
+                "uninterruptible for the D-state timeout",
+                |u, t| {
+                    found(u);
+                    u.proc.apply(Ok(sample(t, 'D')), None);
+                },
+                d,
+                (Ok(()), fail("uninterruptible"), fail("uninterruptible")),
+            ),
+            (
+                "gone: not ready, and its exit is the kubelet's business (live passes)",
+                |u, t| {
+                    found(u);
+                    u.proc.apply(Ok(sample(t, 'T')), None);
+                    u.proc.apply(Err(SampleError::Gone(7)), None);
+                },
+                hang,
+                (Ok(()), Ok(()), fail("process gone")),
+            ),
+        ];
+        for (what, setup, now, want) in cases {
+            let mut u = headless();
+            setup(&mut u, t0);
+            let v = super::judge(&name("ray-worker"), &u, &T, ms(now));
+            let got = (
+                err_string(&v.startup),
+                err_string(&v.live),
+                err_string(&v.ready),
+            );
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
+    #[test]
+    fn unanswered_scrapes_are_loop_stalled_only_where_the_engine_answers_them() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let spec = |metrics: &str| {
+            let text = format!(
+                r#"{{"x": {{"livenessProbe": {{"httpGet": {{"path": "/health", "port": 8080}}}},
+                           "readinessProbe": {{"httpGet": {{"path": "/health", "port": 8080}}}},
+                           "metrics": "{metrics}"}}}}"#
+            );
+            UpstreamState::new(Arc::new(parse(&text, &[]).expect("valid").remove(0)))
+        };
+        /// (what, profile, probes pass, silent since ms, now ms, live)
+        type Case = (
+            &'static str,
+            &'static str,
+            bool,
+            u64,
+            u64,
+            Result<(), String>,
+        );
+        let cases: &[Case] = &[
+            (
+                "llama.cpp: just under the stall timeout",
+                "llamacpp",
+                true,
+                0,
+                29_999,
+                Ok(()),
+            ),
+            (
+                "llama.cpp: at the stall timeout",
+                "llamacpp",
+                true,
+                0,
+                30_000,
+                Err("loop_stalled".into()),
+            ),
+            (
+                "llama.cpp: its probe fails too: the probe's reason",
+                "llamacpp",
+                false,
+                0,
+                60_000,
+                Err("probe failed: timeout".into()),
+            ),
+            (
+                "vLLM: a scrape timing out is no evidence",
+                "vllm",
+                true,
+                0,
+                60_000,
+                Ok(()),
+            ),
+        ];
+        for (what, profile, pass, silent_from, now, want) in cases {
+            let mut u = spec(profile);
+            let result = if *pass {
+                Ok(Some(200))
+            } else {
+                Err(Failure::Timeout)
+            };
+            for kind in ProbeKind::ALL {
+                u.record_probe(kind, outcome(at(*now), result.clone()));
+            }
+            u.record_scrape(at(*silent_from), Err(Failure::Timeout.into()), T.stall);
+            u.record_scrape(
+                at(silent_from + 1000),
+                Err(Failure::Timeout.into()),
+                T.stall,
+            );
+            let live = err_string(&super::judge(&name("x"), &u, &T, at(*now)).live);
+            assert_eq!(&live, want, "{what}");
+        }
+        // An answered scrape ends it at once.
+        let mut u = spec("llamacpp");
+        pass_all(&mut u, at(0));
+        u.record_scrape(at(0), Err(Failure::Timeout.into()), T.stall);
+        u.record_scrape(at(30_000), Ok(busy(at(30_000), 1.0)), T.stall);
+        assert_eq!(
+            err_string(&super::judge(&name("x"), &u, &T, at(30_000)).live),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_probe_it_did_not_have_passes_and_no_process_means_no_proc_rules() {
+        let spec = parse(
+            r#"{"x": {"readinessProbe": {"tcpSocket": {"port": 1}}}}"#,
+            &[],
+        )
+        .expect("valid")
+        .remove(0);
+        let mut u = UpstreamState::new(Arc::new(spec));
+        let t0 = Instant::now();
+        u.record_probe(ProbeKind::Readiness, outcome(t0, Ok(None)));
+        let v = super::judge(&name("x"), &u, &T, t0);
+        assert_eq!(
+            (v.startup.clone(), v.live.clone(), v.ready.clone()),
+            (Ok(()), Ok(()), Ok(()))
+        );
+        assert_eq!(v.pid, PidStatus::Unknown);
+        assert_eq!(
+            u.proc.watched,
+            Err(NotFound::NoListener(vec![1]).to_string())
+        );
+    }
+
+    #[test]
+    fn aggregates_and_paths_include_upstreams() {
+        let mut state = State::new(&[]);
+        let spec = parse(
+            r#"{"vllm": {"readinessProbe": {"tcpSocket": {"port": 1}}, "startupProbe": {"tcpSocket": {"port": 1}}}}"#,
+            &[],
+        )
+        .expect("valid");
+        state.add_upstreams(&spec.into_iter().map(Arc::new).collect::<Vec<_>>());
+        let t0 = Instant::now();
+        let agent = AgentInput {
+            shutting_down: false,
+            last_tick: t0,
+        };
+        let v = evaluate(&state, agent, &T, t0);
+        assert_eq!(
+            v.aggregate(Probe::Ready).reason.as_deref(),
+            Some("vllm: no result yet")
+        );
+        assert_eq!(
+            v.aggregate(Probe::Startup).reason.as_deref(),
+            Some("vllm: no result yet")
+        );
+        assert!(v.aggregate(Probe::Live).ok(), "/livez is the agent alone");
+        let ready = v.worker(Probe::Ready, "vllm").expect("known");
+        let names: Vec<_> = ready.checks.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["live", "process", "readinessProbe"]);
+        assert!(v.worker(Probe::Live, "vllm").expect("known").ok());
+        assert_eq!(v.names().collect::<Vec<_>>(), ["vllm"]);
+        state.upstreams.values_mut().for_each(|u| {
+            u.record_probe(ProbeKind::Readiness, outcome(t0, Ok(None)));
+            u.record_probe(ProbeKind::Startup, outcome(t0, Ok(None)));
+        });
+        let v = evaluate(&state, agent, &T, t0);
+        assert!(v.aggregate(Probe::Ready).ok() && v.aggregate(Probe::Startup).ok());
+    }
+}
