@@ -416,12 +416,13 @@ fn g1_member_faults_fail_the_leaders_readiness_not_its_liveness() {
         });
 }
 
-/// G2: member 1's process replaced (a new pid): the leader's `/livez/vllm` fails with
-/// `group_broken: member 1 restarted` within 2 × `--proc-interval` of the new process
-/// starting (+ a /proc interval and a group poll); the kubelet (liveness failureThreshold
-/// 3) restarts the leader's vLLM; the group forms again, with the new instances, within 2 probe periods (+ 2 group
-/// polls) of the new vLLM listening, and stays live. Each bound also adds a probe poll and
-/// the starvation measured meanwhile.
+/// G2: member 1's process replaced (a new pid, the same command line and cgroup): the
+/// leader's `/livez/vllm` fails with `group_broken: member 1 restarted` within 2 ×
+/// `--proc-interval` of the new process starting (+ a /proc interval and a group poll); the
+/// kubelet (liveness failureThreshold 3) restarts the leader's vLLM; the group forms again,
+/// with the new instances, within 2 probe periods (+ 2 group polls) of the new vLLM
+/// listening, and stays live. Each bound also adds a probe poll and the starvation measured
+/// meanwhile.
 #[test]
 fn g2_a_replaced_member_breaks_the_group_and_the_leaders_restart_forms_it_again() {
     let _slot = slots::shared();
