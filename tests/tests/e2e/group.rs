@@ -4,17 +4,26 @@
 //! the leader polls its members' `GET /group`, and its `/readyz/vllm` and `/livez/vllm`
 //! (the kubelet's probes of the leader's model container) judge the group as one.
 //!
-//! Each member's headless process is a process that listens on a port (the fake-vllm
-//! binary, nothing else of it used) configured with a `tcpSocket` liveness probe, so its
-//! agent finds it by its socket; these scenarios were written before upstream entries with
-//! only `"process"` (judged by /proc alone) existed, and moving `ray` to one is a follow-up.
+//! Each member's `ray` is what a Ray or torch.distributed worker container is to its agent:
+//! a process with no socket and no probes, in a container (cgroup) of its own, the member
+//! agent in another. Its upstream entry is only `"process": {"cmdline": [...]}`, the
+//! container's command line as `inject` records it, so the agent finds it by cgroup and
+//! command line (SPEC §8) and judges it by /proc alone (SPEC §9). The command line names the
+//! pod and this test process, so that the two members, and the same scenario run by another
+//! `cargo test` on the machine, never match each other's `ray`.
+//!
+//! Needs root and cgroup v2 (`/sys/fs/cgroup` or its `unified` folder on a hybrid host):
+//! without them it fails.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
+use vitals_e2e::cgroup::Cgroup;
 use vitals_e2e::fake_vllm::FakeVllm;
 use vitals_e2e::pod::{duration_arg, free_addr, AgentOptions, Pod};
 use vitals_e2e::probe::{ProbeKind, ProbeWorker};
@@ -43,21 +52,71 @@ fn fake_vllm(addr: SocketAddr, dir: &Path, label: &str) -> FakeVllm {
     )
 }
 
-/// A member pod: its agent (role member) and the headless `ray` process.
+/// A container's cgroup, or the test fails saying what the machine lacks.
+fn cgroup(name: &str) -> Arc<Cgroup> {
+    Arc::new(Cgroup::create(name).unwrap_or_else(|e| {
+        panic!(
+            "the group scenarios put each container in a cgroup of its own, so that a member \
+             agent finds its headless process by cgroup and command line: {e}"
+        )
+    }))
+}
+
+/// A headless container's process: no socket, no probes, nothing to ask it; alone in its
+/// container's cgroup. SIGKILLed and reaped on drop.
+struct Headless {
+    /// Its stdin stays open while this is held: the process blocks reading it.
+    child: Child,
+}
+
+impl Headless {
+    /// Starts `cmdline` (a `sh -c` script and its arguments) in `container`.
+    fn start(cmdline: &[String], container: &Cgroup) -> Headless {
+        let child = Command::new(&cmdline[0])
+            .args(&cmdline[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmdline:?}: {e}"));
+        container.add(child.id()).expect("ray into its cgroup");
+        Headless { child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Headless {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A member pod: its agent (role member) and the headless `ray` process, each in a
+/// container (cgroup) of its own.
 struct Member {
     pod: Pod,
-    ray: FakeVllm,
-    dir: tempfile::TempDir,
+    /// `ray`'s command line, as `inject` records the container's `command` and `args`.
+    ray_cmdline: Vec<String>,
+    ray_container: Arc<Cgroup>,
+    ray: Headless,
 }
 
 impl Member {
     fn start(name: &str) -> Member {
-        let dir = tempfile::tempdir().expect("temp folder");
-        let ray_addr = free_addr();
-        let ray = fake_vllm(ray_addr, dir.path(), "ray");
-        let upstreams = serde_json::json!({"ray": {"livenessProbe": {
-            "tcpSocket": {"port": ray_addr.port()}, "periodSeconds": PERIOD.as_secs()
-        }}});
+        // How the LeaderWorkerSet vLLM example starts its worker (`sh -c` a script that runs
+        // `ray start --block`), reduced to a shell that blocks on its stdin.
+        let ray_cmdline: Vec<String> = ["sh", "-c", "read -r _", "ray", "start", "--block"]
+            .into_iter()
+            .map(String::from)
+            .chain([format!("--node-name={name}-{}", std::process::id())])
+            .collect();
+        let ray_container = cgroup(&format!("{name}-ray"));
+        let ray = Headless::start(&ray_cmdline, &ray_container);
+        let upstreams = serde_json::json!({"ray": {"process": {"cmdline": ray_cmdline}}});
         let agent = AgentOptions {
             extra_args: vec![
                 "--upstreams".into(),
@@ -65,17 +124,24 @@ impl Member {
                 "--group-role".into(),
                 "member".into(),
             ],
+            cgroup: Some(cgroup(&format!("{name}-agent"))),
             ..agent()
         };
         let mut pod = Pod::new(name, agent, worker());
-        pod.event(format!("ray started on {ray_addr} (pid {})", ray.pid()));
+        pod.event(format!("ray started: {ray_cmdline:?} (pid {})", ray.pid()));
         pod.start_agent_and_wait();
-        let m = Member { pod, ray, dir };
+        let m = Member {
+            pod,
+            ray_cmdline,
+            ray_container,
+            ray,
+        };
         m.await_ray_found();
         m
     }
 
-    /// Waits until `/group` lists ray's current process.
+    /// Waits until `/group` lists ray's current process, and checks that the agent found it
+    /// by its container (there is no socket to find it by).
     fn await_ray_found(&self) {
         let want = format!("{}:", self.ray.pid());
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -88,7 +154,7 @@ impl Member {
                     .as_str()
                     .is_some_and(|i| i.starts_with(&want))
                 {
-                    return;
+                    break;
                 }
             }
             assert!(
@@ -98,6 +164,17 @@ impl Member {
             );
             std::thread::sleep(vitals_e2e::pod::POLL);
         }
+        let status = self.pod.status();
+        let proc = &status["upstreams"][0]["proc"];
+        assert_eq!(proc["found_by"], "cgroup", "{status}");
+    }
+
+    /// The container restarted: its process killed and reaped, then a new one with the
+    /// same command line in the same cgroup.
+    fn replace_ray(&mut self) {
+        let _ = self.ray.child.kill();
+        let _ = self.ray.child.wait();
+        self.ray = Headless::start(&self.ray_cmdline, &self.ray_container);
     }
 
     fn ray_pid(&self) -> Pid {
@@ -171,8 +248,8 @@ impl Leader {
 }
 
 /// Three pods, formed: leader `/readyz/vllm` passes within 2 probe periods of the leader's
-/// agent starting, its members already up (vLLM's readiness probe and each `ray` probe run
-/// once per period), plus 2 polls, a probe poll and the measured starvation.
+/// agent starting, its members already up with `ray` found (vLLM's readiness probe runs once
+/// per period), plus 2 polls, a probe poll and the measured starvation.
 fn formed_group(name: &str) -> (Leader, Member, Member) {
     let m1 = Member::start(&format!("{name}_m1"));
     let m2 = Member::start(&format!("{name}_m2"));
@@ -339,12 +416,13 @@ fn g1_member_faults_fail_the_leaders_readiness_not_its_liveness() {
         });
 }
 
-/// G2: member 1's process replaced (a new pid): the leader's `/livez/vllm` fails with
-/// `group_broken: member 1 restarted` within 2 × `--proc-interval` of the new process
-/// listening (+ a /proc interval and a group poll); the kubelet (liveness failureThreshold 3) restarts the leader's
-/// vLLM; the group forms again, with the new instances, within 2 probe periods (+ 2 group
-/// polls) of the new vLLM listening, and stays live. Each bound also adds a probe poll and
-/// the starvation measured meanwhile.
+/// G2: member 1's process replaced (a new pid, the same command line and cgroup): the
+/// leader's `/livez/vllm` fails with `group_broken: member 1 restarted` within 2 ×
+/// `--proc-interval` of the new process starting (+ a /proc interval and a group poll); the
+/// kubelet (liveness failureThreshold 3) restarts the leader's vLLM; the group forms again,
+/// with the new instances, within 2 probe periods (+ 2 group polls) of the new vLLM
+/// listening, and stays live. Each bound also adds a probe poll and the starvation measured
+/// meanwhile.
 #[test]
 fn g2_a_replaced_member_breaks_the_group_and_the_leaders_restart_forms_it_again() {
     let _slot = slots::shared();
@@ -354,12 +432,12 @@ fn g2_a_replaced_member_breaks_the_group_and_the_leaders_restart_forms_it_again(
         vec![(LIVE, ProbeWorker::new(ProbeKind::Liveness, 1, 3))],
         WATCH_PERIOD,
     );
-    let addr = m1.ray.addr;
-    m1.ray.kill();
-    m1.ray = fake_vllm(addr, m1.dir.path(), "ray-2");
-    let replaced = leader
-        .pod
-        .event(format!("member 1's ray replaced (pid {})", m1.ray.pid()));
+    let old = m1.ray.pid();
+    m1.replace_ray();
+    let replaced = leader.pod.event(format!(
+        "member 1's ray replaced: pid {old} killed, pid {} started",
+        m1.ray.pid()
+    ));
     let proc = m1.pod.agent_options.proc_interval;
     leader.pod.await_detection(
         LIVE,
