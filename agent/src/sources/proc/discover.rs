@@ -175,16 +175,48 @@ pub fn find(proc_root: &Path, wanted: Wanted<'_>, exclude: &[u32]) -> Result<Wat
 /// image's entrypoint when only `args` were recorded. Words after the run are allowed too
 /// (an entrypoint script may append flags). A process that rewrites its argv (e.g.
 /// `setproctitle`) does not match, which is why the oldest match of a container is taken:
-/// the server's parent keeps its argv.
+/// the server's parent keeps its argv. A `$(VAR)` in a recorded word stands for any text:
+/// the kubelet expands such references in `command` and `args` from the container's env
+/// before it starts the process (LeaderWorkerSet's own vLLM example passes
+/// `--ray_cluster_size=$(LWS_GROUP_SIZE)`), and inject records the words as written.
 pub fn cmdline_matches(recorded: &[String], actual: &[String]) -> bool {
     let Some((first, rest)) = recorded.split_first() else {
         return false;
     };
     let base = |w: &str| w.rsplit('/').next().unwrap_or(w).to_owned();
     let first = base(first);
-    actual
-        .windows(recorded.len())
-        .any(|run| base(&run[0]) == first && run[1..].iter().zip(rest).all(|(a, r)| a == r))
+    actual.windows(recorded.len()).any(|run| {
+        word_matches(&first, &base(&run[0]))
+            && run[1..].iter().zip(rest).all(|(a, r)| word_matches(r, a))
+    })
+}
+
+/// `recorded` equals `actual`, where each `$(VAR)` of `recorded` matches any text.
+fn word_matches(recorded: &str, actual: &str) -> bool {
+    let mut literals = Vec::new();
+    let mut text = recorded;
+    while let Some(at) = text.find("$(") {
+        let Some(len) = text[at..].find(')') else {
+            break;
+        };
+        literals.push(&text[..at]);
+        text = &text[at + len + 1..];
+    }
+    if literals.is_empty() {
+        return recorded == actual;
+    }
+    literals.push(text);
+    let (head, tail) = (literals[0], literals[literals.len() - 1]);
+    let Some(mut rest) = actual.strip_prefix(head) else {
+        return false;
+    };
+    for middle in &literals[1..literals.len() - 1] {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(tail)
 }
 
 /// `(port, inode, uid)` of every listening TCP socket (IPv4 and IPv6).
@@ -329,6 +361,27 @@ mod tests {
             &words(&["server", "-x"])
         ));
         assert!(!cmdline_matches(&[], &words(&["x"])));
+    }
+
+    #[test]
+    fn kubelet_expanded_variables_match_any_text() {
+        let rec = words(&["sh", "-c", "serve --size=$(LWS_GROUP_SIZE) --at $(HOST):80"]);
+        let cases: &[(&str, bool)] = &[
+            ("serve --size=2 --at vllm-0.vllm:80", true),
+            ("serve --size=$(LWS_GROUP_SIZE) --at $(HOST):80", true),
+            ("serve --size= --at :80", true),
+            ("serve --size=2 --at vllm-0.vllm:81", false),
+            ("run --size=2 --at h:80", false),
+        ];
+        for (script, want) in cases {
+            assert_eq!(
+                cmdline_matches(&rec, &words(&["/bin/sh", "-c", script])),
+                *want,
+                "{script}"
+            );
+        }
+        assert!(word_matches("--x=$(A)", "--x=1"));
+        assert!(!word_matches("--x=$(A", "--x=1"));
     }
 
     /// A process of the fixture: pid, command name, cgroup, start time, uid, argv.
