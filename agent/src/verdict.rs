@@ -135,7 +135,7 @@ pub struct AgentInput {
 pub struct Verdicts {
     /// The agent's liveness (`Err("ticker_stalled")` when its runtime stopped ticking).
     pub agent_live: Result<(), &'static str>,
-    /// The agent's readiness (`Err("shutting down")`).
+    /// The agent's readiness (`Err("shutting_down")`).
     pub agent_ready: Result<(), &'static str>,
     /// Each known worker, by name.
     pub workers: Vec<WorkerVerdict>,
@@ -271,7 +271,7 @@ pub fn evaluate(state: &State, agent: AgentInput, t: &Thresholds, now: Instant) 
             Err("ticker_stalled")
         },
         agent_ready: if agent.shutting_down {
-            Err("shutting down")
+            Err("shutting_down")
         } else {
             Ok(())
         },
@@ -468,7 +468,7 @@ pub(crate) mod tests {
         assert_eq!(v.ready, Err(ReadyReason::Phase(Some(Phase::Loading))));
         assert_eq!(
             v.ready.as_ref().map_err(ToString::to_string),
-            Err("phase loading".into())
+            Err("phase: loading".into())
         );
         assert_eq!(v.live, Ok(()));
     }
@@ -480,7 +480,7 @@ pub(crate) mod tests {
         let v = w.v("model", s(0));
         assert_eq!(
             v.ready.map_err(|r| r.to_string()),
-            Err("phase unknown".into())
+            Err("phase: unknown".into())
         );
     }
 
@@ -599,7 +599,7 @@ pub(crate) mod tests {
         assert_eq!(v.live, Ok(()));
         assert_eq!(
             v.ready.as_ref().map_err(ToString::to_string),
-            Err("check device: missing".into())
+            Err("check: device: missing".into())
         );
         let answer = w.eval(s(1)).worker(Probe::Ready, "model").expect("known");
         let names: Vec<_> = answer.checks.iter().map(|c| c.name.as_str()).collect();
@@ -876,7 +876,7 @@ pub(crate) mod tests {
         w.send("model", phase(Phase::Ready, None), s(0));
         assert_eq!(
             w.v("model", T.hang - EPS).ready.map_err(|r| r.to_string()),
-            Err("check device: missing".into())
+            Err("check: device: missing".into())
         );
     }
 
@@ -901,7 +901,7 @@ pub(crate) mod tests {
         agent.shutting_down = true;
         let v = evaluate(&w.state, agent, &T, now);
         for p in [Probe::Ready, Probe::Startup] {
-            assert_eq!(v.aggregate(p).reason.as_deref(), Some("shutting down"));
+            assert_eq!(v.aggregate(p).reason.as_deref(), Some("shutting_down"));
         }
         assert!(v.aggregate(Probe::Live).ok());
         assert!(
@@ -917,7 +917,7 @@ pub(crate) mod tests {
         let v = w.eval(s(0));
         assert_eq!(
             v.aggregate(Probe::Ready).reason.as_deref(),
-            Some("extra: phase unknown")
+            Some("extra: phase: unknown")
         );
         assert!(v.aggregate(Probe::Startup).ok(), "nothing expected: passes");
         // Disconnected and gone: no longer counted.

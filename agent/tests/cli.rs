@@ -153,9 +153,9 @@ fn env_config_sigterm_grace_exit_zero_and_socket_removed() {
     .unwrap();
     let signalled = Instant::now();
     eventually("readiness failing", || {
-        (get("/readyz").body == "fail: shutting down").then_some(())
+        (get("/readyz").body == "fail: shutting_down").then_some(())
     });
-    assert_eq!(get("/startupz").body, "fail: shutting down");
+    assert_eq!(get("/startupz").body, "fail: shutting_down");
     assert_eq!(get("/livez").code, 200);
     let status = agent.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
@@ -225,7 +225,7 @@ fn status_prints_a_table_and_json() {
     w.loading(45);
     w.check("device", false, "no GPU");
     w.beat(1);
-    agent.wait_for("/readyz/model", 503, "fail: phase loading");
+    agent.wait_for("/readyz/model", 503, "fail: phase: loading");
     let url = format!("http://{}", agent.addr);
     let out = output(&["status", "--url", &url], &[]);
     assert!(
@@ -239,7 +239,7 @@ fn status_prints_a_table_and_json() {
         .find(|l| l.starts_with("model"))
         .expect("a row for model");
     assert!(row.contains("loading 45% (45/100 MiB)"), "{table}");
-    assert!(row.contains("fail: phase loading"), "{table}");
+    assert!(row.contains("fail: phase: loading"), "{table}");
     assert!(row.contains(&std::process::id().to_string()), "{table}");
     assert!(table.contains("failing checks: device: no GPU"), "{table}");
     let out = output(&["status", "--json"], &[("VITALS_URL", url.as_str())]);

@@ -190,7 +190,7 @@ fn every_agent_serves_its_pods_state_and_instances_on_group() {
 
 #[test]
 fn a_leader_forms_fails_readiness_for_a_member_and_liveness_for_a_restart() {
-    let m1 = FakeMember::start(not_live("ray: phase loading"));
+    let m1 = FakeMember::start(not_live("ray: phase: loading"));
     let m2 = FakeMember::start(live("2:20"));
     let (agent, _w) = leader(&[&m1, &m2]);
     let r = wait_fail(&agent, "/readyz", "fail: group: forming 1/2");

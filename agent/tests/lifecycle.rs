@@ -23,11 +23,11 @@ fn loading_warming_ready_draining() {
     let mut w = agent.worker("model", "i-1");
     w.loading(10);
     w.beat(1);
-    agent.wait_for("/readyz/model", 503, "fail: phase loading");
+    agent.wait_for("/readyz/model", 503, "fail: phase: loading");
     // SPEC §2: started once connected and live; the load itself is liveness' business.
     agent.wait_for("/startupz/model", 200, "ok");
     agent.wait_for("/startupz", 200, "ok");
-    agent.wait_for("/readyz", 503, "fail: model: phase loading");
+    agent.wait_for("/readyz", 503, "fail: model: phase: loading");
     assert_eq!(agent.get("/livez/model").body, "ok");
     let status = agent.status();
     let inst = &status["workers"][0]["instance"];
@@ -35,7 +35,7 @@ fn loading_warming_ready_draining() {
     assert_eq!(inst["pid"], std::process::id());
 
     w.phase("warming");
-    agent.wait_for("/readyz/model", 503, "fail: phase warming");
+    agent.wait_for("/readyz/model", 503, "fail: phase: warming");
     w.phase("ready");
     agent.wait_for("/readyz/model", 200, "ok");
     agent.wait_for("/startupz/model", 200, "ok");
@@ -43,14 +43,14 @@ fn loading_warming_ready_draining() {
     agent.wait_for("/readyz", 200, "ok");
 
     w.phase("draining");
-    agent.wait_for("/readyz/model", 503, "fail: phase draining");
+    agent.wait_for("/readyz/model", 503, "fail: phase: draining");
     assert_eq!(agent.get("/livez/model").code, 200);
     assert_eq!(agent.get("/startupz/model").code, 200);
 
     let verbose = agent.get("/readyz/model?verbose");
     assert_eq!(
         verbose.body,
-        "[+]connected ok\n[+]live ok\n[-]phase failed: phase draining\nreadyz check failed\n"
+        "[+]connected ok\n[+]live ok\n[-]phase failed: phase: draining\nreadyz check failed\n"
     );
     let json = agent.request("GET", "/readyz", &[("Accept", "application/json")]);
     let doc: serde_json::Value = serde_json::from_str(&json.body).unwrap();
@@ -59,7 +59,7 @@ fn loading_warming_ready_draining() {
         doc["checks"],
         serde_json::json!([
             {"name": "agent", "ok": true, "reason": null},
-            {"name": "model", "ok": false, "reason": "phase draining"},
+            {"name": "model", "ok": false, "reason": "phase: draining"},
         ])
     );
     let m = agent.metrics();
@@ -194,7 +194,7 @@ fn a_check_gates_readiness_and_comes_back() {
     w.check("device", true, "cpu");
     agent.wait_for("/readyz/model", 200, "ok");
     w.check("tokenizer", false, "file missing");
-    agent.wait_for("/readyz/model", 503, "fail: check tokenizer: file missing");
+    agent.wait_for("/readyz/model", 503, "fail: check: tokenizer: file missing");
     assert_eq!(
         agent.get("/livez/model").body,
         "ok",
@@ -202,7 +202,7 @@ fn a_check_gates_readiness_and_comes_back() {
     );
     assert_eq!(
         agent.get("/readyz/model?verbose").body,
-        "[+]connected ok\n[+]live ok\n[+]phase ok\n[+]check:device ok\n[-]check:tokenizer failed: check tokenizer: file missing\nreadyz check failed\n"
+        "[+]connected ok\n[+]live ok\n[+]phase ok\n[+]check:device ok\n[-]check:tokenizer failed: check: tokenizer: file missing\nreadyz check failed\n"
     );
     w.check("tokenizer", true, "loaded");
     agent.wait_for("/readyz/model", 200, "ok");
@@ -262,7 +262,7 @@ fn the_reporter_client_drives_the_agent() {
     cfg.heartbeat = Duration::from_millis(50);
     let reporter = Reporter::start(cfg).expect("reporter");
     reporter.set_phase(Phase::Loading, "weights", None);
-    agent.wait_for("/readyz/model", 503, "fail: phase loading");
+    agent.wait_for("/readyz/model", 503, "fail: phase: loading");
     reporter.set_check("device", true, "cpu");
     reporter.set_phase(Phase::Ready, "serving", None);
     agent.wait_for("/readyz", 200, "ok");
@@ -337,9 +337,9 @@ fn shutdown_fails_readiness_at_once_and_keeps_answering_for_the_grace() {
     agent.wait_for("/readyz", 200, "ok");
     let signalled = Instant::now();
     agent.signal_shutdown();
-    agent.wait_for("/readyz", 503, "fail: shutting down");
+    agent.wait_for("/readyz", 503, "fail: shutting_down");
     assert!(signalled.elapsed() < Duration::from_millis(500), "at once");
-    assert_eq!(agent.get("/startupz").body, "fail: shutting down");
+    assert_eq!(agent.get("/startupz").body, "fail: shutting_down");
     assert_eq!(agent.get("/livez").body, "ok");
     assert_eq!(
         agent.get("/readyz/model").body,

@@ -275,5 +275,5 @@ fn an_unprivileged_agent_finds_a_root_server_beside_other_containers() {
     server.signal(Signal::SIGCONT);
     wait_for(addr, "/livez/server", 200, "ok");
     server.signal(Signal::SIGKILL);
-    wait_for(addr, "/readyz/server", 503, "fail: process gone");
+    wait_for(addr, "/readyz/server", 503, "fail: process_gone");
 }

@@ -97,7 +97,7 @@ fn bad_input_gets_its_code_and_leaves_others_unchanged() {
     assert_eq!(agent.get("/readyz/model").body, "ok");
     // model's connection still works.
     model.check("device", false, "lost");
-    agent.wait_for("/readyz/model", 503, "fail: check device: lost");
+    agent.wait_for("/readyz/model", 503, "fail: check: device: lost");
 }
 
 #[test]

@@ -109,14 +109,14 @@ fn record() -> String {
     w.send(&mut t, &hello("4242-9f1c2e", &pid));
     let welcome = w.receive(&mut t);
     assert!(welcome.contains(r#""type":"welcome""#), "{welcome}");
-    probe(&agent, &mut t, "/readyz/model", 503, "fail: phase unknown");
+    probe(&agent, &mut t, "/readyz/model", 503, "fail: phase: unknown");
 
     t.note("Loading, with progress: liveness passes while `done` moves.");
     w.send(
         &mut t,
         r#"{"type":"phase","phase":"loading","detail":"reading model.safetensors","progress":{"done":0,"total":90868376,"unit":"bytes"}}"#,
     );
-    probe(&agent, &mut t, "/readyz/model", 503, "fail: phase loading");
+    probe(&agent, &mut t, "/readyz/model", 503, "fail: phase: loading");
     probe(&agent, &mut t, "/livez/model", 200, "ok");
     probe(&agent, &mut t, "/startupz/model", 200, "ok");
     w.send(
@@ -131,7 +131,7 @@ fn record() -> String {
         &mut t,
         r#"{"type":"phase","phase":"warming","detail":"warm-up pass 32x256"}"#,
     );
-    probe(&agent, &mut t, "/readyz/model", 503, "fail: phase warming");
+    probe(&agent, &mut t, "/readyz/model", 503, "fail: phase: warming");
 
     t.note("Ready, then a heartbeat every heartbeat_ms from the reporter thread.");
     w.send(
@@ -155,7 +155,7 @@ fn record() -> String {
         &mut t,
         "/readyz/model",
         503,
-        "fail: check device: cuda: out of memory",
+        "fail: check: device: cuda: out of memory",
     );
     probe(&agent, &mut t, "/livez/model", 200, "ok");
     w.send(
@@ -196,7 +196,13 @@ fn record() -> String {
         &mut t,
         r#"{"type":"phase","phase":"draining","detail":"SIGTERM: finishing 3 requests"}"#,
     );
-    probe(&agent, &mut t, "/readyz/model", 503, "fail: phase draining");
+    probe(
+        &agent,
+        &mut t,
+        "/readyz/model",
+        503,
+        "fail: phase: draining",
+    );
     probe(&agent, &mut t, "/livez/model", 200, "ok");
     drop(w);
     t.text

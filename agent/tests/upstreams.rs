@@ -117,12 +117,12 @@ fn probes_are_answered_from_the_latest_result() {
     agent.wait_for("/startupz/vllm", 200, "ok");
     agent.wait_for("/readyz", 200, "ok");
     server.code.store(503, Ordering::SeqCst);
-    agent.wait_for("/readyz/vllm", 503, "fail: probe failed: status 503");
-    agent.wait_for("/readyz", 503, "fail: vllm: probe failed: status 503");
+    agent.wait_for("/readyz/vllm", 503, "fail: probe_failed: status 503");
+    agent.wait_for("/readyz", 503, "fail: vllm: probe_failed: status 503");
     // An upstream answering in 3 s with timeoutSeconds 1: the agent still answers at once.
     server.code.store(200, Ordering::SeqCst);
     server.delay_ms.store(3000, Ordering::SeqCst);
-    agent.wait_for("/livez/vllm", 503, "fail: probe failed: timeout");
+    agent.wait_for("/livez/vllm", 503, "fail: probe_failed: timeout");
     for _ in 0..20 {
         let started = Instant::now();
         let r = agent.get("/livez/vllm");

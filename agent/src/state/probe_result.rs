@@ -10,7 +10,7 @@ use crate::sources::upstream::expo::ExpoError;
 pub const MAX_REDIRECTS: usize = 10;
 
 /// Why a probe (or a request of the agent's HTTP client) failed, as `/status` and the probe
-/// body show it (`probe failed: <this>`).
+/// body show it (`probe_failed: <this>`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Failure {
     /// The probe did not finish within `timeoutSeconds`.

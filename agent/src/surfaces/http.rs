@@ -520,7 +520,7 @@ mod tests {
                 },
                 Check {
                     name: "model".into(),
-                    reason: reason.map(|_| "phase loading".to_owned()),
+                    reason: reason.map(|_| "phase: loading".to_owned()),
                 },
             ],
         }
@@ -528,19 +528,19 @@ mod tests {
 
     #[test]
     fn renders_plain_verbose_and_json() {
-        let fail = answer(Some("model: phase loading"));
+        let fail = answer(Some("model: phase: loading"));
         assert_eq!(
             render(&fail, Form::Plain),
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 TEXT,
-                "fail: model: phase loading".into()
+                "fail: model: phase: loading".into()
             )
         );
         assert_eq!(render(&answer(None), Form::Plain).2, "ok");
         assert_eq!(
             render(&fail, Form::Verbose).2,
-            "[+]agent ok\n[-]model failed: phase loading\nreadyz check failed\n"
+            "[+]agent ok\n[-]model failed: phase: loading\nreadyz check failed\n"
         );
         assert_eq!(
             render(&answer(None), Form::Verbose).2,
@@ -554,6 +554,6 @@ mod tests {
             doc["checks"][0],
             serde_json::json!({"name": "agent", "ok": true, "reason": null})
         );
-        assert_eq!(doc["checks"][1]["reason"], "phase loading");
+        assert_eq!(doc["checks"][1]["reason"], "phase: loading");
     }
 }

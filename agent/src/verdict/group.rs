@@ -503,6 +503,6 @@ mod tests {
             without_age("model: group: member 2 unreachable 9.9s"),
             "model: group: member 2 unreachable"
         );
-        assert_eq!(without_age("fail: phase loading"), "fail: phase loading");
+        assert_eq!(without_age("fail: phase: loading"), "fail: phase: loading");
     }
 }

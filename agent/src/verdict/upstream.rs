@@ -36,9 +36,9 @@ impl fmt::Display for UpstreamReason {
             Self::Stopped => f.write_str("stopped"),
             Self::Uninterruptible => f.write_str("uninterruptible"),
             Self::LoopStalled => f.write_str("loop_stalled"),
-            Self::ProcessGone => f.write_str("process gone"),
-            Self::ProbeFailed(why) => write!(f, "probe failed: {why}"),
-            Self::NoResultYet => f.write_str("no result yet"),
+            Self::ProcessGone => f.write_str("process_gone"),
+            Self::ProbeFailed(why) => write!(f, "probe_failed: {why}"),
+            Self::NoResultYet => f.write_str("no_result_yet"),
         }
     }
 }
@@ -268,13 +268,13 @@ mod tests {
         type Setup = fn(&mut UpstreamState, Instant);
         let cases: Vec<(&str, Setup, u64, Reasons)> = vec![
             (
-                "no result yet",
+                "no_result_yet",
                 |_, _| {},
                 0,
                 (
-                    fail("no result yet"),
-                    fail("no result yet"),
-                    fail("no result yet"),
+                    fail("no_result_yet"),
+                    fail("no_result_yet"),
+                    fail("no_result_yet"),
                 ),
             ),
             (
@@ -292,8 +292,8 @@ mod tests {
                 1,
                 (
                     Ok(()),
-                    fail("probe failed: status 503"),
-                    fail("probe failed: status 503"),
+                    fail("probe_failed: status 503"),
+                    fail("probe_failed: status 503"),
                 ),
             ),
             (
@@ -303,17 +303,17 @@ mod tests {
                     u.record_probe(ProbeKind::Readiness, outcome(t, Err(Failure::Timeout)));
                 },
                 1,
-                (Ok(()), Ok(()), fail("probe failed: timeout")),
+                (Ok(()), Ok(()), fail("probe_failed: timeout")),
             ),
             (
-                "process gone: ready fails before the probe says so, live is the probe's business",
+                "process_gone: ready fails before the probe says so, live is the probe's business",
                 |u, t| {
                     pass_all(u, t);
                     u.record_probe(ProbeKind::Readiness, outcome(t, Err(Failure::Refused)));
                     u.proc.apply(Err(SampleError::Gone(7)), u.ran_at());
                 },
                 1,
-                (Ok(()), Ok(()), fail("process gone")),
+                (Ok(()), Ok(()), fail("process_gone")),
             ),
             (
                 "stopped for the hang timeout outranks a failing probe",
@@ -469,7 +469,7 @@ mod tests {
                     u.proc.apply(Err(SampleError::Gone(7)), None);
                 },
                 hang,
-                (Ok(()), Ok(()), fail("process gone")),
+                (Ok(()), Ok(()), fail("process_gone")),
             ),
         ];
         for (what, setup, now, want) in cases {
@@ -529,7 +529,7 @@ mod tests {
                 false,
                 0,
                 60_000,
-                Err("probe failed: timeout".into()),
+                Err("probe_failed: timeout".into()),
             ),
             (
                 "vLLM: a scrape timing out is no evidence",
@@ -610,11 +610,11 @@ mod tests {
         let v = evaluate(&state, agent, &T, t0);
         assert_eq!(
             v.aggregate(Probe::Ready).reason.as_deref(),
-            Some("vllm: no result yet")
+            Some("vllm: no_result_yet")
         );
         assert_eq!(
             v.aggregate(Probe::Startup).reason.as_deref(),
-            Some("vllm: no result yet")
+            Some("vllm: no_result_yet")
         );
         assert!(v.aggregate(Probe::Live).ok(), "/livez is the agent alone");
         let ready = v.worker(Probe::Ready, "vllm").expect("known");

@@ -101,9 +101,9 @@ impl fmt::Display for ReadyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ReadyReason::NotConnected => f.write_str("not_connected"),
-            ReadyReason::Phase(Some(p)) => write!(f, "phase {p}"),
-            ReadyReason::Phase(None) => f.write_str("phase unknown"),
-            ReadyReason::Check { name, message } => write!(f, "check {name}: {message}"),
+            ReadyReason::Phase(Some(p)) => write!(f, "phase: {p}"),
+            ReadyReason::Phase(None) => f.write_str("phase: unknown"),
+            ReadyReason::Check { name, message } => write!(f, "check: {name}: {message}"),
             ReadyReason::Live(r) => r.fmt(f),
         }
     }
@@ -268,7 +268,7 @@ pub(super) fn judge(name: &WorkerName, w: &Worker, t: &Thresholds, now: Instant)
         .collect();
     let live_r = live.map_err(ReadyReason::Live);
     // The order of the verbose listing: a liveness failure says more than the phase it
-    // happened in (`load_stalled` rather than `phase loading`).
+    // happened in (`load_stalled` rather than `phase: loading`).
     let ready = [&connected_r, &live_r, &phase_r]
         .into_iter()
         .chain(check_rs.iter().map(|(_, r)| r))

@@ -109,7 +109,7 @@ class WithAgentTest(AgentTest):
             )
             code, verbose = agent.get("/readyz/loader?verbose")
             self.assertEqual(code, 503)
-            self.assertIn("[-]phase failed: phase loading", verbose)
+            self.assertIn("[-]phase failed: phase: loading", verbose)
             f.seek(0)
             self.assertEqual(f.read(), content)
         total = {"done": len(content), "total": len(content), "unit": "bytes"}

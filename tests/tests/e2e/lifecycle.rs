@@ -65,12 +65,12 @@ fn s01_cold_start_under_load() {
         (ready - spawned).as_secs_f64()
     );
     let loading_reasons = |r: &str| {
-        // `phase unknown`: the moment between the worker's hello and its first phase line.
+        // `phase: unknown`: the moment between the worker's hello and its first phase line.
         r == "not_connected"
-            || r == "phase unknown"
-            || r == "phase loading"
-            || r == "phase warming"
-            || r.starts_with("check ")
+            || r == "phase: unknown"
+            || r == "phase: loading"
+            || r == "phase: warming"
+            || r.starts_with("check: ")
     };
     assert_all_fail(
         &pod,
@@ -100,11 +100,11 @@ fn s01_cold_start_under_load() {
         .timeline
         .probes(READY, spawned, ready)
         .iter()
-        .filter(|e| e.reason() == Some("phase loading"))
+        .filter(|e| e.reason() == Some("phase: loading"))
         .count();
     assert!(
         loading >= 10,
-        "only {loading} readiness probes said `phase loading` during a {slow:?} load"
+        "only {loading} readiness probes said `phase: loading` during a {slow:?} load"
     );
     // Startup passes with readiness (one background period of skew at most) and after it
     // everything passes at every probe.
@@ -199,7 +199,7 @@ fn s02_slow_progressing_load_stays_live() {
         .timeline
         .probes(READY, spawned, ready)
         .into_iter()
-        .filter(|e| matches!(e.reason(), Some("phase loading" | "phase warming")))
+        .filter(|e| matches!(e.reason(), Some("phase: loading" | "phase: warming")))
         .collect();
     let span = match (loading.first(), loading.last()) {
         (Some(a), Some(b)) => b.at - a.at,
@@ -240,7 +240,7 @@ fn s03_stuck_load_fails_liveness() {
     pod.start_worker();
     // The load clock starts when the worker reports `loading` (at hello or later).
     let (loading, _) = pod.await_probe(READY, Duration::from_secs(30), "worker loading", |o| {
-        o.reason() == Some("phase loading")
+        o.reason() == Some("phase: loading")
     });
     let since = loading;
     pod.await_detection(

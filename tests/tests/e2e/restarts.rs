@@ -218,7 +218,7 @@ fn s08_drain_under_load() {
 
     pod.await_detection(
         READY,
-        &["phase draining", "not_connected"],
+        &["phase: draining", "not_connected"],
         term,
         Duration::from_millis(500),
         Duration::ZERO,

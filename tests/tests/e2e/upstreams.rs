@@ -176,18 +176,18 @@ fn u1_slow_start_passes_startup() {
     let mut p = start("up_slow_start", Some(LOAD));
     let t0 = p.vllm_started;
     p.pod.event("agent up, vLLM loading");
-    // Before the agent's first run of the probe: `no result yet`; then vLLM's own 503.
+    // Before the agent's first run of the probe: `no_result_yet`; then vLLM's own 503.
     p.pod.await_probe(
         STARTED,
         Duration::from_secs(5),
         "startup fails with vLLM's 503 while loading",
-        |o| o.reason() == Some("probe failed: status 503"),
+        |o| o.reason() == Some("probe_failed: status 503"),
     );
     let loading = p.pod.timeline.probes(STARTED, t0, p.pod.timeline.now());
     assert!(
         loading.iter().all(|e| e.passed == Some(false)
             && e.reason()
-                .is_some_and(|r| r == "no result yet" || r == "probe failed: status 503")),
+                .is_some_and(|r| r == "no_result_yet" || r == "probe_failed: status 503")),
         "startup while loading: {loading:?}"
     );
     let watch = p.pod.watch(
@@ -327,13 +327,13 @@ fn u4_killed_upstream_fails_readiness() {
     );
     assert!(
         o.reason()
-            .is_some_and(|r| r == "process gone" || r.starts_with("probe failed")),
+            .is_some_and(|r| r == "process_gone" || r.starts_with("probe_failed")),
         "{o}"
     );
 }
 
 /// U5: vLLM answering in 5 s while its probe has `timeoutSeconds: 1`: the agent's answer
-/// stays immediate and says `probe failed: timeout`.
+/// stays immediate and says `probe_failed: timeout`.
 #[test]
 fn u5_slow_upstream_never_slows_the_agent() {
     let _slot = slots::shared();
@@ -342,7 +342,7 @@ fn u5_slow_upstream_never_slows_the_agent() {
     let at = p.pod.event("vLLM answers in 5 s");
     p.pod.await_detection(
         READY,
-        &["probe failed: timeout"],
+        &["probe_failed: timeout"],
         at,
         // The next probe starts within a period and times out after its timeout.
         PERIOD + DEFAULT_TIMEOUT,
@@ -352,7 +352,7 @@ fn u5_slow_upstream_never_slows_the_agent() {
     let mut latencies: Vec<Duration> = (0..50)
         .map(|_| {
             let o = probe_once(p.pod.agent_addr, READY, DEFAULT_TIMEOUT);
-            assert_eq!(o.reason(), Some("probe failed: timeout"), "{o}");
+            assert_eq!(o.reason(), Some("probe_failed: timeout"), "{o}");
             o.latency
         })
         .collect();

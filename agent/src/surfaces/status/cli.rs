@@ -510,7 +510,7 @@ mod tests {
                 socket: "/run/vitals/agent.sock".into(),
                 shutting_down: false,
                 live: ok.clone(),
-                ready: fail("model: phase loading"),
+                ready: fail("model: phase: loading"),
                 startup: fail("model: not_started"),
             },
             workers: vec![WorkerDoc {
@@ -518,7 +518,7 @@ mod tests {
                 expected: true,
                 connected: true,
                 live: ok.clone(),
-                ready: fail("phase loading"),
+                ready: fail("phase: loading"),
                 startup: fail("not_started"),
                 diagnosis: None,
                 restarts: 2,
@@ -568,11 +568,11 @@ mod tests {
     fn table_shows_phase_progress_verdicts_and_process() {
         let out = render(&doc());
         assert!(out.contains("up 2m05s"), "{out}");
-        assert!(out.contains("ready fail: model: phase loading"), "{out}");
+        assert!(out.contains("ready fail: model: phase: loading"), "{out}");
         let row = out.lines().find(|l| l.starts_with("model")).expect("row");
         for want in [
             "loading 45% (45/100 MiB)",
-            "fail: phase loading",
+            "fail: phase: loading",
             "0.4s",
             "321",
             "512 MiB",
