@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""The sentence-transformers side of `make bench`, and the comparison.
+"""The sentence-transformers side of `make bench`.
 
 Runs after `cargo bench -p vitals-worker --bench embed`, which wrote the inputs
-(bench-results/texts.json) and candle's figures (bench-results/candle.json). Measures
-SentenceTransformer.encode (PyTorch, CPU, float32) on the same texts, the same batch sizes
-and the same number of threads, the same way (tokenisation and normalisation included),
-then prints the table docs/benchmarks.md shows and writes bench-results/embed.md.
+(bench-results/texts.json) and candle's figures (bench-results/candle.json, or
+$BENCH_CANDLE). Measures SentenceTransformer.encode (PyTorch, CPU, float32) on the same
+texts, the same batch sizes and the same number of threads, the same way (tokenisation and
+normalisation included), into bench-results/sentence_transformers.json (or $BENCH_OUT).
+scripts/bench_compare.py puts the two side by side.
 
 Usage: HF_HUB_OFFLINE=1 .venv-bench/bin/python scripts/bench_st.py [MODEL_DIR]
 """
@@ -23,6 +24,8 @@ from sentence_transformers import SentenceTransformer
 MODEL_DIR = sys.argv[1] if len(sys.argv) > 1 else "models/all-MiniLM-L6-v2"
 OUT = "bench-results"
 SECS = float(os.environ.get("BENCH_SECS", "5"))
+CANDLE = os.environ.get("BENCH_CANDLE", "candle.json")
+RESULT = os.environ.get("BENCH_OUT", "sentence_transformers.json")
 
 
 def percentile(sorted_values, p):
@@ -32,7 +35,7 @@ def percentile(sorted_values, p):
 
 def main():
     texts = json.load(open(f"{OUT}/texts.json"))
-    candle = json.load(open(f"{OUT}/candle.json"))
+    candle = json.load(open(f"{OUT}/{CANDLE}"))
     threads = candle["in_process"]["threads"]
     torch.set_num_threads(threads)
     model = SentenceTransformer(MODEL_DIR, device="cpu")
@@ -72,39 +75,12 @@ def main():
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
+        # What PyTorch dispatched to: AVX512 or AVX2 (ATEN_CPU_CAPABILITY restricts it).
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "embeddings_per_s": throughput,
         "single_ms": {"p50": percentile(single, 0.5), "p99": percentile(single, 0.99), "n": len(single)},
     }
-    json.dump(st, open(f"{OUT}/sentence_transformers.json", "w"), indent=2)
-
-    c = candle["in_process"]
-    lines = [
-        f"CPU: {platform.processor() or platform.machine()}, {threads} threads for both; "
-        f"{c['texts']} texts of {c['mean_tokens']:.1f} tokens on average; "
-        f"sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__}.",
-        "",
-        "| | vitals-worker (candle) | sentence-transformers | vitals / s-t |",
-        "|---|---|---|---|",
-    ]
-    for b in sorted(c["embeddings_per_s"], key=int):
-        ours, theirs = c["embeddings_per_s"][b], throughput[b]
-        lines.append(
-            f"| batch {b}, embeddings/s (higher is better) | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f}x |"
-        )
-    for p in ["p50", "p99"]:
-        ours, theirs = c["single_ms"][p], st["single_ms"][p]
-        lines.append(
-            f"| one sentence, {p} latency (lower is better) | {ours:.2f} ms | {theirs:.2f} ms | {ours / theirs:.2f}x |"
-        )
-    for s in candle.get("server", []):
-        lines.append(
-            f"| HTTP, {s['clients']} clients, max batch {s['max_batch_size']} | "
-            f"{s['requests_per_s']:.1f} req/s, p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, "
-            f"{s['errors']} errors | | |"
-        )
-    table = "\n".join(lines) + "\n"
-    open(f"{OUT}/embed.md", "w").write(table)
-    print(table)
+    json.dump(st, open(f"{OUT}/{RESULT}", "w"), indent=2)
 
 
 if __name__ == "__main__":

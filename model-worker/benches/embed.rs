@@ -10,8 +10,10 @@
 //! limits) and once with `--max-batch-size 1`, so the value of batching shows.
 //!
 //! Writes `bench-results/texts.json` (the inputs, for the Python side) and
-//! `bench-results/candle.json`. Environment: `BENCH_THREADS` (default: all cores),
-//! `MODEL_DIR`, `BENCH_SECS` (per measurement, default 5), `BENCH_SERVER`.
+//! `bench-results/candle.json` (or `BENCH_OUT`). Environment: `BENCH_THREADS` (default: all
+//! cores), `MODEL_DIR`, `BENCH_SECS` (per measurement, default 5), `BENCH_SERVER`,
+//! `BENCH_BATCHES` (comma-separated, default `1,8,32,128`; `scripts/bench-profile.sh`
+//! profiles one size at a time), `BENCH_SINGLE=0` (skip the one-sentence latency).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::net::TcpListener;
@@ -29,7 +31,7 @@ use vitals_worker::model::device::{self, DeviceSpec};
 use vitals_worker::model::tokenizer::TextTokenizer;
 use vitals_worker::model::{l2_normalize, Embedder, ModelSpec};
 
-const BATCHES: [usize; 4] = [1, 8, 32, 128];
+const BATCHES: &str = "1,8,32,128";
 const CLIENTS: usize = 8;
 const TEXTS: usize = 512;
 
@@ -144,7 +146,13 @@ fn encode(tok: &TextTokenizer, model: &mut BertEmbedder, batch: &[String]) -> us
     vectors.len()
 }
 
-fn in_process(texts: &[String], threads: usize, secs: f64) -> serde_json::Value {
+fn in_process(
+    texts: &[String],
+    threads: usize,
+    secs: f64,
+    batches: &[usize],
+    single_too: bool,
+) -> serde_json::Value {
     let dir = std::env::var("MODEL_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| workspace().join("models/all-MiniLM-L6-v2"));
@@ -160,7 +168,7 @@ fn in_process(texts: &[String], threads: usize, secs: f64) -> serde_json::Value 
     );
 
     let mut throughput = serde_json::Map::new();
-    for &b in &BATCHES {
+    for &b in batches {
         encode(&tok, &mut model, &texts[..b]); // warm-up: allocations, thread pool
         let (mut rows, mut i) = (0usize, 0usize);
         let start = Instant::now();
@@ -175,6 +183,14 @@ fn in_process(texts: &[String], threads: usize, secs: f64) -> serde_json::Value 
     }
 
     let mut single = Vec::new();
+    if !single_too {
+        return json!({
+            "threads": threads,
+            "texts": texts.len(),
+            "mean_tokens": tokens as f64 / texts.len() as f64,
+            "embeddings_per_s": throughput,
+        });
+    }
     let start = Instant::now();
     for t in texts.iter().cycle() {
         if single.len() >= 200 && start.elapsed().as_secs_f64() >= secs {
@@ -310,15 +326,29 @@ fn main() {
     )
     .unwrap();
 
-    let mut result = json!({"in_process": in_process(&texts, threads, secs)});
+    let batches: Vec<usize> = std::env::var("BENCH_BATCHES")
+        .unwrap_or_else(|_| BATCHES.to_owned())
+        .split(',')
+        .map(|b| {
+            b.trim()
+                .parse()
+                .expect("BENCH_BATCHES: comma-separated sizes")
+        })
+        .collect();
+    let single_too = std::env::var("BENCH_SINGLE").map_or(true, |v| v != "0");
+    let mut result = json!({
+        "in_process": in_process(&texts, threads, secs, &batches, single_too),
+        "mkl": cfg!(feature = "mkl"),
+    });
     if std::env::var_os("BENCH_SERVER").is_some() {
         result["server"] = json!([
             server(&texts, threads, secs * 2.0, 32),
             server(&texts, threads, secs * 2.0, 1),
         ]);
     }
+    let file = std::env::var("BENCH_OUT").unwrap_or_else(|_| "candle.json".to_owned());
     std::fs::write(
-        out.join("candle.json"),
+        out.join(file),
         serde_json::to_string_pretty(&result).unwrap(),
     )
     .unwrap();

@@ -100,12 +100,27 @@ impl OpenDevice {
 /// default; on a pod with 2 CPUs that spinning competes with the matrix products, about a
 /// fifth of all CPU time in a profile. 100 rounds keeps the hand-off quick without it
 /// (docs/benchmarks.md). A limit the operator set is kept.
+///
+/// With `--features mkl` the matrix products run on MKL's OpenMP team instead, sized by
+/// `OMP_NUM_THREADS`; its threads spin `KMP_BLOCKTIME` after each product (200 ms by
+/// default), competing with the element-wise ops between products, so that is cut to
+/// [`MKL_BLOCKTIME_MS`] unless the operator set it.
 pub fn configure_cpu_threads(threads: usize) {
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");
     }
+    if cfg!(feature = "mkl") {
+        std::env::set_var("OMP_NUM_THREADS", threads.to_string());
+        if std::env::var_os("KMP_BLOCKTIME").is_none() {
+            std::env::set_var("KMP_BLOCKTIME", MKL_BLOCKTIME_MS.to_string());
+        }
+    }
 }
+
+/// How long (ms) MKL's OpenMP threads spin after a matrix product before sleeping, with
+/// `--features mkl` (docs/benchmarks.md: measured).
+pub const MKL_BLOCKTIME_MS: u32 = 1;
 
 /// Opens the device `spec` asks for. `auto` falls back to the CPU when no CUDA device can
 /// be opened; an explicit `cuda:N` that cannot be opened is an error.
