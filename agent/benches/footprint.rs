@@ -16,60 +16,25 @@
 //! `BENCH_IDLE_SECS`, `BENCH_PROBES` (default 10000).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{agent_bin, cpu_seconds, env_u64, rss_kib, start_agent, write_results};
 use vitals_e2e::{client, wait};
 use vitals_proto::{Phase, Reporter, ReporterConfig, WorkerName};
 
 const WORKERS: usize = 4;
 const PROBE_RATE_HZ: u64 = 1000;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Kills the agent when the bench ends, however it ends.
-struct AgentProcess(Child);
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// One GET on a new connection, as the kubelet probes (the toolkit's client, 1 s timeout);
 /// the status code.
 fn get(addr: SocketAddr, path: &str) -> Result<u16, client::ClientError> {
     client::get(addr, path, Duration::from_secs(1)).map(|r| r.status)
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
-/// User + system CPU seconds of `pid` so far.
-fn cpu_seconds(pid: i32) -> f64 {
-    let stat = procfs::process::Process::new(pid).unwrap().stat().unwrap();
-    (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -83,12 +48,8 @@ fn us(d: Duration) -> f64 {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is taken from the command line.
-    let bin = std::env::var_os("VITALS_AGENT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/release/vitals-agent"));
-    let binary_bytes = std::fs::metadata(&bin)
-        .unwrap_or_else(|e| panic!("{}: {e} (run `make release` first)", bin.display()))
-        .len();
+    let bin = agent_bin();
+    let binary_bytes = std::fs::metadata(&bin).unwrap().len();
     let idle_secs = env_u64("BENCH_IDLE_SECS", 60);
     let probes = env_u64("BENCH_PROBES", 10_000);
 
@@ -111,17 +72,13 @@ fn main() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let child = Command::new(&bin)
-        .args(["run", "--listen", &addr.to_string(), "--socket"])
-        .arg(&socket)
-        .args(["--log-format", "json"])
-        .args(["--upstreams", &format!("{{{upstream_json}}}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let agent = AgentProcess(child);
-    let pid = i32::try_from(agent.0.id()).unwrap();
+    let agent = start_agent(
+        &bin,
+        addr,
+        &socket,
+        &["--upstreams".to_owned(), format!("{{{upstream_json}}}")],
+    );
+    let pid = agent.0.id();
 
     wait::eventually("the agent's /livez", Duration::from_secs(10), || {
         (get(addr, "/livez").ok() == Some(200)).then_some(())
@@ -229,8 +186,6 @@ fn main() {
     );
     println!("| failed probes | {failures} | 0 |");
 
-    let out = workspace().join("bench-results");
-    std::fs::create_dir_all(&out).unwrap();
     let json = serde_json::json!({
         "binary_bytes": binary_bytes,
         "workers": WORKERS,
@@ -245,9 +200,5 @@ fn main() {
         "probe_latency_us": {"p50": us(p50), "p99": us(p99), "p999": us(p999), "max": us(max)},
         "failed_probes": failures,
     });
-    std::fs::write(
-        out.join("agent.json"),
-        serde_json::to_string_pretty(&json).unwrap(),
-    )
-    .unwrap();
+    write_results("agent.json", &json);
 }

@@ -10,33 +10,15 @@
 //! `BENCH_MEMBERS`, `BENCH_IDLE_SECS`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Kills the agent when the bench ends, however it ends.
-struct AgentProcess(Child);
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{agent_bin, cpu_seconds, env_u64, rss_kib, start_agent, write_results};
 
 /// A member agent's `/group` answer on a fresh port, one thread per connection.
 fn member(index: usize) -> SocketAddr {
@@ -83,23 +65,6 @@ fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     Ok((code, body.unwrap_or_default()))
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = procfs::process::Process::new(i32::try_from(pid).unwrap())
-        .unwrap()
-        .stat()
-        .unwrap();
-    (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64
-}
-
 /// Starts an agent with `extra` flags, waits until `/readyz` passes; returns it with its
 /// RSS then and its CPU share over `idle` (percent of a core) and its RSS after.
 fn measure(bin: &Path, extra: &[String], idle: Duration) -> (u64, f64, u64) {
@@ -108,16 +73,7 @@ fn measure(bin: &Path, extra: &[String], idle: Duration) -> (u64, f64, u64) {
         .unwrap()
         .local_addr()
         .unwrap();
-    let child = Command::new(bin)
-        .args(["run", "--listen", &addr.to_string(), "--socket"])
-        .arg(dir.path().join("agent.sock"))
-        .args(["--log-format", "json"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let agent = AgentProcess(child);
+    let agent = start_agent(bin, addr, &dir.path().join("agent.sock"), extra);
     let pid = agent.0.id();
     let deadline = Instant::now() + Duration::from_secs(15);
     while get(addr, "/readyz").map(|r| r.0).ok() != Some(200) {
@@ -145,14 +101,7 @@ fn measure(bin: &Path, extra: &[String], idle: Duration) -> (u64, f64, u64) {
 }
 
 fn main() {
-    let bin = std::env::var_os("VITALS_AGENT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/release/vitals-agent"));
-    assert!(
-        bin.exists(),
-        "{}: missing (run `make release` first)",
-        bin.display()
-    );
+    let bin = agent_bin();
     let members = usize::try_from(env_u64("BENCH_MEMBERS", 16)).unwrap();
     let idle = Duration::from_secs(env_u64("BENCH_IDLE_SECS", 60));
     let addrs: Vec<String> = (1..=members).map(|i| member(i).to_string()).collect();
@@ -185,8 +134,6 @@ fn main() {
         mib(rss),
         mib(rss_after)
     );
-    let out = workspace().join("bench-results");
-    std::fs::create_dir_all(&out).unwrap();
     let json = serde_json::json!({
         "members": members,
         "poll_seconds": 1,
@@ -194,9 +141,5 @@ fn main() {
         "leader": {"rss_kib": rss, "rss_after_kib": rss_after, "cpu_percent": cpu},
         "no_group": {"rss_kib": base_rss, "rss_after_kib": base_rss_after, "cpu_percent": base_cpu},
     });
-    std::fs::write(
-        out.join("group.json"),
-        serde_json::to_string_pretty(&json).unwrap(),
-    )
-    .unwrap();
+    write_results("group.json", &json);
 }

@@ -13,9 +13,12 @@
 //! `VITALS_AGENT_BIN` (default `target/release/vitals-agent`), `BENCH_REVIEWS`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+#[path = "../tests/common/yaml.rs"]
+mod yaml;
+
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,45 +28,20 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
-use yaml_rust2::{Yaml, YamlLoader};
+use yaml_rust2::YamlLoader;
+
+use common::{
+    agent_bin, cpu_seconds, env_u64, rss_kib, status_kib, workspace, write_results, Measured,
+};
+use yaml::yaml_to_json;
 
 const CLIENTS: usize = 8;
 const NEW_CONNECTIONS: usize = 200;
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-struct WebhookProcess(Child);
-
-impl Drop for WebhookProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn yaml_to_json(y: &Yaml) -> Value {
-    match y {
-        Yaml::Real(s) => json!(s.parse::<f64>().unwrap()),
-        Yaml::Integer(i) => json!(i),
-        Yaml::String(s) => json!(s),
-        Yaml::Boolean(b) => json!(b),
-        Yaml::Null => Value::Null,
-        Yaml::Array(a) => Value::Array(a.iter().map(yaml_to_json).collect()),
-        Yaml::Hash(h) => Value::Object(
-            h.iter()
-                .map(|(k, v)| (k.as_str().unwrap().to_string(), yaml_to_json(v)))
-                .collect(),
-        ),
-        other => panic!("unexpected YAML {other:?}"),
-    }
-}
 
 /// The vLLM fixture's pod template, as the Pod a ReplicaSet would create.
 fn review_body() -> Vec<u8> {
@@ -133,21 +111,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// (user + system CPU seconds, VmRSS KiB, VmHWM KiB) of a process.
 fn usage(pid: u32) -> (f64, u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let hz = procfs::ticks_per_second() as f64;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-    };
-    (ticks as f64 / hz, kib("VmRSS:"), kib("VmHWM:"))
+    (cpu_seconds(pid), rss_kib(pid), status_kib(pid, "VmHWM:"))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -155,17 +119,8 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
-    let bin = std::env::var_os("VITALS_AGENT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/release/vitals-agent"));
-    assert!(
-        bin.exists(),
-        "{bin:?} missing: cargo build --release -p vitals-agent"
-    );
-    let reviews: usize = std::env::var("BENCH_REVIEWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+    let bin = agent_bin();
+    let reviews = usize::try_from(env_u64("BENCH_REVIEWS", 2000)).unwrap();
 
     // The bench's own CA and a serving certificate for localhost.
     let ca_key = KeyPair::generate().unwrap();
@@ -205,7 +160,7 @@ fn main() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let process = WebhookProcess(child);
+    let process = Measured(child);
     let pid = process.0.id();
     let config = client_config(ca.der());
     let body = review_body();
@@ -336,11 +291,5 @@ fn main() {
         "rss_kib": {"idle": idle_rss, "after": rss_after, "peak": hwm},
         "binary_bytes": binary,
     });
-    let out = workspace().join("bench-results");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("webhook.json"),
-        serde_json::to_string_pretty(&results).unwrap(),
-    )
-    .unwrap();
+    write_results("webhook.json", &results);
 }

@@ -567,6 +567,20 @@ mod tests {
         Config::try_from(run_args(args).expect("parses")).map(|c| c.group)
     }
 
+    /// A LeaderWorkerSet leader's flags: its group's size, its pod's name, the subdomain.
+    fn lws_leader<'a>(size: &'a str, pod_name: &'a str, subdomain: &'a str) -> [&'a str; 8] {
+        [
+            "--group-role",
+            "leader",
+            "--group-size",
+            size,
+            "--group-pod-name",
+            pod_name,
+            "--group-subdomain",
+            subdomain,
+        ]
+    }
+
     #[test]
     fn a_leader_polls_the_members_it_was_given() {
         let g = group_of(&[
@@ -621,16 +635,7 @@ mod tests {
             ]
         );
         assert_eq!(g.poll, Duration::from_millis(500));
-        let alone = group_of(&[
-            "--group-role",
-            "leader",
-            "--group-size",
-            "1",
-            "--group-pod-name",
-            "a-0",
-            "--group-subdomain",
-            "a",
-        ]);
+        let alone = group_of(&lws_leader("1", "a-0", "a"));
         assert!(matches!(alone, Ok(Group::Leader(g)) if g.members.is_empty()));
         assert_eq!(
             group_of(&["--group-role", "member"]).ok(),
@@ -708,45 +713,9 @@ mod tests {
                 ],
                 "--group-size",
             ),
-            (
-                &[
-                    "--group-role",
-                    "leader",
-                    "--group-size",
-                    "0",
-                    "--group-pod-name",
-                    "p",
-                    "--group-subdomain",
-                    "s",
-                ],
-                "--group-size",
-            ),
-            (
-                &[
-                    "--group-role",
-                    "leader",
-                    "--group-size",
-                    "9999",
-                    "--group-pod-name",
-                    "p",
-                    "--group-subdomain",
-                    "s",
-                ],
-                "--group-size",
-            ),
-            (
-                &[
-                    "--group-role",
-                    "leader",
-                    "--group-size",
-                    "2",
-                    "--group-pod-name",
-                    "P",
-                    "--group-subdomain",
-                    "s",
-                ],
-                "--group-pod-name",
-            ),
+            (&lws_leader("0", "p", "s")[..], "--group-size"),
+            (&lws_leader("9999", "p", "s")[..], "--group-size"),
+            (&lws_leader("2", "P", "s")[..], "--group-pod-name"),
             (
                 &[
                     "--group-role",

@@ -868,7 +868,7 @@ fn inject_pod(
     }
     let facts = PodFacts {
         root: pod_runs_as_root(spec),
-        guaranteed: resources::guaranteed(spec, AGENT_CONTAINER),
+        guaranteed: resources::guaranteed(other_containers(spec)),
     };
     wire_agent(
         &mut agent,
@@ -998,41 +998,38 @@ fn choose_workers(
 fn check_ports(spec: &Map) -> Result<(), Problem> {
     let host_network = matches!(spec.get("hostNetwork"), Some(Node::Scalar(s)) if s.is_true());
     let port = AGENT_PORT.to_string();
-    for key in ["initContainers", "containers"] {
-        for c in spec
-            .get(key)
+    for c in other_containers(spec) {
+        let container = || c.get_str("name").unwrap_or("?").to_string();
+        for p in c
+            .get("ports")
             .and_then(Node::as_seq)
             .into_iter()
             .flatten()
             .filter_map(Node::as_map)
         {
-            if c.get_str("name") == Some(AGENT_CONTAINER) {
-                continue;
+            let host_port = p.get_str("hostPort") == Some(port.as_str());
+            if host_network && (host_port || p.get_str("containerPort") == Some(port.as_str())) {
+                return Err(Problem::HostNetworkPortConflict {
+                    container: container(),
+                });
             }
-            let container = || c.get_str("name").unwrap_or("?").to_string();
-            for p in c
-                .get("ports")
-                .and_then(Node::as_seq)
-                .into_iter()
-                .flatten()
-                .filter_map(Node::as_map)
-            {
-                let host_port = p.get_str("hostPort") == Some(port.as_str());
-                if host_network && (host_port || p.get_str("containerPort") == Some(port.as_str()))
-                {
-                    return Err(Problem::HostNetworkPortConflict {
-                        container: container(),
-                    });
-                }
-                if p.get_str("containerPort") == Some(port.as_str()) {
-                    return Err(Problem::PortConflict {
-                        container: container(),
-                    });
-                }
+            if p.get_str("containerPort") == Some(port.as_str()) {
+                return Err(Problem::PortConflict {
+                    container: container(),
+                });
             }
         }
     }
     Ok(())
+}
+
+/// Every container of a pod spec but the agent's, init containers first.
+fn other_containers(spec: &Map) -> impl Iterator<Item = &Map> {
+    ["initContainers", "containers"]
+        .into_iter()
+        .flat_map(|key| spec.get(key).and_then(Node::as_seq).into_iter().flatten())
+        .filter_map(Node::as_map)
+        .filter(|c| c.get_str("name") != Some(AGENT_CONTAINER))
 }
 
 /// Removes the agent container an earlier injection added; returns where it was (list key,

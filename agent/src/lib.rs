@@ -229,3 +229,24 @@ pub async fn run_with(
     tracing::info!("vitals agent stopped");
     Ok(())
 }
+
+/// Waits for the first SIGTERM or SIGINT and returns its name: what stops the agent and the
+/// webhook. When the handlers cannot be installed it logs why and never returns (the
+/// process then stops only with SIGKILL).
+pub async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

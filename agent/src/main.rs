@@ -79,22 +79,7 @@ fn run(config: Config) -> anyhow::Result<()> {
 
 /// Cancels `shutdown` at the first SIGTERM or SIGINT.
 async fn on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (term, int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!(error = %e, "cannot install signal handlers; stop with SIGKILL");
-            return;
-        }
-    };
-    let (mut term, mut int) = (term, int);
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
+    let name = vitals_agent::stop_signal().await;
     tracing::info!(signal = name, "shutdown signal received");
     shutdown.cancel();
 }

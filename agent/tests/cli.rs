@@ -8,25 +8,13 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, Agent, Worker};
+use common::{agent_cmd, eventually, Agent, Worker};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use vitals_e2e::pod::free_addr;
-
-fn agent_cmd() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vitals-agent"));
-    // The tests' own environment must not leak VITALS_* settings in.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("VITALS_") {
-            c.env_remove(k);
-        }
-    }
-    c.stdin(Stdio::null());
-    c
-}
 
 fn output(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = agent_cmd();

@@ -8,9 +8,11 @@
 //! the whole run instead of draining as the header timeout or eviction closes abusers.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -41,17 +43,10 @@ impl AgentProc {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let addr = free_addr();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitals-agent"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("VITALS_") {
-                cmd.env_remove(k);
-            }
-        }
-        let child = cmd
+        let child = common::agent_cmd()
             .args(["run", "--listen", &addr.to_string(), "--socket"])
             .arg(dir.path().join("agent.sock"))
             .args(["--max-connections", &CAP.to_string()])
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

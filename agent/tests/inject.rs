@@ -4,62 +4,28 @@
 //! `UPDATE_GOLDEN=1 cargo test -p vitals-agent --test inject` rewrites the *.out.yaml files
 //! (review the diff).
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::Command;
 
-use clap::Parser;
+use common::fixtures::{fixture_dir, inject_args};
 use vitals_agent::inject::{
-    inject_documents, inject_report, InjectArgs, InjectError, InjectOptions, Problem, AGENT_UID,
-    UPSTREAMS_ENV, VERSION,
+    inject_documents, inject_report, InjectError, InjectOptions, Problem, AGENT_UID, UPSTREAMS_ENV,
+    VERSION,
 };
 use vitals_agent::sources::upstream::config as upstream_config;
 use vitals_proto::WorkerName;
 use yaml_rust2::{Yaml, YamlLoader};
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: InjectArgs,
-}
-
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inject")
-}
-
 /// Every `*.in.yaml` fixture: (name, input text, flags).
 fn fixtures() -> Vec<(String, String, Vec<String>)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(fixture_dir()).expect("fixture dir") {
-        let path = entry.expect("dir entry").path();
-        let Some(name) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".in.yaml"))
-        else {
-            continue;
-        };
-        let text = std::fs::read_to_string(&path).expect("fixture");
-        let flags = text
-            .lines()
-            .next()
-            .and_then(|l| l.strip_prefix("# inject-args:"))
-            .unwrap_or_else(|| panic!("{name}: first line must be `# inject-args: ...`"))
-            .split_whitespace()
-            .map(str::to_string)
-            .collect();
-        out.push((name.to_string(), text, flags));
-    }
-    out.sort();
+    let out = common::fixtures::fixtures();
     assert!(out.len() >= 7, "fixtures missing: {out:?}");
     out
 }
 
 fn options(flags: &[String]) -> InjectOptions {
-    let argv = std::iter::once("inject".to_string()).chain(flags.iter().cloned());
-    Cli::try_parse_from(argv)
-        .expect("fixture flags parse")
-        .args
-        .options()
+    inject_args(flags).options()
 }
 
 fn inject(text: &str, flags: &[String]) -> String {
@@ -76,32 +42,10 @@ fn get<'a>(y: &'a Yaml, path: &[&str]) -> &'a Yaml {
 
 /// (kind, pod template metadata, pod spec) of every pod template, Lists included.
 fn pod_templates(y: &Yaml) -> Vec<(String, Yaml, Yaml)> {
-    let kind = y["kind"].as_str().unwrap_or("").to_string();
-    let path: &[&str] = match kind.as_str() {
-        "List" => {
-            return y["items"]
-                .as_vec()
-                .into_iter()
-                .flatten()
-                .flat_map(pod_templates)
-                .collect()
-        }
-        "Pod" => &[],
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => &["spec", "template"],
-        "CronJob" => &["spec", "jobTemplate", "spec", "template"],
-        "LeaderWorkerSet" => {
-            return ["leaderTemplate", "workerTemplate"]
-                .iter()
-                .map(|t| {
-                    let t = get(y, &["spec", "leaderWorkerTemplate", t]);
-                    (kind.clone(), t["metadata"].clone(), t["spec"].clone())
-                })
-                .collect()
-        }
-        _ => return Vec::new(),
-    };
-    let t = get(y, path);
-    vec![(kind, t["metadata"].clone(), t["spec"].clone())]
+    common::fixtures::pod_templates(y)
+        .into_iter()
+        .map(|(kind, t)| (kind.to_string(), t["metadata"].clone(), t["spec"].clone()))
+        .collect()
 }
 
 fn by_name<'a>(list: &'a Yaml, name: &str) -> Option<&'a Yaml> {

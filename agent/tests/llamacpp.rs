@@ -12,7 +12,7 @@ mod common;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -166,13 +166,7 @@ fn a_refused_scrape_is_logged_once_and_the_secret_never() {
     let wrong = "wrong-key-never-logged";
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitals-agent"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("VITALS_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd
+    let mut child = common::agent_cmd()
         .args([
             "run",
             "--listen",
@@ -188,7 +182,6 @@ fn a_refused_scrape_is_logged_once_and_the_secret_never() {
         )
         .env("LLAMA_API_KEY", wrong)
         .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -11,14 +11,11 @@
 mod common;
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt as _;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{fast, metric, try_request, Agent, PythonWorker, DEADLINE};
-use nix::sys::signal::{self, Signal};
-use nix::unistd::Pid;
-use vitals_e2e::cgroup::Cgroup;
+use nix::sys::signal::Signal;
+use vitals_e2e::cgroup::Container;
 
 #[test]
 fn a_stopped_worker_is_stopped_and_recovers_without_flapping() {
@@ -72,48 +69,6 @@ fn a_worker_that_closes_its_socket_but_lives_on_is_silent() {
     let _child = PythonWorker::start(&agent.socket, "model", Some(5));
     agent.wait_for("/readyz/model", 503, "fail: not_connected");
     agent.wait_for("/livez/model", 503, "fail: silent");
-}
-
-/// A "container": a process group in a cgroup of its own, killed on drop.
-struct Container {
-    child: Child,
-    _cgroup: Cgroup,
-}
-
-impl Container {
-    fn start(name: &str, argv: &[&str]) -> Self {
-        let cgroup = Cgroup::create(name)
-            .unwrap_or_else(|e| panic!("{name}: this test needs root and cgroup v2: {e}"));
-        let child = Command::new(argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name}: cannot start {argv:?}: {e}"));
-        cgroup.add(child.id()).expect("move into its cgroup");
-        Self {
-            child,
-            _cgroup: cgroup,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn signal(&self, sig: Signal) {
-        let pgid = Pid::from_raw(i32::try_from(self.pid()).expect("pids fit in i32"));
-        signal::killpg(pgid, sig).expect("signal the container");
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn free_port() -> u16 {
@@ -175,20 +130,7 @@ fn an_unprivileged_agent_finds_a_root_server_beside_other_containers() {
         .chain([web_root.path().to_str().expect("utf-8 temp path")])
         .collect::<Vec<_>>(),
     );
-    let _logs = Container::start("logs", &["sleep", "600"]);
-    let _istio = Container::start(
-        "istio",
-        &[
-            "setpriv",
-            "--reuid",
-            "1337",
-            "--regid",
-            "1337",
-            "--clear-groups",
-            "sleep",
-            "600",
-        ],
-    );
+    let _neighbours = Container::neighbours();
     let probe = format!(r#"{{"httpGet": {{"path": "/", "port": {port}}}, "periodSeconds": 1}}"#);
     let upstreams = format!(
         r#"{{"server": {{"livenessProbe": {probe}, "readinessProbe": {probe},

@@ -7,6 +7,8 @@
 //! pod; certificate rotation, concurrency, and requests that must not crash or hang it.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use clap::Parser;
+use common::fixtures::{fixture_dir, inject_args};
+use common::yaml::yaml_to_json;
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, StatusCode};
@@ -28,7 +31,7 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use vitals_agent::inject::webhook::{serve, CertStore, Settings, MAX_BODY};
-use vitals_agent::inject::{inject_documents, InjectArgs, InjectOptions, VERSION};
+use vitals_agent::inject::{inject_documents, InjectOptions, VERSION};
 use vitals_e2e::wait::until;
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -270,98 +273,27 @@ fn apply(pod: &Value, patch: &Value) -> Value {
 
 // ---------------------------------------------------------------- inject's fixtures
 
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inject")
-}
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: InjectArgs,
-}
-
 /// Every `*.in.yaml`: (name, text, flags from its first line `# inject-args: ...`).
 fn fixtures() -> Vec<(String, String, Vec<String>)> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(fixture_dir()).expect("fixture dir") {
-        let path = entry.expect("dir entry").path();
-        let Some(name) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".in.yaml"))
-        else {
-            continue;
-        };
-        let text = std::fs::read_to_string(&path).expect("fixture");
-        let flags = text
-            .lines()
-            .next()
-            .and_then(|l| l.strip_prefix("# inject-args:"))
-            .unwrap_or_else(|| panic!("{name}: first line must be `# inject-args: ...`"))
-            .split_whitespace()
-            .map(str::to_string)
-            .collect();
-        out.push((name.to_string(), text, flags));
-    }
-    out.sort();
+    let out = common::fixtures::fixtures();
     assert!(out.len() >= 14, "inject's fixtures are missing: {out:?}");
     out
 }
 
-/// A YAML value as JSON, by yaml-rust2's own reading (independent of the webhook's tree).
-fn yaml_to_json(y: &Yaml) -> Value {
-    match y {
-        Yaml::Real(s) => json!(s.parse::<f64>().expect("real")),
-        Yaml::Integer(i) => json!(i),
-        Yaml::String(s) => json!(s),
-        Yaml::Boolean(b) => json!(b),
-        Yaml::Null => Value::Null,
-        Yaml::Array(a) => Value::Array(a.iter().map(yaml_to_json).collect()),
-        Yaml::Hash(h) => Value::Object(
-            h.iter()
-                .map(|(k, v)| {
-                    let key = match k {
-                        Yaml::String(s) => s.clone(),
-                        other => format!("{other:?}"),
-                    };
-                    (key, yaml_to_json(v))
-                })
-                .collect(),
-        ),
-        other => panic!("unexpected YAML node {other:?}"),
-    }
-}
-
 /// Every pod template of a document (List items included), as a Pod's JSON metadata + spec.
 fn pod_templates(y: &Yaml) -> Vec<Value> {
-    let kind = y["kind"].as_str().unwrap_or("");
-    let path: &[&str] = match kind {
-        "List" => {
-            return y["items"]
-                .as_vec()
-                .into_iter()
-                .flatten()
-                .flat_map(pod_templates)
-                .collect()
-        }
-        "Pod" => &[],
-        "Deployment"
-        | "StatefulSet"
-        | "DaemonSet"
-        | "ReplicaSet"
-        | "Job"
-        | "ReplicationController" => &["spec", "template"],
-        "CronJob" => &["spec", "jobTemplate", "spec", "template"],
-        _ => return Vec::new(),
-    };
-    let t = path.iter().fold(y, |y, k| &y[*k]);
-    let mut pod = serde_json::Map::new();
-    for field in ["metadata", "spec"] {
-        if !t[field].is_badvalue() {
-            pod.insert(field.to_string(), yaml_to_json(&t[field]));
-        }
-    }
-    vec![Value::Object(pod)]
+    common::fixtures::pod_templates(y)
+        .into_iter()
+        .map(|(_, t)| {
+            let mut pod = serde_json::Map::new();
+            for field in ["metadata", "spec"] {
+                if !t[field].is_badvalue() {
+                    pod.insert(field.to_string(), yaml_to_json(&t[field]));
+                }
+            }
+            Value::Object(pod)
+        })
+        .collect()
 }
 
 fn templates_of(text: &str) -> Vec<Value> {
@@ -428,10 +360,7 @@ fn every_fixture_pod_patched_by_the_webhook_equals_inject_output() {
             continue;
         }
         // The webhook always injects the image of its --image flag; the CLI gets the same.
-        let parsed =
-            Cli::try_parse_from(std::iter::once("inject".to_string()).chain(flags.clone()))
-                .expect("fixture flags parse")
-                .args;
+        let parsed = inject_args(&flags);
         let image = parsed
             .image
             .clone()

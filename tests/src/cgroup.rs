@@ -2,10 +2,16 @@
 //! the way the kubelet gives each container one, so that the agent's cgroup-based discovery
 //! of an upstream's process (SPEC §8) sees a pod's shape. Needs root and a cgroup v2
 //! hierarchy (`/sys/fs/cgroup` itself, or `/sys/fs/cgroup/unified` on a hybrid host); where
-//! either is missing, [`Cgroup::create`] says why and the test fails.
+//! either is missing, [`Cgroup::create`] says why and the test fails. [`Container`] is
+//! another container's process: started in a cgroup of its own.
 
 use std::fs;
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
 
 /// A cgroup v2 folder of our own; emptied (members moved back to the root) and removed on
 /// drop.
@@ -60,6 +66,79 @@ impl Drop for Cgroup {
             }
         }
         let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// A "container": `argv` in a process group and a cgroup of its own (output discarded),
+/// its process group killed on drop.
+#[derive(Debug)]
+pub struct Container {
+    child: Child,
+    _cgroup: Cgroup,
+}
+
+impl Container {
+    /// Starts `argv` in cgroup `name`; panics saying what the machine lacks (root, cgroup v2)
+    /// or why `argv` cannot start.
+    pub fn start(name: &str, argv: &[&str]) -> Container {
+        let cgroup = Cgroup::create(name)
+            .unwrap_or_else(|e| panic!("{name}: this test needs root and cgroup v2: {e}"));
+        let child = Command::new(argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: cannot start {argv:?}: {e}"));
+        cgroup.add(child.id()).expect("move into its cgroup");
+        Container {
+            child,
+            _cgroup: cgroup,
+        }
+    }
+
+    /// A model pod's usual neighbours beside its server, started: a root log shipper and an
+    /// istio-like proxy (uid 1337, by `setpriv`), each a `sleep` in a container of its own.
+    pub fn neighbours() -> [Container; 2] {
+        [
+            Container::start("logs", &["sleep", "600"]),
+            Container::start(
+                "istio",
+                &[
+                    "setpriv",
+                    "--reuid",
+                    "1337",
+                    "--regid",
+                    "1337",
+                    "--clear-groups",
+                    "sleep",
+                    "600",
+                ],
+            ),
+        ]
+    }
+
+    /// The process's pid (its process group's too).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `sig` to the container's whole process group.
+    pub fn signal(&self, sig: Signal) {
+        signal::killpg(self.group(), sig).expect("signal the container");
+    }
+
+    fn group(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.pid()).expect("pids fit in i32"))
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        // The whole group, as a runtime stops a container: nothing it started outlives it.
+        let _ = signal::killpg(self.group(), Signal::SIGKILL);
+        let _ = self.child.wait();
     }
 }
 

@@ -7,28 +7,10 @@
 
 use super::yaml::{Map, Node};
 
-/// Whether every container (init containers included) but `except` is Guaranteed; false
-/// when there is none.
-pub(super) fn guaranteed(spec: &Map, except: &str) -> bool {
-    let mut seen = 0;
-    for key in ["initContainers", "containers"] {
-        for c in spec
-            .get(key)
-            .and_then(Node::as_seq)
-            .into_iter()
-            .flatten()
-            .filter_map(Node::as_map)
-        {
-            if c.get_str("name") == Some(except) {
-                continue;
-            }
-            seen += 1;
-            if !container_guaranteed(c) {
-                return false;
-            }
-        }
-    }
-    seen > 0
+/// Whether every one of `containers` is Guaranteed; false when there is none.
+pub(super) fn guaranteed<'a>(containers: impl IntoIterator<Item = &'a Map>) -> bool {
+    let mut containers = containers.into_iter().peekable();
+    containers.peek().is_some() && containers.all(container_guaranteed)
 }
 
 fn container_guaranteed(c: &Map) -> bool {

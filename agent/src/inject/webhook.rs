@@ -140,22 +140,8 @@ pub fn run(args: &WebhookArgs) -> anyhow::Result<()> {
 
 /// Cancels `shutdown` `delay` after the first SIGTERM or SIGINT.
 async fn on_signal(shutdown: CancellationToken, delay: Duration) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!(error = %e, "cannot install signal handlers; stop with SIGKILL");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!(delay = ?delay, "shutdown signal received; still serving for the delay");
+    let name = crate::stop_signal().await;
+    tracing::info!(signal = name, delay = ?delay, "shutdown signal received; still serving for the delay");
     tokio::time::sleep(delay).await;
     shutdown.cancel();
 }

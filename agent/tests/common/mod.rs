@@ -1,11 +1,16 @@
 //! Test harness: a real agent (`vitals_agent::run` on its own runtime thread, port 0, a
-//! temp-dir socket) and the agent's short-timeout fixture ([`fast`]). The HTTP client, the
+//! temp-dir socket), the agent binary as a command ([`agent_cmd`]), the agent's short-timeout
+//! fixture ([`fast`]) and inject's fixtures ([`fixtures`], [`yaml`]). The HTTP client, the
 //! scripted worker, the metrics reader and polling come from the shared toolkit
 //! (`vitals_e2e`); the helpers below keep the names these tests use.
 #![allow(dead_code, unused_imports, missing_docs, clippy::unwrap_used)]
 
+pub mod fixtures;
+pub mod yaml;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -35,6 +40,19 @@ pub fn fast(c: &mut Config) {
     c.thresholds.stall = Duration::from_millis(800);
     c.thresholds.load_stall = Duration::from_millis(800);
     c.thresholds.d_state = Duration::from_millis(800);
+}
+
+/// The agent binary as a command, stdin closed; the tests' own environment must not leak
+/// `VITALS_*` settings in (every flag also reads one).
+pub fn agent_cmd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vitals-agent"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("VITALS_") {
+            c.env_remove(k);
+        }
+    }
+    c.stdin(Stdio::null());
+    c
 }
 
 impl Agent {

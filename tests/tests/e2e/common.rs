@@ -51,6 +51,35 @@ pub fn kubelet() -> Vec<(&'static str, ProbeWorker)> {
     ]
 }
 
+/// Waits until liveness fails with one of `reasons` once the worker's heartbeats stopped
+/// at `since` (SIGSTOP, a freeze): within the hang timeout plus a probe poll, and not before
+/// the hang timeout less two heartbeats (the heartbeat clock restarted at the last
+/// heartbeat, before `since`).
+pub fn await_missed_heartbeats(pod: &Pod, reasons: &[&str], since: Duration) {
+    let hang_timeout = pod.agent_options.hang_timeout;
+    let heartbeat = pod.worker_options.heartbeat_interval;
+    pod.await_detection(
+        LIVE,
+        reasons,
+        since,
+        hang_timeout,
+        PROBE_POLL,
+        hang_timeout.saturating_sub(heartbeat * 2),
+    );
+}
+
+/// One turn of an agent crash loop: SIGKILL, down for the kubelet's back-off `delay_s`
+/// seconds divided by `scale`, started again; returns once `live` passes again (within 5 s).
+pub fn crash_and_restart_agent(pod: &mut Pod, live: &str, delay_s: u64, scale: u32) {
+    pod.kill_agent();
+    std::thread::sleep(Duration::from_secs(delay_s) / scale);
+    pod.event(format!("agent restarts after {delay_s}s/{scale}"));
+    pod.start_agent();
+    pod.await_probe(live, Duration::from_secs(5), "agent answering again", |o| {
+        o.passed()
+    });
+}
+
 /// Asserts every probe of `path` in `[from, to)` passed, and that there was at least one.
 /// When `path` first passed between `from` and `to`, after failing only for reasons
 /// `accept` allows: the moment a probe flips, checked as the kubelet would have seen it.

@@ -74,16 +74,7 @@ fn s09_separate_pid_namespace_keeps_heartbeat_verdicts() {
 
     // Freeze the worker's whole "container" (the unshare wrapper and the worker in it).
     let stop = pod.signal_worker(Signal::SIGSTOP);
-    pod.await_detection(
-        LIVE,
-        &["heartbeat_timeout"],
-        stop,
-        agent.hang_timeout,
-        PROBE_POLL,
-        agent
-            .hang_timeout
-            .saturating_sub(opts.heartbeat_interval * 2),
-    );
+    await_missed_heartbeats(&pod, &["heartbeat_timeout"], stop);
     // With /proc on, `stopped` would take over after another proc interval or two.
     std::thread::sleep(agent.proc_interval * 4);
     let live = pod.probe(LIVE);

@@ -17,16 +17,14 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
-use vitals_e2e::cgroup::Cgroup;
+use vitals_e2e::cgroup::{Cgroup, Container};
 use vitals_e2e::fake_vllm::FakeVllm;
 use vitals_e2e::pod::{free_addr, AgentOptions, Pod};
 use vitals_e2e::probe::{probe_once, ProbeKind, ProbeWorker, DEFAULT_TIMEOUT};
@@ -46,38 +44,6 @@ fn cgroup(name: &str) -> Arc<Cgroup> {
         Cgroup::create(name)
             .unwrap_or_else(|e| panic!("the pod-shape scenario needs root and cgroup v2: {e}")),
     )
-}
-
-/// Another container's process: a process group in its own cgroup, killed on drop.
-struct Sidecar {
-    child: Child,
-    _cgroup: Arc<Cgroup>,
-}
-
-impl Sidecar {
-    fn start(name: &str, argv: &[&str]) -> Sidecar {
-        let cgroup = cgroup(name);
-        let child = Command::new(argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name}: cannot start {argv:?}: {e}"));
-        cgroup.add(child.id()).expect("into its cgroup");
-        Sidecar {
-            child,
-            _cgroup: cgroup,
-        }
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// What `/status` says of the vLLM upstream's process: `(pid, found_by)` once found.
@@ -160,20 +126,7 @@ fn p1_real_pod_shape() {
         "fake vLLM (root) on {server_addr}, pid {}",
         vllm.pid()
     ));
-    let _logs = Sidecar::start("logs", &["sleep", "600"]);
-    let _istio = Sidecar::start(
-        "istio",
-        &[
-            "setpriv",
-            "--reuid",
-            "1337",
-            "--regid",
-            "1337",
-            "--clear-groups",
-            "sleep",
-            "600",
-        ],
-    );
+    let _neighbours = Container::neighbours();
 
     pod.start_agent_and_wait();
     let agent_pid = pod.agent().pid();
@@ -233,13 +186,7 @@ fn p1_real_pod_shape() {
         period,
     );
     for delay_s in [10u64, 20, 40] {
-        pod.kill_agent();
-        thread::sleep(Duration::from_secs(delay_s) / SCALE);
-        pod.event(format!("agent restarts after {delay_s}s/{SCALE}"));
-        pod.start_agent();
-        pod.await_probe(LIVE, Duration::from_secs(5), "agent answering again", |o| {
-            o.passed()
-        });
+        crash_and_restart_agent(&mut pod, LIVE, delay_s, SCALE);
         let again =
             vitals_e2e::wait::eventually("found again", Duration::from_secs(5), || found(&pod));
         assert_eq!(

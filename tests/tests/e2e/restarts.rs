@@ -369,13 +369,7 @@ fn s12_agent_crash_loop_never_restarts_the_model() {
     );
     let worker_pid = pod.worker().pid();
     for delay_s in [10u64, 20, 40] {
-        pod.kill_agent();
-        thread::sleep(Duration::from_secs(delay_s) / SCALE);
-        pod.event(format!("agent restarts after {delay_s}s/{SCALE}"));
-        pod.start_agent();
-        pod.await_probe(LIVE, Duration::from_secs(5), "agent answering again", |o| {
-            o.passed()
-        });
+        crash_and_restart_agent(&mut pod, LIVE, delay_s, SCALE);
         // A crash loop's container runs a while before each crash; the kubelet probes it
         // meanwhile, which is what resets its failure count.
         thread::sleep(period * 3);
