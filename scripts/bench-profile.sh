@@ -15,17 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -gt 0 ] || { echo "usage: $0 BATCH_SIZE..." >&2; exit 2; }
 command -v perf >/dev/null || { echo "bench-profile: perf not found (apt-get install linux-perf)" >&2; exit 1; }
-export BENCH_THREADS=${BENCH_THREADS:-2}
-FEATURES=()
-if [ -n "${BENCH_FEATURES:-}" ]; then
-  FEATURES=(--features "$BENCH_FEATURES")
-  case ",$BENCH_FEATURES," in *,mkl,*) eval "$(scripts/mkl.sh)" ;; esac
-fi
-case "${BENCH_ISA:-native}" in
-  native) ;;
-  avx2) export MKL_ENABLE_INSTRUCTIONS=AVX2 ;;
-  *) echo "BENCH_ISA: native or avx2, not ${BENCH_ISA}" >&2; exit 2 ;;
-esac
+# shellcheck source=scripts/bench-env.sh
+source scripts/bench-env.sh
 export CARGO_PROFILE_WORKER_STRIP=false CARGO_PROFILE_WORKER_DEBUG=line-tables-only
 bench=$(cargo bench --profile worker -p vitals-worker "${FEATURES[@]}" --bench embed --no-run \
   --message-format=json 2>/dev/null | python3 -c '

@@ -23,18 +23,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p bench-results
-export BENCH_THREADS=${BENCH_THREADS:-2}
+# shellcheck source=scripts/bench-env.sh
+source scripts/bench-env.sh
 ROUNDS=${BENCH_ROUNDS:-3}
-FEATURES=()
-if [ -n "${BENCH_FEATURES:-}" ]; then
-  FEATURES=(--features "$BENCH_FEATURES")
-  case ",$BENCH_FEATURES," in *,mkl,*) eval "$(scripts/mkl.sh)" ;; esac
-fi
-case "${BENCH_ISA:-native}" in
-  native) ;;
-  avx2) export MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 ;;
-  *) echo "BENCH_ISA: native or avx2, not ${BENCH_ISA}" >&2; exit 2 ;;
-esac
 
 echo "== machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), $(nproc) CPUs visible"
 flags=$(grep -m1 '^flags' /proc/cpuinfo)

@@ -58,22 +58,28 @@ def main():
         "| | vitals-worker (candle) | sentence-transformers | vitals / s-t | each round |",
         "|---|---|---|---|---|",
     ]
-    for b in sorted(c0["embeddings_per_s"], key=int):
-        ours = [c["in_process"]["embeddings_per_s"][b] for c in candle]
-        theirs = [s["embeddings_per_s"][b] for s in st]
+    def row(what, ours, theirs, fmt):
+        """One line: both sides' medians, their ratio, and each round's ratio."""
         each = " ".join(f"{o / t:.2f}x" for o, t in zip(ours, theirs))
         lines.append(
-            f"| batch {b}, embeddings/s (higher is better) | {med(ours):.1f} | {med(theirs):.1f} "
+            f"| {what} | {fmt.format(med(ours))} | {fmt.format(med(theirs))} "
             f"| {med(ours) / med(theirs):.2f}x | {each} |"
+        )
+
+    for b in sorted(c0["embeddings_per_s"], key=int):
+        row(
+            f"batch {b}, embeddings/s (higher is better)",
+            [c["in_process"]["embeddings_per_s"][b] for c in candle],
+            [s["embeddings_per_s"][b] for s in st],
+            "{:.1f}",
         )
     if "single_ms" in c0:
         for p in ["p50", "p99"]:
-            ours = [c["in_process"]["single_ms"][p] for c in candle]
-            theirs = [s["single_ms"][p] for s in st]
-            each = " ".join(f"{o / t:.2f}x" for o, t in zip(ours, theirs))
-            lines.append(
-                f"| one sentence, {p} latency (lower is better) | {med(ours):.2f} ms | {med(theirs):.2f} ms "
-                f"| {med(ours) / med(theirs):.2f}x | {each} |"
+            row(
+                f"one sentence, {p} latency (lower is better)",
+                [c["in_process"]["single_ms"][p] for c in candle],
+                [s["single_ms"][p] for s in st],
+                "{:.2f} ms",
             )
     server = f"{OUT}/candle-server.json"
     if os.path.exists(server):

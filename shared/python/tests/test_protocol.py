@@ -83,13 +83,19 @@ class ProtocolTest(AgentTest):
         )
         self.wait_probe(agent, "/readyz/model", 200, "ok")
 
-    def test_deadlocked_inference_thread_fails_liveness_and_dumps_its_stack_once(self):
+    def stall_until_loop_stalled(self, command):
+        """A ready worker told to stall its loop (`command`), and its agent once /livez/model
+        fails `loop_stalled`: within the stall timeout (3 s) + the hang timeout (2 s)."""
         agent = self.agent("--expect", "model", "--hang-timeout", "2s", "--stall-timeout", "3s")
         worker = self.worker(agent)
         self.wait_probe(agent, "/readyz/model", 200, "ok")
-        worker.send("deadlock")
+        worker.send(command)
         took = self.wait_probe(agent, "/livez/model", 503, "fail: loop_stalled", deadline=3 + 2)
         print(f"loop_stalled after {took:.2f} s", end=" ... ")
+        return agent, worker
+
+    def test_deadlocked_inference_thread_fails_liveness_and_dumps_its_stack_once(self):
+        agent, worker = self.stall_until_loop_stalled("deadlock")
         # Heartbeats still arrive (the reporter's thread is fine): the loop is what stopped.
         self.assertLess(agent.worker("model")["instance"]["heartbeat_age_seconds"], 1.0)
         err = worker.stderr()
@@ -103,12 +109,7 @@ class ProtocolTest(AgentTest):
     def test_idle_loop_that_stops_ticking_fails_liveness_and_dumps_its_stack_once(self):
         # SPEC §2: the loop ticks when idle too, so the agent fails an idle loop that stops
         # with `loop_stalled`; the reporter must leave the same trace as for a busy one.
-        agent = self.agent("--expect", "model", "--hang-timeout", "2s", "--stall-timeout", "3s")
-        worker = self.worker(agent)
-        self.wait_probe(agent, "/readyz/model", 200, "ok")
-        worker.send("idle-stall")
-        took = self.wait_probe(agent, "/livez/model", 503, "fail: loop_stalled", deadline=3 + 2)
-        print(f"loop_stalled after {took:.2f} s", end=" ... ")
+        agent, worker = self.stall_until_loop_stalled("idle-stall")
         heartbeat = agent.worker("model")["instance"]["heartbeat"]
         self.assertEqual((heartbeat["pending"], heartbeat["in_flight"]), (0, 0))
         err = worker.stderr()

@@ -245,6 +245,20 @@ impl Leader {
     fn group(&self) -> serde_json::Value {
         self.pod.status()["group"].clone()
     }
+
+    /// Waits for `/readyz/vllm` to pass (the group formed) and checks it came within 2
+    /// probe periods of `since` (vLLM's readiness probe runs once per period), plus 2 polls,
+    /// a probe poll and the measured starvation.
+    fn await_formed(&self, since: Duration, what: &str) {
+        let (at, _) = self.pod.await_probe(
+            READY,
+            PERIOD * 2 + POLL * 2 + Duration::from_secs(5),
+            what,
+            |o| o.passed(),
+        );
+        self.pod
+            .check_latency(what, since, at, PERIOD * 2, POLL * 2 + PROBE_POLL);
+    }
 }
 
 /// Three pods, formed: leader `/readyz/vllm` passes within 2 probe periods of the leader's
@@ -254,19 +268,9 @@ fn formed_group(name: &str) -> (Leader, Member, Member) {
     let m1 = Member::start(&format!("{name}_m1"));
     let m2 = Member::start(&format!("{name}_m2"));
     let leader = Leader::start(name, &[m1.pod.agent_addr, m2.pod.agent_addr]);
-    let t0 = leader.agent_started;
-    let (at, _) = leader.pod.await_probe(
-        READY,
-        PERIOD * 2 + POLL * 2 + Duration::from_secs(5),
-        "the group forms",
-        |o| o.passed(),
-    );
-    leader.pod.check_latency(
+    leader.await_formed(
+        leader.agent_started,
         "formation, from the leader's agent start,",
-        t0,
-        at,
-        PERIOD * 2,
-        POLL * 2 + PROBE_POLL,
     );
     let g = leader.group();
     assert_eq!(g["formed"], true, "{g}");
@@ -458,19 +462,7 @@ fn g2_a_replaced_member_breaks_the_group_and_the_leaders_restart_forms_it_again(
     }
     leader.pod.stop_watches();
     let restarted = leader.restart_vllm();
-    let (at, _) = leader.pod.await_probe(
-        READY,
-        PERIOD * 2 + POLL * 2 + Duration::from_secs(5),
-        "formed again",
-        |o| o.passed(),
-    );
-    leader.pod.check_latency(
-        "re-formation, from the leader's vLLM restart,",
-        restarted,
-        at,
-        PERIOD * 2,
-        POLL * 2 + PROBE_POLL,
-    );
+    leader.await_formed(restarted, "re-formation, from the leader's vLLM restart,");
     assert_stays_passing(
         &leader.pod,
         LIVE,

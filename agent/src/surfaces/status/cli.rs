@@ -221,26 +221,9 @@ pub fn render(doc: &StatusDoc) -> String {
             w.restarts.to_string(),
         ]);
     }
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut line = |cells: &[String]| {
-        let mut l = String::new();
-        for (cell, w) in cells.iter().zip(widths) {
-            let _ = write!(l, "{cell:<w$}  ");
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    };
     // A pod of upstreams only has no workers' table.
     if !rows.is_empty() || doc.upstreams.is_empty() {
-        line(&header.map(str::to_owned));
-    }
-    for row in &rows {
-        line(row);
+        out.push_str(&table(header, rows));
     }
     if doc.workers.is_empty() && doc.upstreams.is_empty() {
         out.push_str("(no workers expected or connected)\n");
@@ -368,20 +351,7 @@ fn render_group(g: &GroupDoc) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    for cells in std::iter::once(header.map(str::to_owned)).chain(rows) {
-        let mut l = String::new();
-        for (cell, w) in cells.iter().zip(widths) {
-            let _ = write!(l, "{cell:<w$}  ");
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    }
+    out.push_str(&table(header, rows));
     out
 }
 
@@ -462,6 +432,18 @@ fn render_upstreams(ups: &[UpstreamDoc]) -> String {
             ]
         })
         .collect();
+    let mut out = table(header, rows);
+    for u in ups {
+        if let Some(why) = &u.proc.off_reason {
+            let _ = writeln!(out, "  {}: /proc off: {why}", u.name);
+        }
+    }
+    out
+}
+
+/// `header` and `rows` as left-aligned columns two spaces apart, each as wide as its widest
+/// cell, one line each (no trailing blanks).
+fn table<const N: usize>(header: [&str; N], rows: Vec<[String; N]>) -> String {
     let mut widths = header.map(str::len);
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -476,11 +458,6 @@ fn render_upstreams(ups: &[UpstreamDoc]) -> String {
         }
         out.push_str(l.trim_end());
         out.push('\n');
-    }
-    for u in ups {
-        if let Some(why) = &u.proc.off_reason {
-            let _ = writeln!(out, "  {}: /proc off: {why}", u.name);
-        }
     }
     out
 }
