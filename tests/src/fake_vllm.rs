@@ -105,10 +105,38 @@ pub fn serve(listener: TcpListener, load_for: Option<Duration>) {
     }
 }
 
+/// Answers the requests of one connection. Like vLLM's server (uvicorn), an HTTP/1.1
+/// connection stays open between requests unless the client asks `Connection: close` (the
+/// kubelet's probes do; the agent's scrapes reuse it) and is closed after
+/// [`KEEP_ALIVE_IDLE`] without a request.
 fn handle(mut stream: TcpStream, engine: &Shared, closed: &AtomicBool, addr: SocketAddr) {
-    let Some((method, target, _)) = read_head(&stream) else {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let Some(mut reader) = stream.try_clone().ok().map(BufReader::new) else {
         return;
     };
+    while let Some(request) = read_request(&mut reader) {
+        let keep_alive = request.keep_alive && !closed.load(Ordering::SeqCst);
+        if answer(&mut stream, &request.head, keep_alive, engine, closed, addr).is_err()
+            || !keep_alive
+        {
+            return;
+        }
+        let _ = stream.set_read_timeout(Some(KEEP_ALIVE_IDLE));
+    }
+}
+
+/// How long a kept connection may sit idle (uvicorn's `timeout_keep_alive` default).
+const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(5);
+
+/// Answers one request; `keep_alive` says whether the connection stays open after it.
+fn answer(
+    stream: &mut TcpStream,
+    (method, target, _): &Head,
+    keep_alive: bool,
+    engine: &Shared,
+    closed: &AtomicBool,
+    addr: SocketAddr,
+) -> std::io::Result<()> {
     let (method, target) = (method.as_str(), target.as_str());
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let param = |k: &str| query_param(query, k);
@@ -157,11 +185,12 @@ fn handle(mut stream: TcpStream, engine: &Shared, closed: &AtomicBool, addr: Soc
         503 => "Service Unavailable",
         _ => "Not Found",
     };
-    let _ = write!(
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    write!(
         stream,
-        "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: {connection}\r\n\r\n{body}",
         body.len()
-    );
+    )
 }
 
 fn metrics(e: &Engine) -> String {
@@ -402,13 +431,27 @@ fn query_param(query: &str, k: &str) -> u64 {
 /// A request head: method, target, header lines (name, value).
 type Head = (String, String, Vec<(String, String)>);
 
+/// One request read from a connection.
+struct Request {
+    head: Head,
+    /// HTTP/1.1 without `Connection: close`.
+    keep_alive: bool,
+}
+
 /// The request line's method and target, and the header lines (no bodies are sent to
 /// these servers).
 fn read_head(stream: &TcpStream) -> Option<Head> {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut reader = BufReader::new(stream.try_clone().ok()?);
+    read_request(&mut reader).map(|r| r.head)
+}
+
+/// The next request on a connection; `None` at its end (closed, idle too long, garbage).
+fn read_request(reader: &mut impl BufRead) -> Option<Request> {
     let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
     let mut headers = Vec::new();
     loop {
         let mut h = String::new();
@@ -425,7 +468,14 @@ fn read_head(stream: &TcpStream) -> Option<Head> {
     let mut parts = line.split_whitespace();
     let method = parts.next()?.to_string();
     let target = parts.next().unwrap_or("/").to_string();
-    Some((method, target, headers))
+    let keep_alive = parts.next() == Some("HTTP/1.1")
+        && !headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close"));
+    Some(Request {
+        head: (method, target, headers),
+        keep_alive,
+    })
 }
 
 /// A running `fake-vllm` process, in its own process group (a "container").
@@ -547,6 +597,51 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    #[test]
+    fn keeps_a_connection_open_like_uvicorn_unless_asked_to_close() {
+        use std::io::Read;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || serve(listener, Some(Duration::ZERO)));
+        let mut conn = TcpStream::connect(addr).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+        // Status line and headers of one answer, then its body by its content-length.
+        let mut answer = |request: &str| {
+            conn.write_all(request.as_bytes()).expect("send");
+            let mut head = Vec::new();
+            let mut line = String::new();
+            while reader.read_line(&mut line).expect("head") > 2 {
+                head.push(line.trim_end().to_ascii_lowercase());
+                line.clear();
+            }
+            let length: usize = head
+                .iter()
+                .find_map(|h| h.strip_prefix("content-length: ")?.parse().ok())
+                .expect("content-length");
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).expect("body");
+            head
+        };
+        for _ in 0..2 {
+            let head = answer("GET /metrics HTTP/1.1\r\nHost: fake\r\n\r\n");
+            assert!(head[0].starts_with("http/1.1 200"), "{head:?}");
+            assert!(
+                head.contains(&"connection: keep-alive".to_owned()),
+                "{head:?}"
+            );
+        }
+        let head = answer("GET /health HTTP/1.1\r\nHost: fake\r\nConnection: close\r\n\r\n");
+        assert!(head.contains(&"connection: close".to_owned()), "{head:?}");
+        let mut rest = Vec::new();
+        assert_eq!(
+            reader.read_to_end(&mut rest).expect("closed"),
+            0,
+            "closed after a close request"
+        );
     }
 
     #[test]

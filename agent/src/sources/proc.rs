@@ -84,17 +84,33 @@ impl Default for LiveProc {
 
 impl ProcSource for LiveProc {
     fn sample(&self, pid: u32) -> Result<ProcSample, SampleError> {
-        let unreadable = |e: procfs::ProcError| match e {
+        use procfs::FromRead as _;
+        // ENOENT at open, or ESRCH when the process exits between open and read.
+        let io_error = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(nix::errno::Errno::ESRCH as i32)
+            {
+                SampleError::Gone(pid)
+            } else {
+                SampleError::Unreadable {
+                    pid,
+                    message: e.to_string(),
+                }
+            }
+        };
+        let parse_error = |e: procfs::ProcError| match e {
             procfs::ProcError::NotFound(_) => SampleError::Gone(pid),
+            procfs::ProcError::Io(io, _) => io_error(io),
             other => SampleError::Unreadable {
                 pid,
                 message: other.to_string(),
             },
         };
-        let id = i32::try_from(pid).map_err(|_| SampleError::Gone(pid))?;
-        let stat = procfs::process::Process::new(id)
-            .and_then(|p| p.stat())
-            .map_err(unreadable)?;
+        // One open, read and close of the stat file: `Process::new` would first open the
+        // pid's folder and stat it for its owner, which a sample never needs (it runs for
+        // every watched pid every `--proc-interval`).
+        let file = std::fs::File::open(format!("/proc/{pid}/stat")).map_err(io_error)?;
+        let stat = procfs::process::Stat::from_read(file).map_err(parse_error)?;
         Ok(ProcSample {
             taken_at: Instant::now(),
             state: stat.state,

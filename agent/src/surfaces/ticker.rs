@@ -1,9 +1,10 @@
 //! The agent's heartbeat: every [`TICK`] it proves the runtime runs (the agent's own
-//! liveness), evaluates every verdict, refreshes metrics, and logs each verdict
-//! transition once, keeping the last [`KEEP`] for `/status`.
+//! liveness), and every [`EVALUATE_EVERY`] ticks it evaluates every verdict, refreshes
+//! metrics, and logs each verdict transition once, keeping the last [`KEEP`] for `/status`.
 //!
-//! Probes never depend on this timer (they evaluate on the spot); it exists so that
-//! metrics stay fresh and transitions are noticed without anyone asking.
+//! Probes never depend on this timer (they evaluate on the spot, and `/metrics` refreshes
+//! before it encodes); it exists so that transitions are noticed and counted without
+//! anyone asking.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,6 +20,12 @@ use crate::verdict::{LiveReason, Probe, Verdicts};
 
 /// How often the ticker runs; well under the 2 s agent-liveness bound.
 pub const TICK: Duration = Duration::from_millis(250);
+
+/// Every this many ticks (once a second) the ticker judges a snapshot. Judging (every
+/// verdict of every worker and upstream, their metrics, the transition check: about 80 µs
+/// with 4 workers and 3 upstreams, perf) at every tick was a fifth of an idle agent's CPU;
+/// transitions are logged within a second, and liveness keeps its 250 ms tick.
+pub const EVALUATE_EVERY: u64 = 4;
 
 /// Transitions kept for `/status`.
 pub const KEEP: usize = 50;
@@ -159,13 +166,16 @@ pub async fn run(
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tracker = Tracker::default();
-    loop {
+    for tick in 0u64.. {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
         let now = Instant::now();
         health.mark_tick(now);
+        if tick % EVALUATE_EVERY != 0 {
+            continue;
+        }
         let snapshot = snapshots.take(now);
         metrics.refresh(&snapshot);
         tracker.observe(&snapshot.verdicts, SystemTime::now(), &log, &metrics);

@@ -20,7 +20,7 @@
 //! tests); run it on the blocking pool, as /proc reads can stall.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::BufReader;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use procfs::net::{TcpNetEntries, TcpState};
@@ -225,11 +225,30 @@ fn listening_sockets(proc_root: &Path) -> Vec<(u16, u64, u32)> {
     ["net/tcp", "net/tcp6"]
         .iter()
         .filter_map(|table| std::fs::File::open(proc_root.join(table)).ok())
-        .filter_map(|f| TcpNetEntries::from_buf_read(BufReader::new(f), info).ok())
+        .filter_map(|f| listen_lines(BufReader::new(f)).ok())
+        .filter_map(|table| TcpNetEntries::from_buf_read(table.as_bytes(), info).ok())
         .flat_map(|entries| entries.0)
         .filter(|e| e.state == TcpState::Listen && e.inode != 0)
         .map(|e| (e.local_address.port(), e.inode, e.uid))
         .collect()
+}
+
+/// The header and the `LISTEN` rows (state `0A`) of a /proc/net/tcp{,6} table. A busy
+/// server's table holds a row per client connection (thousands); parsing only the few
+/// listeners keeps a discovery's memory small, and glibc keeps what a thread's arena grew
+/// to (measured: a 7 500-row table left 1 MiB resident in the sampler's thread).
+fn listen_lines(mut table: impl BufRead) -> std::io::Result<String> {
+    let mut kept = String::new();
+    let mut line = String::new();
+    let mut header = true;
+    while table.read_line(&mut line)? > 0 {
+        if header || line.split_whitespace().nth(3) == Some("0A") {
+            kept.push_str(&line);
+        }
+        header = false;
+        line.clear();
+    }
+    Ok(kept)
 }
 
 /// What the fallback knows of one process.
@@ -311,6 +330,24 @@ mod tests {
         assert_eq!(found.pid, std::process::id());
         drop(l);
         assert_eq!(by_port(&[port]), Err(NotFound::NoListener(vec![port])));
+    }
+
+    #[test]
+    fn only_listeners_are_parsed_from_a_busy_table() {
+        let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+        let listen = "   0: 0100007F:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4242 1 0000000000000000 100 0 0 10 0\n";
+        let client = "   1: 0100007F:1F40 0100007F:D431 01 00000000:00000000 00:00000000 00000000  1000        0 4243 1 0000000000000000 20 4 30 10 -1\n";
+        let busy = format!("{header}{}{listen}{client}", client.repeat(3));
+        let kept = listen_lines(busy.as_bytes()).expect("in memory");
+        assert_eq!(kept, format!("{header}{listen}"));
+        let entries = TcpNetEntries::from_buf_read(kept.as_bytes(), procfs::current_system_info())
+            .expect("procfs parses what is kept");
+        let parsed: Vec<_> = entries
+            .0
+            .iter()
+            .map(|e| (e.local_address.port(), e.inode, e.uid, e.state.clone()))
+            .collect();
+        assert_eq!(parsed, [(8000, 4242, 1000, TcpState::Listen)]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! go back through the [`ProcSamples`] handle, where [`crate::state::proc_track`]'s rules
 //! apply and the verdict function reads them as plain data.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +15,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::sources::proc::discover::{self, Wanted};
-use crate::sources::proc::ProcSource;
+use crate::sources::proc::{ProcSample, ProcSource, SampleError};
 use crate::state::registry::{ProcJob, ProcResult, ProcSamples, ProcTarget};
+
+/// One round's samples by pid.
+type Samples = HashMap<u32, Result<ProcSample, SampleError>>;
 
 /// Where and how often the sampler reads.
 pub struct Sampler {
@@ -49,9 +53,10 @@ pub async fn watch(
         }
         let sampler = Arc::clone(&sampler);
         let round = tokio::task::spawn_blocking(move || {
+            let mut taken = HashMap::new();
             targets
                 .into_iter()
-                .map(|target| sampler.run(target, &exclude))
+                .map(|target| sampler.run(target, &exclude, &mut taken))
                 .collect::<Vec<_>>()
         });
         let results = tokio::select! {
@@ -66,11 +71,21 @@ pub async fn watch(
 }
 
 impl Sampler {
+    /// Samples `pid` once per round: `taken` holds this round's samples, so a process
+    /// watched twice (a worker that is also an upstream's process, or several upstreams
+    /// served by one process) costs one read.
+    fn sample(&self, pid: u32, taken: &mut Samples) -> Result<ProcSample, SampleError> {
+        taken
+            .entry(pid)
+            .or_insert_with(|| self.source.sample(pid))
+            .clone()
+    }
+
     /// Does one job (blocking).
-    fn run(&self, target: ProcTarget, exclude: &[u32]) -> ProcResult {
+    fn run(&self, target: ProcTarget, exclude: &[u32], taken: &mut Samples) -> ProcResult {
         match &target.job {
             ProcJob::Sample(pid) => ProcResult {
-                sample: Some(self.source.sample(*pid)),
+                sample: Some(self.sample(*pid, taken)),
                 discovered: None,
                 target,
             },
@@ -81,7 +96,7 @@ impl Sampler {
                 };
                 let found = discover::find(&self.proc_root, wanted, exclude);
                 // Sampled in the same round, so a new process is judged at once.
-                let sample = found.as_ref().ok().map(|w| self.source.sample(w.pid));
+                let sample = found.as_ref().ok().map(|w| self.sample(w.pid, taken));
                 ProcResult {
                     discovered: Some(found),
                     sample,
@@ -89,5 +104,68 @@ impl Sampler {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use vitals_proto::WorkerName;
+
+    use super::*;
+    use crate::state::registry::Owner;
+
+    /// Counts the reads of each round; every pid is a sleeping process.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl ProcSource for Counting {
+        fn sample(&self, pid: u32) -> Result<ProcSample, SampleError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(ProcSample {
+                taken_at: Instant::now(),
+                state: 'S',
+                cpu_seconds: 0.0,
+                rss_bytes: 1,
+                threads: 1,
+                start_time: u64::from(pid),
+            })
+        }
+    }
+
+    #[test]
+    fn a_process_watched_twice_is_read_once_per_round() {
+        let source = Arc::new(Counting::default());
+        let sampler = Sampler {
+            source: Arc::clone(&source) as Arc<dyn ProcSource>,
+            proc_root: PathBuf::from("/proc"),
+            interval: Duration::from_secs(1),
+        };
+        let target = |name: &str, pid| ProcTarget {
+            name: WorkerName::parse(name).expect("valid name"),
+            of: Owner::Upstream,
+            job: ProcJob::Sample(pid),
+        };
+        let mut taken = Samples::new();
+        let results: Vec<_> = [target("a", 7), target("b", 7), target("c", 8)]
+            .into_iter()
+            .map(|t| sampler.run(t, &[], &mut taken))
+            .collect();
+        assert_eq!(
+            source.0.load(Ordering::SeqCst),
+            2,
+            "pids 7 and 8, once each"
+        );
+        let starts: Vec<_> = results
+            .iter()
+            .map(|r| r.sample.clone().and_then(Result::ok).map(|s| s.start_time))
+            .collect();
+        assert_eq!(
+            starts,
+            [Some(7), Some(7), Some(8)],
+            "each target gets its pid's sample"
+        );
     }
 }
