@@ -7,6 +7,7 @@
 //! costs its own task one bounded poll; the probe port reads snapshots and never waits
 //! on a poll.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,7 @@ async fn poll_member(ctx: Context, slot: usize, target: MemberTarget, stop: Canc
     // A slow member delays its own next poll, never bunches them up.
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_error: Option<String> = None;
+    let mut address = Address::new(&target);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -62,7 +64,7 @@ async fn poll_member(ctx: Context, slot: usize, target: MemberTarget, stop: Canc
         let started = Instant::now();
         let result = tokio::select! {
             () = stop.cancelled() => return,
-            r = get_group(&target, ctx.config.poll) => r,
+            r = poll_once(&mut address, &target, ctx.config.poll) => r,
         };
         ctx.metrics.group_poll(started.elapsed());
         match (&result, &last_error) {
@@ -82,22 +84,126 @@ async fn poll_member(ctx: Context, slot: usize, target: MemberTarget, stop: Canc
     }
 }
 
-/// One `GET /group` of a member's agent, bounded by `timeout` (connect included) and by
-/// [`BODY_LIMIT`], on the agent's one outbound client. The one place the poller does HTTP.
-pub async fn get_group(target: &MemberTarget, timeout: Duration) -> Result<GroupReport, String> {
-    let get = net::get_once(
-        &target.host,
-        target.port,
-        "/group",
-        &[],
-        BodyRead::Keep(BODY_LIMIT),
-    );
-    match tokio::time::timeout(timeout, get).await {
+/// One poll of a member: its address, then `GET /group`, both within `timeout`. A poll
+/// that fails forgets the address, so a recreated member pod (a new IP under the same
+/// name) is found again at the next poll.
+async fn poll_once(
+    address: &mut Address,
+    target: &MemberTarget,
+    timeout: Duration,
+) -> Result<GroupReport, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let host = address.host(deadline).await?;
+    let result = get_group(&host, target.port, deadline).await;
+    if result.is_err() {
+        address.forget();
+    }
+    result
+}
+
+/// Where a member's agent is. Its name is looked up once and kept until a poll fails: a
+/// leader of 16 members does not ask DNS 16 times a second, and a lookup that hangs is
+/// waited for, never started again beside itself. Lookups run on the runtime's blocking
+/// pool, one thread that the /proc sampler shares, so they must not pile up there.
+struct Address {
+    /// The member's host as configured.
+    host: String,
+    port: u16,
+    /// The address the last lookup gave, while polls succeed.
+    known: Option<IpAddr>,
+    /// A lookup still running from an earlier poll.
+    pending: Option<tokio::task::JoinHandle<std::io::Result<Option<IpAddr>>>>,
+}
+
+impl Address {
+    fn new(target: &MemberTarget) -> Self {
+        Self {
+            host: target.host.clone(),
+            port: target.port,
+            known: target.host.parse().ok(),
+            pending: None,
+        }
+    }
+
+    /// The host to connect to: an IP literal, as configured or as looked up by `deadline`.
+    async fn host(&mut self, deadline: tokio::time::Instant) -> Result<String, String> {
+        if let Some(ip) = self.known {
+            return Ok(ip.to_string());
+        }
+        let (host, port) = (self.host.clone(), self.port);
+        let lookup = self.pending.get_or_insert_with(|| {
+            tokio::spawn(async move {
+                let mut found = tokio::net::lookup_host((host.as_str(), port)).await?;
+                Ok(found.next().map(|a| a.ip()))
+            })
+        });
+        let joined = tokio::time::timeout_at(deadline, lookup)
+            .await
+            .map_err(|_| "timeout: name lookup".to_owned())?;
+        self.pending = None;
+        match joined {
+            Ok(Ok(Some(ip))) => {
+                self.known = Some(ip);
+                Ok(ip.to_string())
+            }
+            Ok(Ok(None)) => Err(format!("name lookup: {} has no address", self.host)),
+            Ok(Err(e)) => Err(format!("name lookup: {e}")),
+            Err(e) => Err(format!("name lookup: {e}")),
+        }
+    }
+
+    /// Looks the name up again at the next poll (a configured IP stays).
+    fn forget(&mut self) {
+        self.known = self.host.parse().ok();
+    }
+}
+
+/// One `GET /group` of a member's agent at `host` (an IP literal), bounded by `deadline`
+/// (connect included) and by [`BODY_LIMIT`], on the agent's one outbound client. The one
+/// place the poller does HTTP.
+async fn get_group(
+    host: &str,
+    port: u16,
+    deadline: tokio::time::Instant,
+) -> Result<GroupReport, String> {
+    let get = net::get_once(host, port, "/group", &[], BodyRead::Keep(BODY_LIMIT));
+    match tokio::time::timeout_at(deadline, get).await {
         Err(_) => Err("timeout".to_owned()),
         Ok(Err(failure)) => Err(failure.to_string()),
         Ok(Ok(answer)) if answer.status != hyper::StatusCode::OK => {
             Err(format!("status {}", answer.status.as_u16()))
         }
         Ok(Ok(answer)) => GroupReport::parse(&answer.body),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(host: &str) -> MemberTarget {
+        MemberTarget {
+            index: 1,
+            host: host.to_owned(),
+            port: 9180,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_is_looked_up_once_and_again_only_after_a_failed_poll() {
+        let deadline = || tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut ip = Address::new(&target("fd00::5"));
+        assert_eq!(ip.host(deadline()).await.as_deref(), Ok("fd00::5"));
+        ip.forget();
+        assert_eq!(ip.known, "fd00::5".parse().ok(), "a configured IP stays");
+
+        let mut name = Address::new(&target("localhost"));
+        assert_eq!(name.known, None);
+        let first = name.host(deadline()).await.expect("localhost resolves");
+        assert!(first == "127.0.0.1" || first == "::1", "{first}");
+        assert!(name.known.is_some() && name.pending.is_none(), "kept");
+        assert_eq!(name.host(deadline()).await, Ok(first));
+        name.forget();
+        assert_eq!(name.known, None, "looked up again after a failed poll");
     }
 }
