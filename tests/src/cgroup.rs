@@ -73,8 +73,9 @@ impl Drop for Cgroup {
 /// its process group killed on drop.
 #[derive(Debug)]
 pub struct Container {
+    name: String,
     child: Child,
-    _cgroup: Cgroup,
+    cgroup: Cgroup,
 }
 
 impl Container {
@@ -83,19 +84,24 @@ impl Container {
     pub fn start(name: &str, argv: &[&str]) -> Container {
         let cgroup = Cgroup::create(name)
             .unwrap_or_else(|e| panic!("{name}: this test needs root and cgroup v2: {e}"));
-        let child = Command::new(argv[0])
-            .args(&argv[1..])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name}: cannot start {argv:?}: {e}"));
-        cgroup.add(child.id()).expect("move into its cgroup");
+        let child = spawn_in(name, &cgroup, argv);
         Container {
+            name: name.to_owned(),
             child,
-            _cgroup: cgroup,
+            cgroup,
         }
+    }
+
+    /// The container restarted, as a runtime restarts one: its whole process group killed
+    /// and reaped, then `argv` started in the same cgroup.
+    pub fn restart(&mut self, argv: &[&str]) {
+        self.kill();
+        self.child = spawn_in(&self.name, &self.cgroup, argv);
+    }
+
+    fn kill(&mut self) {
+        let _ = signal::killpg(self.group(), Signal::SIGKILL);
+        let _ = self.child.wait();
     }
 
     /// A model pod's usual neighbours beside its server, started: a root log shipper and an
@@ -137,9 +143,22 @@ impl Container {
 impl Drop for Container {
     fn drop(&mut self) {
         // The whole group, as a runtime stops a container: nothing it started outlives it.
-        let _ = signal::killpg(self.group(), Signal::SIGKILL);
-        let _ = self.child.wait();
+        self.kill();
     }
+}
+
+/// `argv` in a process group of its own, output discarded, moved into `cgroup`.
+fn spawn_in(name: &str, cgroup: &Cgroup, argv: &[&str]) -> Child {
+    let child = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name}: cannot start {argv:?}: {e}"));
+    cgroup.add(child.id()).expect("move into its cgroup");
+    child
 }
 
 #[cfg(test)]

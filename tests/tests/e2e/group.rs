@@ -17,13 +17,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
-use vitals_e2e::cgroup::Cgroup;
+use vitals_e2e::cgroup::{Cgroup, Container};
 use vitals_e2e::fake_vllm::FakeVllm;
 use vitals_e2e::pod::{duration_arg, free_addr, AgentOptions, Pod};
 use vitals_e2e::probe::{ProbeKind, ProbeWorker};
@@ -62,37 +61,9 @@ fn cgroup(name: &str) -> Arc<Cgroup> {
     }))
 }
 
-/// A headless container's process: no socket, no probes, nothing to ask it; alone in its
-/// container's cgroup. SIGKILLed and reaped on drop.
-struct Headless {
-    /// Its stdin stays open while this is held: the process blocks reading it.
-    child: Child,
-}
-
-impl Headless {
-    /// Starts `cmdline` (a `sh -c` script and its arguments) in `container`.
-    fn start(cmdline: &[String], container: &Cgroup) -> Headless {
-        let child = Command::new(&cmdline[0])
-            .args(&cmdline[1..])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmdline:?}: {e}"));
-        container.add(child.id()).expect("ray into its cgroup");
-        Headless { child }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Headless {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `cmdline` as the toolkit's `Container` takes it.
+fn argv(cmdline: &[String]) -> Vec<&str> {
+    cmdline.iter().map(String::as_str).collect()
 }
 
 /// A member pod: its agent (role member) and the headless `ray` process, each in a
@@ -101,21 +72,21 @@ struct Member {
     pod: Pod,
     /// `ray`'s command line, as `inject` records the container's `command` and `args`.
     ray_cmdline: Vec<String>,
-    ray_container: Arc<Cgroup>,
-    ray: Headless,
+    /// `ray`'s container: no socket, no probes, nothing to ask it.
+    ray: Container,
 }
 
 impl Member {
     fn start(name: &str) -> Member {
         // How the LeaderWorkerSet vLLM example starts its worker (`sh -c` a script that runs
-        // `ray start --block`), reduced to a shell that blocks on its stdin.
-        let ray_cmdline: Vec<String> = ["sh", "-c", "read -r _", "ray", "start", "--block"]
+        // `ray start --block`), reduced to a shell that waits (`; exit` keeps the shell, with
+        // this command line, from exec'ing its last command).
+        let ray_cmdline: Vec<String> = ["sh", "-c", "sleep 600; exit", "ray", "start", "--block"]
             .into_iter()
             .map(String::from)
             .chain([format!("--node-name={name}-{}", std::process::id())])
             .collect();
-        let ray_container = cgroup(&format!("{name}-ray"));
-        let ray = Headless::start(&ray_cmdline, &ray_container);
+        let ray = Container::start(&format!("{name}-ray"), &argv(&ray_cmdline));
         let upstreams = serde_json::json!({"ray": {"process": {"cmdline": ray_cmdline}}});
         let agent = AgentOptions {
             extra_args: vec![
@@ -133,7 +104,6 @@ impl Member {
         let m = Member {
             pod,
             ray_cmdline,
-            ray_container,
             ray,
         };
         m.await_ray_found();
@@ -144,26 +114,16 @@ impl Member {
     /// by its container (there is no socket to find it by).
     fn await_ray_found(&self) {
         let want = format!("{}:", self.ray.pid());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
+        vitals_e2e::wait::eventually("the member agent finds ray", Duration::from_secs(5), || {
             let group =
                 vitals_e2e::client::get(self.pod.agent_addr, "/group", Duration::from_secs(1))
-                    .and_then(|r| r.json());
-            if let Ok(g) = &group {
-                if g["instances"]["ray"]
-                    .as_str()
-                    .is_some_and(|i| i.starts_with(&want))
-                {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the member agent did not find ray (pid {}): {group:?}",
-                self.ray.pid()
-            );
-            std::thread::sleep(vitals_e2e::pod::POLL);
-        }
+                    .and_then(|r| r.json())
+                    .ok()?;
+            group["instances"]["ray"]
+                .as_str()
+                .is_some_and(|i| i.starts_with(&want))
+                .then_some(())
+        });
         let status = self.pod.status();
         let proc = &status["upstreams"][0]["proc"];
         assert_eq!(proc["found_by"], "cgroup", "{status}");
@@ -172,9 +132,7 @@ impl Member {
     /// The container restarted: its process killed and reaped, then a new one with the
     /// same command line in the same cgroup.
     fn replace_ray(&mut self) {
-        let _ = self.ray.child.kill();
-        let _ = self.ray.child.wait();
-        self.ray = Headless::start(&self.ray_cmdline, &self.ray_container);
+        self.ray.restart(&argv(&self.ray_cmdline));
     }
 
     fn ray_pid(&self) -> Pid {
