@@ -410,14 +410,9 @@ fn g2_a_replaced_member_breaks_the_group_and_the_leaders_restart_forms_it_again(
         proc + POLL + PROBE_POLL,
         Duration::ZERO,
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while watch.restarts(LIVE) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the kubelet never restarted vLLM"
-        );
-        std::thread::sleep(vitals_e2e::pod::POLL);
-    }
+    vitals_e2e::wait::eventually("the kubelet restarts vLLM", Duration::from_secs(5), || {
+        (watch.restarts(LIVE) > 0).then_some(())
+    });
     leader.pod.stop_watches();
     let restarted = leader.restart_vllm();
     leader.await_formed(restarted, "re-formation, from the leader's vLLM restart,");
