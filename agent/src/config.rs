@@ -66,7 +66,7 @@ pub struct RunArgs {
     pub listen: SocketAddr,
 
     /// Unix socket workers report to; its folder is created if missing.
-    #[arg(long, env = "VITALS_SOCKET", default_value = "/run/vitals/agent.sock")]
+    #[arg(long, env = "VITALS_SOCKET", default_value = vitals_proto::DEFAULT_SOCKET)]
     pub socket: PathBuf,
 
     /// File mode of the socket, in octal.

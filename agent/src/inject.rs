@@ -32,7 +32,7 @@ pub const AGENT_PORT: u16 = 9180;
 /// The socket folder, an emptyDir shared by the agent and the workers.
 pub const SOCKET_DIR: &str = "/run/vitals";
 /// The agent's socket, as the workers see it.
-pub const SOCKET_PATH: &str = "/run/vitals/agent.sock";
+pub const SOCKET_PATH: &str = vitals_proto::DEFAULT_SOCKET;
 /// Name of the socket volume.
 pub const SOCKET_VOLUME: &str = "vitals-socket";
 /// The agent image's user (Dockerfile.agent), set explicitly on the agent container.

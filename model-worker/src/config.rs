@@ -6,13 +6,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use vitals_proto::WorkerName;
+use vitals_proto::{WorkerName, DEFAULT_SOCKET};
 
 use crate::model::device::DeviceSpec;
 
 /// The duration grammar, as `--help` states it: the agent's, from the same crate (humantime).
 pub const DURATIONS_HELP: &str =
     "Durations are numbers with units, summed: 250ms, 10s, 1m30s, 2h (a bare number is refused).";
+
+/// Where `make model` puts the default model (all-MiniLM-L6-v2), relative to the repository
+/// root (the Makefile's `MODEL_DIR`).
+const DEFAULT_MODEL_DIR: &str = "models/all-MiniLM-L6-v2";
 
 /// vitals-worker: a sentence-embedding server (OpenAI- and TEI-compatible) that reports
 /// its lifecycle to the Vitals agent.
@@ -21,11 +25,7 @@ pub const DURATIONS_HELP: &str =
 pub struct Args {
     /// Model folder in sentence-transformers layout (config.json, model.safetensors,
     /// tokenizer.json, modules.json, 1_Pooling/config.json).
-    #[arg(
-        long,
-        env = "VITALS_MODEL_DIR",
-        default_value = "models/all-MiniLM-L6-v2"
-    )]
+    #[arg(long, env = "VITALS_MODEL_DIR", default_value = DEFAULT_MODEL_DIR)]
     pub model_dir: PathBuf,
     /// auto (CUDA when built with it and present, else CPU), cpu, cuda or cuda:N.
     #[arg(long, env = "VITALS_DEVICE", default_value = "auto")]
@@ -34,11 +34,7 @@ pub struct Args {
     #[arg(long, env = "VITALS_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     /// The agent's Unix socket; the worker runs (and keeps retrying quietly) without one.
-    #[arg(
-        long,
-        env = "VITALS_AGENT_SOCKET",
-        default_value = "/run/vitals/agent.sock"
-    )]
+    #[arg(long, env = "VITALS_AGENT_SOCKET", default_value = DEFAULT_SOCKET)]
     pub agent_socket: PathBuf,
     /// This worker's name in the agent (the container's name).
     #[arg(long, env = "VITALS_NAME", default_value = "model")]

@@ -13,6 +13,10 @@ pub mod message;
 pub mod name;
 pub mod reporter;
 
+/// Where the agent listens for workers and where workers look for it, unless both are told
+/// otherwise (SPEC §1): the socket in the emptyDir the pod shares.
+pub const DEFAULT_SOCKET: &str = "/run/vitals/agent.sock";
+
 pub use message::{ErrorCode, Phase};
 pub use name::WorkerName;
 pub use reporter::{LoopCounters, Reporter, ReporterConfig};
