@@ -9,6 +9,7 @@
 //! [`config`] is the one place that parses configuration; [`inject`] adds the agent to pods;
 //! [`net`] is the one outbound HTTP client (probes, scrapes, `vitals-agent status`).
 
+pub mod cadence;
 pub mod config;
 pub mod inject;
 pub mod net;

@@ -8,7 +8,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{eventually, metric, Agent};
@@ -16,9 +16,11 @@ use vitals_agent::config::Config;
 use vitals_agent::sources::upstream::config::parse;
 
 /// A tiny model server: `/health` answers `code` after `delay_ms`; `/metrics` says
-/// `running` requests are running and `work` iterations were done.
+/// `running` requests are running and `work` iterations were done; `health_asked` keeps
+/// when each `/health` request arrived.
 struct Server {
     port: u16,
+    health_asked: Arc<Mutex<Vec<Instant>>>,
     code: Arc<AtomicU16>,
     delay_ms: Arc<AtomicU64>,
     work: Arc<AtomicU64>,
@@ -38,20 +40,23 @@ impl Server {
         let delay_ms = Arc::new(AtomicU64::new(0));
         let work = Arc::new(AtomicU64::new(0));
         let running = Arc::new(AtomicU64::new(0));
-        let (c, d, w, r) = (
+        let health_asked = Arc::new(Mutex::new(Vec::new()));
+        let (c, d, w, r, h) = (
             Arc::clone(&code),
             Arc::clone(&delay_ms),
             Arc::clone(&work),
             Arc::clone(&running),
+            Arc::clone(&health_asked),
         );
         std::thread::spawn(move || {
             for s in l.incoming() {
                 let Ok(mut s) = s else { return };
-                let (c, d, w, r) = (
+                let (c, d, w, r, h) = (
                     Arc::clone(&c),
                     Arc::clone(&d),
                     Arc::clone(&w),
                     Arc::clone(&r),
+                    Arc::clone(&h),
                 );
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 2048];
@@ -65,6 +70,9 @@ impl Server {
                         );
                         (200, text)
                     } else {
+                        if head.starts_with("GET /health") {
+                            h.lock().unwrap().push(Instant::now());
+                        }
                         std::thread::sleep(Duration::from_millis(d.load(Ordering::SeqCst)));
                         (c.load(Ordering::SeqCst), String::new())
                     };
@@ -78,6 +86,7 @@ impl Server {
         });
         Self {
             port,
+            health_asked,
             code,
             delay_ms,
             work,
@@ -136,6 +145,28 @@ fn probes_are_answered_from_the_latest_result() {
     let unknown = agent.get("/livez/nobody");
     assert_eq!(unknown.code, 404);
     assert!(unknown.body.contains("vllm"), "{}", unknown.body);
+}
+
+/// The vLLM wiring above has liveness and readiness both `GET /health` every second: one
+/// request a second answers both, so the server sees half the probe traffic. After the
+/// first (at once), requests come on the agent's 1 s grid: two probers would send two
+/// requests at each point, so the 2nd to 4th requests would span one period; shared, they
+/// span two (a lower bound, which a slow machine can only lengthen).
+#[test]
+fn identical_probes_share_one_request_a_period() {
+    let server = Server::start();
+    let agent = Agent::start(with_upstream(server.port));
+    agent.wait_for("/readyz/vllm", 200, "ok");
+    agent.wait_for("/livez/vllm", 200, "ok");
+    let asked = eventually("four /health requests", || {
+        let a = server.health_asked.lock().unwrap().clone();
+        (a.len() >= 4).then_some(a)
+    });
+    let span = asked[3] - asked[1];
+    assert!(
+        span >= Duration::from_millis(1800),
+        "requests 2 to 4 in {span:?}: the two probes did not share their request"
+    );
 }
 
 #[test]

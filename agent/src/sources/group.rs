@@ -11,10 +11,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cadence::Cadence;
 use crate::config::{GroupConfig, MemberTarget};
 use crate::net::{self, BodyRead};
 use crate::state::group::{self, GroupReport, SharedGroup};
@@ -51,9 +51,8 @@ pub fn spawn(tasks: &TaskTracker, ctx: &Context, stop: &CancellationToken) {
 }
 
 async fn poll_member(ctx: Context, slot: usize, target: MemberTarget, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(ctx.config.poll);
-    // A slow member delays its own next poll, never bunches them up.
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // A slow member skips its own next poll, never bunches them up.
+    let mut tick = Cadence::every(ctx.config.poll);
     let mut last_error: Option<String> = None;
     let mut address = Address::new(&target);
     loop {

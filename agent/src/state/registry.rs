@@ -145,9 +145,13 @@ impl UpstreamResults {
         &self.name
     }
 
-    /// A probe finished.
-    pub fn probe(&self, kind: ProbeKind, outcome: Outcome) {
-        self.with(|u| u.record_probe(kind, outcome));
+    /// A probe request finished: the outcome of each of `kinds` (the probes sharing it).
+    pub fn probe(&self, kinds: &[ProbeKind], outcome: Outcome) {
+        self.with(|u| {
+            for kind in kinds {
+                u.record_probe(*kind, outcome.clone());
+            }
+        });
     }
 
     /// A scrape that began at `started` finished.

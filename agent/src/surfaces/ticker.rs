@@ -1,6 +1,6 @@
 //! The agent's heartbeat: every [`TICK`] it proves the runtime runs (the agent's own
-//! liveness), and every [`EVALUATE_EVERY`] ticks it evaluates every verdict, refreshes
-//! metrics, and logs each verdict transition once, keeping the last [`KEEP`] for `/status`.
+//! liveness), evaluates every verdict, refreshes metrics, and logs each verdict transition
+//! once, keeping the last [`KEEP`] for `/status`.
 //!
 //! Probes never depend on this timer (they evaluate on the spot, and `/metrics` refreshes
 //! before it encodes); it exists so that transitions are noticed and counted without
@@ -13,19 +13,18 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::cadence::Cadence;
 use crate::state::snapshot::{AgentHealth, Snapshots};
 use crate::surfaces::metrics::Metrics;
 use crate::verdict::group::without_age;
 use crate::verdict::{LiveReason, Probe, Verdicts};
 
-/// How often the ticker runs; well under the 2 s agent-liveness bound.
-pub const TICK: Duration = Duration::from_millis(250);
-
-/// Every this many ticks (once a second) the ticker judges a snapshot. Judging (every
-/// verdict of every worker and upstream, their metrics, the transition check: about 80 µs
-/// with 4 workers and 3 upstreams, perf) at every tick was a fifth of an idle agent's CPU;
-/// transitions are logged within a second, and liveness keeps its 250 ms tick.
-pub const EVALUATE_EVERY: u64 = 4;
+/// How often the ticker runs, on the grid the 1 s probes and the /proc sampler share
+/// ([`crate::cadence`]), so it adds no wake-up of its own. Half the 2 s agent-liveness
+/// bound: liveness fails only when the runtime misses a whole tick. Judging (every verdict
+/// of every worker and upstream, their metrics, the transition check) is about 80 µs with
+/// 4 workers and 3 upstreams (perf); transitions are logged within a second.
+pub const TICK: Duration = Duration::from_secs(1);
 
 /// Transitions kept for `/status`.
 pub const KEEP: usize = 50;
@@ -163,19 +162,15 @@ pub async fn run(
     log: Arc<TransitionLog>,
     stop: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(TICK);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = Cadence::every(TICK);
     let mut tracker = Tracker::default();
-    for tick in 0u64.. {
+    loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
         let now = Instant::now();
         health.mark_tick(now);
-        if tick % EVALUATE_EVERY != 0 {
-            continue;
-        }
         let snapshot = snapshots.take(now);
         metrics.refresh(&snapshot);
         tracker.observe(&snapshot.verdicts, SystemTime::now(), &log, &metrics);

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::cadence::Cadence;
 use crate::sources::proc::discover::{self, Wanted};
 use crate::sources::proc::{ProcSample, ProcSource, SampleError};
 use crate::state::registry::{ProcJob, ProcResult, ProcSamples, ProcTarget};
@@ -39,8 +40,7 @@ pub async fn watch(
     stop: CancellationToken,
 ) {
     let sampler = Arc::new(sampler);
-    let mut ticker = tokio::time::interval(sampler.interval.max(Duration::from_millis(10)));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = Cadence::every(sampler.interval);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,

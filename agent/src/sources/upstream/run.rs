@@ -1,20 +1,21 @@
-//! The upstreams' tasks (SPEC §8): one prober per probe on its own period and one scraper
-//! per metrics source on `--proc-interval` (their processes are watched by the one /proc
-//! sampler, [`crate::sources::proc::watch`]). Each runs on the agent's runtime with its own
+//! The upstreams' tasks (SPEC §8): one prober per distinct probe request on its own period
+//! and one scraper per metrics source on `--proc-interval` (their processes are watched by
+//! the one /proc sampler, [`crate::sources::proc::watch`]). Each runs on the agent's runtime with its own
 //! timeouts, writes its results through its upstream's [`UpstreamResults`] handle, and
 //! stops with the agent's token; nothing here is on the path of a probe of the agent,
 //! which reads the latest results from a snapshot.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::config::{MetricsSpec, ProbeKind, ProbeSpec, UpstreamSpec};
 use super::{probe, scrape};
+use crate::cadence::Cadence;
 use crate::state::registry::{Registry, UpstreamResults};
 use crate::surfaces::metrics::Metrics;
 
@@ -50,12 +51,12 @@ pub fn spawn(
 ) {
     for u in upstreams {
         let results = registry.upstream_results(u.name.clone());
-        for (kind, spec) in &u.probes {
+        for (spec, kinds) in shared_requests(&u.probes) {
             tasks.spawn(prober(
                 cx.clone(),
                 results.clone(),
-                *kind,
-                spec.clone(),
+                kinds,
+                spec,
                 stop.clone(),
             ));
         }
@@ -65,21 +66,32 @@ pub fn spawn(
     }
 }
 
-fn ticker(every: Duration) -> tokio::time::Interval {
-    let mut t = tokio::time::interval(every.max(Duration::from_millis(10)));
-    t.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    t
+/// The probes grouped by the request they send: probes with the same action, period and
+/// timeout (vLLM's startup, liveness and readiness are often all `GET /health` every 10 s)
+/// would send the same request at the same rate, so one request a period answers all of
+/// them, each recorded and counted under its own kind. Their answers could not differ but
+/// by the moment they were asked; the upstream serves a third of the probe traffic.
+fn shared_requests(probes: &BTreeMap<ProbeKind, ProbeSpec>) -> Vec<(ProbeSpec, Vec<ProbeKind>)> {
+    let mut shared: Vec<(ProbeSpec, Vec<ProbeKind>)> = Vec::new();
+    for (kind, spec) in probes {
+        match shared.iter_mut().find(|(s, _)| s == spec) {
+            Some((_, kinds)) => kinds.push(*kind),
+            None => shared.push((spec.clone(), vec![*kind])),
+        }
+    }
+    shared
 }
 
-/// Runs one probe every `periodSeconds`, bounded by its `timeoutSeconds`.
+/// Runs one probe request every `periodSeconds`, bounded by its `timeoutSeconds`, and
+/// records its outcome as the result of each of `kinds`.
 async fn prober(
     cx: Context,
     results: UpstreamResults,
-    kind: ProbeKind,
+    kinds: Vec<ProbeKind>,
     spec: ProbeSpec,
     stop: CancellationToken,
 ) {
-    let mut tick = ticker(spec.period);
+    let mut tick = Cadence::every(spec.period);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -89,9 +101,11 @@ async fn prober(
             () = stop.cancelled() => return,
             o = probe::run(&spec.action, cx.host, spec.timeout) => o,
         };
-        cx.metrics
-            .upstream_probe(results.name().as_str(), kind, &outcome);
-        results.probe(kind, outcome);
+        for kind in &kinds {
+            cx.metrics
+                .upstream_probe(results.name().as_str(), *kind, &outcome);
+        }
+        results.probe(&kinds, outcome);
     }
 }
 
@@ -102,7 +116,7 @@ async fn scraper(
     spec: MetricsSpec,
     stop: CancellationToken,
 ) {
-    let mut tick = ticker(cx.scrape_interval);
+    let mut tick = Cadence::every(cx.scrape_interval);
     let mut scraper = scrape::Scraper::new(results.name().clone(), spec, cx.host);
     loop {
         tokio::select! {
@@ -118,5 +132,50 @@ async fn scraper(
                 .upstream_scrape_error(results.name().as_str(), e.kind());
         }
         results.scrape(started, result, cx.stall_timeout);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::upstream::config::parse;
+
+    #[test]
+    fn probes_that_send_the_same_request_at_the_same_rate_share_it() {
+        let spec = parse(
+            r#"{"vllm": {
+                "startupProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 10},
+                "livenessProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 10},
+                "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 5}}}"#,
+            &[],
+        )
+        .expect("valid")
+        .remove(0);
+        let shared = shared_requests(&spec.probes);
+        let kinds: Vec<_> = shared.iter().map(|(_, k)| k.clone()).collect();
+        assert_eq!(
+            kinds,
+            [
+                vec![ProbeKind::Startup, ProbeKind::Liveness],
+                vec![ProbeKind::Readiness]
+            ],
+            "another period is another request"
+        );
+        assert_eq!(shared[0].0.period, Duration::from_secs(10));
+        assert_eq!(shared[1].0.period, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn another_path_or_timeout_is_another_request() {
+        let spec = parse(
+            r#"{"vllm": {
+                "startupProbe": {"httpGet": {"path": "/health", "port": 8000}},
+                "livenessProbe": {"httpGet": {"path": "/health", "port": 8000}, "timeoutSeconds": 3},
+                "readinessProbe": {"httpGet": {"path": "/v1/models", "port": 8000}}}}"#,
+            &[],
+        )
+        .expect("valid")
+        .remove(0);
+        assert_eq!(shared_requests(&spec.probes).len(), 3);
     }
 }
