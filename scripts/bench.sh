@@ -35,7 +35,10 @@ done
 
 if [ "${BENCH_AGENT:-1}" != 0 ]; then
   echo "== agent: binary size, idle RSS and CPU with 4 workers, probe latency at 1000/s"
-  cargo build --release -p vitals-agent
+  # The binary the agent image ships (scripts/images.sh): static, so its idle RSS holds no
+  # shared glibc and ld.so (1.4 MiB of a dynamic build's); the benches run it by default.
+  RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release -p vitals-agent --target "$(uname -m)-unknown-linux-gnu"
   cargo bench -p vitals-agent --bench footprint | tee bench-results/agent.md
   echo "== agent webhook: AdmissionReview latency (1 and 8 clients, new connections), CPU, RSS"
   cargo bench -p vitals-agent --bench webhook | tee bench-results/webhook.md

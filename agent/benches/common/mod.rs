@@ -21,15 +21,21 @@ pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The agent binary measured: `VITALS_AGENT_BIN`, by default `target/release/vitals-agent`;
-/// panics when it is missing.
+/// The agent binary measured: `VITALS_AGENT_BIN`, by default the static release build the
+/// agent image ships (`target/<arch>-unknown-linux-gnu/release/vitals-agent`, built by
+/// `make bench` as `make images` builds it); panics when it is missing.
 pub fn agent_bin() -> PathBuf {
     let bin = std::env::var_os("VITALS_AGENT_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/release/vitals-agent"));
+        .unwrap_or_else(|| {
+            workspace().join(format!(
+                "target/{}-unknown-linux-gnu/release/vitals-agent",
+                std::env::consts::ARCH
+            ))
+        });
     assert!(
         bin.exists(),
-        "{}: missing (run `make release` first)",
+        "{}: missing (`make bench` builds it; or set VITALS_AGENT_BIN)",
         bin.display()
     );
     bin
@@ -82,6 +88,19 @@ pub fn cpu_seconds(pid: u32) -> f64 {
         .stat()
         .unwrap();
     (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64
+}
+
+/// CPU time of `pid`'s live threads so far, in nanoseconds, from each thread's
+/// `schedstat` (the scheduler's own count: exact, where `cpu_seconds` moves in 10 ms
+/// ticks, a third of the whole figure over a minute of an idle agent). A thread that
+/// exits takes its count with it; the agent's threads (the runtime and its one blocking
+/// thread, kept busy by the /proc sampler every second) live as long as it does.
+pub fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// Writes `results` to `bench-results/<file>` (pretty JSON).
