@@ -14,10 +14,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vitals_proto::WorkerName;
 
+use crate::config::upstreams::{UpstreamSpec, UpstreamsError};
 use crate::inject::webhook::WebhookArgs;
 use crate::inject::InjectArgs;
-use crate::sources::upstream;
-use crate::sources::upstream::config::{UpstreamSpec, UpstreamsError};
 use crate::surfaces::status::StatusArgs;
 use crate::verdict::Thresholds;
 
@@ -318,7 +317,7 @@ impl TryFrom<RunArgs> for Config {
                         source,
                     })?
                 };
-                upstream::config::parse(&json, &expect)?
+                upstreams::parse(&json, &expect)?
                     .into_iter()
                     .map(Arc::new)
                     .collect()

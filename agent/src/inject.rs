@@ -795,7 +795,7 @@ fn inject_pod(
     // Upstreams: every other container with probes the agent can run; in a group, every
     // other container (headless ones watched by /proc alone).
     let before = upstreams::previous_config(&agent);
-    let mut config = crate::config::upstreams::Upstreams::new();
+    let mut config = crate::config::upstreams::schema::Upstreams::new();
     let mut upstream_names = Vec::new();
     let role = group.map(|g| g.role);
     for c in containers.iter_mut().filter_map(Node::as_map_mut) {

@@ -20,7 +20,7 @@ pub use worker::{Diagnosis, LiveReason, ReadyReason, StartupReason, WorkerVerdic
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::sources::upstream::config::ProbeKind;
+use crate::config::upstreams::ProbeKind;
 use crate::state::probe_result::Failure;
 pub use crate::state::proc_track::PidStatus;
 use crate::state::proc_track::ProcTrack;

@@ -6,7 +6,7 @@
 //! probes stay on the container untouched. A metrics profile is picked from the image or
 //! the `vitals.dev/profile.<container>` annotation.
 //!
-//! The entry is built as the typed schema ([`crate::config::upstreams`]) and serialised, so
+//! The entry is built as the typed schema ([`crate::config::upstreams::schema`]) and serialised, so
 //! the agent's reader accepts whatever this writes. Each entry records the container's
 //! `command` + `args` (`process.cmdline`), by which the agent finds its process in /proc
 //! without privileges.
@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 
 use super::yaml::{Map, Node};
 use super::{point_at_agent, Problem, AGENT_PORT};
-use crate::config::upstreams as schema;
-use crate::sources::upstream::profiles;
+use crate::config::upstreams::profiles;
+use crate::config::upstreams::schema;
 
 /// The agent's env var holding the upstreams' JSON.
 pub const UPSTREAMS_ENV: &str = "VITALS_UPSTREAMS";

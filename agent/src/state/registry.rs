@@ -21,9 +21,9 @@ use vitals_proto::message::{
 };
 use vitals_proto::{Phase, WorkerName};
 
+use crate::config::upstreams::{ProbeKind, UpstreamSpec};
 use crate::sources::proc::discover::NotFound;
 use crate::sources::proc::{ProcSample, SampleError};
-use crate::sources::upstream::config::{ProbeKind, UpstreamSpec};
 use crate::sources::upstream::stall::Reading;
 use crate::state::probe_result::{Outcome, ScrapeError};
 use crate::state::proc_track::{ProcTrack, Watched};
@@ -829,7 +829,7 @@ pub(crate) mod tests {
 
     #[test]
     fn upstreams_are_looked_for_then_sampled_with_the_same_rules() {
-        use crate::sources::upstream::config::parse;
+        use crate::config::upstreams::parse;
         use crate::state::proc_track::FoundBy;
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::upstreams::{Action, ProbeKind, UpstreamSpec};
 use crate::sources::proc::discover::NotFound;
-use crate::sources::upstream::config::{Action, ProbeKind, UpstreamSpec};
 use crate::sources::upstream::stall::{Reading, StallClock};
 use crate::state::probe_result::{Outcome, ScrapeError};
 use crate::state::proc_track::ProcTrack;
@@ -111,7 +111,7 @@ impl UpstreamState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::upstream::config::parse;
+    use crate::config::upstreams::parse;
 
     fn outcome(started: Instant) -> Outcome {
         Outcome {

@@ -16,7 +16,7 @@ use prometheus::{
 };
 use vitals_proto::{ErrorCode, Phase};
 
-use crate::sources::upstream::config::ProbeKind;
+use crate::config::upstreams::ProbeKind;
 use crate::state::probe_result::Outcome;
 use crate::state::snapshot::Snapshot;
 use crate::verdict::group::{BrokenReason, MemberStatus};
@@ -580,7 +580,7 @@ mod tests {
 
     #[test]
     fn an_upstream_says_whether_its_process_is_watched() {
-        use crate::sources::upstream::config::parse;
+        use crate::config::upstreams::parse;
         use crate::state::proc_track::{FoundBy, Watched};
         let m = Metrics::new();
         let t0 = Instant::now();

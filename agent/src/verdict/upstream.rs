@@ -184,9 +184,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::config::upstreams::parse;
     use crate::sources::proc::discover::NotFound;
     use crate::sources::proc::SampleError;
-    use crate::sources::upstream::config::parse;
     use crate::sources::upstream::stall::Reading;
     use crate::state::probe_result::Outcome;
     use crate::state::proc_track::{FoundBy, Watched};

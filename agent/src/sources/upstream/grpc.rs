@@ -171,7 +171,7 @@ mod tests {
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
     use super::*;
-    use crate::sources::upstream::config::Action;
+    use crate::config::upstreams::Action;
 
     #[test]
     fn wire_format() {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use hyper::header::{HeaderName, HeaderValue, ACCEPT, USER_AGENT as USER_AGENT_HEADER};
 use hyper::Uri;
 
-use super::config::{Action, HttpGet};
+use crate::config::upstreams::{Action, HttpGet};
 use crate::net::{self, BodyRead, USER_AGENT};
 pub use crate::state::probe_result::{Failure, Outcome, MAX_REDIRECTS};
 

@@ -13,9 +13,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::config::{MetricsSpec, ProbeKind, ProbeSpec, UpstreamSpec};
 use super::{probe, scrape};
 use crate::cadence::Cadence;
+use crate::config::upstreams::{MetricsSpec, ProbeKind, ProbeSpec, UpstreamSpec};
 use crate::state::registry::{Registry, UpstreamResults};
 use crate::surfaces::metrics::Metrics;
 
@@ -138,7 +138,7 @@ async fn scraper(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::upstream::config::parse;
+    use crate::config::upstreams::parse;
 
     #[test]
     fn probes_that_send_the_same_request_at_the_same_rate_share_it() {

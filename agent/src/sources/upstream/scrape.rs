@@ -4,7 +4,7 @@
 //! a refused one (401/403) is logged once and shown, never silent.
 //!
 //! The connection is kept for the next scrape where the server keeps it open and the
-//! profile allows ([`super::profiles::Profile::keep_alive`]): one handshake instead of one
+//! profile allows ([`crate::config::upstreams::profiles::Profile::keep_alive`]): one handshake instead of one
 //! per `--proc-interval`. The kubelet-style probes never reuse one (SPEC §8).
 
 use std::net::IpAddr;
@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use hyper::header::{HeaderName, HeaderValue, ACCEPT, CONNECTION, USER_AGENT as USER_AGENT_HEADER};
 use vitals_proto::WorkerName;
 
-use super::config::MetricsSpec;
 use super::expo;
 use super::stall::Reading;
+use crate::config::upstreams::MetricsSpec;
 use crate::net::{BodyRead, Http1, USER_AGENT};
 use crate::state::probe_result::Failure;
 pub use crate::state::probe_result::ScrapeError;
@@ -157,7 +157,7 @@ mod tests {
     use std::net::{Ipv4Addr, TcpListener};
 
     use super::*;
-    use crate::sources::upstream::config::parse;
+    use crate::config::upstreams::parse;
 
     async fn scrape(
         host: IpAddr,

@@ -6,7 +6,7 @@
 //! is no evidence (nothing is recorded); a reading older than 2 × the stall timeout is
 //! dropped, and the next one starts afresh. Equal readings printed too coarsely to show a
 //! +1 change are no evidence of "unmoved" either: they restart the clock
-//! ([`super::profiles`] says why).
+//! ([`crate::config::upstreams::profiles`] says why).
 //!
 //! Where the server's engine loop answers the metrics itself (llama.cpp), scrapes that keep
 //! timing out ARE evidence: the clock also keeps since when they have (SPEC §8's

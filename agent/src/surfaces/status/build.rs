@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::doc::*;
-use crate::sources::upstream::config::Action;
+use crate::config::upstreams::Action;
 use crate::state::snapshot::Snapshot;
 use crate::state::upstream::UpstreamState;
 use crate::surfaces::ticker::{rfc3339, Transition, TransitionLog};
