@@ -8,7 +8,7 @@
 //! that also closes kept-alive connections idle for that long (hyper starts it for each
 //! next request). At the cap a new connection is always served: the agent closes the
 //! oldest connection that has not completed a request (an idle or slow-loris client),
-//! else the one idle the longest since its last answer ([`ConnTable`]), so a kubelet
+//! else the one idle the longest since its last answer (`ConnTable`), so a kubelet
 //! probe on a fresh connection is answered whatever a flood holds open, and memory stays
 //! bounded by the cap (issue 21 item 14).
 

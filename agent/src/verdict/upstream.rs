@@ -1,7 +1,7 @@
 //! An upstream's verdicts (SPEC §8): the one function that decides why `/livez/<container>`
 //! of a server that does not speak the protocol fails, from its own probes' latest results,
 //! its metrics' stall clock and its process's /proc track, by the same /proc rules as a
-//! worker's ([`super::proc_rules`]).
+//! worker's (`verdict::proc_rules`).
 
 use std::fmt;
 use std::time::Instant;

@@ -1,17 +1,17 @@
 //! Finds an upstream's process (SPEC §8, §9) without privileges.
 //!
 //! 1. By socket: the process holding the socket that listens on the first of its probes'
-//!    ports that has a listener (/proc/net/tcp{,6} → inode → /proc/<pid>/fd; the oldest of
+//!    ports that has a listener (`/proc/net/tcp{,6}` → inode → `/proc/<pid>/fd`; the oldest of
 //!    several holders, which is the server's parent rather than a forked worker). This needs
 //!    the holder's fds to be readable: the same uid as the agent, or privileges the agent
 //!    never asks for.
 //! 2. Otherwise by container: the pod's processes grouped by cgroup (one cgroup = one
-//!    container; /proc/<pid>/cgroup is world-readable), the groups of the agent and of the
+//!    container; `/proc/<pid>/cgroup` is world-readable), the groups of the agent and of the
 //!    protocol workers (`exclude`) and the sandbox's `pause` left out, then narrowed by what
 //!    every user may read: a candidate process runs as the listening socket's owner (the
 //!    uid column of /proc/net/tcp against the real, effective or filesystem uid of
-//!    /proc/<pid>/status) and, when `inject` recorded the container's command line, its
-//!    /proc/<pid>/cmdline matches it ([`cmdline_matches`]). A container without probes (no
+//!    `/proc/<pid>/status`) and, when `inject` recorded the container's command line, its
+//!    `/proc/<pid>/cmdline` matches it ([`cmdline_matches`]). A container without probes (no
 //!    port) is narrowed by its command line alone. Exactly one cgroup must remain; its oldest
 //!    candidate process is the one judged. Anything else is [`NotFound`], and /proc checks
 //!    stay off for that upstream.
@@ -164,7 +164,7 @@ pub fn find(proc_root: &Path, wanted: Wanted<'_>, exclude: &[u32]) -> Result<Wat
     }
 }
 
-/// Whether a process whose /proc/<pid>/cmdline is `actual` runs the container command
+/// Whether a process whose `/proc/<pid>/cmdline` is `actual` runs the container command
 /// line `recorded` (its `command` + `args` as `inject` wrote them, or `args` alone).
 ///
 /// The rule: `recorded` appears in `actual` as one contiguous run, where the first
