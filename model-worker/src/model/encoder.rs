@@ -9,7 +9,7 @@
 //! into the query weights, and the token-type-0 embedding (the only type a sentence
 //! embedder uses) is folded into the position embeddings.
 
-use candle_core::{Device, Module, Tensor, D};
+use candle_core::{Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
@@ -59,27 +59,26 @@ impl Norm {
     }
 }
 
-/// `x · W + b` with `W` stored [in, out], contiguous, so the product reads it in place.
+/// `x · Wᵀ + b` with `W` stored as `torch.nn.Linear` stores it, [out, in].
 struct Dense {
     weight: Tensor,
     bias: Tensor,
 }
 
 impl Dense {
-    /// Loads a `torch.nn.Linear` ([out, in] weight) and transposes it once.
     fn load(vb: VarBuilder, input: usize, output: usize) -> candle_core::Result<Self> {
-        let weight = vb.get((output, input), "weight")?.t()?.contiguous()?;
+        let weight = vb.get((output, input), "weight")?;
         let bias = vb.get(output, "bias")?;
         Ok(Self { weight, bias })
     }
 
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        xs.matmul(&self.weight)?.broadcast_add(&self.bias)
+        xs.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
     }
 }
 
 struct Layer {
-    /// Query (pre-scaled by 1/√head width), key and value side by side: [hidden, 3·hidden].
+    /// Query (pre-scaled by 1/√head width), key and value stacked: [3·hidden, hidden].
     qkv: Dense,
     attention_out: Dense,
     attention_norm: Norm,
@@ -99,10 +98,7 @@ impl Layer {
         let value = Dense::load(own.pp("value"), hidden, hidden)?;
         let scale = 1.0 / (head as f64).sqrt();
         let qkv = Dense {
-            weight: Tensor::cat(
-                &[(query.weight * scale)?, key.weight, value.weight],
-                D::Minus1,
-            )?,
+            weight: Tensor::cat(&[(query.weight * scale)?, key.weight, value.weight], 0)?,
             bias: Tensor::cat(&[(query.bias * scale)?, key.bias, value.bias], 0)?,
         };
         let out = attention.pp("output");
