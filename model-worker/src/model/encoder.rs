@@ -9,8 +9,9 @@
 //! into the query weights, and the token-type-0 embedding (the only type a sentence
 //! embedder uses) is folded into the position embeddings.
 
-use candle_core::{Device, Module, Tensor};
+use candle_core::{CpuStorage, Device, InplaceOp1, InplaceOp2, Layout, Module, Tensor};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 use serde::Deserialize;
 
 /// What `config.json` says about the encoder's shape (Hugging Face's BERT config; other
@@ -37,18 +38,29 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
 }
 
-/// A layer norm's scale and shift, applied with candle's fused kernel.
+/// A layer norm's scale and shift, applied with candle's fused kernel (and, on the CPU,
+/// by [`Dense::forward_residual_norm`] with the residual add folded in).
 struct Norm {
     weight: Tensor,
     bias: Tensor,
+    /// `weight` and `bias` on the host when they live on the CPU.
+    host: Option<(Vec<f32>, Vec<f32>)>,
     eps: f32,
 }
 
 impl Norm {
     fn load(vb: VarBuilder, width: usize, eps: f64) -> candle_core::Result<Self> {
+        let weight = vb.get(width, "weight")?;
+        let bias = vb.get(width, "bias")?;
+        let host = if weight.device().is_cpu() {
+            Some((weight.to_vec1()?, bias.to_vec1()?))
+        } else {
+            None
+        };
         Ok(Self {
-            weight: vb.get(width, "weight")?,
-            bias: vb.get(width, "bias")?,
+            weight,
+            bias,
+            host,
             // The kernels take f32; BERT's 1e-12 is representable.
             eps: eps as f32,
         })
@@ -63,18 +75,218 @@ impl Norm {
 struct Dense {
     weight: Tensor,
     bias: Tensor,
+    /// The bias again, on the host, when the weights live on the CPU: there it is added in
+    /// place on the product (with the GELU that may follow), one pass over the product
+    /// instead of an allocation and a pass per operation.
+    host_bias: Option<Vec<f32>>,
 }
 
 impl Dense {
     fn load(vb: VarBuilder, input: usize, output: usize) -> candle_core::Result<Self> {
         let weight = vb.get((output, input), "weight")?;
         let bias = vb.get(output, "bias")?;
-        Ok(Self { weight, bias })
+        Self::new(weight, bias)
     }
 
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        xs.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+    fn new(weight: Tensor, bias: Tensor) -> candle_core::Result<Self> {
+        let host_bias = if bias.device().is_cpu() {
+            Some(bias.to_vec1()?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            host_bias,
+        })
     }
+
+    /// `x · Wᵀ + b`.
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let product = xs.matmul(&self.weight.t()?)?;
+        match &self.host_bias {
+            Some(bias) => {
+                product.inplace_op1(&BiasGelu { bias, gelu: false })?;
+                Ok(product)
+            }
+            None => product.broadcast_add(&self.bias),
+        }
+    }
+
+    /// `norm(x · Wᵀ + b + residual)`: a BERT sublayer's output.
+    fn forward_residual_norm(
+        &self,
+        xs: &Tensor,
+        residual: &Tensor,
+        norm: &Norm,
+    ) -> candle_core::Result<Tensor> {
+        let product = xs.matmul(&self.weight.t()?)?;
+        match (&self.host_bias, &norm.host) {
+            (Some(bias), Some((weight, shift))) => {
+                product.inplace_op2(
+                    residual,
+                    &ResidualNorm {
+                        bias,
+                        weight,
+                        shift,
+                        eps: norm.eps,
+                    },
+                )?;
+                Ok(product)
+            }
+            _ => norm.forward(&(product.broadcast_add(&self.bias)? + residual)?),
+        }
+    }
+
+    /// `gelu(x · Wᵀ + b)`, the exact (erf) GELU.
+    fn forward_gelu(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let product = xs.matmul(&self.weight.t()?)?;
+        match &self.host_bias {
+            Some(bias) => {
+                product.inplace_op1(&BiasGelu { bias, gelu: true })?;
+                Ok(product)
+            }
+            None => product.broadcast_add(&self.bias)?.gelu_erf(),
+        }
+    }
+}
+
+/// Adds a bias to every row of a fresh, contiguous CPU matrix in place, then optionally
+/// applies the exact GELU with [`erf`]; rows are split over candle's thread pool.
+struct BiasGelu<'a> {
+    bias: &'a [f32],
+    gelu: bool,
+}
+
+impl InplaceOp1 for BiasGelu<'_> {
+    fn name(&self) -> &'static str {
+        "bias-gelu"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("bias-gelu: f32 only")
+        };
+        let width = self.bias.len();
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("bias-gelu: the product must be contiguous")
+        };
+        if layout.dims().last() != Some(&width) {
+            candle_core::bail!("bias-gelu: rows of {:?}, bias of {width}", layout.dims())
+        }
+        // Enough rows per task that the split costs less than it saves.
+        let rows_per_task = (16_384 / width).max(1);
+        data[start..end]
+            .par_chunks_mut(rows_per_task * width)
+            .for_each(|chunk| {
+                for row in chunk.chunks_exact_mut(width) {
+                    for (x, b) in row.iter_mut().zip(self.bias) {
+                        *x += b;
+                    }
+                    if self.gelu {
+                        for x in row.iter_mut() {
+                            *x *= 0.5 * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
+                        }
+                    }
+                }
+            });
+        Ok(())
+    }
+}
+
+/// `x = norm(x + bias + residual)` row by row, in place on a fresh, contiguous CPU
+/// product; rows are split over candle's thread pool. The variance is taken around the
+/// mean (two passes), as PyTorch's layer norm does.
+struct ResidualNorm<'a> {
+    bias: &'a [f32],
+    weight: &'a [f32],
+    shift: &'a [f32],
+    eps: f32,
+}
+
+impl InplaceOp2 for ResidualNorm<'_> {
+    fn name(&self) -> &'static str {
+        "residual-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &mut CpuStorage,
+        layout: &Layout,
+        residual: &CpuStorage,
+        residual_layout: &Layout,
+    ) -> candle_core::Result<()> {
+        let (CpuStorage::F32(data), CpuStorage::F32(residual)) = (storage, residual) else {
+            candle_core::bail!("residual-norm: f32 only")
+        };
+        let width = self.bias.len();
+        let (Some((start, end)), Some((r_start, r_end))) = (
+            layout.contiguous_offsets(),
+            residual_layout.contiguous_offsets(),
+        ) else {
+            candle_core::bail!("residual-norm: operands must be contiguous")
+        };
+        if layout.dims().last() != Some(&width) || end - start != r_end - r_start {
+            candle_core::bail!(
+                "residual-norm: product {:?}, residual {:?}, width {width}",
+                layout.dims(),
+                residual_layout.dims()
+            )
+        }
+        let rows_per_task = (16_384 / width).max(1);
+        data[start..end]
+            .par_chunks_mut(rows_per_task * width)
+            .zip(residual[r_start..r_end].par_chunks(rows_per_task * width))
+            .for_each(|(chunk, residual)| {
+                for (row, residual) in chunk
+                    .chunks_exact_mut(width)
+                    .zip(residual.chunks_exact(width))
+                {
+                    for ((x, b), r) in row.iter_mut().zip(self.bias).zip(residual) {
+                        *x += b + r;
+                    }
+                    let mean = lane_sum(row, |x| x) / width as f32;
+                    let var = lane_sum(row, |x| (x - mean) * (x - mean)) / width as f32;
+                    let inv_std = (var + self.eps).sqrt().recip();
+                    for ((x, w), s) in row.iter_mut().zip(self.weight).zip(self.shift) {
+                        *x = (*x - mean) * inv_std * w + s;
+                    }
+                }
+            });
+        Ok(())
+    }
+}
+
+/// The sum of `f` over `row` in eight interleaved partial sums, so it vectorises.
+fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane += f(x);
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// The error function in f32 to within a few ulp, branch-free so it vectorises: Eigen's
+/// rational approximation (odd degree-13 over even degree-8 polynomial in x, input clamped
+/// to [-4, 4] where erf is ±1 in f32).
+pub fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
+    p = x2 * p + -2.101_024e-6;
+    p = x2 * p + -5.692_506_4e-5;
+    p = x2 * p + -7.349_906_3e-4;
+    p = x2 * p + -2.954_599_8e-3;
+    p = x2 * p + -1.609_603_3e-2;
+    let mut q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
+    q = x2 * q + -1.682_827e-3;
+    q = x2 * q + -7.373_329_3e-3;
+    q = x2 * q + -1.426_474e-2;
+    x * p / q
 }
 
 struct Layer {
@@ -97,10 +309,10 @@ impl Layer {
         let key = Dense::load(own.pp("key"), hidden, hidden)?;
         let value = Dense::load(own.pp("value"), hidden, hidden)?;
         let scale = 1.0 / (head as f64).sqrt();
-        let qkv = Dense {
-            weight: Tensor::cat(&[(query.weight * scale)?, key.weight, value.weight], 0)?,
-            bias: Tensor::cat(&[(query.bias * scale)?, key.bias, value.bias], 0)?,
-        };
+        let qkv = Dense::new(
+            Tensor::cat(&[(query.weight * scale)?, key.weight, value.weight], 0)?,
+            Tensor::cat(&[(query.bias * scale)?, key.bias, value.bias], 0)?,
+        )?;
         let out = attention.pp("output");
         Ok(Self {
             qkv,
@@ -290,13 +502,14 @@ impl Encoder {
                 .expect("an unpadded pass has exactly one group"),
             Some(unpad) => Tensor::cat(&contexts, 0)?.index_select(unpad, 0)?,
         };
-        let attended = layer
-            .attention_norm
-            .forward(&(layer.attention_out.forward(&context)? + xs)?)?;
-        let inner = layer.intermediate.forward(&attended)?.gelu_erf()?;
+        let attended =
+            layer
+                .attention_out
+                .forward_residual_norm(&context, xs, &layer.attention_norm)?;
+        let inner = layer.intermediate.forward_gelu(&attended)?;
         layer
-            .output_norm
-            .forward(&(layer.output.forward(&inner)? + attended)?)
+            .output
+            .forward_residual_norm(&inner, &attended, &layer.output_norm)
     }
 
     /// Self-attention of one group: [rows·width, hidden] context vectors, padded slots
@@ -353,5 +566,21 @@ pub fn pool(
             })
             .collect();
         hidden.index_select(&Tensor::new(firsts.as_slice(), device)?, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_libm_to_a_few_ulp() {
+        let mut worst = 0f32;
+        for i in -60_000..=60_000 {
+            let x = i as f32 * 1e-4;
+            let exact = libm::erf(f64::from(x));
+            worst = worst.max((f64::from(erf(x)) - exact).abs() as f32);
+        }
+        assert!(worst < 1e-6, "max abs error {worst}");
     }
 }
