@@ -121,8 +121,10 @@ impl BertEmbedder {
 
     /// One encoder pass over the whole batch; returns pooled vectors in `batch` order.
     fn forward(&self, batch: &[&[u32]], lens: &[usize]) -> candle_core::Result<Vec<Vec<f32>>> {
-        let groups = length_groups(lens, ATTENTION_GROUP_OVERHEAD_TOKENS);
-        let packing = Packing::new(batch, &groups, &self.device)?;
+        // The CPU attends on the packed tokens; other devices in padded length groups.
+        let groups =
+            (!self.device.is_cpu()).then(|| length_groups(lens, ATTENTION_GROUP_OVERHEAD_TOKENS));
+        let packing = Packing::new(batch, groups.as_deref(), &self.device)?;
         let hidden = self.encoder.forward(&packing)?;
         let pooled = pool(&hidden, lens, self.pooling == Pooling::Mean, &self.device)?;
         pooled.to_device(&Device::Cpu)?.to_vec2()

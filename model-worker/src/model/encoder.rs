@@ -9,7 +9,9 @@
 //! into the query weights, and the token-type-0 embedding (the only type a sentence
 //! embedder uses) is folded into the position embeddings.
 
-use candle_core::{CpuStorage, Device, InplaceOp1, InplaceOp2, Layout, Module, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, Device, InplaceOp1, InplaceOp2, Layout, Module, Shape, Tensor,
+};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -344,12 +346,22 @@ pub struct Packing {
     ids: Tensor,
     /// Each token's position inside its sequence.
     positions: Tensor,
-    groups: Vec<AttentionGroup>,
-    /// For each packed token, its row in the groups' padded outputs laid end to end; `None`
-    /// when that order is already the packed order (one group, no padding).
-    unpad: Option<Tensor>,
-    /// Packed tokens.
-    tokens: usize,
+    attention: AttentionLayout,
+}
+
+enum AttentionLayout {
+    /// Attention straight on the packed tokens, sequence by sequence (CPU only).
+    Packed {
+        /// Tokens per sequence, in packed order.
+        lens: Vec<usize>,
+    },
+    /// Attention in padded length groups, with candle's batched kernels (any device).
+    Grouped {
+        groups: Vec<AttentionGroup>,
+        /// For each packed token, its row in the groups' padded outputs laid end to end;
+        /// `None` when that order is already the packed order (one group, no padding).
+        unpad: Option<Tensor>,
+    },
 }
 
 /// Sequences attended together, padded to the longest of them.
@@ -365,11 +377,12 @@ struct AttentionGroup {
 }
 
 impl Packing {
-    /// Lays out `batch` (token ids per sequence, none empty) with attention in `groups`
-    /// (indices into `batch`, each index once).
+    /// Lays out `batch` (token ids per sequence, none empty). With `groups` (indices into
+    /// `batch`, each index once) attention runs padded per group; without, it runs on the
+    /// packed tokens, which only the CPU can do.
     pub fn new(
         batch: &[&[u32]],
-        groups: &[Vec<usize>],
+        groups: Option<&[Vec<usize>]>,
         device: &Device,
     ) -> candle_core::Result<Self> {
         let mut starts = Vec::with_capacity(batch.len());
@@ -381,56 +394,190 @@ impl Packing {
             positions.extend(0..seq.len() as u32);
         }
         let tokens = ids.len();
-        let in_order = groups.len() == 1 && groups[0].iter().enumerate().all(|(k, &i)| k == i);
-        let mut unpad = vec![0u32; tokens];
-        let mut padded_rows = 0usize;
-        let mut attention = Vec::with_capacity(groups.len());
-        for group in groups {
-            let width = group.iter().map(|&i| batch[i].len()).max().unwrap_or(0);
-            let uniform = group.iter().all(|&i| batch[i].len() == width);
-            let mut pad = vec![0u32; group.len() * width];
-            let mut mask = vec![f32::MIN; group.len() * width];
-            for (r, &i) in group.iter().enumerate() {
-                for t in 0..batch[i].len() {
-                    pad[r * width + t] = (starts[i] + t) as u32;
-                    mask[r * width + t] = 0.0;
-                    unpad[starts[i] + t] = (padded_rows + r * width + t) as u32;
-                }
-            }
-            padded_rows += group.len() * width;
-            attention.push(AttentionGroup {
-                rows: group.len(),
-                width,
-                pad: if in_order && uniform {
-                    None
-                } else {
-                    Some(Tensor::from_vec(pad, group.len() * width, device)?)
-                },
-                mask: if uniform {
-                    None
-                } else {
-                    Some(Tensor::from_vec(mask, (group.len(), 1, 1, width), device)?)
-                },
-            });
-        }
-        let unpad = if in_order && attention.iter().all(|g| g.mask.is_none()) {
-            None
-        } else {
-            Some(Tensor::from_vec(unpad, tokens, device)?)
+        let attention = match groups {
+            None if device.is_cpu() => AttentionLayout::Packed {
+                lens: batch.iter().map(|s| s.len()).collect(),
+            },
+            None => candle_core::bail!("packed attention runs on the CPU only"),
+            Some(groups) => grouped(batch, &starts, groups, device)?,
         };
         Ok(Self {
             ids: Tensor::from_vec(ids, tokens, device)?,
             positions: Tensor::from_vec(positions, tokens, device)?,
-            groups: attention,
-            unpad,
-            tokens,
+            attention,
         })
     }
+}
 
-    /// Packed tokens in the pass.
-    pub fn tokens(&self) -> usize {
-        self.tokens
+/// The gathers and masks of attention in padded `groups`.
+fn grouped(
+    batch: &[&[u32]],
+    starts: &[usize],
+    groups: &[Vec<usize>],
+    device: &Device,
+) -> candle_core::Result<AttentionLayout> {
+    let tokens: usize = batch.iter().map(|s| s.len()).sum();
+    let in_order = groups.len() == 1 && groups[0].iter().enumerate().all(|(k, &i)| k == i);
+    let mut unpad = vec![0u32; tokens];
+    let mut padded_rows = 0usize;
+    let mut attention = Vec::with_capacity(groups.len());
+    for group in groups {
+        let width = group.iter().map(|&i| batch[i].len()).max().unwrap_or(0);
+        let uniform = group.iter().all(|&i| batch[i].len() == width);
+        let mut pad = vec![0u32; group.len() * width];
+        let mut mask = vec![f32::MIN; group.len() * width];
+        for (r, &i) in group.iter().enumerate() {
+            for t in 0..batch[i].len() {
+                pad[r * width + t] = (starts[i] + t) as u32;
+                mask[r * width + t] = 0.0;
+                unpad[starts[i] + t] = (padded_rows + r * width + t) as u32;
+            }
+        }
+        padded_rows += group.len() * width;
+        attention.push(AttentionGroup {
+            rows: group.len(),
+            width,
+            pad: if in_order && uniform {
+                None
+            } else {
+                Some(Tensor::from_vec(pad, group.len() * width, device)?)
+            },
+            mask: if uniform {
+                None
+            } else {
+                Some(Tensor::from_vec(mask, (group.len(), 1, 1, width), device)?)
+            },
+        });
     }
+    let unpad = if in_order && attention.iter().all(|g| g.mask.is_none()) {
+        None
+    } else {
+        Some(Tensor::from_vec(unpad, tokens, device)?)
+    };
+    Ok(AttentionLayout::Grouped {
+        groups: attention,
+        unpad,
+    })
+}
+
+/// Self-attention straight on packed `qkv` rows ([tokens, 3·hidden], query pre-scaled):
+/// one task per (sequence, head) over candle's thread pool, no padding, no mask. Returns
+/// the context vectors, [tokens, hidden].
+struct PackedAttention<'a> {
+    lens: &'a [usize],
+    heads: usize,
+}
+
+impl CustomOp1 for PackedAttention<'_> {
+    fn name(&self) -> &'static str {
+        "packed-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("packed-attention: f32 only")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("packed-attention: qkv must be contiguous")
+        };
+        let (tokens, width) = layout.shape().dims2()?;
+        let hidden = width / 3;
+        if self.lens.iter().sum::<usize>() != tokens || hidden % self.heads != 0 {
+            candle_core::bail!(
+                "packed-attention: qkv {:?} for {} tokens, {} heads",
+                layout.dims(),
+                self.lens.iter().sum::<usize>(),
+                self.heads
+            )
+        }
+        let qkv = &data[start..end];
+        let head = hidden / self.heads;
+        let starts: Vec<usize> = self
+            .lens
+            .iter()
+            .scan(0, |next, &len| {
+                let start = *next;
+                *next += len;
+                Some(start)
+            })
+            .collect();
+        let tasks: Vec<(usize, usize)> = (0..self.lens.len())
+            .flat_map(|s| (0..self.heads).map(move |h| (s, h)))
+            .collect();
+        let contexts: Vec<Vec<f32>> = tasks
+            .par_iter()
+            .map(|&(s, h)| attend(qkv, hidden, starts[s], self.lens[s], h * head, head))
+            .collect();
+        let mut out = vec![0f32; tokens * hidden];
+        for (&(s, h), context) in tasks.iter().zip(&contexts) {
+            for (t, row) in context.chunks_exact(head).enumerate() {
+                let at = (starts[s] + t) * hidden + h * head;
+                out[at..at + head].copy_from_slice(row);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((tokens, hidden))))
+    }
+}
+
+/// One head of one sequence: `softmax(q·kᵀ)·v` for the `len` tokens from `start`, the head's
+/// columns from `column`; returns [len, head] row-major.
+fn attend(
+    qkv: &[f32],
+    hidden: usize,
+    start: usize,
+    len: usize,
+    column: usize,
+    head: usize,
+) -> Vec<f32> {
+    let row = |t: usize, part: usize| {
+        let at = (start + t) * 3 * hidden + part * hidden + column;
+        &qkv[at..at + head]
+    };
+    let mut scores = vec![0f32; len];
+    let mut out = vec![0f32; len * head];
+    for (i, context) in out.chunks_exact_mut(head).enumerate() {
+        let query = row(i, 0);
+        let mut max = f32::NEG_INFINITY;
+        for (j, score) in scores.iter_mut().enumerate() {
+            *score = dot(query, row(j, 1));
+            max = max.max(*score);
+        }
+        let mut total = 0f32;
+        for score in scores.iter_mut() {
+            *score = (*score - max).exp();
+            total += *score;
+        }
+        let inv_total = total.recip();
+        for (j, &score) in scores.iter().enumerate() {
+            let p = score * inv_total;
+            for (c, v) in context.iter_mut().zip(row(j, 2)) {
+                *c += p * v;
+            }
+        }
+    }
+    out
+}
+
+/// `a · b` in eight interleaved partial sums, so it vectorises.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for k in 0..8 {
+            lanes[k] += x[k] * y[k];
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// A BERT encoder (embeddings and layers, no pooler).
@@ -492,15 +639,23 @@ impl Encoder {
 
     fn layer(&self, layer: &Layer, xs: &Tensor, packing: &Packing) -> candle_core::Result<Tensor> {
         let qkv = layer.qkv.forward(xs)?;
-        let mut contexts = Vec::with_capacity(packing.groups.len());
-        for group in &packing.groups {
-            contexts.push(self.attention(&qkv, group)?);
-        }
-        let context = match &packing.unpad {
-            None => contexts
-                .pop()
-                .expect("an unpadded pass has exactly one group"),
-            Some(unpad) => Tensor::cat(&contexts, 0)?.index_select(unpad, 0)?,
+        let context = match &packing.attention {
+            AttentionLayout::Packed { lens } => qkv.apply_op1_no_bwd(&PackedAttention {
+                lens,
+                heads: self.heads,
+            })?,
+            AttentionLayout::Grouped { groups, unpad } => {
+                let mut contexts = Vec::with_capacity(groups.len());
+                for group in groups {
+                    contexts.push(self.attention(&qkv, group)?);
+                }
+                match unpad {
+                    None => contexts
+                        .pop()
+                        .expect("an unpadded pass has exactly one group"),
+                    Some(unpad) => Tensor::cat(&contexts, 0)?.index_select(unpad, 0)?,
+                }
+            }
         };
         let attended =
             layer
@@ -571,7 +726,92 @@ pub fn pool(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+
+    const CONFIG: BertConfig = BertConfig {
+        vocab_size: 50,
+        hidden_size: 16,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        intermediate_size: 32,
+        hidden_act: String::new(),
+        max_position_embeddings: 64,
+        type_vocab_size: 2,
+        layer_norm_eps: 1e-12,
+    };
+
+    /// A two-layer BERT with random weights under Hugging Face's names.
+    fn random_encoder() -> Encoder {
+        let (h, i) = (CONFIG.hidden_size, CONFIG.intermediate_size);
+        let mut shapes: Vec<(String, Vec<usize>)> = vec![
+            ("embeddings.word_embeddings.weight".into(), vec![50, h]),
+            ("embeddings.position_embeddings.weight".into(), vec![64, h]),
+            ("embeddings.token_type_embeddings.weight".into(), vec![2, h]),
+            ("embeddings.LayerNorm.weight".into(), vec![h]),
+            ("embeddings.LayerNorm.bias".into(), vec![h]),
+        ];
+        for n in 0..CONFIG.num_hidden_layers {
+            let p = format!("encoder.layer.{n}");
+            for (name, out, inp) in [
+                ("attention.self.query", h, h),
+                ("attention.self.key", h, h),
+                ("attention.self.value", h, h),
+                ("attention.output.dense", h, h),
+                ("intermediate.dense", i, h),
+                ("output.dense", h, i),
+            ] {
+                shapes.push((format!("{p}.{name}.weight"), vec![out, inp]));
+                shapes.push((format!("{p}.{name}.bias"), vec![out]));
+            }
+            for name in ["attention.output.LayerNorm", "output.LayerNorm"] {
+                shapes.push((format!("{p}.{name}.weight"), vec![h]));
+                shapes.push((format!("{p}.{name}.bias"), vec![h]));
+            }
+        }
+        let tensors: HashMap<String, Tensor> = shapes
+            .into_iter()
+            .map(|(name, shape)| {
+                let t = Tensor::randn(0f32, 0.5, shape, &Device::Cpu).expect("randn");
+                (name, t)
+            })
+            .collect();
+        let vb = VarBuilder::from_tensors(tensors, candle_core::DType::F32, &Device::Cpu);
+        Encoder::load(vb, &CONFIG).expect("the names and shapes are BertModel's")
+    }
+
+    fn run(encoder: &Encoder, batch: &[&[u32]], groups: Option<&[Vec<usize>]>) -> Vec<f32> {
+        let packing = Packing::new(batch, groups, &Device::Cpu).expect("packs");
+        let out = encoder.forward(&packing).expect("runs");
+        out.flatten_all().expect("flat").to_vec1().expect("f32")
+    }
+
+    /// The packed attention (CPU) and the padded groups (other devices) give the same
+    /// token vectors, for a batch split in groups with padding and for one sequence alone.
+    #[test]
+    fn packed_and_grouped_attention_agree() {
+        let encoder = random_encoder();
+        let seqs: Vec<Vec<u32>> = [3usize, 9, 4, 17, 9]
+            .iter()
+            .map(|&len| (0..len as u32).map(|t| (t * 7 + len as u32) % 50).collect())
+            .collect();
+        let batch: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let groups = vec![vec![0, 2], vec![1, 4, 3]];
+        let cases: [(&[&[u32]], &[Vec<usize>]); 2] =
+            [(&batch, &groups), (&batch[3..4], &[vec![0]])];
+        for (batch, groups) in cases {
+            let packed = run(&encoder, batch, None);
+            let grouped = run(&encoder, batch, Some(groups));
+            assert_eq!(packed.len(), grouped.len());
+            let worst = packed
+                .iter()
+                .zip(&grouped)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "max abs difference {worst}");
+        }
+    }
 
     #[test]
     fn erf_matches_libm_to_a_few_ulp() {
