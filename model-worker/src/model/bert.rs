@@ -1,8 +1,8 @@
 //! The candle BERT sentence embedder: loads a sentence-transformers folder (weights read
 //! in chunks so loading can report byte progress), runs a batch as one pass of the packed
-//! encoder ([`super::encoder`]: no padding outside attention, attention in length groups so
-//! short texts do not attend over a long neighbour's padding), and pools (mean or CLS) over
-//! real tokens only.
+//! encoder ([`super::encoder`]: no padding; on the CPU attention runs on the packed tokens,
+//! elsewhere in length groups so short texts do not attend over a long neighbour's
+//! padding), and pools (mean or CLS) over real tokens only.
 //!
 //! The numerics follow sentence-transformers (shared/MODEL.md): padding never reaches a
 //! real token (masked in attention, absent elsewhere), the mean's count is clamped at 1e-9,

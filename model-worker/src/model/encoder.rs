@@ -1,7 +1,8 @@
 //! The BERT encoder on packed tokens: a batch's sequences are laid end to end without
 //! padding ([total tokens, hidden]) for every matrix product, layer norm, GELU and residual,
-//! so a batch is one pass whatever its lengths; only attention, which mixes tokens of one
-//! sequence, runs on padded length groups.
+//! so a batch is one pass whatever its lengths. Attention, which mixes the tokens of one
+//! sequence, runs on the packed tokens too on the CPU (a task per sequence and head); other
+//! devices run it in padded length groups with candle's batched kernels.
 //!
 //! It reads the weight names of Hugging Face's `BertModel` (what a sentence-transformers
 //! folder holds) and computes what it computes, with three rewrites made once at load: the
@@ -282,7 +283,7 @@ pub fn erf(x: f32) -> f32 {
     p = x2 * p + -2.101_024e-6;
     p = x2 * p + -5.692_506_4e-5;
     p = x2 * p + -7.349_906_3e-4;
-    p = x2 * p + -2.954_599_8e-3;
+    p = x2 * p + -2.954_6e-3;
     p = x2 * p + -1.609_603_3e-2;
     let mut q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
     q = x2 * q + -1.682_827e-3;
@@ -797,10 +798,9 @@ mod tests {
             .map(|&len| (0..len as u32).map(|t| (t * 7 + len as u32) % 50).collect())
             .collect();
         let batch: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
-        let groups = vec![vec![0, 2], vec![1, 4, 3]];
-        let cases: [(&[&[u32]], &[Vec<usize>]); 2] =
-            [(&batch, &groups), (&batch[3..4], &[vec![0]])];
-        for (batch, groups) in cases {
+        let groups = [vec![0, 2], vec![1, 4, 3]];
+        let alone = [vec![0]];
+        for (batch, groups) in [(&batch[..], &groups[..]), (&batch[3..4], &alone[..])] {
             let packed = run(&encoder, batch, None);
             let grouped = run(&encoder, batch, Some(groups));
             assert_eq!(packed.len(), grouped.len());
