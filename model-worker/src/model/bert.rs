@@ -1,33 +1,33 @@
 //! The candle BERT sentence embedder: loads a sentence-transformers folder (weights read
-//! in chunks so loading can report byte progress), runs the encoder with the attention
-//! mask, pools (mean or CLS) over real tokens only, and splits a batch into length groups
-//! so short texts are not padded to a long neighbour.
+//! in chunks so loading can report byte progress), runs a batch as one pass of the packed
+//! encoder ([`super::encoder`]: no padding; on the CPU attention runs on the packed tokens,
+//! elsewhere in length groups so short texts do not attend over a long neighbour's
+//! padding), and pools (mean or CLS) over real tokens only.
 //!
-//! The numerics follow sentence-transformers exactly (shared/MODEL.md): the mask is
-//! passed to the encoder AND used again in pooling, the mean's count is clamped at 1e-9,
+//! The numerics follow sentence-transformers (shared/MODEL.md): padding never reaches a
+//! real token (masked in attention, absent elsewhere), the mean's count is clamped at 1e-9,
 //! and `config.json`'s `gelu` is candle's exact erf GELU.
 
 use std::io::Read;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig, HiddenAct};
 
+use super::encoder::{pool, BertConfig, Encoder, Packing};
 use super::{read_json, Embedder, ModelError, ModelSpec, Pooling};
 
 /// Bytes read per step while loading weights; each step reports progress.
 pub const READ_CHUNK: usize = 1 << 20;
 
-/// Per-forward-pass cost in token equivalents, used to decide when splitting a batch by
-/// length pays off: small matrix products and per-call work make one pass of a few rows
-/// cost roughly as much as this many extra tokens of a big pass (measured on CPU; see
-/// docs/benchmarks.md).
-const PASS_OVERHEAD_TOKENS: usize = 64;
+/// Per-attention-group cost in padded-token equivalents, used to decide when splitting a
+/// batch's attention by length pays off: each group costs a gather, a few small matrix
+/// products and their per-call work (see docs/benchmarks.md).
+const ATTENTION_GROUP_OVERHEAD_TOKENS: usize = 64;
 
 /// A BERT encoder with sentence-transformers pooling.
 pub struct BertEmbedder {
-    model: BertModel,
+    encoder: Encoder,
     device: Device,
     pooling: Pooling,
     dimension: usize,
@@ -81,7 +81,7 @@ impl BertEmbedder {
         progress: &mut dyn FnMut(u64, u64) -> Result<(), ModelError>,
     ) -> Result<Self, ModelError> {
         let config: BertConfig = read_json(&spec.dir.join("config.json"))?;
-        if config.hidden_act != HiddenAct::Gelu {
+        if config.hidden_act != "gelu" {
             return Err(ModelError::Unsupported(format!(
                 "hidden_act {:?} (only exact gelu)",
                 config.hidden_act
@@ -93,6 +93,12 @@ impl BertEmbedder {
                 config.hidden_size, spec.dimension
             )));
         }
+        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+            return Err(ModelError::Unsupported(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                config.hidden_size, config.num_attention_heads
+            )));
+        }
         if spec.max_seq_length > config.max_position_embeddings {
             return Err(ModelError::Unsupported(format!(
                 "max_seq_length {} exceeds max_position_embeddings {}",
@@ -102,10 +108,10 @@ impl BertEmbedder {
         let weights = read_with_progress(&spec.dir.join("model.safetensors"), progress)?;
         let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, device)
             .map_err(ModelError::candle("parsing model.safetensors"))?;
-        let model =
-            BertModel::load(vb, &config).map_err(ModelError::candle("building the model"))?;
+        let encoder =
+            Encoder::load(vb, &config).map_err(ModelError::candle("building the model"))?;
         Ok(Self {
-            model,
+            encoder,
             device: device.clone(),
             pooling: spec.pooling,
             dimension: spec.dimension,
@@ -113,45 +119,15 @@ impl BertEmbedder {
         })
     }
 
-    /// One encoder pass over sequences padded to the longest; returns pooled vectors.
-    fn forward(&self, batch: &[&[u32]]) -> candle_core::Result<Vec<Vec<f32>>> {
-        let rows = batch.len();
-        let width = batch.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
-        let mut ids = vec![0u32; rows * width];
-        let mut mask = vec![0u32; rows * width];
-        for (r, seq) in batch.iter().enumerate() {
-            ids[r * width..r * width + seq.len()].copy_from_slice(seq);
-            mask[r * width..r * width + seq.len()].fill(1);
-        }
-        let ids = Tensor::from_vec(ids, (rows, width), &self.device)?;
-        let mask = Tensor::from_vec(mask, (rows, width), &self.device)?;
-        let token_types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
-        let pooled = match self.pooling {
-            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
-            Pooling::Mean => {
-                let mask = mask.to_dtype(DType::F32)?.unsqueeze(D::Minus1)?;
-                let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-                let counts = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?;
-                summed.broadcast_div(&counts)?
-            }
-        };
+    /// One encoder pass over the whole batch; returns pooled vectors in `batch` order.
+    fn forward(&self, batch: &[&[u32]], lens: &[usize]) -> candle_core::Result<Vec<Vec<f32>>> {
+        // The CPU attends on the packed tokens; other devices in padded length groups.
+        let groups =
+            (!self.device.is_cpu()).then(|| length_groups(lens, ATTENTION_GROUP_OVERHEAD_TOKENS));
+        let packing = Packing::new(batch, groups.as_deref(), &self.device)?;
+        let hidden = self.encoder.forward(&packing)?;
+        let pooled = pool(&hidden, lens, self.pooling == Pooling::Mean, &self.device)?;
         pooled.to_device(&Device::Cpu)?.to_vec2()
-    }
-
-    /// Runs each length group as one padded pass; vectors come back in `batch` order.
-    fn embed_groups(&self, batch: &[&[u32]], lens: &[usize]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let mut out = vec![Vec::new(); batch.len()];
-        for group in length_groups(lens, PASS_OVERHEAD_TOKENS) {
-            let seqs: Vec<&[u32]> = group.iter().map(|&i| batch[i]).collect();
-            let vectors = self
-                .forward(&seqs)
-                .map_err(ModelError::candle("forward pass"))?;
-            for (i, v) in group.into_iter().zip(vectors) {
-                out[i] = v;
-            }
-        }
-        Ok(out)
     }
 }
 
@@ -162,6 +138,16 @@ impl Embedder for BertEmbedder {
 
     fn embed(&mut self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
         let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The tokenizer always adds [CLS] and [SEP]; a sequence without them has no token
+        // to pool.
+        if lens.contains(&0) {
+            return Err(ModelError::Unsupported(
+                "an empty token sequence (no special tokens)".into(),
+            ));
+        }
         if let Some(&len) = lens.iter().find(|&&l| l > self.max_seq_length) {
             return Err(ModelError::Unsupported(format!(
                 "sequence of {len} tokens exceeds the maximum {}",
@@ -171,7 +157,8 @@ impl Embedder for BertEmbedder {
         // Inside candle's rayon pool the calling thread is one of the matrix-product
         // workers; outside it, it would sit idle while the pool's threads work, one more
         // thread than cores on a small pod (measured: docs/benchmarks.md).
-        candle_core::utils::with_threadpool(|| self.embed_groups(batch, &lens))
+        candle_core::utils::with_threadpool(|| self.forward(batch, &lens))
+            .map_err(ModelError::candle("forward pass"))
     }
 }
 

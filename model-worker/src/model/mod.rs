@@ -7,6 +7,7 @@
 
 pub mod bert;
 pub mod device;
+pub mod encoder;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
