@@ -18,7 +18,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{agent_bin, cpu_seconds, env_u64, rss_kib, start_agent, write_results};
+use common::{agent_bin, cpu_ns, env_u64, rss_kib, start_agent, write_results};
 
 /// A member agent's `/group` answer on a fresh port, one thread per connection.
 fn member(index: usize) -> SocketAddr {
@@ -86,10 +86,10 @@ fn measure(bin: &Path, extra: &[String], idle: Duration) -> (u64, f64, u64) {
     }
     thread::sleep(Duration::from_secs(2));
     let rss = rss_kib(pid);
-    let cpu0 = cpu_seconds(pid);
+    let cpu0 = cpu_ns(pid);
     let t0 = Instant::now();
     thread::sleep(idle);
-    let cpu = (cpu_seconds(pid) - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+    let cpu = (cpu_ns(pid) - cpu0) as f64 / t0.elapsed().as_nanos() as f64 * 100.0;
     let rss_after = rss_kib(pid);
     let (_, status) = get(addr, "/status").unwrap();
     if !extra.is_empty() {
@@ -119,7 +119,7 @@ fn main() {
     let (rss, cpu, rss_after) = measure(&bin, &leader_flags, idle);
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
-        "| agent ({}) | RSS formed / after | CPU over {} s |",
+        "| agent ({}) | RSS formed / after | CPU over {} s (`schedstat`) |",
         bin.display(),
         idle.as_secs()
     );
