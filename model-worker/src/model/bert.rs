@@ -6,7 +6,8 @@
 //!
 //! The numerics follow sentence-transformers (shared/MODEL.md): padding never reaches a
 //! real token (masked in attention, absent elsewhere), the mean's count is clamped at 1e-9,
-//! and `config.json`'s `gelu` is candle's exact erf GELU.
+//! and `config.json`'s `gelu` is the exact erf GELU: on the CPU with the encoder's own
+//! vectorised `erf` (within 1e-6 of libm's, tested), elsewhere candle's `gelu_erf`.
 
 use std::io::Read;
 use std::path::Path;
@@ -20,9 +21,10 @@ use super::{read_json, Embedder, ModelError, ModelSpec, Pooling};
 /// Bytes read per step while loading weights; each step reports progress.
 pub const READ_CHUNK: usize = 1 << 20;
 
-/// Per-attention-group cost in padded-token equivalents, used to decide when splitting a
-/// batch's attention by length pays off: each group costs a gather, a few small matrix
-/// products and their per-call work (see docs/benchmarks.md).
+/// Per-attention-group cost in padded-token equivalents, used off the CPU to decide when
+/// splitting a batch's attention by length pays off: each group costs a gather, a few small
+/// matrix products and their per-call work. 64 is the CPU's measured per-pass cost from
+/// before the packed encoder (docs/benchmarks.md); no GPU figure has been measured.
 const ATTENTION_GROUP_OVERHEAD_TOKENS: usize = 64;
 
 /// A BERT encoder with sentence-transformers pooling.
@@ -162,8 +164,8 @@ impl Embedder for BertEmbedder {
     }
 }
 
-/// Splits a batch (given by its sequence lengths) into groups, each run as one padded
-/// pass, minimising the padded tokens plus `overhead` per pass. Groups are contiguous
+/// Splits a batch (given by its sequence lengths) into attention groups, each padded to
+/// its longest (off the CPU only), minimising the padded tokens plus `overhead` per group. Groups are contiguous
 /// runs of the length-sorted order, so this is an exact dynamic programme, O(n²) for the
 /// few dozen rows of a batch. Returns indices into `lens`; every index appears once.
 pub fn length_groups(lens: &[usize], overhead: usize) -> Vec<Vec<usize>> {
