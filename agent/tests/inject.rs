@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::fixtures::{fixture_dir, inject_args};
 use vitals_agent::config::upstreams as upstream_config;
 use vitals_agent::inject::{
@@ -610,9 +608,8 @@ fn container_choice_errors_are_clear() {
 
 #[test]
 fn the_binary_writes_nothing_on_error_and_everything_on_success() {
-    let bin = env!("CARGO_BIN_EXE_vitals-agent");
     let bad = fixture_dir().join("err-unparsable.yaml");
-    let out = Command::new(bin)
+    let out = common::agent_cmd()
         .args(["inject", "-f"])
         .arg(&bad)
         .output()
@@ -630,7 +627,7 @@ fn the_binary_writes_nothing_on_error_and_everything_on_success() {
     );
 
     // A workload it cannot inject: the reason, once, naming the document.
-    let out = Command::new(bin)
+    let out = common::agent_cmd()
         .args(["inject", "-f"])
         .arg(fixture_dir().join("err-no-worker-chosen.yaml"))
         .output()
@@ -641,7 +638,7 @@ fn the_binary_writes_nothing_on_error_and_everything_on_success() {
     assert_eq!(err.matches("none chosen").count(), 1, "{err}");
 
     let good = fixture_dir().join("statefulset-two-containers.in.yaml");
-    let out = Command::new(bin)
+    let out = common::agent_cmd()
         .args(["inject", "-q", "--container", "reranker", "-f"])
         .arg(&good)
         .output()
@@ -656,7 +653,7 @@ fn the_binary_writes_nothing_on_error_and_everything_on_success() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), golden);
 
     // stdin, the default.
-    let mut child = Command::new(bin)
+    let mut child = common::agent_cmd()
         .args(["inject"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -1182,8 +1179,7 @@ fn unknown_kinds_host_network_and_the_default_image() {
         report.notes
     );
 
-    let bin = env!("CARGO_BIN_EXE_vitals-agent");
-    let out = Command::new(bin)
+    let out = common::agent_cmd()
         .args(["inject", "-f"])
         .arg(fixture_dir().join("err-kserve.yaml"))
         .output()

@@ -746,13 +746,12 @@ fn bad_requests_get_a_clear_4xx_or_an_allowed_answer_and_the_server_keeps_servin
 
 #[test]
 fn the_subcommand_refuses_an_unusable_certificate_and_stops_cleanly_on_sigterm() {
-    let bin = env!("CARGO_BIN_EXE_vitals-agent");
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("CA");
     let (cert, key, _) = ca.issue("webhook");
     let (_, other_key, _) = ca.issue("other");
     let (cert_path, key_path) = write_pair(dir.path(), &cert, &other_key);
-    let out = std::process::Command::new(bin)
+    let out = common::agent_cmd()
         .args(["webhook", "--listen", "127.0.0.1:0", "--image", "x"])
         .arg("--tls-cert")
         .arg(&cert_path)
@@ -768,11 +767,8 @@ fn the_subcommand_refuses_an_unusable_certificate_and_stops_cleanly_on_sigterm()
     );
 
     write_pair(dir.path(), &cert, &key);
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
-    let mut child = std::process::Command::new(bin)
+    let addr = vitals_e2e::pod::free_addr();
+    let mut child = common::agent_cmd()
         .args(["webhook", "--image", "x", "--shutdown-delay", "0s"])
         .arg("--listen")
         .arg(addr.to_string())

@@ -216,16 +216,6 @@ impl FakeAgent {
         lock(&self.record).hellos.clone()
     }
 
-    /// What connection `n` (0 for the first welcomed one) said after its hello.
-    pub fn session(&self, n: usize) -> Vec<WorkerMessage> {
-        lock(&self.record)
-            .messages
-            .iter()
-            .filter(|(c, _)| *c == n)
-            .map(|(_, m)| m.clone())
-            .collect()
-    }
-
     /// Polls the recorded messages until `check` finds what it wants, for at most `within`.
     #[track_caller]
     pub fn wait_for<T>(
@@ -395,7 +385,11 @@ mod tests {
         assert_eq!(beats, [1, 2]);
         assert!(matches!(agent.messages()[0], WorkerMessage::Phase(_)));
         assert_eq!(agent.hellos().len(), 1, "only the good hello counts");
-        assert_eq!(agent.session(0).len(), 3);
+        assert_eq!(
+            agent.messages().len(),
+            3,
+            "the one welcomed connection's messages"
+        );
 
         // The agent goes away: the connection ends and nobody listens any more.
         drop(agent);

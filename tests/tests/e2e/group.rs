@@ -354,6 +354,7 @@ fn g1_member_faults_fail_the_leaders_readiness_not_its_liveness() {
                 .is_some_and(|r| r.starts_with("group: member 2 unreachable "))
         },
     );
+    let from = leader.pod.timeline.now();
     let mut took: Vec<Duration> = (0..300)
         .map(|_| {
             let t = Instant::now();
@@ -363,14 +364,21 @@ fn g1_member_faults_fail_the_leaders_readiness_not_its_liveness() {
         })
         .collect();
     signal::kill(agent_pid, Signal::SIGCONT).expect("SIGCONT member agent");
+    // The project's rule for upper bounds: the fixed part plus what scheduling measurably
+    // took from the test over the same window (tests/src/timeline.rs).
+    let starved = leader
+        .pod
+        .timeline
+        .starvation(from, leader.pod.timeline.now());
     took.sort();
     let p99 = took[took.len() * 99 / 100];
+    let bound = Duration::from_millis(10) + starved.total();
     report_line(&format!(
-        "[group_member_faults] leader probe p99 {:.2}ms, max {:.2}ms over 300 probes while a member never answers (bound p99 < 10ms)",
+        "[group_member_faults] leader probe p99 {:.2}ms, max {:.2}ms over 300 probes while a member never answers (bound p99 < 10ms + {starved})",
         p99.as_secs_f64() * 1e3,
         took[took.len() - 1].as_secs_f64() * 1e3
     ));
-    assert!(p99 < Duration::from_millis(10), "p99 {p99:?}");
+    assert!(p99 < bound, "p99 {p99:?}, bound {bound:?}");
     leader
         .pod
         .await_probe(READY, Duration::from_secs(10), "ready after SIGCONT", |o| {
