@@ -430,7 +430,7 @@ impl Metrics {
             return;
         };
         for status in MemberStatus::ALL {
-            let count = g.members.iter().filter(|(s, _)| *s == status).count();
+            let count = g.members.iter().filter(|s| **s == status).count();
             self.group_members
                 .with_label_values(&[status.as_str()])
                 .set(i64::try_from(count).unwrap_or(i64::MAX));

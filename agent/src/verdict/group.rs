@@ -120,10 +120,25 @@ fn age_text(age: Duration) -> String {
 /// `text` with the age of an `unreachable <age>` reason taken out: two reasons that differ
 /// only in it are the same verdict (the transition log records the change once, not every
 /// tick while the member stays away).
+///
+/// Only the exact shape [`GroupReadyReason::Unreachable`] writes counts, at the end of the
+/// text (`… group: member <n> unreachable <age>s`): a member's own reason that merely
+/// contains the word (`Network is unreachable (os error 101)`) keeps all its text.
 pub fn without_age(text: &str) -> &str {
-    match text.find(" unreachable ") {
-        Some(at) if text[..at].contains("group: member ") => &text[..at + " unreachable".len()],
-        _ => text,
+    let Some(at) = text.rfind(" unreachable ") else {
+        return text;
+    };
+    let age = &text[at + " unreachable ".len()..];
+    let is_age = age.strip_suffix('s').is_some_and(|secs| {
+        !secs.is_empty() && secs.chars().all(|c| c.is_ascii_digit() || c == '.')
+    });
+    let member = text[..at]
+        .rsplit_once("group: member ")
+        .is_some_and(|(_, n)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+    if is_age && member {
+        &text[..at + " unreachable".len()]
+    } else {
+        text
     }
 }
 
@@ -161,8 +176,8 @@ pub struct GroupVerdict {
     pub ready: Result<(), GroupReadyReason>,
     /// Added to the liveness of the leader's model containers.
     pub live: Result<(), BrokenReason>,
-    /// Each member's status and the time since its last answer, in index order.
-    pub members: Vec<(MemberStatus, Option<Duration>)>,
+    /// Each member's status, in index order.
+    pub members: Vec<MemberStatus>,
 }
 
 fn since_answer(m: &MemberState, now: Instant) -> Option<Duration> {
@@ -191,18 +206,11 @@ pub fn evaluate(
     limits: &GroupLimits,
     now: Instant,
 ) -> GroupVerdict {
-    let members: Vec<_> = g
-        .members
-        .iter()
-        .map(|m| (status(m, limits, now), since_answer(m, now)))
-        .collect();
+    let members: Vec<_> = g.members.iter().map(|m| status(m, limits, now)).collect();
     let formed =
         (g.formed_at.is_some() || g.members.is_empty()) && changed(&g.leader, leader_now).is_none();
     if !formed {
-        let live = members
-            .iter()
-            .filter(|(s, _)| *s == MemberStatus::Live)
-            .count();
+        let live = members.iter().filter(|s| **s == MemberStatus::Live).count();
         return GroupVerdict {
             formed,
             ready: Err(GroupReadyReason::Forming {
@@ -234,14 +242,14 @@ pub fn evaluate(
         Some(b) => Err(b),
         None => Ok(()),
     };
-    let unreachable = g.members.iter().zip(&members).find_map(|(m, (s, _))| {
+    let unreachable = g.members.iter().zip(&members).find_map(|(m, s)| {
         (*s == MemberStatus::Unreachable).then(|| GroupReadyReason::Unreachable {
             member: m.target.index,
             age: unanswered(m),
         })
     });
     let not_live = || {
-        g.members.iter().zip(&members).find_map(|(m, (s, _))| {
+        g.members.iter().zip(&members).find_map(|(m, s)| {
             let a = m.answer.as_ref().filter(|_| *s == MemberStatus::NotLive)?;
             Some(GroupReadyReason::MemberNotLive {
                 member: m.target.index,
@@ -335,7 +343,7 @@ mod tests {
         let v = judge(&g, t0 + FRESH - EPS);
         assert_eq!(texts(&v), (None, None));
         assert!(v.formed);
-        assert_eq!(v.members[0].0, MemberStatus::Live);
+        assert_eq!(v.members[0], MemberStatus::Live);
     }
 
     #[test]
@@ -364,7 +372,7 @@ mod tests {
         assert_eq!(texts(&judge(&g, t0 + FRESH - EPS)), (None, None));
         let v = judge(&g, t0 + FRESH);
         assert_eq!(texts(&v), (say("group: member 1 unreachable 3.0s"), None));
-        assert_eq!(v.members[0].0, MemberStatus::Unreachable);
+        assert_eq!(v.members[0], MemberStatus::Unreachable);
     }
 
     #[test]
@@ -373,7 +381,7 @@ mod tests {
         g.record(1, not_live("ray: stopped"), &leader(), FRESH, t0 + SEC);
         let v = judge(&g, t0 + SEC);
         assert_eq!(texts(&v), (say("group: member 2 ray: stopped"), None));
-        assert_eq!(v.members[1].0, MemberStatus::NotLive);
+        assert_eq!(v.members[1], MemberStatus::NotLive);
         let mut silent = not_live("x");
         if let Ok(r) = silent.as_mut() {
             r.reason = None;
@@ -504,5 +512,17 @@ mod tests {
             "model: group: member 2 unreachable"
         );
         assert_eq!(without_age("fail: phase: loading"), "fail: phase: loading");
+        let own = "group: member 1 probe_failed: Network is unreachable (os error 101)";
+        assert_eq!(
+            without_age(own),
+            own,
+            "a member's own reason keeps its text"
+        );
+        let changed = "group: member 1 probe_failed: Network is unreachable 4.1s";
+        assert_eq!(
+            without_age(changed),
+            changed,
+            "no member index before the word"
+        );
     }
 }

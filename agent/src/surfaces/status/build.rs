@@ -168,7 +168,7 @@ fn group_doc(snapshot: &Snapshot) -> Option<GroupDoc> {
         .members
         .iter()
         .zip(&gv.members)
-        .map(|(m, (status, _))| {
+        .map(|(m, status)| {
             let answer = m.answer.as_ref();
             MemberDoc {
                 member: m.target.index,
