@@ -25,6 +25,19 @@ pub const HEAD_LIMIT: usize = 16 * 1024;
 /// that special-case the kubelet's probes (quieter logs) match on the `kube-probe/` prefix.
 pub const USER_AGENT: &str = concat!("kube-probe/vitals-", env!("CARGO_PKG_VERSION"));
 
+/// The headers every request to an upstream starts with, as the kubelet's probes: its
+/// `User-Agent` and `Accept: accept`. Headers given after them replace them ([`Http1::get`]
+/// inserts in order).
+pub fn default_headers(accept: &'static str) -> Vec<(HeaderName, HeaderValue)> {
+    vec![
+        (
+            hyper::header::USER_AGENT,
+            HeaderValue::from_static(USER_AGENT),
+        ),
+        (hyper::header::ACCEPT, HeaderValue::from_static(accept)),
+    ]
+}
+
 /// `host:port` as a URL authority and `Host` header write it: an IPv6 literal in brackets
 /// (`[fd00::5]:8000`), whether or not `host` already had them.
 pub fn authority(host: &str, port: u16) -> String {

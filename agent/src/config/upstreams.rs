@@ -68,8 +68,8 @@ pub struct HttpGet {
     pub port: u16,
     /// `host`: where to connect instead of the pod IP.
     pub host: Option<String>,
-    /// `httpHeaders`, in order (a `Host` header overrides the Host line).
-    pub headers: Vec<(String, String)>,
+    /// `httpHeaders`, in order, parsed once here (a `Host` header overrides the Host line).
+    pub headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
 }
 
 /// What a probe does.
@@ -363,15 +363,18 @@ fn probe(p: &schema::Probe, field: &str) -> Result<ProbeSpec, UpstreamsError> {
             }
             let mut headers = Vec::with_capacity(h.http_headers.len());
             for (i, header) in h.http_headers.iter().enumerate() {
-                if hyper::header::HeaderName::from_bytes(header.name.as_bytes()).is_err()
-                    || hyper::header::HeaderValue::from_str(&header.value).is_err()
-                {
-                    return Err(bad(
-                        format!("{f}.httpHeaders[{i}]"),
-                        "not a valid HTTP header",
-                    ));
+                match (
+                    hyper::header::HeaderName::from_bytes(header.name.as_bytes()),
+                    hyper::header::HeaderValue::from_str(&header.value),
+                ) {
+                    (Ok(name), Ok(value)) => headers.push((name, value)),
+                    _ => {
+                        return Err(bad(
+                            format!("{f}.httpHeaders[{i}]"),
+                            "not a valid HTTP header",
+                        ))
+                    }
                 }
-                headers.push((header.name.clone(), header.value.clone()));
             }
             Action::Http(HttpGet {
                 path: request_path(h.path.as_deref(), &format!("{f}.path"))?,
@@ -624,7 +627,9 @@ mod tests {
         let Action::Http(h) = &s.probes[&ProbeKind::Liveness].action else {
             panic!("liveness is http");
         };
-        assert_eq!(h.headers, vec![("X-A".to_string(), "b".to_string())]);
+        assert_eq!(h.headers.len(), 1);
+        assert_eq!(h.headers[0].0.as_str(), "x-a");
+        assert_eq!(h.headers[0].1.to_str().ok(), Some("b"));
         assert_eq!(
             s.probes[&ProbeKind::Liveness].timeout,
             Duration::from_secs(3)

@@ -13,11 +13,11 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use hyper::header::{HeaderName, HeaderValue, ACCEPT, USER_AGENT as USER_AGENT_HEADER};
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::Uri;
 
 use crate::config::upstreams::{Action, HttpGet};
-use crate::net::{self, BodyRead, USER_AGENT};
+use crate::net::{self, BodyRead};
 pub use crate::state::probe_result::{Failure, Outcome, MAX_REDIRECTS};
 
 /// The kubelet reads at most this much of a probe's body (pkg/probe/http/http.go).
@@ -51,23 +51,11 @@ pub async fn run(action: &Action, default_host: IpAddr, timeout: Duration) -> Ou
     }
 }
 
-/// The kubelet's headers, then the probe's own `httpHeaders`, which replace them (a `Host`
-/// among them replaces the connection's authority).
+/// The kubelet's headers, then the probe's own `httpHeaders` (parsed at start-up), which
+/// replace them (a `Host` among them replaces the connection's authority).
 fn request_headers(probe: &HttpGet) -> Vec<(HeaderName, HeaderValue)> {
-    let mut headers = vec![
-        (USER_AGENT_HEADER, HeaderValue::from_static(USER_AGENT)),
-        (ACCEPT, HeaderValue::from_static("*/*")),
-    ];
-    for (name, value) in &probe.headers {
-        // Validated at start-up.
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.retain(|(have, _)| *have != n);
-            headers.push((n, v));
-        }
-    }
+    let mut headers = net::default_headers("*/*");
+    headers.extend(probe.headers.iter().cloned());
     headers
 }
 
@@ -170,8 +158,11 @@ mod tests {
             port,
             host: None,
             headers: vec![
-                ("Host".into(), "vllm.local".into()),
-                ("X-Probe".into(), "1".into()),
+                (hyper::header::HOST, HeaderValue::from_static("vllm.local")),
+                (
+                    HeaderName::from_static("x-probe"),
+                    HeaderValue::from_static("1"),
+                ),
             ],
         })
     }

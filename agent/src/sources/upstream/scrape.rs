@@ -10,13 +10,13 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use hyper::header::{HeaderName, HeaderValue, ACCEPT, CONNECTION, USER_AGENT as USER_AGENT_HEADER};
+use hyper::header::{HeaderName, HeaderValue, CONNECTION};
 use vitals_proto::WorkerName;
 
 use super::expo;
 use super::stall::Reading;
 use crate::config::upstreams::MetricsSpec;
-use crate::net::{BodyRead, Http1, USER_AGENT};
+use crate::net::{self, BodyRead, Http1};
 use crate::state::probe_result::Failure;
 pub use crate::state::probe_result::ScrapeError;
 
@@ -42,10 +42,7 @@ impl Scraper {
             .host
             .clone()
             .unwrap_or_else(|| default_host.to_string());
-        let mut headers = vec![
-            (USER_AGENT_HEADER, HeaderValue::from_static(USER_AGENT)),
-            (ACCEPT, HeaderValue::from_static("text/plain")),
-        ];
+        let mut headers = net::default_headers("text/plain");
         headers.extend(
             spec.headers
                 .iter()
