@@ -15,29 +15,13 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{Agent, PythonWorker, Worker};
+use common::{assert_fast, Agent, PythonWorker, Worker, MAX_BOUND};
 use nix::sys::signal::Signal;
-
-const P99_BOUND: Duration = Duration::from_millis(10);
-const MAX_BOUND: Duration = Duration::from_millis(100);
 
 fn timed_probe(addr: SocketAddr, path: &str) -> (Duration, u16) {
     let start = Instant::now();
     let r = common::request(addr, "GET", path, &[]);
     (start.elapsed(), r.code)
-}
-
-fn assert_fast(label: &str, mut times: Vec<Duration>) {
-    times.sort();
-    let p50 = times[times.len() / 2];
-    let p99 = times[times.len() * 99 / 100];
-    let max = *times.last().unwrap();
-    eprintln!(
-        "{label}: {} probes, p50 {p50:?}, p99 {p99:?}, max {max:?}",
-        times.len()
-    );
-    assert!(p99 < P99_BOUND, "{label}: p99 {p99:?}");
-    assert!(max < MAX_BOUND, "{label}: max {max:?}");
 }
 
 #[test]

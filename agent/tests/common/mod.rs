@@ -198,6 +198,27 @@ pub fn try_request(
     client::send(addr, &req, DEADLINE).ok().map(Resp::from)
 }
 
+/// The probe port's promise under any load a test makes: p99 under this.
+pub const P99_BOUND: Duration = Duration::from_millis(10);
+/// And no answer slower than this.
+pub const MAX_BOUND: Duration = Duration::from_millis(100);
+
+/// Asserts `times` (one per probe) meet [`P99_BOUND`] and [`MAX_BOUND`], printing the
+/// percentiles under `label`.
+#[track_caller]
+pub fn assert_fast(label: &str, mut times: Vec<Duration>) {
+    times.sort();
+    let p50 = times[times.len() / 2];
+    let p99 = times[times.len() * 99 / 100];
+    let max = *times.last().expect("at least one probe timed");
+    eprintln!(
+        "{label}: {} probes, p50 {p50:?}, p99 {p99:?}, max {max:?}",
+        times.len()
+    );
+    assert!(p99 < P99_BOUND, "{label}: p99 {p99:?}");
+    assert!(max < MAX_BOUND, "{label}: max {max:?}");
+}
+
 /// Polls `f` until it returns `Some`, failing after [`DEADLINE`].
 #[track_caller]
 pub fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
