@@ -26,7 +26,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    agent_bin, cpu_ns, cpu_seconds, env_u64, rss_kib, start_agent, status_kib, write_results,
+    agent_bin, cpu_ns, cpu_seconds, env_u64, percentile, rss_kib, start_agent, status_kib,
+    write_results,
 };
 use vitals_e2e::{client, wait};
 use vitals_proto::{Phase, Reporter, ReporterConfig, WorkerName};
@@ -38,11 +39,6 @@ const PROBE_RATE_HZ: u64 = 1000;
 /// the status code.
 fn get(addr: SocketAddr, path: &str) -> Result<u16, client::ClientError> {
     client::get(addr, path, Duration::from_secs(1)).map(|r| r.status)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn us(d: Duration) -> f64 {
@@ -116,14 +112,11 @@ fn main() {
             .then_some(())
     });
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while (0..upstreams).any(|i| get(addr, &format!("/readyz/vllm{i}")).ok() != Some(200)) {
-        assert!(
-            Instant::now() < deadline,
-            "the upstreams did not become ready"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait::eventually("the upstreams ready", Duration::from_secs(10), || {
+        (0..upstreams)
+            .all(|i| get(addr, &format!("/readyz/vllm{i}")).ok() == Some(200))
+            .then_some(())
+    });
     eprintln!("{WORKERS} workers connected, {upstreams} upstreams ready; idle for {idle_secs} s …");
     thread::sleep(Duration::from_secs(2));
     let idle_rss_kib = rss_kib(pid);

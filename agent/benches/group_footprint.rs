@@ -13,12 +13,13 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{agent_bin, cpu_ns, env_u64, rss_kib, start_agent, write_results};
+use vitals_e2e::{client, wait};
 
 /// A member agent's `/group` answer on a fresh port, one thread per connection.
 fn member(index: usize) -> SocketAddr {
@@ -50,19 +51,10 @@ fn member(index: usize) -> SocketAddr {
     addr
 }
 
-/// One GET on a new connection: the status code and body.
-fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(1)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    let code = buf.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
-    Ok((code, body.unwrap_or_default()))
+/// One GET on a new connection (the toolkit's client, 1 s timeout): the status and body.
+fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), client::ClientError> {
+    client::get(addr, path, Duration::from_secs(1))
+        .map(|r| (r.status, String::from_utf8_lossy(&r.body).into_owned()))
 }
 
 /// Starts an agent with `extra` flags, waits until `/readyz` passes; returns it with its
@@ -75,15 +67,11 @@ fn measure(bin: &Path, extra: &[String], idle: Duration) -> (u64, f64, u64) {
         .unwrap();
     let agent = start_agent(bin, addr, &dir.path().join("agent.sock"), extra);
     let pid = agent.0.id();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while get(addr, "/readyz").map(|r| r.0).ok() != Some(200) {
-        assert!(
-            Instant::now() < deadline,
-            "the agent did not become ready (group formed): {:?}",
-            get(addr, "/readyz")
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait::eventually(
+        "the agent ready (group formed)",
+        Duration::from_secs(15),
+        || (get(addr, "/readyz").ok()?.0 == 200).then_some(()),
+    );
     thread::sleep(Duration::from_secs(2));
     let rss = rss_kib(pid);
     let cpu0 = cpu_ns(pid);

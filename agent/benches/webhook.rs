@@ -36,7 +36,8 @@ use tokio_rustls::TlsConnector;
 use yaml_rust2::YamlLoader;
 
 use common::{
-    agent_bin, cpu_seconds, env_u64, rss_kib, status_kib, workspace, write_results, Measured,
+    agent_bin, cpu_seconds, env_u64, percentile, rss_kib, status_kib, workspace, write_results,
+    Measured,
 };
 use yaml::yaml_to_json;
 
@@ -102,11 +103,6 @@ async fn review(sender: &mut SendRequest<Full<Bytes>>, body: &[u8]) -> Duration 
         "an injecting review"
     );
     elapsed
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
 }
 
 /// (user + system CPU seconds, VmRSS KiB, VmHWM KiB) of a process.
