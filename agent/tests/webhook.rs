@@ -618,6 +618,20 @@ fn eight_clients_times_forty_reviews_all_answered() {
     assert!(text.contains("vitals_webhook_review_duration_seconds_bucket{result=\"injected\""));
 }
 
+/// `vitals_webhook_admissions_total{result="bad_request"}` as the server's `/metrics` says
+/// now (0 before the first).
+async fn bad_requests(addr: SocketAddr, ca: &CertificateDer<'static>) -> u64 {
+    let (mut sender, _) = connect(addr, ca).await.expect("connect");
+    let (_, body) = send(&mut sender, "GET", "/metrics", Vec::new())
+        .await
+        .expect("metrics");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("vitals_webhook_admissions_total{result=\"bad_request\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// What the server sends until it closes (at most 3 s; empty on a reset).
 async fn read_answer(
     stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
@@ -692,7 +706,9 @@ fn bad_requests_get_a_clear_4xx_or_an_allowed_answer_and_the_server_keeps_servin
         assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
         assert!(answer.contains("at most 3145728 bytes"), "{answer:?}");
         // Oversized, chunked (no length announced): read up to the limit, then 413, or the
-        // connection reset if the rest of the body was still unread; never a hang.
+        // connection reset if the rest of the body was still unread; never a hang, and
+        // either way the server refused it (counted as a bad request).
+        let refused_before = bad_requests(addr, &ca.der()).await;
         let mut chunked = tls_stream(addr, &ca.der()).await.expect("connect");
         chunked
             .write_all(b"POST /mutate HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n")
@@ -709,6 +725,14 @@ fn bad_requests_get_a_clear_4xx_or_an_allowed_answer_and_the_server_keeps_servin
         }
         let answer = read_answer(&mut chunked).await;
         assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while bad_requests(addr, &ca.der()).await == refused_before {
+            assert!(
+                Instant::now() < deadline,
+                "the chunked oversized review was not refused (answer {answer:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
 
         // A client that stops sending its body gets 408 within the read timeout (1 s here)
         // plus 2 s of slack, and one that sends nothing after the handshake is closed.
