@@ -708,13 +708,9 @@ fn annotation<'a>(tmpl: &'a Map, key: &str) -> Option<&'a str> {
         .get_str(key)
 }
 
+/// Whether `name` is a name the agent accepts for a worker (the protocol's rule).
 fn is_worker_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+    vitals_proto::WorkerName::parse(name).is_ok()
 }
 
 fn shape(path: &str, expected: &'static str) -> Problem {
