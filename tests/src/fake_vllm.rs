@@ -11,7 +11,9 @@
 //! - `POST /control/loaded`, `/control/busy?running=N&waiting=M`, `/control/hang` (the
 //!   engine loop stops: counters freeze, requests stay running, `/health` stays 200),
 //!   `/control/slow?ms=N` (every answer waits N ms), `/control/close` (stop listening; the
-//!   process lives on).
+//!   process lives on), `/control/unhang` (the engine loop resumes), `/control/metrics?hang=1`
+//!   (`/metrics` stops answering while `/health` stays 200, as a stuck exporter or a
+//!   metrics route behind a wedged lock; `hang=0` answers again).
 //!
 //! [`serve_llamacpp`] is the same switches in front of a fake llama.cpp server
 //! (ggml-org/llama.cpp tools/server), with the three behaviours of the real one that the
@@ -44,6 +46,8 @@ struct Engine {
     loading: bool,
     hung: bool,
     delay: Duration,
+    /// `/metrics` requests wait (unanswered) while set.
+    metrics_hung: bool,
     running: u64,
     waiting: u64,
     iterations: u64,
@@ -125,6 +129,9 @@ fn handle(mut stream: TcpStream, engine: &Shared, closed: &AtomicBool, addr: Soc
     }
 }
 
+/// The longest a `/metrics` request is held unanswered before its connection is dropped.
+const METRICS_HOLD_MAX: Duration = Duration::from_secs(60);
+
 /// How long a kept connection may sit idle (uvicorn's `timeout_keep_alive` default).
 const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(5);
 
@@ -152,10 +159,26 @@ fn answer(
         }
         ("GET", "/metrics") => {
             std::thread::sleep(delay);
+            // Held unanswered while the switch is on (bounded, so held connections end).
+            let held = Instant::now();
+            while lock(engine).metrics_hung {
+                if held.elapsed() > METRICS_HOLD_MAX {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             (200, metrics(&lock(engine)))
         }
         ("POST", "/control/loaded") => {
             lock(engine).loading = false;
+            (200, "ok".into())
+        }
+        ("POST", "/control/unhang") => {
+            lock(engine).hung = false;
+            (200, "ok".into())
+        }
+        ("POST", "/control/metrics") => {
+            lock(engine).metrics_hung = param("hang") == 1;
             (200, "ok".into())
         }
         ("POST", "/control/busy") => {
@@ -521,7 +544,8 @@ impl FakeVllm {
         self.child.id()
     }
 
-    fn control(&self, path: &str) {
+    /// Sends control request `path` (`/control/hang`, ...; see the module doc).
+    pub fn control(&self, path: &str) {
         let r = client::request_with(self.addr, "POST", path, None, Duration::from_secs(5), || {})
             .unwrap_or_else(|e| panic!("fake-vllm {path}: {e}"));
         assert_eq!(r.status, 200, "fake-vllm {path}");
@@ -552,6 +576,13 @@ impl FakeVllm {
     /// Stops listening (the process stays).
     pub fn close(&self) {
         self.control("/control/close");
+    }
+
+    /// Sends `sig` to its process group.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let group = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).expect("pids fit in i32"));
+        nix::sys::signal::killpg(group, sig)
+            .unwrap_or_else(|e| panic!("killpg({group}, {sig}) for fake-vllm: {e}"));
     }
 
     /// Kills it (SIGKILL) and reaps it.
@@ -679,6 +710,19 @@ mod tests {
             200,
             "vLLM's /health does not see a dead engine loop"
         );
+        post("/control/unhang");
+        assert!(
+            await_move(addr, "vllm:iteration_tokens_total_count", frozen),
+            "steps again once unhung"
+        );
+        post("/control/metrics?hang=1");
+        assert!(
+            client::get(addr, "/metrics", Duration::from_millis(300)).is_err(),
+            "/metrics unanswered"
+        );
+        assert_eq!(health(), 200, "/health still answers");
+        post("/control/metrics?hang=0");
+        assert_eq!(counter(addr, "vllm:num_requests_running"), 2.0);
         post("/control/close");
         let deadline = Instant::now() + Duration::from_secs(2);
         while !client::get(addr, "/health", Duration::from_secs(1)).is_err_and(|e| e.is_refused()) {

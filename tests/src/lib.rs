@@ -15,7 +15,8 @@
 //! - [`freezer`]: the cgroup v1 freezer (uninterruptible sleep on demand);
 //! - [`cgroup`]: a cgroup v2 folder per "container" (a pod's shape for /proc discovery);
 //! - [`slots`]: how many scenarios share the machine;
-//! - [`bins`]: where the binaries and the model are (a missing one fails the test).
+//! - [`bins`]: where the binaries and the model are (a missing one fails the test);
+//! - [`soak`]: the seeded fault soak and its judge.
 //!
 //! The scenarios themselves are in `tests/e2e/`; `docs/e2e.md` describes them.
 
@@ -31,5 +32,6 @@ pub mod probe;
 pub mod prom;
 pub mod report;
 pub mod slots;
+pub mod soak;
 pub mod timeline;
 pub mod wait;
