@@ -306,8 +306,11 @@ fn upstream_timeout(f: &Flags) -> Bound {
         mechanism: f.upstream_period + f.probe_period,
     }
 }
+/// A probe sent up to a period before the server turned slow, but read by it after, waits
+/// the new delay: its timeout can come a period less than the probe timeout after the
+/// switch.
 fn upstream_timeout_not_before(f: &Flags) -> f64 {
-    f.upstream_timeout
+    (f.upstream_timeout - f.upstream_period).max(0.0)
 }
 
 /// The fault kinds, by target. The soak draws from the rows whose `needs` the machine has.

@@ -578,9 +578,11 @@ fn judge_fault<'a>(
                 (first, d)
             {
                 let mut failing = true;
+                // A probe answered after the clear action may pass: only answers before it
+                // count.
                 for q in cx
                     .probes(&fault.target, probe)
-                    .filter(|q| q.t > p.t && q.t < fault.end.min(died))
+                    .filter(|q| q.t > p.t && answered_by(q) < fault.end.min(died))
                 {
                     if q.ok && failing {
                         outcome.flaps += 1;
