@@ -10,10 +10,10 @@
 //!   `vllm:iteration_tokens_total` histogram, moving while requests run;
 //! - `POST /control/loaded`, `/control/busy?running=N&waiting=M`, `/control/hang` (the
 //!   engine loop stops: counters freeze, requests stay running, `/health` stays 200),
-//!   `/control/slow?ms=N` (every answer waits N ms), `/control/close` (stop listening; the
-//!   process lives on), `/control/unhang` (the engine loop resumes), `/control/metrics?hang=1`
-//!   (`/metrics` stops answering while `/health` stays 200, as a stuck exporter or a
-//!   metrics route behind a wedged lock; `hang=0` answers again).
+//!   `/control/slow?ms=N` (every answer waits N ms), `/control/slow_metrics?ms=N` (only
+//!   `/metrics` waits: a metrics endpoint behind a stuck exporter or proxy while the engine
+//!   and `/health` are fine), `/control/close` (stop listening; the process lives on),
+//!   `/control/unhang` (the engine loop resumes).
 //!
 //! [`serve_llamacpp`] is the same switches in front of a fake llama.cpp server
 //! (ggml-org/llama.cpp tools/server), with the three behaviours of the real one that the
@@ -46,8 +46,7 @@ struct Engine {
     loading: bool,
     hung: bool,
     delay: Duration,
-    /// `/metrics` requests wait (unanswered) while set.
-    metrics_hung: bool,
+    metrics_delay: Duration,
     running: u64,
     waiting: u64,
     iterations: u64,
@@ -129,9 +128,6 @@ fn handle(mut stream: TcpStream, engine: &Shared, closed: &AtomicBool, addr: Soc
     }
 }
 
-/// The longest a `/metrics` request is held unanswered before its connection is dropped.
-const METRICS_HOLD_MAX: Duration = Duration::from_secs(60);
-
 /// How long a kept connection may sit idle (uvicorn's `timeout_keep_alive` default).
 const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(5);
 
@@ -158,15 +154,8 @@ fn answer(
             }
         }
         ("GET", "/metrics") => {
-            std::thread::sleep(delay);
-            // Held unanswered while the switch is on (bounded, so held connections end).
-            let held = Instant::now();
-            while lock(engine).metrics_hung {
-                if held.elapsed() > METRICS_HOLD_MAX {
-                    return Ok(());
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            let metrics_delay = lock(engine).metrics_delay;
+            std::thread::sleep(delay + metrics_delay);
             (200, metrics(&lock(engine)))
         }
         ("POST", "/control/loaded") => {
@@ -175,10 +164,6 @@ fn answer(
         }
         ("POST", "/control/unhang") => {
             lock(engine).hung = false;
-            (200, "ok".into())
-        }
-        ("POST", "/control/metrics") => {
-            lock(engine).metrics_hung = param("hang") == 1;
             (200, "ok".into())
         }
         ("POST", "/control/busy") => {
@@ -193,6 +178,10 @@ fn answer(
         }
         ("POST", "/control/slow") => {
             lock(engine).delay = Duration::from_millis(param("ms"));
+            (200, "ok".into())
+        }
+        ("POST", "/control/slow_metrics") => {
+            lock(engine).metrics_delay = Duration::from_millis(param("ms"));
             (200, "ok".into())
         }
         ("POST", "/control/close") => {
@@ -573,6 +562,11 @@ impl FakeVllm {
         self.control(&format!("/control/slow?ms={}", d.as_millis()));
     }
 
+    /// Every `/metrics` answer from now on waits `d`; `/health` and the engine are unchanged.
+    pub fn slow_metrics(&self, d: Duration) {
+        self.control(&format!("/control/slow_metrics?ms={}", d.as_millis()));
+    }
+
     /// Stops listening (the process stays).
     pub fn close(&self) {
         self.control("/control/close");
@@ -715,14 +709,6 @@ mod tests {
             await_move(addr, "vllm:iteration_tokens_total_count", frozen),
             "steps again once unhung"
         );
-        post("/control/metrics?hang=1");
-        assert!(
-            client::get(addr, "/metrics", Duration::from_millis(300)).is_err(),
-            "/metrics unanswered"
-        );
-        assert_eq!(health(), 200, "/health still answers");
-        post("/control/metrics?hang=0");
-        assert_eq!(counter(addr, "vllm:num_requests_running"), 2.0);
         post("/control/close");
         let deadline = Instant::now() + Duration::from_secs(2);
         while !client::get(addr, "/health", Duration::from_secs(1)).is_err_and(|e| e.is_refused()) {

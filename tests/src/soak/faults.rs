@@ -512,8 +512,9 @@ pub const KINDS: &[FaultKind] = &[
         // still answers 200, so the server stays live and ready (issue 26).
         live: PathRule::Pass,
         ready: PathRule::Pass,
-        inject: Action::Control("/control/metrics?hang=1"),
-        clear: Action::Control("/control/metrics?hang=0"),
+        // Every scrape waits 5 s: past the agent's scrape timeout, unanswered.
+        inject: Action::Control("/control/slow_metrics?ms=5000"),
+        clear: Action::Control("/control/slow_metrics?ms=0"),
         clear_bound: next_scrape,
         // Past twice the stall timeout: the span in which the metrics are dropped as stale.
         min_hold: |f| 2.0 * f.stall_timeout + f.proc_interval + 1.0,
