@@ -397,8 +397,9 @@ pub const KINDS: &[FaultKind] = &[
         // SPEC §2: not connected and its pid gone: live passes (the kubelet restarts an
         // exited container anyway).
         live: PathRule::Pass,
+        // Then `phase: unknown` between the new instance's hello and its phase message.
         ready: PathRule::MustFail {
-            reasons: &["not_connected"],
+            reasons: &["not_connected", "phase: unknown"],
             detect: at_once,
             not_before: zero,
         },
@@ -450,10 +451,16 @@ pub const KINDS: &[FaultKind] = &[
     FaultKind {
         name: "kill",
         target: TargetKind::Upstream,
-        // Liveness is the container's own probe's business (SPEC §8): refused while down.
-        live: PathRule::MayFail(&["probe_failed: refused"]),
+        // Liveness is the container's own probe's business (SPEC §8): refused while down,
+        // then vLLM's own 503 while the restarted server loads (its /health answers 503
+        // until the engine is up), until the next probe.
+        live: PathRule::MayFail(&["probe_failed: refused", "probe_failed: status 503"]),
         ready: PathRule::MustFail {
-            reasons: &["process_gone", "probe_failed: refused"],
+            reasons: &[
+                "process_gone",
+                "probe_failed: refused",
+                "probe_failed: status 503",
+            ],
             detect: next_upstream_probe,
             not_before: zero,
         },

@@ -184,14 +184,26 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Starvation measured over `[a, b]`: each slice's share of the window (a slice half
-    /// inside counts half), added up.
-    fn starvation(&self, a: f64, b: f64) -> f64 {
+    /// Starvation measured in `scope` over `[a, b]`: each slice's share of the window (a
+    /// slice half inside counts half), added up. For windows of seconds (a detection, a
+    /// clear).
+    fn starvation(&self, scope: &str, a: f64, b: f64) -> f64 {
         self.r
             .slices
             .iter()
-            .filter(|s| s.from < b && s.to > a && s.to > s.from)
+            .filter(|s| s.scope == scope && s.from < b && s.to > a && s.to > s.from)
             .map(|s| s.starvation * (s.to.min(b) - s.from.max(a)) / (s.to - s.from))
+            .sum()
+    }
+
+    /// Starvation measured in `scope` in the slices `[a, b]` touches, whole: for a window of
+    /// milliseconds (one probe) within a slice, where in it a stall fell is not known.
+    fn starvation_around(&self, scope: &str, a: f64, b: f64) -> f64 {
+        self.r
+            .slices
+            .iter()
+            .filter(|s| s.scope == scope && s.from <= b && s.to >= a)
+            .map(|s| s.starvation)
             .sum()
     }
 
@@ -205,9 +217,9 @@ impl Ctx<'_> {
             .sum()
     }
 
-    /// What an upper bound adds over `[a, b]`.
-    fn slack(&self, a: f64, b: f64) -> f64 {
-        self.starvation(a, b) + self.agent_stopped(a, b)
+    /// What an upper bound on a verdict about `scope` adds over `[a, b]`.
+    fn slack(&self, scope: &str, a: f64, b: f64) -> f64 {
+        self.starvation(scope, a, b) + self.agent_stopped(a, b)
     }
 
     fn life_at(&self, t: f64) -> Option<&Life> {
@@ -219,10 +231,10 @@ impl Ctx<'_> {
 
     /// When a life has recovered from its start: it answered, and every target had time to
     /// be heard from.
-    fn settled(&self, life: &Life) -> Option<f64> {
+    fn settled(&self, life: &Life, scope: &str) -> Option<f64> {
         let up = life.up?;
         let b = agent_recovery(&self.f).total();
-        let settled = up + b + self.slack(up, up + b);
+        let settled = up + b + self.slack(scope, up, up + b);
         // The run began once every target was ready with the first agent.
         Some(if life.n == 0 {
             settled.min(self.r.run.begin)
@@ -252,11 +264,10 @@ impl Ctx<'_> {
     }
 
     /// Whether `t` is in a life's recovery window.
-    fn recovering(&self, t: f64) -> bool {
-        self.r
-            .lives
-            .iter()
-            .any(|l| l.up.is_some_and(|up| t >= up) && self.settled(l).is_some_and(|s| t <= s))
+    fn recovering(&self, t: f64, scope: &str) -> bool {
+        self.r.lives.iter().any(|l| {
+            l.up.is_some_and(|up| t >= up) && self.settled(l, scope).is_some_and(|s| t <= s)
+        })
     }
 
     fn target_kind(&self, name: &str) -> Option<TargetKind> {
@@ -285,6 +296,9 @@ fn answered_by(p: &ProbeRecord) -> f64 {
     p.t + p.latency_ms / 1e3
 }
 
+/// The scope of the starvation that delays the agent's answers.
+const AGENT: &str = "agent";
+
 fn allowed(reason: &str, reasons: &[&str]) -> bool {
     reasons.iter().any(|r| reason.starts_with(r))
 }
@@ -310,7 +324,7 @@ pub fn judge(r: &Records) -> Verdict {
             .iter()
             .filter(|p| p.t >= begin && p.t <= end)
             .count(),
-        starvation: cx.starvation(begin, end),
+        starvation: cx.starvation(AGENT, begin, end),
         ..Verdict::default()
     };
     let mut problems = Vec::new();
@@ -399,7 +413,7 @@ pub fn judge(r: &Records) -> Verdict {
             }
             continue;
         }
-        if cx.recovering(p.t) && allowed(&p.reason, RECOVERY_REASONS) {
+        if cx.recovering(p.t, &p.target) && allowed(&p.reason, RECOVERY_REASONS) {
             continue;
         }
         problems.push(Problem {
@@ -496,8 +510,9 @@ fn judge_fault<'a>(
     problems: &mut Vec<Problem>,
 ) -> (Judged<'a>, Outcome) {
     let life = cx.life_at(fault.start);
+    let scope = fault.target.as_str();
     let carried = life
-        .and_then(|l| cx.settled(l))
+        .and_then(|l| cx.settled(l, scope))
         .is_none_or(|settled| fault.start < settled);
     let died = life.and_then(|l| l.died).unwrap_or(f64::INFINITY);
     let mut outcome = Outcome {
@@ -525,7 +540,7 @@ fn judge_fault<'a>(
                     && p.status.is_some()
                     && allowed(&p.reason, reasons)
             });
-            let limit = |t: f64| fault.start + bound + cx.slack(fault.start, t);
+            let limit = |t: f64| fault.start + bound + cx.slack(scope, fault.start, t);
             let d = if carried {
                 Detection::Carried
             } else {
@@ -548,7 +563,7 @@ fn judge_fault<'a>(
                     detail: format!(
                         "{}: detected after {lat:.2}s, bound {bound:.2}s + {:.3}s starvation",
                         label(probe),
-                        cx.slack(fault.start, fault.start + lat)
+                        cx.slack(scope, fault.start, fault.start + lat)
                     ),
                 }),
                 Detection::Early(lat) => problems.push(Problem {
@@ -568,7 +583,7 @@ fn judge_fault<'a>(
                          starvation)",
                         label(probe),
                         fault.end - fault.start,
-                        cx.slack(fault.start, fault.end)
+                        cx.slack(scope, fault.start, fault.end)
                     ),
                 }),
                 _ => {}
@@ -621,14 +636,14 @@ fn judge_fault<'a>(
                 .filter(|l| {
                     l.up.is_some_and(|up| up > fault.start && up <= fault.end + clear_bound)
                 })
-                .filter_map(|l| cx.settled(l))
+                .filter_map(|l| cx.settled(l, scope))
                 .fold(fault.end, f64::max);
         let pass = cx
             .probes(&fault.target, probe)
             .find(|p| p.t >= fault.end && p.ok);
         explains_until[idx] = pass.map_or(cx.r.run.end, |p| p.t);
         match pass {
-            Some(p) if p.t - from <= clear_bound + cx.slack(from, p.t) => {
+            Some(p) if p.t - from <= clear_bound + cx.slack(scope, from, p.t) => {
                 if let Some(c) = outcome.clear.as_mut() {
                     *c = c.max(p.t - fault.end);
                 }
@@ -645,7 +660,7 @@ fn judge_fault<'a>(
                             "passed again only {:.2}s",
                             p.t - fault.end
                         )),
-                        cx.slack(from, pass.map_or(cx.r.run.end, |p| p.t))
+                        cx.slack(scope, from, pass.map_or(cx.r.run.end, |p| p.t))
                     ),
                 });
             }
@@ -693,6 +708,7 @@ fn judge_agent(
                 row.back.push(up - life.spawned);
                 let bound = agent_recovery(&cx.f).total();
                 let mut slowest: f64 = 0.0;
+                let slack = |t: &str, to: f64| cx.slack(t, up, to);
                 for t in &cx.r.run.targets {
                     // A target under a fault then is judged by that fault.
                     let faulted = judged.iter().any(|j| {
@@ -705,7 +721,7 @@ fn judge_agent(
                     }
                     let ready = cx.probes(&t.name, Probe::Ready).find(|p| p.t >= up && p.ok);
                     match ready {
-                        Some(p) if p.t - up <= bound + cx.slack(up, p.t) => {
+                        Some(p) if p.t - up <= bound + slack(&t.name, p.t) => {
                             slowest = slowest.max(p.t - up);
                         }
                         _ => problems.push(Problem {
@@ -715,7 +731,7 @@ fn judge_agent(
                                 "{} not ready within {bound:.2}s + {:.3}s starvation of the \
                                  agent's restart ({})",
                                 Probe::Ready.path(&t.name),
-                                cx.slack(up, up + bound),
+                                slack(&t.name, up + bound),
                                 ready.map_or("never".into(), |p| format!("{:.2}s", p.t - up))
                             ),
                         }),
@@ -748,7 +764,7 @@ fn judge_latency(cx: &Ctx<'_>, v: &mut Verdict, problems: &mut Vec<Problem>) {
     let mut unexplained: Vec<(f64, &ProbeRecord)> = answered
         .iter()
         .map(|p| {
-            let s = cx.starvation(p.t, p.t + p.latency_ms / 1e3) * 1e3;
+            let s = cx.starvation_around(AGENT, p.t, p.t + p.latency_ms / 1e3) * 1e3;
             ((p.latency_ms - s).max(0.0), *p)
         })
         .collect();
@@ -1074,11 +1090,15 @@ mod tests {
                     kib: 5000,
                 })
                 .collect(),
-            slices: (0..120)
-                .map(|i| Slice {
-                    from: f64::from(i) * 0.25,
-                    to: f64::from(i + 1) * 0.25,
-                    starvation: 0.0,
+            slices: ["agent", "model", "vllm-a"]
+                .into_iter()
+                .flat_map(|scope| {
+                    (0..120).map(move |i| Slice {
+                        scope: scope.into(),
+                        from: f64::from(i) * 0.25,
+                        to: f64::from(i + 1) * 0.25,
+                        starvation: 0.0,
+                    })
                 })
                 .collect(),
             panics: vec![],
@@ -1097,6 +1117,16 @@ mod tests {
             .iter_mut()
             .find(|p| p.target == target && p.probe == probe && (p.t - t).abs() < 1e-6)
             .expect("a probe at that time")
+    }
+
+    /// Sets the starvation of slice `i` (0.25 s each) in `scope`.
+    fn starve(r: &mut Records, scope: &str, i: usize, s: f64) {
+        r.slices
+            .iter_mut()
+            .filter(|x| x.scope == scope)
+            .nth(i)
+            .expect("a slice")
+            .starvation = s;
     }
 
     fn fail(p: &mut ProbeRecord, reason: &str) {
@@ -1186,8 +1216,14 @@ mod tests {
         // First seen at 7.4 s: 2.4 s after the stop, past 2 s + 0.1 s.
         only(&judge(&r), ProblemKind::Late);
         // 0.4 s of measured starvation in the window: in bound again.
-        r.slices[24].starvation = 0.2;
-        r.slices[25].starvation = 0.2;
+        starve(&mut r, "vllm-a", 24, 0.2);
+        starve(&mut r, "vllm-a", 25, 0.2);
+        assert!(
+            !judge(&r).passed(),
+            "another target's starvation is not this one's"
+        );
+        starve(&mut r, "model", 24, 0.2);
+        starve(&mut r, "model", 25, 0.2);
         assert!(judge(&r).passed());
         // Failing from 0.5 s after the stop: before the hang timeout less two heartbeats.
         let mut early = clean();
@@ -1213,9 +1249,15 @@ mod tests {
         let mut r = clean();
         probe_at(&mut r, "vllm-a", Probe::Ready, 22.0).latency_ms = 400.0;
         only(&judge(&r), ProblemKind::SlowAnswer);
-        // The probe spans slice 88 whole and 60% of slice 89.
-        r.slices[88].starvation = 0.25;
-        r.slices[89].starvation = 0.25;
+        // The probe (22.0-22.4 s) touches slices 88 and 89: their starvation counts whole.
+        starve(&mut r, "vllm-a", 88, 0.25);
+        starve(&mut r, "vllm-a", 89, 0.25);
+        assert!(
+            !judge(&r).passed(),
+            "a target's starvation does not delay the agent"
+        );
+        starve(&mut r, "agent", 88, 0.2);
+        starve(&mut r, "agent", 89, 0.1);
         assert!(judge(&r).passed());
         // Many answers a little slow: the p99.
         let mut r = clean();

@@ -106,9 +106,14 @@ pub struct Rss {
     pub kib: u64,
 }
 
-/// The starvation measured over `[from, to)` (s), as `Timeline::starvation` measures it.
+/// The starvation measured over `[from, to)` (s), as `Timeline::starvation` measures it,
+/// for one scope: `agent` (the soak's own wake-ups and the agent's run-queue waits: what
+/// delays an answer) or a target's name (those and the target's processes' waits: what
+/// delays a verdict on that target), as a two-process e2e scenario measures it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Slice {
+    /// `agent` or a target's name.
+    pub scope: String,
     /// Start.
     pub from: f64,
     /// End.

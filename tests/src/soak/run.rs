@@ -157,10 +157,11 @@ impl Running {
         vllm
     }
 
-    /// Does `action`; returns its ground-truth time on the timeline: when it began (a
+    /// Does `action`; returns its ground-truth time on the timeline `tl`: when it began (a
     /// signal sent, a mode written), or for a restart when the new process was up (it
-    /// cannot be heard from before).
-    fn act(&mut self, action: Action, tl: &Timeline) -> f64 {
+    /// cannot be heard from before). A restarted process is watched by `watch`, the
+    /// target's own starvation timeline.
+    fn act(&mut self, action: Action, tl: &Timeline, watch: &Timeline) -> f64 {
         let began = secs(tl.now());
         match (self, action) {
             (Running::Worker { proc, .. }, Action::Stop) => proc.signal(Signal::SIGSTOP),
@@ -180,7 +181,7 @@ impl Running {
                 Action::Restart,
             ) => {
                 set_mode(control, "run");
-                *proc = Proc::spawn(name, argv, log, tl);
+                *proc = Proc::spawn(name, argv, log, watch);
             }
             (Running::Worker { control, .. }, Action::Mode(mode)) => set_mode(control, mode),
             (Running::Worker { proc, freezer, .. }, Action::Freeze) => {
@@ -212,7 +213,7 @@ impl Running {
                 Action::Restart,
             ) => {
                 *lives += 1;
-                *vllm = Self::start_upstream(name, *addr, dir, *lives, tl);
+                *vllm = Self::start_upstream(name, *addr, dir, *lives, watch);
             }
             (Running::Upstream { vllm, .. }, Action::Control(path)) => vllm.control(path),
             (_, action) => panic!("the fault table pairs {action:?} with the wrong target"),
@@ -371,18 +372,28 @@ pub fn run(options: &Options) -> Run {
         .filter(|k| k.needs == Needs::Nothing || not_made.is_empty())
         .collect();
 
-    // The targets, then the agent; ready before the plan begins.
+    // The targets, then the agent; ready before the plan begins. Each target has a
+    // timeline of its own that measures the starvation of what decides its verdicts: the
+    // soak's wake-ups, the agent's run-queue waits and its own processes' (the pod's
+    // timeline: the wake-ups and the agent's, what delays an answer).
+    let watches: Vec<Arc<Timeline>> = (0..UPSTREAMS.len() + WORKERS.len())
+        .map(|_| Arc::new(Timeline::new()))
+        .collect();
     let mut running: Vec<Running> = Vec::new();
-    for (name, addr) in &vllm_addrs {
+    for ((name, addr), watch) in vllm_addrs.iter().zip(&watches) {
         running.push(Running::Upstream {
             name: (*name).to_string(),
-            vllm: Running::start_upstream(name, *addr, dir.path(), 0, &tl),
+            vllm: Running::start_upstream(name, *addr, dir.path(), 0, watch),
             addr: *addr,
             dir: dir.path().to_path_buf(),
             lives: 0,
         });
     }
-    for (name, freezer) in WORKERS.iter().zip(freezers) {
+    for ((name, freezer), watch) in WORKERS
+        .iter()
+        .zip(freezers)
+        .zip(&watches[UPSTREAMS.len()..])
+    {
         let control = dir.path().join(format!("{name}.mode"));
         set_mode(&control, "run");
         let argv = vec![
@@ -395,7 +406,7 @@ pub fn run(options: &Options) -> Run {
         let log = dir.path().join(format!("{name}.log"));
         running.push(Running::Worker {
             name: (*name).to_string(),
-            proc: Proc::spawn(name, &argv, &log, &tl),
+            proc: Proc::spawn(name, &argv, &log, watch),
             argv,
             log,
             control,
@@ -407,6 +418,9 @@ pub fn run(options: &Options) -> Run {
         pod.start_agent();
         let spawned = secs(tl.at(pod.agent().spawned));
         let pid = u32::try_from(pod.agent().pid().as_raw()).expect("pids are positive");
+        for w in &watches {
+            w.watch_process(pid);
+        }
         let (up, _) = pod.await_probe("/livez", Duration::from_secs(10), "agent up", |o| {
             o.passed()
         });
@@ -488,20 +502,26 @@ pub fn run(options: &Options) -> Run {
     let target_threads: Vec<JoinHandle<Running>> = running
         .into_iter()
         .zip(&targets)
-        .map(|(mut target, t)| {
+        .zip(&watches)
+        .map(|((mut target, t), watch)| {
             let mine: Vec<Planned> = planned
                 .iter()
                 .filter(|p| p.target == t.name)
                 .cloned()
                 .collect();
-            let (tl, faults, kind) = (Arc::clone(&tl), Arc::clone(&faults), t.kind);
+            let (tl, watch, faults, kind) = (
+                Arc::clone(&tl),
+                Arc::clone(watch),
+                Arc::clone(&faults),
+                t.kind,
+            );
             thread::spawn(move || {
                 for p in mine {
                     let k = super::faults::kind(p.kind, kind).expect("planned from the table");
                     sleep_until(&tl, begin + p.at);
-                    let start = target.act(k.inject, &tl);
+                    let start = target.act(k.inject, &tl, &watch);
                     thread::sleep(Duration::from_secs_f64(p.hold));
-                    let end = target.act(k.clear, &tl);
+                    let end = target.act(k.clear, &tl, &watch);
                     record(&faults, &p, start, end);
                 }
                 target
@@ -546,17 +566,26 @@ pub fn run(options: &Options) -> Run {
     sampling.store(false, Ordering::Relaxed);
     let rss = sampler.join().expect("the RSS sampler does not panic");
 
-    // Starvation over the whole timeline, slice by slice.
+    // Starvation over the whole run, slice by slice, per scope (the targets' timelines
+    // started a little after the pod's: their times are shifted back to the pod's).
     let mut slices = Vec::new();
-    let mut from = Duration::ZERO;
-    while secs(from) < end {
-        let to = from + SLICE;
-        slices.push(Slice {
-            from: secs(from),
-            to: secs(to),
-            starvation: secs(tl.starvation(from, to).total()),
-        });
-        from = to;
+    let scopes = std::iter::once(("agent", &tl))
+        .chain(targets.iter().map(|t| t.name.as_str()).zip(&watches));
+    for (scope, timeline) in scopes {
+        let shift = timeline.start().saturating_duration_since(tl.start());
+        let mut from = Duration::ZERO;
+        while secs(from) < end {
+            let to = from + SLICE;
+            let measured =
+                timeline.starvation(from.saturating_sub(shift), to.saturating_sub(shift));
+            slices.push(Slice {
+                scope: scope.to_string(),
+                from: secs(from),
+                to: secs(to),
+                starvation: secs(measured.total()),
+            });
+            from = to;
+        }
     }
     // Stop every process before reading the logs.
     let mut logs = vec![("agent".to_string(), String::new())];
