@@ -280,16 +280,18 @@ fn next_upstream_probe_and_sample(f: &Flags) -> Bound {
         mechanism: f.upstream_period + f.proc_interval + f.probe_period,
     }
 }
-/// Busy and no work counter moved for the stall timeout, seen by scrapes every /proc
-/// interval.
+/// Busy and no work counter moved for the stall timeout, as answered scrapes show it (issue
+/// 26): the clock starts at the first scrape after the engine stopped (up to a /proc
+/// interval later) and the stall is seen at a scrape (up to another), as scenario U2 bounds
+/// it.
 fn upstream_stall(f: &Flags) -> Bound {
     Bound {
         base: f.stall_timeout,
-        mechanism: f.proc_interval + f.probe_period,
+        mechanism: 2.0 * f.proc_interval + f.probe_period,
     }
 }
 fn upstream_stall_not_before(f: &Flags) -> f64 {
-    f.stall_timeout - f.proc_interval
+    f.stall_timeout - 2.0 * f.proc_interval
 }
 /// The next scrape sees the counters move.
 fn next_scrape(f: &Flags) -> Bound {

@@ -540,17 +540,19 @@ fn judge_fault<'a>(
                     && p.status.is_some()
                     && allowed(&p.reason, reasons)
             });
-            let limit = |t: f64| fault.start + bound + cx.slack(scope, fault.start, t);
+            // Bounds count from when the injection was done, lower bounds from when it
+            // began: its effect came in between.
+            let limit = |t: f64| fault.injected + bound + cx.slack(scope, fault.start, t);
             let d = if carried {
                 Detection::Carried
             } else {
                 match first {
                     Some(p) if p.t >= died => Detection::Interrupted,
-                    Some(p) if p.t > limit(p.t) => Detection::Late(p.t - fault.start),
+                    Some(p) if p.t > limit(p.t) => Detection::Late(p.t - fault.injected),
                     Some(p) if p.t - fault.start < not_before(&cx.f) => {
                         Detection::Early((p.t - fault.start).max(0.0))
                     }
-                    Some(p) => Detection::InBound((p.t - fault.start).max(0.0)),
+                    Some(p) => Detection::InBound((p.t - fault.injected).max(0.0)),
                     None if died < fault.end.min(limit(fault.end)) => Detection::Interrupted,
                     None if fault.end >= limit(fault.end) => Detection::Missed,
                     None => Detection::Unjudged,
@@ -559,11 +561,11 @@ fn judge_fault<'a>(
             match d {
                 Detection::Late(lat) => problems.push(Problem {
                     kind: ProblemKind::Late,
-                    t: fault.start + lat,
+                    t: fault.injected + lat,
                     detail: format!(
                         "{}: detected after {lat:.2}s, bound {bound:.2}s + {:.3}s starvation",
                         label(probe),
-                        cx.slack(scope, fault.start, fault.start + lat)
+                        cx.slack(scope, fault.start, fault.injected + lat)
                     ),
                 }),
                 Detection::Early(lat) => problems.push(Problem {
@@ -582,7 +584,7 @@ fn judge_fault<'a>(
                         "{}: never detected in {:.2}s held (bound {bound:.2}s + {:.3}s \
                          starvation)",
                         label(probe),
-                        fault.end - fault.start,
+                        fault.end - fault.injected,
                         cx.slack(scope, fault.start, fault.end)
                     ),
                 }),
@@ -624,7 +626,7 @@ fn judge_fault<'a>(
         }
         if matches!(rule, PathRule::Pass) {
             // Nothing to clear; a failure is found by the probe sweep.
-            explains_until[idx] = fault.end;
+            explains_until[idx] = fault.cleared;
             continue;
         }
         // Cleared: the first pass after the clear action, within the clear bound counted
@@ -637,7 +639,7 @@ fn judge_fault<'a>(
                     l.up.is_some_and(|up| up > fault.start && up <= fault.end + clear_bound)
                 })
                 .filter_map(|l| cx.settled(l, scope))
-                .fold(fault.end, f64::max);
+                .fold(fault.cleared, f64::max);
         let pass = cx
             .probes(&fault.target, probe)
             .find(|p| p.t >= fault.end && p.ok);
@@ -645,7 +647,7 @@ fn judge_fault<'a>(
         match pass {
             Some(p) if p.t - from <= clear_bound + cx.slack(scope, from, p.t) => {
                 if let Some(c) = outcome.clear.as_mut() {
-                    *c = c.max(p.t - fault.end);
+                    *c = c.max(p.t - fault.cleared);
                 }
             }
             _ => {
@@ -658,7 +660,7 @@ fn judge_fault<'a>(
                         label(probe),
                         pass.map_or("never passed again".to_string(), |p| format!(
                             "passed again only {:.2}s",
-                            p.t - fault.end
+                            p.t - fault.cleared
                         )),
                         cx.slack(scope, from, pass.map_or(cx.r.run.end, |p| p.t))
                     ),
@@ -1065,14 +1067,18 @@ mod tests {
                     kind: "stop".into(),
                     target: "model".into(),
                     start: 5.0,
+                    injected: 5.0,
                     end: 10.0,
+                    cleared: 10.0,
                 },
                 Fault {
                     id: 1,
                     kind: "metrics_gone".into(),
                     target: "vllm-a".into(),
                     start: 12.0,
+                    injected: 12.0,
                     end: 20.0,
+                    cleared: 20.0,
                 },
             ],
             probes,
@@ -1279,7 +1285,9 @@ mod tests {
             kind: "agent_kill".into(),
             target: "agent".into(),
             start: 23.5,
+            injected: 23.5,
             end: 24.5,
+            cleared: 24.5,
         });
         r.lives[0].died = Some(23.5);
         r.lives.push(Life {

@@ -55,10 +55,15 @@ pub struct Fault {
     pub kind: String,
     /// The target's name (`agent` for the agent's own faults).
     pub target: String,
-    /// When the injecting action completed.
+    /// When the injecting action began (a signal sent, a mode written): its effect comes
+    /// no earlier.
     pub start: f64,
-    /// When the clearing action completed (for a kill: the restarted process is up).
+    /// When it was done (a killed process reaped): its effect comes no later.
+    pub injected: f64,
+    /// When the clearing action began.
     pub end: f64,
+    /// When it was done (a restarted process up).
+    pub cleared: f64,
 }
 
 /// One kubelet-style probe of the agent.

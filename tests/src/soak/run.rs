@@ -157,11 +157,10 @@ impl Running {
         vllm
     }
 
-    /// Does `action`; returns its ground-truth time on the timeline `tl`: when it began (a
-    /// signal sent, a mode written), or for a restart when the new process was up (it
-    /// cannot be heard from before). A restarted process is watched by `watch`, the
+    /// Does `action`; returns its ground truth on the timeline `tl`: when it began and when
+    /// it was done (a killed process reaped, a restarted one up). A restarted process is watched by `watch`, the
     /// target's own starvation timeline.
-    fn act(&mut self, action: Action, tl: &Timeline, watch: &Timeline) -> f64 {
+    fn act(&mut self, action: Action, tl: &Timeline, watch: &Timeline) -> (f64, f64) {
         let began = secs(tl.now());
         match (self, action) {
             (Running::Worker { proc, .. }, Action::Stop) => proc.signal(Signal::SIGSTOP),
@@ -218,11 +217,7 @@ impl Running {
             (Running::Upstream { vllm, .. }, Action::Control(path)) => vllm.control(path),
             (_, action) => panic!("the fault table pairs {action:?} with the wrong target"),
         }
-        if action == Action::Restart {
-            secs(tl.now())
-        } else {
-            began
-        }
+        (began, secs(tl.now()))
     }
 }
 
@@ -487,18 +482,21 @@ pub fn run(options: &Options) -> Run {
     };
     let planned = plan(options.seed, options.secs, &flags, &targets, &kinds);
     let faults = Arc::new(Mutex::new(Vec::new()));
-    let record = |faults: &Mutex<Vec<Fault>>, p: &Planned, start: f64, end: f64| {
-        faults
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Fault {
-                id: p.id,
-                kind: p.kind.to_string(),
-                target: p.target.clone(),
-                start,
-                end,
-            });
-    };
+    let record =
+        |faults: &Mutex<Vec<Fault>>, p: &Planned, inject: (f64, f64), clear: (f64, f64)| {
+            faults
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Fault {
+                    id: p.id,
+                    kind: p.kind.to_string(),
+                    target: p.target.clone(),
+                    start: inject.0,
+                    injected: inject.1,
+                    end: clear.0,
+                    cleared: clear.1,
+                });
+        };
     let target_threads: Vec<JoinHandle<Running>> = running
         .into_iter()
         .zip(&targets)
@@ -534,6 +532,7 @@ pub fn run(options: &Options) -> Run {
         match p.kind {
             "agent_kill" => {
                 let start = secs(pod.kill_agent());
+                let killed = secs(tl.now());
                 *current.lock().unwrap_or_else(PoisonError::into_inner) = None;
                 if let Some(life) = lives.last_mut() {
                     life.died = Some(start);
@@ -543,13 +542,13 @@ pub fn run(options: &Options) -> Run {
                 let now = start_agent(&mut pod, &mut lives);
                 let end = lives.last().map_or(start, |l| l.spawned);
                 *current.lock().unwrap_or_else(PoisonError::into_inner) = Some(now);
-                record(&faults, p, start, end);
+                record(&faults, p, (start, killed), (end, end));
             }
             _ => {
                 let start = secs(pod.signal_agent(Signal::SIGSTOP));
                 thread::sleep(Duration::from_secs_f64(p.hold));
                 let end = secs(pod.signal_agent(Signal::SIGCONT));
-                record(&faults, p, start, end);
+                record(&faults, p, (start, start), (end, end));
             }
         }
     }
