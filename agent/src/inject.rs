@@ -13,6 +13,7 @@
 
 mod group;
 mod lws;
+mod mesh;
 mod resources;
 mod upstreams;
 pub mod webhook;
@@ -805,6 +806,7 @@ fn inject_pod(
 
     let workers = choose_workers(spec, &previous, opts, used)?;
     check_ports(spec)?;
+    let istio = mesh::IstioOriginals::of(spec, &mut warnings);
     let (old_key, old_index, mut agent) = take_agent(spec);
 
     // Workers: env, socket mount, probes.
@@ -830,9 +832,10 @@ fn inject_pod(
         let Some(name) = c.get_str("name").map(str::to_string) else {
             continue;
         };
-        if workers.contains(&name) || name == AGENT_CONTAINER {
+        if workers.contains(&name) || name == AGENT_CONTAINER || mesh::is_mesh_proxy(&name) {
             continue;
         }
+        let kept = istio.restore(c, &name);
         let mut wired = upstreams::wire_upstream(
             c,
             &name,
@@ -840,6 +843,7 @@ fn inject_pod(
             profile_overrides.get(&name).map(String::as_str),
             &mut warnings,
         )?;
+        kept.put_back(c);
         // A group's container without probes (a member's Ray worker; a leader made from
         // the workerTemplate) is watched by /proc alone.
         if wired.is_none() && role.is_some() {
@@ -947,6 +951,7 @@ fn inject_pod(
         annotations.ensure(WORKERS_ANNOTATION, Node::string(workers.join(",")));
     }
     annotations.ensure(VERSION_ANNOTATION, Node::string(VERSION));
+    mesh::exclude_agent_port(tmpl, role == Some(GroupRole::Leader), &mut warnings)?;
     Ok(PodSummary {
         workers,
         upstreams: upstream_names,

@@ -281,7 +281,10 @@ fn check_upstreams(at: &str, agent: &Yaml, spec: &Yaml, workers: &[&str]) {
     };
     for c in spec["containers"].as_vec().into_iter().flatten() {
         let name = c["name"].as_str().unwrap_or("");
-        if workers.contains(&name) || name == "vitals-agent" {
+        // A mesh's proxy keeps its own probes (SPEC §11).
+        if workers.contains(&name)
+            || ["vitals-agent", "istio-proxy", "linkerd-proxy"].contains(&name)
+        {
             continue;
         }
         let upstream = specs.iter().find(|s| s.name.as_str() == name);

@@ -11,6 +11,7 @@
 //! - [`peer`]: fake protocol peers (a scripted worker, a recording agent, a python worker);
 //! - [`wait`]: polling with a deadline instead of sleeping;
 //! - [`fake_vllm`]: a fake vLLM (its own process) for the upstream scenarios;
+//! - [`mesh`]: pods as Istio's and Linkerd's injectors leave them, for inject and the webhook;
 //! - [`report`]: measured detection latencies;
 //! - [`freezer`]: the cgroup v1 freezer (uninterruptible sleep on demand);
 //! - [`cgroup`]: a cgroup v2 folder per "container" (a pod's shape for /proc discovery);
@@ -29,6 +30,7 @@ pub mod fake_vllm;
 pub mod freezer;
 pub mod load;
 pub mod lws;
+pub mod mesh;
 pub mod peer;
 pub mod pod;
 pub mod probe;

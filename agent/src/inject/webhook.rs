@@ -7,7 +7,7 @@
 //! warning, and a request that is not an AdmissionReview gets a 4xx. Every read is bounded
 //! in size and time, so a slow or hostile client costs one connection slot, briefly.
 
-mod convert;
+pub(super) mod convert;
 mod review;
 mod tls;
 
