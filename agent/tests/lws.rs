@@ -9,8 +9,8 @@
 mod common;
 
 use clap::Parser;
-use common::admission::{admit, Admitted};
 use common::fixtures::fixture_dir;
+use common::review::{admit, Admitted};
 use common::yaml::yaml_to_json;
 use serde_json::{json, Value};
 use vitals_agent::config::{Config, Group, RunArgs};

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::admission::{apply, pod_review, response_of};
 use common::fixtures::{fixture_dir, inject_args};
 use common::review::{apply, pod_review, response_of};
 use common::yaml::yaml_to_json;
@@ -802,7 +801,7 @@ fn the_agents_resources_and_pull_secret_come_from_the_flags() {
     let opts = cli.args.settings().options;
     let pod = json!({"metadata": {"annotations": {"vitals.dev/workers": "model"}},
         "spec": {"imagePullSecrets": [{"name": "other"}], "containers": [{"name": "model", "image": "m:1"}]}});
-    let first = common::admission::admit(&pod, &opts);
+    let first = common::review::admit(&pod, &opts);
     let spec = &first.pod["spec"];
     assert_eq!(
         spec["imagePullSecrets"],
@@ -813,7 +812,7 @@ fn the_agents_resources_and_pull_secret_come_from_the_flags() {
         agent["resources"],
         serde_json::from_str::<Value>(resources).unwrap()
     );
-    let again = common::admission::admit(&first.pod, &opts);
+    let again = common::review::admit(&first.pod, &opts);
     assert!(again.patch.is_none(), "{:?}", again.patch);
     for bad in [r#"{"request": {}}"#, r#"{"limits": {"cpu": 1}}"#, "64Mi"] {
         let parsed = Cli::try_parse_from([
