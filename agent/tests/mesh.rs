@@ -11,12 +11,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::review::{apply, pod_review, response_of};
+use common::review::admit;
 use common::yaml::yaml_to_json;
-use hyper::StatusCode;
 use serde_json::{json, Value};
 use vitals_agent::config::upstreams::{self, Action, ProbeKind, UpstreamSpec};
-use vitals_agent::inject::webhook::{review, Outcome};
+use vitals_agent::inject::webhook::Outcome;
 use vitals_agent::inject::{inject_documents, InjectOptions, AGENT_CONTAINER, UPSTREAMS_ENV};
 use vitals_e2e::mesh::{vllm_pod, Istio, Linkerd, ISTIO_STATUS_PORT};
 use yaml_rust2::YamlLoader;
@@ -30,14 +29,8 @@ fn options() -> InjectOptions {
 
 /// What the webhook made of `pod`: the outcome, the patch, the warnings, the patched pod.
 fn through_webhook(pod: &Value) -> (Outcome, Option<Value>, Vec<String>, Value) {
-    let body = serde_json::to_vec(&pod_review("mesh-1", pod)).unwrap();
-    let answer = review(&body, &options()).expect("a well-formed review is answered");
-    let (allowed, patch, warnings) = response_of("mesh-1", StatusCode::OK, &answer.body);
-    assert!(allowed, "the webhook never denies");
-    let patched = patch
-        .as_ref()
-        .map_or_else(|| pod.clone(), |p| apply(pod, p));
-    (answer.result, patch, warnings, patched)
+    let a = admit(pod, &options());
+    (a.outcome, a.patch, a.warnings, a.pod)
 }
 
 /// `inject`'s output for `doc` (JSON is YAML), read back as JSON.

@@ -5,7 +5,6 @@
 //! (`vitals_e2e`); the helpers below keep the names these tests use.
 #![allow(dead_code, unused_imports, missing_docs, clippy::unwrap_used)]
 
-pub mod admission;
 pub mod fixtures;
 pub mod review;
 pub mod yaml;
