@@ -11,12 +11,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::review::{apply, pod_review, response_of};
+use common::admission::{admit, Admitted};
 use common::yaml::yaml_to_json;
-use hyper::StatusCode;
 use serde_json::{json, Value};
 use vitals_agent::config::upstreams::{self, Action, ProbeKind, UpstreamSpec};
-use vitals_agent::inject::webhook::{review, Outcome};
+use vitals_agent::inject::webhook::Outcome;
 use vitals_agent::inject::{inject_documents, InjectOptions, AGENT_CONTAINER, UPSTREAMS_ENV};
 use vitals_e2e::mesh::{vllm_pod, Istio, Linkerd, ISTIO_STATUS_PORT};
 use yaml_rust2::YamlLoader;
@@ -26,18 +25,6 @@ fn options() -> InjectOptions {
         image: Some("registry.example/vitals-agent:test".into()),
         ..InjectOptions::default()
     }
-}
-
-/// What the webhook made of `pod`: the outcome, the patch, the warnings, the patched pod.
-fn through_webhook(pod: &Value) -> (Outcome, Option<Value>, Vec<String>, Value) {
-    let body = serde_json::to_vec(&pod_review("mesh-1", pod)).unwrap();
-    let answer = review(&body, &options()).expect("a well-formed review is answered");
-    let (allowed, patch, warnings) = response_of("mesh-1", StatusCode::OK, &answer.body);
-    assert!(allowed, "the webhook never denies");
-    let patched = patch
-        .as_ref()
-        .map_or_else(|| pod.clone(), |p| apply(pod, p));
-    (answer.result, patch, warnings, patched)
 }
 
 /// `inject`'s output for `doc` (JSON is YAML), read back as JSON.
@@ -50,7 +37,11 @@ fn through_cli(doc: &Value) -> Value {
 
 /// Both transforms of `pod`, checked to agree on every container; the webhook's pod.
 fn injected(pod: &Value) -> Value {
-    let (outcome, _, _, patched) = through_webhook(pod);
+    let Admitted {
+        outcome,
+        pod: patched,
+        ..
+    } = admit(pod, &options());
     assert_eq!(outcome, Outcome::Injected);
     let cli = through_cli(pod);
     for list in ["initContainers", "containers"] {
@@ -173,7 +164,12 @@ fn istio_vllm_pod_gets_its_original_probes_back_with_the_rewritten_timing() {
 #[test]
 fn the_webhook_patch_for_an_istio_vllm_pod() {
     let pod = Istio::default().inject(vllm_pod());
-    let (outcome, patch, warnings, _) = through_webhook(&pod);
+    let Admitted {
+        outcome,
+        patch,
+        warnings,
+        ..
+    } = admit(&pod, &options());
     assert_eq!(outcome, Outcome::Injected);
     let ops = patch.expect("a patch");
     for op in ops.as_array().unwrap() {
@@ -336,7 +332,7 @@ fn the_agent_port_leaves_the_mesh_capture_keeping_every_value_there() {
         cni: true,
     }
     .inject(vllm_pod());
-    let (_, _, warnings, pod) = through_webhook(&meshed);
+    let Admitted { warnings, pod, .. } = admit(&meshed, &options());
     assert_eq!(
         seen("linkerd-cni: annotation", annotation(&pod, LINKERD_IN)),
         "4190,4191,9180"
@@ -414,7 +410,7 @@ fn a_group_leader_also_polls_its_members_outside_the_capture() {
 fn a_second_pass_changes_nothing() {
     for (_, meshed) in meshed_vllm_pods() {
         let once = injected(&meshed);
-        let (outcome, patch, _, _) = through_webhook(&once);
+        let Admitted { outcome, patch, .. } = admit(&once, &options());
         eprintln!("second review: {outcome:?}, patch {patch:?}");
         assert_eq!((outcome, patch), (Outcome::AlreadyInjected, None));
         let cli_once = through_cli(&meshed);
