@@ -293,8 +293,9 @@ fn every_fixture_pod_patched_by_the_webhook_equals_inject_output() {
     let mut pods_checked = 0;
     let mut patched = 0;
     for (name, text, flags) in fixtures() {
-        // A LeaderWorkerSet's pods get their group roles from the LWS template, which only
-        // the CLI sees (SPEC §9); the webhook sees each pod alone and wires no group.
+        // A LeaderWorkerSet's templates are not its pods: LWS's controllers and pod webhook
+        // add what the group wiring reads; tests/lws.rs builds those pods (the toolkit's
+        // `lws`) and compares there.
         if name == "lws-vllm" {
             continue;
         }
@@ -369,7 +370,7 @@ fn every_fixture_pod_patched_by_the_webhook_equals_inject_output() {
 }
 
 #[test]
-fn a_pod_that_cannot_be_injected_is_admitted_unchanged_with_a_warning() {
+fn a_pod_that_cannot_be_injected_is_warned_about_and_one_with_nothing_to_watch_skipped() {
     let text =
         std::fs::read_to_string(fixture_dir().join("err-no-worker-chosen.yaml")).expect("fixture");
     let pods = templates_of(&text);
@@ -387,8 +388,9 @@ fn a_pod_that_cannot_be_injected_is_admitted_unchanged_with_a_warning() {
     runtime().block_on(async {
         let (mut sender, _) = connect(server.addr, &ca.der()).await.expect("connect");
         for (pod, says) in [
-            (as_admitted_pod(&pods[0], &[]), "nothing to watch"),
-            (missing_worker, "no container named \"nope\""),
+            // Nothing to watch is no failure: no warning to the pod's controller (SPEC §11).
+            (as_admitted_pod(&pods[0], &[]), None),
+            (missing_worker, Some("no container named \"nope\"")),
         ] {
             let body = serde_json::to_vec(&pod_review("u", &pod)).expect("json");
             let (status, answer) = send(&mut sender, "POST", "/mutate", body)
@@ -396,12 +398,23 @@ fn a_pod_that_cannot_be_injected_is_admitted_unchanged_with_a_warning() {
                 .expect("answer");
             let (allowed, patch, warnings) = response_of("u", status, &answer);
             assert!(allowed && patch.is_none(), "{warnings:?}");
-            assert!(
-                warnings
-                    .iter()
-                    .any(|w| w.starts_with("vitals: not injected") && w.contains(says)),
-                "warning should say {says:?}: {warnings:?}"
-            );
+            match says {
+                None => assert!(warnings.is_empty(), "{warnings:?}"),
+                Some(says) => assert!(
+                    warnings
+                        .iter()
+                        .any(|w| w.starts_with("vitals: not injected") && w.contains(says)),
+                    "warning should say {says:?}: {warnings:?}"
+                ),
+            }
+        }
+        let (_, metrics) = send(&mut sender, "GET", "/metrics", Vec::new())
+            .await
+            .expect("metrics");
+        let metrics = String::from_utf8_lossy(&metrics);
+        for (result, count) in [("skipped", 1.0), ("not_injected", 1.0)] {
+            let series = format!("vitals_webhook_admissions_total{{result=\"{result}\"}}");
+            assert_eq!(common::metric(&metrics, &series), Some(count), "{series}");
         }
         // The opt-out annotation wins over the opt-in label: no patch, nothing to warn about.
         let body = serde_json::to_vec(&pod_review("o", &opted_out)).expect("json");
