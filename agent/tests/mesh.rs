@@ -18,6 +18,7 @@ use vitals_agent::config::upstreams::{self, Action, ProbeKind, UpstreamSpec};
 use vitals_agent::inject::webhook::Outcome;
 use vitals_agent::inject::{inject_documents, InjectOptions, AGENT_CONTAINER, UPSTREAMS_ENV};
 use vitals_e2e::mesh::{vllm_pod, Istio, Linkerd, ISTIO_STATUS_PORT};
+use vitals_e2e::{apiserver, lws};
 use yaml_rust2::YamlLoader;
 
 fn options() -> InjectOptions {
@@ -344,7 +345,7 @@ fn the_agent_port_leaves_the_mesh_capture_keeping_every_value_there() {
 }
 
 /// A LeaderWorkerSet whose two templates are `leader` and `worker` (their metadata and spec).
-fn lws(leader: &Value, worker: &Value) -> Value {
+fn lws_of(leader: &Value, worker: &Value) -> Value {
     let template = |pod: &Value| json!({"metadata": pod["metadata"], "spec": pod["spec"]});
     json!({
         "apiVersion": "leaderworkerset.x-k8s.io/v1",
@@ -368,7 +369,7 @@ fn a_group_leader_also_polls_its_members_outside_the_capture() {
         json!({"traffic.sidecar.istio.io/excludeOutboundPorts": "3306"});
     let leader = Istio::default().inject(app);
     let worker = Istio::default().inject(vllm_pod());
-    let out = through_cli(&lws(&leader, &worker));
+    let out = through_cli(&lws_of(&leader, &worker));
     let templates = &out["spec"]["leaderWorkerTemplate"];
     let (leader, worker) = (&templates["leaderTemplate"], &templates["workerTemplate"]);
     eprintln!(
@@ -390,7 +391,7 @@ fn a_group_leader_also_polls_its_members_outside_the_capture() {
         Some("15090,15021,15020,9180")
     );
 
-    let out = through_cli(&lws(
+    let out = through_cli(&lws_of(
         &Linkerd::default().inject(vllm_pod()),
         &Linkerd::default().inject(vllm_pod()),
     ));
@@ -404,12 +405,40 @@ fn a_group_leader_also_polls_its_members_outside_the_capture() {
         annotation(leader, "config.linkerd.io/skip-outbound-ports"),
         "4567,4568,9180"
     );
+
+    // Through the webhook: the pods LWS makes from plain templates, then the mesh's
+    // injector; the webhook knows the leader by LWS's worker-index label.
+    let plain = lws_of(&vllm_pod(), &vllm_pod());
+    let leader = lws::leader_pod(&plain, 0);
+    let worker = lws::worker_pod(&plain, &leader, 1);
+    let has_agent_port = |list: Option<&str>| list.unwrap_or("").split(',').any(|p| p == "9180");
+    let meshes: [(fn(Value) -> Value, &str, &str); 2] = [
+        (|p| Istio::default().inject(p), "istio-init", "-o"),
+        (
+            |p| Linkerd::default().inject(p),
+            "linkerd-init",
+            "--outbound-ports-to-ignore",
+        ),
+    ];
+    for (mesh, init, outbound) in meshes {
+        let leader = admit(&mesh(leader.clone()), &options()).pod;
+        let worker = admit(&mesh(worker.clone()), &options()).pod;
+        let (from_leader, from_worker) = (
+            flag(container(&leader, init), outbound),
+            flag(container(&worker, init), outbound),
+        );
+        eprintln!("webhook: {init} {outbound}: leader {from_leader:?}, worker {from_worker:?}");
+        assert!(has_agent_port(from_leader), "{init}: {from_leader:?}");
+        assert!(!has_agent_port(from_worker), "{init}: {from_worker:?}");
+    }
 }
 
 #[test]
 fn a_second_pass_changes_nothing() {
     for (_, meshed) in meshed_vllm_pods() {
-        let once = injected(&meshed);
+        // Reinvoked on the pod as the API server stores it (its defaulting applied).
+        let mut once = injected(&meshed);
+        apiserver::default_pod(&mut once);
         let Admitted { outcome, patch, .. } = admit(&once, &options());
         eprintln!("second review: {outcome:?}, patch {patch:?}");
         assert_eq!((outcome, patch), (Outcome::AlreadyInjected, None));
