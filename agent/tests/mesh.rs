@@ -344,6 +344,9 @@ fn the_agent_port_leaves_the_mesh_capture_keeping_every_value_there() {
     );
 }
 
+/// What a mesh's injector does to a pod.
+type MeshInjector = fn(Value) -> Value;
+
 /// A LeaderWorkerSet whose two templates are `leader` and `worker` (their metadata and spec).
 fn lws_of(leader: &Value, worker: &Value) -> Value {
     let template = |pod: &Value| json!({"metadata": pod["metadata"], "spec": pod["spec"]});
@@ -412,7 +415,7 @@ fn a_group_leader_also_polls_its_members_outside_the_capture() {
     let leader = lws::leader_pod(&plain, 0);
     let worker = lws::worker_pod(&plain, &leader, 1);
     let has_agent_port = |list: Option<&str>| list.unwrap_or("").split(',').any(|p| p == "9180");
-    let meshes: [(fn(Value) -> Value, &str, &str); 2] = [
+    let meshes: [(MeshInjector, &str, &str); 2] = [
         (|p| Istio::default().inject(p), "istio-init", "-o"),
         (
             |p| Linkerd::default().inject(p),
