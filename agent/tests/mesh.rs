@@ -203,6 +203,35 @@ fn the_webhook_patch_for_an_istio_vllm_pod() {
 }
 
 #[test]
+fn a_pod_injected_by_the_cli_then_by_istio_gets_its_probes_back_on_the_agent() {
+    // A template injected with `vitals-agent inject`, its pod then meshed by Istio (which
+    // rewrites the probes pointing at the agent, the agent's own included) and reinvoked
+    // through Vitals' webhook.
+    let by_cli = through_cli(&vllm_pod());
+    let meshed = Istio::default().inject(by_cli.clone());
+    assert_eq!(
+        container(&meshed, AGENT_CONTAINER)["startupProbe"]["httpGet"]["port"],
+        ISTIO_STATUS_PORT
+    );
+    let Admitted { outcome, pod, .. } = admit(&meshed, &options());
+    assert_eq!(outcome, Outcome::Injected);
+    for c in [AGENT_CONTAINER, "vllm"] {
+        for key in ["startupProbe", "livenessProbe", "readinessProbe"] {
+            let (before, after) = (&container(&by_cli, c)[key], &container(&pod, c)[key]);
+            assert_eq!(
+                after["httpGet"], before["httpGet"],
+                "{c} {key} on the agent again"
+            );
+        }
+    }
+    assert_eq!(
+        agent_upstreams(&pod)["vllm"],
+        agent_upstreams(&by_cli)["vllm"],
+        "the originals"
+    );
+}
+
+#[test]
 fn an_https_original_stays_with_the_kubelet_through_pilot_agent() {
     let mut app = vllm_pod();
     app["spec"]["containers"][0]["readinessProbe"]["httpGet"]["scheme"] = json!("HTTPS");
