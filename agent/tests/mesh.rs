@@ -200,6 +200,16 @@ fn the_webhook_patch_for_an_istio_vllm_pod() {
         !paths.iter().any(|p| p.starts_with("/spec/containers/1/")),
         "istio-proxy (containers[1]) is not touched: {paths:?}"
     );
+    // The agent goes in front of istio-init, whose one change is its `-d` list.
+    let init_ops: Vec<&str> = paths
+        .iter()
+        .copied()
+        .filter(|p| p.starts_with("/spec/initContainers"))
+        .collect();
+    assert_eq!(
+        init_ops,
+        ["/spec/initContainers/0", "/spec/initContainers/1/args/16"]
+    );
 }
 
 #[test]
