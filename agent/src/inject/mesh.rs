@@ -186,11 +186,8 @@ impl IstioOriginals {
 impl KeptProbes {
     /// Puts the probes back where they were.
     pub(super) fn put_back(self, c: &mut Map) {
-        // Taken in key order, not position order: put back from the first position on, so
-        // every index means what it meant before.
-        let mut probes = self.0;
-        probes.sort_by_key(|(at, _, _)| *at);
-        for (at, key, node) in probes {
+        // Each position was taken after the removals before it: undo them last to first.
+        for (at, key, node) in self.0.into_iter().rev() {
             c.insert_at(at, &key, node);
         }
     }
@@ -472,6 +469,36 @@ mod tests {
         ] {
             assert_eq!(with_agent_port(list).as_deref(), merged, "{list:?}");
         }
+    }
+
+    #[test]
+    fn https_originals_go_back_where_they_were() {
+        let probers = r#"{"/app-health/app/livez": {"httpGet": {"port": 8443, "scheme": "HTTPS"}},
+            "/app-health/app/readyz": {"httpGet": {"port": 8443, "scheme": "HTTPS"}}}"#;
+        let istio = IstioOriginals(serde_json::from_str(probers).expect("Istio's shape"));
+        let probe = |kind: &str| {
+            let get = Map::from_pairs([
+                ("path", Node::string(format!("/app-health/app/{kind}"))),
+                ("port", Node::plain("15020")),
+            ]);
+            Node::Map(Map::from_pairs([("httpGet", Node::Map(get))]))
+        };
+        let mut c = Map::from_pairs([
+            ("name", Node::string("app")),
+            ("livenessProbe", probe("livez")),
+            ("readinessProbe", probe("readyz")),
+            ("image", Node::string("app:1")),
+        ]);
+        let before = c.clone();
+        let kept = istio.restore(&mut c, "app");
+        let keys: Vec<&str> = c.0.iter().map(|(k, _)| k.value.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["name", "image"],
+            "set aside while the transform runs"
+        );
+        kept.put_back(&mut c);
+        assert_eq!(c, before);
     }
 
     #[test]
