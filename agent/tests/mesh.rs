@@ -454,24 +454,35 @@ fn a_group_leader_also_polls_its_members_outside_the_capture() {
     let leader = lws::leader_pod(&plain, 0);
     let worker = lws::worker_pod(&plain, &leader, 1);
     let has_agent_port = |list: Option<&str>| list.unwrap_or("").split(',').any(|p| p == "9180");
-    let meshes: [(MeshInjector, &str, &str); 2] = [
-        (|p| Istio::default().inject(p), "istio-init", "-o"),
+    let meshes: [(MeshInjector, &str, &str, &str); 2] = [
+        (
+            |p| Istio::default().inject(p),
+            "istio-init",
+            "-o",
+            "traffic.sidecar.istio.io/excludeOutboundPorts",
+        ),
         (
             |p| Linkerd::default().inject(p),
             "linkerd-init",
             "--outbound-ports-to-ignore",
+            "config.linkerd.io/skip-outbound-ports",
         ),
     ];
-    for (mesh, init, outbound) in meshes {
+    for (mesh, init, outbound, annotation_key) in meshes {
         let leader = admit(&mesh(leader.clone()), &options()).pod;
         let worker = admit(&mesh(worker.clone()), &options()).pod;
         let (from_leader, from_worker) = (
             flag(container(&leader, init), outbound),
             flag(container(&worker, init), outbound),
         );
-        eprintln!("webhook: {init} {outbound}: leader {from_leader:?}, worker {from_worker:?}");
+        let leader_annotation = annotation(&leader, annotation_key).as_str();
+        eprintln!(
+            "webhook: {init} {outbound}: leader {from_leader:?}, worker {from_worker:?}; leader's {annotation_key}: {leader_annotation:?}"
+        );
         assert!(has_agent_port(from_leader), "{init}: {from_leader:?}");
         assert!(!has_agent_port(from_worker), "{init}: {from_worker:?}");
+        assert!(has_agent_port(leader_annotation), "{leader_annotation:?}");
+        assert!(annotation(&worker, annotation_key).is_null());
     }
 }
 

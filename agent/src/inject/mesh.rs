@@ -40,6 +40,8 @@ use super::webhook::convert::to_tree;
 use super::yaml::{Map, Node};
 use super::{Problem, AGENT_PORT};
 
+/// pilot-agent's status port (istio values.yaml `global.proxy.statusPort`).
+const ISTIO_STATUS_PORT: u16 = 15020;
 /// Istio's proxy container (`pkg/kube/inject` ProxyContainerName).
 const ISTIO_PROXY: &str = "istio-proxy";
 /// Linkerd's proxy container.
@@ -294,10 +296,10 @@ pub(super) fn exclude_agent_port(
     for &direction in directions {
         if istio_here {
             let ex = istio(direction);
-            let merged = merge_into_init_args(spec, &ex, direction)?;
-            // Without the annotation, Istio's CNI plugin excludes its status port 15020.
-            let seed = merged.unwrap_or_else(|| "15020".to_string());
-            annotations.push((ex.annotation, seed, false));
+            merge_into_init_args(spec, &ex, direction)?;
+            // A missing annotation is, to Istio's CNI plugin, its status port 15020 (and it
+            // adds 15020,15021,15090 inbound whatever the annotation says).
+            annotations.push((ex.annotation, ISTIO_STATUS_PORT.to_string(), false));
         }
         if linkerd_here {
             let ex = linkerd(direction);
