@@ -19,6 +19,11 @@
 //! - istio/istio `cni/pkg/plugin/sidecar_redirect.go`: the CNI plugin reads
 //!   `traffic.sidecar.istio.io/excludeInboundPorts` / `excludeOutboundPorts` from the pod
 //!   (a comma list, or `*`), each defaulting to the status port 15020 when absent.
+//! - istio/istio `tools/istio-iptables/pkg/capture/run.go`: "do not redirect app calls to back
+//!   itself via Envoy when using the endpoint address" (`-o lo ... ! --uid-owner` RETURN):
+//!   the agent's probes of the model server at `$POD_IP` bypass Envoy, as pilot-agent's do
+//!   (Linkerd's PROXY_INIT_OUTPUT returns loopback traffic too), so only the kubelet's
+//!   probes and a leader's polls need the agent's port out of capture.
 //! - linkerd/linkerd2 `charts/partials/templates/_proxy-init.tpl`: `linkerd-init` with
 //!   `--inbound-ports-to-ignore <control>,<admin>[,configured]` and, when configured,
 //!   `--outbound-ports-to-ignore`; `pkg/inject/inject.go` and `pkg/k8s/labels.go`: the
