@@ -242,6 +242,41 @@ fn a_pod_injected_by_the_cli_then_by_istio_gets_its_probes_back_on_the_agent() {
 }
 
 #[test]
+fn tcp_and_grpc_originals_come_back_as_they_were() {
+    // Istio turns both into an httpGet of pilot-agent (app_probe.go convertAppProberTCPSocket,
+    // convertAppProberGRPC); LWS's own vLLM example probes readiness by TCP.
+    for (handler, expected) in [
+        (
+            json!({"tcpSocket": {"port": 8000}}),
+            Action::Tcp {
+                port: 8000,
+                host: None,
+            },
+        ),
+        (
+            json!({"grpc": {"port": 8000, "service": "vllm"}}),
+            Action::Grpc {
+                port: 8000,
+                service: "vllm".into(),
+            },
+        ),
+    ] {
+        let mut app = vllm_pod();
+        let readiness = &mut app["spec"]["containers"][0]["readinessProbe"];
+        readiness.as_object_mut().unwrap().remove("httpGet");
+        readiness
+            .as_object_mut()
+            .unwrap()
+            .extend(handler.as_object().unwrap().clone());
+        let pod = injected(&Istio::default().inject(app));
+        let vllm = &agent_upstreams(&pod)["vllm"];
+        let probe = &vllm.probes[&ProbeKind::Readiness];
+        assert_eq!(seen("readiness in the agent", &probe.action), &expected);
+        assert_eq!((probe.period, probe.timeout), (S(5), S(2)));
+    }
+}
+
+#[test]
 fn an_https_original_stays_with_the_kubelet_through_pilot_agent() {
     let mut app = vllm_pod();
     app["spec"]["containers"][0]["readinessProbe"]["httpGet"]["scheme"] = json!("HTTPS");
