@@ -10,8 +10,9 @@
 //!   `vllm:iteration_tokens_total` histogram, moving while requests run;
 //! - `POST /control/loaded`, `/control/busy?running=N&waiting=M`, `/control/hang` (the
 //!   engine loop stops: counters freeze, requests stay running, `/health` stays 200),
-//!   `/control/slow?ms=N` (every answer waits N ms), `/control/close` (stop listening; the
-//!   process lives on).
+//!   `/control/slow?ms=N` (every answer waits N ms), `/control/slow_metrics?ms=N` (only
+//!   `/metrics` waits: a metrics endpoint behind a stuck exporter or proxy while the engine
+//!   and `/health` are fine), `/control/close` (stop listening; the process lives on).
 //!
 //! [`serve_llamacpp`] is the same switches in front of a fake llama.cpp server
 //! (ggml-org/llama.cpp tools/server), with the three behaviours of the real one that the
@@ -44,6 +45,7 @@ struct Engine {
     loading: bool,
     hung: bool,
     delay: Duration,
+    metrics_delay: Duration,
     running: u64,
     waiting: u64,
     iterations: u64,
@@ -151,7 +153,8 @@ fn answer(
             }
         }
         ("GET", "/metrics") => {
-            std::thread::sleep(delay);
+            let metrics_delay = lock(engine).metrics_delay;
+            std::thread::sleep(delay + metrics_delay);
             (200, metrics(&lock(engine)))
         }
         ("POST", "/control/loaded") => {
@@ -170,6 +173,10 @@ fn answer(
         }
         ("POST", "/control/slow") => {
             lock(engine).delay = Duration::from_millis(param("ms"));
+            (200, "ok".into())
+        }
+        ("POST", "/control/slow_metrics") => {
+            lock(engine).metrics_delay = Duration::from_millis(param("ms"));
             (200, "ok".into())
         }
         ("POST", "/control/close") => {
@@ -547,6 +554,11 @@ impl FakeVllm {
     /// Every answer from now on waits `d`.
     pub fn slow(&self, d: Duration) {
         self.control(&format!("/control/slow?ms={}", d.as_millis()));
+    }
+
+    /// Every `/metrics` answer from now on waits `d`; `/health` and the engine are unchanged.
+    pub fn slow_metrics(&self, d: Duration) {
+        self.control(&format!("/control/slow_metrics?ms={}", d.as_millis()));
     }
 
     /// Stops listening (the process stays).

@@ -227,7 +227,7 @@ fn upstream_doc(u: &UpstreamState, uv: &UpstreamVerdict, now: Instant) -> Upstre
             profile: m.profile.map(str::to_owned),
             endpoint: format!(":{}{}", m.port, m.path),
             work: last.and_then(|r| r.work.iter().flatten().copied().reduce(|a, b| a + b)),
-            busy_without_work_seconds: secs(u.stall.stalled_for(now)),
+            busy_without_work_seconds: secs(u.stall.unmoved_shown()),
             busy: last.and_then(|r| r.busy),
             pending: last.and_then(|r| r.pending),
             page_age_seconds: last.map(|r| secs(now.saturating_duration_since(r.at))),
