@@ -24,8 +24,10 @@
 //! - `POST /control/loaded`, `/control/busy?running=N&waiting=M` (inference requests:
 //!   N running and M waiting over all engines), `/control/hang[?engine=I]` (that engine
 //!   loop, or all, stops: counters freeze, requests stay running, `/health` stays 200),
-//!   `/control/slow?ms=N` (every answer waits N ms), `/control/close` (stop listening;
-//!   the process lives on), `GET /control/state` (JSON: asleep, and the wake-ups by
+//!   `/control/slow?ms=N` (every answer waits N ms), `/control/slow_metrics?ms=N` (only
+//!   `/metrics` waits: a metrics endpoint behind a stuck exporter or proxy while the
+//!   engine and `/health` are fine), `/control/close` (stop listening; the process lives
+//!   on), `GET /control/state` (JSON: asleep, and the wake-ups by
 //!   request and by operator).
 //!
 //! [`serve_llamacpp`] is the same switches in front of a fake llama.cpp server
@@ -105,6 +107,7 @@ enum Sleep {
 struct Engine {
     loading: bool,
     delay: Duration,
+    metrics_delay: Duration,
     cores: Vec<Core>,
     sleep: Sleep,
     /// Requests held by the idle-sleep middleware while the engines wake.
@@ -144,6 +147,7 @@ pub fn serve(listener: TcpListener, options: VllmOptions) {
     let engine: Shared = Arc::new(Mutex::new(Engine {
         loading: true,
         delay: Duration::ZERO,
+        metrics_delay: Duration::ZERO,
         cores: vec![Core::default(); options.engines.max(1)],
         sleep: Sleep::Awake,
         held: None,
@@ -261,7 +265,8 @@ fn answer(
             }
         }
         ("GET", "/metrics") => {
-            std::thread::sleep(delay);
+            let metrics_delay = lock(engine).metrics_delay;
+            std::thread::sleep(delay + metrics_delay);
             (200, metrics(&lock(engine)))
         }
         ("POST", "/sleep") => {
@@ -338,6 +343,10 @@ fn answer(
         }
         ("POST", "/control/slow") => {
             lock(engine).delay = Duration::from_millis(param("ms"));
+            (200, "ok".into())
+        }
+        ("POST", "/control/slow_metrics") => {
+            lock(engine).metrics_delay = Duration::from_millis(param("ms"));
             (200, "ok".into())
         }
         ("POST", "/control/close") => {
@@ -899,6 +908,11 @@ impl FakeVllm {
     /// Every answer from now on waits `d`.
     pub fn slow(&self, d: Duration) {
         self.control(&format!("/control/slow?ms={}", d.as_millis()));
+    }
+
+    /// Every `/metrics` answer from now on waits `d`; `/health` and the engine are unchanged.
+    pub fn slow_metrics(&self, d: Duration) {
+        self.control(&format!("/control/slow_metrics?ms={}", d.as_millis()));
     }
 
     /// Stops listening (the process stays).

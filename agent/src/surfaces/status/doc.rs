@@ -166,8 +166,9 @@ pub struct UpstreamMetricsDoc {
     pub endpoint: String,
     /// The sum of the `work` counters in the latest page.
     pub work: Option<f64>,
-    /// Seconds the longest-stalled engine has been busy without a work counter moving (0
-    /// while idle).
+    /// Seconds the answered scrapes have shown the longest-stalled engine busy without a
+    /// work counter moving, up to the latest of them (0 while idle or working; time since
+    /// then is not counted).
     pub busy_without_work_seconds: f64,
     /// Sum of the busy gauges.
     pub busy: Option<f64>,
@@ -201,8 +202,8 @@ pub struct EngineDoc {
     pub busy: Option<f64>,
     /// Its pending gauges.
     pub pending: Option<f64>,
-    /// Seconds it has been busy without a work counter moving (its stall clock; 0 while
-    /// idle or asleep).
+    /// Seconds the answered scrapes have shown it busy without a work counter moving (its
+    /// stall clock; 0 while idle, working or asleep).
     pub busy_without_work_seconds: f64,
 }
 
