@@ -111,8 +111,8 @@ pub enum Action {
     /// A protocol worker's loop mode (`run`, `freeze`, `mute`, `stuck_load`; see the
     /// `soak-worker` binary).
     Mode(&'static str),
-    /// A fake vLLM control request (`/control/hang`, ...; see `fake_vllm`).
-    Control(&'static str),
+    /// Fake vLLM requests, in order (`/control/hang`, `/sleep`, ...; see `fake_vllm`).
+    Control(&'static [&'static str]),
     /// Into the cgroup v1 freezer (uninterruptible sleep, `D` in /proc).
     Freeze,
     /// Out of the freezer.
@@ -126,6 +126,8 @@ pub enum Needs {
     Nothing,
     /// Root and the cgroup v1 freezer (`/sys/fs/cgroup/freezer`).
     Freezer,
+    /// An upstream with two engines or more (vLLM data parallel).
+    DataParallel,
 }
 
 /// One fault kind: a row of the table.
@@ -485,8 +487,8 @@ pub const KINDS: &[FaultKind] = &[
             detect: upstream_stall,
             not_before: upstream_stall_not_before,
         },
-        inject: Action::Control("/control/hang"),
-        clear: Action::Control("/control/unhang"),
+        inject: Action::Control(&["/control/hang"]),
+        clear: Action::Control(&["/control/unhang"]),
         clear_bound: next_scrape,
         min_hold: |f| upstream_stall(f).total() + 1.0,
         needs: Needs::Nothing,
@@ -505,8 +507,8 @@ pub const KINDS: &[FaultKind] = &[
             not_before: upstream_timeout_not_before,
         },
         // Every answer, /health and /metrics, waits 1.5 s: past `timeoutSeconds: 1`.
-        inject: Action::Control("/control/slow?ms=1500"),
-        clear: Action::Control("/control/slow?ms=0"),
+        inject: Action::Control(&["/control/slow?ms=1500"]),
+        clear: Action::Control(&["/control/slow?ms=0"]),
         // The probe in flight at the clear still times out, and the ticks that fall due
         // meanwhile are skipped (SPEC §7): the next probe comes at most a timeout and a
         // period later.
@@ -522,11 +524,51 @@ pub const KINDS: &[FaultKind] = &[
         live: PathRule::Pass,
         ready: PathRule::Pass,
         // Every scrape waits 5 s: past the agent's scrape timeout, unanswered.
-        inject: Action::Control("/control/slow_metrics?ms=5000"),
-        clear: Action::Control("/control/slow_metrics?ms=0"),
+        inject: Action::Control(&["/control/slow_metrics?ms=5000"]),
+        clear: Action::Control(&["/control/slow_metrics?ms=0"]),
         clear_bound: next_scrape,
         // Past twice the stall timeout: the span in which the metrics are dropped as stale.
         min_hold: |f| 2.0 * f.stall_timeout + f.proc_interval + 1.0,
+        needs: Needs::Nothing,
+    },
+    FaultKind {
+        name: "one_engine_hung",
+        target: TargetKind::Upstream,
+        // SPEC §12: each engine judged on its own series; the other keeps working.
+        live: PathRule::MustFail {
+            reasons: &["loop_stalled: engine 1"],
+            detect: upstream_stall,
+            not_before: upstream_stall_not_before,
+        },
+        ready: PathRule::MustFail {
+            reasons: &["loop_stalled: engine 1"],
+            detect: upstream_stall,
+            not_before: upstream_stall_not_before,
+        },
+        inject: Action::Control(&["/control/hang?engine=1"]),
+        clear: Action::Control(&["/control/unhang"]),
+        clear_bound: next_scrape,
+        min_hold: |f| upstream_stall(f).total() + 1.0,
+        needs: Needs::DataParallel,
+    },
+    FaultKind {
+        name: "sleep",
+        target: TargetKind::Upstream,
+        // SPEC §12: asleep is live; after a manual `/sleep` only an operator's `/wake_up`
+        // wakes it, so it is not ready (`sleeping`). Its stall clock is paused: held past
+        // the stall timeout, it never turns `loop_stalled`.
+        live: PathRule::Pass,
+        // The next scrape reads the engines' sleep state.
+        ready: PathRule::MustFail {
+            reasons: &["sleeping"],
+            detect: next_scrape,
+            not_before: zero,
+        },
+        inject: Action::Control(&["/sleep?level=1"]),
+        // The sleep aborted the running requests: the soak's load comes back with the wake.
+        clear: Action::Control(&["/wake_up", "/control/busy?running=2&waiting=1"]),
+        clear_bound: next_scrape,
+        min_hold: |f| f.stall_timeout + 2.0 * f.proc_interval + 1.0,
         needs: Needs::Nothing,
     },
 ];

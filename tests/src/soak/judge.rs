@@ -549,7 +549,9 @@ fn judge_fault<'a>(
                 match first {
                     Some(p) if p.t >= died => Detection::Interrupted,
                     Some(p) if p.t > limit(p.t) => Detection::Late(p.t - fault.injected),
-                    Some(p) if p.t - fault.start < not_before(&cx.f) => {
+                    // Early only if even its answer (the latest the verdict can have been
+                    // made) came before the earliest correct time.
+                    Some(p) if answered_by(p) - fault.start < not_before(&cx.f) => {
                         Detection::Early((p.t - fault.start).max(0.0))
                     }
                     Some(p) => Detection::InBound((p.t - fault.injected).max(0.0)),
@@ -619,7 +621,14 @@ fn judge_fault<'a>(
                     }
                 }
             }
-            if outcome.detection.is_none() {
+            // The fault's detection is its first such path's, unless another path did worse.
+            let worse = |d: Detection| match d {
+                Detection::Missed => 3,
+                Detection::Late(_) => 2,
+                Detection::Early(_) => 1,
+                _ => 0,
+            };
+            if outcome.detection.is_none_or(|o| worse(d) > worse(o)) {
                 outcome.detection = Some(d);
                 outcome.bound = bound;
             }
@@ -1052,10 +1061,12 @@ mod tests {
                     Target {
                         name: "model".into(),
                         kind: TargetKind::Worker,
+                        engines: 1,
                     },
                     Target {
                         name: "vllm-a".into(),
                         kind: TargetKind::Upstream,
+                        engines: 1,
                     },
                 ],
                 not_made: vec![],

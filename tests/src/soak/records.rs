@@ -44,6 +44,8 @@ pub struct Target {
     pub name: String,
     /// What it is.
     pub kind: TargetKind,
+    /// How many engines it runs (vLLM data parallel); 1 for the others.
+    pub engines: u32,
 }
 
 /// One fault as it happened.

@@ -39,9 +39,10 @@ const REPORTER_BACKOFF_CAP: Duration = Duration::from_secs(1);
 const RSS_EVERY: Duration = Duration::from_secs(1);
 /// The grain of the recorded starvation.
 const SLICE: Duration = Duration::from_millis(250);
-/// The protocol workers' and the upstreams' names in the agent.
+/// The protocol workers' and the upstreams' names in the agent; the upstreams' engines (the
+/// second one data parallel, vLLM's `--data-parallel-size 2`).
 const WORKERS: [&str; 2] = ["model", "model-b"];
-const UPSTREAMS: [&str; 2] = ["vllm-a", "vllm-b"];
+const UPSTREAMS: [(&str, u32); 2] = [("vllm-a", 1), ("vllm-b", 2)];
 /// How long probing goes on after the plan's end (s), so the last clears are seen.
 const TAIL: f64 = 2.0;
 /// The id [`cannot_run`] knows the D-state kind by.
@@ -129,6 +130,7 @@ enum Running {
     },
     Upstream {
         name: String,
+        engines: u32,
         vllm: FakeVllm,
         addr: SocketAddr,
         dir: PathBuf,
@@ -138,21 +140,24 @@ enum Running {
 
 impl Running {
     fn start_upstream(
-        name: &str,
+        (name, engines): (&str, u32),
         addr: SocketAddr,
         dir: &Path,
         n: usize,
         tl: &Timeline,
     ) -> FakeVllm {
         let log = dir.join(format!("{name}.{n}.log"));
-        let vllm = FakeVllm::start(
+        let engines = engines.to_string();
+        let vllm = FakeVllm::start_with(
             &bins::e2e_bin("fake-vllm"),
             addr,
             Some(Duration::ZERO),
+            &["--engines", &engines],
             &log,
         );
         tl.watch_process(vllm.pid());
-        // Always busy and working: two running, one waiting; the engine steps every 20 ms.
+        // Always busy and working: two running (one per engine with two), one waiting; the
+        // engines step every 20 ms.
         vllm.busy(2, 1);
         vllm
     }
@@ -204,6 +209,7 @@ impl Running {
             (
                 Running::Upstream {
                     name,
+                    engines,
                     vllm,
                     addr,
                     dir,
@@ -212,9 +218,13 @@ impl Running {
                 Action::Restart,
             ) => {
                 *lives += 1;
-                *vllm = Self::start_upstream(name, *addr, dir, *lives, watch);
+                *vllm = Self::start_upstream((name, *engines), *addr, dir, *lives, watch);
             }
-            (Running::Upstream { vllm, .. }, Action::Control(path)) => vllm.control(path),
+            (Running::Upstream { vllm, .. }, Action::Control(paths)) => {
+                for path in paths {
+                    vllm.control(path);
+                }
+            }
             (_, action) => panic!("the fault table pairs {action:?} with the wrong target"),
         }
         (began, secs(tl.now()))
@@ -329,7 +339,8 @@ pub fn run(options: &Options) -> Run {
         .prefix("vitals-soak-")
         .tempdir()
         .expect("a temp folder for the soak");
-    let vllm_addrs: Vec<(&str, SocketAddr)> = UPSTREAMS.iter().map(|n| (*n, free_addr())).collect();
+    let vllm_addrs: Vec<(&str, SocketAddr)> =
+        UPSTREAMS.iter().map(|(n, _)| (*n, free_addr())).collect();
     let agent_options = AgentOptions {
         extra_args: vec![
             "--expect".into(),
@@ -364,7 +375,7 @@ pub fn run(options: &Options) -> Run {
     }
     let kinds: Vec<&'static FaultKind> = KINDS
         .iter()
-        .filter(|k| k.needs == Needs::Nothing || not_made.is_empty())
+        .filter(|k| k.needs != Needs::Freezer || not_made.is_empty())
         .collect();
 
     // The targets, then the agent; ready before the plan begins. Each target has a
@@ -375,10 +386,11 @@ pub fn run(options: &Options) -> Run {
         .map(|_| Arc::new(Timeline::new()))
         .collect();
     let mut running: Vec<Running> = Vec::new();
-    for ((name, addr), watch) in vllm_addrs.iter().zip(&watches) {
+    for (((name, addr), (_, engines)), watch) in vllm_addrs.iter().zip(UPSTREAMS).zip(&watches) {
         running.push(Running::Upstream {
             name: (*name).to_string(),
-            vllm: Running::start_upstream(name, *addr, dir.path(), 0, watch),
+            engines,
+            vllm: Running::start_upstream((name, engines), *addr, dir.path(), 0, watch),
             addr: *addr,
             dir: dir.path().to_path_buf(),
             lives: 0,
@@ -429,7 +441,11 @@ pub fn run(options: &Options) -> Run {
         (lives.len() - 1, pid)
     };
     let current: Current = Arc::new(Mutex::new(Some(start_agent(&mut pod, &mut lives))));
-    let names: Vec<&str> = UPSTREAMS.iter().chain(WORKERS.iter()).copied().collect();
+    let names: Vec<&str> = UPSTREAMS
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(WORKERS.iter().copied())
+        .collect();
     for name in &names {
         pod.await_probe(
             &format!("/readyz/{name}"),
@@ -440,11 +456,12 @@ pub fn run(options: &Options) -> Run {
     }
     let targets: Vec<Target> = UPSTREAMS
         .iter()
-        .map(|n| (n, TargetKind::Upstream))
-        .chain(WORKERS.iter().map(|n| (n, TargetKind::Worker)))
-        .map(|(n, kind)| Target {
+        .map(|(n, engines)| (n, TargetKind::Upstream, *engines))
+        .chain(WORKERS.iter().map(|n| (n, TargetKind::Worker, 1)))
+        .map(|(n, kind, engines)| Target {
             name: (*n).to_string(),
             kind,
+            engines,
         })
         .collect();
 
