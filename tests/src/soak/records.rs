@@ -44,7 +44,9 @@ pub struct Target {
     pub name: String,
     /// What it is.
     pub kind: TargetKind,
-    /// How many engines it runs (vLLM data parallel); 1 for the others.
+    /// How many engines it runs (vLLM data parallel); 1 for the others (and in records
+    /// kept before the field).
+    #[serde(default = "one")]
     pub engines: u32,
 }
 
@@ -85,6 +87,10 @@ pub struct ProbeRecord {
     pub reason: String,
     /// How long it took (ms).
     pub latency_ms: f64,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// One run of the agent process.

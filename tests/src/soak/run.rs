@@ -20,7 +20,7 @@ use super::records::{Fault, Life, Panic, ProbeRecord, Records, Rss, RunInfo, Sli
 use crate::bins;
 use crate::fake_vllm::FakeVllm;
 use crate::freezer::Freezer;
-use crate::pod::{free_addr, AgentOptions, Pod, Proc, WorkerOptions};
+use crate::pod::{free_addr, rss_kib, AgentOptions, Pod, Proc, WorkerOptions};
 use crate::probe::{kubelet_probe, DEFAULT_TIMEOUT};
 use crate::report::cannot_run;
 use crate::timeline::Timeline;
@@ -310,17 +310,6 @@ impl Probers {
 
 /// The agent's current life and pid, for the RSS sampler.
 type Current = Arc<Mutex<Option<(usize, u32)>>>;
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
 
 /// Lines that say a process panicked.
 fn panics(who: &str, log: &str) -> Vec<Panic> {
