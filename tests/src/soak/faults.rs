@@ -35,6 +35,10 @@ pub struct Flags {
     pub proc_interval: f64,
     /// The protocol workers' heartbeat interval (s).
     pub heartbeat: f64,
+    /// How often a `soak-worker` reads its mode (s): a mode change takes effect up to this
+    /// much after it was written (20 ms in records kept before the field).
+    #[serde(default = "twenty_ms")]
+    pub worker_tick: f64,
     /// The upstreams' probes' `periodSeconds` (s).
     pub upstream_period: f64,
     /// The upstreams' probes' `timeoutSeconds` (s).
@@ -47,6 +51,10 @@ pub struct Flags {
     /// The protocol reporter's reconnect back-off cap (s, SPEC §1): an agent restart costs a
     /// worker at most this before it says hello again.
     pub reporter_backoff_cap: f64,
+}
+
+fn twenty_ms() -> f64 {
+    0.02
 }
 
 /// An upper bound: the timeout that governs it plus what the mechanism adds by design; the
@@ -208,17 +216,32 @@ fn hang_not_before(f: &Flags) -> f64 {
 fn loop_stall(f: &Flags) -> Bound {
     Bound {
         base: f.stall_timeout,
-        mechanism: f.heartbeat + f.probe_period,
+        mechanism: f.worker_tick + f.heartbeat + f.probe_period,
     }
 }
 fn loop_stall_not_before(f: &Flags) -> f64 {
     f.stall_timeout - f.heartbeat
 }
-/// `phase: loading` is seen at once, the load clock restarted at that phase message.
+/// `phase: loading` is sent once the worker reads its mode, and the load clock restarts at
+/// that phase message.
 fn load_stall(f: &Flags) -> Bound {
     Bound {
         base: f.load_stall_timeout,
-        mechanism: f.probe_period,
+        mechanism: f.worker_tick + f.probe_period,
+    }
+}
+/// The phase message goes out once the worker reads its mode.
+fn next_tick(f: &Flags) -> Bound {
+    Bound {
+        base: 0.0,
+        mechanism: f.worker_tick + f.probe_period,
+    }
+}
+/// No heartbeat for the hang timeout once the worker read its mode.
+fn muted(f: &Flags) -> Bound {
+    Bound {
+        base: f.hang_timeout,
+        mechanism: f.worker_tick + f.probe_period,
     }
 }
 fn load_stall_not_before(f: &Flags) -> f64 {
@@ -245,11 +268,12 @@ fn at_once(f: &Flags) -> Bound {
 fn zero(_: &Flags) -> f64 {
     0.0
 }
-/// The next heartbeat is newer evidence than any /proc sample or stale clock (SPEC §7).
+/// The next heartbeat is newer evidence than any /proc sample or stale clock (SPEC §7);
+/// for a mode written to the worker, once it read it.
 fn next_heartbeat(f: &Flags) -> Bound {
     Bound {
         base: 0.0,
-        mechanism: f.heartbeat + f.probe_period,
+        mechanism: f.worker_tick + f.heartbeat + f.probe_period,
     }
 }
 /// After a thaw, the next heartbeat, and the next /proc sample no longer `D`.
@@ -362,18 +386,18 @@ pub const KINDS: &[FaultKind] = &[
         target: TargetKind::Worker,
         live: PathRule::MustFail {
             reasons: &["heartbeat_timeout"],
-            detect: hang,
+            detect: muted,
             not_before: hang_not_before,
         },
         ready: PathRule::MustFail {
             reasons: &["heartbeat_timeout"],
-            detect: hang,
+            detect: muted,
             not_before: hang_not_before,
         },
         inject: Action::Mode("mute"),
         clear: Action::Mode("run"),
         clear_bound: next_heartbeat,
-        min_hold: |f| hang(f).total() + 1.0,
+        min_hold: |f| muted(f).total() + 1.0,
         needs: Needs::Nothing,
     },
     FaultKind {
@@ -386,7 +410,7 @@ pub const KINDS: &[FaultKind] = &[
         },
         ready: PathRule::MustFail {
             reasons: &["phase: loading", "load_stalled"],
-            detect: at_once,
+            detect: next_tick,
             not_before: zero,
         },
         inject: Action::Mode("stuck_load"),

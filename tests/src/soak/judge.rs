@@ -264,10 +264,31 @@ impl Ctx<'_> {
     }
 
     /// Whether `t` is in a life's recovery window.
+    /// (From its spawn: it may answer a little before the soak saw it up.)
     fn recovering(&self, t: f64, scope: &str) -> bool {
-        self.r.lives.iter().any(|l| {
-            l.up.is_some_and(|up| t >= up) && self.settled(l, scope).is_some_and(|s| t <= s)
-        })
+        self.r
+            .lives
+            .iter()
+            .any(|l| t >= l.spawned && self.settled(l, scope).is_some_and(|s| t <= s))
+    }
+
+    /// When a clock of `bound` that starts at `t` can run in an agent that stays up: `t`
+    /// itself, unless the agent was down then, died before the bound passed, or was still
+    /// recovering; then when the next life (or this one) had recovered.
+    fn resumed(&self, t: f64, bound: f64, scope: &str) -> f64 {
+        let settled = |l: &Life| self.settled(l, scope).unwrap_or(t).max(t);
+        let next = || {
+            self.r
+                .lives
+                .iter()
+                .find(|l| l.spawned > t)
+                .map_or(t, settled)
+        };
+        match self.life_at(t) {
+            None => next(),
+            Some(now) if now.died.is_some_and(|d| d < t + bound) => next(),
+            Some(now) => settled(now),
+        }
     }
 
     fn target_kind(&self, name: &str) -> Option<TargetKind> {
@@ -639,25 +660,32 @@ fn judge_fault<'a>(
             continue;
         }
         // Cleared: the first pass after the clear action, within the clear bound counted
-        // from the clear, or from the agent having recovered when it restarted meanwhile.
+        // from the clear, or from the agent having recovered when it was down or restarted
+        // meanwhile.
         let clear_bound = (k.clear_bound)(&cx.f).total();
-        let from =
-            cx.r.lives
-                .iter()
-                .filter(|l| {
-                    l.up.is_some_and(|up| up > fault.start && up <= fault.end + clear_bound)
-                })
-                .filter_map(|l| cx.settled(l, scope))
-                .fold(fault.cleared, f64::max);
+        let from = cx.resumed(fault.cleared, clear_bound, scope);
         let pass = cx
             .probes(&fault.target, probe)
             .find(|p| p.t >= fault.end && p.ok);
+        // The next fault on the target, when it came before the clear was due (the agent's
+        // restart delayed it), leaves the clear unjudged.
+        let next =
+            cx.r.faults
+                .iter()
+                .filter(|x| x.target == fault.target && x.start > fault.end)
+                .map(|x| x.start)
+                .fold(f64::INFINITY, f64::min);
+        let due = |to: f64| from + clear_bound + cx.slack(scope, from, to);
         explains_until[idx] = pass.map_or(cx.r.run.end, |p| p.t);
         match pass {
-            Some(p) if p.t - from <= clear_bound + cx.slack(scope, from, p.t) => {
+            Some(p) if p.t <= due(p.t) => {
                 if let Some(c) = outcome.clear.as_mut() {
                     *c = c.max(p.t - fault.cleared);
                 }
+            }
+            _ if next < due(next) => {
+                outcome.clear = None;
+                explains_until[idx] = explains_until[idx].min(next);
             }
             _ => {
                 outcome.clear = None;

@@ -30,6 +30,8 @@ use crate::timeline::Timeline;
 pub const PROBE_PERIOD: Duration = Duration::from_millis(100);
 /// The protocol workers' heartbeat interval (the e2e worker's).
 pub const HEARTBEAT: Duration = Duration::from_millis(250);
+/// How often a `soak-worker` reads its mode file (its loop's tick, `TICK` there).
+const WORKER_TICK_S: f64 = 0.02;
 /// The upstreams' probes: `periodSeconds: 1`, `timeoutSeconds: 1`.
 const UPSTREAM_PERIOD_S: u32 = 1;
 const UPSTREAM_TIMEOUT_S: u32 = 1;
@@ -86,6 +88,7 @@ pub fn flags(agent: &AgentOptions) -> Flags {
         d_state_timeout: secs(agent.d_state_timeout),
         proc_interval: secs(agent.proc_interval),
         heartbeat: secs(HEARTBEAT),
+        worker_tick: WORKER_TICK_S,
         upstream_period: f64::from(UPSTREAM_PERIOD_S),
         upstream_timeout: f64::from(UPSTREAM_TIMEOUT_S),
         probe_period: secs(PROBE_PERIOD),
