@@ -113,7 +113,8 @@ pub struct KindRow {
     pub detect: Vec<f64>,
     /// The bound on them without starvation (s).
     pub bound: f64,
-    /// Clear latencies (s), the slowest path of each fault.
+    /// Clear latencies (s), the slowest path of each fault, from the clear (or from the
+    /// agent's recovery when it restarted meanwhile).
     pub clear: Vec<f64>,
     /// The clear bound without starvation (s).
     pub clear_bound: f64,
@@ -680,7 +681,7 @@ fn judge_fault<'a>(
         match pass {
             Some(p) if p.t <= due(p.t) => {
                 if let Some(c) = outcome.clear.as_mut() {
-                    *c = c.max(p.t - fault.cleared);
+                    *c = c.max(p.t - from);
                 }
             }
             _ if next < due(next) => {
