@@ -784,6 +784,20 @@ impl Drop for Watch {
     }
 }
 
+/// The resident memory of process `pid` (`VmRSS` in `/proc/<pid>/status`), in KiB; `None`
+/// once it is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Reads the state letter of `/proc/<pid>/stat` (`R`, `S`, `D`, `T`, ...).
 pub fn proc_state(pid: Pid) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -819,6 +833,13 @@ mod tests {
             Some(3)
         );
         assert_eq!(find_worker(&map, "x"), None);
+    }
+
+    #[test]
+    fn reads_the_resident_memory_of_this_process() {
+        let kib = rss_kib(std::process::id()).expect("this process has a VmRSS");
+        assert!(kib > 0);
+        assert_eq!(rss_kib(u32::MAX), None);
     }
 
     #[test]

@@ -430,14 +430,7 @@ fn u5_slow_upstream_never_slows_the_agent() {
 
 /// Resident memory of `pid` in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
+    vitals_e2e::pod::rss_kib(pid).unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
 }
 
 /// U6: 50 probes a second of the upstream's paths through the agent for 60 s, while the
