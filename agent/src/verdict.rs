@@ -10,6 +10,7 @@
 //! holds what they share (thresholds, the /proc rules, the probes and their answers) and
 //! the aggregates.
 
+pub mod edges;
 pub mod group;
 pub mod upstream;
 pub mod worker;
@@ -157,6 +158,8 @@ pub enum CheckName {
     Started,
     /// An upstream's process is not gone.
     Process,
+    /// An upstream is not asleep waiting for an operator's wake-up (SPEC §12).
+    Awake,
     /// An upstream's own readiness probe.
     ReadinessProbe,
     /// One of a worker's own checks, by its name.
