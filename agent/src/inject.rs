@@ -11,6 +11,9 @@
 //! two templates get a leader's and a member's agent (SPEC §9). `inject_pod` is the one
 //! pod-level transform, called once per pod template.
 
+mod group;
+mod lws;
+mod mesh;
 mod resources;
 mod upstreams;
 pub mod webhook;
@@ -79,6 +82,9 @@ pub struct InjectArgs {
     /// document is an error.
     #[arg(long, env = "VITALS_SKIP_UNKNOWN")]
     pub skip_unknown: bool,
+    /// The agent container's pull secret and resources.
+    #[command(flatten)]
+    pub agent: AgentArgs,
     /// Print no summary and no warnings on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -97,8 +103,71 @@ impl InjectArgs {
             legacy_sidecar: self.legacy_sidecar,
             image: self.image.clone(),
             skip_unknown: self.skip_unknown,
+            image_pull_secrets: self.agent.pull_secrets(),
+            agent_resources: self.agent.resources.clone(),
         }
     }
+}
+
+/// What the agent container needs from the cluster's rules, shared by `inject` and
+/// `webhook`: LimitRanges, ResourceQuotas and policy engines validate the injected pod
+/// (SPEC §11), so its resources and the pull secret of its registry are the operator's call.
+#[derive(Debug, Clone, Default, Args)]
+pub struct AgentArgs {
+    /// A pull secret for the agent's image, added to each injected pod's `imagePullSecrets`
+    /// (repeatable, or comma-separated).
+    #[arg(
+        long = "image-pull-secret",
+        value_name = "NAME",
+        env = "VITALS_IMAGE_PULL_SECRETS",
+        value_delimiter = ','
+    )]
+    pub image_pull_secrets: Vec<String>,
+    /// The agent container's `resources`, as JSON (`{"requests": {...}, "limits": {...}}`),
+    /// instead of inject's own (requests 10m/16Mi; limits 200m/64Mi, in a group pod a
+    /// memory limit only, SPEC §11).
+    #[arg(
+        long = "agent-resources",
+        value_name = "JSON",
+        env = "VITALS_AGENT_RESOURCES",
+        value_parser = parse_resources
+    )]
+    pub resources: Option<String>,
+}
+
+impl AgentArgs {
+    /// The pull secrets given, trimmed, without empty names.
+    pub fn pull_secrets(&self) -> Vec<String> {
+        self.image_pull_secrets
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+}
+
+/// `--agent-resources`: a JSON object with only `requests` and `limits`, each of names to
+/// quantity strings.
+fn parse_resources(text: &str) -> Result<String, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let fields = value
+        .as_object()
+        .ok_or("not a JSON object like {\"requests\": {\"cpu\": \"10m\"}}")?;
+    for (key, list) in fields {
+        if key != "requests" && key != "limits" {
+            return Err(format!("{key:?}: only \"requests\" and \"limits\""));
+        }
+        let ok = list
+            .as_object()
+            .is_some_and(|m| m.values().all(serde_json::Value::is_string));
+        if !ok {
+            return Err(format!(
+                "{key}: an object of quantity strings (\"cpu\": \"10m\")"
+            ));
+        }
+    }
+    Ok(value.to_string())
 }
 
 /// Reads the manifests, injects Vitals, writes them to stdout (a summary goes to stderr).
@@ -145,6 +214,10 @@ pub struct InjectOptions {
     pub image: Option<String>,
     /// Pass documents of unknown kinds with containers through instead of failing.
     pub skip_unknown: bool,
+    /// Pull secrets added to each pod's `imagePullSecrets` (see [`AgentArgs`]).
+    pub image_pull_secrets: Vec<String>,
+    /// The agent's `resources` as JSON, replacing inject's forms (see [`AgentArgs`]).
+    pub agent_resources: Option<String>,
 }
 
 /// A pod's role in a group (SPEC §9).
@@ -167,23 +240,21 @@ impl GroupRole {
 }
 
 /// Where a LeaderWorkerSet's pods find their subdomain (the headless Service's name).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubdomainSource {
     /// Policy `Shared` (the default): the Service is named after the LWS, which LWS writes
     /// into every pod's `leaderworkerset.sigs.k8s.io/name` label.
     SetName,
     /// Policy `UniquePerReplica`: one Service per group, named after the leader pod.
     LeaderPodName,
-}
-
-/// What a LeaderWorkerSet's spec says about the group wiring.
-#[derive(Debug, Clone, Copy)]
-struct LwsFacts {
-    subdomain: SubdomainSource,
+    /// `UniquePerReplica` with `groupIdentity: Hash`: the Service is named after the leader's
+    /// host name, drawn at its admission; the admitted pod's `spec.subdomain`, as a value
+    /// (the downward API cannot read it).
+    Admitted(String),
 }
 
 /// The group wiring of one pod template.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
     /// The pods' role.
     pub role: GroupRole,
@@ -298,6 +369,10 @@ pub enum Problem {
         /// Where the containers are (`.spec.predictor.containers`).
         at: String,
     },
+    /// A Hash-identity LeaderWorkerSet with one Service per group: its members' subdomain
+    /// is known only once the leader pod is admitted.
+    #[error("groupIdentity Hash with subdomainPolicy UniquePerReplica: each group's Service is named after its leader's host name, which LeaderWorkerSet draws from a random key when the leader pod is created, so no template can name it; inject these pods with the admission webhook (vitals-agent webhook, SPEC §10), which reads it from the pod")]
+    HashPerReplicaSubdomain,
     /// A worker already mounts something else where the socket goes.
     #[error("container {container} mounts volume {volume} at {SOCKET_DIR}, where the agent's socket goes")]
     MountConflict {
@@ -520,16 +595,25 @@ fn inject_node(
         }
         return Ok(());
     };
-    let group = group_of(doc, &kind, notes, &workload);
+    let facts = (kind == "LeaderWorkerSet").then(|| lws::facts_of_spec(doc, notes, &workload));
     for (path, role) in sites {
         let label = match role {
             None => workload.clone(),
             Some(_) => format!("{workload} ({})", path.last().copied().unwrap_or("")),
         };
-        let group = role.map(|role| Group {
-            role,
-            subdomain: group.subdomain,
-        });
+        let subdomain = facts
+            .as_ref()
+            .map_or(Some(SubdomainSource::SetName), |f| f.subdomain.clone());
+        let group = match (role, subdomain) {
+            (None, _) => None,
+            (Some(GroupRole::Leader), None) => {
+                return Err(err(label, Problem::HashPerReplicaSubdomain))
+            }
+            (Some(role), subdomain) => Some(Group {
+                role,
+                subdomain: subdomain.unwrap_or(SubdomainSource::SetName),
+            }),
+        };
         inject_site(
             doc,
             path,
@@ -543,57 +627,6 @@ fn inject_node(
         )?;
     }
     Ok(())
-}
-
-/// LeaderWorkerSet settings that decide the group wiring, with warnings about those that
-/// defeat it. An LWS without a `leaderTemplate` runs its `workerTemplate` for the leader too:
-/// it is copied there, so the leader's agent can get its own role.
-fn group_of(doc: &mut Map, kind: &str, notes: &mut Vec<String>, workload: &str) -> LwsFacts {
-    let mut facts = LwsFacts {
-        subdomain: SubdomainSource::SetName,
-    };
-    if kind != "LeaderWorkerSet" {
-        return facts;
-    }
-    let Some(spec) = doc.get_mut("spec").and_then(Node::as_map_mut) else {
-        return facts;
-    };
-    // pkg/controllers/leaderworkerset_controller.go (reconcileHeadlessServices) and
-    // pkg/webhooks/pod_webhook.go: the pods' subdomain is the headless Service named after
-    // the LWS (policy Shared, the default), or the leader pod's own name (UniquePerReplica).
-    let unique = spec
-        .get("networkConfig")
-        .and_then(Node::as_map)
-        .and_then(|n| n.get_str("subdomainPolicy"))
-        == Some("UniquePerReplica");
-    if unique {
-        facts.subdomain = SubdomainSource::LeaderPodName;
-    }
-    if spec.get_str("startupPolicy") == Some("LeaderReady") {
-        notes.push(format!(
-            "{workload}: warning: startupPolicy LeaderReady creates the workers only once the leader is Ready, and a Vitals leader is Ready only once its group formed: the group never starts; use LeaderCreated (docs/deploy.md, \"Multi-node models\")"
-        ));
-    }
-    if let Some(lwt) = spec
-        .get_mut("leaderWorkerTemplate")
-        .and_then(Node::as_map_mut)
-    {
-        if let Some(policy) = lwt
-            .get_str("restartPolicy")
-            .filter(|p| *p == "None" || *p == "Default")
-        {
-            notes.push(format!(
-                "{workload}: warning: restartPolicy {policy} restarts only the failed pod, which the engine cannot take back into its group; use RecreateGroupOnPodRestart"
-            ));
-        }
-        if lwt.get("leaderTemplate").is_none() {
-            if let Some(worker) = lwt.get("workerTemplate").cloned() {
-                let at = lwt.position("workerTemplate").unwrap_or(lwt.0.len());
-                lwt.insert_at(at, "leaderTemplate", worker);
-            }
-        }
-    }
-    facts
 }
 
 /// Injects one pod template of a workload.
@@ -773,6 +806,7 @@ fn inject_pod(
 
     let workers = choose_workers(spec, &previous, opts, used)?;
     check_ports(spec)?;
+    let istio = mesh::IstioOriginals::of(spec, &mut warnings);
     let (old_key, old_index, mut agent) = take_agent(spec);
 
     // Workers: env, socket mount, probes.
@@ -798,9 +832,10 @@ fn inject_pod(
         let Some(name) = c.get_str("name").map(str::to_string) else {
             continue;
         };
-        if workers.contains(&name) || name == AGENT_CONTAINER {
+        if workers.contains(&name) || name == AGENT_CONTAINER || mesh::is_mesh_proxy(&name) {
             continue;
         }
+        let kept = istio.restore(c, &name);
         let mut wired = upstreams::wire_upstream(
             c,
             &name,
@@ -808,6 +843,7 @@ fn inject_pod(
             profile_overrides.get(&name).map(String::as_str),
             &mut warnings,
         )?;
+        kept.put_back(c);
         // A group's container without probes (a member's Ray worker; a leader made from
         // the workerTemplate) is watched by /proc alone.
         if wired.is_none() && role.is_some() {
@@ -862,6 +898,9 @@ fn inject_pod(
             "warning: hostNetwork: true puts the agent's port {AGENT_PORT} on the node: /status and /metrics are reachable on the node's IP (restrict them with a host firewall), and two such pods on one node collide on the port (the second agent cannot listen)"
         ));
     }
+    if group.is_some() {
+        warnings.extend(group::host_network_dns_warning(spec));
+    }
     let facts = PodFacts {
         root: pod_runs_as_root(spec),
         guaranteed: resources::guaranteed(other_containers(spec)),
@@ -875,10 +914,21 @@ fn inject_pod(
             legacy_grace: opts.legacy_sidecar.then_some(grace),
             group,
             facts,
+            resources: opts.agent_resources.as_deref(),
         },
     );
     place_agent(spec, agent, old_key, old_index, opts.legacy_sidecar)?;
     pod_level(spec, &mut warnings)?;
+    if !opts.image_pull_secrets.is_empty() {
+        let secrets = spec
+            .seq_entry("imagePullSecrets")
+            .ok_or_else(|| shape("spec.imagePullSecrets", "list"))?;
+        for name in &opts.image_pull_secrets {
+            if !secrets.iter().any(|s| container_name(s) == Some(name)) {
+                secrets.push(Node::Map(Map::from_pairs([("name", Node::string(name))])));
+            }
+        }
+    }
 
     // Label and annotations, for the next injection, for Prometheus and for people.
     if tmpl.get("metadata").is_none() {
@@ -901,6 +951,7 @@ fn inject_pod(
         annotations.ensure(WORKERS_ANNOTATION, Node::string(workers.join(",")));
     }
     annotations.ensure(VERSION_ANNOTATION, Node::string(VERSION));
+    mesh::exclude_agent_port(tmpl, role == Some(GroupRole::Leader), &mut warnings)?;
     Ok(PodSummary {
         workers,
         upstreams: upstream_names,
@@ -910,14 +961,16 @@ fn inject_pod(
 }
 
 /// Injects Vitals into one Pod object (a mapping with `metadata` and `spec`) exactly as
-/// [`inject_documents`] does to each pod template; the admission webhook's entry point.
+/// [`inject_documents`] does to each pod template, its group role read from what
+/// LeaderWorkerSet's pod webhook wrote on it (SPEC §11); the admission webhook's entry point.
 /// Returns the warnings for the operator; on error `pod` is left as it was.
 pub(crate) fn inject_pod_object(
     pod: &mut Map,
     opts: &InjectOptions,
 ) -> Result<Vec<String>, Problem> {
+    let group = lws::group_of_pod(pod)?;
     let before = pod.clone();
-    inject_pod(pod, opts, None, &mut BTreeSet::new())
+    inject_pod(pod, opts, group.as_ref(), &mut BTreeSet::new())
         .map(|summary| summary.warnings)
         .inspect_err(|_| *pod = before)
 }
@@ -1049,7 +1102,7 @@ fn take_agent(spec: &mut Map) -> (Option<&'static str>, usize, Map) {
 }
 
 /// Puts the agent back: a native sidecar first among the init containers, or (legacy) an
-/// ordinary container last; where it already was when it moves nowhere.
+/// ordinary container last (where it already was, if it was one).
 fn place_agent(
     spec: &mut Map,
     agent: Map,
@@ -1083,13 +1136,9 @@ fn place_agent(
         let list = spec
             .seq_entry("initContainers")
             .ok_or_else(|| shape("spec.initContainers", "list"))?;
-        // First, so it is up before the user's init containers run.
-        let at = if old_key == Some("initContainers") {
-            old_index.min(list.len())
-        } else {
-            0
-        };
-        list.insert(at, agent);
+        // First, so it is up before the user's init containers run; also after a later
+        // webhook put its own init container in front (reinvocation, SPEC §11).
+        list.insert(0, agent);
     }
     Ok(())
 }
@@ -1307,70 +1356,8 @@ struct AgentWiring<'a> {
     legacy_grace: Option<u64>,
     group: Option<&'a Group>,
     facts: PodFacts,
-}
-
-/// The agent's resources: small requests (it idles at a few MiB and microseconds per
-/// probe) under a limit that only bounds a runaway.
-const AGENT_REQUESTS: (&str, &str) = ("10m", "16Mi");
-const AGENT_LIMITS: (&str, &str) = ("200m", "64Mi");
-
-fn resources_node(requests: (&str, &str), limits: (&str, &str)) -> Node {
-    let pair = |(cpu, memory): (&str, &str)| {
-        Node::Map(Map::from_pairs([
-            ("cpu", Node::string(cpu)),
-            ("memory", Node::string(memory)),
-        ]))
-    };
-    Node::Map(Map::from_pairs([
-        ("requests", pair(requests)),
-        ("limits", pair(limits)),
-    ]))
-}
-
-/// `LWS`'s own labels and annotations on its pods, read by the group env through the
-/// downward API. kubernetes-sigs/lws api/leaderworkerset/v1/leaderworkerset_types.go:
-/// `SizeAnnotationKey` (the group's pod count, leader included) and `SetNameLabelKey` (the
-/// LWS's name, also the Shared headless Service's: pkg/controllers/
-/// leaderworkerset_controller.go, reconcileHeadlessServices). LWS also sets
-/// `LWS_LEADER_ADDRESS`, `LWS_GROUP_SIZE` and `LWS_WORKER_INDEX` in every container
-/// (pkg/utils/pod/pod_utils.go, AddLWSVariables), but through its pod webhook, after this
-/// template is written: the downward API reads the same facts without depending on it.
-const LWS_SIZE_ANNOTATION: &str = "leaderworkerset.sigs.k8s.io/size";
-const LWS_NAME_LABEL: &str = "leaderworkerset.sigs.k8s.io/name";
-
-/// The agent's group env in a LeaderWorkerSet (SPEC §9): its role, and for a leader where
-/// its members are (`NAME-1 … NAME-(N-1)` under the subdomain). Outside one, the group env
-/// is left as it is: a group wired by hand (`VITALS_GROUP_MEMBERS`) is the user's.
-fn ensure_group_env(env: &mut Vec<Node>, group: Option<&Group>) {
-    const LEADER_ONLY: [&str; 3] = [
-        "VITALS_GROUP_SIZE",
-        "VITALS_GROUP_POD_NAME",
-        "VITALS_GROUP_SUBDOMAIN",
-    ];
-    let Some(group) = group else {
-        return;
-    };
-    ensure_env(env, "VITALS_GROUP_ROLE", group.role.as_str());
-    match group.role {
-        GroupRole::Leader => {
-            ensure_field_env(
-                env,
-                "VITALS_GROUP_SIZE",
-                &format!("metadata.annotations['{LWS_SIZE_ANNOTATION}']"),
-            );
-            ensure_field_env(env, "VITALS_GROUP_POD_NAME", "metadata.name");
-            let subdomain = match group.subdomain {
-                SubdomainSource::SetName => format!("metadata.labels['{LWS_NAME_LABEL}']"),
-                SubdomainSource::LeaderPodName => "metadata.name".to_string(),
-            };
-            ensure_field_env(env, "VITALS_GROUP_SUBDOMAIN", &subdomain);
-            // The members' names fully qualified, no search-list walk (SPEC §11).
-            ensure_field_env(env, crate::config::POD_NAMESPACE_ENV, "metadata.namespace");
-        }
-        GroupRole::Member => {
-            env.retain(|e| !container_name(e).is_some_and(|n| LEADER_ONLY.contains(&n)))
-        }
-    }
+    /// `--agent-resources` (JSON), if given.
+    resources: Option<&'a str>,
 }
 
 /// An env var from the downward API (`fieldRef`).
@@ -1387,12 +1374,31 @@ pub(crate) fn ensure_field_env(env: &mut Vec<Node>, name: &str, field_path: &str
     ]));
     match env.iter_mut().find(|e| container_name(e) == Some(name)) {
         Some(e) => {
-            if !yaml::equiv(e, &wanted) {
+            if !yaml::equiv(&without_default_api_version(e), &wanted) {
                 *e = wanted;
             }
         }
         None => env.push(wanted),
     }
+}
+
+/// An env entry without `valueFrom.fieldRef.apiVersion: v1`, which the API server adds to
+/// every stored pod (kubernetes pkg/apis/core/v1/defaults.go, SetDefaults_ObjectFieldSelector):
+/// the same reference as none.
+fn without_default_api_version(entry: &Node) -> Node {
+    let mut entry = entry.clone();
+    if let Some(field_ref) = entry
+        .as_map_mut()
+        .and_then(|e| e.get_mut("valueFrom"))
+        .and_then(Node::as_map_mut)
+        .and_then(|v| v.get_mut("fieldRef"))
+        .and_then(Node::as_map_mut)
+    {
+        if field_ref.get_str("apiVersion") == Some("v1") {
+            field_ref.remove("apiVersion");
+        }
+    }
+    entry
 }
 
 /// The agent container.
@@ -1448,7 +1454,7 @@ fn wire_agent(agent: &mut Map, w: &AgentWiring<'_>) {
             Some(json) => ensure_env(env, UPSTREAMS_ENV, json),
             None => env.retain(|e| container_name(e) != Some(UPSTREAMS_ENV)),
         }
-        ensure_group_env(env, w.group);
+        group::ensure_group_env(env, w.group);
     }
     let ports = agent.seq_entry("ports");
     if let Some(ports) = ports {
@@ -1464,30 +1470,30 @@ fn wire_agent(agent: &mut Map, w: &AgentWiring<'_>) {
             ])));
         }
     }
-    ensure_probe(agent, "startupProbe", "/livez", AGENT_STARTUP);
-    ensure_probe(agent, "livenessProbe", "/livez", AGENT_LIVENESS);
-    // A wedged agent gets 5 s to exit, not the pod's grace (often minutes on GPU pods): its
-    // restart must stay within what the model's liveness tolerates (deploy/base).
-    if let Some(live) = agent.get_mut("livenessProbe").and_then(Node::as_map_mut) {
-        live.set_default("terminationGracePeriodSeconds", Node::plain("5"));
+    if w.group.is_some() {
+        group::agent_probes(agent);
+    } else {
+        ensure_probe(agent, "startupProbe", "/livez", AGENT_STARTUP);
+        ensure_probe(agent, "livenessProbe", "/livez", AGENT_LIVENESS);
+        // A wedged agent gets 5 s to exit, not the pod's grace (often minutes on GPU pods):
+        // its restart must stay within what the model's liveness tolerates (deploy/base).
+        if let Some(live) = agent.get_mut("livenessProbe").and_then(Node::as_map_mut) {
+            live.set_default("terminationGracePeriodSeconds", Node::plain("5"));
+        }
     }
     // QoS: a pod whose every other container is Guaranteed stays Guaranteed (exclusive
     // CPUs, NUMA alignment) only if the agent's requests equal its limits too. Resources
-    // someone edited (neither of inject's two forms) are theirs.
-    let burstable = resources_node(AGENT_REQUESTS, AGENT_LIMITS);
-    let guaranteed = resources_node(AGENT_LIMITS, AGENT_LIMITS);
-    let ours = agent
-        .get("resources")
-        .is_none_or(|r| yaml::equiv(r, &burstable) || yaml::equiv(r, &guaranteed));
-    if ours {
-        agent.set(
-            "resources",
-            if w.facts.guaranteed {
-                guaranteed
-            } else {
-                burstable
-            },
-        );
+    // someone edited (none of inject's forms) are theirs.
+    let given = w
+        .resources
+        .and_then(|json| yaml::parse_document(json).ok().flatten());
+    let ours =
+        |r: &Node| resources::is_agent_form(r) || given.as_ref().is_some_and(|g| yaml::equiv(r, g));
+    if agent.get("resources").is_none_or(ours) {
+        let wanted = given
+            .clone()
+            .unwrap_or_else(|| resources::agent_resources(w.group.is_some(), w.facts.guaranteed));
+        agent.set("resources", wanted);
     }
     secure_agent(agent, w.facts.root);
     // The agent's mount cannot conflict: nothing but this code writes its volumeMounts.
@@ -1564,9 +1570,14 @@ fn tolerate_agent_restart(probe: &mut Map) {
         .get("httpGet")
         .and_then(Node::as_map)
         .is_some_and(|h| h.get_str("port") == Some("9180"));
-    if !on_agent {
-        return;
+    if on_agent {
+        tolerate_outage(probe, AGENT_RESTART_TOLERANCE_S);
     }
+}
+
+/// Raises `probe`'s failureThreshold, keeping its period, so that failing for `seconds`
+/// fails it not yet: (failureThreshold − 1) × periodSeconds ≥ `seconds`.
+fn tolerate_outage(probe: &mut Map, seconds: u64) {
     let number = |key: &str, default: u64| {
         probe
             .get_str(key)
@@ -1577,8 +1588,8 @@ fn tolerate_agent_restart(probe: &mut Map) {
     // Kubernetes' defaults.
     let period = number("periodSeconds", 10);
     let failures = number("failureThreshold", 3);
-    if (failures - 1) * period < AGENT_RESTART_TOLERANCE_S {
-        let needed = AGENT_RESTART_TOLERANCE_S.div_ceil(period) + 1;
+    if (failures - 1) * period < seconds {
+        let needed = seconds.div_ceil(period) + 1;
         probe.set("failureThreshold", Node::plain(needed.to_string()));
     }
 }

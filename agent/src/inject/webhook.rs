@@ -7,7 +7,7 @@
 //! warning, and a request that is not an AdmissionReview gets a 4xx. Every read is bounded
 //! in size and time, so a slow or hostile client costs one connection slot, briefly.
 
-mod convert;
+pub(super) mod convert;
 mod review;
 mod tls;
 
@@ -71,6 +71,10 @@ pub struct WebhookArgs {
     /// (before Kubernetes 1.29).
     #[arg(long, env = "VITALS_LEGACY_SIDECAR")]
     pub legacy_sidecar: bool,
+    /// The agent container's pull secret and resources (LimitRanges, quotas and policy
+    /// engines validate the injected pod).
+    #[command(flatten)]
+    pub agent: super::AgentArgs,
     /// After SIGTERM, keep serving this long (the Service's endpoints drop the pod), then
     /// stop accepting and finish the reviews in flight.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -102,6 +106,8 @@ impl WebhookArgs {
                 legacy_sidecar: self.legacy_sidecar,
                 image: Some(self.image.clone()),
                 skip_unknown: false,
+                image_pull_secrets: self.agent.pull_secrets(),
+                agent_resources: self.agent.resources.clone(),
             },
             tls_reload_interval: self.tls_reload_interval,
             read_timeout: Duration::from_secs(10),
@@ -113,7 +119,9 @@ impl WebhookArgs {
 /// Runs the webhook until SIGTERM or SIGINT (then `--shutdown-delay`, then a graceful stop).
 pub fn run(args: &WebhookArgs) -> anyhow::Result<()> {
     let certs = CertStore::load(&args.tls_cert, &args.tls_key)?;
-    let listener = std::net::TcpListener::bind(args.listen)
+    // The agent's bind: dual-stack `[::]`, falling back to 0.0.0.0 where the kernel has no
+    // IPv6 (SPEC §11), instead of crash-looping there.
+    let listener = crate::surfaces::http::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     listener.set_nonblocking(true)?;
     // One thread, as the agent's: a review or a handshake is well under a millisecond of
@@ -160,7 +168,7 @@ impl Metrics {
         let admissions = IntCounterVec::new(
             Opts::new(
                 "vitals_webhook_admissions_total",
-                "AdmissionReviews answered, by result (injected, already_injected, opted_out, ignored, not_injected, bad_request)",
+                "AdmissionReviews answered, by result (injected, already_injected, opted_out, ignored, skipped, not_injected, bad_request)",
             ),
             &["result"],
         )
@@ -372,7 +380,7 @@ async fn mutate(ctx: &Context, req: Request<Incoming>) -> (Outcome, Response<Ful
             if answer.result == Outcome::NotInjected {
                 tracing::warn!(pod = %answer.pod, warnings = ?answer.warnings, "pod admitted without Vitals");
             } else {
-                tracing::debug!(pod = %answer.pod, result = answer.result.label(), warnings = ?answer.warnings, "admission reviewed");
+                tracing::debug!(pod = %answer.pod, result = answer.result.label(), warnings = ?answer.warnings, detail = ?answer.detail, "admission reviewed");
             }
             let response = Response::builder()
                 .header(CONTENT_TYPE, "application/json")

@@ -17,9 +17,10 @@ use tokio_util::task::TaskTracker;
 use crate::cadence::Cadence;
 use crate::config::{GroupConfig, MemberTarget};
 use crate::net::{self, BodyRead};
-use crate::state::group::{GroupReport, SharedGroup};
+use crate::state::group::{self, GroupReport, LeaderNow, SharedGroup};
 use crate::state::snapshot::Snapshots;
 use crate::surfaces::metrics::Metrics;
+use crate::verdict::Probe;
 
 /// The most of a member's answer read; a real one is well under 4 KiB (64 containers
 /// of 256-byte names would be 33 KiB).
@@ -79,7 +80,11 @@ async fn poll_member(ctx: Context, slot: usize, target: MemberTarget, stop: Canc
         last_error = result.as_ref().err().cloned();
         let now = Instant::now();
         let own = ctx.own.take(now);
-        let leader = crate::verdict::group::leader_now(&own.verdicts, &own.state);
+        // Formation reads the leader's own pod, judged without its group (SPEC §11).
+        let leader = LeaderNow {
+            instances: group::instances(&own.state),
+            ready: own.verdicts.aggregate(Probe::Ready).ok(),
+        };
         let timeout = ctx.config.timeout;
         ctx.group
             .update(|g| g.record(slot, result, &leader, timeout, now));

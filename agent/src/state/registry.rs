@@ -24,7 +24,7 @@ use vitals_proto::{Phase, WorkerName};
 use crate::config::upstreams::{ProbeKind, UpstreamSpec};
 use crate::sources::proc::discover::NotFound;
 use crate::sources::proc::{ProcSample, SampleError};
-use crate::sources::upstream::stall::Reading;
+use crate::sources::upstream::engines::Scrape;
 use crate::state::probe_result::{Outcome, ScrapeError};
 use crate::state::proc_track::{ProcTrack, Watched};
 use crate::state::upstream::UpstreamState;
@@ -154,14 +154,25 @@ impl UpstreamResults {
         });
     }
 
-    /// A scrape that began at `started` finished.
+    /// A scrape that began at `started` finished; `grain` is the time between scrapes.
     pub fn scrape(
         &self,
         started: Instant,
-        result: Result<Reading, ScrapeError>,
+        result: Result<Scrape, ScrapeError>,
         stall_timeout: std::time::Duration,
+        grain: std::time::Duration,
     ) {
-        self.with(|u| u.record_scrape(started, result, stall_timeout));
+        self.with(|u| u.record_scrape(started, result, stall_timeout, grain));
+    }
+
+    /// The share of one core its process used over the latest /proc interval (`None`:
+    /// /proc cannot tell).
+    pub fn cpu_share(&self) -> Option<f64> {
+        self.registry
+            .current()
+            .upstreams
+            .get(&self.name)
+            .and_then(|u| u.proc.cpu_share())
     }
 
     fn with(&self, change: impl FnOnce(&mut UpstreamState)) {

@@ -1,12 +1,13 @@
 //! The agent's heartbeat: every [`TICK`] it proves the runtime runs (the agent's own
-//! liveness), evaluates every verdict, refreshes metrics, and logs each verdict transition
-//! once, keeping the last [`KEEP`] for `/status`.
+//! liveness), evaluates every verdict, refreshes the gauges, and applies the edges that
+//! [`crate::verdict::edges`] finds: logs each verdict transition once, keeping the last
+//! [`KEEP`] for `/status`, and counts hangs and group breaks.
 //!
-//! Probes never depend on this timer (they evaluate on the spot, and `/metrics` refreshes
-//! before it encodes); it exists so that transitions are noticed and counted without
-//! anyone asking.
+//! Probes never depend on this timer (they evaluate on the spot, and `/metrics` sets its
+//! gauges before it encodes); it exists so that transitions are noticed and counted without
+//! anyone asking, and counted by nobody else, so a counter does not depend on who looks.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 use crate::cadence::Cadence;
 use crate::state::snapshot::{AgentHealth, Snapshots};
 use crate::surfaces::metrics::Metrics;
-use crate::verdict::group::without_age;
-use crate::verdict::{LiveReason, Probe, Verdicts};
+use crate::surfaces::text;
+use crate::verdict::edges::{Edge, Seen};
+use crate::verdict::{Diagnosis, Failing, Probe, Target, Verdicts};
 
 /// How often the ticker runs, on the grid the 1 s probes and the /proc sampler share
 /// ([`crate::cadence`]), so it adds no wake-up of its own. Half the 2 s agent-liveness
@@ -36,7 +38,7 @@ pub struct Transition {
     pub at: String,
     /// Milliseconds since the Unix epoch.
     pub at_unix_ms: u64,
-    /// `agent`, `_all` or a worker name.
+    /// `_agent`, `_all` or a container's name ([`text::target`]).
     pub target: String,
     /// `livez`, `readyz` or `startupz`.
     pub probe: String,
@@ -66,37 +68,11 @@ impl TransitionLog {
     }
 }
 
-/// A verdict's text as probes answer it: `pass` or `fail: <reason>`.
-fn outcome(reason: Option<&str>) -> String {
-    reason.map_or_else(|| "pass".to_owned(), |r| format!("fail: {r}"))
-}
-
-/// Every (target, probe) verdict, as probes would answer.
-fn outcomes(v: &Verdicts) -> Vec<((String, Probe), String)> {
-    let mut all = vec![(
-        ("agent".to_owned(), Probe::Live),
-        outcome(v.aggregate(Probe::Live).reason.as_deref()),
-    )];
-    for probe in [Probe::Ready, Probe::Startup] {
-        all.push((
-            ("_all".to_owned(), probe),
-            outcome(v.aggregate(probe).reason.as_deref()),
-        ));
-    }
-    for name in v.names() {
-        for probe in Probe::ALL {
-            let reason = v.worker(probe, name).and_then(|a| a.reason);
-            all.push(((name.to_owned(), probe), outcome(reason.as_deref())));
-        }
-    }
-    all
-}
-
-/// Tracks the previous verdicts and reports changes.
+/// Applies the edges [`Seen::diff`] finds in each tick's verdicts: logs and records each
+/// transition, counts hangs and group breaks. The one place an edge is counted.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    last: HashMap<(String, Probe), String>,
-    live: HashMap<String, Result<(), LiveReason>>,
+    seen: Seen,
 }
 
 impl Tracker {
@@ -109,48 +85,52 @@ impl Tracker {
         log: &TransitionLog,
         metrics: &Metrics,
     ) {
-        for (key, now) in outcomes(v) {
-            let before = self.last.get(&key);
-            // A group member's unreachable age grows every tick; the verdict does not change.
-            if before.is_some_and(|b| without_age(b) == without_age(&now)) {
-                continue;
-            }
-            let (target, probe) = (&key.0, key.1);
-            let from = before.cloned();
-            let diagnosis = v.get(target).and_then(|w| w.diagnosis).map(|d| d.as_str());
-            if now == "pass" {
-                tracing::info!(target: "vitals::verdict", worker = %target, probe = probe.as_str(), from = from.as_deref().unwrap_or("-"), "{} {}: pass", probe.as_str(), target);
-            } else {
-                tracing::warn!(target: "vitals::verdict", worker = %target, probe = probe.as_str(), from = from.as_deref().unwrap_or("-"), diagnosis, "{} {}: {now}", probe.as_str(), target);
-            }
-            log.push(Transition {
-                at: rfc3339(wall),
-                at_unix_ms: unix_ms(wall),
-                target: target.clone(),
-                probe: probe.as_str().to_owned(),
-                from,
-                to: now.clone(),
-            });
-            self.last.insert(key, now);
-        }
-        let lives =
-            v.workers
-                .iter()
-                .map(|w| (w.name.as_str(), w.live))
-                .chain(v.upstreams.iter().map(|u| {
-                    // Only the /proc and metrics reasons are hangs; a failing probe is not.
-                    let live = match &u.live {
-                        Err(r) => r.as_live().map_or(Ok(()), Err),
-                        Ok(()) => Ok(()),
+        for edge in self.seen.diff(v) {
+            match edge {
+                Edge::Transition {
+                    target,
+                    probe,
+                    from,
+                    to,
+                } => {
+                    let diagnosis = match &target {
+                        Target::Container(name) => v.get(name.as_str()).and_then(|w| w.diagnosis),
+                        Target::Agent | Target::All => None,
                     };
-                    (u.name.as_str(), live)
-                }));
-        for (name, live) in lives {
-            let before = self.live.insert(name.to_owned(), live);
-            if let (Some(Ok(())) | None, Err(reason)) = (before, live) {
-                metrics.hang(name, reason);
+                    log.push(transition(&target, probe, from, &to, diagnosis, wall));
+                }
+                Edge::Hang { container, reason } => metrics.hang(container.as_str(), reason),
+                Edge::GroupBroken(reason) => metrics.group_broken(&reason),
             }
         }
+    }
+}
+
+/// Logs one transition, and returns it as `/status` lists it.
+fn transition(
+    target: &Target,
+    probe: Probe,
+    from: Option<Result<(), Failing>>,
+    to: &Result<(), Failing>,
+    diagnosis: Option<Diagnosis>,
+    wall: SystemTime,
+) -> Transition {
+    let (target, probe) = (text::target(target), probe.as_str());
+    let from = from.as_ref().map(text::outcome);
+    let shown = text::outcome(to);
+    if to.is_ok() {
+        tracing::info!(target: "vitals::verdict", worker = %target, probe, from = from.as_deref().unwrap_or("-"), "{probe} {target}: pass");
+    } else {
+        let diagnosis = diagnosis.map(Diagnosis::as_str);
+        tracing::warn!(target: "vitals::verdict", worker = %target, probe, from = from.as_deref().unwrap_or("-"), diagnosis, "{probe} {target}: {shown}");
+    }
+    Transition {
+        at: rfc3339(wall),
+        at_unix_ms: unix_ms(wall),
+        target: target.to_owned(),
+        probe: probe.to_owned(),
+        from,
+        to: shown,
     }
 }
 
@@ -173,6 +153,7 @@ pub async fn run(
         health.mark_tick(now);
         let snapshot = snapshots.take(now);
         metrics.refresh(&snapshot);
+        metrics.mirror(&snapshot.state);
         tracker.observe(&snapshot.verdicts, SystemTime::now(), &log, &metrics);
     }
 }
@@ -240,7 +221,7 @@ mod tests {
         let text = String::from_utf8(metrics.encode()).expect("utf8");
         assert!(text.contains("vitals_worker_hangs_total{reason=\"failed\",worker=\"model\"} 1"));
         for _ in 0..100 {
-            tracker.last.clear();
+            tracker = Tracker::default();
             observe(&mut tracker);
         }
         assert_eq!(log.list().len(), KEEP);
@@ -283,5 +264,39 @@ mod tests {
             .map(|t| t.to)
             .collect();
         assert_eq!(ready, ["fail: group: member 1 unreachable 3.0s"]);
+    }
+
+    #[test]
+    fn a_container_named_agent_is_tracked_apart_from_the_agent() {
+        let t0 = Instant::now();
+        let registry = std::sync::Arc::new(Registry::new(&[]));
+        let reports = registry.worker_reports();
+        reports
+            .hello(&hello("agent", "a"), PEER, 1, t0)
+            .expect("free");
+        reports.message(&name("agent"), 1, phase(Phase::Failed, None), t0);
+        let (log, metrics) = (TransitionLog::default(), Metrics::new());
+        let agent = AgentInput {
+            shutting_down: false,
+            last_tick: t0,
+        };
+        let mut tracker = Tracker::default();
+        for _ in 0..5 {
+            let v = evaluate(&registry.current(), agent, &T, t0);
+            tracker.observe(&v, SystemTime::now(), &log, &metrics);
+        }
+        let livez: Vec<_> = log
+            .list()
+            .into_iter()
+            .filter(|t| t.probe == "livez" && t.target.ends_with("agent"))
+            .map(|t| (t.target, t.to))
+            .collect();
+        assert_eq!(
+            livez,
+            [
+                ("_agent".to_owned(), "pass".to_owned()),
+                ("agent".to_owned(), "fail: failed".to_owned())
+            ]
+        );
     }
 }

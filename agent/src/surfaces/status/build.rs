@@ -7,10 +7,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::doc::*;
 use crate::config::upstreams::Action;
+use crate::sources::upstream::sleep::Wake;
 use crate::state::snapshot::Snapshot;
 use crate::state::upstream::UpstreamState;
+use crate::surfaces::text;
 use crate::surfaces::ticker::{rfc3339, Transition, TransitionLog};
-use crate::verdict::{PidStatus, Probe, UpstreamVerdict};
+use crate::verdict::{Answer, PidStatus, Probe, UpstreamVerdict};
 
 fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
@@ -46,20 +48,13 @@ impl StatusSource {
 /// Builds `/status` from a snapshot, the agent's facts and its recent transitions.
 fn build(snapshot: &Snapshot, facts: &AgentFacts, transitions: Vec<Transition>) -> StatusDoc {
     let (state, v, now) = (&snapshot.state, &snapshot.verdicts, snapshot.at);
-    let agg = |p| {
-        let a = v.aggregate(p);
-        VerdictDoc {
-            ok: a.ok(),
-            reason: a.reason,
-        }
+    let doc = |a: Answer| VerdictDoc {
+        ok: a.ok(),
+        reason: a.result.err().as_ref().map(text::failing),
     };
+    let agg = |p| doc(v.aggregate(p));
     // A container's verdict as its probe answers it (on a group leader, with the group's).
-    let answer = |p, name: &str| {
-        v.worker(p, name).map(|a| VerdictDoc {
-            ok: a.ok(),
-            reason: a.reason,
-        })
-    };
+    let answer = |p, name: &str| v.worker(p, name).map(doc);
     let agent = AgentDoc {
         version: crate::VERSION.to_owned(),
         started_at: rfc3339(facts.started_wall),
@@ -228,16 +223,45 @@ fn upstream_doc(u: &UpstreamState, uv: &UpstreamVerdict, now: Instant) -> Upstre
         })
         .collect();
     let metrics = u.spec.metrics.as_ref().map(|m| {
-        let last = u.stall.last();
+        let last = u.engines.last();
+        let engines: Vec<EngineDoc> = u
+            .engines
+            .clocks()
+            .map(|(id, clock)| {
+                let r = last.and_then(|p| p.engines.get(id));
+                EngineDoc {
+                    engine: id.clone(),
+                    work: r.and_then(|r| r.work.iter().flatten().copied().reduce(|a, b| a + b)),
+                    busy: r.and_then(|r| r.busy),
+                    pending: r.and_then(|r| r.pending),
+                    busy_without_work_seconds: secs(clock.unmoved_shown()),
+                }
+            })
+            .collect();
         UpstreamMetricsDoc {
             profile: m.profile.map(str::to_owned),
             endpoint: format!(":{}{}", m.port, m.path),
-            work: last.and_then(|r| r.work.iter().flatten().copied().reduce(|a, b| a + b)),
-            busy_without_work_seconds: secs(u.stall.stalled_for(now)),
-            busy: last.and_then(|r| r.busy),
-            pending: last.and_then(|r| r.pending),
-            page_age_seconds: last.map(|r| secs(now.saturating_duration_since(r.at))),
+            work: last.and_then(|p| p.work()),
+            busy_without_work_seconds: engines
+                .iter()
+                .map(|e| e.busy_without_work_seconds)
+                .fold(0.0, f64::max),
+            busy: last.and_then(|p| p.busy()),
+            pending: last.and_then(|p| p.pending()),
+            page_age_seconds: last.map(|p| secs(now.saturating_duration_since(p.at))),
             scrape_error: u.scrape_failure.as_ref().map(|f| f.error.clone()),
+            engines,
+            sleep: u.sleep.asleep().map(|a| SleepDoc {
+                seconds: secs(now.saturating_duration_since(a.since)),
+                wakes: match a.wakes {
+                    Wake::OnRequest => "request",
+                    Wake::Operator => "operator",
+                }
+                .to_owned(),
+            }),
+            unread_while_idle_seconds: u
+                .quiet_since
+                .map(|q| secs(now.saturating_duration_since(q))),
         }
     });
     let p = &u.proc;
