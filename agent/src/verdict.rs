@@ -10,6 +10,7 @@
 //! holds what they share (thresholds, the /proc rules, the probes and their answers) and
 //! the aggregates.
 
+pub mod edges;
 pub mod group;
 pub mod upstream;
 pub mod worker;

@@ -27,8 +27,8 @@
 //!   `/control/slow?ms=N` (every answer waits N ms), `/control/slow_metrics?ms=N` (only
 //!   `/metrics` waits: a metrics endpoint behind a stuck exporter or proxy while the
 //!   engine and `/health` are fine), `/control/close` (stop listening; the process lives
-//!   on), `GET /control/state` (JSON: asleep, and the wake-ups by
-//!   request and by operator).
+//!   on), `/control/unhang` (every engine loop resumes), `GET /control/state` (JSON:
+//!   asleep, and the wake-ups by request and by operator).
 //!
 //! [`serve_llamacpp`] is the same switches in front of a fake llama.cpp server
 //! (ggml-org/llama.cpp tools/server), with the behaviours of the real one that the
@@ -312,6 +312,12 @@ fn answer(
         }
         ("POST", "/control/loaded") => {
             lock(engine).loading = false;
+            (200, "ok".into())
+        }
+        ("POST", "/control/unhang") => {
+            for c in &mut lock(engine).cores {
+                c.hung = false;
+            }
             (200, "ok".into())
         }
         ("POST", "/control/busy") => {
@@ -863,7 +869,8 @@ impl FakeVllm {
         self.child.id()
     }
 
-    fn control(&self, path: &str) {
+    /// Sends control request `path` (`/control/hang`, ...; see the module doc).
+    pub fn control(&self, path: &str) {
         let r = client::request_with(self.addr, "POST", path, None, Duration::from_secs(5), || {})
             .unwrap_or_else(|e| panic!("fake-vllm {path}: {e}"));
         assert_eq!(r.status, 200, "fake-vllm {path}");
@@ -918,6 +925,13 @@ impl FakeVllm {
     /// Stops listening (the process stays).
     pub fn close(&self) {
         self.control("/control/close");
+    }
+
+    /// Sends `sig` to its process group.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let group = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).expect("pids fit in i32"));
+        nix::sys::signal::killpg(group, sig)
+            .unwrap_or_else(|e| panic!("killpg({group}, {sig}) for fake-vllm: {e}"));
     }
 
     /// Kills it (SIGKILL) and reaps it.
@@ -1052,6 +1066,11 @@ mod tests {
             health(),
             200,
             "vLLM's /health does not see a dead engine loop"
+        );
+        post("/control/unhang");
+        assert!(
+            await_move(addr, "vllm:iteration_tokens_total_count", frozen),
+            "steps again once unhung"
         );
         post("/control/close");
         let deadline = Instant::now() + Duration::from_secs(2);
