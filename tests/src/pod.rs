@@ -63,6 +63,9 @@ pub struct AgentOptions {
     pub listen: Option<String>,
     /// A cgroup (the agent's "container") the agent is moved into at each start.
     pub cgroup: Option<Arc<Cgroup>>,
+    /// `--expect`: the protocol workers the pod has (`model`, the toolkit's worker; none in
+    /// a pod whose containers are all upstreams, such as a group's).
+    pub expect: Vec<String>,
 }
 
 impl Default for AgentOptions {
@@ -80,6 +83,7 @@ impl Default for AgentOptions {
             extra_args: Vec::new(),
             listen: None,
             cgroup: None,
+            expect: vec!["model".to_owned()],
         }
     }
 }
@@ -300,8 +304,9 @@ impl Pod {
                 .unwrap_or_else(|| self.agent_addr.to_string()),
             "--socket".into(),
             self.socket().to_string_lossy().into_owned(),
-            "--expect".into(),
-            "model".into(),
+        ]);
+        argv.extend(o.expect.iter().map(|w| format!("--expect={w}")));
+        argv.extend([
             "--hang-timeout".into(),
             duration_arg(o.hang_timeout),
             "--stall-timeout".into(),
