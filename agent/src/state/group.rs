@@ -9,12 +9,12 @@
 //! one shared copy, written under a short lock and read as an `Arc`, like the registry.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::MemberTarget;
+use crate::state::cell::CowCell;
 use crate::state::registry::State;
 
 /// `pid:starttime` of each container whose process is known, by container name.
@@ -242,36 +242,9 @@ impl GroupState {
     }
 }
 
-/// The shared copy of the leader's [`GroupState`]: the poller writes it under a lock held
-/// for plain assignments; snapshots read it as an `Arc` (copy-on-write, as the registry).
-#[derive(Debug)]
-pub struct SharedGroup {
-    current: Mutex<Arc<GroupState>>,
-}
-
-impl SharedGroup {
-    /// A group of `targets` starting to form at `now`.
-    pub fn new(targets: &[MemberTarget], now: Instant) -> Self {
-        Self {
-            current: Mutex::new(Arc::new(GroupState::new(targets, now))),
-        }
-    }
-
-    /// The state as of now.
-    pub fn current(&self) -> Arc<GroupState> {
-        Arc::clone(&self.lock())
-    }
-
-    /// Applies `change` (plain in-memory work).
-    pub fn update<R>(&self, change: impl FnOnce(&mut GroupState) -> R) -> R {
-        change(Arc::make_mut(&mut self.lock()))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<GroupState>> {
-        // Updates are field assignments; a poisoned lock still holds a usable state.
-        self.current.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
+/// The shared copy of the leader's [`GroupState`], a [`CowCell`] like the registry: the
+/// poller writes it; snapshots read it as an `Arc`.
+pub type SharedGroup = CowCell<GroupState>;
 
 #[cfg(test)]
 pub(crate) mod tests {
