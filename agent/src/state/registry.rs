@@ -24,7 +24,7 @@ use vitals_proto::{Phase, WorkerName};
 use crate::config::upstreams::{ProbeKind, UpstreamSpec};
 use crate::sources::proc::discover::NotFound;
 use crate::sources::proc::{ProcSample, SampleError};
-use crate::sources::upstream::stall::Reading;
+use crate::sources::upstream::engines::Scrape;
 use crate::state::cell::CowCell;
 use crate::state::probe_result::{Outcome, ScrapeError};
 use crate::state::proc_track::{ProcTrack, Watched};
@@ -146,14 +146,25 @@ impl UpstreamResults {
         });
     }
 
-    /// A scrape that began at `started` finished.
+    /// A scrape that began at `started` finished; `grain` is the time between scrapes.
     pub fn scrape(
         &self,
         started: Instant,
-        result: Result<Reading, ScrapeError>,
+        result: Result<Scrape, ScrapeError>,
         stall_timeout: std::time::Duration,
+        grain: std::time::Duration,
     ) {
-        self.with(|u| u.record_scrape(started, result, stall_timeout));
+        self.with(|u| u.record_scrape(started, result, stall_timeout, grain));
+    }
+
+    /// The share of one core its process used over the latest /proc interval (`None`:
+    /// /proc cannot tell).
+    pub fn cpu_share(&self) -> Option<f64> {
+        self.registry
+            .current()
+            .upstreams
+            .get(&self.name)
+            .and_then(|u| u.proc.cpu_share())
     }
 
     fn with(&self, change: impl FnOnce(&mut UpstreamState)) {
@@ -183,7 +194,7 @@ impl ProcSamples {
     pub fn record(&self, results: Vec<ProcResult>) {
         self.0.update(|s| {
             for r in results {
-                s.apply_proc(&r.target, r.discovered, r.sample);
+                s.apply_proc(&r.target, r.discovered, r.sample, r.others);
             }
         });
     }
@@ -198,6 +209,9 @@ pub struct ProcResult {
     pub discovered: Option<Result<Watched, NotFound>>,
     /// A sample of the (found) process.
     pub sample: Option<Result<ProcSample, SampleError>>,
+    /// Samples of the other processes of its container, when it is watched by its
+    /// container (SPEC §11).
+    pub others: Option<Vec<(u32, ProcSample)>>,
 }
 
 /// Identifies one socket connection for the life of the agent.
@@ -462,12 +476,18 @@ impl State {
                 of: Owner::Worker {
                     instance: inst.hello.instance.clone(),
                 },
-                job: ProcJob::Sample(inst.proc.sample_target()?),
+                job: ProcJob::Sample {
+                    pid: inst.proc.sample_target()?,
+                    container: false,
+                },
             })
         });
         let upstreams = self.upstreams.iter().map(|(name, u)| {
             let job = match u.proc.sample_target() {
-                Some(pid) if !u.proc.needs_discovery() => ProcJob::Sample(pid),
+                Some(pid) if !u.proc.needs_discovery() => ProcJob::Sample {
+                    pid,
+                    container: u.proc.watches_container(),
+                },
                 _ => ProcJob::Discover {
                     ports: u.spec.probe_ports(),
                     cmdline: u.spec.process.as_ref().map(|p| p.cmdline.clone()),
@@ -490,6 +510,7 @@ impl State {
         target: &ProcTarget,
         discovered: Option<Result<Watched, NotFound>>,
         sample: Option<Result<ProcSample, SampleError>>,
+        others: Option<Vec<(u32, ProcSample)>>,
     ) {
         let (track, ran_at) = match &target.of {
             Owner::Worker { instance } => {
@@ -515,13 +536,16 @@ impl State {
             track.discovered(d.map_err(|e| e.to_string()));
         }
         let sampled_pid = match target.job {
-            ProcJob::Sample(pid) => Some(pid),
+            ProcJob::Sample { pid, .. } => Some(pid),
             // Sampled in the same round as its discovery, so a new process is judged at once.
             ProcJob::Discover { .. } => track.sample_target(),
         };
         if let (Some(s), Some(pid)) = (sample, sampled_pid) {
             if track.sample_target() == Some(pid) {
                 track.apply(s, ran_at);
+                if let Some(others) = others.filter(|_| track.watches_container()) {
+                    track.apply_others(others);
+                }
             }
         }
     }
@@ -544,7 +568,12 @@ pub enum Owner {
 pub enum ProcJob {
     /// Sample this pid (one read of its stat: state, and the start time that tells it is
     /// still the same process).
-    Sample(u32),
+    Sample {
+        /// The watched process.
+        pid: u32,
+        /// It was found by its container: sample every other process of that cgroup too.
+        container: bool,
+    },
     /// Look for the upstream's process (SPEC §8), then sample what was found.
     Discover {
         /// Its probes' ports.
@@ -776,9 +805,15 @@ pub(crate) mod tests {
         let mut s = State::default();
         s.hello(&hello("model", "a"), PEER, 1, t0).expect("free");
         let target = target(&s, "model");
-        assert_eq!(target.job, ProcJob::Sample(PEER.pid));
+        assert_eq!(
+            target.job,
+            ProcJob::Sample {
+                pid: PEER.pid,
+                container: false
+            }
+        );
         let view = |s: &State| s.workers[&m].instance.as_ref().expect("i").proc.clone();
-        let apply = |s: &mut State, r| s.apply_proc(&target, None, Some(r));
+        let apply = |s: &mut State, r| s.apply_proc(&target, None, Some(r), None);
         apply(&mut s, Ok(sample(at(100), 'T', 9)));
         apply(&mut s, Ok(sample(at(200), 'T', 9)));
         assert_eq!(view(&s).stopped_since, Some(at(100)));
@@ -815,7 +850,7 @@ pub(crate) mod tests {
         let old = target(&s, "model");
         s.disconnect(&m, 1, t0);
         s.hello(&hello("model", "b"), PEER, 2, t0).expect("free");
-        s.apply_proc(&old, None, Some(Err(SampleError::Gone(PEER.pid))));
+        s.apply_proc(&old, None, Some(Err(SampleError::Gone(PEER.pid))), None);
         assert!(!s.workers[&m].instance.as_ref().expect("i").proc.gone);
     }
 
@@ -845,17 +880,25 @@ pub(crate) mod tests {
             start_time: Some(7),
             found_by: FoundBy::Cgroup,
         };
-        s.apply_proc(&look, Some(Ok(found)), Some(Ok(sample(at(100), 'T', 7))));
+        s.apply_proc(
+            &look,
+            Some(Ok(found)),
+            Some(Ok(sample(at(100), 'T', 7))),
+            None,
+        );
         let sample_it = target(&s, "vllm");
         assert_eq!(
             sample_it.job,
-            ProcJob::Sample(42),
-            "no search while the pid is unchanged"
+            ProcJob::Sample {
+                pid: 42,
+                container: true
+            },
+            "no search while the pid is unchanged; found by its cgroup, sampled whole"
         );
-        s.apply_proc(&sample_it, None, Some(Ok(sample(at(200), 'T', 7))));
+        s.apply_proc(&sample_it, None, Some(Ok(sample(at(200), 'T', 7))), None);
         let p = &s.upstreams[&name("vllm")].proc;
         assert_eq!((p.stopped_since, p.gone), (Some(at(100)), false));
-        s.apply_proc(&sample_it, None, Some(Err(SampleError::Gone(42))));
+        s.apply_proc(&sample_it, None, Some(Err(SampleError::Gone(42))), None);
         assert!(
             matches!(target(&s, "vllm").job, ProcJob::Discover { .. }),
             "gone: looked for again"

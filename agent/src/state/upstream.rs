@@ -1,5 +1,6 @@
-//! What the agent knows about one upstream (SPEC §8): the latest result of each of its
-//! probes, its metrics' stall clock, and its process as /proc shows it. Plain data with
+//! What the agent knows about one upstream (SPEC §8, §12): the latest result of each of
+//! its probes, its engines' stall clocks and its sleep from its metrics, and its process
+//! as /proc shows it. Plain data with
 //! small update methods; the probers and the scraper write it through their upstream's
 //! handle, the /proc sampler its [`ProcTrack`], and the verdict function reads it.
 
@@ -9,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::upstreams::{Action, ProbeKind, UpstreamSpec};
 use crate::sources::proc::discover::NotFound;
-use crate::sources::upstream::stall::{Reading, StallClock};
+use crate::sources::upstream::engines::{EngineClocks, Scrape};
+use crate::sources::upstream::sleep::SleepTrack;
 use crate::state::probe_result::{Outcome, ScrapeError};
 use crate::state::proc_track::ProcTrack;
 
@@ -29,8 +31,13 @@ pub struct UpstreamState {
     pub spec: Arc<UpstreamSpec>,
     /// The latest outcome of each probe it has.
     pub probes: BTreeMap<ProbeKind, Outcome>,
-    /// The hung-engine clock from its metrics.
-    pub stall: StallClock,
+    /// Its engines' hung-engine clocks, from its metrics.
+    pub engines: EngineClocks,
+    /// Its sleep, from its metrics or the document that says it (SPEC §12).
+    pub sleep: SleepTrack,
+    /// Since when its metrics have gone unread because it is idle and reading them would
+    /// keep it awake (`None`: the latest round read them).
+    pub quiet_since: Option<Instant>,
     /// The latest scrape failure (cleared by a success).
     pub scrape_failure: Option<ScrapeFailure>,
     /// Its process.
@@ -55,7 +62,9 @@ impl UpstreamState {
         Self {
             spec,
             probes: BTreeMap::new(),
-            stall: StallClock::default(),
+            engines: EngineClocks::default(),
+            sleep: SleepTrack::default(),
+            quiet_since: None,
             scrape_failure: None,
             proc: ProcTrack::off(not_yet.to_string()),
         }
@@ -66,26 +75,41 @@ impl UpstreamState {
         self.probes.insert(kind, outcome);
     }
 
-    /// A scrape that began at `started` finished; a failure is no evidence for the stall
-    /// rule, except that timeouts in a row are timed (SPEC §8's exception).
+    /// A scrape round that began at `started` finished (`grain`: the time between
+    /// rounds); a failure is no evidence for the stall rule, except that timeouts in a row
+    /// are timed (SPEC §8's exception).
     pub fn record_scrape(
         &mut self,
         started: Instant,
-        result: Result<Reading, ScrapeError>,
+        result: Result<Scrape, ScrapeError>,
         stall_timeout: Duration,
+        grain: Duration,
     ) {
         match result {
-            Ok(reading) => {
+            Ok(Scrape::Page(page)) => {
                 self.scrape_failure = None;
-                self.stall.observe(reading, stall_timeout);
+                self.quiet_since = None;
+                let (at, asleep) = (page.at, page.asleep);
+                let active = self.engines.observe(page, stall_timeout);
+                self.observe_sleep(at, asleep, active, grain);
+            }
+            Ok(Scrape::Quiet { at, asleep }) => {
+                self.quiet_since.get_or_insert(at);
+                self.observe_sleep(at, asleep, false, grain);
             }
             Err(e) => {
-                self.stall.observe_failure(started, e.is_timeout());
+                self.engines.observe_failure(started, e.is_timeout());
                 self.scrape_failure = Some(ScrapeFailure {
                     at: Instant::now(),
                     error: e.to_string(),
                 });
             }
+        }
+    }
+
+    fn observe_sleep(&mut self, at: Instant, asleep: Option<bool>, active: bool, grain: Duration) {
+        if let Some(spec) = self.spec.metrics.as_ref().and_then(|m| m.sleep.as_ref()) {
+            self.sleep.observe(at, asleep, active, spec, grain);
         }
     }
 

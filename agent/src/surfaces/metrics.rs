@@ -269,7 +269,7 @@ impl Metrics {
             group_broken: metric!(
                 IntCounterVec,
                 "group_broken_total",
-                "Times a group leader's group broke (its model's liveness fails), by reason (restarted, lost).",
+                "Times a group leader's group broke (its model's liveness fails), by reason (restarted, lost, not_live).",
                 &["reason"]
             ),
             group_poll_duration,
@@ -497,14 +497,15 @@ impl Metrics {
             }
             if u.spec.metrics.is_some() {
                 // The latest page, while scrapes succeed: a failing one leaves no evidence.
-                let latest = u.stall.last().filter(|_| u.scrape_failure.is_none());
+                // Per container, the sum over its engines (as a worker's one pair).
+                let latest = u.engines.last().filter(|_| u.scrape_failure.is_none());
                 let gauge = |v: Option<f64>| v.map_or(0, |v| v.clamp(0.0, i64::MAX as f64) as i64);
                 self.in_flight
                     .with_label_values(l)
-                    .set(gauge(latest.and_then(|r| r.busy)));
+                    .set(gauge(latest.and_then(|p| p.busy())));
                 self.pending
                     .with_label_values(l)
-                    .set(gauge(latest.and_then(|r| r.pending)));
+                    .set(gauge(latest.and_then(|p| p.pending())));
             }
             self.upstream_proc_watched
                 .with_label_values(l)

@@ -8,10 +8,12 @@
 //! does both).
 
 mod common;
+mod engines;
 mod faults;
 mod group;
 mod isolation;
 mod lifecycle;
 mod pod_shape;
 mod restarts;
+mod soak;
 mod upstreams;
