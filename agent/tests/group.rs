@@ -255,6 +255,15 @@ fn hostile_members_never_slow_the_leaders_probes() {
     assert_eq!(errors[0], "timeout", "{errors:?}");
     assert!(errors[2].starts_with("bad /group answer"), "{errors:?}");
     assert!(errors[3].contains("body over 65536 bytes"), "{errors:?}");
+    // Each failed poll is timed under its result.
+    let m = agent.metrics();
+    for result in ["timeout", "garbage"] {
+        let series = format!("vitals_group_poll_duration_seconds_count{{result=\"{result}\"}}");
+        assert!(
+            metric(&m, &series).is_some_and(|n| n >= 1.0),
+            "{series} in\n{m}"
+        );
+    }
 }
 
 #[test]
@@ -264,7 +273,7 @@ fn a_leaders_metrics_pass_promtool_check() {
     agent.wait_for("/readyz", 200, "ok");
     let text = eventually("a group poll observed", || {
         let m = agent.metrics();
-        metric(&m, "vitals_group_poll_duration_seconds_count")
+        metric(&m, "vitals_group_poll_duration_seconds_count{result=\"ok\"}")
             .filter(|n| *n > 0.0)
             .map(|_| m)
     });
