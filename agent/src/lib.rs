@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Group};
 use crate::sources::proc::{LiveProc, ProcSource};
 use crate::sources::socket::{SocketError, SocketListener};
-use crate::state::group::SharedGroup;
+use crate::state::group::{GroupState, SharedGroup};
 use crate::state::registry::Registry;
 use crate::state::snapshot::{AgentHealth, GroupSource, Snapshots};
 use crate::surfaces::metrics::Metrics;
@@ -140,7 +140,10 @@ pub async fn run_with(
     // The leader's own pod judged without its group: what formation reads.
     let own = snapshots.clone();
     if let Group::Leader(g) = &config.group {
-        let shared = Arc::new(SharedGroup::new(&g.members, Instant::now()));
+        let shared = Arc::new(SharedGroup::new(GroupState::new(
+            &g.members,
+            Instant::now(),
+        )));
         snapshots = snapshots.with_group(GroupSource {
             shared: Arc::clone(&shared),
             limits: verdict::group::GroupLimits {

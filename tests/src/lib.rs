@@ -10,6 +10,7 @@
 //! - [`prom`]: the one Prometheus text reader (a sample by name and labels);
 //! - [`peer`]: fake protocol peers (a scripted worker, a recording agent, a python worker);
 //! - [`wait`]: polling with a deadline instead of sleeping;
+//! - [`member`]: a fake group member answering `/group` as told (SPEC §9);
 //! - [`fake_vllm`]: a fake vLLM (its own process) for the upstream scenarios;
 //! - [`mesh`]: pods as Istio's and Linkerd's injectors leave them, for inject and the webhook;
 //! - [`report`]: measured detection latencies;
@@ -31,6 +32,7 @@ pub mod fake_vllm;
 pub mod freezer;
 pub mod load;
 pub mod lws;
+pub mod member;
 pub mod mesh;
 pub mod peer;
 pub mod pod;

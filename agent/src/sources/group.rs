@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::cadence::Cadence;
 use crate::config::{GroupConfig, MemberTarget};
 use crate::net::{self, BodyRead};
-use crate::state::group::{self, GroupReport, LeaderNow, SharedGroup};
+use crate::state::group::{self, GroupReport, LeaderNow, PollError, SharedGroup};
 use crate::state::snapshot::Snapshots;
 use crate::surfaces::metrics::Metrics;
 use crate::verdict::Probe;
@@ -55,7 +55,7 @@ pub fn spawn(tasks: &TaskTracker, ctx: &Context, stop: &CancellationToken) {
 async fn poll_member(ctx: Context, slot: usize, target: MemberTarget, stop: CancellationToken) {
     // A slow member skips its own next poll, never bunches them up.
     let mut tick = Cadence::every(ctx.config.poll);
-    let mut last_error: Option<String> = None;
+    let mut last_error: Option<PollError> = None;
     let mut address = Address::new(&target);
     loop {
         tokio::select! {
@@ -67,7 +67,8 @@ async fn poll_member(ctx: Context, slot: usize, target: MemberTarget, stop: Canc
             () = stop.cancelled() => return,
             r = poll_once(&mut address, &target, ctx.config.poll) => r,
         };
-        ctx.metrics.group_poll(started.elapsed());
+        ctx.metrics
+            .group_poll(started.elapsed(), result.as_ref().map(|_| ()));
         match (&result, &last_error) {
             (Err(e), None) => {
                 tracing::warn!(member = target.index, address = %target, error = %e, "group member did not answer");
@@ -98,7 +99,7 @@ async fn poll_once(
     address: &mut Address,
     target: &MemberTarget,
     timeout: Duration,
-) -> Result<GroupReport, String> {
+) -> Result<GroupReport, PollError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let host = address.host(deadline).await?;
     let result = get_group(&host, target.port, deadline).await;
@@ -200,7 +201,7 @@ impl Address {
 
     /// The host to connect to, an IP literal: as configured, as known, or as looked up by
     /// `deadline`.
-    async fn host(&mut self, deadline: tokio::time::Instant) -> Result<String, String> {
+    async fn host(&mut self, deadline: tokio::time::Instant) -> Result<String, PollError> {
         let wanted = !self.is_literal() && (self.known.is_none() || self.stale);
         if wanted && self.pending.is_none() && self.backoff.due(Instant::now()) {
             let (host, port) = (self.host.clone(), self.port);
@@ -223,9 +224,12 @@ impl Address {
         }
         match (self.known, &self.last_error) {
             (Some(ip), _) => Ok(ip.to_string()),
-            (None, _) if self.pending.is_some() => Err("timeout: name lookup".to_owned()),
-            (None, Some(e)) => Err(e.clone()),
-            (None, None) => Err(format!("name lookup: {} not looked up yet", self.host)),
+            (None, _) if self.pending.is_some() => Err(PollError::Lookup("timeout".to_owned())),
+            (None, Some(e)) => Err(PollError::Lookup(e.clone())),
+            (None, None) => Err(PollError::Lookup(format!(
+                "{} not looked up yet",
+                self.host
+            ))),
         }
     }
 
@@ -240,9 +244,9 @@ impl Address {
                 self.last_error = None;
                 return;
             }
-            Ok(Ok(None)) => format!("name lookup: {} has no address", self.host),
-            Ok(Err(e)) => format!("name lookup: {e}"),
-            Err(e) => format!("name lookup: {e}"),
+            Ok(Ok(None)) => format!("{} has no address", self.host),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
         };
         self.backoff.failed(Instant::now());
         self.last_error = Some(error);
@@ -270,13 +274,13 @@ async fn get_group(
     host: &str,
     port: u16,
     deadline: tokio::time::Instant,
-) -> Result<GroupReport, String> {
+) -> Result<GroupReport, PollError> {
     let get = net::get_once(host, port, "/group", &[], BodyRead::Keep(BODY_LIMIT));
     match tokio::time::timeout_at(deadline, get).await {
-        Err(_) => Err("timeout".to_owned()),
-        Ok(Err(failure)) => Err(failure.to_string()),
+        Err(_) => Err(PollError::Timeout),
+        Ok(Err(failure)) => Err(PollError::Request(failure)),
         Ok(Ok(answer)) if answer.status != hyper::StatusCode::OK => {
-            Err(format!("status {}", answer.status.as_u16()))
+            Err(PollError::Status(answer.status.as_u16()))
         }
         Ok(Ok(answer)) => GroupReport::parse(&answer.body),
     }
@@ -349,7 +353,7 @@ mod tests {
         let mut gone = Address::new(&target("m-1.sub.ns.svc.cluster.local."));
         gone.looked_up(Ok(Ok(None)));
         let err = gone.host(deadline()).await.expect_err("no address yet");
-        assert!(err.contains("has no address"), "{err}");
+        assert!(err.to_string().contains("has no address"), "{err}");
         assert!(
             gone.pending.is_none(),
             "no lookup before the backoff's second"

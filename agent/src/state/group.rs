@@ -29,12 +29,13 @@
 //! /proc fails) forms by rule 1 alone.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::MemberTarget;
+use crate::state::cell::CowCell;
+use crate::state::probe_result::Failure;
 use crate::state::registry::State;
 
 /// `pid:starttime` of each container whose process is known, by container name.
@@ -62,23 +63,22 @@ pub struct GroupReport {
 impl GroupReport {
     /// Parses a member's answer, bounded: a member sending garbage is unreachable, never
     /// a reason with megabytes of text or control characters in the leader's probes.
-    pub fn parse(body: &[u8]) -> Result<Self, String> {
+    pub fn parse(body: &[u8]) -> Result<Self, PollError> {
+        let garbage = PollError::Garbage;
         let mut report: GroupReport =
-            serde_json::from_slice(body).map_err(|e| format!("bad /group answer: {e}"))?;
+            serde_json::from_slice(body).map_err(|e| garbage(e.to_string()))?;
         if report.instances.len() > MAX_CONTAINERS {
-            return Err(format!(
-                "bad /group answer: {} containers (at most {MAX_CONTAINERS})",
+            return Err(garbage(format!(
+                "{} containers (at most {MAX_CONTAINERS})",
                 report.instances.len()
-            ));
+            )));
         }
         if report
             .instances
             .iter()
             .any(|(c, i)| c.len() > MAX_TEXT || i.len() > MAX_TEXT)
         {
-            return Err(format!(
-                "bad /group answer: a name or instance over {MAX_TEXT} bytes"
-            ));
+            return Err(garbage(format!("a name or instance over {MAX_TEXT} bytes")));
         }
         report.reason = report.reason.map(|r| printable(&r));
         Ok(report)
@@ -139,13 +139,47 @@ pub struct MemberAnswer {
     pub report: GroupReport,
 }
 
+/// Why a poll of a member gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PollError {
+    /// No answer within the poll's bound (`--group-poll`).
+    #[error("timeout")]
+    Timeout,
+    /// The member's name gave no address (yet).
+    #[error("name lookup: {0}")]
+    Lookup(String),
+    /// The request failed: refused, reset, a broken answer.
+    #[error("{0}")]
+    Request(Failure),
+    /// An answer other than 200.
+    #[error("status {0}")]
+    Status(u16),
+    /// A 200 whose body is not a member's document (or is over the bounds).
+    #[error("bad /group answer: {0}")]
+    Garbage(String),
+}
+
+impl PollError {
+    /// The `result` label of `vitals_group_poll_duration_seconds`: `timeout`, `lookup`,
+    /// the request failure's kind (`refused`, `reset`, ...), `status` or `garbage`.
+    pub fn result(&self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Lookup(_) => "lookup",
+            Self::Request(f) => f.kind(),
+            Self::Status(_) => "status",
+            Self::Garbage(_) => "garbage",
+        }
+    }
+}
+
 /// A failed poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollFailure {
     /// When.
     pub at: Instant,
-    /// Why (timeout, refused, status, garbage).
-    pub error: String,
+    /// Why.
+    pub error: PollError,
 }
 
 /// What the leader knows of one member.
@@ -213,7 +247,7 @@ impl GroupState {
     pub fn record(
         &mut self,
         slot: usize,
-        result: Result<GroupReport, String>,
+        result: Result<GroupReport, PollError>,
         leader: &LeaderNow,
         fresh_for: std::time::Duration,
         now: Instant,
@@ -278,36 +312,9 @@ impl GroupState {
     }
 }
 
-/// The shared copy of the leader's [`GroupState`]: the poller writes it under a lock held
-/// for plain assignments; snapshots read it as an `Arc` (copy-on-write, as the registry).
-#[derive(Debug)]
-pub struct SharedGroup {
-    current: Mutex<Arc<GroupState>>,
-}
-
-impl SharedGroup {
-    /// A group of `targets` starting to form at `now`.
-    pub fn new(targets: &[MemberTarget], now: Instant) -> Self {
-        Self {
-            current: Mutex::new(Arc::new(GroupState::new(targets, now))),
-        }
-    }
-
-    /// The state as of now.
-    pub fn current(&self) -> Arc<GroupState> {
-        Arc::clone(&self.lock())
-    }
-
-    /// Applies `change` (plain in-memory work).
-    pub fn update<R>(&self, change: impl FnOnce(&mut GroupState) -> R) -> R {
-        change(Arc::make_mut(&mut self.lock()))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<GroupState>> {
-        // Updates are field assignments; a poisoned lock still holds a usable state.
-        self.current.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
+/// The shared copy of the leader's [`GroupState`], a [`CowCell`] like the registry: the
+/// poller writes it; snapshots read it as an `Arc`.
+pub type SharedGroup = CowCell<GroupState>;
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -342,7 +349,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn live(instances: &[(&str, &str)]) -> Result<GroupReport, String> {
+    pub(crate) fn live(instances: &[(&str, &str)]) -> Result<GroupReport, PollError> {
         Ok(GroupReport {
             live: true,
             ready: true,
@@ -351,7 +358,7 @@ pub(crate) mod tests {
         })
     }
 
-    pub(crate) fn not_live(reason: &str) -> Result<GroupReport, String> {
+    pub(crate) fn not_live(reason: &str) -> Result<GroupReport, PollError> {
         Ok(GroupReport {
             live: false,
             ready: false,
@@ -415,11 +422,11 @@ pub(crate) mod tests {
         let t0 = Instant::now();
         let mut g = GroupState::new(&targets(1), t0);
         g.record(0, live(&[]), &up(&[]), FRESH, t0);
-        g.record(0, Err("timeout".into()), &up(&[]), FRESH, t0);
+        g.record(0, Err(PollError::Timeout), &up(&[]), FRESH, t0);
         assert_eq!(g.members[0].answer.as_ref().map(|a| a.at), Some(t0));
         assert_eq!(
-            g.members[0].failure.as_ref().map(|f| f.error.as_str()),
-            Some("timeout")
+            g.members[0].failure.as_ref().map(|f| &f.error),
+            Some(&PollError::Timeout)
         );
     }
 
@@ -436,7 +443,7 @@ pub(crate) mod tests {
         let t1 = t0 + Duration::from_secs(5);
         g.record(
             0,
-            Err("timeout".into()),
+            Err(PollError::Timeout),
             &up(&[("vllm", "11:110")]),
             FRESH,
             t1,

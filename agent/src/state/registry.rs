@@ -13,7 +13,7 @@
 //! - load clock (`load_clock`): restarts when the phase or `progress.done` changes.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use vitals_proto::message::{
@@ -25,31 +25,29 @@ use crate::config::upstreams::{ProbeKind, UpstreamSpec};
 use crate::sources::proc::discover::NotFound;
 use crate::sources::proc::{ProcSample, SampleError};
 use crate::sources::upstream::engines::Scrape;
+use crate::state::cell::CowCell;
 use crate::state::probe_result::{Outcome, ScrapeError};
 use crate::state::proc_track::{ProcTrack, Watched};
 use crate::state::upstream::UpstreamState;
 
-/// The shared registry. Writers (through the handles) apply in-memory
-/// updates under a lock held for those assignments only; readers get the current state
-/// as an immutable `Arc` for the cost of a reference count, so a probe never waits for
-/// rendering, metrics or another probe. An update while readers still hold the old state
-/// copies it first (copy-on-write), which keeps every reader's snapshot consistent.
+/// The shared registry, a [`CowCell`]: writers go through the handles below, each able to
+/// change only its own part; readers take the current state as an `Arc`.
 #[derive(Debug, Default)]
 pub struct Registry {
-    current: Mutex<Arc<State>>,
+    current: CowCell<State>,
 }
 
 impl Registry {
     /// A registry knowing the expected workers.
     pub fn new(expected: &[WorkerName]) -> Self {
         Self {
-            current: Mutex::new(Arc::new(State::new(expected))),
+            current: CowCell::new(State::new(expected)),
         }
     }
 
     /// The state as of now; later updates do not change it.
     pub fn current(&self) -> Arc<State> {
-        Arc::clone(&self.lock())
+        self.current.current()
     }
 
     /// The socket server's handle: it can change workers' reports only.
@@ -76,16 +74,10 @@ impl Registry {
         self.update(|s| s.add_upstreams(specs));
     }
 
-    /// Applies `change` to the state. `change` must be plain in-memory work: no I/O, no
-    /// await, no rendering. Writers outside this module go through the handles above.
+    /// Applies `change` to the state ([`CowCell::update`]). Writers outside this module go
+    /// through the handles above.
     fn update<R>(&self, change: impl FnOnce(&mut State) -> R) -> R {
-        change(Arc::make_mut(&mut self.lock()))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<State>> {
-        // Every update is a few field assignments; a panic mid-update (a bug) would at
-        // worst leave one worker's fields half-new, which the next message fixes.
-        self.current.lock().unwrap_or_else(PoisonError::into_inner)
+        self.current.update(change)
     }
 }
 

@@ -19,6 +19,7 @@ use prometheus::{
 use vitals_proto::{ErrorCode, Phase};
 
 use crate::config::upstreams::ProbeKind;
+use crate::state::group::PollError;
 use crate::state::probe_result::Outcome;
 use crate::state::registry::State;
 use crate::state::snapshot::Snapshot;
@@ -158,16 +159,16 @@ impl Metrics {
         )
         .expect("histogram options are valid constants");
         register(Box::new(upstream_probe_duration.clone()));
-        // No labels, but a Vec: the series exist only on a group's leader, so an alert on
-        // them never fires for the pods that are not one.
+        // The series exist only on a group's leader, so an alert on them never fires for
+        // the pods that are not one.
         let group_poll_duration = HistogramVec::new(
             HistogramOpts::new(
                 "group_poll_duration_seconds",
-                "Time a group leader's poll of one member's /group took (SPEC §9), answered or not.",
+                "Time a group leader's poll of one member's /group took (SPEC §9), by result (ok, timeout, lookup, refused, reset, ..., status, garbage).",
             )
             .namespace(NAMESPACE)
             .buckets(GROUP_BUCKETS.to_vec()),
-            &[],
+            &["result"],
         )
         .expect("histogram options are valid constants");
         register(Box::new(group_poll_duration.clone()));
@@ -310,10 +311,11 @@ impl Metrics {
             .inc();
     }
 
-    /// Records one poll of a group member.
-    pub fn group_poll(&self, took: Duration) {
+    /// Records one poll of a group member: `ok`, or why it failed ([`PollError::result`]).
+    pub fn group_poll(&self, took: Duration, result: Result<(), &PollError>) {
+        let result = result.map_or_else(PollError::result, |()| "ok");
         self.group_poll_duration
-            .with_label_values(NO_LABELS)
+            .with_label_values(&[result])
             .observe(took.as_secs_f64());
     }
 
@@ -470,7 +472,7 @@ impl Metrics {
         for kind in BrokenReason::KINDS {
             self.group_broken.with_label_values(&[kind]);
         }
-        self.group_poll_duration.with_label_values(NO_LABELS);
+        self.group_poll_duration.with_label_values(&["ok"]);
     }
 
     /// The per-worker series of each upstream (SPEC §8): verdicts, its busy and pending

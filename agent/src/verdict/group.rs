@@ -22,6 +22,8 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+#[cfg(test)]
+use crate::state::group::PollError;
 use crate::state::group::{changed, GroupState, Instances, MemberState};
 
 /// `--group-timeout` and `--group-lost-after`.
@@ -507,7 +509,7 @@ mod tests {
     fn poll(
         g: &mut GroupState,
         slot: usize,
-        answer: Result<GroupReport, String>,
+        answer: Result<GroupReport, PollError>,
         leader: &Instances,
         leader_ready: bool,
         at: Instant,
@@ -551,7 +553,16 @@ mod tests {
             false,
             at(6),
         );
-        poll(&mut g, 1, Err("refused".into()), &head, false, at(6));
+        poll(
+            &mut g,
+            1,
+            Err(PollError::Request(
+                crate::state::probe_result::Failure::Refused,
+            )),
+            &head,
+            false,
+            at(6),
+        );
         judge_new(&g, at(6));
         for s in 7..=9 {
             poll(&mut g, 0, live(&[("ray", "11:11")]), &head, false, at(s));

@@ -11,9 +11,10 @@ use vitals_proto::WorkerName;
 use super::*;
 use crate::sources::upstream::sleep::{Asleep, Wake};
 
-/// Why an upstream's probe fails (SPEC §8), in precedence order (the derived `Ord` is that
-/// order): the /proc and metrics reasons first, by §7's order, then the process being
-/// gone (readiness only), then the container's own probe ([`UpstreamReason::rank`]).
+/// Why an upstream's probe fails (SPEC §8), declared in precedence order, which
+/// [`UpstreamReason::rank`] states (no `Ord` is derived: a probe's failure detail has no
+/// order of its own): the /proc and metrics reasons first, by §7's order, then the process
+/// being gone (readiness only), then the container's own probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamReason {
     /// /proc state `T` for `--hang-timeout`.

@@ -360,7 +360,7 @@ fn g1_member_faults_fail_the_leaders_readiness_not_its_liveness() {
         .timeline
         .starvation(from, leader.pod.timeline.now());
     took.sort();
-    let p99 = took[took.len() * 99 / 100];
+    let p99 = vitals_e2e::report::percentile(&took, 0.99);
     let bound = Duration::from_millis(10) + starved.total();
     report_line(&format!(
         "[group_member_faults] leader probe p99 {:.2}ms, max {:.2}ms over 300 probes while a member never answers (bound p99 < 10ms + {starved})",

@@ -176,7 +176,7 @@ fn group_doc(snapshot: &Snapshot) -> Option<GroupDoc> {
                 recorded: m.recorded.clone(),
                 instance_age_seconds: m.seen_changed_at.map(age),
                 last_answer_seconds: answer.map(|a| age(a.at)),
-                poll_error: m.failure.as_ref().map(|f| f.error.clone()),
+                poll_error: m.failure.as_ref().map(|f| f.error.to_string()),
             }
         })
         .collect();
