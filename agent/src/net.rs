@@ -1,6 +1,7 @@
 //! The agent's one outbound HTTP client: connect with the caller's timeout around it, one
 //! request at a time, the response head and body read with hard caps. The upstream probers
-//! (kubelet-style HTTP and gRPC), the metrics scraper and `vitals-agent status` all use it,
+//! (kubelet-style HTTP and gRPC), the metrics scraper, the canary (SPEC §12) and
+//! `vitals-agent status` all use it,
 //! so the caps, the failure mapping and the IPv6 authority (`[fd00::5]:8000`) are written
 //! once.
 //!
@@ -254,6 +255,49 @@ pub async fn get_once(
         .await?
         .get(path, headers, true, read)
         .await
+}
+
+/// One POST of a JSON `body` over HTTP/1.1 on a fresh connection that is closed after
+/// the answer, its body kept up to `limit` bytes (a streamed answer is read to its last
+/// chunk, so a deadline around the call covers the whole answer).
+pub async fn post_json_once(
+    host: &str,
+    port: u16,
+    path: &str,
+    headers: &[(HeaderName, HeaderValue)],
+    body: Bytes,
+    limit: usize,
+) -> Result<Answer, Failure> {
+    let stream = connect(host, port).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(HEAD_LIMIT)
+        .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+        .await
+        .map_err(|e| hyper_failure(&e))?;
+    let _conn = ConnTask(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    let mut req = Request::post(path)
+        .body(Full::new(body))
+        .map_err(|e| Failure::Protocol(e.to_string()))?;
+    let h = req.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&authority(host, port)) {
+        h.insert(HOST, v);
+    }
+    h.insert(CONNECTION, HeaderValue::from_static("close"));
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    for (name, value) in headers {
+        h.insert(name.clone(), value.clone());
+    }
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| hyper_failure(&e))?;
+    let (parts, body) = resp.into_parts();
+    read_body::<Incoming>(parts.status, parts.headers, body, BodyRead::Keep(limit)).await
 }
 
 /// One POST over cleartext HTTP/2 (prior knowledge, as gRPC speaks it) on a fresh

@@ -394,12 +394,12 @@ pub(crate) mod tests {
                 threads: 3,
                 start_time: start,
             };
-            self.state.apply_proc(&target, None, Some(Ok(sample)));
+            self.state.apply_proc(&target, None, Some(Ok(sample)), None);
         }
         fn gone(&mut self, w: &str) {
             let target = self.target(w);
             self.state
-                .apply_proc(&target, None, Some(Err(SampleError::Gone(PEER.pid))));
+                .apply_proc(&target, None, Some(Err(SampleError::Gone(PEER.pid))), None);
         }
         fn eval(&self, d: Duration) -> Verdicts {
             let now = self.at(d);

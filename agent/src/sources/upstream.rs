@@ -4,8 +4,9 @@
 //! metrics ([`expo`], [`stall`], [`scrape`]; which series mean what per engine:
 //! [`crate::config::upstreams::profiles`]). [`crate::config::upstreams`] is the `--upstreams`
 //! JSON that says what to watch, [`crate::state::upstream`] what the agent knows about each,
-//! and [`run`] the tasks that learn it.
+//! and [`run`] the tasks that learn it; [`canary`] sends the opt-in canary of SPEC §12.
 
+pub mod canary;
 pub mod expo;
 pub mod grpc;
 pub mod probe;

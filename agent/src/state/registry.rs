@@ -22,12 +22,13 @@ use vitals_proto::message::{
 use vitals_proto::{Phase, WorkerName};
 
 use crate::config::upstreams::{ProbeKind, UpstreamSpec};
+use crate::sources::proc::children::Extras;
 use crate::sources::proc::discover::NotFound;
 use crate::sources::proc::{ProcSample, SampleError};
 use crate::sources::upstream::stall::Reading;
 use crate::state::probe_result::{Outcome, ScrapeError};
 use crate::state::proc_track::{ProcTrack, Watched};
-use crate::state::upstream::UpstreamState;
+use crate::state::upstream::{CanaryRun, UpstreamState};
 
 /// The shared registry. Writers (through the handles) apply in-memory
 /// updates under a lock held for those assignments only; readers get the current state
@@ -164,6 +165,22 @@ impl UpstreamResults {
         self.with(|u| u.record_scrape(started, result, stall_timeout));
     }
 
+    /// See [`UpstreamState::canary_sent`].
+    pub fn canary_sent(&self, at: Instant) {
+        self.with(|u| u.canary_sent(at));
+    }
+
+    /// See [`UpstreamState::canary_ended`].
+    pub fn canary_ended(&self, run: CanaryRun) {
+        self.with(|u| u.canary_ended(run));
+    }
+
+    /// See [`UpstreamState::quiet_since`].
+    pub fn quiet_since(&self, since: Instant) -> Option<Instant> {
+        let state = self.registry.current();
+        state.upstreams.get(&self.name)?.quiet_since(since)
+    }
+
     fn with(&self, change: impl FnOnce(&mut UpstreamState)) {
         self.registry.update(|s| {
             if let Some(u) = s.upstreams.get_mut(&self.name) {
@@ -191,7 +208,7 @@ impl ProcSamples {
     pub fn record(&self, results: Vec<ProcResult>) {
         self.0.update(|s| {
             for r in results {
-                s.apply_proc(&r.target, r.discovered, r.sample);
+                s.apply_proc(&r.target, r.discovered, r.sample, r.extras);
             }
         });
     }
@@ -206,6 +223,9 @@ pub struct ProcResult {
     pub discovered: Option<Result<Watched, NotFound>>,
     /// A sample of the (found) process.
     pub sample: Option<Result<ProcSample, SampleError>>,
+    /// For an upstream's process that exists: its zombie children and, while it loads,
+    /// what it has read (SPEC §12).
+    pub extras: Option<Extras>,
 }
 
 /// Identifies one socket connection for the life of the agent.
@@ -471,6 +491,7 @@ impl State {
                     instance: inst.hello.instance.clone(),
                 },
                 job: ProcJob::Sample(inst.proc.sample_target()?),
+                loading: false,
             })
         });
         let upstreams = self.upstreams.iter().map(|(name, u)| {
@@ -485,19 +506,22 @@ impl State {
                 name: name.clone(),
                 of: Owner::Upstream,
                 job,
+                loading: u.load.is_loading(),
             }
         });
         workers.chain(upstreams).collect()
     }
 
     /// Records what the sampler found for `target`: the outcome of a search (upstreams),
-    /// and a sample of the process. A result for a pid or instance no longer watched is
+    /// and a sample of the process (for an upstream, also its zombie children and load
+    /// progress, [`UpstreamState::record_proc_extras`]). A result for a pid or instance no longer watched is
     /// dropped.
     pub fn apply_proc(
         &mut self,
         target: &ProcTarget,
         discovered: Option<Result<Watched, NotFound>>,
         sample: Option<Result<ProcSample, SampleError>>,
+        extras: Option<Extras>,
     ) {
         let (track, ran_at) = match &target.of {
             Owner::Worker { instance } => {
@@ -530,6 +554,11 @@ impl State {
         if let (Some(s), Some(pid)) = (sample, sampled_pid) {
             if track.sample_target() == Some(pid) {
                 track.apply(s, ran_at);
+            }
+        }
+        if target.of == Owner::Upstream {
+            if let Some(u) = self.upstreams.get_mut(&target.name) {
+                u.record_proc_extras(extras);
             }
         }
     }
@@ -571,6 +600,9 @@ pub struct ProcTarget {
     pub of: Owner,
     /// What to do.
     pub job: ProcJob,
+    /// An upstream still loading (its startup probe never passed): read what its process
+    /// has read too (SPEC §12's load progress).
+    pub loading: bool,
 }
 
 fn apply_phase(inst: &mut Instance, report: PhaseReport, now: Instant) {
@@ -786,7 +818,7 @@ pub(crate) mod tests {
         let target = target(&s, "model");
         assert_eq!(target.job, ProcJob::Sample(PEER.pid));
         let view = |s: &State| s.workers[&m].instance.as_ref().expect("i").proc.clone();
-        let apply = |s: &mut State, r| s.apply_proc(&target, None, Some(r));
+        let apply = |s: &mut State, r| s.apply_proc(&target, None, Some(r), None);
         apply(&mut s, Ok(sample(at(100), 'T', 9)));
         apply(&mut s, Ok(sample(at(200), 'T', 9)));
         assert_eq!(view(&s).stopped_since, Some(at(100)));
@@ -823,7 +855,7 @@ pub(crate) mod tests {
         let old = target(&s, "model");
         s.disconnect(&m, 1, t0);
         s.hello(&hello("model", "b"), PEER, 2, t0).expect("free");
-        s.apply_proc(&old, None, Some(Err(SampleError::Gone(PEER.pid))));
+        s.apply_proc(&old, None, Some(Err(SampleError::Gone(PEER.pid))), None);
         assert!(!s.workers[&m].instance.as_ref().expect("i").proc.gone);
     }
 
@@ -853,17 +885,22 @@ pub(crate) mod tests {
             start_time: Some(7),
             found_by: FoundBy::Cgroup,
         };
-        s.apply_proc(&look, Some(Ok(found)), Some(Ok(sample(at(100), 'T', 7))));
+        s.apply_proc(
+            &look,
+            Some(Ok(found)),
+            Some(Ok(sample(at(100), 'T', 7))),
+            None,
+        );
         let sample_it = target(&s, "vllm");
         assert_eq!(
             sample_it.job,
             ProcJob::Sample(42),
             "no search while the pid is unchanged"
         );
-        s.apply_proc(&sample_it, None, Some(Ok(sample(at(200), 'T', 7))));
+        s.apply_proc(&sample_it, None, Some(Ok(sample(at(200), 'T', 7))), None);
         let p = &s.upstreams[&name("vllm")].proc;
         assert_eq!((p.stopped_since, p.gone), (Some(at(100)), false));
-        s.apply_proc(&sample_it, None, Some(Err(SampleError::Gone(42))));
+        s.apply_proc(&sample_it, None, Some(Err(SampleError::Gone(42))), None);
         assert!(
             matches!(target(&s, "vllm").job, ProcJob::Discover { .. }),
             "gone: looked for again"

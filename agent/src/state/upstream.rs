@@ -8,10 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::upstreams::{Action, ProbeKind, UpstreamSpec};
+use crate::sources::proc::children::Extras;
 use crate::sources::proc::discover::NotFound;
 use crate::sources::upstream::stall::{Reading, StallClock};
+use crate::state::load_progress::LoadProgress;
 use crate::state::probe_result::{Outcome, ScrapeError};
 use crate::state::proc_track::ProcTrack;
+use crate::state::zombies::Zombies;
 
 /// One scrape that failed, for `/status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +23,51 @@ pub struct ScrapeFailure {
     pub at: Instant,
     /// Why.
     pub error: String,
+}
+
+/// How one canary request ended (SPEC §12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CanaryResult {
+    /// Answered whole, 2xx, within the deadline.
+    Ok,
+    /// The whole answer did not arrive within the deadline: `loop_stalled: canary`.
+    Deadline,
+    /// Answered otherwise (refused, a non-2xx status): no evidence of a hung engine (the
+    /// probes judge reachability), shown in `/status` and counted.
+    Error(String),
+}
+
+impl CanaryResult {
+    /// The `result` label of `vitals_upstream_canaries_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Deadline => "deadline",
+            Self::Error(_) => "error",
+        }
+    }
+}
+
+/// One canary request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryRun {
+    /// When it was sent.
+    pub started: Instant,
+    /// When it ended (answered, failed, or at its deadline).
+    pub ended: Instant,
+    /// How.
+    pub result: CanaryResult,
+}
+
+/// An upstream's canaries so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CanaryTrack {
+    /// The one in flight: when it was sent.
+    pub in_flight_since: Option<Instant>,
+    /// The latest that ended.
+    pub last: Option<CanaryRun>,
+    /// When a canary missed its deadline, until one passes or the engine works again.
+    pub missed_at: Option<Instant>,
 }
 
 /// Everything the agent knows about one upstream.
@@ -35,6 +83,15 @@ pub struct UpstreamState {
     pub scrape_failure: Option<ScrapeFailure>,
     /// Its process.
     pub proc: ProcTrack,
+    /// Its load, until its startup probe first passes (SPEC §12).
+    pub load: LoadProgress,
+    /// Its process's zombie children (SPEC §12).
+    pub zombies: Zombies,
+    /// The latest scrape that showed the engine working or busy (a work counter moved, or
+    /// requests running or waiting): the end of its idle time, for the canary.
+    pub active_at: Option<Instant>,
+    /// Its canaries, when it has one (SPEC §12).
+    pub canary: CanaryTrack,
 }
 
 impl UpstreamState {
@@ -52,18 +109,38 @@ impl UpstreamState {
         } else {
             NotFound::NoListener(spec.probe_ports())
         };
+        let spec_has_startup = spec.probes.contains_key(&ProbeKind::Startup);
         Self {
             spec,
             probes: BTreeMap::new(),
             stall: StallClock::default(),
             scrape_failure: None,
             proc: ProcTrack::off(not_yet.to_string()),
+            load: LoadProgress::new(spec_has_startup),
+            zombies: Zombies::default(),
+            active_at: None,
+            canary: CanaryTrack::default(),
         }
     }
 
     /// A probe finished.
     pub fn record_probe(&mut self, kind: ProbeKind, outcome: Outcome) {
+        if kind == ProbeKind::Startup && outcome.result.is_ok() {
+            self.load.finished();
+        }
         self.probes.insert(kind, outcome);
+    }
+
+    /// What the /proc sampler read of its process beyond the sample just applied to
+    /// [`Self::proc`]: its zombie children, and while it loads, the load progress.
+    pub fn record_proc_extras(&mut self, extras: Option<Extras>) {
+        let (Some(pid), Some(sample)) = (self.proc.sample_target(), self.proc.latest.as_ref())
+        else {
+            return;
+        };
+        let Some(extras) = extras else { return };
+        self.load.observe(pid, sample, extras.read);
+        self.zombies.observe(pid, extras.taken_at, extras.zombies);
     }
 
     /// A scrape that began at `started` finished; a failure is no evidence for the stall
@@ -77,6 +154,14 @@ impl UpstreamState {
         match result {
             Ok(reading) => {
                 self.scrape_failure = None;
+                let moved = self.stall.last().is_some_and(|l| l.work != reading.work);
+                if moved || reading.is_busy() {
+                    self.active_at = Some(reading.at);
+                }
+                if moved {
+                    // Working again: a canary missed before is history.
+                    self.canary.missed_at = self.canary.missed_at.filter(|m| *m > reading.at);
+                }
                 self.stall.observe(reading, stall_timeout);
             }
             Err(e) => {
@@ -87,6 +172,45 @@ impl UpstreamState {
                 });
             }
         }
+    }
+
+    /// A canary was sent at `at`.
+    pub fn canary_sent(&mut self, at: Instant) {
+        self.canary.in_flight_since = Some(at);
+    }
+
+    /// A canary ended: a missed deadline holds `loop_stalled: canary` until a canary passes
+    /// or the engine works again; an error changes nothing.
+    pub fn canary_ended(&mut self, run: CanaryRun) {
+        match run.result {
+            CanaryResult::Ok => self.canary.missed_at = None,
+            CanaryResult::Deadline => self.canary.missed_at = Some(run.ended),
+            CanaryResult::Error(_) => {}
+        }
+        self.canary.in_flight_since = None;
+        self.canary.last = Some(run);
+    }
+
+    /// When a canary may be sent, if one is due at all: since the latest of `since` (the
+    /// canary task's start), the engine's last activity and the last canary, while the
+    /// server has loaded and every probe passes (a failing probe already says the rest).
+    pub fn quiet_since(&self, since: Instant) -> Option<Instant> {
+        let probes_pass = self
+            .spec
+            .probes
+            .keys()
+            .all(|k| self.probes.get(k).is_some_and(|o| o.result.is_ok()));
+        if !probes_pass || self.load.is_loading() || self.canary.in_flight_since.is_some() {
+            return None;
+        }
+        [
+            Some(since),
+            self.active_at,
+            self.canary.last.as_ref().map(|r| r.ended),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
     }
 
     /// The newest evidence that its process ran: the start of the latest answered HTTP

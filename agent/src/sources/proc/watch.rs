@@ -9,15 +9,16 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::cadence::Cadence;
+use crate::sources::proc::children::{self, Extras};
 use crate::sources::proc::discover::{self, Wanted};
 use crate::sources::proc::{ProcSample, ProcSource, SampleError};
-use crate::state::registry::{ProcJob, ProcResult, ProcSamples, ProcTarget};
+use crate::state::registry::{Owner, ProcJob, ProcResult, ProcSamples, ProcTarget};
 
 /// One round's samples by pid.
 type Samples = HashMap<u32, Result<ProcSample, SampleError>>;
@@ -54,10 +55,12 @@ pub async fn watch(
         let sampler = Arc::clone(&sampler);
         let round = tokio::task::spawn_blocking(move || {
             let mut taken = HashMap::new();
-            targets
+            let mut results = targets
                 .into_iter()
                 .map(|target| sampler.run(target, &exclude, &mut taken))
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            sampler.add_extras(&mut results);
+            results
         });
         let results = tokio::select! {
             () = stop.cancelled() => return,
@@ -87,6 +90,7 @@ impl Sampler {
             ProcJob::Sample(pid) => ProcResult {
                 sample: Some(self.sample(*pid, taken)),
                 discovered: None,
+                extras: None,
                 target,
             },
             ProcJob::Discover { ports, cmdline } => {
@@ -100,9 +104,47 @@ impl Sampler {
                 ProcResult {
                     discovered: Some(found),
                     sample,
+                    extras: None,
                     target,
                 }
             }
+        }
+    }
+
+    /// Adds to each result of an upstream's living process its zombie children (one scan
+    /// of the pod's processes for all of them) and, while it loads, what it has read
+    /// (SPEC §12).
+    fn add_extras(&self, results: &mut [ProcResult]) {
+        let living_upstream = |r: &ProcResult| -> Option<u32> {
+            if r.target.of != Owner::Upstream || !matches!(&r.sample, Some(Ok(s)) if !s.is_dead()) {
+                return None;
+            }
+            match &r.target.job {
+                ProcJob::Sample(pid) => Some(*pid),
+                ProcJob::Discover { .. } => r.discovered.as_ref()?.as_ref().ok().map(|w| w.pid),
+            }
+        };
+        let parents: Vec<u32> = results.iter().filter_map(living_upstream).collect();
+        if parents.is_empty() {
+            return;
+        }
+        let taken_at = Instant::now();
+        let scan = children::zombies_of(&self.proc_root, &parents);
+        for r in results.iter_mut() {
+            let Some(pid) = living_upstream(r) else {
+                continue;
+            };
+            r.extras = Some(Extras {
+                taken_at,
+                zombies: match &scan {
+                    Ok(by_parent) => Ok(by_parent.get(&pid).cloned().unwrap_or_default()),
+                    Err(e) => Err(e.clone()),
+                },
+                read: r
+                    .target
+                    .loading
+                    .then(|| children::bytes_read(&self.proc_root, pid)),
+            });
         }
     }
 }
@@ -110,12 +152,10 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Instant;
 
     use vitals_proto::WorkerName;
 
     use super::*;
-    use crate::state::registry::Owner;
 
     /// Counts the reads of each round; every pid is a sleeping process.
     #[derive(Default)]
@@ -147,6 +187,7 @@ mod tests {
             name: WorkerName::parse(name).expect("valid name"),
             of: Owner::Upstream,
             job: ProcJob::Sample(pid),
+            loading: false,
         };
         let mut taken = Samples::new();
         let results: Vec<_> = [target("a", 7), target("b", 7), target("c", 8)]
