@@ -11,7 +11,10 @@
 //! - `POST /control/loaded`, `/control/busy?running=N&waiting=M`, `/control/hang` (the
 //!   engine loop stops: counters freeze, requests stay running, `/health` stays 200),
 //!   `/control/slow?ms=N` (every answer waits N ms), `/control/close` (stop listening; the
-//!   process lives on).
+//!   process lives on), `/control/die[?after_first_chunk=1]` (the engine died while idle,
+//!   vLLM #16259: `/health` 200, completions never answer, or stop after their first chunk);
+//! - `GET /v1/models` and `POST /v1/completions` (a 1-token answer that moves the counters),
+//!   what the canary of SPEC §12 sends.
 //!
 //! [`serve_llamacpp`] is the same switches in front of a fake llama.cpp server
 //! (ggml-org/llama.cpp tools/server), with the three behaviours of the real one that the
@@ -43,12 +46,25 @@ use crate::client;
 struct Engine {
     loading: bool,
     hung: bool,
+    /// The engine died while idle (vLLM #16259): `/health` and `/v1/models` still answer
+    /// from the API server, a completion never does (or stops after its first chunk).
+    dead: Option<Death>,
     delay: Duration,
     running: u64,
     waiting: u64,
     iterations: u64,
     generation_tokens: u64,
     prompt_tokens: u64,
+}
+
+/// How a dead engine answers a completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Death {
+    /// Not at all: the request waits forever.
+    Silent,
+    /// The head and a first chunk, then nothing (a worker frozen after its first chunk,
+    /// Dynamo #13675).
+    AfterFirstChunk,
 }
 
 type Shared = Arc<Mutex<Engine>>;
@@ -154,6 +170,39 @@ fn answer(
             std::thread::sleep(delay);
             (200, metrics(&lock(engine)))
         }
+        // vllm/entrypoints/openai/api_server.py `show_available_models`: answered by the
+        // API server from its own list, without the engine.
+        ("GET", "/v1/models") => (
+            200,
+            r#"{"object":"list","data":[{"id":"fake/llama","object":"model","owned_by":"vllm"}]}"#
+                .into(),
+        ),
+        ("POST", "/v1/completions") => {
+            std::thread::sleep(delay);
+            let dead = lock(engine).dead;
+            match dead {
+                Some(death) => return never_complete(stream, death),
+                None => {
+                    let mut e = lock(engine);
+                    e.prompt_tokens += 1;
+                    e.generation_tokens += 1;
+                    e.iterations += 1;
+                }
+            }
+            (
+                200,
+                r#"{"id":"cmpl-0","object":"text_completion","model":"fake/llama","choices":[{"index":0,"text":" pong","finish_reason":"length"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#
+                    .into(),
+            )
+        }
+        ("POST", "/control/die") => {
+            lock(engine).dead = Some(if param("after_first_chunk") == 1 {
+                Death::AfterFirstChunk
+            } else {
+                Death::Silent
+            });
+            (200, "ok".into())
+        }
         ("POST", "/control/loaded") => {
             lock(engine).loading = false;
             (200, "ok".into())
@@ -191,6 +240,23 @@ fn answer(
         "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: {connection}\r\n\r\n{body}",
         body.len()
     )
+}
+
+/// A completion to a dead engine: nothing, or a chunked head and one chunk, and then the
+/// connection stays open and silent (the server process lives on).
+fn never_complete(stream: &mut TcpStream, death: Death) -> std::io::Result<()> {
+    if death == Death::AfterFirstChunk {
+        let chunk = "data: {\"choices\":[{\"text\":\" po\"}]}\n\n";
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n",
+            chunk.len()
+        )?;
+        stream.flush()?;
+    }
+    loop {
+        std::thread::park();
+    }
 }
 
 fn metrics(e: &Engine) -> String {
@@ -419,7 +485,7 @@ fn handle_llama(mut stream: TcpStream, engine: &Mutex<Llama>, key: Option<&str>)
     );
 }
 
-fn query_param(query: &str, k: &str) -> u64 {
+pub(crate) fn query_param(query: &str, k: &str) -> u64 {
     query
         .split('&')
         .filter_map(|kv| kv.split_once('='))
@@ -429,7 +495,7 @@ fn query_param(query: &str, k: &str) -> u64 {
 }
 
 /// A request head: method, target, header lines (name, value).
-type Head = (String, String, Vec<(String, String)>);
+pub(crate) type Head = (String, String, Vec<(String, String)>);
 
 /// One request read from a connection.
 struct Request {
@@ -440,7 +506,7 @@ struct Request {
 
 /// The request line's method and target, and the header lines (no bodies are sent to
 /// these servers).
-fn read_head(stream: &TcpStream) -> Option<Head> {
+pub(crate) fn read_head(stream: &TcpStream) -> Option<Head> {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut reader = BufReader::new(stream.try_clone().ok()?);
     read_request(&mut reader).map(|r| r.head)
@@ -490,17 +556,26 @@ impl FakeVllm {
     /// Starts `bin` on `addr` (loading for `load_for`, or until [`FakeVllm::loaded`]),
     /// logging to `log`.
     pub fn start(bin: &Path, addr: SocketAddr, load_for: Option<Duration>, log: &Path) -> Self {
+        let load: Vec<String> = load_for
+            .map(|d| d.as_millis().to_string())
+            .into_iter()
+            .collect();
+        let load: Vec<&str> = load.iter().map(String::as_str).collect();
+        Self::start_with(bin, addr, &load, log)
+    }
+
+    /// Starts `bin` on `addr` with more arguments (`--triton`, `--llamacpp`), logging to
+    /// `log`; returns once it answers `/metrics`.
+    pub fn start_with(bin: &Path, addr: SocketAddr, args: &[&str], log: &Path) -> Self {
         let file = std::fs::File::create(log).expect("the log folder is writable");
         let err = file.try_clone().expect("a log file handle can be cloned");
         let mut cmd = Command::new(bin);
         cmd.arg(addr.to_string())
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err))
             .process_group(0);
-        if let Some(d) = load_for {
-            cmd.arg(d.as_millis().to_string());
-        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
@@ -521,7 +596,8 @@ impl FakeVllm {
         self.child.id()
     }
 
-    fn control(&self, path: &str) {
+    /// POSTs one of its `/control/...` switches; panics unless it answers 200.
+    pub fn control(&self, path: &str) {
         let r = client::request_with(self.addr, "POST", path, None, Duration::from_secs(5), || {})
             .unwrap_or_else(|e| panic!("fake-vllm {path}: {e}"));
         assert_eq!(r.status, 200, "fake-vllm {path}");
@@ -542,6 +618,15 @@ impl FakeVllm {
     /// The engine loop stops; `/health` keeps answering 200.
     pub fn hang_engine(&self) {
         self.control("/control/hang");
+    }
+
+    /// The engine dies while idle: `/health` stays 200, completions never answer (with
+    /// `after_first_chunk`, they stop after their first chunk).
+    pub fn die(&self, after_first_chunk: bool) {
+        self.control(&format!(
+            "/control/die?after_first_chunk={}",
+            u8::from(after_first_chunk)
+        ));
     }
 
     /// Every answer from now on waits `d`.

@@ -11,6 +11,8 @@
 //! - [`peer`]: fake protocol peers (a scripted worker, a recording agent, a python worker);
 //! - [`wait`]: polling with a deadline instead of sleeping;
 //! - [`fake_vllm`]: a fake vLLM (its own process) for the upstream scenarios;
+//! - [`fake_triton`]: a fake Triton whose Python-backend stub dies unreaped;
+//! - `fake-loader` (a binary): a model load that moves only memory, CPU, reads, or nothing;
 //! - [`report`]: measured detection latencies;
 //! - [`freezer`]: the cgroup v1 freezer (uninterruptible sleep on demand);
 //! - [`cgroup`]: a cgroup v2 folder per "container" (a pod's shape for /proc discovery);
@@ -22,6 +24,7 @@
 pub mod bins;
 pub mod cgroup;
 pub mod client;
+pub mod fake_triton;
 pub mod fake_vllm;
 pub mod freezer;
 pub mod load;

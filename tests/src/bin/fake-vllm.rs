@@ -1,6 +1,7 @@
-//! `fake-vllm ADDR [LOAD_MS] [--llamacpp [--api-key KEY] [--counter-base N]]`: the fake
-//! vLLM (or, with `--llamacpp`, the fake llama.cpp) of `vitals_e2e::fake_vllm` as a process
-//! of its own, so the agent finds it by its port and scenarios can stop or kill it.
+//! `fake-vllm ADDR [LOAD_MS] [--llamacpp [--api-key KEY] [--counter-base N]] [--triton]`:
+//! the fake vLLM (or, with `--llamacpp`, the fake llama.cpp of `vitals_e2e::fake_vllm`;
+//! with `--triton`, the fake Triton of `vitals_e2e::fake_triton`) as a process of its own,
+//! so the agent finds it by its port and scenarios can stop or kill it.
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -9,19 +10,26 @@ use vitals_e2e::fake_vllm::LlamaOptions;
 
 fn usage(problem: &str) -> ! {
     eprintln!("fake-vllm: {problem}");
-    eprintln!("usage: fake-vllm ADDR [LOAD_MS] [--llamacpp [--api-key KEY] [--counter-base N]]");
+    eprintln!("usage: fake-vllm ADDR [LOAD_MS] [--llamacpp [--api-key KEY] [--counter-base N]] [--triton]");
     std::process::exit(2);
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some(vitals_e2e::fake_triton::STUB_ARG) {
+        // The fake Triton's Python-backend stub: lives until killed.
+        loop {
+            std::thread::park();
+        }
+    }
     let mut args = std::env::args().skip(1);
     let Some(addr) = args.next() else {
         usage("ADDR missing")
     };
-    let (mut load_for, mut llama) = (None, None::<LlamaOptions>);
+    let (mut load_for, mut llama, mut triton) = (None, None::<LlamaOptions>, false);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--llamacpp" => llama = Some(LlamaOptions::default()),
+            "--triton" => triton = true,
             "--api-key" => {
                 let key = args.next().unwrap_or_else(|| usage("--api-key KEY"));
                 llama.get_or_insert_with(LlamaOptions::default).api_key = Some(key);
@@ -45,6 +53,9 @@ fn main() {
         }
     };
     println!("fake-vllm listening on {addr}");
+    if triton {
+        return vitals_e2e::fake_triton::serve_triton(listener);
+    }
     match llama {
         Some(options) => vitals_e2e::fake_vllm::serve_llamacpp(
             listener,

@@ -10,6 +10,7 @@
 mod common;
 mod faults;
 mod group;
+mod hangs;
 mod isolation;
 mod lifecycle;
 mod pod_shape;

@@ -28,7 +28,7 @@ const PERIOD: Duration = Duration::from_secs(1);
 
 /// A vLLM Deployment as its users write it: `/health` on the API port, by name for
 /// readiness; `periodSeconds: 1` so the scenarios run in seconds.
-fn manifest(port: u16) -> String {
+pub(crate) fn manifest(port: u16) -> String {
     format!(
         "apiVersion: apps/v1
 kind: Deployment
@@ -63,7 +63,7 @@ spec:
 }
 
 /// Runs `vitals-agent inject` on `manifest` and returns the agent's `VITALS_UPSTREAMS`.
-fn injected_upstreams(manifest: &str) -> String {
+pub(crate) fn injected_upstreams(manifest: &str) -> String {
     let mut child = Command::new(bins::agent_bin())
         .args(["inject", "-q", "-f", "-"])
         .stdin(Stdio::piped())
