@@ -195,7 +195,19 @@ def check_pods(paths, hardened):
             sv = vols.get(sock_vols[0], {})
             if sv.get("emptyDir", {}).get("medium") != "Memory":
                 err(name, f"socket volume {sock_vols[0]} is not an emptyDir with medium Memory")
-            check_probe(f"{name} {AGENT}", agent.get("livenessProbe"), "/livez", "liveness")
+            if "VITALS_GROUP_ROLE" in env_of(agent):
+                # SPEC §11: LeaderWorkerSet recreates a whole group when any container of one
+                # of its pods restarts (lws pod_utils.go ContainerRestarted), the agent too.
+                if "livenessProbe" in agent:
+                    err(name, "the agent of a group pod has a liveness probe (SPEC §11)")
+                sp = agent.get("startupProbe", {})
+                if (sp.get("failureThreshold", 3) - 1) * sp.get("periodSeconds", 10) < 300:
+                    err(name, "the agent of a group pod has a startup probe under 5 minutes (SPEC §11)")
+                res = agent.get("resources", {})
+                if "cpu" in res.get("limits", {}) and res.get("limits") != res.get("requests"):
+                    err(name, "the agent of a group pod has a CPU limit (SPEC §11)")
+            else:
+                check_probe(f"{name} {AGENT}", agent.get("livenessProbe"), "/livez", "liveness")
             if not any(p.get("containerPort") == PORT for p in agent.get("ports", [])):
                 err(name, f"agent does not declare containerPort {PORT}")
             args = agent.get("args", [])

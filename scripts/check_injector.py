@@ -69,11 +69,12 @@ def check_webhooks(mwc, svc, ns):
             opt_in_ns += 1
             if expressions(obj).get((INJECT_KEY, "NotIn")) != ["false"]:
                 cd.err(where, f"objectSelector does not honour the opt-out label {INJECT_KEY}=false")
-        elif ns_expr.get((INJECT_KEY, "NotIn")) == ["enabled"] and obj.get("matchLabels", {}).get(INJECT_KEY) == "true":
+        elif sorted(ns_expr.get((INJECT_KEY, "NotIn"), [])) == ["disabled", "enabled"] and obj.get("matchLabels", {}).get(INJECT_KEY) == "true":
+            # SPEC §11: a namespace labelled disabled vetoes the pod opt-in.
             opt_in_pod += 1
         else:
             cd.err(where, f"neither the namespace opt-in ({INJECT_KEY} In [enabled]) nor the pod opt-in "
-                          f"({INJECT_KEY}=true in a namespace NotIn [enabled], disjoint from it)")
+                          f"({INJECT_KEY}=true in a namespace NotIn [enabled, disabled], disjoint from it)")
     if (opt_in_ns, opt_in_pod) != (1, 1):
         cd.err("MutatingWebhookConfiguration", f"want one namespace opt-in and one pod opt-in webhook, got {opt_in_ns}, {opt_in_pod}")
 

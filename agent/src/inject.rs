@@ -11,6 +11,9 @@
 //! two templates get a leader's and a member's agent (SPEC §9). `inject_pod` is the one
 //! pod-level transform, called once per pod template.
 
+mod group;
+mod lws;
+mod mesh;
 mod resources;
 mod upstreams;
 pub mod webhook;
@@ -167,23 +170,21 @@ impl GroupRole {
 }
 
 /// Where a LeaderWorkerSet's pods find their subdomain (the headless Service's name).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubdomainSource {
     /// Policy `Shared` (the default): the Service is named after the LWS, which LWS writes
     /// into every pod's `leaderworkerset.sigs.k8s.io/name` label.
     SetName,
     /// Policy `UniquePerReplica`: one Service per group, named after the leader pod.
     LeaderPodName,
-}
-
-/// What a LeaderWorkerSet's spec says about the group wiring.
-#[derive(Debug, Clone, Copy)]
-struct LwsFacts {
-    subdomain: SubdomainSource,
+    /// `UniquePerReplica` with `groupIdentity: Hash`: the Service is named after the leader's
+    /// host name, drawn at its admission; the admitted pod's `spec.subdomain`, as a value
+    /// (the downward API cannot read it).
+    Admitted(String),
 }
 
 /// The group wiring of one pod template.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
     /// The pods' role.
     pub role: GroupRole,
@@ -306,6 +307,10 @@ pub enum Problem {
         /// Where the containers are (`.spec.predictor.containers`).
         at: String,
     },
+    /// A Hash-identity LeaderWorkerSet with one Service per group: its members' subdomain
+    /// is known only once the leader pod is admitted.
+    #[error("groupIdentity Hash with subdomainPolicy UniquePerReplica: each group's Service is named after its leader's host name, which LeaderWorkerSet draws from a random key when the leader pod is created, so no template can name it; inject these pods with the admission webhook (vitals-agent webhook, SPEC §10), which reads it from the pod")]
+    HashPerReplicaSubdomain,
     /// A worker already mounts something else where the socket goes.
     #[error("container {container} mounts volume {volume} at {SOCKET_DIR}, where the agent's socket goes")]
     MountConflict {
@@ -528,16 +533,25 @@ fn inject_node(
         }
         return Ok(());
     };
-    let group = group_of(doc, &kind, notes, &workload);
+    let facts = (kind == "LeaderWorkerSet").then(|| lws::facts_of_spec(doc, notes, &workload));
     for (path, role) in sites {
         let label = match role {
             None => workload.clone(),
             Some(_) => format!("{workload} ({})", path.last().copied().unwrap_or("")),
         };
-        let group = role.map(|role| Group {
-            role,
-            subdomain: group.subdomain,
-        });
+        let subdomain = facts
+            .as_ref()
+            .map_or(Some(SubdomainSource::SetName), |f| f.subdomain.clone());
+        let group = match (role, subdomain) {
+            (None, _) => None,
+            (Some(GroupRole::Leader), None) => {
+                return Err(err(label, Problem::HashPerReplicaSubdomain))
+            }
+            (Some(role), subdomain) => Some(Group {
+                role,
+                subdomain: subdomain.unwrap_or(SubdomainSource::SetName),
+            }),
+        };
         inject_site(
             doc,
             path,
@@ -551,57 +565,6 @@ fn inject_node(
         )?;
     }
     Ok(())
-}
-
-/// LeaderWorkerSet settings that decide the group wiring, with warnings about those that
-/// defeat it. An LWS without a `leaderTemplate` runs its `workerTemplate` for the leader too:
-/// it is copied there, so the leader's agent can get its own role.
-fn group_of(doc: &mut Map, kind: &str, notes: &mut Vec<String>, workload: &str) -> LwsFacts {
-    let mut facts = LwsFacts {
-        subdomain: SubdomainSource::SetName,
-    };
-    if kind != "LeaderWorkerSet" {
-        return facts;
-    }
-    let Some(spec) = doc.get_mut("spec").and_then(Node::as_map_mut) else {
-        return facts;
-    };
-    // pkg/controllers/leaderworkerset_controller.go (reconcileHeadlessServices) and
-    // pkg/webhooks/pod_webhook.go: the pods' subdomain is the headless Service named after
-    // the LWS (policy Shared, the default), or the leader pod's own name (UniquePerReplica).
-    let unique = spec
-        .get("networkConfig")
-        .and_then(Node::as_map)
-        .and_then(|n| n.get_str("subdomainPolicy"))
-        == Some("UniquePerReplica");
-    if unique {
-        facts.subdomain = SubdomainSource::LeaderPodName;
-    }
-    if spec.get_str("startupPolicy") == Some("LeaderReady") {
-        notes.push(format!(
-            "{workload}: warning: startupPolicy LeaderReady creates the workers only once the leader is Ready, and a Vitals leader is Ready only once its group formed: the group never starts; use LeaderCreated (docs/deploy.md, \"Multi-node models\")"
-        ));
-    }
-    if let Some(lwt) = spec
-        .get_mut("leaderWorkerTemplate")
-        .and_then(Node::as_map_mut)
-    {
-        if let Some(policy) = lwt
-            .get_str("restartPolicy")
-            .filter(|p| *p == "None" || *p == "Default")
-        {
-            notes.push(format!(
-                "{workload}: warning: restartPolicy {policy} restarts only the failed pod, which the engine cannot take back into its group; use RecreateGroupOnPodRestart"
-            ));
-        }
-        if lwt.get("leaderTemplate").is_none() {
-            if let Some(worker) = lwt.get("workerTemplate").cloned() {
-                let at = lwt.position("workerTemplate").unwrap_or(lwt.0.len());
-                lwt.insert_at(at, "leaderTemplate", worker);
-            }
-        }
-    }
-    facts
 }
 
 /// Injects one pod template of a workload.
@@ -782,6 +745,7 @@ fn inject_pod(
 
     let workers = choose_workers(spec, &previous, opts, used)?;
     check_ports(spec)?;
+    let istio = mesh::IstioOriginals::of(spec, &mut warnings);
     let (old_key, old_index, mut agent) = take_agent(spec);
 
     // Workers: env, socket mount, probes.
@@ -807,9 +771,10 @@ fn inject_pod(
         let Some(name) = c.get_str("name").map(str::to_string) else {
             continue;
         };
-        if workers.contains(&name) || name == AGENT_CONTAINER {
+        if workers.contains(&name) || name == AGENT_CONTAINER || mesh::is_mesh_proxy(&name) {
             continue;
         }
+        let kept = istio.restore(c, &name);
         let mut wired = upstreams::wire_upstream(
             c,
             &name,
@@ -817,6 +782,7 @@ fn inject_pod(
             profile_overrides.get(&name).map(String::as_str),
             &mut warnings,
         )?;
+        kept.put_back(c);
         // A group's container without probes (a member's Ray worker; a leader made from
         // the workerTemplate) is watched by /proc alone.
         if wired.is_none() && role.is_some() {
@@ -878,6 +844,9 @@ fn inject_pod(
             "warning: hostNetwork: true puts the agent's port {AGENT_PORT} on the node: /status and /metrics are reachable on the node's IP (restrict them with a host firewall), and two such pods on one node collide on the port (the second agent cannot listen)"
         ));
     }
+    if group.is_some() {
+        warnings.extend(group::host_network_dns_warning(spec));
+    }
     let facts = PodFacts {
         root: pod_runs_as_root(spec),
         guaranteed: resources::guaranteed(other_containers(spec)),
@@ -917,6 +886,7 @@ fn inject_pod(
         annotations.ensure(WORKERS_ANNOTATION, Node::string(workers.join(",")));
     }
     annotations.ensure(VERSION_ANNOTATION, Node::string(VERSION));
+    mesh::exclude_agent_port(tmpl, role == Some(GroupRole::Leader), &mut warnings)?;
     Ok(PodSummary {
         workers,
         upstreams: upstream_names,
@@ -926,14 +896,16 @@ fn inject_pod(
 }
 
 /// Injects Vitals into one Pod object (a mapping with `metadata` and `spec`) exactly as
-/// [`inject_documents`] does to each pod template; the admission webhook's entry point.
+/// [`inject_documents`] does to each pod template, its group role read from what
+/// LeaderWorkerSet's pod webhook wrote on it (SPEC §11); the admission webhook's entry point.
 /// Returns the warnings for the operator; on error `pod` is left as it was.
 pub(crate) fn inject_pod_object(
     pod: &mut Map,
     opts: &InjectOptions,
 ) -> Result<Vec<String>, Problem> {
+    let group = lws::group_of_pod(pod)?;
     let before = pod.clone();
-    inject_pod(pod, opts, None, &mut BTreeSet::new())
+    inject_pod(pod, opts, group.as_ref(), &mut BTreeSet::new())
         .map(|summary| summary.warnings)
         .inspect_err(|_| *pod = before)
 }
@@ -1065,7 +1037,7 @@ fn take_agent(spec: &mut Map) -> (Option<&'static str>, usize, Map) {
 }
 
 /// Puts the agent back: a native sidecar first among the init containers, or (legacy) an
-/// ordinary container last; where it already was when it moves nowhere.
+/// ordinary container last (where it already was, if it was one).
 fn place_agent(
     spec: &mut Map,
     agent: Map,
@@ -1099,13 +1071,9 @@ fn place_agent(
         let list = spec
             .seq_entry("initContainers")
             .ok_or_else(|| shape("spec.initContainers", "list"))?;
-        // First, so it is up before the user's init containers run.
-        let at = if old_key == Some("initContainers") {
-            old_index.min(list.len())
-        } else {
-            0
-        };
-        list.insert(at, agent);
+        // First, so it is up before the user's init containers run; also after a later
+        // webhook put its own init container in front (reinvocation, SPEC §11).
+        list.insert(0, agent);
     }
     Ok(())
 }
@@ -1325,68 +1293,6 @@ struct AgentWiring<'a> {
     facts: PodFacts,
 }
 
-/// The agent's resources: small requests (it idles at a few MiB and microseconds per
-/// probe) under a limit that only bounds a runaway.
-const AGENT_REQUESTS: (&str, &str) = ("10m", "16Mi");
-const AGENT_LIMITS: (&str, &str) = ("200m", "64Mi");
-
-fn resources_node(requests: (&str, &str), limits: (&str, &str)) -> Node {
-    let pair = |(cpu, memory): (&str, &str)| {
-        Node::Map(Map::from_pairs([
-            ("cpu", Node::string(cpu)),
-            ("memory", Node::string(memory)),
-        ]))
-    };
-    Node::Map(Map::from_pairs([
-        ("requests", pair(requests)),
-        ("limits", pair(limits)),
-    ]))
-}
-
-/// `LWS`'s own labels and annotations on its pods, read by the group env through the
-/// downward API. kubernetes-sigs/lws api/leaderworkerset/v1/leaderworkerset_types.go:
-/// `SizeAnnotationKey` (the group's pod count, leader included) and `SetNameLabelKey` (the
-/// LWS's name, also the Shared headless Service's: pkg/controllers/
-/// leaderworkerset_controller.go, reconcileHeadlessServices). LWS also sets
-/// `LWS_LEADER_ADDRESS`, `LWS_GROUP_SIZE` and `LWS_WORKER_INDEX` in every container
-/// (pkg/utils/pod/pod_utils.go, AddLWSVariables), but through its pod webhook, after this
-/// template is written: the downward API reads the same facts without depending on it.
-const LWS_SIZE_ANNOTATION: &str = "leaderworkerset.sigs.k8s.io/size";
-const LWS_NAME_LABEL: &str = "leaderworkerset.sigs.k8s.io/name";
-
-/// The agent's group env in a LeaderWorkerSet (SPEC §9): its role, and for a leader where
-/// its members are (`NAME-1 … NAME-(N-1)` under the subdomain). Outside one, the group env
-/// is left as it is: a group wired by hand (`VITALS_GROUP_MEMBERS`) is the user's.
-fn ensure_group_env(env: &mut Vec<Node>, group: Option<&Group>) {
-    const LEADER_ONLY: [&str; 3] = [
-        "VITALS_GROUP_SIZE",
-        "VITALS_GROUP_POD_NAME",
-        "VITALS_GROUP_SUBDOMAIN",
-    ];
-    let Some(group) = group else {
-        return;
-    };
-    ensure_env(env, "VITALS_GROUP_ROLE", group.role.as_str());
-    match group.role {
-        GroupRole::Leader => {
-            ensure_field_env(
-                env,
-                "VITALS_GROUP_SIZE",
-                &format!("metadata.annotations['{LWS_SIZE_ANNOTATION}']"),
-            );
-            ensure_field_env(env, "VITALS_GROUP_POD_NAME", "metadata.name");
-            let subdomain = match group.subdomain {
-                SubdomainSource::SetName => format!("metadata.labels['{LWS_NAME_LABEL}']"),
-                SubdomainSource::LeaderPodName => "metadata.name".to_string(),
-            };
-            ensure_field_env(env, "VITALS_GROUP_SUBDOMAIN", &subdomain);
-        }
-        GroupRole::Member => {
-            env.retain(|e| !container_name(e).is_some_and(|n| LEADER_ONLY.contains(&n)))
-        }
-    }
-}
-
 /// An env var from the downward API (`fieldRef`).
 pub(crate) fn ensure_field_env(env: &mut Vec<Node>, name: &str, field_path: &str) {
     let wanted = Node::Map(Map::from_pairs([
@@ -1401,12 +1307,31 @@ pub(crate) fn ensure_field_env(env: &mut Vec<Node>, name: &str, field_path: &str
     ]));
     match env.iter_mut().find(|e| container_name(e) == Some(name)) {
         Some(e) => {
-            if !yaml::equiv(e, &wanted) {
+            if !yaml::equiv(&without_default_api_version(e), &wanted) {
                 *e = wanted;
             }
         }
         None => env.push(wanted),
     }
+}
+
+/// An env entry without `valueFrom.fieldRef.apiVersion: v1`, which the API server adds to
+/// every stored pod (kubernetes pkg/apis/core/v1/defaults.go, SetDefaults_ObjectFieldSelector):
+/// the same reference as none.
+fn without_default_api_version(entry: &Node) -> Node {
+    let mut entry = entry.clone();
+    if let Some(field_ref) = entry
+        .as_map_mut()
+        .and_then(|e| e.get_mut("valueFrom"))
+        .and_then(Node::as_map_mut)
+        .and_then(|v| v.get_mut("fieldRef"))
+        .and_then(Node::as_map_mut)
+    {
+        if field_ref.get_str("apiVersion") == Some("v1") {
+            field_ref.remove("apiVersion");
+        }
+    }
+    entry
 }
 
 /// The agent container.
@@ -1462,7 +1387,7 @@ fn wire_agent(agent: &mut Map, w: &AgentWiring<'_>) {
             Some(json) => ensure_env(env, UPSTREAMS_ENV, json),
             None => env.retain(|e| container_name(e) != Some(UPSTREAMS_ENV)),
         }
-        ensure_group_env(env, w.group);
+        group::ensure_group_env(env, w.group);
     }
     let ports = agent.seq_entry("ports");
     if let Some(ports) = ports {
@@ -1478,29 +1403,24 @@ fn wire_agent(agent: &mut Map, w: &AgentWiring<'_>) {
             ])));
         }
     }
-    ensure_probe(agent, "startupProbe", "/livez", AGENT_STARTUP);
-    ensure_probe(agent, "livenessProbe", "/livez", AGENT_LIVENESS);
-    // A wedged agent gets 5 s to exit, not the pod's grace (often minutes on GPU pods): its
-    // restart must stay within what the model's liveness tolerates (deploy/base).
-    if let Some(live) = agent.get_mut("livenessProbe").and_then(Node::as_map_mut) {
-        live.set_default("terminationGracePeriodSeconds", Node::plain("5"));
+    if w.group.is_some() {
+        group::agent_probes(agent);
+    } else {
+        ensure_probe(agent, "startupProbe", "/livez", AGENT_STARTUP);
+        ensure_probe(agent, "livenessProbe", "/livez", AGENT_LIVENESS);
+        // A wedged agent gets 5 s to exit, not the pod's grace (often minutes on GPU pods):
+        // its restart must stay within what the model's liveness tolerates (deploy/base).
+        if let Some(live) = agent.get_mut("livenessProbe").and_then(Node::as_map_mut) {
+            live.set_default("terminationGracePeriodSeconds", Node::plain("5"));
+        }
     }
     // QoS: a pod whose every other container is Guaranteed stays Guaranteed (exclusive
     // CPUs, NUMA alignment) only if the agent's requests equal its limits too. Resources
-    // someone edited (neither of inject's two forms) are theirs.
-    let burstable = resources_node(AGENT_REQUESTS, AGENT_LIMITS);
-    let guaranteed = resources_node(AGENT_LIMITS, AGENT_LIMITS);
-    let ours = agent
-        .get("resources")
-        .is_none_or(|r| yaml::equiv(r, &burstable) || yaml::equiv(r, &guaranteed));
-    if ours {
+    // someone edited (none of inject's forms) are theirs.
+    if agent.get("resources").is_none_or(resources::is_agent_form) {
         agent.set(
             "resources",
-            if w.facts.guaranteed {
-                guaranteed
-            } else {
-                burstable
-            },
+            resources::agent_resources(w.group.is_some(), w.facts.guaranteed),
         );
     }
     secure_agent(agent, w.facts.root);
@@ -1578,9 +1498,14 @@ fn tolerate_agent_restart(probe: &mut Map) {
         .get("httpGet")
         .and_then(Node::as_map)
         .is_some_and(|h| h.get_str("port") == Some("9180"));
-    if !on_agent {
-        return;
+    if on_agent {
+        tolerate_outage(probe, AGENT_RESTART_TOLERANCE_S);
     }
+}
+
+/// Raises `probe`'s failureThreshold, keeping its period, so that failing for `seconds`
+/// fails it not yet: (failureThreshold − 1) × periodSeconds ≥ `seconds`.
+fn tolerate_outage(probe: &mut Map, seconds: u64) {
     let number = |key: &str, default: u64| {
         probe
             .get_str(key)
@@ -1591,8 +1516,8 @@ fn tolerate_agent_restart(probe: &mut Map) {
     // Kubernetes' defaults.
     let period = number("periodSeconds", 10);
     let failures = number("failureThreshold", 3);
-    if (failures - 1) * period < AGENT_RESTART_TOLERANCE_S {
-        let needed = AGENT_RESTART_TOLERANCE_S.div_ceil(period) + 1;
+    if (failures - 1) * period < seconds {
+        let needed = seconds.div_ceil(period) + 1;
         probe.set("failureThreshold", Node::plain(needed.to_string()));
     }
 }

@@ -17,8 +17,9 @@ pub mod worker;
 pub use upstream::{UpstreamReason, UpstreamVerdict};
 pub use worker::{Diagnosis, LiveReason, ReadyReason, StartupReason, WorkerVerdict};
 
-use std::fmt;
 use std::time::{Duration, Instant};
+
+use vitals_proto::WorkerName;
 
 use crate::config::upstreams::ProbeKind;
 use crate::state::probe_result::Failure;
@@ -50,26 +51,167 @@ pub struct Thresholds {
     pub d_state: Duration,
 }
 
-/// One named line of a verbose or JSON answer.
+/// Whose verdict a probe answers (SPEC §2, §3). Typed, not a name: a container may have
+/// any legal name, `agent` included, and still be told apart from the agent itself.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// The agent itself: `/livez`, and the agent's line in the aggregates.
+    Agent,
+    /// The pod as a whole: `/readyz` and `/startupz`.
+    All,
+    /// One worker or upstream: `/<probe>/<name>`.
+    Container(WorkerName),
+}
+
+impl Target {
+    /// The target of `/<probe>` (no container) or `/<probe>/<container>`: `/livez` is the
+    /// agent alone (SPEC §2).
+    pub fn of(probe: Probe, container: Option<&WorkerName>) -> Self {
+        match (container, probe) {
+            (Some(name), _) => Self::Container(name.clone()),
+            (None, Probe::Live) => Self::Agent,
+            (None, Probe::Ready | Probe::Startup) => Self::All,
+        }
+    }
+}
+
+/// Why the agent itself fails (SPEC §2, §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AgentReason {
+    /// Liveness: its ticker has not run for [`TICKER_LIMIT`].
+    TickerStalled,
+    /// Readiness and startup: a shutdown signal arrived.
+    ShuttingDown,
+}
+
+impl AgentReason {
+    /// `ticker_stalled` or `shutting_down`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TickerStalled => "ticker_stalled",
+            Self::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// Declares [`Reason`] with a `From` of each kind's own reason type.
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $kind:ident($ty:ty),)*) => {
+        /// Why a check or a probe fails: one kind per precedence table.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum Reason {
+            $($(#[$doc])* $kind($ty),)*
+        }
+
+        $(impl From<$ty> for Reason {
+            fn from(r: $ty) -> Self {
+                Self::$kind(r)
+            }
+        })*
+    };
+}
+
+reasons! {
+    /// The agent's own.
+    Agent(AgentReason),
+    /// A protocol worker's startup.
+    Startup(StartupReason),
+    /// A protocol worker's readiness (its liveness reasons included).
+    Ready(ReadyReason),
+    /// A protocol worker's liveness.
+    Live(LiveReason),
+    /// An upstream's (SPEC §8).
+    Upstream(UpstreamReason),
+    /// A leader's group, added to readiness (SPEC §9).
+    Group(group::GroupReadyReason),
+    /// A leader's broken group, added to its model containers' liveness (SPEC §9).
+    Broken(group::BrokenReason),
+}
+
+impl Reason {
+    /// The reason without what changes while it holds (an unreachable member's age): two
+    /// reasons with equal keys are the same verdict, so the ticker logs and counts a change
+    /// once, not every tick.
+    pub fn key(&self) -> Self {
+        match self {
+            Self::Group(g) => Self::Group(g.without_age()),
+            other => other.clone(),
+        }
+    }
+}
+
+/// What one line of a verbose or JSON answer is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckName {
+    /// An aggregate's line for the agent or for one container.
+    Target(Target),
+    /// A leader's group (SPEC §9).
+    Group,
+    /// A worker has an open connection.
+    Connected,
+    /// A container's liveness (part of its readiness, or its `/livez/<c>` alone).
+    Live,
+    /// A worker's phase is `ready`.
+    Phase,
+    /// A container's startup (its `/startupz/<c>` alone).
+    Started,
+    /// An upstream's process is not gone.
+    Process,
+    /// No child of an upstream's process has been a zombie for the grace period (SPEC §12).
+    Children,
+    /// An upstream's own readiness probe.
+    ReadinessProbe,
+    /// One of a worker's own checks, by its name.
+    Check(String),
+}
+
+/// One line of a verbose or JSON answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
-    /// `agent`, a worker name, `connected`, `live`, `phase`, `check:<name>`, ...
-    pub name: String,
-    /// `None` when the check passes.
-    pub reason: Option<String>,
+    /// What it is about.
+    pub name: CheckName,
+    /// Why it fails; `Ok` when it passes.
+    pub result: Result<(), Reason>,
 }
 
 impl Check {
-    fn new(name: impl Into<String>, result: Result<(), String>) -> Self {
+    fn new<R: Into<Reason>>(name: CheckName, result: Result<(), R>) -> Self {
         Self {
-            name: name.into(),
-            reason: result.err(),
+            name,
+            result: result.map_err(Into::into),
         }
     }
 
     /// Whether the check passes.
     pub fn ok(&self) -> bool {
-        self.reason.is_none()
+        self.result.is_ok()
+    }
+}
+
+/// Why a probe's answer fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failing {
+    /// In an aggregate, the container whose reason it is (SPEC §7: `fail: <worker>:
+    /// <reason>`); `None` for the agent's own, the group's, or a container's own answer.
+    pub container: Option<WorkerName>,
+    /// The reason.
+    pub reason: Reason,
+}
+
+impl Failing {
+    fn own(reason: impl Into<Reason>) -> Self {
+        Self {
+            container: None,
+            reason: reason.into(),
+        }
+    }
+
+    /// The same failure with [`Reason::key`]: equal keys, same verdict.
+    pub fn key(&self) -> Self {
+        Self {
+            container: self.container.clone(),
+            reason: self.reason.key(),
+        }
     }
 }
 
@@ -103,13 +245,15 @@ impl Probe {
     }
 }
 
-/// A probe's answer: pass/fail with the reason, and the lines for `?verbose`/JSON.
+/// A probe's answer: whose, pass or why not, and the lines for `?verbose`/JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
     /// Which probe.
     pub probe: Probe,
-    /// `None` on pass; the reason on fail.
-    pub reason: Option<String>,
+    /// Whose verdict.
+    pub target: Target,
+    /// `Ok` on pass; why it fails otherwise.
+    pub result: Result<(), Failing>,
     /// The checks that make up the answer.
     pub checks: Vec<Check>,
 }
@@ -117,7 +261,7 @@ pub struct Answer {
 impl Answer {
     /// Whether the probe passes.
     pub fn ok(&self) -> bool {
-        self.reason.is_none()
+        self.result.is_ok()
     }
 }
 
@@ -133,10 +277,10 @@ pub struct AgentInput {
 /// Every verdict at one instant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdicts {
-    /// The agent's liveness (`Err("ticker_stalled")` when its runtime stopped ticking).
-    pub agent_live: Result<(), &'static str>,
-    /// The agent's readiness (`Err("shutting_down")`).
-    pub agent_ready: Result<(), &'static str>,
+    /// The agent's liveness.
+    pub agent_live: Result<(), AgentReason>,
+    /// The agent's readiness.
+    pub agent_ready: Result<(), AgentReason>,
     /// Each known worker, by name.
     pub workers: Vec<WorkerVerdict>,
     /// Each upstream (SPEC §8), by name.
@@ -146,8 +290,9 @@ pub struct Verdicts {
     pub group: Option<group::GroupVerdict>,
 }
 
-fn err_string<E: fmt::Display>(r: &Result<(), E>) -> Result<(), String> {
-    r.as_ref().map(|_| ()).map_err(ToString::to_string)
+/// `r` with its error as a [`Reason`].
+fn reason<E: Clone + Into<Reason>>(r: &Result<(), E>) -> Result<(), Reason> {
+    r.clone().map_err(Into::into)
 }
 
 impl Verdicts {
@@ -162,40 +307,49 @@ impl Verdicts {
             Probe::Live => self.agent_live,
             Probe::Ready | Probe::Startup => self.agent_ready,
         };
-        let mut checks = vec![Check::new("agent", agent_result.map_err(str::to_owned))];
+        let mut checks = vec![Check::new(CheckName::Target(Target::Agent), agent_result)];
+        let mut result = agent_result.map_err(Failing::own);
         // Only the workers that count: /livez is the agent alone; /readyz the expected and
         // connected workers; /startupz the expected ones.
         let counted = self.workers.iter().filter_map(|w| match probe {
             Probe::Live => None,
-            Probe::Ready if w.expected || w.connected => Some((w, err_string(&w.ready))),
-            Probe::Startup if w.expected => Some((w, err_string(&w.startup))),
+            Probe::Ready if w.expected || w.connected => Some((&w.name, reason(&w.ready))),
+            Probe::Startup if w.expected => Some((&w.name, reason(&w.startup))),
             Probe::Ready | Probe::Startup => None,
         });
-        checks.extend(counted.map(|(w, r)| Check::new(w.name.as_str(), r)));
         // Every upstream counts like an expected worker (SPEC §8).
         let upstreams = self.upstreams.iter().filter_map(|u| match probe {
             Probe::Live => None,
-            Probe::Ready => Some((u, err_string(&u.ready))),
-            Probe::Startup => Some((u, err_string(&u.startup))),
+            Probe::Ready => Some((&u.name, reason(&u.ready))),
+            Probe::Startup => Some((&u.name, reason(&u.startup))),
         });
-        checks.extend(upstreams.map(|(u, r)| Check::new(u.name.as_str(), r)));
-        let mut reason = checks.iter().find_map(|c| {
-            let reason = c.reason.as_ref()?;
-            Some(if c.name == "agent" {
-                reason.clone()
-            } else {
-                format!("{}: {reason}", c.name)
-            })
-        });
+        for (name, r) in counted.chain(upstreams) {
+            if let (Ok(()), Err(why)) = (&result, &r) {
+                result = Err(Failing {
+                    container: Some(name.clone()),
+                    reason: why.clone(),
+                });
+            }
+            checks.push(Check {
+                name: CheckName::Target(Target::Container(name.clone())),
+                result: r,
+            });
+        }
         if let (Probe::Ready, Some(g)) = (probe, &self.group) {
             // The group's reasons read whole (`group: forming 1/2`), after the pod's own.
-            let r = err_string(&g.ready);
-            reason = reason.or_else(|| r.clone().err());
-            checks.push(Check::new("group", r));
+            let r = reason(&g.ready);
+            if let (Ok(()), Err(why)) = (&result, &r) {
+                result = Err(Failing::own(why.clone()));
+            }
+            checks.push(Check {
+                name: CheckName::Group,
+                result: r,
+            });
         }
         Answer {
             probe,
-            reason,
+            target: Target::of(probe, None),
+            result,
             checks,
         }
     }
@@ -228,11 +382,16 @@ impl Verdicts {
         };
         let r = match answer.probe {
             Probe::Startup => return answer,
-            Probe::Live => err_string(&g.live),
-            Probe::Ready => err_string(&g.ready),
+            Probe::Live => reason(&g.live),
+            Probe::Ready => reason(&g.ready),
         };
-        answer.reason = answer.reason.or_else(|| r.clone().err());
-        answer.checks.push(Check::new("group", r));
+        if let (Ok(()), Err(why)) = (&answer.result, &r) {
+            answer.result = Err(Failing::own(why.clone()));
+        }
+        answer.checks.push(Check {
+            name: CheckName::Group,
+            result: r,
+        });
         answer
     }
 
@@ -242,20 +401,21 @@ impl Verdicts {
             return Some(u.answer(probe));
         }
         let w = self.get(name)?;
-        let (reason, checks) = match probe {
+        let (result, checks) = match probe {
             Probe::Live => {
-                let r = err_string(&w.live);
-                (r.clone().err(), vec![Check::new("live", r)])
+                let r = reason(&w.live);
+                (r.clone(), vec![Check::new(CheckName::Live, r)])
             }
             Probe::Startup => {
-                let r = err_string(&w.startup);
-                (r.clone().err(), vec![Check::new("started", r)])
+                let r = reason(&w.startup);
+                (r.clone(), vec![Check::new(CheckName::Started, r)])
             }
-            Probe::Ready => (err_string(&w.ready).err(), w.ready_checks.clone()),
+            Probe::Ready => (reason(&w.ready), w.ready_checks.clone()),
         };
         Some(Answer {
             probe,
-            reason,
+            target: Target::Container(w.name.clone()),
+            result: result.map_err(Failing::own),
             checks,
         })
     }
@@ -268,10 +428,10 @@ pub fn evaluate(state: &State, agent: AgentInput, t: &Thresholds, now: Instant) 
         agent_live: if ticking {
             Ok(())
         } else {
-            Err("ticker_stalled")
+            Err(AgentReason::TickerStalled)
         },
         agent_ready: if agent.shutting_down {
-            Err("shutting_down")
+            Err(AgentReason::ShuttingDown)
         } else {
             Ok(())
         },
@@ -331,6 +491,19 @@ pub(crate) mod tests {
         d_state: Duration::from_secs(30),
     };
     const EPS: Duration = Duration::from_millis(1);
+
+    /// A failing answer: `reason`, in an aggregate about `container`.
+    pub(crate) fn fails(container: Option<&str>, reason: impl Into<Reason>) -> Result<(), Failing> {
+        Err(Failing {
+            container: container.map(name),
+            reason: reason.into(),
+        })
+    }
+
+    /// A verdict with its reason in words, as the reason kinds write them.
+    pub(crate) fn err_string<E: std::fmt::Display>(r: &Result<(), E>) -> Result<(), String> {
+        r.as_ref().map(|_| ()).map_err(ToString::to_string)
+    }
 
     /// A scripted world: one clock, one registry, helpers to feed it.
     struct World {
@@ -447,12 +620,12 @@ pub(crate) mod tests {
         assert_eq!(v.live, Ok(()));
         let all = w.eval(s(0));
         assert_eq!(
-            all.aggregate(Probe::Ready).reason.as_deref(),
-            Some("model: not_connected")
+            all.aggregate(Probe::Ready).result,
+            fails(Some("model"), ReadyReason::NotConnected)
         );
         assert_eq!(
-            all.aggregate(Probe::Startup).reason.as_deref(),
-            Some("model: not_connected")
+            all.aggregate(Probe::Startup).result,
+            fails(Some("model"), StartupReason::NotConnected)
         );
         assert!(all.aggregate(Probe::Live).ok(), "livez is the agent only");
         assert!(all.worker(Probe::Ready, "other").is_none());
@@ -602,15 +775,15 @@ pub(crate) mod tests {
             Err("check: device: missing".into())
         );
         let answer = w.eval(s(1)).worker(Probe::Ready, "model").expect("known");
-        let names: Vec<_> = answer.checks.iter().map(|c| c.name.as_str()).collect();
+        let names: Vec<_> = answer.checks.into_iter().map(|c| c.name).collect();
         assert_eq!(
             names,
             [
-                "connected",
-                "live",
-                "phase",
-                "check:device",
-                "check:tokenizer"
+                CheckName::Connected,
+                CheckName::Live,
+                CheckName::Phase,
+                CheckName::Check("device".into()),
+                CheckName::Check("tokenizer".into())
             ]
         );
         w.check("model", "device", true, s(2));
@@ -895,13 +1068,16 @@ pub(crate) mod tests {
         };
         let v = evaluate(&w.state, agent, &T, now);
         assert_eq!(
-            v.aggregate(Probe::Ready).reason.as_deref(),
-            Some("a: not_connected")
+            v.aggregate(Probe::Ready).result,
+            fails(Some("a"), ReadyReason::NotConnected)
         );
         agent.shutting_down = true;
         let v = evaluate(&w.state, agent, &T, now);
         for p in [Probe::Ready, Probe::Startup] {
-            assert_eq!(v.aggregate(p).reason.as_deref(), Some("shutting_down"));
+            assert_eq!(
+                v.aggregate(p).result,
+                fails(None, AgentReason::ShuttingDown)
+            );
         }
         assert!(v.aggregate(Probe::Live).ok());
         assert!(
@@ -916,8 +1092,8 @@ pub(crate) mod tests {
         w.hello("extra", "a", s(0));
         let v = w.eval(s(0));
         assert_eq!(
-            v.aggregate(Probe::Ready).reason.as_deref(),
-            Some("extra: phase: unknown")
+            v.aggregate(Probe::Ready).result,
+            fails(Some("extra"), ReadyReason::Phase(None))
         );
         assert!(v.aggregate(Probe::Startup).ok(), "nothing expected: passes");
         // Disconnected and gone: no longer counted.
@@ -936,6 +1112,9 @@ pub(crate) mod tests {
         };
         let live = |d| evaluate(&state, agent, &T, t0 + d).aggregate(Probe::Live);
         assert!(live(TICKER_LIMIT - EPS).ok());
-        assert_eq!(live(TICKER_LIMIT).reason.as_deref(), Some("ticker_stalled"));
+        assert_eq!(
+            live(TICKER_LIMIT).result,
+            fails(None, AgentReason::TickerStalled)
+        );
     }
 }

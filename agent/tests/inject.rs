@@ -152,7 +152,21 @@ fn every_pod_template_is_wired_as_spec_section_6_says() {
                     }
                     other => panic!("{at}: agent placement {other:?}"),
                 };
-                for (probe, path) in [("startupProbe", "/livez"), ("livenessProbe", "/livez")] {
+                // A group pod's agent has no liveness probe (SPEC §11; tests/lws.rs).
+                let in_group = agent["env"].as_vec().is_some_and(|env| {
+                    env.iter()
+                        .any(|e| e["name"].as_str() == Some("VITALS_GROUP_ROLE"))
+                });
+                let probes: &[_] = if in_group {
+                    assert!(
+                        agent["livenessProbe"].is_badvalue(),
+                        "{at}: group agent liveness"
+                    );
+                    &[("startupProbe", "/livez")]
+                } else {
+                    &[("startupProbe", "/livez"), ("livenessProbe", "/livez")]
+                };
+                for &(probe, path) in probes {
                     assert_eq!(
                         agent[probe]["httpGet"]["path"].as_str(),
                         Some(path),
@@ -267,7 +281,10 @@ fn check_upstreams(at: &str, agent: &Yaml, spec: &Yaml, workers: &[&str]) {
     };
     for c in spec["containers"].as_vec().into_iter().flatten() {
         let name = c["name"].as_str().unwrap_or("");
-        if workers.contains(&name) || name == "vitals-agent" {
+        // A mesh's proxy keeps its own probes (SPEC §11).
+        if workers.contains(&name)
+            || ["vitals-agent", "istio-proxy", "linkerd-proxy"].contains(&name)
+        {
             continue;
         }
         let upstream = specs.iter().find(|s| s.name.as_str() == name);

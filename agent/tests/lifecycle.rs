@@ -58,7 +58,7 @@ fn loading_warming_ready_draining() {
     assert_eq!(
         doc["checks"],
         serde_json::json!([
-            {"name": "agent", "ok": true, "reason": null},
+            {"name": "_agent", "ok": true, "reason": null},
             {"name": "model", "ok": false, "reason": "phase: draining"},
         ])
     );
@@ -313,11 +313,11 @@ fn http_surface_paths_methods_and_head() {
     );
     assert_eq!(
         agent.get("/startupz?verbose").body,
-        "[+]agent ok\n[-]model failed: not_connected\nstartupz check failed\n"
+        "[+]_agent ok\n[-]model failed: not_connected\nstartupz check failed\n"
     );
     assert_eq!(
         agent.get("/livez?verbose").body,
-        "[+]agent ok\nlivez check passed\n"
+        "[+]_agent ok\nlivez check passed\n"
     );
     assert_eq!(agent.status()["agent"]["version"], vitals_agent::VERSION);
 }
@@ -356,4 +356,116 @@ fn shutdown_fails_readiness_at_once_and_keeps_answering_for_the_grace() {
         "answered for the grace"
     );
     assert!(!socket.exists(), "socket file removed on exit");
+}
+
+/// `agent` is a legal container name (SPEC §1's name rule): such a container's verdicts must
+/// be told apart from the agent's own everywhere they are rendered.
+mod a_container_named_agent {
+    use super::*;
+
+    fn expecting_agent(tweak: impl FnOnce(&mut vitals_agent::config::Config)) -> Agent {
+        Agent::start(|c| {
+            c.expect = vec![WorkerName::parse("agent").unwrap()];
+            tweak(c);
+        })
+    }
+
+    #[test]
+    fn is_named_in_the_aggregates_reason() {
+        let agent = expecting_agent(|_| {});
+        let readyz = agent.get("/readyz");
+        eprintln!("GET /readyz: {} {:?}", readyz.code, readyz.body);
+        assert_eq!(readyz.body, "fail: agent: not_connected");
+        assert_eq!(agent.get("/startupz").body, "fail: agent: not_connected");
+    }
+
+    #[test]
+    fn has_its_own_verbose_line() {
+        let agent = expecting_agent(|_| {});
+        let verbose = agent.get("/readyz?verbose").body;
+        eprintln!("GET /readyz?verbose:\n{verbose}");
+        assert_eq!(
+            verbose,
+            "[+]_agent ok\n[-]agent failed: not_connected\nreadyz check failed\n"
+        );
+        let json = agent.get("/readyz?format=json").body;
+        let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            doc["checks"],
+            serde_json::json!([
+                {"name": "_agent", "ok": true, "reason": null},
+                {"name": "agent", "ok": false, "reason": "not_connected"},
+            ])
+        );
+    }
+
+    #[test]
+    fn has_its_own_probe_series() {
+        let agent = expecting_agent(|_| {});
+        for _ in 0..3 {
+            assert_eq!(agent.get("/livez").code, 200);
+        }
+        for _ in 0..5 {
+            assert_eq!(agent.get("/livez/agent").code, 200);
+        }
+        let m = agent.metrics();
+        let count = |target: &str| {
+            let series = format!(
+                "vitals_probe_requests_total{{probe=\"livez\",result=\"pass\",target=\"{target}\"}}"
+            );
+            metric(&m, &series)
+        };
+        eprintln!(
+            "probe_requests_total livez pass: _agent={:?} agent={:?}",
+            count("_agent"),
+            count("agent")
+        );
+        assert_eq!((count("_agent"), count("agent")), (Some(3.0), Some(5.0)));
+    }
+
+    #[test]
+    fn stalled_is_one_transition_not_one_per_tick() {
+        let agent = expecting_agent(fast);
+        let mut w = agent.worker("agent", "i-1");
+        w.phase("ready");
+        // Heartbeats keep coming, progress never moves: loop_stalled, then a steady state.
+        eventually("loop_stalled", || {
+            w.beat(7);
+            std::thread::sleep(Duration::from_millis(50));
+            (agent.get("/livez/agent").body == "fail: loop_stalled").then_some(())
+        });
+        // The ticker logged the failure.
+        vitals_e2e::wait::until("loop_stalled logged", common::DEADLINE, || {
+            let transitions = agent.status()["transitions"].clone();
+            let logged = transitions.as_array().unwrap().iter().any(|t| {
+                t["target"] == "agent" && t["probe"] == "livez" && t["to"] == "fail: loop_stalled"
+            });
+            if logged {
+                Ok(())
+            } else {
+                Err(transitions)
+            }
+        });
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        // Five seconds of the same verdicts (the heartbeats are the worker's, part of the
+        // scenario: the ticker runs once a second).
+        let steady = Instant::now();
+        while steady.elapsed() < Duration::from_secs(5) {
+            w.beat(7);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(agent.get("/livez/agent").body, "fail: loop_stalled");
+        let status = agent.status();
+        let during = status["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| u128::from(t["at_unix_ms"].as_u64().unwrap()) >= since)
+            .count();
+        eprintln!("transitions logged in 5 s of a steady state: {during}");
+        assert_eq!(during, 0, "{:#}", status["transitions"]);
+    }
 }

@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use bytes::Bytes;
+use common::admission::{apply, pod_review, response_of};
 use common::fixtures::{fixture_dir, inject_args};
+use common::review::{apply, pod_review, response_of};
 use common::yaml::yaml_to_json;
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -210,67 +211,6 @@ async fn send(
     Ok((status, body))
 }
 
-// ---------------------------------------------------------------- AdmissionReviews
-
-/// A Pod CREATE review as the API server sends it (admission.k8s.io/v1).
-fn pod_review(uid: &str, pod: &Value) -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-            "name": "",
-            "namespace": "ml",
-            "operation": "CREATE",
-            "userInfo": {
-                "username": "system:serviceaccount:kube-system:replicaset-controller",
-                "uid": "3c6f0f7e-5a43-4e1b-9a0e-6a1f2f6e2b11",
-                "groups": ["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"]
-            },
-            "object": pod,
-            "oldObject": null,
-            "dryRun": false,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
-        }
-    })
-}
-
-/// The response's (allowed, patch operations, warnings), checking the envelope.
-fn response_of(uid: &str, status: StatusCode, body: &[u8]) -> (bool, Option<Value>, Vec<String>) {
-    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(body));
-    let review: Value = serde_json::from_slice(body).expect("the answer is JSON");
-    assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
-    assert_eq!(review["kind"], "AdmissionReview");
-    let r = &review["response"];
-    assert_eq!(r["uid"], uid, "the response names the request's uid");
-    let patch = r.get("patch").map(|p| {
-        assert_eq!(r["patchType"], "JSONPatch");
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(p.as_str().expect("patch is a base64 string"))
-            .expect("patch is base64");
-        serde_json::from_slice(&bytes).expect("patch is JSON")
-    });
-    let warnings = r["warnings"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|w| w.as_str().expect("warning is a string").to_string())
-        .collect();
-    (r["allowed"] == true, patch, warnings)
-}
-
-/// `pod` with `patch` applied by the json-patch crate.
-fn apply(pod: &Value, patch: &Value) -> Value {
-    let ops: json_patch::Patch = serde_json::from_value(patch.clone()).expect("RFC 6902 patch");
-    let mut out = pod.clone();
-    json_patch::patch(&mut out, &ops).expect("the patch applies");
-    out
-}
-
 // ---------------------------------------------------------------- inject's fixtures
 
 /// Every `*.in.yaml`: (name, text, flags from its first line `# inject-args: ...`).
@@ -354,8 +294,9 @@ fn every_fixture_pod_patched_by_the_webhook_equals_inject_output() {
     let mut pods_checked = 0;
     let mut patched = 0;
     for (name, text, flags) in fixtures() {
-        // A LeaderWorkerSet's pods get their group roles from the LWS template, which only
-        // the CLI sees (SPEC §9); the webhook sees each pod alone and wires no group.
+        // A LeaderWorkerSet's templates are not its pods: LWS's controllers and pod webhook
+        // add what the group wiring reads; tests/lws.rs builds those pods (the toolkit's
+        // `lws`) and compares there.
         if name == "lws-vllm" {
             continue;
         }
@@ -430,7 +371,7 @@ fn every_fixture_pod_patched_by_the_webhook_equals_inject_output() {
 }
 
 #[test]
-fn a_pod_that_cannot_be_injected_is_admitted_unchanged_with_a_warning() {
+fn a_pod_that_cannot_be_injected_is_warned_about_and_one_with_nothing_to_watch_skipped() {
     let text =
         std::fs::read_to_string(fixture_dir().join("err-no-worker-chosen.yaml")).expect("fixture");
     let pods = templates_of(&text);
@@ -448,8 +389,9 @@ fn a_pod_that_cannot_be_injected_is_admitted_unchanged_with_a_warning() {
     runtime().block_on(async {
         let (mut sender, _) = connect(server.addr, &ca.der()).await.expect("connect");
         for (pod, says) in [
-            (as_admitted_pod(&pods[0], &[]), "nothing to watch"),
-            (missing_worker, "no container named \"nope\""),
+            // Nothing to watch is no failure: no warning to the pod's controller (SPEC §11).
+            (as_admitted_pod(&pods[0], &[]), None),
+            (missing_worker, Some("no container named \"nope\"")),
         ] {
             let body = serde_json::to_vec(&pod_review("u", &pod)).expect("json");
             let (status, answer) = send(&mut sender, "POST", "/mutate", body)
@@ -457,12 +399,23 @@ fn a_pod_that_cannot_be_injected_is_admitted_unchanged_with_a_warning() {
                 .expect("answer");
             let (allowed, patch, warnings) = response_of("u", status, &answer);
             assert!(allowed && patch.is_none(), "{warnings:?}");
-            assert!(
-                warnings
-                    .iter()
-                    .any(|w| w.starts_with("vitals: not injected") && w.contains(says)),
-                "warning should say {says:?}: {warnings:?}"
-            );
+            match says {
+                None => assert!(warnings.is_empty(), "{warnings:?}"),
+                Some(says) => assert!(
+                    warnings
+                        .iter()
+                        .any(|w| w.starts_with("vitals: not injected") && w.contains(says)),
+                    "warning should say {says:?}: {warnings:?}"
+                ),
+            }
+        }
+        let (_, metrics) = send(&mut sender, "GET", "/metrics", Vec::new())
+            .await
+            .expect("metrics");
+        let metrics = String::from_utf8_lossy(&metrics);
+        for (result, count) in [("skipped", 1.0), ("not_injected", 1.0)] {
+            let series = format!("vitals_webhook_admissions_total{{result=\"{result}\"}}");
+            assert_eq!(common::metric(&metrics, &series), Some(count), "{series}");
         }
         // The opt-out annotation wins over the opt-in label: no patch, nothing to warn about.
         let body = serde_json::to_vec(&pod_review("o", &opted_out)).expect("json");

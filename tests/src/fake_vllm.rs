@@ -10,9 +10,11 @@
 //!   `vllm:iteration_tokens_total` histogram, moving while requests run;
 //! - `POST /control/loaded`, `/control/busy?running=N&waiting=M`, `/control/hang` (the
 //!   engine loop stops: counters freeze, requests stay running, `/health` stays 200),
-//!   `/control/slow?ms=N` (every answer waits N ms), `/control/close` (stop listening; the
-//!   process lives on), `/control/die[?after_first_chunk=1]` (the engine died while idle,
-//!   vLLM #16259: `/health` 200, completions never answer, or stop after their first chunk);
+//!   `/control/slow?ms=N` (every answer waits N ms), `/control/slow_metrics?ms=N` (only
+//!   `/metrics` waits: a metrics endpoint behind a stuck exporter or proxy while the engine
+//!   and `/health` are fine), `/control/close` (stop listening; the process lives on),
+//!   `/control/die[?after_first_chunk=1]` (the engine died while idle, vLLM #16259:
+//!   `/health` 200, completions never answer, or stop after their first chunk);
 //! - `GET /v1/models` and `POST /v1/completions` (a 1-token answer that moves the counters),
 //!   what the canary of SPEC §12 sends.
 //!
@@ -50,6 +52,7 @@ struct Engine {
     /// from the API server, a completion never does (or stops after its first chunk).
     dead: Option<Death>,
     delay: Duration,
+    metrics_delay: Duration,
     running: u64,
     waiting: u64,
     iterations: u64,
@@ -167,7 +170,8 @@ fn answer(
             }
         }
         ("GET", "/metrics") => {
-            std::thread::sleep(delay);
+            let metrics_delay = lock(engine).metrics_delay;
+            std::thread::sleep(delay + metrics_delay);
             (200, metrics(&lock(engine)))
         }
         // vllm/entrypoints/openai/api_server.py `show_available_models`: answered by the
@@ -219,6 +223,10 @@ fn answer(
         }
         ("POST", "/control/slow") => {
             lock(engine).delay = Duration::from_millis(param("ms"));
+            (200, "ok".into())
+        }
+        ("POST", "/control/slow_metrics") => {
+            lock(engine).metrics_delay = Duration::from_millis(param("ms"));
             (200, "ok".into())
         }
         ("POST", "/control/close") => {
@@ -632,6 +640,11 @@ impl FakeVllm {
     /// Every answer from now on waits `d`.
     pub fn slow(&self, d: Duration) {
         self.control(&format!("/control/slow?ms={}", d.as_millis()));
+    }
+
+    /// Every `/metrics` answer from now on waits `d`; `/health` and the engine are unchanged.
+    pub fn slow_metrics(&self, d: Duration) {
+        self.control(&format!("/control/slow_metrics?ms={}", d.as_millis()));
     }
 
     /// Stops listening (the process stays).

@@ -13,14 +13,18 @@
 //! - [`fake_vllm`]: a fake vLLM (its own process) for the upstream scenarios;
 //! - [`fake_triton`]: a fake Triton whose Python-backend stub dies unreaped;
 //! - `fake-loader` (a binary): a model load that moves only memory, CPU, reads, or nothing;
+//! - [`mesh`]: pods as Istio's and Linkerd's injectors leave them, for inject and the webhook;
 //! - [`report`]: measured detection latencies;
 //! - [`freezer`]: the cgroup v1 freezer (uninterruptible sleep on demand);
 //! - [`cgroup`]: a cgroup v2 folder per "container" (a pod's shape for /proc discovery);
 //! - [`slots`]: how many scenarios share the machine;
-//! - [`bins`]: where the binaries and the model are (a missing one fails the test).
+//! - [`bins`]: where the binaries and the model are (a missing one fails the test);
+//! - [`lws`]: LeaderWorkerSet's leader and worker pods as its controllers build them;
+//! - [`apiserver`]: the API server's defaulting of a stored pod.
 //!
 //! The scenarios themselves are in `tests/e2e/`; `docs/e2e.md` describes them.
 
+pub mod apiserver;
 pub mod bins;
 pub mod cgroup;
 pub mod client;
@@ -28,6 +32,8 @@ pub mod fake_triton;
 pub mod fake_vllm;
 pub mod freezer;
 pub mod load;
+pub mod lws;
+pub mod mesh;
 pub mod peer;
 pub mod pod;
 pub mod probe;

@@ -1,11 +1,73 @@
-//! Quality of service (Kubernetes `Guaranteed`): whether every container of a pod but one
-//! has requests equal to limits for cpu and memory, so inject can keep a Guaranteed pod
-//! Guaranteed when it adds the agent. The rule is the kubelet's
+//! The agent container's resources, and the quality of service (Kubernetes `Guaranteed`)
+//! they must keep: whether every container of a pod but one has requests equal to limits
+//! for cpu and memory, so inject can keep a Guaranteed pod Guaranteed when it adds the
+//! agent. The rule is the kubelet's
 //! (<https://kubernetes.io/docs/concepts/workloads/pods/pod-qos/#guaranteed>): every container,
 //! init containers included, has cpu and memory limits, and requests, when given, equal
 //! them (an absent request defaults to the limit).
 
 use super::yaml::{Map, Node};
+
+/// The agent's requests: it idles at a few MiB and microseconds per probe.
+const REQUESTS: (&str, &str) = ("10m", "16Mi");
+/// Its limits outside a group: they only bound a runaway.
+const LIMITS: (&str, &str) = ("200m", "64Mi");
+/// Its memory limit in a group pod, where an OOM kill restarts the whole group (SPEC §11:
+/// at least 4x the peak RSS measured under the benches): peak VmHWM MEASURED_PEAK.
+const GROUP_MEMORY_LIMIT: &str = "64Mi";
+/// Its CPU in a Guaranteed group pod, where requests must equal limits: a whole CPU, which
+/// its ticker (about 0.1 % of a core, docs/benchmarks.md) cannot exhaust, so the CFS quota
+/// never throttles it; under the static CPU manager policy an exclusive core.
+const GROUP_GUARANTEED_CPU: &str = "1";
+
+/// The agent's `resources`, in one of the four forms inject writes: outside a group a
+/// CPU and a memory limit, inside one (SPEC §11) a memory limit only; in a pod whose other
+/// containers are all Guaranteed, requests equal to limits.
+pub(super) fn agent_resources(in_group: bool, guaranteed: bool) -> Node {
+    let pair = |pairs: &[(&'static str, &str)]| {
+        Node::Map(Map::from_pairs(
+            pairs.iter().map(|(k, v)| (*k, Node::string(*v))),
+        ))
+    };
+    let (requests, limits): (Vec<_>, Vec<_>) = match (in_group, guaranteed) {
+        (false, false) => (
+            vec![("cpu", REQUESTS.0), ("memory", REQUESTS.1)],
+            vec![("cpu", LIMITS.0), ("memory", LIMITS.1)],
+        ),
+        (false, true) => (
+            vec![("cpu", LIMITS.0), ("memory", LIMITS.1)],
+            vec![("cpu", LIMITS.0), ("memory", LIMITS.1)],
+        ),
+        (true, false) => (
+            vec![("cpu", REQUESTS.0), ("memory", REQUESTS.1)],
+            vec![("memory", GROUP_MEMORY_LIMIT)],
+        ),
+        (true, true) => (
+            vec![
+                ("cpu", GROUP_GUARANTEED_CPU),
+                ("memory", GROUP_MEMORY_LIMIT),
+            ],
+            vec![
+                ("cpu", GROUP_GUARANTEED_CPU),
+                ("memory", GROUP_MEMORY_LIMIT),
+            ],
+        ),
+    };
+    Node::Map(Map::from_pairs([
+        ("requests", pair(&requests)),
+        ("limits", pair(&limits)),
+    ]))
+}
+
+/// Whether `resources` is one of the forms [`agent_resources`] writes (else someone edited
+/// them, and they are theirs).
+pub(super) fn is_agent_form(resources: &Node) -> bool {
+    [(false, false), (false, true), (true, false), (true, true)]
+        .into_iter()
+        .any(|(group, guaranteed)| {
+            super::yaml::equiv(resources, &agent_resources(group, guaranteed))
+        })
+}
 
 /// Whether every one of `containers` is Guaranteed; false when there is none.
 pub(super) fn guaranteed<'a>(containers: impl IntoIterator<Item = &'a Map>) -> bool {

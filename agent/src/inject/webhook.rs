@@ -7,7 +7,7 @@
 //! warning, and a request that is not an AdmissionReview gets a 4xx. Every read is bounded
 //! in size and time, so a slow or hostile client costs one connection slot, briefly.
 
-mod convert;
+pub(super) mod convert;
 mod review;
 mod tls;
 
@@ -113,7 +113,9 @@ impl WebhookArgs {
 /// Runs the webhook until SIGTERM or SIGINT (then `--shutdown-delay`, then a graceful stop).
 pub fn run(args: &WebhookArgs) -> anyhow::Result<()> {
     let certs = CertStore::load(&args.tls_cert, &args.tls_key)?;
-    let listener = std::net::TcpListener::bind(args.listen)
+    // The agent's bind: dual-stack `[::]`, falling back to 0.0.0.0 where the kernel has no
+    // IPv6 (SPEC §11), instead of crash-looping there.
+    let listener = crate::surfaces::http::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     listener.set_nonblocking(true)?;
     // One thread, as the agent's: a review or a handshake is well under a millisecond of
@@ -160,7 +162,7 @@ impl Metrics {
         let admissions = IntCounterVec::new(
             Opts::new(
                 "vitals_webhook_admissions_total",
-                "AdmissionReviews answered, by result (injected, already_injected, opted_out, ignored, not_injected, bad_request)",
+                "AdmissionReviews answered, by result (injected, already_injected, opted_out, ignored, skipped, not_injected, bad_request)",
             ),
             &["result"],
         )
@@ -372,7 +374,7 @@ async fn mutate(ctx: &Context, req: Request<Incoming>) -> (Outcome, Response<Ful
             if answer.result == Outcome::NotInjected {
                 tracing::warn!(pod = %answer.pod, warnings = ?answer.warnings, "pod admitted without Vitals");
             } else {
-                tracing::debug!(pod = %answer.pod, result = answer.result.label(), warnings = ?answer.warnings, "admission reviewed");
+                tracing::debug!(pod = %answer.pod, result = answer.result.label(), warnings = ?answer.warnings, detail = ?answer.detail, "admission reviewed");
             }
             let response = Response::builder()
                 .header(CONTENT_TYPE, "application/json")

@@ -30,10 +30,13 @@ use std::sync::{Mutex, PoisonError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::state::group::{self, GroupReport};
+use crate::state::registry::State;
 use crate::state::snapshot::Snapshots;
 use crate::surfaces::metrics::Metrics;
 use crate::surfaces::status::StatusSource;
-use crate::verdict::{Answer, Probe};
+use crate::surfaces::text;
+use crate::verdict::{Answer, Probe, Verdicts};
 
 /// Binds the probe port, with the kernel's largest accept queue (`SOMAXCONN`): a burst of
 /// reconnecting clients must not overflow it and leave a kubelet's SYN unanswered.
@@ -308,17 +311,18 @@ fn render(answer: &Answer, form: Form) -> (StatusCode, &'static str, String) {
     let (ctype, body) = match form {
         Form::Plain => (
             TEXT,
-            answer
-                .reason
-                .as_ref()
-                .map_or_else(|| "ok".to_owned(), |r| format!("fail: {r}")),
+            match &answer.result {
+                Ok(()) => "ok".to_owned(),
+                Err(why) => format!("fail: {}", text::failing(why)),
+            },
         ),
         Form::Verbose => {
             let mut body = String::new();
             for c in &answer.checks {
-                match &c.reason {
-                    None => body.push_str(&format!("[+]{} ok\n", c.name)),
-                    Some(r) => body.push_str(&format!("[-]{} failed: {r}\n", c.name)),
+                let name = text::check_name(&c.name);
+                match &c.result {
+                    Ok(()) => body.push_str(&format!("[+]{name} ok\n")),
+                    Err(r) => body.push_str(&format!("[-]{name} failed: {}\n", text::reason(r))),
                 }
             }
             let verdict = if answer.ok() { "passed" } else { "failed" };
@@ -329,7 +333,13 @@ fn render(answer: &Answer, form: Form) -> (StatusCode, &'static str, String) {
             let checks: Vec<_> = answer
                 .checks
                 .iter()
-                .map(|c| serde_json::json!({"name": c.name, "ok": c.ok(), "reason": c.reason}))
+                .map(|c| {
+                    serde_json::json!({
+                        "name": text::check_name(&c.name),
+                        "ok": c.ok(),
+                        "reason": c.result.as_ref().err().map(text::reason),
+                    })
+                })
                 .collect();
             let doc = serde_json::json!({
                 "status": if answer.ok() { "pass" } else { "fail" },
@@ -381,17 +391,10 @@ fn handle<B>(ctx: &Context, req: &Request<B>) -> Response<Full<Bytes>> {
     match route {
         Route::Probe(probe, worker) => {
             let verdicts = ctx.snapshots.take(started).verdicts;
-            let (answer, target) = match worker {
-                None => {
-                    let target = if probe == Probe::Live {
-                        "agent"
-                    } else {
-                        "_all"
-                    };
-                    (verdicts.aggregate(probe), target)
-                }
+            let answer = match worker {
+                None => verdicts.aggregate(probe),
                 Some(name) => match verdicts.worker(probe, name) {
-                    Some(answer) => (answer, name),
+                    Some(answer) => answer,
                     None => {
                         let known: Vec<_> = verdicts.names().collect();
                         let known = if known.is_empty() {
@@ -407,7 +410,7 @@ fn handle<B>(ctx: &Context, req: &Request<B>) -> Response<Full<Bytes>> {
             let (status, ctype, body) =
                 render(&answer, form(req.uri().query(), req.headers().get(ACCEPT)));
             ctx.metrics
-                .probe(probe, target, answer.ok(), started.elapsed());
+                .probe(probe, &answer.target, answer.ok(), started.elapsed());
             respond(status, ctype, body)
         }
         Route::Metrics => {
@@ -416,7 +419,7 @@ fn handle<B>(ctx: &Context, req: &Request<B>) -> Response<Full<Bytes>> {
         }
         Route::Group => {
             let snapshot = ctx.snapshots.take(started);
-            let report = crate::verdict::group::report(&snapshot.verdicts, &snapshot.state);
+            let report = group_report(&snapshot.verdicts, &snapshot.state);
             match serde_json::to_vec(&report) {
                 Ok(body) => respond(StatusCode::OK, JSON, body),
                 Err(e) => respond(
@@ -440,10 +443,29 @@ fn handle<B>(ctx: &Context, req: &Request<B>) -> Response<Full<Bytes>> {
     }
 }
 
+/// What this agent answers on `GET /group` (SPEC §9): `live` when every container's
+/// `/livez/<c>` passes (the agent's own liveness is not the model's), `ready` as `/readyz`,
+/// the first failing liveness reason (`<container>: <reason>`), else the readiness reason,
+/// and the instances the registry knows.
+fn group_report(v: &Verdicts, state: &State) -> GroupReport {
+    let not_live = v.names().find_map(|name| {
+        let why = v.worker(Probe::Live, name)?.result.err()?;
+        Some(format!("{name}: {}", text::failing(&why)))
+    });
+    let ready = v.aggregate(Probe::Ready);
+    GroupReport {
+        live: not_live.is_none(),
+        ready: ready.ok(),
+        reason: not_live.or_else(|| ready.result.err().map(|why| text::failing(&why))),
+        instances: group::instances(state),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verdict::Check;
+    use crate::state::registry::tests::name;
+    use crate::verdict::{Check, CheckName, Failing, ReadyReason, Reason, Target};
 
     #[test]
     fn eviction_takes_the_oldest_silent_connection_then_the_longest_idle() {
@@ -509,18 +531,25 @@ mod tests {
         assert_eq!(form(Some("verbose&format=json"), None), Form::Json);
     }
 
-    fn answer(reason: Option<&str>) -> Answer {
+    fn answer(loading: bool) -> Answer {
+        let model = name("model");
+        let reason = Reason::from(ReadyReason::Phase(Some(vitals_proto::Phase::Loading)));
+        let result = if loading { Err(reason) } else { Ok(()) };
         Answer {
             probe: Probe::Ready,
-            reason: reason.map(str::to_owned),
+            target: Target::All,
+            result: result.clone().map_err(|reason| Failing {
+                container: Some(model.clone()),
+                reason,
+            }),
             checks: vec![
                 Check {
-                    name: "agent".into(),
-                    reason: None,
+                    name: CheckName::Target(Target::Agent),
+                    result: Ok(()),
                 },
                 Check {
-                    name: "model".into(),
-                    reason: reason.map(|_| "phase: loading".to_owned()),
+                    name: CheckName::Target(Target::Container(model)),
+                    result,
                 },
             ],
         }
@@ -528,7 +557,7 @@ mod tests {
 
     #[test]
     fn renders_plain_verbose_and_json() {
-        let fail = answer(Some("model: phase: loading"));
+        let fail = answer(true);
         assert_eq!(
             render(&fail, Form::Plain),
             (
@@ -537,14 +566,14 @@ mod tests {
                 "fail: model: phase: loading".into()
             )
         );
-        assert_eq!(render(&answer(None), Form::Plain).2, "ok");
+        assert_eq!(render(&answer(false), Form::Plain).2, "ok");
         assert_eq!(
             render(&fail, Form::Verbose).2,
-            "[+]agent ok\n[-]model failed: phase: loading\nreadyz check failed\n"
+            "[+]_agent ok\n[-]model failed: phase: loading\nreadyz check failed\n"
         );
         assert_eq!(
-            render(&answer(None), Form::Verbose).2,
-            "[+]agent ok\n[+]model ok\nreadyz check passed\n"
+            render(&answer(false), Form::Verbose).2,
+            "[+]_agent ok\n[+]model ok\nreadyz check passed\n"
         );
         let (_, ctype, body) = render(&fail, Form::Json);
         assert_eq!(ctype, JSON);
@@ -552,7 +581,7 @@ mod tests {
         assert_eq!(doc["status"], "fail");
         assert_eq!(
             doc["checks"][0],
-            serde_json::json!({"name": "agent", "ok": true, "reason": null})
+            serde_json::json!({"name": "_agent", "ok": true, "reason": null})
         );
         assert_eq!(doc["checks"][1]["reason"], "phase: loading");
     }

@@ -19,8 +19,9 @@ use vitals_proto::{ErrorCode, Phase};
 use crate::config::upstreams::ProbeKind;
 use crate::state::probe_result::Outcome;
 use crate::state::snapshot::Snapshot;
+use crate::surfaces::text;
 use crate::verdict::group::{BrokenReason, MemberStatus};
-use crate::verdict::{LiveReason, Probe};
+use crate::verdict::{LiveReason, Probe, Target};
 
 /// The metric name prefix.
 const NAMESPACE: &str = "vitals";
@@ -178,7 +179,7 @@ impl Metrics {
             probe_requests: metric!(
                 IntCounterVec,
                 "probe_requests_total",
-                "Probe requests answered, by probe (livez, readyz, startupz), target (agent, _all or a worker) and result (pass, fail).",
+                "Probe requests answered, by probe (livez, readyz, startupz), target (_agent, _all or a container) and result (pass, fail).",
                 &["probe", "target", "result"]
             ),
             probe_duration,
@@ -313,10 +314,10 @@ impl Metrics {
     }
 
     /// Counts one answered probe.
-    pub fn probe(&self, probe: Probe, target: &str, ok: bool, took: Duration) {
+    pub fn probe(&self, probe: Probe, target: &Target, ok: bool, took: Duration) {
         let result = if ok { "pass" } else { "fail" };
         self.probe_requests
-            .with_label_values(&[probe.as_str(), target, result])
+            .with_label_values(&[probe.as_str(), text::target(target), result])
             .inc();
         self.probe_duration
             .with_label_values(&[probe.as_str()])
@@ -615,7 +616,7 @@ mod tests {
         s.message(&name("model"), 1, phase(Phase::Ready, None), t0);
         s.message(&name("model"), 1, beat(5), t0);
         refresh(&m, &s, t0);
-        m.probe(Probe::Ready, "_all", true, Duration::from_micros(20));
+        m.probe(Probe::Ready, &Target::All, true, Duration::from_micros(20));
         let out = text(&m);
         for want in [
             "vitals_probe_requests_total{probe=\"readyz\",result=\"pass\",target=\"_all\"} 1",

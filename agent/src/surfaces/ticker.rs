@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::cadence::Cadence;
 use crate::state::snapshot::{AgentHealth, Snapshots};
 use crate::surfaces::metrics::Metrics;
-use crate::verdict::group::without_age;
-use crate::verdict::{LiveReason, Probe, Verdicts};
+use crate::surfaces::text;
+use crate::verdict::{Answer, Failing, LiveReason, Probe, Target, Verdicts};
 
 /// How often the ticker runs, on the grid the 1 s probes and the /proc sampler share
 /// ([`crate::cadence`]), so it adds no wake-up of its own. Half the 2 s agent-liveness
@@ -36,7 +36,7 @@ pub struct Transition {
     pub at: String,
     /// Milliseconds since the Unix epoch.
     pub at_unix_ms: u64,
-    /// `agent`, `_all` or a worker name.
+    /// `_agent`, `_all` or a container's name ([`text::target`]).
     pub target: String,
     /// `livez`, `readyz` or `startupz`.
     pub probe: String,
@@ -66,36 +66,24 @@ impl TransitionLog {
     }
 }
 
-/// A verdict's text as probes answer it: `pass` or `fail: <reason>`.
-fn outcome(reason: Option<&str>) -> String {
-    reason.map_or_else(|| "pass".to_owned(), |r| format!("fail: {r}"))
-}
-
-/// Every (target, probe) verdict, as probes would answer.
-fn outcomes(v: &Verdicts) -> Vec<((String, Probe), String)> {
-    let mut all = vec![(
-        ("agent".to_owned(), Probe::Live),
-        outcome(v.aggregate(Probe::Live).reason.as_deref()),
-    )];
-    for probe in [Probe::Ready, Probe::Startup] {
-        all.push((
-            ("_all".to_owned(), probe),
-            outcome(v.aggregate(probe).reason.as_deref()),
-        ));
-    }
-    for name in v.names() {
-        for probe in Probe::ALL {
-            let reason = v.worker(probe, name).and_then(|a| a.reason);
-            all.push(((name.to_owned(), probe), outcome(reason.as_deref())));
-        }
-    }
-    all
+/// Every answer a probe could ask for now: the agent's `/livez`, the aggregates, and each
+/// container's three probes.
+fn answers(v: &Verdicts) -> impl Iterator<Item = Answer> + '_ {
+    let pod = [Probe::Live, Probe::Ready, Probe::Startup].map(|p| v.aggregate(p));
+    let containers = v.names().flat_map(move |name| {
+        Probe::ALL
+            .into_iter()
+            .filter_map(move |p| v.worker(p, name))
+    });
+    pod.into_iter().chain(containers)
 }
 
 /// Tracks the previous verdicts and reports changes.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    last: HashMap<(String, Probe), String>,
+    /// Each (target, probe)'s last verdict: its key ([`Failing::key`], without ages) and
+    /// its text as logged.
+    last: HashMap<(Target, Probe), (Result<(), Failing>, String)>,
     live: HashMap<String, Result<(), LiveReason>>,
 }
 
@@ -109,29 +97,36 @@ impl Tracker {
         log: &TransitionLog,
         metrics: &Metrics,
     ) {
-        for (key, now) in outcomes(v) {
+        for answer in answers(v) {
+            let key = (answer.target.clone(), answer.probe);
+            let now = answer.result.as_ref().map_err(Failing::key).map(|_| ());
             let before = self.last.get(&key);
             // A group member's unreachable age grows every tick; the verdict does not change.
-            if before.is_some_and(|b| without_age(b) == without_age(&now)) {
+            if before.is_some_and(|(was, _)| *was == now) {
                 continue;
             }
-            let (target, probe) = (&key.0, key.1);
-            let from = before.cloned();
-            let diagnosis = v.get(target).and_then(|w| w.diagnosis).map(|d| d.as_str());
-            if now == "pass" {
-                tracing::info!(target: "vitals::verdict", worker = %target, probe = probe.as_str(), from = from.as_deref().unwrap_or("-"), "{} {}: pass", probe.as_str(), target);
+            let from = before.map(|(_, shown)| shown.clone());
+            let (target, probe) = (text::target(&answer.target), answer.probe.as_str());
+            let to = text::outcome(&answer.result);
+            let diagnosis = match &answer.target {
+                Target::Container(name) => v.get(name.as_str()).and_then(|w| w.diagnosis),
+                Target::Agent | Target::All => None,
+            };
+            let diagnosis = diagnosis.map(|d| d.as_str());
+            if answer.ok() {
+                tracing::info!(target: "vitals::verdict", worker = %target, probe, from = from.as_deref().unwrap_or("-"), "{probe} {target}: pass");
             } else {
-                tracing::warn!(target: "vitals::verdict", worker = %target, probe = probe.as_str(), from = from.as_deref().unwrap_or("-"), diagnosis, "{} {}: {now}", probe.as_str(), target);
+                tracing::warn!(target: "vitals::verdict", worker = %target, probe, from = from.as_deref().unwrap_or("-"), diagnosis, "{probe} {target}: {to}");
             }
             log.push(Transition {
                 at: rfc3339(wall),
                 at_unix_ms: unix_ms(wall),
-                target: target.clone(),
-                probe: probe.as_str().to_owned(),
+                target: target.to_owned(),
+                probe: probe.to_owned(),
                 from,
-                to: now.clone(),
+                to: to.clone(),
             });
-            self.last.insert(key, now);
+            self.last.insert(key, (now, to));
         }
         let lives =
             v.workers
@@ -283,5 +278,39 @@ mod tests {
             .map(|t| t.to)
             .collect();
         assert_eq!(ready, ["fail: group: member 1 unreachable 3.0s"]);
+    }
+
+    #[test]
+    fn a_container_named_agent_is_tracked_apart_from_the_agent() {
+        let t0 = Instant::now();
+        let registry = std::sync::Arc::new(Registry::new(&[]));
+        let reports = registry.worker_reports();
+        reports
+            .hello(&hello("agent", "a"), PEER, 1, t0)
+            .expect("free");
+        reports.message(&name("agent"), 1, phase(Phase::Failed, None), t0);
+        let (log, metrics) = (TransitionLog::default(), Metrics::new());
+        let agent = AgentInput {
+            shutting_down: false,
+            last_tick: t0,
+        };
+        let mut tracker = Tracker::default();
+        for _ in 0..5 {
+            let v = evaluate(&registry.current(), agent, &T, t0);
+            tracker.observe(&v, SystemTime::now(), &log, &metrics);
+        }
+        let livez: Vec<_> = log
+            .list()
+            .into_iter()
+            .filter(|t| t.probe == "livez" && t.target.ends_with("agent"))
+            .map(|t| (t.target, t.to))
+            .collect();
+        assert_eq!(
+            livez,
+            [
+                ("_agent".to_owned(), "pass".to_owned()),
+                ("agent".to_owned(), "fail: failed".to_owned())
+            ]
+        );
     }
 }

@@ -21,9 +21,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::state::group::{changed, instances, GroupReport, GroupState, Instances, MemberState};
-use crate::state::registry::State;
-use crate::verdict::{Probe, Verdicts};
+use crate::state::group::{changed, GroupState, Instances, MemberState};
 
 /// `--group-timeout` and `--group-lost-after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,28 +115,18 @@ fn age_text(age: Duration) -> String {
     format!("{:.1}s", age.as_secs_f64())
 }
 
-/// `text` with the age of an `unreachable <age>` reason taken out: two reasons that differ
-/// only in it are the same verdict (the transition log records the change once, not every
-/// tick while the member stays away).
-///
-/// Only the exact shape [`GroupReadyReason::Unreachable`] writes counts, at the end of the
-/// text (`… group: member <n> unreachable <age>s`): a member's own reason that merely
-/// contains the word (`Network is unreachable (os error 101)`) keeps all its text.
-pub fn without_age(text: &str) -> &str {
-    let Some(at) = text.rfind(" unreachable ") else {
-        return text;
-    };
-    let age = &text[at + " unreachable ".len()..];
-    let is_age = age.strip_suffix('s').is_some_and(|secs| {
-        !secs.is_empty() && secs.chars().all(|c| c.is_ascii_digit() || c == '.')
-    });
-    let member = text[..at]
-        .rsplit_once("group: member ")
-        .is_some_and(|(_, n)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
-    if is_age && member {
-        &text[..at + " unreachable".len()]
-    } else {
-        text
+impl GroupReadyReason {
+    /// The reason with an unreachable member's age taken out: two reasons that differ only
+    /// in it are the same verdict (the transition log records the change once, not every
+    /// tick while the member stays away).
+    pub fn without_age(&self) -> Self {
+        match self {
+            Self::Unreachable { member, .. } => Self::Unreachable {
+                member: *member,
+                age: Duration::ZERO,
+            },
+            other => other.clone(),
+        }
     }
 }
 
@@ -273,23 +261,6 @@ pub fn evaluate(
         ready,
         live,
         members,
-    }
-}
-
-/// What this agent answers on `GET /group`: `live` when every container's `/livez/<c>`
-/// passes (the agent's own liveness is not the model's), `ready` as `/readyz`, the first
-/// failing liveness reason (else readiness reason), and the instances the registry knows.
-pub fn report(v: &Verdicts, state: &State) -> GroupReport {
-    let not_live = v.names().find_map(|name| {
-        let reason = v.worker(Probe::Live, name)?.reason?;
-        Some(format!("{name}: {reason}"))
-    });
-    let ready = v.aggregate(Probe::Ready);
-    GroupReport {
-        live: not_live.is_none(),
-        ready: ready.ok(),
-        reason: not_live.or(ready.reason),
-        instances: instances(state),
     }
 }
 
@@ -503,26 +474,15 @@ mod tests {
 
     #[test]
     fn the_age_is_not_part_of_the_verdict_for_transitions() {
-        assert_eq!(
-            without_age("group: member 2 unreachable 4.1s"),
-            "group: member 2 unreachable"
-        );
-        assert_eq!(
-            without_age("model: group: member 2 unreachable 9.9s"),
-            "model: group: member 2 unreachable"
-        );
-        assert_eq!(without_age("fail: phase: loading"), "fail: phase: loading");
-        let own = "group: member 1 probe_failed: Network is unreachable (os error 101)";
-        assert_eq!(
-            without_age(own),
-            own,
-            "a member's own reason keeps its text"
-        );
-        let changed = "group: member 1 probe_failed: Network is unreachable 4.1s";
-        assert_eq!(
-            without_age(changed),
-            changed,
-            "no member index before the word"
-        );
+        let (g, t0) = formed(1);
+        let at = |secs| judge(&g, t0 + Duration::from_secs(secs)).ready.err();
+        let (early, late) = (at(4).expect("unreachable"), at(9).expect("unreachable"));
+        assert_ne!(early, late, "the age is shown");
+        assert_eq!(early.without_age(), late.without_age());
+        let forming = GroupReadyReason::Forming {
+            live: 1,
+            members: 2,
+        };
+        assert_eq!(forming.without_age(), forming);
     }
 }

@@ -113,18 +113,19 @@ impl UpstreamVerdict {
     pub fn answer(&self, probe: Probe) -> Answer {
         let (result, checks) = match probe {
             Probe::Live => {
-                let r = err_string(&self.live);
-                (r.clone(), vec![Check::new("live", r)])
+                let r = reason(&self.live);
+                (r.clone(), vec![Check::new(CheckName::Live, r)])
             }
             Probe::Startup => {
-                let r = err_string(&self.startup);
-                (r.clone(), vec![Check::new("started", r)])
+                let r = reason(&self.startup);
+                (r.clone(), vec![Check::new(CheckName::Started, r)])
             }
-            Probe::Ready => (err_string(&self.ready), self.ready_checks.clone()),
+            Probe::Ready => (reason(&self.ready), self.ready_checks.clone()),
         };
         Answer {
             probe,
-            reason: result.err(),
+            target: Target::Container(self.name.clone()),
+            result: result.map_err(Failing::own),
             checks,
         }
     }
@@ -207,10 +208,10 @@ pub fn judge(
         .min_by_key(UpstreamReason::rank)
         .map_or(Ok(()), Err);
     let ready_checks = vec![
-        Check::new("live", err_string(&live)),
-        Check::new("process", err_string(&process)),
-        Check::new("children", err_string(&children)),
-        Check::new("readinessProbe", err_string(&readiness)),
+        Check::new(CheckName::Live, live.clone()),
+        Check::new(CheckName::Process, process),
+        Check::new(CheckName::Children, children),
+        Check::new(CheckName::ReadinessProbe, readiness),
     ];
     UpstreamVerdict {
         name: name.clone(),
@@ -859,18 +860,24 @@ mod tests {
             last_tick: t0,
         };
         let v = evaluate(&state, agent, &T, t0);
-        assert_eq!(
-            v.aggregate(Probe::Ready).reason.as_deref(),
-            Some("vllm: no_result_yet")
-        );
-        assert_eq!(
-            v.aggregate(Probe::Startup).reason.as_deref(),
-            Some("vllm: no_result_yet")
-        );
+        for p in [Probe::Ready, Probe::Startup] {
+            assert_eq!(
+                v.aggregate(p).result,
+                fails(Some("vllm"), UpstreamReason::NoResultYet)
+            );
+        }
         assert!(v.aggregate(Probe::Live).ok(), "/livez is the agent alone");
         let ready = v.worker(Probe::Ready, "vllm").expect("known");
-        let names: Vec<_> = ready.checks.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["live", "process", "children", "readinessProbe"]);
+        let names: Vec<_> = ready.checks.into_iter().map(|c| c.name).collect();
+        assert_eq!(
+            names,
+            [
+                CheckName::Live,
+                CheckName::Process,
+                CheckName::Children,
+                CheckName::ReadinessProbe
+            ]
+        );
         assert!(v.worker(Probe::Live, "vllm").expect("known").ok());
         assert_eq!(v.names().collect::<Vec<_>>(), ["vllm"]);
         state.upstreams.values_mut().for_each(|u| {

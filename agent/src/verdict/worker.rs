@@ -251,7 +251,7 @@ pub(super) fn judge(name: &WorkerName, w: &Worker, t: &Thresholds, now: Instant)
         Some(Phase::Ready) => Ok(()),
         other => Err(ReadyReason::Phase(other)),
     };
-    let check_rs: Vec<(String, Result<(), ReadyReason>)> = inst
+    let check_rs: Vec<(&str, Result<(), ReadyReason>)> = inst
         .checks
         .values()
         .map(|c| {
@@ -263,7 +263,7 @@ pub(super) fn judge(name: &WorkerName, w: &Worker, t: &Thresholds, now: Instant)
                     message: c.message.clone(),
                 })
             };
-            (c.name.clone(), r)
+            (c.name.as_str(), r)
         })
         .collect();
     let live_r = live.map_err(ReadyReason::Live);
@@ -275,14 +275,14 @@ pub(super) fn judge(name: &WorkerName, w: &Worker, t: &Thresholds, now: Instant)
         .find_map(|r| r.clone().err())
         .map_or(Ok(()), Err);
     let mut ready_checks = vec![
-        Check::new("connected", err_string(&connected_r)),
-        Check::new("live", err_string(&live_r)),
-        Check::new("phase", err_string(&phase_r)),
+        Check::new(CheckName::Connected, connected_r),
+        Check::new(CheckName::Live, live_r),
+        Check::new(CheckName::Phase, phase_r),
     ];
     ready_checks.extend(
         check_rs
-            .iter()
-            .map(|(n, r)| Check::new(format!("check:{n}"), err_string(r))),
+            .into_iter()
+            .map(|(n, r)| Check::new(CheckName::Check(n.to_owned()), r)),
     );
     WorkerVerdict {
         name: name.clone(),
@@ -299,7 +299,6 @@ pub(super) fn judge(name: &WorkerName, w: &Worker, t: &Thresholds, now: Instant)
 
 /// A worker with no connection and no (known) process: live passes, the rest fail.
 fn absent(name: &WorkerName, w: &Worker, pid: PidStatus) -> WorkerVerdict {
-    let not_connected = Err("not_connected".to_owned());
     WorkerVerdict {
         name: name.clone(),
         expected: w.expected,
@@ -310,8 +309,8 @@ fn absent(name: &WorkerName, w: &Worker, pid: PidStatus) -> WorkerVerdict {
         live: Ok(()),
         diagnosis: None,
         ready_checks: vec![
-            Check::new("connected", not_connected),
-            Check::new("live", Ok(())),
+            Check::new(CheckName::Connected, Err(ReadyReason::NotConnected)),
+            Check::new(CheckName::Live, Ok::<(), Reason>(())),
         ],
     }
 }

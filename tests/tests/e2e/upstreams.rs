@@ -248,13 +248,15 @@ fn u2_engine_hang_fails_liveness_while_health_is_200() {
     p.vllm.hang_engine();
     let fault = p.pod.event("vLLM engine loop hung");
     // The stall clock starts at the last scrape (one per /proc interval) that saw the work
-    // counters move, at most one scrape after the hang.
+    // counters move, at most one scrape after the hang; the stall is shown by the first
+    // scrape a stall timeout after that, at most one more scrape later (issue 26: a stall is
+    // what answered scrapes show, never the time since the last one).
     p.pod.await_detection(
         LIVE,
         &["loop_stalled"],
         fault,
         stall,
-        p.pod.agent_options.proc_interval + PROBE_POLL,
+        p.pod.agent_options.proc_interval * 2 + PROBE_POLL,
         stall.saturating_sub(p.pod.agent_options.proc_interval * 2),
     );
     let health = client::get(p.vllm.addr, "/health", Duration::from_secs(2)).expect("health");
@@ -272,6 +274,60 @@ fn u2_engine_hang_fails_liveness_while_health_is_200() {
             .any(|l| l == "vitals_worker_in_flight{worker=\"vllm\"} 2"),
         "vLLM's running requests re-exported: {metrics}"
     );
+}
+
+/// U8 (issue 26): a busy vLLM whose `/metrics` stops answering while `/health` stays 200
+/// is no hung engine: failed scrapes are no evidence (SPEC §8), so neither liveness nor
+/// readiness fails, across 2 × the stall timeout (the longest a stall may be held without
+/// a reading) and more. Before the fix, liveness and readiness failed with `loop_stalled`
+/// from one stall timeout after the last answered scrape.
+#[test]
+fn u8_busy_with_metrics_gone_never_fails_liveness() {
+    let _slot = slots::shared();
+    let mut p = UpstreamPod::ready("up_metrics_gone");
+    let stall = p.pod.agent_options.stall_timeout;
+    let interval = p.pod.agent_options.proc_interval;
+    p.vllm.busy(2, 1);
+    // The agent has seen the engine busy and working before its metrics go.
+    let seen_busy = Instant::now() + Duration::from_secs(5);
+    while p.pod.status()["upstreams"][0]["metrics"]["busy"] != 2.0 {
+        assert!(Instant::now() < seen_busy, "the agent never saw vLLM busy");
+        std::thread::sleep(PROBE_POLL);
+    }
+    let watch = p.pod.watch(
+        vec![
+            (
+                LIVE,
+                vitals_e2e::probe::ProbeWorker::new(vitals_e2e::probe::ProbeKind::Liveness, 1, 1),
+            ),
+            (
+                READY,
+                vitals_e2e::probe::ProbeWorker::new(vitals_e2e::probe::ProbeKind::Readiness, 1, 1),
+            ),
+        ],
+        WATCH_PERIOD,
+    );
+    // Longer than any scrape's timeout: every scrape from now on times out.
+    p.vllm.slow_metrics(Duration::from_secs(600));
+    let from = p
+        .pod
+        .event("vLLM busy, its /metrics stops answering, /health stays 200");
+    std::thread::sleep(2 * stall + 2 * interval + Duration::from_secs(1));
+    let to = p.pod.timeline.now();
+    p.pod.stop_watches();
+    let status = p.pod.status();
+    assert!(
+        !status["upstreams"][0]["metrics"]["scrape_error"].is_null(),
+        "the failing scrapes are shown: {status}"
+    );
+    assert_all_pass(&p.pod, LIVE, from, to, "metrics gone while /health passes");
+    assert_all_pass(&p.pod, READY, from, to, "metrics gone while /health passes");
+    assert_eq!(
+        watch.restarts(LIVE),
+        0,
+        "the kubelet would have restarted vLLM"
+    );
+    p.vllm.kill();
 }
 
 /// U3: SIGSTOP of the vLLM process reads `stopped` within the hang timeout, as for a
@@ -536,13 +592,14 @@ fn u7_upstreams_beside_a_protocol_worker_are_isolated() {
     vllm.hang_engine();
     let fault = pod.event("vLLM engine loop hung");
     let stall = pod.agent_options.stall_timeout;
-    // As in U2: at most one scrape after the hang, the stall clock runs.
+    // As in U2: at most one scrape after the hang the stall clock runs, and at most one
+    // scrape after the stall timeout a scrape shows it.
     pod.await_detection(
         LIVE,
         &["loop_stalled"],
         fault,
         stall,
-        pod.agent_options.proc_interval + PROBE_POLL,
+        pod.agent_options.proc_interval * 2 + PROBE_POLL,
         Duration::ZERO,
     );
     let (_, agg) = pod.await_probe("/readyz", Duration::from_secs(5), "aggregate", |o| {

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::super::yaml::Node;
-use super::super::{inject_pod_object, InjectOptions};
+use super::super::{inject_pod_object, InjectOptions, Problem};
 use super::convert;
 
 /// The pod label and annotation that opt a pod in (`"true"`) or out (`"false"`).
@@ -35,6 +35,9 @@ pub enum Outcome {
     OptedOut,
     /// Not a Pod at CREATE: admitted as is.
     Ignored,
+    /// The pod has nothing to watch (no worker named, no probes, not in a group: a front end,
+    /// a CronJob's batch pod): admitted unchanged, silently (SPEC §11; a debug log line).
+    Skipped,
     /// The pod could not be injected: admitted unchanged, with a warning saying why.
     NotInjected,
     /// Not an AdmissionReview this server can answer: HTTP 400, no review.
@@ -49,17 +52,19 @@ impl Outcome {
             Outcome::AlreadyInjected => "already_injected",
             Outcome::OptedOut => "opted_out",
             Outcome::Ignored => "ignored",
+            Outcome::Skipped => "skipped",
             Outcome::NotInjected => "not_injected",
             Outcome::BadRequest => "bad_request",
         }
     }
 
     /// Every label value, for pre-registering the series.
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Injected,
         Outcome::AlreadyInjected,
         Outcome::OptedOut,
         Outcome::Ignored,
+        Outcome::Skipped,
         Outcome::NotInjected,
         Outcome::BadRequest,
     ];
@@ -130,6 +135,8 @@ pub struct Answer {
     /// The warnings sent back (also worth a log line: for a pod made by a controller, the
     /// warnings go to the controller, not to a person).
     pub warnings: Vec<String>,
+    /// Why, for the log only, when the answer says nothing (a skipped pod).
+    pub detail: Option<String>,
     /// The response body (an AdmissionReview, or the 400 message).
     pub body: Vec<u8>,
 }
@@ -145,7 +152,7 @@ pub fn review(body: &[u8], opts: &InjectOptions) -> Result<Answer, BadReview> {
         });
     }
     let request: Request = serde_json::from_value(review.request.ok_or(BadReview::NoRequest)?)?;
-    let (result, patch, warnings) = decide(&request, opts);
+    let (result, patch, warnings, detail) = decide(&request, opts);
     let mut response = json!({"uid": request.uid, "allowed": true});
     if let Some(patch) = patch {
         let patch = serde_json::to_vec(&patch).expect("a JSON value always serializes");
@@ -161,11 +168,13 @@ pub fn review(body: &[u8], opts: &InjectOptions) -> Result<Answer, BadReview> {
         result,
         pod: pod_name(&request),
         warnings,
+        detail,
         body: serde_json::to_vec(&answer).expect("a JSON value always serializes"),
     })
 }
 
-type Decision = (Outcome, Option<Vec<Value>>, Vec<String>);
+/// The outcome, the patch, the warnings, and a detail for the log.
+type Decision = (Outcome, Option<Vec<Value>>, Vec<String>, Option<String>);
 
 fn decide(request: &Request, opts: &InjectOptions) -> Decision {
     let gvk = &request.kind;
@@ -182,30 +191,39 @@ fn decide(request: &Request, opts: &InjectOptions) -> Decision {
             }
         );
         let warning = format!("vitals: only Pods are injected; {what} admitted unchanged");
-        return (Outcome::Ignored, None, vec![warning]);
+        return (Outcome::Ignored, None, vec![warning], None);
     }
     if request.operation != "CREATE" {
         // Kubernetes forbids most pod spec changes after creation: nothing to do, nothing to say.
-        return (Outcome::Ignored, None, Vec::new());
+        return (Outcome::Ignored, None, Vec::new(), None);
     }
     // `dryRun` needs nothing: the answer has no side effects either way.
     let Some(object) = request.object.as_ref() else {
         let warning = "vitals: not injected: the request has no Pod object".to_string();
-        return (Outcome::NotInjected, None, vec![warning]);
+        return (Outcome::NotInjected, None, vec![warning], None);
     };
     let Some(fields) = object.as_object() else {
         let warning = "vitals: not injected: the request's object is not a JSON object".to_string();
-        return (Outcome::NotInjected, None, vec![warning]);
+        return (Outcome::NotInjected, None, vec![warning], None);
     };
     if opted_out(object) {
-        return (Outcome::OptedOut, None, Vec::new());
+        return (Outcome::OptedOut, None, Vec::new(), None);
     }
     let mut pod = convert::object_to_tree(fields);
     match inject_pod_object(&mut pod, opts) {
+        // Nothing to watch is no failure (a CronJob's every run would warn its Job
+        // controller otherwise): said only in the debug log.
+        Err(problem @ Problem::NoWorkerChosen { .. }) => (
+            Outcome::Skipped,
+            None,
+            Vec::new(),
+            Some(problem.to_string()),
+        ),
         Err(problem) => (
             Outcome::NotInjected,
             None,
             vec![format!("vitals: not injected: {problem}")],
+            None,
         ),
         Ok(notes) => {
             let injected = convert::to_json(&Node::Map(pod));
@@ -217,9 +235,9 @@ fn decide(request: &Request, opts: &InjectOptions) -> Decision {
                 );
             }
             if patch.is_empty() {
-                (Outcome::AlreadyInjected, None, warnings)
+                (Outcome::AlreadyInjected, None, warnings, None)
             } else {
-                (Outcome::Injected, Some(patch), warnings)
+                (Outcome::Injected, Some(patch), warnings, None)
             }
         }
     }

@@ -2,9 +2,14 @@
 //! whether its engine is busy and has not worked for the stall timeout.
 //!
 //! The clock runs only while busy: it restarts whenever a `work` counter moves and whenever
-//! the server turns busy after being idle, so an idle server never stalls. A failed scrape
-//! is no evidence (nothing is recorded); a reading older than 2 × the stall timeout is
-//! dropped, and the next one starts afresh. Equal readings printed too coarsely to show a
+//! the server turns busy after being idle, so an idle server never stalls. A stall is what
+//! the readings show: the latest answered reading, busy, came at least the stall timeout
+//! after the clock started. A failed scrape is no evidence (nothing is recorded), so time
+//! without answers never starts or extends a stall: a busy server killed, or one whose
+//! metrics endpoint stops answering while `/health` stays 200, is never `loop_stalled` on
+//! the strength of scrapes that failed. A stall the readings did show holds through failed
+//! scrapes until the latest reading is 2 × the stall timeout old; then it is dropped, and
+//! the next reading starts afresh. Equal readings printed too coarsely to show a
 //! +1 change are no evidence of "unmoved" either: they restart the clock
 //! ([`crate::config::upstreams::profiles`] says why).
 //!
@@ -87,16 +92,13 @@ impl StallClock {
             .map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
     }
 
-    /// Whether the engine has been busy without work for `stall_timeout` at `now`.
+    /// Whether the readings show the engine busy without work for `stall_timeout`, with the
+    /// latest of them no older than 2 × `stall_timeout` at `now`.
     pub fn stalled(&self, now: Instant, stall_timeout: Duration) -> bool {
-        match (&self.last, self.since) {
-            (Some(last), Some(since)) => {
-                now.saturating_duration_since(last.at) <= 2 * stall_timeout
-                    && last.is_busy()
-                    && now.saturating_duration_since(since) >= stall_timeout
-            }
-            _ => false,
-        }
+        self.last
+            .as_ref()
+            .is_some_and(|last| now.saturating_duration_since(last.at) <= 2 * stall_timeout)
+            && self.unmoved_shown() >= stall_timeout
     }
 
     /// The latest reading, however old.
@@ -104,10 +106,14 @@ impl StallClock {
         self.last.as_ref()
     }
 
-    /// How long the engine has been busy without work (zero while idle or working).
-    pub fn stalled_for(&self, now: Instant) -> Duration {
-        self.since
-            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
+    /// How long the readings have shown the engine busy without work: from the clock's
+    /// start to the latest answered reading (zero while idle or working). Time since that
+    /// reading is not counted: nothing has been seen in it.
+    pub fn unmoved_shown(&self) -> Duration {
+        match (&self.last, self.since) {
+            (Some(last), Some(since)) if last.is_busy() => last.at.saturating_duration_since(since),
+            _ => Duration::ZERO,
+        }
     }
 }
 
@@ -235,6 +241,55 @@ mod tests {
                 true,
             ),
             (
+                "busy, then no answer at all (killed while busy): no stall",
+                &[(0, Some(1.0), 1.0, 0.0), (1, None, 0.0, 0.0)],
+                45,
+                false,
+            ),
+            (
+                "busy, working, then metrics gone while /health passes: no stall",
+                &[
+                    (0, Some(1.0), 1.0, 0.0),
+                    (20, Some(2.0), 1.0, 0.0),
+                    (21, None, 0.0, 0.0),
+                    (40, None, 0.0, 0.0),
+                ],
+                59,
+                false,
+            ),
+            (
+                "unmoved under the timeout, then silence: failed scrapes never extend it",
+                &[
+                    (0, Some(1.0), 1.0, 0.0),
+                    (20, Some(1.0), 1.0, 0.0),
+                    (25, None, 0.0, 0.0),
+                ],
+                55,
+                false,
+            ),
+            (
+                "... and the next answer, still unmoved, shows the stall",
+                &[
+                    (0, Some(1.0), 1.0, 0.0),
+                    (20, Some(1.0), 1.0, 0.0),
+                    (25, None, 0.0, 0.0),
+                    (35, Some(1.0), 1.0, 0.0),
+                ],
+                35,
+                true,
+            ),
+            (
+                "resumed after a stop: the first answer shows work, no stall",
+                &[
+                    (0, Some(1.0), 1.0, 0.0),
+                    (10, None, 0.0, 0.0),
+                    (40, None, 0.0, 0.0),
+                    (41, Some(2.0), 1.0, 0.0),
+                ],
+                41,
+                false,
+            ),
+            (
                 "... but not beyond 2 x timeout",
                 &[(0, Some(1.0), 1.0, 0.0), (31, Some(1.0), 1.0, 0.0)],
                 92,
@@ -276,12 +331,15 @@ mod tests {
         c.observe(r(0, None), T);
         c.observe(r(29, Some(0.0)), T);
         assert!(!c.stalled(t0 + Duration::from_secs(40), T));
-        assert_eq!(
-            c.stalled_for(t0 + Duration::from_secs(40)),
-            Duration::from_secs(11)
+        c.observe(r(40, Some(0.0)), T);
+        assert_eq!(c.unmoved_shown(), Duration::from_secs(11));
+        assert!(
+            !c.stalled(t0 + Duration::from_secs(58), T),
+            "no reading since 40 s"
         );
+        c.observe(r(59, Some(0.0)), T);
         assert!(c.stalled(t0 + Duration::from_secs(59), T));
-        assert_eq!(c.last().map(|r| r.at), Some(t0 + Duration::from_secs(29)));
+        assert_eq!(c.last().map(|r| r.at), Some(t0 + Duration::from_secs(59)));
     }
 
     #[test]

@@ -9,8 +9,9 @@ use super::doc::*;
 use crate::config::upstreams::Action;
 use crate::state::snapshot::Snapshot;
 use crate::state::upstream::{CanaryResult, UpstreamState};
+use crate::surfaces::text;
 use crate::surfaces::ticker::{rfc3339, Transition, TransitionLog};
-use crate::verdict::{PidStatus, Probe, UpstreamVerdict};
+use crate::verdict::{Answer, PidStatus, Probe, UpstreamVerdict};
 
 fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
@@ -46,20 +47,13 @@ impl StatusSource {
 /// Builds `/status` from a snapshot, the agent's facts and its recent transitions.
 fn build(snapshot: &Snapshot, facts: &AgentFacts, transitions: Vec<Transition>) -> StatusDoc {
     let (state, v, now) = (&snapshot.state, &snapshot.verdicts, snapshot.at);
-    let agg = |p| {
-        let a = v.aggregate(p);
-        VerdictDoc {
-            ok: a.ok(),
-            reason: a.reason,
-        }
+    let doc = |a: Answer| VerdictDoc {
+        ok: a.ok(),
+        reason: a.result.err().as_ref().map(text::failing),
     };
+    let agg = |p| doc(v.aggregate(p));
     // A container's verdict as its probe answers it (on a group leader, with the group's).
-    let answer = |p, name: &str| {
-        v.worker(p, name).map(|a| VerdictDoc {
-            ok: a.ok(),
-            reason: a.reason,
-        })
-    };
+    let answer = |p, name: &str| v.worker(p, name).map(doc);
     let agent = AgentDoc {
         version: crate::VERSION.to_owned(),
         started_at: rfc3339(facts.started_wall),
@@ -233,7 +227,7 @@ fn upstream_doc(u: &UpstreamState, uv: &UpstreamVerdict, now: Instant) -> Upstre
             profile: m.profile.map(str::to_owned),
             endpoint: format!(":{}{}", m.port, m.path),
             work: last.and_then(|r| r.work.iter().flatten().copied().reduce(|a, b| a + b)),
-            busy_without_work_seconds: secs(u.stall.stalled_for(now)),
+            busy_without_work_seconds: secs(u.stall.unmoved_shown()),
             busy: last.and_then(|r| r.busy),
             pending: last.and_then(|r| r.pending),
             page_age_seconds: last.map(|r| secs(now.saturating_duration_since(r.at))),

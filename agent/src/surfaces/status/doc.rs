@@ -166,7 +166,8 @@ pub struct UpstreamMetricsDoc {
     pub endpoint: String,
     /// The sum of the `work` counters in the latest page.
     pub work: Option<f64>,
-    /// Seconds the engine has been busy without a work counter moving (0 while idle).
+    /// Seconds the answered scrapes have shown the engine busy without a work counter moving,
+    /// up to the latest of them (0 while idle or working; time since then is not counted).
     pub busy_without_work_seconds: f64,
     /// Sum of the busy gauges.
     pub busy: Option<f64>,
