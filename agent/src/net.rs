@@ -257,17 +257,18 @@ pub async fn get_once(
         .await
 }
 
-/// One POST of a JSON `body` over HTTP/1.1 on a fresh connection that is closed after
-/// the answer, its body kept up to `limit` bytes (a streamed answer is read to its last
-/// chunk, so a deadline around the call covers the whole answer).
+/// One POST of `json` to `path` over HTTP/1.1, with the agent's [`default_headers`], on a
+/// fresh connection that is closed after the answer, its body kept up to `limit` bytes (a
+/// streamed answer is read to its last chunk, so a deadline around the call covers the
+/// whole answer).
 pub async fn post_json_once(
-    host: &str,
-    port: u16,
+    (host, port): (&str, u16),
     path: &str,
-    headers: &[(HeaderName, HeaderValue)],
-    body: Bytes,
+    json: &serde_json::Value,
     limit: usize,
 ) -> Result<Answer, Failure> {
+    let body = Bytes::from(json.to_string());
+    let headers = default_headers("application/json");
     let stream = connect(host, port).await?;
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .max_buf_size(HEAD_LIMIT)
@@ -277,26 +278,43 @@ pub async fn post_json_once(
     let _conn = ConnTask(tokio::spawn(async move {
         let _ = conn.await;
     }));
-    let mut req = Request::post(path)
+    let mut first = vec![
+        (CONNECTION, HeaderValue::from_static("close")),
+        (
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ),
+    ];
+    if let Ok(v) = HeaderValue::from_str(&authority(host, port)) {
+        first.push((HOST, v));
+    }
+    let req = post_request(path.to_owned(), &first, &headers, body)?;
+    kept_answer(sender.send_request(req).await, limit).await
+}
+
+/// A POST of `body` to `target`, with `first` and then `headers` (a later one replaces an
+/// earlier one of the same name).
+fn post_request(
+    target: String,
+    first: &[(HeaderName, HeaderValue)],
+    headers: &[(HeaderName, HeaderValue)],
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, Failure> {
+    let mut req = Request::post(target)
         .body(Full::new(body))
         .map_err(|e| Failure::Protocol(e.to_string()))?;
-    let h = req.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&authority(host, port)) {
-        h.insert(HOST, v);
+    for (name, value) in first.iter().chain(headers) {
+        req.headers_mut().insert(name.clone(), value.clone());
     }
-    h.insert(CONNECTION, HeaderValue::from_static("close"));
-    h.insert(
-        hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    for (name, value) in headers {
-        h.insert(name.clone(), value.clone());
-    }
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| hyper_failure(&e))?;
-    let (parts, body) = resp.into_parts();
+    Ok(req)
+}
+
+/// The answer to a request, its body kept up to `limit` bytes with its trailers.
+async fn kept_answer(
+    sent: Result<hyper::Response<Incoming>, hyper::Error>,
+    limit: usize,
+) -> Result<Answer, Failure> {
+    let (parts, body) = sent.map_err(|e| hyper_failure(&e))?.into_parts();
     read_body::<Incoming>(parts.status, parts.headers, body, BodyRead::Keep(limit)).await
 }
 
@@ -319,18 +337,13 @@ pub async fn post_h2(
     let _conn = ConnTask(tokio::spawn(async move {
         let _ = conn.await;
     }));
-    let mut req = Request::post(format!("http://{}{path}", authority(host, port)))
-        .body(Full::new(body))
-        .map_err(|e| Failure::Protocol(e.to_string()))?;
-    for (name, value) in headers {
-        req.headers_mut().insert(name.clone(), value.clone());
-    }
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| hyper_failure(&e))?;
-    let (parts, body) = resp.into_parts();
-    read_body::<Incoming>(parts.status, parts.headers, body, BodyRead::Keep(limit)).await
+    let req = post_request(
+        format!("http://{}{path}", authority(host, port)),
+        &[],
+        headers,
+        body,
+    )?;
+    kept_answer(sender.send_request(req).await, limit).await
 }
 
 #[cfg(test)]

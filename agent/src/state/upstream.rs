@@ -246,6 +246,66 @@ mod tests {
     }
 
     #[test]
+    fn a_canary_is_due_only_after_idle_time_with_every_probe_passing() {
+        let spec = parse(
+            r#"{"vllm": {"startupProbe": {"httpGet": {"port": 8000}}, "livenessProbe": {"httpGet": {"port": 8000}}, "metrics": "vllm", "canary": {}}}"#,
+            &[],
+        )
+        .expect("valid")
+        .remove(0);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let reading = |s: u64, work: f64, busy: f64| Reading {
+            at: at(s),
+            work: vec![Some(work)],
+            busy: Some(busy),
+            pending: Some(0.0),
+            blurred: false,
+        };
+        let mut u = UpstreamState::new(Arc::new(spec));
+        assert_eq!(u.quiet_since(t0), None, "no probe result yet");
+        u.record_probe(ProbeKind::Liveness, outcome(at(1)));
+        assert_eq!(
+            u.quiet_since(t0),
+            None,
+            "loading: the startup probe never passed"
+        );
+        u.record_probe(ProbeKind::Startup, outcome(at(1)));
+        assert_eq!(u.quiet_since(t0), Some(t0), "quiet since the task began");
+        u.record_scrape(at(2), Ok(reading(2, 5.0, 0.0)), Duration::from_secs(30));
+        assert_eq!(u.quiet_since(t0), Some(t0), "the first page shows no move");
+        u.record_scrape(at(3), Ok(reading(3, 6.0, 0.0)), Duration::from_secs(30));
+        assert_eq!(u.quiet_since(t0), Some(at(3)), "a work counter moved");
+        u.record_scrape(at(4), Ok(reading(4, 6.0, 2.0)), Duration::from_secs(30));
+        assert_eq!(u.quiet_since(t0), Some(at(4)), "busy is not idle");
+        u.canary_sent(at(70));
+        assert_eq!(u.quiet_since(t0), None, "never two in flight");
+        u.canary_ended(CanaryRun {
+            started: at(70),
+            ended: at(80),
+            result: CanaryResult::Deadline,
+        });
+        assert_eq!(u.quiet_since(t0), Some(at(80)), "idle again from its end");
+        assert_eq!(u.canary.missed_at, Some(at(80)));
+        u.record_scrape(at(81), Ok(reading(81, 6.0, 0.0)), Duration::from_secs(30));
+        assert_eq!(
+            u.canary.missed_at,
+            Some(at(80)),
+            "nothing moved: still missed"
+        );
+        u.record_scrape(at(82), Ok(reading(82, 7.0, 0.0)), Duration::from_secs(30));
+        assert_eq!(u.canary.missed_at, None, "the engine worked again");
+        u.record_probe(
+            ProbeKind::Liveness,
+            Outcome {
+                result: Err(crate::sources::upstream::probe::Failure::Timeout),
+                ..outcome(at(83))
+            },
+        );
+        assert_eq!(u.quiet_since(t0), None, "a failing probe says the rest");
+    }
+
+    #[test]
     fn answered_http_probes_are_evidence_that_the_process_ran_tcp_connects_are_not() {
         let spec = parse(
             r#"{"vllm": {"livenessProbe": {"httpGet": {"port": 8000}}, "readinessProbe": {"tcpSocket": {"port": 8000}}}}"#,

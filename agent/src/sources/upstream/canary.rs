@@ -7,7 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::run::Context;
@@ -73,16 +72,9 @@ async fn send(spec: &CanarySpec, host: &str) -> Result<(), String> {
             fields.insert("model".to_owned(), serde_json::Value::String(model));
         }
     }
-    let answer = net::post_json_once(
-        host,
-        spec.port,
-        &spec.path,
-        &net::default_headers("application/json"),
-        Bytes::from(body.to_string()),
-        ANSWER_LIMIT,
-    )
-    .await
-    .map_err(|f: Failure| f.to_string())?;
+    let answer = net::post_json_once((host, spec.port), &spec.path, &body, ANSWER_LIMIT)
+        .await
+        .map_err(|f: Failure| f.to_string())?;
     if answer.status.is_success() {
         Ok(())
     } else {
