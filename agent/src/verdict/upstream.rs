@@ -1,7 +1,8 @@
-//! An upstream's verdicts (SPEC §8): the one function that decides why `/livez/<container>`
-//! of a server that does not speak the protocol fails, from its own probes' latest results,
-//! its metrics' stall clock and its process's /proc track, by the same /proc rules as a
-//! worker's (`verdict::proc_rules`).
+//! An upstream's verdicts (SPEC §8, §12): the one function that decides why
+//! `/livez/<container>` of a server that does not speak the protocol fails, from its own
+//! probes' latest results, its metrics' stall clock, its canary, its process's /proc track
+//! (by the same /proc rules as a worker's, `verdict::proc_rules`), its zombie children and
+//! its load progress.
 
 use std::fmt;
 use std::time::{Duration, Instant};
