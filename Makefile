@@ -25,6 +25,13 @@ deploy-check:
 python-test:
 	python3 shared/python/tests/run.py
 
+## soak: the seeded fault soak over the release agent (SOAK_SEED, SOAK_S=180, SOAK_KEEP=dir, SOAK_REPLAY=dir: docs/e2e.md); exits 1 on any problem
+.PHONY: soak
+soak:
+	@if [ -z "$$SOAK_REPLAY" ]; then $(CARGO) build --release -p vitals-agent; fi
+	$(CARGO) build --release -p vitals-e2e --bins
+	$(CARGO) run --quiet --release -p vitals-e2e --bin soak
+
 ## lint: formatting and clippy, warnings are errors
 lint:
 	$(CARGO) fmt --all --check

@@ -58,7 +58,13 @@ fn main() {
         .map(|i| {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             let port = l.local_addr().unwrap().port();
-            thread::spawn(move || vitals_e2e::fake_vllm::serve(l, Some(Duration::ZERO)));
+            thread::spawn(move || {
+                let options = vitals_e2e::fake_vllm::VllmOptions {
+                    load_for: Some(Duration::ZERO),
+                    ..Default::default()
+                };
+                vitals_e2e::fake_vllm::serve(l, options)
+            });
             let probe = format!(r#"{{"httpGet": {{"path": "/health", "port": {port}}}, "periodSeconds": 1}}"#);
             format!(r#""vllm{i}": {{"startupProbe": {probe}, "livenessProbe": {probe}, "readinessProbe": {probe}, "metrics": "vllm"}}"#)
         })

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{agent_bin, cpu_ns, env_u64, rss_kib, start_agent, write_results};
+use common::{agent_bin, cpu_ns, env_u64, rss_kib, start_agent, status_kib, write_results};
 use vitals_e2e::{client, wait};
 
 /// A member agent's `/group` answer on a fresh port, one thread per connection.
@@ -58,8 +58,9 @@ fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), client::ClientErro
 }
 
 /// Starts an agent with `extra` flags, waits until `/readyz` passes; returns it with its
-/// RSS then and its CPU share over `idle` (percent of a core) and its RSS after.
-fn measure(bin: &Path, extra: &[String], idle: Duration) -> (u64, f64, u64) {
+/// RSS then and its CPU share over `idle` (percent of a core), its RSS after and its peak
+/// RSS over the whole run (`VmHWM`, what a memory limit must clear: SPEC §11).
+fn measure(bin: &Path, extra: &[String], idle: Duration) -> (u64, f64, u64, u64) {
     let dir = tempfile::tempdir().unwrap();
     let addr = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -79,13 +80,14 @@ fn measure(bin: &Path, extra: &[String], idle: Duration) -> (u64, f64, u64) {
     thread::sleep(idle);
     let cpu = (cpu_ns(pid) - cpu0) as f64 / t0.elapsed().as_nanos() as f64 * 100.0;
     let rss_after = rss_kib(pid);
+    let peak = status_kib(pid, "VmHWM:");
     let (_, status) = get(addr, "/status").unwrap();
     if !extra.is_empty() {
         let doc: serde_json::Value = serde_json::from_str(&status).unwrap();
         let members = doc["group"]["members"].as_array().map_or(0, Vec::len);
         assert!(doc["group"]["formed"] == true && members > 0, "{doc}");
     }
-    (rss, cpu, rss_after)
+    (rss, cpu, rss_after, peak)
 }
 
 fn main() {
@@ -102,32 +104,34 @@ fn main() {
         "1s".to_owned(),
     ];
     eprintln!("an agent outside any group, idle for {idle:?} …");
-    let (base_rss, base_cpu, base_rss_after) = measure(&bin, &[], idle);
+    let (base_rss, base_cpu, base_rss_after, base_peak) = measure(&bin, &[], idle);
     eprintln!("a leader polling {members} members every 1 s, for {idle:?} …");
-    let (rss, cpu, rss_after) = measure(&bin, &leader_flags, idle);
+    let (rss, cpu, rss_after, peak) = measure(&bin, &leader_flags, idle);
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
-        "| agent ({}) | RSS formed / after | CPU over {} s (`schedstat`) |",
+        "| agent ({}) | RSS formed / after / peak (VmHWM) | CPU over {} s (`schedstat`) |",
         bin.display(),
         idle.as_secs()
     );
     println!("|---|---|---|");
     println!(
-        "| outside any group | {:.2} / {:.2} MiB | {base_cpu:.3} % of a core |",
+        "| outside any group | {:.2} / {:.2} / {:.2} MiB | {base_cpu:.3} % of a core |",
         mib(base_rss),
-        mib(base_rss_after)
+        mib(base_rss_after),
+        mib(base_peak)
     );
     println!(
-        "| leader, {members} members polled every 1 s | {:.2} / {:.2} MiB | {cpu:.3} % of a core |",
+        "| leader, {members} members polled every 1 s | {:.2} / {:.2} / {:.2} MiB | {cpu:.3} % of a core |",
         mib(rss),
-        mib(rss_after)
+        mib(rss_after),
+        mib(peak)
     );
     let json = serde_json::json!({
         "members": members,
         "poll_seconds": 1,
         "idle_seconds": idle.as_secs(),
-        "leader": {"rss_kib": rss, "rss_after_kib": rss_after, "cpu_percent": cpu},
-        "no_group": {"rss_kib": base_rss, "rss_after_kib": base_rss_after, "cpu_percent": base_cpu},
+        "leader": {"rss_kib": rss, "rss_after_kib": rss_after, "peak_rss_kib": peak, "cpu_percent": cpu},
+        "no_group": {"rss_kib": base_rss, "rss_after_kib": base_rss_after, "peak_rss_kib": base_peak, "cpu_percent": base_cpu},
     });
     write_results("group.json", &json);
 }

@@ -82,6 +82,9 @@ pub struct InjectArgs {
     /// document is an error.
     #[arg(long, env = "VITALS_SKIP_UNKNOWN")]
     pub skip_unknown: bool,
+    /// The agent container's pull secret and resources.
+    #[command(flatten)]
+    pub agent: AgentArgs,
     /// Print no summary and no warnings on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -100,8 +103,71 @@ impl InjectArgs {
             legacy_sidecar: self.legacy_sidecar,
             image: self.image.clone(),
             skip_unknown: self.skip_unknown,
+            image_pull_secrets: self.agent.pull_secrets(),
+            agent_resources: self.agent.resources.clone(),
         }
     }
+}
+
+/// What the agent container needs from the cluster's rules, shared by `inject` and
+/// `webhook`: LimitRanges, ResourceQuotas and policy engines validate the injected pod
+/// (SPEC §11), so its resources and the pull secret of its registry are the operator's call.
+#[derive(Debug, Clone, Default, Args)]
+pub struct AgentArgs {
+    /// A pull secret for the agent's image, added to each injected pod's `imagePullSecrets`
+    /// (repeatable, or comma-separated).
+    #[arg(
+        long = "image-pull-secret",
+        value_name = "NAME",
+        env = "VITALS_IMAGE_PULL_SECRETS",
+        value_delimiter = ','
+    )]
+    pub image_pull_secrets: Vec<String>,
+    /// The agent container's `resources`, as JSON (`{"requests": {...}, "limits": {...}}`),
+    /// instead of inject's own (requests 10m/16Mi; limits 200m/64Mi, in a group pod a
+    /// memory limit only, SPEC §11).
+    #[arg(
+        long = "agent-resources",
+        value_name = "JSON",
+        env = "VITALS_AGENT_RESOURCES",
+        value_parser = parse_resources
+    )]
+    pub resources: Option<String>,
+}
+
+impl AgentArgs {
+    /// The pull secrets given, trimmed, without empty names.
+    pub fn pull_secrets(&self) -> Vec<String> {
+        self.image_pull_secrets
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+}
+
+/// `--agent-resources`: a JSON object with only `requests` and `limits`, each of names to
+/// quantity strings.
+fn parse_resources(text: &str) -> Result<String, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let fields = value
+        .as_object()
+        .ok_or("not a JSON object like {\"requests\": {\"cpu\": \"10m\"}}")?;
+    for (key, list) in fields {
+        if key != "requests" && key != "limits" {
+            return Err(format!("{key:?}: only \"requests\" and \"limits\""));
+        }
+        let ok = list
+            .as_object()
+            .is_some_and(|m| m.values().all(serde_json::Value::is_string));
+        if !ok {
+            return Err(format!(
+                "{key}: an object of quantity strings (\"cpu\": \"10m\")"
+            ));
+        }
+    }
+    Ok(value.to_string())
 }
 
 /// Reads the manifests, injects Vitals, writes them to stdout (a summary goes to stderr).
@@ -148,6 +214,10 @@ pub struct InjectOptions {
     pub image: Option<String>,
     /// Pass documents of unknown kinds with containers through instead of failing.
     pub skip_unknown: bool,
+    /// Pull secrets added to each pod's `imagePullSecrets` (see [`AgentArgs`]).
+    pub image_pull_secrets: Vec<String>,
+    /// The agent's `resources` as JSON, replacing inject's forms (see [`AgentArgs`]).
+    pub agent_resources: Option<String>,
 }
 
 /// A pod's role in a group (SPEC §9).
@@ -860,10 +930,21 @@ fn inject_pod(
             legacy_grace: opts.legacy_sidecar.then_some(grace),
             group,
             facts,
+            resources: opts.agent_resources.as_deref(),
         },
     );
     place_agent(spec, agent, old_key, old_index, opts.legacy_sidecar)?;
     pod_level(spec, &mut warnings)?;
+    if !opts.image_pull_secrets.is_empty() {
+        let secrets = spec
+            .seq_entry("imagePullSecrets")
+            .ok_or_else(|| shape("spec.imagePullSecrets", "list"))?;
+        for name in &opts.image_pull_secrets {
+            if !secrets.iter().any(|s| container_name(s) == Some(name)) {
+                secrets.push(Node::Map(Map::from_pairs([("name", Node::string(name))])));
+            }
+        }
+    }
 
     // Label and annotations, for the next injection, for Prometheus and for people.
     if tmpl.get("metadata").is_none() {
@@ -1291,6 +1372,8 @@ struct AgentWiring<'a> {
     legacy_grace: Option<u64>,
     group: Option<&'a Group>,
     facts: PodFacts,
+    /// `--agent-resources` (JSON), if given.
+    resources: Option<&'a str>,
 }
 
 /// An env var from the downward API (`fieldRef`).
@@ -1417,11 +1500,16 @@ fn wire_agent(agent: &mut Map, w: &AgentWiring<'_>) {
     // QoS: a pod whose every other container is Guaranteed stays Guaranteed (exclusive
     // CPUs, NUMA alignment) only if the agent's requests equal its limits too. Resources
     // someone edited (none of inject's forms) are theirs.
-    if agent.get("resources").is_none_or(resources::is_agent_form) {
-        agent.set(
-            "resources",
-            resources::agent_resources(w.group.is_some(), w.facts.guaranteed),
-        );
+    let given = w
+        .resources
+        .and_then(|json| yaml::parse_document(json).ok().flatten());
+    let ours =
+        |r: &Node| resources::is_agent_form(r) || given.as_ref().is_some_and(|g| yaml::equiv(r, g));
+    if agent.get("resources").is_none_or(ours) {
+        let wanted = given
+            .clone()
+            .unwrap_or_else(|| resources::agent_resources(w.group.is_some(), w.facts.guaranteed));
+        agent.set("resources", wanted);
     }
     secure_agent(agent, w.facts.root);
     // The agent's mount cannot conflict: nothing but this code writes its volumeMounts.

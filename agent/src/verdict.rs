@@ -10,6 +10,7 @@
 //! holds what they share (thresholds, the /proc rules, the probes and their answers) and
 //! the aggregates.
 
+pub mod edges;
 pub mod group;
 pub mod upstream;
 pub mod worker;
@@ -157,6 +158,8 @@ pub enum CheckName {
     Started,
     /// An upstream's process is not gone.
     Process,
+    /// An upstream is not asleep waiting for an operator's wake-up (SPEC §12).
+    Awake,
     /// No child of an upstream's process has been a zombie for the grace period (SPEC §12).
     Children,
     /// An upstream's own readiness probe.

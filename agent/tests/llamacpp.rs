@@ -40,6 +40,7 @@ impl Llama {
             api_key: api_key.map(str::to_owned),
             counter_base,
             load_for: Some(Duration::ZERO),
+            ..LlamaOptions::default()
         };
         std::thread::spawn(move || serve_llamacpp(l, options));
         Self { addr }

@@ -9,8 +9,8 @@
 mod common;
 
 use clap::Parser;
-use common::admission::{admit, Admitted};
 use common::fixtures::fixture_dir;
+use common::review::{admit, Admitted};
 use common::yaml::yaml_to_json;
 use serde_json::{json, Value};
 use vitals_agent::config::{Config, Group, RunArgs};
@@ -21,7 +21,7 @@ use yaml_rust2::YamlLoader;
 
 /// The agent's peak resident memory under the benches (docs/benchmarks.md, "Memory limit
 /// in group pods"), in MiB: the group memory limit must be at least 4x this (SPEC §11).
-const PEAK_RSS_MIB: f64 = 8.0;
+const PEAK_RSS_MIB: f64 = 30.5;
 
 fn options() -> InjectOptions {
     InjectOptions {

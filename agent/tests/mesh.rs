@@ -11,14 +11,14 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::review::{apply, pod_review, response_of};
+use common::review::{admit, Admitted};
 use common::yaml::yaml_to_json;
-use hyper::StatusCode;
 use serde_json::{json, Value};
 use vitals_agent::config::upstreams::{self, Action, ProbeKind, UpstreamSpec};
-use vitals_agent::inject::webhook::{review, Outcome};
+use vitals_agent::inject::webhook::Outcome;
 use vitals_agent::inject::{inject_documents, InjectOptions, AGENT_CONTAINER, UPSTREAMS_ENV};
 use vitals_e2e::mesh::{vllm_pod, Istio, Linkerd, ISTIO_STATUS_PORT};
+use vitals_e2e::{apiserver, lws};
 use yaml_rust2::YamlLoader;
 
 fn options() -> InjectOptions {
@@ -26,18 +26,6 @@ fn options() -> InjectOptions {
         image: Some("registry.example/vitals-agent:test".into()),
         ..InjectOptions::default()
     }
-}
-
-/// What the webhook made of `pod`: the outcome, the patch, the warnings, the patched pod.
-fn through_webhook(pod: &Value) -> (Outcome, Option<Value>, Vec<String>, Value) {
-    let body = serde_json::to_vec(&pod_review("mesh-1", pod)).unwrap();
-    let answer = review(&body, &options()).expect("a well-formed review is answered");
-    let (allowed, patch, warnings) = response_of("mesh-1", StatusCode::OK, &answer.body);
-    assert!(allowed, "the webhook never denies");
-    let patched = patch
-        .as_ref()
-        .map_or_else(|| pod.clone(), |p| apply(pod, p));
-    (answer.result, patch, warnings, patched)
 }
 
 /// `inject`'s output for `doc` (JSON is YAML), read back as JSON.
@@ -50,7 +38,11 @@ fn through_cli(doc: &Value) -> Value {
 
 /// Both transforms of `pod`, checked to agree on every container; the webhook's pod.
 fn injected(pod: &Value) -> Value {
-    let (outcome, _, _, patched) = through_webhook(pod);
+    let Admitted {
+        outcome,
+        pod: patched,
+        ..
+    } = admit(pod, &options());
     assert_eq!(outcome, Outcome::Injected);
     let cli = through_cli(pod);
     for list in ["initContainers", "containers"] {
@@ -173,7 +165,12 @@ fn istio_vllm_pod_gets_its_original_probes_back_with_the_rewritten_timing() {
 #[test]
 fn the_webhook_patch_for_an_istio_vllm_pod() {
     let pod = Istio::default().inject(vllm_pod());
-    let (outcome, patch, warnings, _) = through_webhook(&pod);
+    let Admitted {
+        outcome,
+        patch,
+        warnings,
+        ..
+    } = admit(&pod, &options());
     assert_eq!(outcome, Outcome::Injected);
     let ops = patch.expect("a patch");
     for op in ops.as_array().unwrap() {
@@ -203,6 +200,80 @@ fn the_webhook_patch_for_an_istio_vllm_pod() {
         !paths.iter().any(|p| p.starts_with("/spec/containers/1/")),
         "istio-proxy (containers[1]) is not touched: {paths:?}"
     );
+    // The agent goes in front of istio-init, whose one change is its `-d` list.
+    let init_ops: Vec<&str> = paths
+        .iter()
+        .copied()
+        .filter(|p| p.starts_with("/spec/initContainers"))
+        .collect();
+    assert_eq!(
+        init_ops,
+        ["/spec/initContainers/0", "/spec/initContainers/1/args/16"]
+    );
+}
+
+#[test]
+fn a_pod_injected_by_the_cli_then_by_istio_gets_its_probes_back_on_the_agent() {
+    // A template injected with `vitals-agent inject`, its pod then meshed by Istio (which
+    // rewrites the probes pointing at the agent, the agent's own included) and reinvoked
+    // through Vitals' webhook.
+    let by_cli = through_cli(&vllm_pod());
+    let meshed = Istio::default().inject(by_cli.clone());
+    assert_eq!(
+        container(&meshed, AGENT_CONTAINER)["startupProbe"]["httpGet"]["port"],
+        ISTIO_STATUS_PORT
+    );
+    let Admitted { outcome, pod, .. } = admit(&meshed, &options());
+    assert_eq!(outcome, Outcome::Injected);
+    for c in [AGENT_CONTAINER, "vllm"] {
+        for key in ["startupProbe", "livenessProbe", "readinessProbe"] {
+            let (before, after) = (&container(&by_cli, c)[key], &container(&pod, c)[key]);
+            assert_eq!(
+                after["httpGet"], before["httpGet"],
+                "{c} {key} on the agent again"
+            );
+        }
+    }
+    assert_eq!(
+        agent_upstreams(&pod)["vllm"],
+        agent_upstreams(&by_cli)["vllm"],
+        "the originals"
+    );
+}
+
+#[test]
+fn tcp_and_grpc_originals_come_back_as_they_were() {
+    // Istio turns both into an httpGet of pilot-agent (app_probe.go convertAppProberTCPSocket,
+    // convertAppProberGRPC); LWS's own vLLM example probes readiness by TCP.
+    for (handler, expected) in [
+        (
+            json!({"tcpSocket": {"port": 8000}}),
+            Action::Tcp {
+                port: 8000,
+                host: None,
+            },
+        ),
+        (
+            json!({"grpc": {"port": 8000, "service": "vllm"}}),
+            Action::Grpc {
+                port: 8000,
+                service: "vllm".into(),
+            },
+        ),
+    ] {
+        let mut app = vllm_pod();
+        let readiness = &mut app["spec"]["containers"][0]["readinessProbe"];
+        readiness.as_object_mut().unwrap().remove("httpGet");
+        readiness
+            .as_object_mut()
+            .unwrap()
+            .extend(handler.as_object().unwrap().clone());
+        let pod = injected(&Istio::default().inject(app));
+        let vllm = &agent_upstreams(&pod)["vllm"];
+        let probe = &vllm.probes[&ProbeKind::Readiness];
+        assert_eq!(seen("readiness in the agent", &probe.action), &expected);
+        assert_eq!((probe.period, probe.timeout), (S(5), S(2)));
+    }
 }
 
 #[test]
@@ -336,7 +407,7 @@ fn the_agent_port_leaves_the_mesh_capture_keeping_every_value_there() {
         cni: true,
     }
     .inject(vllm_pod());
-    let (_, _, warnings, pod) = through_webhook(&meshed);
+    let Admitted { warnings, pod, .. } = admit(&meshed, &options());
     assert_eq!(
         seen("linkerd-cni: annotation", annotation(&pod, LINKERD_IN)),
         "4190,4191,9180"
@@ -347,8 +418,11 @@ fn the_agent_port_leaves_the_mesh_capture_keeping_every_value_there() {
     );
 }
 
+/// What a mesh's injector does to a pod.
+type MeshInjector = fn(Value) -> Value;
+
 /// A LeaderWorkerSet whose two templates are `leader` and `worker` (their metadata and spec).
-fn lws(leader: &Value, worker: &Value) -> Value {
+fn lws_of(leader: &Value, worker: &Value) -> Value {
     let template = |pod: &Value| json!({"metadata": pod["metadata"], "spec": pod["spec"]});
     json!({
         "apiVersion": "leaderworkerset.x-k8s.io/v1",
@@ -372,7 +446,7 @@ fn a_group_leader_also_polls_its_members_outside_the_capture() {
         json!({"traffic.sidecar.istio.io/excludeOutboundPorts": "3306"});
     let leader = Istio::default().inject(app);
     let worker = Istio::default().inject(vllm_pod());
-    let out = through_cli(&lws(&leader, &worker));
+    let out = through_cli(&lws_of(&leader, &worker));
     let templates = &out["spec"]["leaderWorkerTemplate"];
     let (leader, worker) = (&templates["leaderTemplate"], &templates["workerTemplate"]);
     eprintln!(
@@ -394,7 +468,7 @@ fn a_group_leader_also_polls_its_members_outside_the_capture() {
         Some("15090,15021,15020,9180")
     );
 
-    let out = through_cli(&lws(
+    let out = through_cli(&lws_of(
         &Linkerd::default().inject(vllm_pod()),
         &Linkerd::default().inject(vllm_pod()),
     ));
@@ -408,13 +482,52 @@ fn a_group_leader_also_polls_its_members_outside_the_capture() {
         annotation(leader, "config.linkerd.io/skip-outbound-ports"),
         "4567,4568,9180"
     );
+
+    // Through the webhook: the pods LWS makes from plain templates, then the mesh's
+    // injector; the webhook knows the leader by LWS's worker-index label.
+    let plain = lws_of(&vllm_pod(), &vllm_pod());
+    let leader = lws::leader_pod(&plain, 0);
+    let worker = lws::worker_pod(&plain, &leader, 1);
+    let has_agent_port = |list: Option<&str>| list.unwrap_or("").split(',').any(|p| p == "9180");
+    let meshes: [(MeshInjector, &str, &str, &str); 2] = [
+        (
+            |p| Istio::default().inject(p),
+            "istio-init",
+            "-o",
+            "traffic.sidecar.istio.io/excludeOutboundPorts",
+        ),
+        (
+            |p| Linkerd::default().inject(p),
+            "linkerd-init",
+            "--outbound-ports-to-ignore",
+            "config.linkerd.io/skip-outbound-ports",
+        ),
+    ];
+    for (mesh, init, outbound, annotation_key) in meshes {
+        let leader = admit(&mesh(leader.clone()), &options()).pod;
+        let worker = admit(&mesh(worker.clone()), &options()).pod;
+        let (from_leader, from_worker) = (
+            flag(container(&leader, init), outbound),
+            flag(container(&worker, init), outbound),
+        );
+        let leader_annotation = annotation(&leader, annotation_key).as_str();
+        eprintln!(
+            "webhook: {init} {outbound}: leader {from_leader:?}, worker {from_worker:?}; leader's {annotation_key}: {leader_annotation:?}"
+        );
+        assert!(has_agent_port(from_leader), "{init}: {from_leader:?}");
+        assert!(!has_agent_port(from_worker), "{init}: {from_worker:?}");
+        assert!(has_agent_port(leader_annotation), "{leader_annotation:?}");
+        assert!(annotation(&worker, annotation_key).is_null());
+    }
 }
 
 #[test]
 fn a_second_pass_changes_nothing() {
     for (_, meshed) in meshed_vllm_pods() {
-        let once = injected(&meshed);
-        let (outcome, patch, _, _) = through_webhook(&once);
+        // Reinvoked on the pod as the API server stores it (its defaulting applied).
+        let mut once = injected(&meshed);
+        apiserver::default_pod(&mut once);
+        let Admitted { outcome, patch, .. } = admit(&once, &options());
         eprintln!("second review: {outcome:?}, patch {patch:?}");
         assert_eq!((outcome, patch), (Outcome::AlreadyInjected, None));
         let cli_once = through_cli(&meshed);

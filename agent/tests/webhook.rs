@@ -15,9 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::admission::{apply, pod_review, response_of};
 use common::fixtures::{fixture_dir, inject_args};
-use common::review::{apply, pod_review, response_of};
 use common::yaml::yaml_to_json;
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -314,7 +312,7 @@ fn every_fixture_pod_patched_by_the_webhook_equals_inject_output() {
             containers: Vec::new(),
             legacy_sidecar: parsed.legacy_sidecar,
             image: Some(image),
-            skip_unknown: false,
+            ..InjectOptions::default()
         };
         let expected_out = inject_documents(&text, &cli_options)
             .unwrap_or_else(|e| panic!("{name}: inject failed: {e}"));
@@ -775,4 +773,54 @@ fn the_subcommand_refuses_an_unusable_certificate_and_stops_cleanly_on_sigterm()
             .ok_or_else(|| "running".to_string())
     });
     assert!(status.success(), "{status:?}");
+}
+
+/// LimitRanges, ResourceQuotas and policy engines validate the injected pod (SPEC §11): the
+/// agent's resources and its registry's pull secret come from the webhook's flags, and a pod
+/// so injected is left alone the next time.
+#[test]
+fn the_agents_resources_and_pull_secret_come_from_the_flags() {
+    use clap::Parser as _;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: vitals_agent::inject::webhook::WebhookArgs,
+    }
+    let resources =
+        r#"{"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}"#;
+    let cli = Cli::try_parse_from([
+        "webhook",
+        "--tls-cert=c",
+        "--tls-key=k",
+        "--image=registry.example/vitals-agent:1",
+        "--image-pull-secret=regcred,other",
+        &format!("--agent-resources={resources}"),
+    ])
+    .expect("flags parse");
+    let opts = cli.args.settings().options;
+    let pod = json!({"metadata": {"annotations": {"vitals.dev/workers": "model"}},
+        "spec": {"imagePullSecrets": [{"name": "other"}], "containers": [{"name": "model", "image": "m:1"}]}});
+    let first = common::review::admit(&pod, &opts);
+    let spec = &first.pod["spec"];
+    assert_eq!(
+        spec["imagePullSecrets"],
+        json!([{"name": "other"}, {"name": "regcred"}])
+    );
+    let agent = &spec["initContainers"][0];
+    assert_eq!(
+        agent["resources"],
+        serde_json::from_str::<Value>(resources).unwrap()
+    );
+    let again = common::review::admit(&first.pod, &opts);
+    assert!(again.patch.is_none(), "{:?}", again.patch);
+    for bad in [r#"{"request": {}}"#, r#"{"limits": {"cpu": 1}}"#, "64Mi"] {
+        let parsed = Cli::try_parse_from([
+            "webhook",
+            "--tls-cert=c",
+            "--tls-key=k",
+            "--image=i",
+            &format!("--agent-resources={bad}"),
+        ]);
+        assert!(parsed.is_err(), "{bad} accepted");
+    }
 }

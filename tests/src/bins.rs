@@ -18,6 +18,14 @@ pub fn worker_bin() -> PathBuf {
     locate("VITALS_WORKER_BIN", "vitals-worker")
 }
 
+/// One of this crate's own binaries (`fake-vllm`, `soak-worker`), beside the executable
+/// running (cargo builds a package's binaries for its integration tests), or from the
+/// variable `VITALS_<NAME>_BIN` (`VITALS_SOAK_WORKER_BIN`).
+pub fn e2e_bin(name: &str) -> PathBuf {
+    let env = format!("VITALS_{}_BIN", name.to_uppercase().replace('-', "_"));
+    locate(&env, name)
+}
+
 fn locate(env: &str, name: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(env) {
         let path = PathBuf::from(path);

@@ -1,26 +1,42 @@
-//! A small fake vLLM: the HTTP surface the agent watches (SPEC §8) with switches to make
-//! it misbehave. It runs as its own process (the `fake-vllm` binary of this crate) so the
-//! agent finds it by its listening port and a scenario can SIGSTOP or kill it.
+//! A small fake vLLM: the HTTP surface the agent watches (SPEC §8, §12) with switches to
+//! make it misbehave. It runs as its own process (the `fake-vllm` binary of this crate) so
+//! the agent finds it by its listening port and a scenario can SIGSTOP or kill it.
 //!
 //! - `GET /health`: 503 while "loading", then 200 (vllm/entrypoints/openai/api_server.py
-//!   answers 200 once the engine client is up, whatever the engine loop does);
+//!   answers 200 once the engine client is up, whatever the engine loop does, asleep too);
 //! - `GET /metrics`: vLLM's real names (vllm-project/vllm vllm/v1/metrics/loggers.py):
 //!   `vllm:num_requests_running`, `vllm:num_requests_waiting`,
 //!   `vllm:generation_tokens_total`, `vllm:prompt_tokens_total` and the
-//!   `vllm:iteration_tokens_total` histogram, moving while requests run;
-//! - `POST /control/loaded`, `/control/busy?running=N&waiting=M`, `/control/hang` (the
-//!   engine loop stops: counters freeze, requests stay running, `/health` stays 200),
+//!   `vllm:iteration_tokens_total` histogram, moving while requests run, one series per
+//!   engine with `engine="<i>"` (loggers.py makes each per engine index), and
+//!   `vllm:engine_sleep_state{sleep_state="awake"|"weights_offloaded"|"discard_all"}`
+//!   (loggers.py `record_sleep_state`: every engine at once);
+//! - data parallelism ([`VllmOptions::engines`]): requests are spread over the engines,
+//!   and one engine can hang alone (`/control/hang?engine=3`) while the others work;
+//! - sleep, as vllm/v1/engine/core.py and the dev-mode routes of
+//!   vllm/entrypoints/serve/sleep/api_router.py do it: `POST /sleep?level=N` aborts what
+//!   runs (mode `abort`) and pauses the scheduler, so requests that arrive are accepted and
+//!   wait, unprocessed, until `POST /wake_up`; `GET /is_sleeping`. With
+//!   [`VllmOptions::sleep_idle_ttl`] (`--sleep-idle-ttl`, vllm-project/vllm PR #47703) the
+//!   API server sleeps the engines after that long without an inference request and wakes
+//!   them for the next one, holding it meanwhile; health probes and `/metrics` neither
+//!   reset that timer nor wake it, and a manual `/sleep` is never woken by a request;
+//! - `POST /control/loaded`, `/control/busy?running=N&waiting=M` (inference requests:
+//!   N running and M waiting over all engines), `/control/hang[?engine=I]` (that engine
+//!   loop, or all, stops: counters freeze, requests stay running, `/health` stays 200),
 //!   `/control/slow?ms=N` (every answer waits N ms), `/control/slow_metrics?ms=N` (only
-//!   `/metrics` waits: a metrics endpoint behind a stuck exporter or proxy while the engine
-//!   and `/health` are fine), `/control/close` (stop listening; the process lives on),
-//!   `/control/die[?after_first_chunk=1]` (the engine died while idle, vLLM #16259:
-//!   `/health` 200, completions never answer, or stop after their first chunk);
-//! - `GET /v1/models` and `POST /v1/completions` (a 1-token answer that moves the counters),
-//!   what the canary of SPEC §12 sends.
+//!   `/metrics` waits: a metrics endpoint behind a stuck exporter or proxy while the
+//!   engine and `/health` are fine), `/control/close` (stop listening; the process lives
+//!   on), `/control/unhang` (every engine loop resumes), `GET /control/state` (JSON:
+//!   asleep, and the wake-ups by request and by operator).
+//! - `GET /v1/models` and `POST /v1/completions` (a 1-token answer that moves engine 0's
+//!   counters), what the canary of SPEC §12 sends, and `/control/die[?after_first_chunk=1]`:
+//!   the engine died while idle (vLLM #16259): `/health` and `/v1/models` (the API
+//!   server's) still answer, a completion never does, or stops after its first chunk.
 //!
 //! [`serve_llamacpp`] is the same switches in front of a fake llama.cpp server
-//! (ggml-org/llama.cpp tools/server), with the three behaviours of the real one that the
-//! agent must handle (SPEC §8):
+//! (ggml-org/llama.cpp tools/server), with the behaviours of the real one that the
+//! agent must handle (SPEC §8, §12):
 //! - `/metrics` is answered by the engine loop (server-context.cpp: the handler posts a
 //!   `SERVER_TASK_TYPE_METRICS` task and waits for it), so a hung engine makes scrapes hang
 //!   while `/health` (answered by the HTTP thread) stays 200; `/control/unhang` resumes it;
@@ -29,7 +45,14 @@
 //! - values are printed as C++ streams print doubles, 6 significant digits
 //!   (server-task.cpp `to_metrics`): `1.23457e+08`; counters may start at a base (a server
 //!   that has run for a long time), and every `/metrics` GET resets the window of the
-//!   `*_tokens_seconds` gauges (`metrics_reset_bucket`).
+//!   `*_tokens_seconds` gauges (`metrics_reset_bucket`);
+//! - `--sleep-idle-seconds` (PR #18228, tools/server/server-queue.cpp `start_loop`): once
+//!   no task was posted for that long the model is unloaded; every posted task restarts the
+//!   timer and wakes a sleeping server (a reload that takes [`WAKE_FOR`]), a `/metrics` GET
+//!   included (issue #20227), unless [`LlamaOptions::metrics_snapshot`] (PR #27376: a
+//!   sleeping server answers `/metrics` from its last page); `/health` and `/props`
+//!   (`"is_sleeping"`) touch neither; the engine loop burns CPU while it decodes, as a
+//!   real one does.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -43,21 +66,61 @@ use std::time::{Duration, Instant};
 
 use crate::client;
 
-/// The simulated engine.
-#[derive(Debug, Default)]
-struct Engine {
-    loading: bool,
+/// How long a sleeping fake takes to wake (weights back on the GPU, or a model reload).
+pub const WAKE_FOR: Duration = Duration::from_millis(300);
+
+/// How the fake vLLM runs.
+#[derive(Debug, Clone, Default)]
+pub struct VllmOptions {
+    /// Loading ends after this long (else on `/control/loaded`).
+    pub load_for: Option<Duration>,
+    /// Data-parallel engines (`--data-parallel-size`); 0 is taken as 1.
+    pub engines: usize,
+    /// `--sleep-idle-ttl`: sleep after this long without an inference request.
+    pub sleep_idle_ttl: Option<Duration>,
+}
+
+/// One engine core.
+#[derive(Debug, Default, Clone)]
+struct Core {
     hung: bool,
-    /// The engine died while idle (vLLM #16259): `/health` and `/v1/models` still answer
-    /// from the API server, a completion never does (or stops after its first chunk).
-    dead: Option<Death>,
-    delay: Duration,
-    metrics_delay: Duration,
     running: u64,
     waiting: u64,
     iterations: u64,
     generation_tokens: u64,
     prompt_tokens: u64,
+}
+
+/// Whether the engines sleep.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Sleep {
+    Awake,
+    /// `level` as `/sleep?level=` says; `manual`: by `/sleep`, else by the idle TTL.
+    Asleep {
+        level: u8,
+        manual: bool,
+    },
+    /// Woken by a request, awake at `until` (the request is held meanwhile).
+    Waking {
+        until: Instant,
+    },
+}
+
+/// The simulated server.
+#[derive(Debug)]
+struct Engine {
+    loading: bool,
+    delay: Duration,
+    metrics_delay: Duration,
+    cores: Vec<Core>,
+    sleep: Sleep,
+    /// Requests held by the idle-sleep middleware while the engines wake.
+    held: Option<(u64, u64)>,
+    last_inference: Instant,
+    wakes_by_request: u64,
+    wakes_by_operator: u64,
+    /// The engine died while idle (`/control/die`).
+    dead: Option<Death>,
 }
 
 /// How a dead engine answers a completion.
@@ -70,35 +133,84 @@ enum Death {
     AfterFirstChunk,
 }
 
+impl Engine {
+    /// `running` and `waiting` requests spread over the engines as vLLM's DP coordinator
+    /// balances them; while asleep (scheduler paused) every request waits.
+    fn assign(&mut self, running: u64, waiting: u64) {
+        let paused = matches!(self.sleep, Sleep::Asleep { .. });
+        let (running, waiting) = if paused {
+            (0, running + waiting)
+        } else {
+            (running, waiting)
+        };
+        let n = self.cores.len() as u64;
+        for (i, c) in self.cores.iter_mut().enumerate() {
+            let share = |total: u64| total / n + u64::from((i as u64) < total % n);
+            c.running = share(running);
+            c.waiting = share(waiting);
+        }
+    }
+}
+
 type Shared = Arc<Mutex<Engine>>;
 
 fn lock(e: &Shared) -> std::sync::MutexGuard<'_, Engine> {
     e.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Serves on `listener` until `/control/close`; loading ends after `load_for` (or on
-/// `/control/loaded`). Never returns while listening.
-pub fn serve(listener: TcpListener, load_for: Option<Duration>) {
+/// Serves on `listener` until `/control/close`. Never returns while listening.
+pub fn serve(listener: TcpListener, options: VllmOptions) {
     let engine: Shared = Arc::new(Mutex::new(Engine {
         loading: true,
-        ..Engine::default()
+        delay: Duration::ZERO,
+        metrics_delay: Duration::ZERO,
+        cores: vec![Core::default(); options.engines.max(1)],
+        sleep: Sleep::Awake,
+        held: None,
+        last_inference: Instant::now(),
+        wakes_by_request: 0,
+        wakes_by_operator: 0,
+        dead: None,
     }));
     let started = Instant::now();
     {
-        // The engine loop: one step every 20 ms while requests run, unless hung.
+        // The engine loops: one step every 20 ms per engine with requests, unless hung or
+        // asleep; the API server's idle-sleep timer beside them.
         let engine = Arc::clone(&engine);
+        let (load_for, ttl) = (options.load_for, options.sleep_idle_ttl);
         std::thread::spawn(move || loop {
             std::thread::sleep(Duration::from_millis(20));
             let mut e = lock(&engine);
             if e.loading && load_for.is_some_and(|d| started.elapsed() >= d) {
                 e.loading = false;
             }
-            if !e.hung && e.running > 0 {
-                e.iterations += 1;
-                e.generation_tokens += e.running;
-                if e.waiting > 0 {
-                    e.waiting -= 1;
-                    e.prompt_tokens += 16;
+            match e.sleep {
+                Sleep::Waking { until } if Instant::now() >= until => {
+                    e.sleep = Sleep::Awake;
+                    if let Some((r, w)) = e.held.take() {
+                        e.assign(r, w);
+                    }
+                }
+                Sleep::Awake
+                    if ttl.is_some_and(|t| e.last_inference.elapsed() >= t)
+                        && e.cores.iter().all(|c| c.running == 0 && c.waiting == 0) =>
+                {
+                    e.sleep = Sleep::Asleep {
+                        level: 1,
+                        manual: false,
+                    };
+                }
+                _ => {}
+            }
+            if e.sleep != Sleep::Awake {
+                continue;
+            }
+            for c in e.cores.iter_mut().filter(|c| !c.hung && c.running > 0) {
+                c.iterations += 1;
+                c.generation_tokens += c.running;
+                if c.waiting > 0 {
+                    c.waiting -= 1;
+                    c.prompt_tokens += 16;
                 }
             }
         });
@@ -174,6 +286,47 @@ fn answer(
             std::thread::sleep(delay + metrics_delay);
             (200, metrics(&lock(engine)))
         }
+        ("POST", "/sleep") => {
+            let mut e = lock(engine);
+            // Mode `abort`: what runs or waits is aborted; the scheduler pauses.
+            e.assign(0, 0);
+            e.held = None;
+            e.sleep = Sleep::Asleep {
+                level: u8::try_from(param("level").max(1)).unwrap_or(1),
+                manual: true,
+            };
+            (200, String::new())
+        }
+        ("POST", "/wake_up") => {
+            let mut e = lock(engine);
+            if matches!(e.sleep, Sleep::Asleep { .. }) {
+                e.wakes_by_operator += 1;
+            }
+            e.sleep = Sleep::Awake;
+            // The scheduler resumes what waited.
+            let waiting = e.cores.iter().map(|c| c.waiting).sum();
+            e.assign(waiting, 0);
+            (200, String::new())
+        }
+        ("GET", "/is_sleeping") => (
+            200,
+            format!(
+                r#"{{"is_sleeping":{}}}"#,
+                lock(engine).sleep != Sleep::Awake
+            ),
+        ),
+        ("GET", "/control/state") => {
+            let e = lock(engine);
+            (
+                200,
+                format!(
+                    r#"{{"is_sleeping":{},"wakes_by_request":{},"wakes_by_operator":{}}}"#,
+                    e.sleep != Sleep::Awake,
+                    e.wakes_by_request,
+                    e.wakes_by_operator
+                ),
+            )
+        }
         // vllm/entrypoints/openai/api_server.py `show_available_models`: answered by the
         // API server from its own list, without the engine.
         ("GET", "/v1/models") => (
@@ -183,16 +336,16 @@ fn answer(
         ),
         ("POST", "/v1/completions") => {
             std::thread::sleep(delay);
-            let dead = lock(engine).dead;
-            match dead {
-                Some(death) => return never_complete(stream, death),
-                None => {
-                    let mut e = lock(engine);
-                    e.prompt_tokens += 1;
-                    e.generation_tokens += 1;
-                    e.iterations += 1;
-                }
+            let mut e = lock(engine);
+            if let Some(death) = e.dead {
+                drop(e);
+                return never_complete(stream, death);
             }
+            e.last_inference = Instant::now();
+            let core = &mut e.cores[0];
+            core.prompt_tokens += 1;
+            core.generation_tokens += 1;
+            core.iterations += 1;
             (
                 200,
                 r#"{"id":"cmpl-0","object":"text_completion","model":"fake/llama","choices":[{"index":0,"text":" pong","finish_reason":"length"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#
@@ -211,14 +364,35 @@ fn answer(
             lock(engine).loading = false;
             (200, "ok".into())
         }
+        ("POST", "/control/unhang") => {
+            lock(engine).cores.iter_mut().for_each(|c| c.hung = false);
+            (200, "ok".into())
+        }
         ("POST", "/control/busy") => {
             let mut e = lock(engine);
-            e.running = param("running");
-            e.waiting = param("waiting");
+            e.last_inference = Instant::now();
+            let (running, waiting) = (param("running"), param("waiting"));
+            match e.sleep {
+                Sleep::Asleep { manual: false, .. } => {
+                    e.sleep = Sleep::Waking {
+                        until: Instant::now() + WAKE_FOR,
+                    };
+                    e.wakes_by_request += 1;
+                    e.held = Some((running, waiting));
+                }
+                Sleep::Waking { .. } => e.held = Some((running, waiting)),
+                _ => e.assign(running, waiting),
+            }
             (200, "ok".into())
         }
         ("POST", "/control/hang") => {
-            lock(engine).hung = true;
+            let mut e = lock(engine);
+            let one = query_param_str(query, "engine").and_then(|i| i.parse::<usize>().ok());
+            for (i, c) in e.cores.iter_mut().enumerate() {
+                if one.is_none_or(|one| one == i) {
+                    c.hung = true;
+                }
+            }
             (200, "ok".into())
         }
         ("POST", "/control/slow") => {
@@ -268,28 +442,76 @@ fn never_complete(stream: &mut TcpStream, death: Death) -> std::io::Result<()> {
 }
 
 fn metrics(e: &Engine) -> String {
-    let l = r#"engine="0",model_name="fake/llama""#;
-    let tokens = e.generation_tokens + e.prompt_tokens;
-    format!(
-        "# HELP vllm:num_requests_running Number of requests in model execution batches.\n\
-         # TYPE vllm:num_requests_running gauge\n\
-         vllm:num_requests_running{{{l}}} {}.0\n\
-         # HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n\
-         # TYPE vllm:num_requests_waiting gauge\n\
-         vllm:num_requests_waiting{{{l}}} {}.0\n\
-         # HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n\
-         # TYPE vllm:prompt_tokens_total counter\n\
-         vllm:prompt_tokens_total{{{l}}} {}.0\n\
-         # HELP vllm:generation_tokens_total Number of generation tokens processed.\n\
-         # TYPE vllm:generation_tokens_total counter\n\
-         vllm:generation_tokens_total{{{l}}} {}.0\n\
-         # HELP vllm:iteration_tokens_total Histogram of number of tokens per engine_step.\n\
-         # TYPE vllm:iteration_tokens_total histogram\n\
-         vllm:iteration_tokens_total_bucket{{{l},le=\"+Inf\"}} {}.0\n\
-         vllm:iteration_tokens_total_count{{{l}}} {}.0\n\
-         vllm:iteration_tokens_total_sum{{{l}}} {tokens}.0\n",
-        e.running, e.waiting, e.prompt_tokens, e.generation_tokens, e.iterations, e.iterations,
-    )
+    let mut page = String::new();
+    let mut family =
+        |name: &str, kind: &str, help: &str, series: &dyn Fn(&str, &Core) -> String| {
+            page.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (i, c) in e.cores.iter().enumerate() {
+                let l = format!(r#"engine="{i}",model_name="fake/llama""#);
+                page.push_str(&series(&l, c));
+            }
+        };
+    family(
+        "vllm:num_requests_running",
+        "gauge",
+        "Number of requests in model execution batches.",
+        &|l, c| format!("vllm:num_requests_running{{{l}}} {}.0\n", c.running),
+    );
+    family(
+        "vllm:num_requests_waiting",
+        "gauge",
+        "Number of requests waiting to be processed.",
+        &|l, c| format!("vllm:num_requests_waiting{{{l}}} {}.0\n", c.waiting),
+    );
+    let (awake, offloaded, discarded) = match e.sleep {
+        Sleep::Asleep { level: 2, .. } => (0, 0, 1),
+        Sleep::Asleep { .. } | Sleep::Waking { .. } => (0, 1, 0),
+        Sleep::Awake => (1, 0, 0),
+    };
+    family(
+        "vllm:engine_sleep_state",
+        "gauge",
+        "Engine sleep state; awake = 0 means engine is sleeping; awake = 1 means engine is awake; weights_offloaded = 1 means sleep level 1; discard_all = 1 means sleep level 2.",
+        &|l, _| {
+            format!(
+                "vllm:engine_sleep_state{{{l},sleep_state=\"awake\"}} {awake}.0\n\
+                 vllm:engine_sleep_state{{{l},sleep_state=\"weights_offloaded\"}} {offloaded}.0\n\
+                 vllm:engine_sleep_state{{{l},sleep_state=\"discard_all\"}} {discarded}.0\n"
+            )
+        },
+    );
+    family(
+        "vllm:prompt_tokens_total",
+        "counter",
+        "Number of prefill tokens processed.",
+        &|l, c| format!("vllm:prompt_tokens_total{{{l}}} {}.0\n", c.prompt_tokens),
+    );
+    family(
+        "vllm:generation_tokens_total",
+        "counter",
+        "Number of generation tokens processed.",
+        &|l, c| {
+            format!(
+                "vllm:generation_tokens_total{{{l}}} {}.0\n",
+                c.generation_tokens
+            )
+        },
+    );
+    family(
+        "vllm:iteration_tokens_total",
+        "histogram",
+        "Histogram of number of tokens per engine_step.",
+        &|l, c| {
+            format!(
+                "vllm:iteration_tokens_total_bucket{{{l},le=\"+Inf\"}} {it}.0\n\
+             vllm:iteration_tokens_total_count{{{l}}} {it}.0\n\
+             vllm:iteration_tokens_total_sum{{{l}}} {}.0\n",
+                c.generation_tokens + c.prompt_tokens,
+                it = c.iterations
+            )
+        },
+    );
+    page
 }
 
 /// How the fake llama.cpp server runs.
@@ -301,6 +523,11 @@ pub struct LlamaOptions {
     pub counter_base: u64,
     /// Loading ends after this long (else on `/control/loaded`).
     pub load_for: Option<Duration>,
+    /// `--sleep-idle-seconds`: unload the model after this long without a task.
+    pub sleep_idle: Option<Duration>,
+    /// PR #27376 and later: a sleeping server answers `/metrics` from its last page
+    /// instead of waking.
+    pub metrics_snapshot: bool,
 }
 
 /// The fake llama.cpp engine: its state and the `/metrics` tasks waiting for its loop.
@@ -308,6 +535,19 @@ pub struct LlamaOptions {
 struct Llama {
     loading: bool,
     hung: bool,
+    /// The model is unloaded (`server_queue::sleeping`).
+    sleeping: bool,
+    /// A reload asked for by a task, done at this time.
+    waking_until: Option<Instant>,
+    /// `server_queue::time_last_task`.
+    last_task: Option<Instant>,
+    /// Wake-ups, and which were asked by a `/metrics` GET.
+    wakes: u64,
+    wakes_by_metrics: u64,
+    /// When the server last fell asleep.
+    slept_at: Option<Instant>,
+    /// The last page rendered, for the snapshot a sleeping server answers.
+    last_page: String,
     running: u64,
     waiting: u64,
     n_decode: u64,
@@ -387,14 +627,16 @@ fn llama_metrics(e: &Llama, base: u64) -> String {
 pub fn serve_llamacpp(listener: TcpListener, options: LlamaOptions) {
     let engine = Arc::new(Mutex::new(Llama {
         loading: true,
+        last_task: Some(Instant::now()),
         ..Llama::default()
     }));
     let started = Instant::now();
     {
-        // The engine loop: a decode step every 20 ms while requests run, then the
-        // queued `/metrics` tasks; nothing at all while hung.
+        // The engine loop: a decode step every 20 ms while requests run (burning CPU as a
+        // real one does), then the queued `/metrics` tasks; nothing at all while hung.
+        // Asleep once no task came for the idle time; a task wakes it.
         let engine = Arc::clone(&engine);
-        let (base, load_for) = (options.counter_base, options.load_for);
+        let (base, load_for, idle) = (options.counter_base, options.load_for, options.sleep_idle);
         std::thread::spawn(move || loop {
             std::thread::sleep(Duration::from_millis(20));
             let mut e = engine.lock().unwrap_or_else(PoisonError::into_inner);
@@ -402,6 +644,26 @@ pub fn serve_llamacpp(listener: TcpListener, options: LlamaOptions) {
                 e.loading = false;
             }
             if e.hung {
+                continue;
+            }
+            let now = Instant::now();
+            if let Some(until) = e.waking_until {
+                if now < until {
+                    continue;
+                }
+                e.waking_until = None;
+                e.sleeping = false;
+                e.last_task = Some(now);
+            }
+            if e.sleeping {
+                continue;
+            }
+            let idle_for = e
+                .last_task
+                .map_or(Duration::ZERO, |t| now.duration_since(t));
+            if e.running == 0 && e.tasks.is_empty() && idle.is_some_and(|i| idle_for >= i) {
+                e.sleeping = true;
+                e.slept_at = Some(now);
                 continue;
             }
             if e.running > 0 {
@@ -412,9 +674,16 @@ pub fn serve_llamacpp(listener: TcpListener, options: LlamaOptions) {
                     e.waiting -= 1;
                     e.prompt_tokens += 16;
                 }
+                // update_slots() keeps the timer from counting a busy server as idle.
+                e.last_task = Some(now);
+                let spin = Instant::now();
+                while spin.elapsed() < Duration::from_millis(8) {
+                    std::hint::spin_loop();
+                }
             }
             e.bucket_ms += 20;
             let page = llama_metrics(&e, base);
+            e.last_page.clone_from(&page);
             let tasks = std::mem::take(&mut e.tasks);
             if !tasks.is_empty() {
                 e.bucket_tokens = 0;
@@ -427,14 +696,26 @@ pub fn serve_llamacpp(listener: TcpListener, options: LlamaOptions) {
         });
     }
     let key = options.api_key.map(|k| format!("Bearer {k}"));
+    let snapshot = options.metrics_snapshot;
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let (engine, key) = (Arc::clone(&engine), key.clone());
-        std::thread::spawn(move || handle_llama(stream, &engine, key.as_deref()));
+        std::thread::spawn(move || handle_llama(stream, &engine, key.as_deref(), snapshot));
     }
 }
 
-fn handle_llama(mut stream: TcpStream, engine: &Mutex<Llama>, key: Option<&str>) {
+impl Llama {
+    /// `server_queue::post`: a task restarts the idle timer and wakes a sleeping server.
+    fn post(&mut self) {
+        self.last_task = Some(Instant::now());
+        if self.sleeping && self.waking_until.is_none() {
+            self.waking_until = Some(Instant::now() + WAKE_FOR);
+            self.wakes += 1;
+        }
+    }
+}
+
+fn handle_llama(mut stream: TcpStream, engine: &Mutex<Llama>, key: Option<&str>, snapshot: bool) {
     let Some((method, target, headers)) = read_head(&stream) else {
         return;
     };
@@ -457,21 +738,57 @@ fn handle_llama(mut stream: TcpStream, engine: &Mutex<Llama>, key: Option<&str>)
             r#"{"error":{"code":401,"message":"Invalid API Key","type":"authentication_error"}}"#
                 .into(),
         ),
+        ("GET", "/metrics") if snapshot && lock().sleeping => (200, lock().last_page.clone()),
         ("GET", "/metrics") => {
             // Posted to the engine loop; answered when (if) the loop takes it.
             let (tx, rx) = mpsc::channel();
-            lock().tasks.push(tx);
+            {
+                let mut e = lock();
+                if e.sleeping {
+                    e.wakes_by_metrics += 1;
+                }
+                e.post();
+                e.tasks.push(tx);
+            }
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(page) => (200, page),
                 Err(_) => return,
             }
+        }
+        // Answered by the HTTP thread: neither wakes it nor restarts the idle timer.
+        ("GET", "/props") => {
+            let e = lock();
+            (
+                200,
+                format!(
+                    r#"{{"total_slots":1,"model_path":"fake.gguf","is_sleeping":{}}}"#,
+                    e.sleeping
+                ),
+            )
+        }
+        ("GET", "/control/state") => {
+            let e = lock();
+            let since = |t: Option<Instant>| t.map_or(-1.0, |t| t.elapsed().as_secs_f64());
+            (
+                200,
+                format!(
+                    r#"{{"is_sleeping":{},"wakes":{},"wakes_by_metrics":{},"asleep_for":{},"idle_for":{}}}"#,
+                    e.sleeping,
+                    e.wakes,
+                    e.wakes_by_metrics,
+                    if e.sleeping { since(e.slept_at) } else { -1.0 },
+                    since(e.last_task)
+                ),
+            )
         }
         ("POST", "/control/loaded") => {
             lock().loading = false;
             (200, "ok".into())
         }
         ("POST", "/control/busy") => {
+            // Completion requests: tasks, which wake a sleeping server.
             let mut e = lock();
+            e.post();
             e.running = param("running");
             e.waiting = param("waiting");
             (200, "ok".into())
@@ -493,13 +810,20 @@ fn handle_llama(mut stream: TcpStream, engine: &Mutex<Llama>, key: Option<&str>)
     );
 }
 
-pub(crate) fn query_param(query: &str, k: &str) -> u64 {
+/// The query's value of `k` as a number (0 when absent or not one).
+fn query_param(query: &str, k: &str) -> u64 {
+    query_param_str(query, k)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The query's value of `k`.
+fn query_param_str<'q>(query: &'q str, k: &str) -> Option<&'q str> {
     query
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .find(|(key, _)| *key == k)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
+        .map(|(_, v)| v)
 }
 
 /// A request head: method, target, header lines (name, value).
@@ -564,17 +888,18 @@ impl FakeVllm {
     /// Starts `bin` on `addr` (loading for `load_for`, or until [`FakeVllm::loaded`]),
     /// logging to `log`.
     pub fn start(bin: &Path, addr: SocketAddr, load_for: Option<Duration>, log: &Path) -> Self {
-        let load: Vec<String> = load_for
-            .map(|d| d.as_millis().to_string())
-            .into_iter()
-            .collect();
-        let load: Vec<&str> = load.iter().map(String::as_str).collect();
-        Self::start_with(bin, addr, &load, log)
+        Self::start_with(bin, addr, load_for, &[], log)
     }
 
-    /// Starts `bin` on `addr` with more arguments (`--triton`, `--llamacpp`), logging to
-    /// `log`; returns once it answers `/metrics`.
-    pub fn start_with(bin: &Path, addr: SocketAddr, args: &[&str], log: &Path) -> Self {
+    /// [`FakeVllm::start`] with more of the binary's arguments (`--engines 8`,
+    /// `--sleep-idle-ttl 2`, `--llamacpp --sleep-idle-seconds 2`, ...).
+    pub fn start_with(
+        bin: &Path,
+        addr: SocketAddr,
+        load_for: Option<Duration>,
+        args: &[&str],
+        log: &Path,
+    ) -> Self {
         let file = std::fs::File::create(log).expect("the log folder is writable");
         let err = file.try_clone().expect("a log file handle can be cloned");
         let mut cmd = Command::new(bin);
@@ -584,12 +909,17 @@ impl FakeVllm {
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err))
             .process_group(0);
+        if let Some(d) = load_for {
+            cmd.arg(d.as_millis().to_string());
+        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let me = FakeVllm { child, addr };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while client::get(addr, "/metrics", Duration::from_secs(1)).is_err() {
+        // `/health` answers at once, loading or not, and (unlike `/metrics` on llama.cpp)
+        // neither wakes the server nor restarts its idle timer.
+        while client::get(addr, "/health", Duration::from_secs(1)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "fake-vllm did not listen on {addr}"
@@ -604,7 +934,7 @@ impl FakeVllm {
         self.child.id()
     }
 
-    /// POSTs one of its `/control/...` switches; panics unless it answers 200.
+    /// Sends control request `path` (`/control/hang`, ...; see the module doc).
     pub fn control(&self, path: &str) {
         let r = client::request_with(self.addr, "POST", path, None, Duration::from_secs(5), || {})
             .unwrap_or_else(|e| panic!("fake-vllm {path}: {e}"));
@@ -637,6 +967,25 @@ impl FakeVllm {
         ));
     }
 
+    /// Engine `i` of a data-parallel server stops alone.
+    pub fn hang_one_engine(&self, i: usize) {
+        self.control(&format!("/control/hang?engine={i}"));
+    }
+
+    /// An operator's `POST /sleep?level=N` (vLLM's dev-mode route).
+    pub fn sleep(&self, level: u8) {
+        self.control(&format!("/sleep?level={level}"));
+    }
+
+    /// What the server says of itself (`GET /control/state`): whether it sleeps, and its
+    /// wake-ups.
+    pub fn state(&self) -> serde_json::Value {
+        let r = client::get(self.addr, "/control/state", Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("fake-vllm /control/state: {e}"));
+        serde_json::from_str(&r.text())
+            .unwrap_or_else(|e| panic!("fake-vllm /control/state is not JSON ({e})"))
+    }
+
     /// Every answer from now on waits `d`.
     pub fn slow(&self, d: Duration) {
         self.control(&format!("/control/slow?ms={}", d.as_millis()));
@@ -650,6 +999,13 @@ impl FakeVllm {
     /// Stops listening (the process stays).
     pub fn close(&self) {
         self.control("/control/close");
+    }
+
+    /// Sends `sig` to its process group.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let group = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).expect("pids fit in i32"));
+        nix::sys::signal::killpg(group, sig)
+            .unwrap_or_else(|e| panic!("killpg({group}, {sig}) for fake-vllm: {e}"));
     }
 
     /// Kills it (SIGKILL) and reaps it.
@@ -702,7 +1058,15 @@ mod tests {
         use std::io::Read;
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
-        std::thread::spawn(move || serve(listener, Some(Duration::ZERO)));
+        std::thread::spawn(move || {
+            serve(
+                listener,
+                VllmOptions {
+                    load_for: Some(Duration::ZERO),
+                    ..VllmOptions::default()
+                },
+            )
+        });
         let mut conn = TcpStream::connect(addr).expect("connect");
         conn.set_read_timeout(Some(Duration::from_secs(2)))
             .expect("timeout");
@@ -746,7 +1110,7 @@ mod tests {
     fn loads_works_and_hangs_with_health_still_ok() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
-        std::thread::spawn(move || serve(listener, None));
+        std::thread::spawn(move || serve(listener, VllmOptions::default()));
         let health = || {
             client::get(addr, "/health", Duration::from_secs(2))
                 .expect("health")
@@ -776,6 +1140,11 @@ mod tests {
             health(),
             200,
             "vLLM's /health does not see a dead engine loop"
+        );
+        post("/control/unhang");
+        assert!(
+            await_move(addr, "vllm:iteration_tokens_total_count", frozen),
+            "steps again once unhung"
         );
         post("/control/close");
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -812,6 +1181,7 @@ mod tests {
                     api_key: Some("k".into()),
                     counter_base: 123_456_789,
                     load_for: Some(Duration::ZERO),
+                    ..LlamaOptions::default()
                 },
             )
         });

@@ -20,7 +20,8 @@
 //! - [`slots`]: how many scenarios share the machine;
 //! - [`bins`]: where the binaries and the model are (a missing one fails the test);
 //! - [`lws`]: LeaderWorkerSet's leader and worker pods as its controllers build them;
-//! - [`apiserver`]: the API server's defaulting of a stored pod.
+//! - [`apiserver`]: the API server's defaulting of a stored pod;
+//! - [`soak`]: the seeded fault soak and its judge.
 //!
 //! The scenarios themselves are in `tests/e2e/`; `docs/e2e.md` describes them.
 
@@ -40,5 +41,6 @@ pub mod probe;
 pub mod prom;
 pub mod report;
 pub mod slots;
+pub mod soak;
 pub mod timeline;
 pub mod wait;

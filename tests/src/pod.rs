@@ -129,7 +129,9 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(label: &str, argv: &[String], log: &Path, timeline: &Timeline) -> Proc {
+    /// Starts `argv` as "container" `label`: its own process group, output appended to
+    /// `log`, `VITALS_*` variables removed, its run-queue waits watched by `timeline`.
+    pub fn spawn(label: &str, argv: &[String], log: &Path, timeline: &Timeline) -> Proc {
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)

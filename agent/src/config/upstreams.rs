@@ -21,6 +21,7 @@ use vitals_proto::WorkerName;
 
 use self::canary::CanarySpec;
 use self::profiles::Profile;
+use crate::sources::upstream::expo;
 
 /// Kubernetes' default `periodSeconds`.
 pub const DEFAULT_PERIOD: Duration = Duration::from_secs(10);
@@ -141,6 +142,45 @@ pub struct MetricsSpec {
     /// Whether the server's engine loop itself answers the metrics endpoint, so that
     /// scrapes timing out while the probes pass are a hung engine (SPEC §8, llama.cpp).
     pub engine_answers: bool,
+    /// The label naming each engine of a data-parallel server (SPEC §12): series are
+    /// summed per value of it, and each engine has its own stall clock.
+    pub engine_label: Option<String>,
+    /// How the server sleeps, where it can (SPEC §12).
+    pub sleep: Option<SleepSpec>,
+}
+
+/// How an upstream sleeps (SPEC §12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SleepSpec {
+    /// Where it says so and what wakes it.
+    pub signal: profiles::SleepSignal,
+    /// After how long idle it sleeps by itself, from the signal's `idle_flag` on the
+    /// recorded command line (zero when the value is a `$(VAR)` the kubelet expands);
+    /// `None`: it does not sleep by itself, or its command line was not recorded.
+    pub idle_after: Option<Duration>,
+}
+
+impl SleepSpec {
+    /// `signal`'s idle time from a recorded command line (`--flag N` or `--flag=N`, N in
+    /// seconds; a negative N turns the idle sleep off, as llama.cpp's `-1` does).
+    pub fn from_cmdline(signal: profiles::SleepSignal, cmdline: &[String]) -> Self {
+        let flag = signal.idle_flag();
+        let value = cmdline.iter().enumerate().find_map(|(i, arg)| {
+            if arg == flag {
+                Some(cmdline.get(i + 1).map_or("", String::as_str))
+            } else {
+                arg.strip_prefix(flag).and_then(|v| v.strip_prefix('='))
+            }
+        });
+        let idle_after = value.and_then(|v| {
+            if v.contains("$(") {
+                return Some(Duration::ZERO);
+            }
+            let secs: f64 = v.parse().ok()?;
+            (secs >= 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
+        });
+        Self { signal, idle_after }
+    }
 }
 
 /// A header sent with every scrape (credentials). Its `Debug` hides the value: it is a
@@ -275,7 +315,7 @@ pub fn parse_with_env(
                 probes.insert(kind, probe(p, &format!("{name}.{}", kind.key()))?);
             }
         }
-        let metrics = match &entry.metrics {
+        let mut metrics = match &entry.metrics {
             None => None,
             Some(m) => Some(metrics(m, &format!("{name}.metrics"), &probes, &env)?),
         };
@@ -289,6 +329,12 @@ pub fn parse_with_env(
             }
             Some(p) => Some(ProcessSpec { cmdline: p.cmdline }),
         };
+        // The idle sleep is a server flag: read it from the recorded command line.
+        if let (Some(m), Some(p)) = (&mut metrics, &process) {
+            if let Some(sleep) = &mut m.sleep {
+                *sleep = SleepSpec::from_cmdline(sleep.signal, &p.cmdline);
+            }
+        }
         let children_unrecoverable = metrics
             .as_ref()
             .and_then(|m| m.profile)
@@ -452,10 +498,7 @@ fn probe(p: &schema::Probe, field: &str) -> Result<ProbeSpec, UpstreamsError> {
 }
 
 fn metric_names(names: &[String], field: &str) -> Result<Vec<String>, UpstreamsError> {
-    match names
-        .iter()
-        .position(|n| !crate::sources::upstream::expo::is_metric_name(n))
-    {
+    match names.iter().position(|n| !expo::is_metric_name(n)) {
         Some(i) => Err(bad(
             format!("{field}[{i}]"),
             "must be a list of metric names",
@@ -584,8 +627,16 @@ fn metrics(
                     headers,
                     keep_alive: true,
                     engine_answers: false,
+                    engine_label: None,
+                    sleep: None,
                 },
             };
+            if let Some(label) = &c.engine_label {
+                if !expo::is_label_name(label) {
+                    return Err(bad(format!("{field}.engineLabel"), "must be a label name"));
+                }
+                spec.engine_label = Some(label.clone());
+            }
             // Series given here replace the profile's.
             for (list, key, target) in [
                 (&c.work, "work", &mut spec.work),
@@ -626,6 +677,11 @@ fn from_profile(
         headers,
         keep_alive: p.keep_alive,
         engine_answers: p.engine_answers,
+        engine_label: p.engine_label.map(str::to_owned),
+        sleep: p.sleep.map(|signal| SleepSpec {
+            signal,
+            idle_after: None,
+        }),
     }
 }
 
@@ -642,6 +698,70 @@ mod tests {
             Ok(v) => panic!("{text} accepted: {v:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn the_idle_sleep_is_read_from_the_recorded_command_line() {
+        let idle = |metrics: &str, args: &str| {
+            let text = format!(
+                r#"{{"x": {{"livenessProbe": {{"httpGet": {{"port": 8000}}}}, "metrics": {metrics},
+                          "process": {{"cmdline": ["server"{args}]}}}}}}"#
+            );
+            ok(&text)[0]
+                .metrics
+                .as_ref()
+                .and_then(|m| m.sleep.as_ref())
+                .map(|s| s.idle_after)
+        };
+        let secs = |s: u64| Some(Some(Duration::from_secs(s)));
+        let cases = [
+            (r#""vllm""#, "", Some(None)),
+            (r#""vllm""#, r#", "--sleep-idle-ttl", "300""#, secs(300)),
+            (r#""vllm""#, r#", "--sleep-idle-ttl=300""#, secs(300)),
+            (r#""vllm""#, r#", "--sleep-idle-ttl", "$(TTL)""#, secs(0)),
+            (
+                r#""llamacpp""#,
+                r#", "--sleep-idle-seconds", "60""#,
+                secs(60),
+            ),
+            (
+                r#""llamacpp""#,
+                r#", "--sleep-idle-seconds", "-1""#,
+                Some(None),
+            ),
+            (r#""llamacpp""#, r#", "--sleep-idle-seconds""#, Some(None)),
+            (r#""tgi""#, r#", "--sleep-idle-ttl", "300""#, None),
+        ];
+        for (metrics, args, want) in cases {
+            assert_eq!(idle(metrics, args), want, "{metrics} {args}");
+        }
+    }
+
+    #[test]
+    fn an_engine_label_comes_from_the_profile_or_the_object() {
+        let label = |metrics: &str| {
+            let text = format!(
+                r#"{{"x": {{"livenessProbe": {{"httpGet": {{"port": 8000}}}}, "metrics": {metrics}}}}}"#
+            );
+            ok(&text)[0]
+                .metrics
+                .as_ref()
+                .and_then(|m| m.engine_label.clone())
+        };
+        assert_eq!(label(r#""vllm""#).as_deref(), Some("engine"));
+        assert_eq!(label(r#""sglang""#), None);
+        assert_eq!(
+            label(r#"{"work": ["x_steps_total"], "busy": ["x_running"], "engineLabel": "rank"}"#)
+                .as_deref(),
+            Some("rank")
+        );
+        let e = err(
+            r#"{"x": {"livenessProbe": {"httpGet": {"port": 8000}}, "metrics": {"profile": "vllm", "engineLabel": "a:b"}}}"#,
+        );
+        assert!(
+            e.contains("x.metrics.engineLabel: must be a label name"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -19,6 +19,11 @@
 //! - istio/istio `cni/pkg/plugin/sidecar_redirect.go`: the CNI plugin reads
 //!   `traffic.sidecar.istio.io/excludeInboundPorts` / `excludeOutboundPorts` from the pod
 //!   (a comma list, or `*`), each defaulting to the status port 15020 when absent.
+//! - istio/istio `tools/istio-iptables/pkg/capture/run.go`: "do not redirect app calls to back
+//!   itself via Envoy when using the endpoint address" (`-o lo ... ! --uid-owner` RETURN):
+//!   the agent's probes of the model server at `$POD_IP` bypass Envoy, as pilot-agent's do
+//!   (Linkerd's PROXY_INIT_OUTPUT returns loopback traffic too), so only the kubelet's
+//!   probes and a leader's polls need the agent's port out of capture.
 //! - linkerd/linkerd2 `charts/partials/templates/_proxy-init.tpl`: `linkerd-init` with
 //!   `--inbound-ports-to-ignore <control>,<admin>[,configured]` and, when configured,
 //!   `--outbound-ports-to-ignore`; `pkg/inject/inject.go` and `pkg/k8s/labels.go`: the
@@ -40,6 +45,8 @@ use super::webhook::convert::to_tree;
 use super::yaml::{Map, Node};
 use super::{Problem, AGENT_PORT};
 
+/// pilot-agent's status port (istio values.yaml `global.proxy.statusPort`).
+const ISTIO_STATUS_PORT: u16 = 15020;
 /// Istio's proxy container (`pkg/kube/inject` ProxyContainerName).
 const ISTIO_PROXY: &str = "istio-proxy";
 /// Linkerd's proxy container.
@@ -186,11 +193,8 @@ impl IstioOriginals {
 impl KeptProbes {
     /// Puts the probes back where they were.
     pub(super) fn put_back(self, c: &mut Map) {
-        // Taken in key order, not position order: put back from the first position on, so
-        // every index means what it meant before.
-        let mut probes = self.0;
-        probes.sort_by_key(|(at, _, _)| *at);
-        for (at, key, node) in probes {
+        // Each position was taken after the removals before it: undo them last to first.
+        for (at, key, node) in self.0.into_iter().rev() {
             c.insert_at(at, &key, node);
         }
     }
@@ -297,10 +301,10 @@ pub(super) fn exclude_agent_port(
     for &direction in directions {
         if istio_here {
             let ex = istio(direction);
-            let merged = merge_into_init_args(spec, &ex, direction)?;
-            // Without the annotation, Istio's CNI plugin excludes its status port 15020.
-            let seed = merged.unwrap_or_else(|| "15020".to_string());
-            annotations.push((ex.annotation, seed, false));
+            merge_into_init_args(spec, &ex, direction)?;
+            // A missing annotation is, to Istio's CNI plugin, its status port 15020 (and it
+            // adds 15020,15021,15090 inbound whatever the annotation says).
+            annotations.push((ex.annotation, ISTIO_STATUS_PORT.to_string(), false));
         }
         if linkerd_here {
             let ex = linkerd(direction);
@@ -472,6 +476,36 @@ mod tests {
         ] {
             assert_eq!(with_agent_port(list).as_deref(), merged, "{list:?}");
         }
+    }
+
+    #[test]
+    fn https_originals_go_back_where_they_were() {
+        let probers = r#"{"/app-health/app/livez": {"httpGet": {"port": 8443, "scheme": "HTTPS"}},
+            "/app-health/app/readyz": {"httpGet": {"port": 8443, "scheme": "HTTPS"}}}"#;
+        let istio = IstioOriginals(serde_json::from_str(probers).expect("Istio's shape"));
+        let probe = |kind: &str| {
+            let get = Map::from_pairs([
+                ("path", Node::string(format!("/app-health/app/{kind}"))),
+                ("port", Node::plain("15020")),
+            ]);
+            Node::Map(Map::from_pairs([("httpGet", Node::Map(get))]))
+        };
+        let mut c = Map::from_pairs([
+            ("name", Node::string("app")),
+            ("livenessProbe", probe("livez")),
+            ("readinessProbe", probe("readyz")),
+            ("image", Node::string("app:1")),
+        ]);
+        let before = c.clone();
+        let kept = istio.restore(&mut c, "app");
+        let keys: Vec<&str> = c.0.iter().map(|(k, _)| k.value.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["name", "image"],
+            "set aside while the transform runs"
+        );
+        kept.put_back(&mut c);
+        assert_eq!(c, before);
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub struct WebhookArgs {
     /// (before Kubernetes 1.29).
     #[arg(long, env = "VITALS_LEGACY_SIDECAR")]
     pub legacy_sidecar: bool,
+    /// The agent container's pull secret and resources (LimitRanges, quotas and policy
+    /// engines validate the injected pod).
+    #[command(flatten)]
+    pub agent: super::AgentArgs,
     /// After SIGTERM, keep serving this long (the Service's endpoints drop the pod), then
     /// stop accepting and finish the reviews in flight.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -102,6 +106,8 @@ impl WebhookArgs {
                 legacy_sidecar: self.legacy_sidecar,
                 image: Some(self.image.clone()),
                 skip_unknown: false,
+                image_pull_secrets: self.agent.pull_secrets(),
+                agent_resources: self.agent.resources.clone(),
             },
             tls_reload_interval: self.tls_reload_interval,
             read_timeout: Duration::from_secs(10),

@@ -158,6 +158,17 @@ impl ProcTrack {
             .is_some_and(|s| ran_at.is_none_or(|r| s.taken_at >= r))
     }
 
+    /// The share of one core the process used between its two latest samples; `None`
+    /// before two samples, or once it is gone.
+    pub fn cpu_share(&self) -> Option<f64> {
+        let (latest, previous) = (self.latest.as_ref()?, self.previous.as_ref()?);
+        let wall = latest
+            .taken_at
+            .saturating_duration_since(previous.taken_at)
+            .as_secs_f64();
+        (!self.gone && wall > 0.0).then(|| (latest.cpu_seconds - previous.cpu_seconds) / wall)
+    }
+
     /// Records a sample of the watched pid; `ran_at` is the newest evidence that the
     /// process ran (see the module's rules).
     pub fn apply(&mut self, result: Result<ProcSample, SampleError>, ran_at: Option<Instant>) {

@@ -25,7 +25,7 @@ use crate::config::upstreams::{ProbeKind, UpstreamSpec};
 use crate::sources::proc::children::Extras;
 use crate::sources::proc::discover::NotFound;
 use crate::sources::proc::{ProcSample, SampleError};
-use crate::sources::upstream::stall::Reading;
+use crate::sources::upstream::engines::Scrape;
 use crate::state::probe_result::{Outcome, ScrapeError};
 use crate::state::proc_track::{ProcTrack, Watched};
 use crate::state::upstream::{CanaryRun, UpstreamState};
@@ -155,14 +155,25 @@ impl UpstreamResults {
         });
     }
 
-    /// A scrape that began at `started` finished.
+    /// A scrape that began at `started` finished; `grain` is the time between scrapes.
     pub fn scrape(
         &self,
         started: Instant,
-        result: Result<Reading, ScrapeError>,
+        result: Result<Scrape, ScrapeError>,
         stall_timeout: std::time::Duration,
+        grain: std::time::Duration,
     ) {
-        self.with(|u| u.record_scrape(started, result, stall_timeout));
+        self.with(|u| u.record_scrape(started, result, stall_timeout, grain));
+    }
+
+    /// The share of one core its process used over the latest /proc interval (`None`:
+    /// /proc cannot tell).
+    pub fn cpu_share(&self) -> Option<f64> {
+        self.registry
+            .current()
+            .upstreams
+            .get(&self.name)
+            .and_then(|u| u.proc.cpu_share())
     }
 
     /// See [`UpstreamState::canary_sent`].
@@ -175,10 +186,10 @@ impl UpstreamResults {
         self.with(|u| u.canary_ended(run));
     }
 
-    /// See [`UpstreamState::quiet_since`].
-    pub fn quiet_since(&self, since: Instant) -> Option<Instant> {
+    /// See [`UpstreamState::canary_due_since`].
+    pub fn canary_due_since(&self, since: Instant) -> Option<Instant> {
         let state = self.registry.current();
-        state.upstreams.get(&self.name)?.quiet_since(since)
+        state.upstreams.get(&self.name)?.canary_due_since(since)
     }
 
     fn with(&self, change: impl FnOnce(&mut UpstreamState)) {

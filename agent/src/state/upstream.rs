@@ -1,5 +1,6 @@
-//! What the agent knows about one upstream (SPEC §8): the latest result of each of its
-//! probes, its metrics' stall clock, and its process as /proc shows it. Plain data with
+//! What the agent knows about one upstream (SPEC §8, §12): the latest result of each of
+//! its probes, its engines' stall clocks and its sleep from its metrics, and its process
+//! as /proc shows it. Plain data with
 //! small update methods; the probers and the scraper write it through their upstream's
 //! handle, the /proc sampler its [`ProcTrack`], and the verdict function reads it.
 
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 use crate::config::upstreams::{Action, ProbeKind, UpstreamSpec};
 use crate::sources::proc::children::Extras;
 use crate::sources::proc::discover::NotFound;
-use crate::sources::upstream::stall::{Reading, StallClock};
+use crate::sources::upstream::engines::{EngineClocks, Scrape};
+use crate::sources::upstream::sleep::SleepTrack;
 use crate::state::load_progress::LoadProgress;
 use crate::state::probe_result::{Outcome, ScrapeError};
 use crate::state::proc_track::ProcTrack;
@@ -77,8 +79,13 @@ pub struct UpstreamState {
     pub spec: Arc<UpstreamSpec>,
     /// The latest outcome of each probe it has.
     pub probes: BTreeMap<ProbeKind, Outcome>,
-    /// The hung-engine clock from its metrics.
-    pub stall: StallClock,
+    /// Its engines' hung-engine clocks, from its metrics.
+    pub engines: EngineClocks,
+    /// Its sleep, from its metrics or the document that says it (SPEC §12).
+    pub sleep: SleepTrack,
+    /// Since when its metrics have gone unread because it is idle and reading them would
+    /// keep it awake (`None`: the latest round read them).
+    pub quiet_since: Option<Instant>,
     /// The latest scrape failure (cleared by a success).
     pub scrape_failure: Option<ScrapeFailure>,
     /// Its process.
@@ -113,7 +120,9 @@ impl UpstreamState {
         Self {
             spec,
             probes: BTreeMap::new(),
-            stall: StallClock::default(),
+            engines: EngineClocks::default(),
+            sleep: SleepTrack::default(),
+            quiet_since: None,
             scrape_failure: None,
             proc: ProcTrack::off(not_yet.to_string()),
             load: LoadProgress::new(spec_has_startup),
@@ -143,29 +152,37 @@ impl UpstreamState {
         self.zombies.observe(pid, extras.taken_at, extras.zombies);
     }
 
-    /// A scrape that began at `started` finished; a failure is no evidence for the stall
-    /// rule, except that timeouts in a row are timed (SPEC §8's exception).
+    /// A scrape round that began at `started` finished (`grain`: the time between
+    /// rounds); a failure is no evidence for the stall rule, except that timeouts in a row
+    /// are timed (SPEC §8's exception).
     pub fn record_scrape(
         &mut self,
         started: Instant,
-        result: Result<Reading, ScrapeError>,
+        result: Result<Scrape, ScrapeError>,
         stall_timeout: Duration,
+        grain: Duration,
     ) {
         match result {
-            Ok(reading) => {
+            Ok(Scrape::Page(page)) => {
                 self.scrape_failure = None;
-                let moved = self.stall.last().is_some_and(|l| l.work != reading.work);
-                if moved || reading.is_busy() {
-                    self.active_at = Some(reading.at);
-                }
-                if moved {
+                self.quiet_since = None;
+                let (at, asleep) = (page.at, page.asleep);
+                if self.engines.last().is_some_and(|l| l.work() != page.work()) {
                     // Working again: a canary missed before is history.
-                    self.canary.missed_at = self.canary.missed_at.filter(|m| *m > reading.at);
+                    self.canary.missed_at = self.canary.missed_at.filter(|m| *m > at);
                 }
-                self.stall.observe(reading, stall_timeout);
+                let active = self.engines.observe(page, stall_timeout);
+                if active {
+                    self.active_at = Some(at);
+                }
+                self.observe_sleep(at, asleep, active, grain);
+            }
+            Ok(Scrape::Quiet { at, asleep }) => {
+                self.quiet_since.get_or_insert(at);
+                self.observe_sleep(at, asleep, false, grain);
             }
             Err(e) => {
-                self.stall.observe_failure(started, e.is_timeout());
+                self.engines.observe_failure(started, e.is_timeout());
                 self.scrape_failure = Some(ScrapeFailure {
                     at: Instant::now(),
                     error: e.to_string(),
@@ -191,16 +208,23 @@ impl UpstreamState {
         self.canary.last = Some(run);
     }
 
-    /// When a canary may be sent, if one is due at all: since the latest of `since` (the
-    /// canary task's start), the engine's last activity and the last canary, while the
-    /// server has loaded and every probe passes (a failing probe already says the rest).
-    pub fn quiet_since(&self, since: Instant) -> Option<Instant> {
+    /// Since when a canary could be sent, if one may be at all: the latest of `since` (the
+    /// canary task's start), the engine's last activity and the last canary; only while
+    /// the server has loaded, every probe passes (a failing probe already says the rest),
+    /// and it is neither asleep nor left alone so that its idle timer runs (a canary is a
+    /// request: it would wake it, SPEC §12).
+    pub fn canary_due_since(&self, since: Instant) -> Option<Instant> {
         let probes_pass = self
             .spec
             .probes
             .keys()
             .all(|k| self.probes.get(k).is_some_and(|o| o.result.is_ok()));
-        if !probes_pass || self.load.is_loading() || self.canary.in_flight_since.is_some() {
+        if !probes_pass
+            || self.load.is_loading()
+            || self.canary.in_flight_since.is_some()
+            || self.sleep.asleep().is_some()
+            || self.quiet_since.is_some()
+        {
             return None;
         }
         [
@@ -211,6 +235,12 @@ impl UpstreamState {
         .into_iter()
         .flatten()
         .max()
+    }
+
+    fn observe_sleep(&mut self, at: Instant, asleep: Option<bool>, active: bool, grain: Duration) {
+        if let Some(spec) = self.spec.metrics.as_ref().and_then(|m| m.sleep.as_ref()) {
+            self.sleep.observe(at, asleep, active, spec, grain);
+        }
     }
 
     /// The newest evidence that its process ran: the start of the latest answered HTTP
@@ -247,6 +277,10 @@ mod tests {
 
     #[test]
     fn a_canary_is_due_only_after_idle_time_with_every_probe_passing() {
+        use crate::sources::upstream::engines::Page;
+        use crate::sources::upstream::stall::Reading;
+        const STALL: Duration = Duration::from_secs(30);
+        const GRAIN: Duration = Duration::from_secs(1);
         let spec = parse(
             r#"{"vllm": {"startupProbe": {"httpGet": {"port": 8000}}, "livenessProbe": {"httpGet": {"port": 8000}}, "metrics": "vllm", "canary": {}}}"#,
             &[],
@@ -255,45 +289,64 @@ mod tests {
         .remove(0);
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        let reading = |s: u64, work: f64, busy: f64| Reading {
-            at: at(s),
-            work: vec![Some(work)],
-            busy: Some(busy),
-            pending: Some(0.0),
-            blurred: false,
+        let reading = |s: u64, work: f64, busy: f64| {
+            let r = Reading {
+                at: at(s),
+                work: vec![Some(work)],
+                busy: Some(busy),
+                pending: Some(0.0),
+                blurred: false,
+            };
+            Scrape::Page(Page {
+                at: at(s),
+                engines: std::iter::once((None, r)).collect(),
+                asleep: None,
+            })
         };
         let mut u = UpstreamState::new(Arc::new(spec));
-        assert_eq!(u.quiet_since(t0), None, "no probe result yet");
+        assert_eq!(u.canary_due_since(t0), None, "no probe result yet");
         u.record_probe(ProbeKind::Liveness, outcome(at(1)));
         assert_eq!(
-            u.quiet_since(t0),
+            u.canary_due_since(t0),
             None,
             "loading: the startup probe never passed"
         );
         u.record_probe(ProbeKind::Startup, outcome(at(1)));
-        assert_eq!(u.quiet_since(t0), Some(t0), "quiet since the task began");
-        u.record_scrape(at(2), Ok(reading(2, 5.0, 0.0)), Duration::from_secs(30));
-        assert_eq!(u.quiet_since(t0), Some(t0), "the first page shows no move");
-        u.record_scrape(at(3), Ok(reading(3, 6.0, 0.0)), Duration::from_secs(30));
-        assert_eq!(u.quiet_since(t0), Some(at(3)), "a work counter moved");
-        u.record_scrape(at(4), Ok(reading(4, 6.0, 2.0)), Duration::from_secs(30));
-        assert_eq!(u.quiet_since(t0), Some(at(4)), "busy is not idle");
+        assert_eq!(
+            u.canary_due_since(t0),
+            Some(t0),
+            "quiet since the task began"
+        );
+        u.record_scrape(at(2), Ok(reading(2, 5.0, 0.0)), STALL, GRAIN);
+        assert_eq!(
+            u.canary_due_since(t0),
+            Some(t0),
+            "the first page shows no move"
+        );
+        u.record_scrape(at(3), Ok(reading(3, 6.0, 0.0)), STALL, GRAIN);
+        assert_eq!(u.canary_due_since(t0), Some(at(3)), "a work counter moved");
+        u.record_scrape(at(4), Ok(reading(4, 6.0, 2.0)), STALL, GRAIN);
+        assert_eq!(u.canary_due_since(t0), Some(at(4)), "busy is not idle");
         u.canary_sent(at(70));
-        assert_eq!(u.quiet_since(t0), None, "never two in flight");
+        assert_eq!(u.canary_due_since(t0), None, "never two in flight");
         u.canary_ended(CanaryRun {
             started: at(70),
             ended: at(80),
             result: CanaryResult::Deadline,
         });
-        assert_eq!(u.quiet_since(t0), Some(at(80)), "idle again from its end");
+        assert_eq!(
+            u.canary_due_since(t0),
+            Some(at(80)),
+            "idle again from its end"
+        );
         assert_eq!(u.canary.missed_at, Some(at(80)));
-        u.record_scrape(at(81), Ok(reading(81, 6.0, 0.0)), Duration::from_secs(30));
+        u.record_scrape(at(81), Ok(reading(81, 6.0, 0.0)), STALL, GRAIN);
         assert_eq!(
             u.canary.missed_at,
             Some(at(80)),
             "nothing moved: still missed"
         );
-        u.record_scrape(at(82), Ok(reading(82, 7.0, 0.0)), Duration::from_secs(30));
+        u.record_scrape(at(82), Ok(reading(82, 7.0, 0.0)), STALL, GRAIN);
         assert_eq!(u.canary.missed_at, None, "the engine worked again");
         u.record_probe(
             ProbeKind::Liveness,
@@ -302,7 +355,11 @@ mod tests {
                 ..outcome(at(83))
             },
         );
-        assert_eq!(u.quiet_since(t0), None, "a failing probe says the rest");
+        assert_eq!(
+            u.canary_due_since(t0),
+            None,
+            "a failing probe says the rest"
+        );
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Prometheus metrics (SPEC §4, §7): registered handles, updated from registry snapshots
 //! and verdicts, plus the few event counters (probes, protocol errors, hangs).
 //!
-//! Per-worker gauges are a view of the snapshot, refreshed by the ticker and just before
-//! each scrape; counters that mirror a worker's own monotonic numbers (progress, CPU
-//! time, restarts) advance by deltas, so they never go backwards across a restart.
+//! Gauges are a view of the snapshot, set by the ticker and just before each scrape
+//! ([`Metrics::refresh`], which counts nothing). Counters advance only on the ticker (edges
+//! from [`crate::verdict::edges`], and [`Metrics::mirror`] for the counters that mirror a
+//! worker's own monotonic numbers), and on the events they count (probes, protocol errors,
+//! upstream probe runs, group polls) where those happen.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -18,6 +20,7 @@ use vitals_proto::{ErrorCode, Phase};
 
 use crate::config::upstreams::ProbeKind;
 use crate::state::probe_result::Outcome;
+use crate::state::registry::State;
 use crate::state::snapshot::Snapshot;
 use crate::surfaces::text;
 use crate::verdict::group::{BrokenReason, MemberStatus};
@@ -89,8 +92,6 @@ pub struct Metrics {
     group_formed: IntGaugeVec,
     group_broken: IntCounterVec,
     group_poll_duration: HistogramVec,
-    /// The group's broken reason at the last refresh, to count each break once.
-    group_was_broken: Mutex<Option<BrokenReason>>,
     cursors: Mutex<HashMap<String, Cursor>>,
 }
 
@@ -307,7 +308,6 @@ impl Metrics {
                 &["reason"]
             ),
             group_poll_duration,
-            group_was_broken: Mutex::default(),
             cursors: Mutex::default(),
             registry,
         }
@@ -371,17 +371,23 @@ impl Metrics {
         self.unknown_messages.inc();
     }
 
-    /// Counts a worker's liveness starting to fail.
+    /// Counts a leader's group breaking (the ticker's edge, [`crate::verdict::edges`]).
+    pub fn group_broken(&self, reason: &BrokenReason) {
+        self.group_broken.with_label_values(&[reason.kind()]).inc();
+    }
+
+    /// Counts a worker's liveness starting to fail (the ticker's edge).
     pub fn hang(&self, worker: &str, reason: LiveReason) {
         self.hangs
             .with_label_values(&[worker, reason.as_str()])
             .inc();
     }
 
-    /// Brings the per-worker metrics up to date with `snapshot`.
+    /// Sets every gauge from `snapshot` (and makes each series that should exist): what
+    /// `GET /metrics` does before it encodes, and the ticker every tick. Counts nothing, so
+    /// any number of scrapes leaves every counter as it was.
     pub fn refresh(&self, snapshot: &Snapshot) {
         let (state, verdicts, now) = (&snapshot.state, &snapshot.verdicts, snapshot.at);
-        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
         for (name, worker) in &state.workers {
             let n = name.as_str();
             let l = &[n];
@@ -406,12 +412,12 @@ impl Metrics {
                     .with_label_values(&[n, p.as_str()])
                     .set(flag(current == Some(p)));
             }
-            let cursor = cursors.entry(n.to_owned()).or_default();
-            let restarts = self.restarts.with_label_values(l);
-            restarts.inc_by(worker.restarts.saturating_sub(cursor.restarts));
-            cursor.restarts = cursor.restarts.max(worker.restarts);
-            let progress = self.progress.with_label_values(l);
-            let cpu = self.cpu.with_label_values(l);
+            // The mirrored counters' series exist from the start, at zero; the ticker
+            // advances them ([`Metrics::mirror`]).
+            for c in [&self.restarts, &self.progress] {
+                c.with_label_values(l);
+            }
+            self.cpu.with_label_values(l);
             let Some(inst) = inst else {
                 // Expected, never seen: the series exist, at zero.
                 for g in [&self.pending, &self.in_flight, &self.rss, &self.threads] {
@@ -419,12 +425,6 @@ impl Metrics {
                 }
                 continue;
             };
-            if cursor.instance != inst.hello.instance {
-                // A new instance counts from zero; the counters keep their sums.
-                cursor.instance = inst.hello.instance.clone();
-                cursor.progress = 0;
-                cursor.cpu_seconds = 0.0;
-            }
             self.heartbeat_age.with_label_values(l).set(
                 now.saturating_duration_since(inst.heartbeat_at)
                     .as_secs_f64(),
@@ -442,17 +442,10 @@ impl Metrics {
             let beat = inst
                 .heartbeat
                 .map_or((0, 0, 0), |b| (b.progress, b.pending, b.in_flight));
-            progress.inc_by(beat.0.saturating_sub(cursor.progress));
-            cursor.progress = cursor.progress.max(beat.0);
             self.pending.with_label_values(l).set(clamp(beat.1));
             self.in_flight.with_label_values(l).set(clamp(beat.2));
             match inst.proc.latest.as_ref() {
                 Some(s) => {
-                    let delta = s.cpu_seconds - cursor.cpu_seconds;
-                    if delta > 0.0 {
-                        cpu.inc_by(delta);
-                        cursor.cpu_seconds = s.cpu_seconds;
-                    }
                     self.rss.with_label_values(l).set(clamp(s.rss_bytes));
                     self.threads.with_label_values(l).set(clamp(s.threads));
                 }
@@ -462,9 +455,44 @@ impl Metrics {
                 }
             }
         }
-        drop(cursors);
         self.refresh_upstreams(snapshot);
         self.refresh_group(snapshot);
+    }
+
+    /// Advances the counters that mirror each worker's own monotonic numbers (restarts,
+    /// loop progress, CPU time) to `state`, by deltas, so they never go backwards across a
+    /// restart: the ticker's, like every other count.
+    pub fn mirror(&self, state: &State) {
+        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+        for (name, worker) in &state.workers {
+            let l = &[name.as_str()];
+            let cursor = cursors.entry(name.to_string()).or_default();
+            self.restarts
+                .with_label_values(l)
+                .inc_by(worker.restarts.saturating_sub(cursor.restarts));
+            cursor.restarts = cursor.restarts.max(worker.restarts);
+            let Some(inst) = worker.instance.as_ref() else {
+                continue;
+            };
+            if cursor.instance != inst.hello.instance {
+                // A new instance counts from zero; the counters keep their sums.
+                cursor.instance = inst.hello.instance.clone();
+                cursor.progress = 0;
+                cursor.cpu_seconds = 0.0;
+            }
+            let progress = inst.heartbeat.map_or(0, |b| b.progress);
+            self.progress
+                .with_label_values(l)
+                .inc_by(progress.saturating_sub(cursor.progress));
+            cursor.progress = cursor.progress.max(progress);
+            if let Some(s) = inst.proc.latest.as_ref() {
+                let delta = s.cpu_seconds - cursor.cpu_seconds;
+                if delta > 0.0 {
+                    self.cpu.with_label_values(l).inc_by(delta);
+                    cursor.cpu_seconds = s.cpu_seconds;
+                }
+            }
+        }
     }
 
     /// A leader's group series (SPEC §9); nothing on other agents.
@@ -485,15 +513,6 @@ impl Metrics {
             self.group_broken.with_label_values(&[kind]);
         }
         self.group_poll_duration.with_label_values(NO_LABELS);
-        let mut was = self
-            .group_was_broken
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let now = g.live.err();
-        if let Some(b) = now.filter(|b| was.as_ref() != Some(b)) {
-            self.group_broken.with_label_values(&[b.kind()]).inc();
-        }
-        *was = now;
     }
 
     /// The per-worker series of each upstream (SPEC §8): verdicts, its busy and pending
@@ -520,14 +539,15 @@ impl Metrics {
             }
             if u.spec.metrics.is_some() {
                 // The latest page, while scrapes succeed: a failing one leaves no evidence.
-                let latest = u.stall.last().filter(|_| u.scrape_failure.is_none());
+                // Per container, the sum over its engines (as a worker's one pair).
+                let latest = u.engines.last().filter(|_| u.scrape_failure.is_none());
                 let gauge = |v: Option<f64>| v.map_or(0, |v| v.clamp(0.0, i64::MAX as f64) as i64);
                 self.in_flight
                     .with_label_values(l)
-                    .set(gauge(latest.and_then(|r| r.busy)));
+                    .set(gauge(latest.and_then(|p| p.busy())));
                 self.pending
                     .with_label_values(l)
-                    .set(gauge(latest.and_then(|r| r.pending)));
+                    .set(gauge(latest.and_then(|p| p.pending())));
             }
             self.upstream_proc_watched
                 .with_label_values(l)
@@ -590,7 +610,6 @@ mod tests {
 
     use super::*;
     use crate::state::registry::tests::{beat, hello, name, phase, PEER};
-    use crate::state::registry::State;
     use crate::verdict::tests::T;
     use crate::verdict::AgentInput;
 
@@ -601,6 +620,7 @@ mod tests {
             last_tick: at,
         };
         m.refresh(&Snapshot::evaluate(Arc::new(state.clone()), agent, &T, at));
+        m.mirror(state);
     }
 
     fn text(m: &Metrics) -> String {
@@ -706,5 +726,43 @@ mod tests {
             !out.contains("vitals_worker_startup_seconds{"),
             "new instance not ready yet"
         );
+    }
+
+    #[test]
+    fn scrapes_count_nothing() {
+        let m = Metrics::new();
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        let agent = AgentInput {
+            shutting_down: false,
+            last_tick: t1,
+        };
+        let g = crate::verdict::edges::tests::broken_group(t0);
+        let limits = crate::verdict::edges::tests::LIMITS;
+        let snapshot = Snapshot::evaluate(Arc::new(State::new(&[])), agent, &T, t1)
+            .with_group(Arc::new(g), &limits);
+        assert!(snapshot
+            .verdicts
+            .group
+            .as_ref()
+            .is_some_and(|g| g.live.is_err()));
+        let counters = |m: &Metrics| -> Vec<String> {
+            text(m)
+                .lines()
+                .filter(|l| l.starts_with("vitals_") && l.contains("_total"))
+                .map(str::to_owned)
+                .collect()
+        };
+        // What GET /metrics does, five times, with no tick in between.
+        m.refresh(&snapshot);
+        let first = counters(&m);
+        for _ in 0..4 {
+            m.refresh(&snapshot);
+        }
+        assert_eq!(counters(&m), first, "N scrapes, the same counters");
+        let broken =
+            vitals_e2e::prom::series(&text(&m), "vitals_group_broken_total{reason=\"restarted\"}");
+        eprintln!("group_broken_total{{restarted}} after 5 scrapes and no tick: {broken:?}");
+        assert_eq!(broken, Some(0.0), "only the ticker counts a break");
     }
 }

@@ -36,6 +36,7 @@ pub fn check_name(name: &CheckName) -> Cow<'_, str> {
         CheckName::Phase => "phase",
         CheckName::Started => "started",
         CheckName::Process => "process",
+        CheckName::Awake => "awake",
         CheckName::Children => "children",
         CheckName::ReadinessProbe => "readinessProbe",
         CheckName::Check(check) => return Cow::Owned(format!("check:{check}")),

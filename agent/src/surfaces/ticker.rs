@@ -1,12 +1,13 @@
 //! The agent's heartbeat: every [`TICK`] it proves the runtime runs (the agent's own
-//! liveness), evaluates every verdict, refreshes metrics, and logs each verdict transition
-//! once, keeping the last [`KEEP`] for `/status`.
+//! liveness), evaluates every verdict, refreshes the gauges, and applies the edges that
+//! [`crate::verdict::edges`] finds: logs each verdict transition once, keeping the last
+//! [`KEEP`] for `/status`, and counts hangs and group breaks.
 //!
-//! Probes never depend on this timer (they evaluate on the spot, and `/metrics` refreshes
-//! before it encodes); it exists so that transitions are noticed and counted without
-//! anyone asking.
+//! Probes never depend on this timer (they evaluate on the spot, and `/metrics` sets its
+//! gauges before it encodes); it exists so that transitions are noticed and counted without
+//! anyone asking, and counted by nobody else, so a counter does not depend on who looks.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,7 +18,8 @@ use crate::cadence::Cadence;
 use crate::state::snapshot::{AgentHealth, Snapshots};
 use crate::surfaces::metrics::Metrics;
 use crate::surfaces::text;
-use crate::verdict::{Answer, Failing, LiveReason, Probe, Target, Verdicts};
+use crate::verdict::edges::{Edge, Seen};
+use crate::verdict::{Diagnosis, Failing, Probe, Target, Verdicts};
 
 /// How often the ticker runs, on the grid the 1 s probes and the /proc sampler share
 /// ([`crate::cadence`]), so it adds no wake-up of its own. Half the 2 s agent-liveness
@@ -66,25 +68,11 @@ impl TransitionLog {
     }
 }
 
-/// Every answer a probe could ask for now: the agent's `/livez`, the aggregates, and each
-/// container's three probes.
-fn answers(v: &Verdicts) -> impl Iterator<Item = Answer> + '_ {
-    let pod = [Probe::Live, Probe::Ready, Probe::Startup].map(|p| v.aggregate(p));
-    let containers = v.names().flat_map(move |name| {
-        Probe::ALL
-            .into_iter()
-            .filter_map(move |p| v.worker(p, name))
-    });
-    pod.into_iter().chain(containers)
-}
-
-/// Tracks the previous verdicts and reports changes.
+/// Applies the edges [`Seen::diff`] finds in each tick's verdicts: logs and records each
+/// transition, counts hangs and group breaks. The one place an edge is counted.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    /// Each (target, probe)'s last verdict: its key ([`Failing::key`], without ages) and
-    /// its text as logged.
-    last: HashMap<(Target, Probe), (Result<(), Failing>, String)>,
-    live: HashMap<String, Result<(), LiveReason>>,
+    seen: Seen,
 }
 
 impl Tracker {
@@ -97,55 +85,52 @@ impl Tracker {
         log: &TransitionLog,
         metrics: &Metrics,
     ) {
-        for answer in answers(v) {
-            let key = (answer.target.clone(), answer.probe);
-            let now = answer.result.as_ref().map_err(Failing::key).map(|_| ());
-            let before = self.last.get(&key);
-            // A group member's unreachable age grows every tick; the verdict does not change.
-            if before.is_some_and(|(was, _)| *was == now) {
-                continue;
-            }
-            let from = before.map(|(_, shown)| shown.clone());
-            let (target, probe) = (text::target(&answer.target), answer.probe.as_str());
-            let to = text::outcome(&answer.result);
-            let diagnosis = match &answer.target {
-                Target::Container(name) => v.get(name.as_str()).and_then(|w| w.diagnosis),
-                Target::Agent | Target::All => None,
-            };
-            let diagnosis = diagnosis.map(|d| d.as_str());
-            if answer.ok() {
-                tracing::info!(target: "vitals::verdict", worker = %target, probe, from = from.as_deref().unwrap_or("-"), "{probe} {target}: pass");
-            } else {
-                tracing::warn!(target: "vitals::verdict", worker = %target, probe, from = from.as_deref().unwrap_or("-"), diagnosis, "{probe} {target}: {to}");
-            }
-            log.push(Transition {
-                at: rfc3339(wall),
-                at_unix_ms: unix_ms(wall),
-                target: target.to_owned(),
-                probe: probe.to_owned(),
-                from,
-                to: to.clone(),
-            });
-            self.last.insert(key, (now, to));
-        }
-        let lives =
-            v.workers
-                .iter()
-                .map(|w| (w.name.as_str(), w.live))
-                .chain(v.upstreams.iter().map(|u| {
-                    // Only the /proc and metrics reasons are hangs; a failing probe is not.
-                    let live = match &u.live {
-                        Err(r) => r.as_live().map_or(Ok(()), Err),
-                        Ok(()) => Ok(()),
+        for edge in self.seen.diff(v) {
+            match edge {
+                Edge::Transition {
+                    target,
+                    probe,
+                    from,
+                    to,
+                } => {
+                    let diagnosis = match &target {
+                        Target::Container(name) => v.get(name.as_str()).and_then(|w| w.diagnosis),
+                        Target::Agent | Target::All => None,
                     };
-                    (u.name.as_str(), live)
-                }));
-        for (name, live) in lives {
-            let before = self.live.insert(name.to_owned(), live);
-            if let (Some(Ok(())) | None, Err(reason)) = (before, live) {
-                metrics.hang(name, reason);
+                    log.push(transition(&target, probe, from, &to, diagnosis, wall));
+                }
+                Edge::Hang { container, reason } => metrics.hang(container.as_str(), reason),
+                Edge::GroupBroken(reason) => metrics.group_broken(&reason),
             }
         }
+    }
+}
+
+/// Logs one transition, and returns it as `/status` lists it.
+fn transition(
+    target: &Target,
+    probe: Probe,
+    from: Option<Result<(), Failing>>,
+    to: &Result<(), Failing>,
+    diagnosis: Option<Diagnosis>,
+    wall: SystemTime,
+) -> Transition {
+    let (target, probe) = (text::target(target), probe.as_str());
+    let from = from.as_ref().map(text::outcome);
+    let shown = text::outcome(to);
+    if to.is_ok() {
+        tracing::info!(target: "vitals::verdict", worker = %target, probe, from = from.as_deref().unwrap_or("-"), "{probe} {target}: pass");
+    } else {
+        let diagnosis = diagnosis.map(Diagnosis::as_str);
+        tracing::warn!(target: "vitals::verdict", worker = %target, probe, from = from.as_deref().unwrap_or("-"), diagnosis, "{probe} {target}: {shown}");
+    }
+    Transition {
+        at: rfc3339(wall),
+        at_unix_ms: unix_ms(wall),
+        target: target.to_owned(),
+        probe: probe.to_owned(),
+        from,
+        to: shown,
     }
 }
 
@@ -168,6 +153,7 @@ pub async fn run(
         health.mark_tick(now);
         let snapshot = snapshots.take(now);
         metrics.refresh(&snapshot);
+        metrics.mirror(&snapshot.state);
         tracker.observe(&snapshot.verdicts, SystemTime::now(), &log, &metrics);
     }
 }
@@ -235,7 +221,7 @@ mod tests {
         let text = String::from_utf8(metrics.encode()).expect("utf8");
         assert!(text.contains("vitals_worker_hangs_total{reason=\"failed\",worker=\"model\"} 1"));
         for _ in 0..100 {
-            tracker.last.clear();
+            tracker = Tracker::default();
             observe(&mut tracker);
         }
         assert_eq!(log.list().len(), KEEP);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use vitals_proto::WorkerName;
 
 use super::*;
+use crate::sources::upstream::sleep::{Asleep, Wake};
 
 /// Why an upstream's probe fails (SPEC §8), in precedence order (the derived `Ord` is that
 /// order): the /proc and metrics reasons first, by §7's order, then the process being
@@ -20,8 +21,9 @@ pub enum UpstreamReason {
     Stopped,
     /// /proc state `D` continuously for `--d-state-timeout`.
     Uninterruptible,
-    /// Busy per its metrics, and no work counter moved for `--stall-timeout`.
-    LoopStalled,
+    /// Busy per its metrics, and no work counter moved for `--stall-timeout`: the
+    /// server, or some engines of a data-parallel one while the others work (SPEC §12).
+    LoopStalled(Stalled),
     /// Its opt-in canary missed its deadline (SPEC §12), shown as `loop_stalled: canary`:
     /// an engine that died while idle, which no counter shows.
     CanaryMissed,
@@ -39,6 +41,9 @@ pub enum UpstreamReason {
     /// Its process exited (readiness only: a restarting container's liveness is its own
     /// probe's business).
     ProcessGone,
+    /// Asleep, and only an operator's wake-up will wake it (readiness only; a server that
+    /// a request wakes stays ready, SPEC §12).
+    Sleeping,
     /// Its own probe's latest result is a failure.
     ProbeFailed(Failure),
     /// Its own probe has not finished once yet.
@@ -50,11 +55,17 @@ impl fmt::Display for UpstreamReason {
         match self {
             Self::Stopped => f.write_str("stopped"),
             Self::Uninterruptible => f.write_str("uninterruptible"),
-            Self::LoopStalled => f.write_str("loop_stalled"),
+            Self::LoopStalled(Stalled::Server) => f.write_str("loop_stalled"),
+            Self::LoopStalled(Stalled::Engines { engines, of }) => match engines.as_slice() {
+                [one] => write!(f, "loop_stalled: engine {one}"),
+                all if all.len() == *of => write!(f, "loop_stalled: all {of} engines"),
+                some => write!(f, "loop_stalled: engines {}", some.join(", ")),
+            },
             Self::CanaryMissed => f.write_str("loop_stalled: canary"),
             Self::ChildZombie { comm, pid } => write!(f, "child_zombie: {comm} {pid}"),
             Self::LoadStalled => f.write_str("load_stalled"),
             Self::ProcessGone => f.write_str("process_gone"),
+            Self::Sleeping => f.write_str("sleeping"),
             Self::ProbeFailed(why) => write!(f, "probe_failed: {why}"),
             Self::NoResultYet => f.write_str("no_result_yet"),
         }
@@ -67,13 +78,14 @@ impl UpstreamReason {
         match self {
             Self::Stopped => 0,
             Self::Uninterruptible => 1,
-            Self::LoopStalled => 2,
+            Self::LoopStalled(_) => 2,
             Self::CanaryMissed => 3,
             Self::ChildZombie { .. } => 4,
             Self::LoadStalled => 5,
             Self::ProcessGone => 6,
-            Self::ProbeFailed(_) => 7,
-            Self::NoResultYet => 8,
+            Self::Sleeping => 7,
+            Self::ProbeFailed(_) => 8,
+            Self::NoResultYet => 9,
         }
     }
 
@@ -82,14 +94,30 @@ impl UpstreamReason {
         match self {
             Self::Stopped => Some(LiveReason::Stopped),
             Self::Uninterruptible => Some(LiveReason::Uninterruptible),
-            Self::LoopStalled | Self::CanaryMissed => Some(LiveReason::LoopStalled),
+            Self::LoopStalled(_) | Self::CanaryMissed => Some(LiveReason::LoopStalled),
             Self::LoadStalled => Some(LiveReason::LoadStalled),
             Self::ChildZombie { .. }
             | Self::ProcessGone
+            | Self::Sleeping
             | Self::ProbeFailed(_)
             | Self::NoResultYet => None,
         }
     }
+}
+
+/// What of a server has stalled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stalled {
+    /// The server: its one engine, or (where the engine loop answers the metrics) the
+    /// scrapes it left unanswered.
+    Server,
+    /// These engines (in label order) of a server that has `of` of them.
+    Engines {
+        /// The stalled engines' labels.
+        engines: Vec<String>,
+        /// How many engines the server has.
+        of: usize,
+    },
 }
 
 /// The verdicts of one upstream.
@@ -105,7 +133,7 @@ pub struct UpstreamVerdict {
     pub ready: Result<(), UpstreamReason>,
     /// Liveness: its liveness probe and the /proc and metrics rules.
     pub live: Result<(), UpstreamReason>,
-    /// The parts of readiness: `live`, `process`, `children`, `readinessProbe`.
+    /// The parts of readiness: `live`, `process`, `children`, `awake`, `readinessProbe`.
     pub ready_checks: Vec<Check>,
 }
 
@@ -162,14 +190,15 @@ pub fn judge(
     // a hung engine, busy or idle. (When the probes fail too, the server as a whole is
     // unreachable, and the probe's reason says so.)
     let engine_silent = u.spec.metrics.as_ref().is_some_and(|m| m.engine_answers)
-        && u.stall.unanswered_for(now) >= t.stall
+        && u.engines.unanswered_for(now) >= t.stall
         && ProbeKind::ALL.iter().all(|k| probe_result(u, *k).is_ok());
+    let stalled = stalled(u, t, now, engine_silent);
     let live_rules = [
         (UpstreamReason::Stopped, stopped),
         (UpstreamReason::Uninterruptible, uninterruptible),
         (
-            UpstreamReason::LoopStalled,
-            u.stall.stalled(now, t.stall) || engine_silent,
+            UpstreamReason::LoopStalled(stalled.clone().unwrap_or(Stalled::Server)),
+            stalled.is_some(),
         ),
         (UpstreamReason::CanaryMissed, u.canary.missed_at.is_some()),
     ];
@@ -202,8 +231,15 @@ pub fn judge(
         Ok(())
     };
     let readiness = probe_result(u, ProbeKind::Readiness);
+    let awake = match u.sleep.asleep() {
+        Some(Asleep {
+            wakes: Wake::Operator,
+            ..
+        }) => Err(UpstreamReason::Sleeping),
+        _ => Ok(()),
+    };
     // The first failure in precedence order; among equals, liveness before readiness.
-    let ready = [&live, &children, &process, &readiness]
+    let ready = [&live, &children, &process, &awake, &readiness]
         .into_iter()
         .filter_map(|r| r.clone().err())
         .min_by_key(UpstreamReason::rank)
@@ -212,6 +248,7 @@ pub fn judge(
         Check::new(CheckName::Live, live.clone()),
         Check::new(CheckName::Process, process),
         Check::new(CheckName::Children, children),
+        Check::new(CheckName::Awake, awake),
         Check::new(CheckName::ReadinessProbe, readiness),
     ];
     UpstreamVerdict {
@@ -228,6 +265,26 @@ pub fn judge(
     }
 }
 
+/// What has stalled at `now`, if anything: the server (one engine, or its engine loop
+/// leaving scrapes unanswered, `silent`), or some of its several engines.
+fn stalled(u: &UpstreamState, t: &Thresholds, now: Instant, silent: bool) -> Option<Stalled> {
+    let engines = u.engines.stalled(now, t.stall);
+    let of = u.engines.engine_count();
+    match engines.as_slice() {
+        _ if silent => Some(Stalled::Server),
+        [] => None,
+        // One engine is the server (vLLM without data parallelism still labels it 0).
+        _ if of == 1 => Some(Stalled::Server),
+        some => Some(Stalled::Engines {
+            engines: some
+                .iter()
+                .map(|id| (*id).clone().unwrap_or_default())
+                .collect(),
+            of,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -237,6 +294,9 @@ mod tests {
     use crate::sources::proc::children::{Extras, Zombie};
     use crate::sources::proc::discover::NotFound;
     use crate::sources::proc::SampleError;
+    use std::collections::BTreeMap;
+
+    use crate::sources::upstream::engines::{Page, Scrape};
     use crate::sources::upstream::stall::Reading;
     use crate::state::probe_result::Outcome;
     use crate::state::proc_track::{FoundBy, Watched};
@@ -289,14 +349,43 @@ mod tests {
         }
     }
 
-    fn busy(at: Instant, work: f64) -> Reading {
-        Reading {
+    /// The time between scrapes.
+    const GRAIN: Duration = Duration::from_secs(1);
+
+    /// A page of one unlabelled engine, busy, its work counter at `work`.
+    fn busy(at: Instant, work: f64) -> Scrape {
+        engines(at, &[(None, work)], None)
+    }
+
+    /// A page of busy engines (label, work counter), asleep or not.
+    fn engines(at: Instant, engines: &[(Option<&str>, f64)], asleep: Option<bool>) -> Scrape {
+        engines_busy(at, engines, 1.0, asleep)
+    }
+
+    /// [`engines`], each with `busy` requests running.
+    fn engines_busy(
+        at: Instant,
+        engines: &[(Option<&str>, f64)],
+        busy: f64,
+        asleep: Option<bool>,
+    ) -> Scrape {
+        Scrape::Page(Page {
             at,
-            work: vec![Some(work), None, None],
-            busy: Some(1.0),
-            pending: Some(0.0),
-            blurred: false,
-        }
+            engines: engines
+                .iter()
+                .map(|&(id, work)| {
+                    let reading = Reading {
+                        at,
+                        work: vec![Some(work), None, None],
+                        busy: Some(busy),
+                        pending: Some(0.0),
+                        blurred: false,
+                    };
+                    (id.map(str::to_owned), reading)
+                })
+                .collect::<BTreeMap<_, _>>(),
+            asleep,
+        })
     }
 
     type Reasons = (Result<(), String>, Result<(), String>, Result<(), String>);
@@ -445,8 +534,8 @@ mod tests {
                 |u, t| {
                     pass_all(u, t);
                     u.proc.apply(Ok(sample(t, 'T')), u.ran_at());
-                    u.record_scrape(t, Ok(busy(t, 5.0)), T.stall);
-                    u.record_scrape(t, Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall);
+                    u.record_scrape(t, Ok(busy(t, 5.0)), T.stall, GRAIN);
+                    u.record_scrape(t, Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall, GRAIN);
                 },
                 30,
                 (Ok(()), fail("stopped"), fail("stopped")),
@@ -455,8 +544,8 @@ mod tests {
                 "busy without work for the stall timeout, /health still 200",
                 |u, t| {
                     pass_all(u, t + Duration::from_secs(30));
-                    u.record_scrape(t, Ok(busy(t, 5.0)), T.stall);
-                    u.record_scrape(t, Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall);
+                    u.record_scrape(t, Ok(busy(t, 5.0)), T.stall, GRAIN);
+                    u.record_scrape(t, Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall, GRAIN);
                 },
                 30,
                 (Ok(()), fail("loop_stalled"), fail("loop_stalled")),
@@ -465,8 +554,8 @@ mod tests {
                 "busy and working is live",
                 |u, t| {
                     pass_all(u, t);
-                    u.record_scrape(t, Ok(busy(t, 5.0)), T.stall);
-                    u.record_scrape(t, Ok(busy(t + Duration::from_secs(29), 6.0)), T.stall);
+                    u.record_scrape(t, Ok(busy(t, 5.0)), T.stall, GRAIN);
+                    u.record_scrape(t, Ok(busy(t + Duration::from_secs(29), 6.0)), T.stall, GRAIN);
                 },
                 40,
                 (Ok(()), Ok(()), Ok(())),
@@ -504,10 +593,10 @@ mod tests {
                 "a missed canary, then the engine worked (a work counter moved)",
                 |u, t| {
                     pass_all(u, t);
-                    u.record_scrape(t, Ok(busy(t, 5.0)), T.stall);
+                    u.record_scrape(t, Ok(busy(t, 5.0)), T.stall, GRAIN);
                     u.canary_ended(canary_run(t, CanaryResult::Deadline));
                     let later = t + Duration::from_secs(20);
-                    u.record_scrape(later, Ok(busy(later, 6.0)), T.stall);
+                    u.record_scrape(later, Ok(busy(later, 6.0)), T.stall, GRAIN);
                 },
                 20,
                 (Ok(()), Ok(()), Ok(())),
@@ -516,9 +605,9 @@ mod tests {
                 "a busy engine stalled outranks a missed canary",
                 |u, t| {
                     pass_all(u, t + Duration::from_secs(30));
-                    u.record_scrape(t, Ok(busy(t, 5.0)), T.stall);
+                    u.record_scrape(t, Ok(busy(t, 5.0)), T.stall, GRAIN);
                     u.canary_ended(canary_run(t, CanaryResult::Deadline));
-                    u.record_scrape(t, Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall);
+                    u.record_scrape(t, Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall, GRAIN);
                 },
                 30,
                 (Ok(()), fail("loop_stalled"), fail("loop_stalled")),
@@ -633,6 +722,202 @@ mod tests {
             let v = super::judge(&name("x"), &u, &T, t0 + ZOMBIE_GRACE);
             assert_eq!((v.live, v.ready), (Ok(()), Ok(())), "{profile}: reaped");
         }
+    }
+
+    /// A vLLM container passing its probes, recorded with `args` (inject's `process`).
+    fn vllm_with(args: &str) -> UpstreamState {
+        let spec = parse(
+            &format!(
+                r#"{{"vllm": {{"livenessProbe": {{"httpGet": {{"path": "/health", "port": 8000}}}},
+                             "readinessProbe": {{"httpGet": {{"path": "/health", "port": 8000}}}},
+                             "metrics": "vllm",
+                             "process": {{"cmdline": ["vllm", "serve", "m"{args}]}}}}}}"#
+            ),
+            &[],
+        )
+        .expect("valid")
+        .remove(0);
+        UpstreamState::new(Arc::new(spec))
+    }
+
+    /// Pages every 10 s from 0 to `until` s of eight busy engines, all working but
+    /// `hung`, `asleep` from `asleep_from` s on.
+    fn eight_engines(
+        u: &mut UpstreamState,
+        t0: Instant,
+        until: u64,
+        hung: &[&str],
+        asleep_from: Option<u64>,
+    ) {
+        const IDS: [&str; 8] = ["0", "1", "2", "3", "4", "5", "6", "7"];
+        for s in (0..=until).step_by(10) {
+            let at = t0 + Duration::from_secs(s);
+            pass_all(u, at);
+            let work: Vec<(Option<&str>, f64)> = IDS
+                .iter()
+                .map(|id| (Some(*id), if hung.contains(id) { 0.0 } else { s as f64 }))
+                .collect();
+            let asleep = asleep_from.map(|from| s >= from);
+            u.record_scrape(at, Ok(engines(at, &work, asleep)), T.stall, GRAIN);
+        }
+    }
+
+    #[test]
+    fn engines_and_sleep_in_precedence_order() {
+        let t0 = Instant::now();
+        let fail = |r: &str| Err(r.to_owned());
+        // (what, recorded args, hung engines, asleep from (s), until (s), (live, ready))
+        type Case = (
+            &'static str,
+            &'static str,
+            &'static [&'static str],
+            Option<u64>,
+            u64,
+            (Result<(), String>, Result<(), String>),
+        );
+        let cases: &[Case] = &[
+            ("eight engines working", "", &[], None, 60, (Ok(()), Ok(()))),
+            (
+                "engine 3 of 8 stalled while seven work",
+                "",
+                &["3"],
+                None,
+                30,
+                (
+                    fail("loop_stalled: engine 3"),
+                    fail("loop_stalled: engine 3"),
+                ),
+            ),
+            (
+                "... just under the stall timeout",
+                "",
+                &["3"],
+                None,
+                20,
+                (Ok(()), Ok(())),
+            ),
+            (
+                "two stalled: both named",
+                "",
+                &["3", "5"],
+                None,
+                30,
+                (
+                    fail("loop_stalled: engines 3, 5"),
+                    fail("loop_stalled: engines 3, 5"),
+                ),
+            ),
+            (
+                "every engine stalled",
+                "",
+                &["0", "1", "2", "3", "4", "5", "6", "7"],
+                None,
+                30,
+                (
+                    fail("loop_stalled: all 8 engines"),
+                    fail("loop_stalled: all 8 engines"),
+                ),
+            ),
+            (
+                "slept by an operator, requests waiting: live, not ready",
+                "",
+                &["0", "1", "2", "3", "4", "5", "6", "7"],
+                Some(0),
+                90,
+                (Ok(()), fail("sleeping")),
+            ),
+            (
+                "asleep right after working with --sleep-idle-ttl 60: an operator's /sleep",
+                r#", "--sleep-idle-ttl=60""#,
+                &[],
+                Some(10),
+                90,
+                (Ok(()), fail("sleeping")),
+            ),
+        ];
+        for (what, args, hung, asleep_from, until, want) in cases {
+            let mut u = vllm_with(args);
+            eight_engines(&mut u, t0, *until, hung, *asleep_from);
+            let v = super::judge(&name("vllm"), &u, &T, t0 + Duration::from_secs(*until));
+            assert_eq!((err_string(&v.live), err_string(&v.ready)), *want, "{what}");
+        }
+    }
+
+    #[test]
+    fn an_idle_sleep_stays_ready_and_an_early_one_is_an_operators() {
+        let t0 = Instant::now();
+        // Working until 0 s, idle after, asleep from `asleep_from` s with requests waiting.
+        let ready_after_sleep_at = |asleep_from: u64| {
+            let mut u = vllm_with(r#", "--sleep-idle-ttl", "60""#);
+            for s in (0..=asleep_from + 60).step_by(10) {
+                let at = t0 + Duration::from_secs(s);
+                pass_all(&mut u, at);
+                let (busy, asleep) = match s {
+                    0 => (1.0, false),
+                    s if s < asleep_from => (0.0, false),
+                    _ => (1.0, true),
+                };
+                let page = engines_busy(
+                    at,
+                    &[(Some("0"), 5.0), (Some("1"), 5.0)],
+                    busy,
+                    Some(asleep),
+                );
+                u.record_scrape(at, Ok(page), T.stall, GRAIN);
+            }
+            let v = super::judge(
+                &name("vllm"),
+                &u,
+                &T,
+                t0 + Duration::from_secs(asleep_from + 60),
+            );
+            (err_string(&v.live), err_string(&v.ready))
+        };
+        assert_eq!(
+            ready_after_sleep_at(60),
+            (Ok(()), Ok(())),
+            "the idle TTL after the last work"
+        );
+        assert_eq!(
+            ready_after_sleep_at(20),
+            (Ok(()), Err("sleeping".into())),
+            "sooner: an operator's /sleep"
+        );
+    }
+
+    #[test]
+    fn a_sleeping_server_yields_to_a_gone_process_and_outranks_its_own_probe() {
+        let t0 = Instant::now();
+        let mut u = vllm_with("");
+        u.proc.discovered(Ok(Watched {
+            pid: 7,
+            start_time: Some(1),
+            found_by: FoundBy::Socket,
+        }));
+        eight_engines(&mut u, t0, 10, &[], Some(0));
+        u.record_probe(ProbeKind::Readiness, outcome(t0, Err(Failure::Status(503))));
+        let ready = |u: &UpstreamState| err_string(&super::judge(&name("vllm"), u, &T, t0).ready);
+        assert_eq!(ready(&u), Err("sleeping".into()));
+        u.proc.apply(Err(SampleError::Gone(7)), None);
+        assert_eq!(ready(&u), Err("process_gone".into()));
+    }
+
+    #[test]
+    fn one_labelled_engine_is_the_server() {
+        let t0 = Instant::now();
+        let mut u = vllm_with("");
+        for s in [0, 30] {
+            let at = t0 + Duration::from_secs(s);
+            pass_all(&mut u, at);
+            u.record_scrape(
+                at,
+                Ok(engines(at, &[(Some("0"), 5.0)], None)),
+                T.stall,
+                GRAIN,
+            );
+        }
+        let v = super::judge(&name("vllm"), &u, &T, t0 + Duration::from_secs(30));
+        assert_eq!(err_string(&v.live), Err("loop_stalled".into()));
     }
 
     /// A member's headless container (SPEC §9): no probes, only its command line.
@@ -803,11 +1088,17 @@ mod tests {
             for kind in ProbeKind::ALL {
                 u.record_probe(kind, outcome(at(*now), result.clone()));
             }
-            u.record_scrape(at(*silent_from), Err(Failure::Timeout.into()), T.stall);
+            u.record_scrape(
+                at(*silent_from),
+                Err(Failure::Timeout.into()),
+                T.stall,
+                GRAIN,
+            );
             u.record_scrape(
                 at(silent_from + 1000),
                 Err(Failure::Timeout.into()),
                 T.stall,
+                GRAIN,
             );
             let live = err_string(&super::judge(&name("x"), &u, &T, at(*now)).live);
             assert_eq!(&live, want, "{what}");
@@ -815,8 +1106,8 @@ mod tests {
         // An answered scrape ends it at once.
         let mut u = spec("llamacpp");
         pass_all(&mut u, at(0));
-        u.record_scrape(at(0), Err(Failure::Timeout.into()), T.stall);
-        u.record_scrape(at(30_000), Ok(busy(at(30_000), 1.0)), T.stall);
+        u.record_scrape(at(0), Err(Failure::Timeout.into()), T.stall, GRAIN);
+        u.record_scrape(at(30_000), Ok(busy(at(30_000), 1.0)), T.stall, GRAIN);
         assert_eq!(
             err_string(&super::judge(&name("x"), &u, &T, at(30_000)).live),
             Ok(())
@@ -876,6 +1167,7 @@ mod tests {
                 CheckName::Live,
                 CheckName::Process,
                 CheckName::Children,
+                CheckName::Awake,
                 CheckName::ReadinessProbe
             ]
         );

@@ -1,13 +1,11 @@
 //! Test harness: a real agent (`vitals_agent::run` on its own runtime thread, port 0, a
 //! temp-dir socket), the agent binary as a command ([`agent_cmd`]), the agent's short-timeout
-//! fixture ([`fast`]), inject's fixtures ([`fixtures`], [`yaml`]) and AdmissionReviews
-//! ([`review`]). The HTTP client, the scripted worker, the metrics reader and polling come from the shared toolkit
+//! fixture ([`fast`]) and inject's fixtures ([`fixtures`], [`yaml`]). The HTTP client, the
+//! scripted worker, the metrics reader and polling come from the shared toolkit
 //! (`vitals_e2e`); the helpers below keep the names these tests use.
 #![allow(dead_code, unused_imports, missing_docs, clippy::unwrap_used)]
 
-pub mod admission;
 pub mod fixtures;
-pub mod review;
 pub mod yaml;
 
 use std::net::SocketAddr;

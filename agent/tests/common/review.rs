@@ -5,6 +5,8 @@
 use base64::Engine as _;
 use hyper::StatusCode;
 use serde_json::{json, Value};
+use vitals_agent::inject::webhook::{review, Outcome};
+use vitals_agent::inject::InjectOptions;
 
 /// A Pod CREATE review as the API server sends it (admission.k8s.io/v1).
 pub fn pod_review(uid: &str, pod: &Value) -> Value {
@@ -67,4 +69,34 @@ pub fn apply(pod: &Value, patch: &Value) -> Value {
     let mut out = pod.clone();
     json_patch::patch(&mut out, &ops).expect("the patch applies");
     out
+}
+
+/// One pod through the webhook's review, in-process.
+#[derive(Debug)]
+pub struct Admitted {
+    /// What the webhook counted.
+    pub outcome: Outcome,
+    /// The JSON Patch, when there is one.
+    pub patch: Option<Value>,
+    /// The warnings sent back.
+    pub warnings: Vec<String>,
+    /// The pod with the patch applied (the pod itself without one).
+    pub pod: Value,
+}
+
+/// Sends `pod` through `review` as the API server would and reads the answer back.
+pub fn admit(pod: &Value, opts: &InjectOptions) -> Admitted {
+    let body = serde_json::to_vec(&pod_review("u", pod)).expect("json");
+    let answer = review(&body, opts).expect("an answerable review");
+    let (allowed, patch, warnings) = response_of("u", StatusCode::OK, &answer.body);
+    assert!(allowed, "never a denial");
+    let pod = patch
+        .as_ref()
+        .map_or_else(|| pod.clone(), |p| apply(pod, p));
+    Admitted {
+        outcome: answer.result,
+        patch,
+        warnings,
+        pod,
+    }
 }

@@ -103,6 +103,7 @@ fn h1_triton_zombie_stub_fails_readiness_and_liveness() {
     let mut triton = FakeVllm::start_with(
         Path::new(env!("CARGO_BIN_EXE_fake-vllm")),
         addr,
+        None,
         &["--triton"],
         &dir.path().join("fake-triton.log"),
     );

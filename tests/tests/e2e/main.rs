@@ -15,4 +15,5 @@ mod isolation;
 mod lifecycle;
 mod pod_shape;
 mod restarts;
+mod soak;
 mod upstreams;

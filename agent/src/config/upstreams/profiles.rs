@@ -16,6 +16,11 @@
 //! clock restarts rather than count toward `loop_stalled` (a missed stall costs nothing
 //! the probes do not already cover; a false one restarts a working model). Servers that
 //! print full precision (Python's and Go's clients, prometheus-cpp) are never affected.
+//!
+//! Engines (SPEC §12): only vLLM's `work` and busy/pending series all carry an engine
+//! label (`engine`). SGLang's scheduler gauges carry `dp_rank` but its counters do not;
+//! TGI and TEI run one router with no rank label; Triton labels its series by model and
+//! version (models, not engine loops); llama.cpp has one engine loop and no labels.
 
 /// One server's metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +43,52 @@ pub struct Profile {
     /// Whether the server's engine loop itself answers the metrics endpoint: then scrapes
     /// that time out while the probes pass are a hung engine (SPEC §8's exception).
     pub engine_answers: bool,
+    /// The label naming the engine of a data-parallel server's series, where its `work`
+    /// and busy/pending series all carry it: each engine is then judged on its own
+    /// (SPEC §12).
+    pub engine_label: Option<&'static str>,
+    /// How the server says it sleeps, where it can (SPEC §12).
+    pub sleep: Option<SleepSignal>,
+}
+
+/// Where a server says it is asleep, and what wakes it (SPEC §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SleepSignal {
+    /// A gauge on the metrics page with one series per state, `label="<state>"`: the
+    /// engine is asleep while its `awake` series reads 0. Scraping does not wake it.
+    /// Only an operator wakes it, unless the server's command line has `idle_flag` (an
+    /// idle time after which it sleeps by itself, and then a request wakes it).
+    Gauge {
+        /// The gauge's name.
+        name: &'static str,
+        /// The label whose value is the state.
+        label: &'static str,
+        /// The state meaning awake.
+        awake: &'static str,
+        /// The command-line flag of the server's idle sleep, in seconds.
+        idle_flag: &'static str,
+    },
+    /// `"is_sleeping": true` in the JSON the server answers on `path`, which neither wakes
+    /// it nor restarts its idle timer; any request wakes it. The server sleeps only with
+    /// `idle_flag` on its command line (seconds; negative: never), and then every GET of
+    /// the metrics page restarts its idle timer (or wakes it), so while it is idle or
+    /// asleep the agent reads `path` instead (and the process's CPU time: the page is read
+    /// again once the server works).
+    Document {
+        /// The path of the JSON document.
+        path: &'static str,
+        /// The command-line flag of the server's idle sleep, in seconds.
+        idle_flag: &'static str,
+    },
+}
+
+impl SleepSignal {
+    /// The command-line flag of the server's idle sleep.
+    pub fn idle_flag(self) -> &'static str {
+        match self {
+            Self::Gauge { idle_flag, .. } | Self::Document { idle_flag, .. } => idle_flag,
+        }
+    }
 }
 
 /// Every built-in profile.
@@ -47,6 +98,24 @@ pub const PROFILES: &[Profile] = &[
     // Counter "vllm:generation_tokens" and "vllm:prompt_tokens" (prometheus_client adds
     // `_total`), Gauges "vllm:num_requests_running" and "vllm:num_requests_waiting".
     // /metrics is served on the API port (vllm/entrypoints/openai/api_server.py).
+    //
+    // Engines (SPEC §12): every one of these series is made per engine with
+    // `labelnames = ["model_name", "engine"]` and one child per engine index
+    // (`make_per_engine` / `create_metric_per_engine` in loggers.py), so a data-parallel
+    // server's page has `engine="0"` ... `engine="<n-1>"` and each engine is judged alone.
+    //
+    // Sleep (SPEC §12): loggers.py's Gauge "vllm:engine_sleep_state" has the labels
+    // model_name, engine and `sleep_state` (`awake`, `weights_offloaded`, `discard_all`);
+    // `record_sleep_state(sleep, level)` sets `awake` to 0 and the level's series to 1 on
+    // every engine at once, and AsyncLLM.sleep/wake_up (vllm/v1/engine/async_llm.py) call
+    // it. /metrics is served by the API server, not the engine, so scraping a sleeping
+    // engine never wakes it (`/is_sleeping` exists only with VLLM_SERVER_DEV_MODE:
+    // vllm/entrypoints/serve/sleep/api_router.py). While asleep the scheduler is paused
+    // (EngineCore.sleep → pause_scheduler, vllm/v1/engine/core.py): requests are accepted
+    // and wait (`num_requests_waiting` > 0) until `/wake_up`. With `--sleep-idle-ttl`
+    // (vllm-project/vllm PR #47703) the API server sleeps the engine after that many idle
+    // seconds and wakes it for the next inference request; an engine slept by `/sleep` is
+    // never woken by a request.
     Profile {
         name: "vllm",
         port: None,
@@ -60,11 +129,24 @@ pub const PROFILES: &[Profile] = &[
         pending: &["vllm:num_requests_waiting"],
         keep_alive: true,
         engine_answers: false,
+        engine_label: Some("engine"),
+        sleep: Some(SleepSignal::Gauge {
+            name: "vllm:engine_sleep_state",
+            label: "sleep_state",
+            awake: "awake",
+            idle_flag: "--sleep-idle-ttl",
+        }),
     },
     // SGLang: sgl-project/sglang python/sglang/srt/metrics/collector.py: Gauges
     // "sglang:num_running_reqs" and "sglang:num_queue_reqs" (SchedulerMetricsCollector),
     // Counters "sglang:generation_tokens_total" and "sglang:prompt_tokens_total"
     // (TokenizerMetricsCollector). /metrics on the server port with --enable-metrics.
+    //
+    // Engines: no per-engine judgement. The scheduler's gauges carry `dp_rank` under data
+    // parallelism (`labels["dp_rank"] = dp_rank` where the scheduler builds its
+    // SchedulerMetricsCollector, python/sglang/srt/managers/scheduler.py), but the work
+    // counters come from the one TokenizerMetricsCollector, labelled by model only, so no
+    // counter says which rank worked.
     Profile {
         name: "sglang",
         port: None,
@@ -77,6 +159,8 @@ pub const PROFILES: &[Profile] = &[
         pending: &["sglang:num_queue_reqs"],
         keep_alive: true,
         engine_answers: false,
+        engine_label: None,
+        sleep: None,
     },
     // TGI: huggingface/text-generation-inference backends/v3/src/backend.rs: counter
     // "tgi_batch_inference_success" (every prefill and decode step), gauge
@@ -91,6 +175,8 @@ pub const PROFILES: &[Profile] = &[
         pending: &["tgi_queue_size"],
         keep_alive: true,
         engine_answers: false,
+        engine_label: None,
+        sleep: None,
     },
     // TEI: huggingface/text-embeddings-inference core/src/queue.rs: gauge "te_queue_size"
     // and histogram "te_batch_next_size" (one observation per batch handed to the model);
@@ -110,6 +196,8 @@ pub const PROFILES: &[Profile] = &[
         pending: &["te_queue_size"],
         keep_alive: true,
         engine_answers: false,
+        engine_label: None,
+        sleep: None,
     },
     // Triton: triton-inference-server/core src/metrics.cc: counters "nv_inference_exec_count"
     // and "nv_inference_count", gauge "nv_inference_pending_request_count". Metrics are
@@ -124,6 +212,8 @@ pub const PROFILES: &[Profile] = &[
         pending: &["nv_inference_pending_request_count"],
         keep_alive: true,
         engine_answers: false,
+        engine_label: None,
+        sleep: None,
     },
     // llama.cpp: ggml-org/llama.cpp tools/server/server-task.cpp
     // (server_task_result_metrics::to_metrics, prefix "llamacpp:"): counters
@@ -153,6 +243,16 @@ pub const PROFILES: &[Profile] = &[
     //   so each scrape opens its own.
     // - `--api-key` guards /metrics too (measured on b11434: every scrape 401), so the
     //   metrics object takes `headers` from the config.
+    // - Sleep (SPEC §12; ggml-org/llama.cpp PR #18228): with `--sleep-idle-seconds N`
+    //   the task queue's loop (tools/server/server-queue.cpp, start_loop) unloads the
+    //   model once no task was posted for N seconds and reloads it when a request asks
+    //   (wait_until_no_sleep); GET /health and GET /props neither wake it nor restart the
+    //   timer, and /props says `"is_sleeping"`. Every `server_queue::post` restarts the
+    //   timer (`time_last_task`), and /metrics posts a task, so scraping it keeps the
+    //   model loaded (issue #20227); PR #27376 answers /metrics from a cached page while
+    //   asleep. The agent cannot tell the versions apart, so while the server is idle or
+    //   asleep it reads /props instead of /metrics (see SleepSignal::Document).
+    // - No engine label: one engine loop per server.
     Profile {
         name: "llamacpp",
         port: None,
@@ -166,6 +266,11 @@ pub const PROFILES: &[Profile] = &[
         pending: &["llamacpp:requests_deferred"],
         keep_alive: false,
         engine_answers: true,
+        engine_label: None,
+        sleep: Some(SleepSignal::Document {
+            path: "/props",
+            idle_flag: "--sleep-idle-seconds",
+        }),
     },
 ];
 

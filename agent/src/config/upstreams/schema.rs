@@ -286,6 +286,10 @@ pub struct CustomMetrics {
     /// Headers sent with every scrape (credentials), values from the agent's environment.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<MetricsHeader>,
+    /// The label naming each engine of a data-parallel server (default: the profile's):
+    /// each engine is judged on its own series.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_label: Option<String>,
 }
 
 /// A scrape header whose value the agent reads from its environment at start (so a secret

@@ -3,9 +3,10 @@
 //!
 //! The diff is our own (about sixty lines) rather than the `json-patch` crate's: that one
 //! pairs array elements by index, so the agent inserted at `initContainers[0]` would come out
-//! as a `replace` of every init container plus an `add` at the end; here a common prefix and
-//! suffix are kept, so it is one `add` at `/spec/initContainers/0`. The tests apply our patches
-//! with the `json-patch` crate, an independent implementation.
+//! as a `replace` of every init container plus an `add` at the end; here lists of named items
+//! are paired by name (and other lists keep their common prefix and suffix), so it is one
+//! `add` at `/spec/initContainers/0`, even when the init container after it changed too. The
+//! tests apply our patches with the `json-patch` crate, an independent implementation.
 
 use serde_json::{Map as JsonMap, Number, Value};
 
@@ -109,9 +110,13 @@ fn diff_at(path: &mut String, from: &Value, to: &Value, ops: &mut Vec<Value>) {
     }
 }
 
-/// Keeps the common prefix and suffix; pairs the middles by index (recursing), then removes
-/// what `from` has left over (from the end, so indices stay valid) or adds what `to` has.
+/// Lists of named items are paired by name ([`diff_named`]); others keep the common prefix
+/// and suffix, pair the middles by index (recursing), then remove what `from` has left over
+/// (from the end, so indices stay valid) or add what `to` has.
 fn diff_array(path: &mut String, a: &[Value], b: &[Value], ops: &mut Vec<Value>) {
+    if diff_named(path, a, b, ops) {
+        return;
+    }
     let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
     let suffix = a[prefix..]
         .iter()
@@ -136,6 +141,46 @@ fn diff_array(path: &mut String, a: &[Value], b: &[Value], ops: &mut Vec<Value>)
         ops.push(op("add", path, Some(new)));
         path.truncate(len);
     }
+}
+
+/// Lists whose items all have a distinct `name` (containers, env, volumes), where the names
+/// both lists have come in the same order: items are paired by name (recursing), the ones
+/// `to` lacks removed (from the end), the new ones added where `to` has them. So the agent
+/// put in front of an init container that changed too (a mesh's, its exclusions merged) is
+/// one `add`, not that container rewritten into the agent and added again after it. `false`
+/// (nothing written) for any other list.
+fn diff_named(path: &mut String, a: &[Value], b: &[Value], ops: &mut Vec<Value>) -> bool {
+    fn names(list: &[Value]) -> Option<Vec<&str>> {
+        let names: Vec<&str> = list
+            .iter()
+            .map(|v| v.get("name").and_then(Value::as_str))
+            .collect::<Option<_>>()?;
+        let distinct: std::collections::BTreeSet<&str> = names.iter().copied().collect();
+        (distinct.len() == names.len()).then_some(names)
+    }
+    let (Some(from), Some(to)) = (names(a), names(b)) else {
+        return false;
+    };
+    let kept: Vec<usize> = (0..a.len()).filter(|&i| to.contains(&from[i])).collect();
+    let kept_in_to: Vec<&str> = to.iter().copied().filter(|n| from.contains(n)).collect();
+    if !kept.iter().map(|&i| from[i]).eq(kept_in_to.iter().copied()) {
+        return false;
+    }
+    for i in (0..a.len()).rev().filter(|i| !kept.contains(i)) {
+        let len = push(path, &i.to_string());
+        ops.push(op("remove", path, None));
+        path.truncate(len);
+    }
+    let mut next = kept.iter().peekable();
+    for (j, new) in b.iter().enumerate() {
+        let len = push(path, &j.to_string());
+        match next.next_if(|&&i| from[i] == to[j]) {
+            Some(&i) => diff_at(path, &a[i], new, ops),
+            None => ops.push(op("add", path, Some(new))),
+        }
+        path.truncate(len);
+    }
+    true
 }
 
 /// Appends one JSON Pointer token (RFC 6901: `~` as `~0`, `/` as `~1`); returns the length
@@ -201,6 +246,27 @@ mod tests {
         assert_eq!(
             diff(&a, &b),
             vec![json!({"op": "add", "path": "/l/0", "value": {"n": 0}})]
+        );
+    }
+
+    #[test]
+    fn named_items_are_paired_by_name() {
+        let a = json!([{"name": "istio-init", "args": ["-d", "15020"]}, {"name": "gone"}]);
+        let b =
+            json!([{"name": "vitals-agent"}, {"name": "istio-init", "args": ["-d", "15020,9180"]}]);
+        assert_eq!(
+            diff(&a, &b),
+            vec![
+                json!({"op": "remove", "path": "/1"}),
+                json!({"op": "add", "path": "/0", "value": {"name": "vitals-agent"}}),
+                json!({"op": "replace", "path": "/1/args/1", "value": "15020,9180"}),
+            ]
+        );
+        // Names that swap places, or repeat, are paired by index as before.
+        let swapped = json!([{"name": "b"}, {"name": "a"}]);
+        assert_eq!(
+            diff(&json!([{"name": "a"}, {"name": "b"}]), &swapped).len(),
+            2
         );
     }
 

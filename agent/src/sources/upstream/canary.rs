@@ -34,7 +34,7 @@ pub async fn run(cx: Context, results: UpstreamResults, spec: CanarySpec, stop: 
             _ = tick.tick() => {}
         }
         let due = results
-            .quiet_since(started)
+            .canary_due_since(started)
             .is_some_and(|quiet| quiet.elapsed() >= spec.idle);
         if !due {
             continue;

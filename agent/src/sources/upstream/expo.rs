@@ -9,6 +9,8 @@
 //! Reference: the format's specification in prometheus/docs
 //! (content/docs/instrumenting/exposition_formats.md).
 
+use std::collections::BTreeMap;
+
 /// One sample line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample<'a> {
@@ -42,7 +44,8 @@ pub fn is_metric_name(s: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
 }
 
-fn is_label_name(s: &str) -> bool {
+/// Whether `s` is a valid label name (`[a-zA-Z_][a-zA-Z0-9_]*`).
+pub fn is_label_name(s: &str) -> bool {
     !s.is_empty() && !s.contains(':') && is_metric_name(s)
 }
 
@@ -220,6 +223,36 @@ pub fn totals(samples: &[Sample<'_>], names: &[String]) -> Vec<Option<f64>> {
                 .reduce(|a, b| a + b)
         })
         .collect()
+}
+
+/// The series of `names`, grouped by their value of `label` (a series without it, or
+/// every series when `label` is `None`, in the `None` group).
+pub fn by_label<'a>(
+    samples: &[Sample<'a>],
+    names: &[String],
+    label: Option<&str>,
+) -> BTreeMap<Option<String>, Vec<Sample<'a>>> {
+    let mut groups: BTreeMap<Option<String>, Vec<Sample<'a>>> = BTreeMap::new();
+    for s in samples.iter().filter(|s| names.iter().any(|n| n == s.name)) {
+        let key = label.and_then(|l| {
+            s.labels
+                .iter()
+                .find(|(k, _)| *k == l)
+                .map(|(_, v)| v.clone())
+        });
+        groups.entry(key).or_default().push(s.clone());
+    }
+    groups
+}
+
+/// Whether the series of gauge `name` whose `label` is `awake` all read 0 (asleep);
+/// `None` when the page has no such series.
+pub fn asleep(samples: &[Sample<'_>], name: &str, label: &str, awake: &str) -> Option<bool> {
+    samples
+        .iter()
+        .filter(|s| s.name == name && s.labels.iter().any(|(k, v)| *k == label && v == awake))
+        .map(|s| s.value == 0.0)
+        .reduce(|a, b| a && b)
 }
 
 /// The coarsest [`Sample::resolution`] among the series of `names` (0 when none is

@@ -22,6 +22,11 @@ use crate::surfaces::metrics::Metrics;
 /// How long one scrape may take: beyond it, the page is no evidence.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The share of one core above which an idle-timing server's process is working (SPEC
+/// §12): a llama.cpp engine loop decoding keeps a core busy, an idle one wakes once a
+/// second and answers probes in microseconds.
+pub const WORKING_CPU_SHARE: f64 = 0.1;
+
 /// Where the upstreams are probed: `$POD_IP` when set (SPEC §8), else loopback.
 pub fn host(pod_ip: Option<IpAddr>) -> IpAddr {
     pod_ip.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
@@ -131,15 +136,16 @@ async fn scraper(
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let working = || results.cpu_share().map(|c| c >= WORKING_CPU_SHARE);
         let (started, result) = tokio::select! {
             () = stop.cancelled() => return,
-            r = scraper.scrape(SCRAPE_TIMEOUT) => r,
+            r = scraper.scrape(SCRAPE_TIMEOUT, working) => r,
         };
         if let Err(e) = &result {
             cx.metrics
                 .upstream_scrape_error(results.name().as_str(), e.kind());
         }
-        results.scrape(started, result, cx.stall_timeout);
+        results.scrape(started, result, cx.stall_timeout, cx.scrape_interval);
     }
 }
 

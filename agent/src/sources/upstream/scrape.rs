@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 use hyper::header::{HeaderName, HeaderValue, CONNECTION};
 use vitals_proto::WorkerName;
 
+use super::engines::{Page, Scrape};
 use super::expo;
 use super::stall::Reading;
+use crate::config::upstreams::profiles::SleepSignal;
 use crate::config::upstreams::MetricsSpec;
 use crate::net::{self, BodyRead, Http1};
 use crate::state::probe_result::Failure;
@@ -33,6 +35,10 @@ pub struct Scraper {
     conn: Option<Http1>,
     /// The latest scrape was refused (401/403): logged once per run of refusals.
     refused: bool,
+    /// The latest page showed the server idle and awake: where reading the page would
+    /// keep it awake ([`SleepSignal::Document`]), the next rounds read only whether it
+    /// sleeps until it shows work.
+    idle: bool,
 }
 
 impl Scraper {
@@ -55,13 +61,49 @@ impl Scraper {
             headers,
             conn: None,
             refused: false,
+            idle: false,
         }
     }
 
-    /// One scrape, bounded by `timeout`: when it started, and the reading or why none.
-    pub async fn scrape(&mut self, timeout: Duration) -> (Instant, Result<Reading, ScrapeError>) {
+    /// Where the server says whether it sleeps without waking, when reading its metrics
+    /// would keep it awake: its idle sleep is on ([`SleepSignal::Document`]).
+    fn quiet_path(&self) -> Option<&'static str> {
+        match self.spec.sleep.as_ref() {
+            Some(s) if s.idle_after.is_some() => match s.signal {
+                SleepSignal::Document { path, .. } => Some(path),
+                SleepSignal::Gauge { .. } => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// One round, bounded by `timeout` per request: when it started, and what it learnt or
+    /// why nothing. `working` says whether the server's process shows work now (its CPU
+    /// time, `None`: /proc cannot tell); it is asked only while the server is idle where
+    /// reading the page would keep it awake (SPEC §12: the agent never wakes it).
+    pub async fn scrape(
+        &mut self,
+        timeout: Duration,
+        working: impl FnOnce() -> Option<bool>,
+    ) -> (Instant, Result<Scrape, ScrapeError>) {
         let started = Instant::now();
+        if let Some(path) = self.quiet_path().filter(|_| self.idle) {
+            let asleep = self.sleeping(path, timeout).await;
+            // Without /proc the page stays unread: a scrape must never keep it awake.
+            if asleep == Some(true) || working() != Some(true) {
+                return (
+                    started,
+                    Ok(Scrape::Quiet {
+                        at: started,
+                        asleep,
+                    }),
+                );
+            }
+        }
         let result = self.scrape_at(started, timeout).await;
+        self.idle = result
+            .as_ref()
+            .is_ok_and(|p| !p.is_busy() && p.asleep != Some(true));
         match &result {
             Err(ScrapeError::Unauthorized(status)) if !self.refused => {
                 self.refused = true;
@@ -81,10 +123,28 @@ impl Scraper {
             }
             _ => {}
         }
-        (started, result)
+        (started, result.map(Scrape::Page))
     }
 
-    async fn scrape_at(&mut self, at: Instant, timeout: Duration) -> Result<Reading, ScrapeError> {
+    /// `"is_sleeping"` in the JSON document on `path` (absent: `false`, a server without
+    /// sleep); `None` when it cannot be read.
+    async fn sleeping(&self, path: &str, timeout: Duration) -> Option<bool> {
+        let read = net::get_once(
+            &self.host,
+            self.spec.port,
+            path,
+            &self.headers,
+            BodyRead::Keep(PAGE_LIMIT),
+        );
+        let answer = tokio::time::timeout(timeout, read).await.ok()?.ok()?;
+        if answer.status != 200 {
+            return None;
+        }
+        let doc: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
+        Some(doc.get("is_sleeping").and_then(serde_json::Value::as_bool) == Some(true))
+    }
+
+    async fn scrape_at(&mut self, at: Instant, timeout: Duration) -> Result<Page, ScrapeError> {
         let kept = self.conn.take().filter(Http1::is_open);
         let (host, spec, headers) = (&self.host, &self.spec, &self.headers);
         let close = !spec.keep_alive;
@@ -125,26 +185,61 @@ impl Scraper {
             s => return Err(Failure::Status(s).into()),
         }
         let text = std::str::from_utf8(&answer.body).map_err(|_| ScrapeError::Encoding)?;
-        reading(text, spec, at)
+        page(text, spec, at)
     }
 }
 
-/// The stall rule's view of one page.
-pub fn reading(text: &str, spec: &MetricsSpec, at: Instant) -> Result<Reading, ScrapeError> {
+/// The stall rule's view of one page: each engine's series (SPEC §12), and whether the
+/// server says it is asleep.
+pub fn page(text: &str, spec: &MetricsSpec, at: Instant) -> Result<Page, ScrapeError> {
     let samples = expo::parse(text)?;
-    let sum = |names: &[String]| -> Option<f64> {
-        expo::totals(&samples, names)
-            .into_iter()
-            .flatten()
-            .reduce(|a, b| a + b)
+    let names: Vec<String> = [&spec.work, &spec.busy, &spec.pending]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    // Engines are judged apart only where every work series says which engine worked: a
+    // counter without the label would leave the labelled engines looking unmoved.
+    let label = spec.engine_label.as_deref().filter(|l| {
+        samples
+            .iter()
+            .filter(|s| spec.work.iter().any(|n| n == s.name))
+            .all(|s| s.labels.iter().any(|(k, _)| k == l))
+    });
+    let mut groups = expo::by_label(&samples, &names, label);
+    if groups.is_empty() {
+        groups.insert(None, Vec::new());
+    }
+    let engines = groups
+        .into_iter()
+        .map(|(engine, series)| {
+            let sum = |names: &[String]| -> Option<f64> {
+                expo::totals(&series, names)
+                    .into_iter()
+                    .flatten()
+                    .reduce(|a, b| a + b)
+            };
+            let reading = Reading {
+                at,
+                work: expo::totals(&series, &spec.work),
+                busy: sum(&spec.busy),
+                pending: sum(&spec.pending),
+                // A counter moves by whole steps: a last digit worth more than 1 can hide one.
+                blurred: expo::coarsest(&series, &spec.work) > 1.0,
+            };
+            (engine, reading)
+        })
+        .collect();
+    let asleep = match spec.sleep.as_ref().map(|s| s.signal) {
+        Some(SleepSignal::Gauge {
+            name, label, awake, ..
+        }) => expo::asleep(&samples, name, label, awake),
+        _ => None,
     };
-    Ok(Reading {
+    Ok(Page {
         at,
-        work: expo::totals(&samples, &spec.work),
-        busy: sum(&spec.busy),
-        pending: sum(&spec.pending),
-        // A counter moves by whole steps: a last digit worth more than 1 can hide one.
-        blurred: expo::coarsest(&samples, &spec.work) > 1.0,
+        engines,
+        asleep,
     })
 }
 
@@ -160,12 +255,17 @@ mod tests {
         host: IpAddr,
         spec: &MetricsSpec,
         timeout: Duration,
-    ) -> Result<Reading, ScrapeError> {
+    ) -> Result<Page, ScrapeError> {
         let name = WorkerName::parse("vllm").expect("valid");
-        Scraper::new(name, spec.clone(), host)
-            .scrape(timeout)
+        match Scraper::new(name, spec.clone(), host)
+            .scrape(timeout, || None)
             .await
             .1
+        {
+            Ok(Scrape::Page(p)) => Ok(p),
+            Ok(quiet) => panic!("a vLLM page is always read: {quiet:?}"),
+            Err(e) => Err(e),
+        }
     }
 
     fn vllm_spec(port: u16) -> MetricsSpec {
@@ -208,10 +308,46 @@ mod tests {
         )
         .await
         .expect("reading");
+        let r = &r.engines[&Some("0".to_owned())];
         assert_eq!(r.busy, Some(2.0));
         assert_eq!(r.pending, Some(1.0));
         assert_eq!(r.work, vec![None, Some(90.0), None]);
         assert!(r.is_busy());
+    }
+
+    #[test]
+    fn each_engine_of_a_data_parallel_vllm_is_read_apart_and_the_sleep_gauge_too() {
+        let spec = vllm_spec(1);
+        let text = "vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 2.0\n\
+            vllm:num_requests_running{engine=\"1\",model_name=\"m\"} 1.0\n\
+            vllm:generation_tokens_total{engine=\"0\",model_name=\"m\"} 90.0\n\
+            vllm:generation_tokens_total{engine=\"1\",model_name=\"m\"} 7.0\n\
+            vllm:engine_sleep_state{engine=\"0\",model_name=\"m\",sleep_state=\"awake\"} 0.0\n\
+            vllm:engine_sleep_state{engine=\"0\",model_name=\"m\",sleep_state=\"weights_offloaded\"} 1.0\n\
+            vllm:engine_sleep_state{engine=\"1\",model_name=\"m\",sleep_state=\"awake\"} 0.0\n";
+        let p = page(text, &spec, Instant::now()).expect("page");
+        let work = |e: &str| p.engines[&Some(e.to_owned())].work[1];
+        assert_eq!((work("0"), work("1")), (Some(90.0), Some(7.0)));
+        assert_eq!((p.busy(), p.work()), (Some(3.0), Some(97.0)));
+        assert_eq!(p.asleep, Some(true), "every engine's awake series reads 0");
+        let awake = text.replacen(
+            "sleep_state=\"awake\"} 0.0",
+            "sleep_state=\"awake\"} 1.0",
+            1,
+        );
+        assert_eq!(
+            page(&awake, &spec, Instant::now()).expect("page").asleep,
+            Some(false)
+        );
+        // An unlabelled page (vLLM before the engine label) is one engine.
+        let old = page("vllm:num_requests_running 1\n", &spec, Instant::now()).expect("page");
+        assert_eq!(old.engines.keys().collect::<Vec<_>>(), [&None]);
+        assert_eq!(old.asleep, None);
+        // A work counter without the label: the server is judged as one.
+        let mixed = "vllm:num_requests_running{engine=\"0\"} 1\nvllm:num_requests_running{engine=\"1\"} 1\nvllm:generation_tokens_total 5\n";
+        let mixed = page(mixed, &spec, Instant::now()).expect("page");
+        assert_eq!(mixed.engines.keys().collect::<Vec<_>>(), [&None]);
+        assert_eq!(mixed.busy(), Some(2.0));
     }
 
     #[tokio::test]
@@ -230,10 +366,10 @@ mod tests {
     #[test]
     fn a_counter_printed_too_coarsely_is_blurred() {
         let spec = vllm_spec(1);
-        let page =
+        let text =
             |w: &str| format!("vllm:num_requests_running 1\nvllm:generation_tokens_total {w}\n");
         let at = Instant::now();
-        let r = |w: &str| reading(&page(w), &spec, at).expect("reading");
+        let r = |w: &str| page(&text(w), &spec, at).expect("page").engines[&None].clone();
         assert!(r("1.23457e+08").blurred, "llama.cpp's 6 digits past 1e8");
         assert!(!r("123456789").blurred);
         assert!(!r("123456789.0").blurred, "Python's repr");
@@ -280,8 +416,11 @@ mod tests {
             };
             let mut s = Scraper::new(WorkerName::parse("v").expect("valid"), spec, host);
             for _ in 0..3 {
-                let (_, r) = s.scrape(Duration::from_secs(1)).await;
-                assert_eq!(r.expect("reading").busy, Some(1.0));
+                let (_, r) = s.scrape(Duration::from_secs(1), || None).await;
+                let Ok(Scrape::Page(p)) = r else {
+                    panic!("no page: {r:?}")
+                };
+                assert_eq!(p.busy(), Some(1.0));
             }
             assert_eq!(
                 accepted.load(Ordering::SeqCst),

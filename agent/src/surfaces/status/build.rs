@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::doc::*;
 use crate::config::upstreams::Action;
+use crate::sources::upstream::sleep::Wake;
 use crate::state::snapshot::Snapshot;
 use crate::state::upstream::{CanaryResult, UpstreamState};
 use crate::surfaces::text;
@@ -222,16 +223,45 @@ fn upstream_doc(u: &UpstreamState, uv: &UpstreamVerdict, now: Instant) -> Upstre
         })
         .collect();
     let metrics = u.spec.metrics.as_ref().map(|m| {
-        let last = u.stall.last();
+        let last = u.engines.last();
+        let engines: Vec<EngineDoc> = u
+            .engines
+            .clocks()
+            .map(|(id, clock)| {
+                let r = last.and_then(|p| p.engines.get(id));
+                EngineDoc {
+                    engine: id.clone(),
+                    work: r.and_then(|r| r.work.iter().flatten().copied().reduce(|a, b| a + b)),
+                    busy: r.and_then(|r| r.busy),
+                    pending: r.and_then(|r| r.pending),
+                    busy_without_work_seconds: secs(clock.unmoved_shown()),
+                }
+            })
+            .collect();
         UpstreamMetricsDoc {
             profile: m.profile.map(str::to_owned),
             endpoint: format!(":{}{}", m.port, m.path),
-            work: last.and_then(|r| r.work.iter().flatten().copied().reduce(|a, b| a + b)),
-            busy_without_work_seconds: secs(u.stall.unmoved_shown()),
-            busy: last.and_then(|r| r.busy),
-            pending: last.and_then(|r| r.pending),
-            page_age_seconds: last.map(|r| secs(now.saturating_duration_since(r.at))),
+            work: last.and_then(|p| p.work()),
+            busy_without_work_seconds: engines
+                .iter()
+                .map(|e| e.busy_without_work_seconds)
+                .fold(0.0, f64::max),
+            busy: last.and_then(|p| p.busy()),
+            pending: last.and_then(|p| p.pending()),
+            page_age_seconds: last.map(|p| secs(now.saturating_duration_since(p.at))),
             scrape_error: u.scrape_failure.as_ref().map(|f| f.error.clone()),
+            engines,
+            sleep: u.sleep.asleep().map(|a| SleepDoc {
+                seconds: secs(now.saturating_duration_since(a.since)),
+                wakes: match a.wakes {
+                    Wake::OnRequest => "request",
+                    Wake::Operator => "operator",
+                }
+                .to_owned(),
+            }),
+            unread_while_idle_seconds: u
+                .quiet_since
+                .map(|q| secs(now.saturating_duration_since(q))),
         }
     });
     let p = &u.proc;

@@ -404,8 +404,38 @@ fn render_upstreams(ups: &[UpstreamDoc]) -> String {
                                 m.busy.unwrap_or(0.0),
                                 m.pending.unwrap_or(0.0)
                             );
+                            if m.engines.len() > 1 {
+                                let _ = write!(t, ", {} engines", m.engines.len());
+                                for e in m
+                                    .engines
+                                    .iter()
+                                    .filter(|e| e.busy_without_work_seconds > 0.0)
+                                {
+                                    let _ = write!(
+                                        t,
+                                        "; engine {} unmoved {} while busy",
+                                        e.engine.as_deref().unwrap_or("-"),
+                                        duration_text(e.busy_without_work_seconds)
+                                    );
+                                }
+                            }
                         }
                         None => t.push_str(": no page yet"),
+                    }
+                    if let Some(s) = &m.sleep {
+                        let by = if s.wakes == "operator" {
+                            "an operator's wake-up"
+                        } else {
+                            "a request"
+                        };
+                        let _ = write!(t, " (asleep {}, woken by {by})", duration_text(s.seconds));
+                    }
+                    if let Some(q) = m.unread_while_idle_seconds {
+                        let _ = write!(
+                            t,
+                            " (unread {} while idle: a scrape would keep it awake)",
+                            duration_text(q)
+                        );
                     }
                     if let Some(e) = &m.scrape_error {
                         let _ = write!(t, " (scrape: {e})");
@@ -660,6 +690,18 @@ mod tests {
                 pending: Some(1.0),
                 page_age_seconds: Some(0.5),
                 scrape_error: None,
+                engines: ["0", "1", "2", "3"]
+                    .iter()
+                    .map(|e| EngineDoc {
+                        engine: Some((*e).to_owned()),
+                        work: Some(4609.0),
+                        busy: Some(0.5),
+                        pending: Some(0.25),
+                        busy_without_work_seconds: if *e == "3" { 41.0 } else { 0.0 },
+                    })
+                    .collect(),
+                sleep: None,
+                unread_while_idle_seconds: None,
             }),
             proc: UpstreamProcDoc {
                 pid: Some(4242),
@@ -701,7 +743,7 @@ mod tests {
         for want in [
             "fail: loop_stalled",
             "liveness ok 3.2s ago 2ms",
-            "vllm: work 18436 (unmoved 41.0s while busy), 2 busy, 1 pending",
+            "vllm: work 18436 (unmoved 41.0s while busy), 2 busy, 1 pending, 4 engines; engine 3 unmoved 41.0s while busy",
             "4242 (socket)",
             "rss 1.0 GiB, cpu 34.0s, read unreadable (unmoved 3.0s)",
         ] {

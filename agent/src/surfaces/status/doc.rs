@@ -166,8 +166,9 @@ pub struct UpstreamMetricsDoc {
     pub endpoint: String,
     /// The sum of the `work` counters in the latest page.
     pub work: Option<f64>,
-    /// Seconds the answered scrapes have shown the engine busy without a work counter moving,
-    /// up to the latest of them (0 while idle or working; time since then is not counted).
+    /// Seconds the answered scrapes have shown the longest-stalled engine busy without a
+    /// work counter moving, up to the latest of them (0 while idle or working; time since
+    /// then is not counted).
     pub busy_without_work_seconds: f64,
     /// Sum of the busy gauges.
     pub busy: Option<f64>,
@@ -177,6 +178,42 @@ pub struct UpstreamMetricsDoc {
     pub page_age_seconds: Option<f64>,
     /// Why the latest scrape failed, if it did.
     pub scrape_error: Option<String>,
+    /// Each engine's series and clock (SPEC §12), in label order; one unlabelled engine
+    /// for a server without engine labels.
+    #[serde(default)]
+    pub engines: Vec<EngineDoc>,
+    /// The sleep in progress (SPEC §12).
+    #[serde(default)]
+    pub sleep: Option<SleepDoc>,
+    /// Seconds the metrics have gone unread because the server is idle and reading them
+    /// would keep it awake (SPEC §12).
+    #[serde(default)]
+    pub unread_while_idle_seconds: Option<f64>,
+}
+
+/// One engine of an upstream (SPEC §12).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineDoc {
+    /// Its engine label's value (`None`: the series carry none).
+    pub engine: Option<String>,
+    /// The sum of its `work` counters in the latest page.
+    pub work: Option<f64>,
+    /// Its busy gauges.
+    pub busy: Option<f64>,
+    /// Its pending gauges.
+    pub pending: Option<f64>,
+    /// Seconds the answered scrapes have shown it busy without a work counter moving (its
+    /// stall clock; 0 while idle, working or asleep).
+    pub busy_without_work_seconds: f64,
+}
+
+/// A sleeping upstream (SPEC §12).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SleepDoc {
+    /// Seconds since a scrape first showed it asleep.
+    pub seconds: f64,
+    /// What will wake it: `request` (it stays ready) or `operator` (not ready).
+    pub wakes: String,
 }
 
 /// An upstream's process.
