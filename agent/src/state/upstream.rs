@@ -348,6 +348,13 @@ mod tests {
         );
         u.record_scrape(at(82), Ok(reading(82, 7.0, 0.0)), STALL, GRAIN);
         assert_eq!(u.canary.missed_at, None, "the engine worked again");
+        u.quiet_since = Some(at(90));
+        assert_eq!(
+            u.canary_due_since(t0),
+            None,
+            "left alone for its idle timer: a canary would wake it"
+        );
+        u.quiet_since = None;
         u.record_probe(
             ProbeKind::Liveness,
             Outcome {
