@@ -365,7 +365,9 @@ fn answer(
             (200, "ok".into())
         }
         ("POST", "/control/unhang") => {
-            lock(engine).cores.iter_mut().for_each(|c| c.hung = false);
+            for c in &mut lock(engine).cores {
+                c.hung = false;
+            }
             (200, "ok".into())
         }
         ("POST", "/control/busy") => {

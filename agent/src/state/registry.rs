@@ -219,7 +219,10 @@ impl ProcSamples {
     pub fn record(&self, results: Vec<ProcResult>) {
         self.0.update(|s| {
             for r in results {
-                s.apply_proc(&r.target, r.discovered, r.sample, r.extras);
+                s.apply_proc(&r.target, r.discovered, r.sample, r.others);
+                if let Some(extras) = r.extras {
+                    s.apply_extras(&r.target, extras);
+                }
             }
         });
     }
@@ -234,6 +237,9 @@ pub struct ProcResult {
     pub discovered: Option<Result<Watched, NotFound>>,
     /// A sample of the (found) process.
     pub sample: Option<Result<ProcSample, SampleError>>,
+    /// Samples of the other processes of its container, when it is watched by its
+    /// container (SPEC §11).
+    pub others: Option<Vec<(u32, ProcSample)>>,
     /// For an upstream's process that exists: its zombie children and, while it loads,
     /// what it has read (SPEC §12).
     pub extras: Option<Extras>,
@@ -501,13 +507,19 @@ impl State {
                 of: Owner::Worker {
                     instance: inst.hello.instance.clone(),
                 },
-                job: ProcJob::Sample(inst.proc.sample_target()?),
+                job: ProcJob::Sample {
+                    pid: inst.proc.sample_target()?,
+                    container: false,
+                },
                 loading: false,
             })
         });
         let upstreams = self.upstreams.iter().map(|(name, u)| {
             let job = match u.proc.sample_target() {
-                Some(pid) if !u.proc.needs_discovery() => ProcJob::Sample(pid),
+                Some(pid) if !u.proc.needs_discovery() => ProcJob::Sample {
+                    pid,
+                    container: u.proc.watches_container(),
+                },
                 _ => ProcJob::Discover {
                     ports: u.spec.probe_ports(),
                     cmdline: u.spec.process.as_ref().map(|p| p.cmdline.clone()),
@@ -524,15 +536,14 @@ impl State {
     }
 
     /// Records what the sampler found for `target`: the outcome of a search (upstreams),
-    /// and a sample of the process (for an upstream, also its zombie children and load
-    /// progress, [`UpstreamState::record_proc_extras`]). A result for a pid or instance no longer watched is
+    /// and a sample of the process. A result for a pid or instance no longer watched is
     /// dropped.
     pub fn apply_proc(
         &mut self,
         target: &ProcTarget,
         discovered: Option<Result<Watched, NotFound>>,
         sample: Option<Result<ProcSample, SampleError>>,
-        extras: Option<Extras>,
+        others: Option<Vec<(u32, ProcSample)>>,
     ) {
         let (track, ran_at) = match &target.of {
             Owner::Worker { instance } => {
@@ -558,15 +569,23 @@ impl State {
             track.discovered(d.map_err(|e| e.to_string()));
         }
         let sampled_pid = match target.job {
-            ProcJob::Sample(pid) => Some(pid),
+            ProcJob::Sample { pid, .. } => Some(pid),
             // Sampled in the same round as its discovery, so a new process is judged at once.
             ProcJob::Discover { .. } => track.sample_target(),
         };
         if let (Some(s), Some(pid)) = (sample, sampled_pid) {
             if track.sample_target() == Some(pid) {
                 track.apply(s, ran_at);
+                if let Some(others) = others.filter(|_| track.watches_container()) {
+                    track.apply_others(others);
+                }
             }
         }
+    }
+
+    /// Records what the sampler read of an upstream's process beyond its sample (SPEC
+    /// §12), after [`State::apply_proc`] applied the sample.
+    pub fn apply_extras(&mut self, target: &ProcTarget, extras: Extras) {
         if target.of == Owner::Upstream {
             if let Some(u) = self.upstreams.get_mut(&target.name) {
                 u.record_proc_extras(extras);
@@ -592,7 +611,12 @@ pub enum Owner {
 pub enum ProcJob {
     /// Sample this pid (one read of its stat: state, and the start time that tells it is
     /// still the same process).
-    Sample(u32),
+    Sample {
+        /// The watched process.
+        pid: u32,
+        /// It was found by its container: sample every other process of that cgroup too.
+        container: bool,
+    },
     /// Look for the upstream's process (SPEC §8), then sample what was found.
     Discover {
         /// Its probes' ports.
@@ -827,7 +851,13 @@ pub(crate) mod tests {
         let mut s = State::default();
         s.hello(&hello("model", "a"), PEER, 1, t0).expect("free");
         let target = target(&s, "model");
-        assert_eq!(target.job, ProcJob::Sample(PEER.pid));
+        assert_eq!(
+            target.job,
+            ProcJob::Sample {
+                pid: PEER.pid,
+                container: false
+            }
+        );
         let view = |s: &State| s.workers[&m].instance.as_ref().expect("i").proc.clone();
         let apply = |s: &mut State, r| s.apply_proc(&target, None, Some(r), None);
         apply(&mut s, Ok(sample(at(100), 'T', 9)));
@@ -905,8 +935,11 @@ pub(crate) mod tests {
         let sample_it = target(&s, "vllm");
         assert_eq!(
             sample_it.job,
-            ProcJob::Sample(42),
-            "no search while the pid is unchanged"
+            ProcJob::Sample {
+                pid: 42,
+                container: true
+            },
+            "no search while the pid is unchanged; found by its cgroup, sampled whole"
         );
         s.apply_proc(&sample_it, None, Some(Ok(sample(at(200), 'T', 7))), None);
         let p = &s.upstreams[&name("vllm")].proc;

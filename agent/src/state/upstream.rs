@@ -142,12 +142,11 @@ impl UpstreamState {
 
     /// What the /proc sampler read of its process beyond the sample just applied to
     /// [`Self::proc`]: its zombie children, and while it loads, the load progress.
-    pub fn record_proc_extras(&mut self, extras: Option<Extras>) {
+    pub fn record_proc_extras(&mut self, extras: Extras) {
         let (Some(pid), Some(sample)) = (self.proc.sample_target(), self.proc.latest.as_ref())
         else {
             return;
         };
-        let Some(extras) = extras else { return };
         self.load.observe(pid, sample, extras.read);
         self.zombies.observe(pid, extras.taken_at, extras.zombies);
     }

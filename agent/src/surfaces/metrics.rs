@@ -304,7 +304,7 @@ impl Metrics {
             group_broken: metric!(
                 IntCounterVec,
                 "group_broken_total",
-                "Times a group leader's group broke (its model's liveness fails), by reason (restarted, lost).",
+                "Times a group leader's group broke (its model's liveness fails), by reason (restarted, lost, not_live).",
                 &["reason"]
             ),
             group_poll_duration,

@@ -398,7 +398,7 @@ mod tests {
             ..sample(at, 'S')
         };
         u.proc.apply(Ok(s), u.ran_at());
-        u.record_proc_extras(Some(Extras {
+        u.record_proc_extras(Extras {
             taken_at: at,
             zombies: Ok(zombies
                 .iter()
@@ -409,7 +409,7 @@ mod tests {
                 })
                 .collect()),
             read: None,
-        }));
+        });
     }
 
     /// A canary sent at `at` that ended 10 s later with `result`.

@@ -20,7 +20,7 @@ use vitals_e2e::pod::{free_addr, AgentOptions, Pod};
 use vitals_e2e::{client, prom, slots};
 
 use crate::common::*;
-use crate::upstreams::{injected_upstreams, manifest};
+use crate::upstreams::{injected_upstreams, manifest_of, VLLM};
 
 /// The zombie rule's grace period (SPEC §12).
 const ZOMBIE_GRACE: Duration = Duration::from_secs(10);
@@ -253,7 +253,7 @@ fn h2_only_a_load_without_any_sign_of_work_is_load_stalled() {
 /// by inject from the `vitals.dev/canary.vllm` annotation.
 fn canary_pod(name: &str, dir: &Path) -> (Pod, FakeVllm, SocketAddr) {
     let addr = free_addr();
-    let manifest = manifest(addr.port()).replace(
+    let manifest = manifest_of(addr.port(), &VLLM).replace(
         "      labels: {app: llm}\n    spec:",
         "      labels: {app: llm}\n      annotations:\n        vitals.dev/canary.vllm: '{\"idle\": \"1s\", \"deadline\": \"2s\"}'\n    spec:",
     );

@@ -8,6 +8,7 @@
 //! does both).
 
 mod common;
+mod engines;
 mod faults;
 mod group;
 mod hangs;

@@ -26,9 +26,33 @@ const READY: &str = "/readyz/vllm";
 /// The probes' `periodSeconds` in the manifest.
 const PERIOD: Duration = Duration::from_secs(1);
 
-/// A vLLM Deployment as its users write it: `/health` on the API port, by name for
+/// A model server's container as a Deployment runs it: its name, its image (which picks
+/// the metrics profile) and the `args` its command line ends with (inject records them).
+pub struct Server<'a> {
+    /// The container's name.
+    pub container: &'a str,
+    /// Its image.
+    pub image: &'a str,
+    /// Its `args`.
+    pub args: &'a [&'a str],
+}
+
+/// vLLM with no arguments of interest.
+pub const VLLM: Server<'static> = Server {
+    container: "vllm",
+    image: "vllm/vllm-openai:v0.8.5",
+    args: &[],
+};
+
+/// A Deployment of `server` as its users write it: `/health` on the API port, by name for
 /// readiness; `periodSeconds: 1` so the scenarios run in seconds.
-pub(crate) fn manifest(port: u16) -> String {
+pub(crate) fn manifest_of(port: u16, server: &Server) -> String {
+    let args = if server.args.is_empty() {
+        String::new()
+    } else {
+        let quoted: Vec<String> = server.args.iter().map(|a| format!("{a:?}")).collect();
+        format!("\n        args: [{}]", quoted.join(", "))
+    };
     format!(
         "apiVersion: apps/v1
 kind: Deployment
@@ -42,8 +66,8 @@ spec:
       labels: {{app: llm}}
     spec:
       containers:
-      - name: vllm
-        image: vllm/vllm-openai:v0.8.5
+      - name: {container}
+        image: {image}{args}
         ports:
         - name: http
           containerPort: {port}
@@ -58,7 +82,9 @@ spec:
         readinessProbe:
           httpGet: {{path: /health, port: http}}
           periodSeconds: 1
-"
+",
+        container = server.container,
+        image = server.image,
     )
 }
 
@@ -100,18 +126,30 @@ pub(crate) fn injected_upstreams(manifest: &str) -> String {
 }
 
 /// A pod with the agent and the fake vLLM (loading for `load_for`), wired by inject.
-struct UpstreamPod {
-    pod: Pod,
-    vllm: FakeVllm,
+pub struct UpstreamPod {
+    /// The agent's pod.
+    pub pod: Pod,
+    /// The fake server.
+    pub vllm: FakeVllm,
     /// When the fake vLLM started (its load began), on the pod's timeline.
     vllm_started: Duration,
     _dir: tempfile::TempDir,
 }
 
 fn start(name: &str, load_for: Option<Duration>) -> UpstreamPod {
+    start_server(name, load_for, &VLLM, &[])
+}
+
+/// [`start`] for `server`, the fake run with `fake_args` (`--engines 8`, ...).
+pub fn start_server(
+    name: &str,
+    load_for: Option<Duration>,
+    server: &Server,
+    fake_args: &[&str],
+) -> UpstreamPod {
     let dir = tempfile::tempdir().expect("temp folder");
     let addr = free_addr();
-    let config = injected_upstreams(&manifest(addr.port()));
+    let config = injected_upstreams(&manifest_of(addr.port(), server));
     let file = dir.path().join("upstreams.json");
     std::fs::write(&file, &config).expect("write the upstreams");
     let agent = AgentOptions {
@@ -120,10 +158,11 @@ fn start(name: &str, load_for: Option<Duration>) -> UpstreamPod {
     };
     let mut pod = Pod::new(name, agent, worker());
     let vllm_started = pod.event("starting the fake vLLM");
-    let vllm = FakeVllm::start(
+    let vllm = FakeVllm::start_with(
         Path::new(env!("CARGO_BIN_EXE_fake-vllm")),
         addr,
         load_for,
+        fake_args,
         &dir.path().join("fake-vllm.log"),
     );
     pod.event(format!("fake vLLM started on {addr} (pid {})", vllm.pid()));
@@ -159,9 +198,18 @@ impl UpstreamPod {
 
     /// Loaded, serving, and seen so by the agent.
     fn ready(name: &str) -> UpstreamPod {
-        let p = start(name, Some(Duration::ZERO));
-        p.pod
-            .await_probe(READY, Duration::from_secs(10), "vLLM ready", |o| o.passed());
+        Self::ready_server(name, &VLLM, &[])
+    }
+
+    /// [`UpstreamPod::ready`] for `server`, the fake run with `fake_args`.
+    pub fn ready_server(name: &str, server: &Server, fake_args: &[&str]) -> UpstreamPod {
+        let p = start_server(name, Some(Duration::ZERO), server, fake_args);
+        p.pod.await_probe(
+            &format!("/readyz/{}", server.container),
+            Duration::from_secs(10),
+            "ready",
+            |o| o.passed(),
+        );
         p
     }
 }
@@ -430,14 +478,7 @@ fn u5_slow_upstream_never_slows_the_agent() {
 
 /// Resident memory of `pid` in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
+    vitals_e2e::pod::rss_kib(pid).unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
 }
 
 /// U6: 50 probes a second of the upstream's paths through the agent for 60 s, while the

@@ -35,10 +35,11 @@ pub struct Scraper {
     conn: Option<Http1>,
     /// The latest scrape was refused (401/403): logged once per run of refusals.
     refused: bool,
-    /// The latest page showed the server idle and awake: where reading the page would
-    /// keep it awake ([`SleepSignal::Document`]), the next rounds read only whether it
-    /// sleeps until it shows work.
-    idle: bool,
+    /// Whether the latest page showed the server idle and awake (`None`: no page yet).
+    /// Where reading the page would keep it awake ([`SleepSignal::Document`]), rounds
+    /// after an idle page read only whether it sleeps until it shows work, and the first
+    /// round asks whether it sleeps before reading the page at all.
+    idle: Option<bool>,
 }
 
 impl Scraper {
@@ -61,7 +62,7 @@ impl Scraper {
             headers,
             conn: None,
             refused: false,
-            idle: false,
+            idle: None,
         }
     }
 
@@ -87,10 +88,11 @@ impl Scraper {
         working: impl FnOnce() -> Option<bool>,
     ) -> (Instant, Result<Scrape, ScrapeError>) {
         let started = Instant::now();
-        if let Some(path) = self.quiet_path().filter(|_| self.idle) {
+        if let Some(path) = self.quiet_path().filter(|_| self.idle != Some(false)) {
             let asleep = self.sleeping(path, timeout).await;
             // Without /proc the page stays unread: a scrape must never keep it awake.
-            if asleep == Some(true) || working() != Some(true) {
+            let idle = self.idle == Some(true);
+            if asleep == Some(true) || (idle && working() != Some(true)) {
                 return (
                     started,
                     Ok(Scrape::Quiet {
@@ -101,9 +103,10 @@ impl Scraper {
             }
         }
         let result = self.scrape_at(started, timeout).await;
-        self.idle = result
-            .as_ref()
-            .is_ok_and(|p| !p.is_busy() && p.asleep != Some(true));
+        self.idle = match &result {
+            Ok(p) => Some(!p.is_busy() && p.asleep != Some(true)),
+            Err(_) => self.idle,
+        };
         match &result {
             Err(ScrapeError::Unauthorized(status)) if !self.refused => {
                 self.refused = true;
@@ -234,7 +237,10 @@ pub fn page(text: &str, spec: &MetricsSpec, at: Instant) -> Result<Page, ScrapeE
         Some(SleepSignal::Gauge {
             name, label, awake, ..
         }) => expo::asleep(&samples, name, label, awake),
-        _ => None,
+        // The page is read only while the server works or its document says it is awake
+        // ([`Scraper::scrape`]): a page read is an awake server.
+        Some(SleepSignal::Document { .. }) => Some(false),
+        None => None,
     };
     Ok(Page {
         at,
