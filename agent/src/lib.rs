@@ -127,6 +127,7 @@ pub async fn run_with(
     let unix = tokio::net::UnixListener::from_std(unix)?;
     let started_at = Instant::now();
     let registry = Arc::new(Registry::new(&config.expect));
+    registry.set_silence(config.thresholds.hang);
     registry.add_upstreams(&config.upstreams);
     let health = Arc::new(AgentHealth::new(started_at));
     let mut snapshots = Snapshots::new(

@@ -273,9 +273,12 @@ fn a_leaders_metrics_pass_promtool_check() {
     agent.wait_for("/readyz", 200, "ok");
     let text = eventually("a group poll observed", || {
         let m = agent.metrics();
-        metric(&m, "vitals_group_poll_duration_seconds_count{result=\"ok\"}")
-            .filter(|n| *n > 0.0)
-            .map(|_| m)
+        metric(
+            &m,
+            "vitals_group_poll_duration_seconds_count{result=\"ok\"}",
+        )
+        .filter(|n| *n > 0.0)
+        .map(|_| m)
     });
     for name in [
         "vitals_group_members{state=\"live\"} 1",

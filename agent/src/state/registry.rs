@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use vitals_proto::message::{
     CheckReport, Heartbeat, Hello, PhaseReport, ValidHello, WorkerMessage,
@@ -44,6 +44,11 @@ impl Registry {
         Self {
             current: CowCell::new(State::new(expected)),
         }
+    }
+
+    /// Sets [`State::silence`] (done once, at start).
+    pub fn set_silence(&self, silence: Duration) {
+        self.current.update(|s| s.silence = Some(silence));
     }
 
     /// The state as of now; later updates do not change it.
@@ -152,8 +157,8 @@ impl UpstreamResults {
         &self,
         started: Instant,
         result: Result<Scrape, ScrapeError>,
-        stall_timeout: std::time::Duration,
-        grain: std::time::Duration,
+        stall_timeout: Duration,
+        grain: Duration,
     ) {
         self.with(|u| u.record_scrape(started, result, stall_timeout, grain));
     }
@@ -357,6 +362,13 @@ pub struct State {
     /// Upstreams (SPEC §8) by container name, fixed at start; their probers, scraper and
     /// /proc watcher write here.
     pub upstreams: BTreeMap<WorkerName, UpstreamState>,
+    /// A heartbeat that comes this long after the previous one (`--hang-timeout`) restarts
+    /// the loop-progress clock: time in which nothing was heard is no evidence that progress
+    /// stood still (issue 26's rule, on the protocol side). A worker resumed after a SIGSTOP
+    /// or a freezer thaw may send its first heartbeat before its loop has ticked; without
+    /// this, the stop's length counted as unmoved progress and read `loop_stalled`. The
+    /// silence itself is judged by `heartbeat_timeout`, `stopped` and friends. `None`: never.
+    pub silence: Option<Duration>,
 }
 
 impl State {
@@ -374,7 +386,7 @@ impl State {
             .collect();
         Self {
             workers,
-            upstreams: BTreeMap::new(),
+            ..Self::default()
         }
     }
 
@@ -442,6 +454,7 @@ impl State {
     /// Applies a message from the connection `conn` holding `name`. Messages from a
     /// connection that no longer holds the name are dropped.
     pub fn message(&mut self, name: &WorkerName, conn: ConnId, msg: WorkerMessage, now: Instant) {
+        let silence = self.silence;
         let Some(worker) = self.workers.get_mut(name) else {
             return;
         };
@@ -458,11 +471,13 @@ impl State {
                 inst.checks.insert(check.name.clone(), check);
             }
             WorkerMessage::Heartbeat(beat) => {
+                let after_silence =
+                    silence.is_some_and(|s| now.saturating_duration_since(inst.heartbeat_at) >= s);
                 inst.heartbeat_at = now;
                 let moved = inst
                     .heartbeat
                     .is_none_or(|prev| prev.progress != beat.progress);
-                if inst.loop_clock.is_none() || moved {
+                if inst.loop_clock.is_none() || moved || after_silence {
                     inst.loop_clock = Some(now);
                 }
                 inst.heartbeat = Some(beat);
@@ -653,8 +668,6 @@ fn apply_phase(inst: &mut Instance, report: PhaseReport, now: Instant) {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::time::Duration;
-
     use vitals_proto::message::{decode_hello, Progress};
 
     use super::*;
@@ -814,6 +827,33 @@ pub(crate) mod tests {
         assert_eq!(clock(&s), Some(at(3)));
         s.message(&m, 1, phase(Phase::Ready, None), at(4));
         assert_eq!(clock(&s), Some(at(4)), "becoming ready restarts it");
+    }
+
+    #[test]
+    fn a_heartbeat_after_a_silence_restarts_the_loop_clock() {
+        // A worker SIGSTOPped (or frozen) for 10 s whose first heartbeat after resuming
+        // comes before its loop ticked: the stop is no evidence of unmoved progress.
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let m = name("model");
+        let mut s = State {
+            silence: Some(Duration::from_secs(2)),
+            ..State::default()
+        };
+        s.hello(&hello("model", "a"), PEER, 1, t0).expect("free");
+        s.message(&m, 1, phase(Phase::Ready, None), t0);
+        let clock = |s: &State| s.workers[&m].instance.as_ref().expect("i").loop_clock;
+        s.message(&m, 1, beat(5), at(0));
+        s.message(&m, 1, beat(5), at(1));
+        assert_eq!(clock(&s), Some(at(0)), "heartbeats in time keep the clock");
+        s.message(&m, 1, beat(5), at(11));
+        assert_eq!(clock(&s), Some(at(11)), "the silence is not counted");
+        s.message(&m, 1, beat(5), at(12));
+        assert_eq!(
+            clock(&s),
+            Some(at(11)),
+            "unmoved from the resume on is counted"
+        );
     }
 
     fn sample(at: Instant, state: char, start: u64) -> ProcSample {
