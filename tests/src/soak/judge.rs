@@ -435,7 +435,7 @@ pub fn judge(r: &Records) -> Verdict {
             }
             continue;
         }
-        if cx.recovering(p.t, &p.target) && allowed(&p.reason, RECOVERY_REASONS) {
+        if cx.recovering(answered_by(p), &p.target) && allowed(&p.reason, RECOVERY_REASONS) {
             continue;
         }
         problems.push(Problem {
