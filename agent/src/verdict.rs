@@ -163,6 +163,8 @@ pub enum CheckName {
     Process,
     /// An upstream is not asleep waiting for an operator's wake-up (SPEC §12).
     Awake,
+    /// No child of an upstream's process has been a zombie for the grace period (SPEC §12).
+    Children,
     /// An upstream's own readiness probe.
     ReadinessProbe,
     /// One of a worker's own checks, by its name.

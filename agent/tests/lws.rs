@@ -19,9 +19,10 @@ use vitals_agent::inject::{inject_documents, inject_report, InjectError, InjectO
 use vitals_e2e::{apiserver, lws};
 use yaml_rust2::YamlLoader;
 
-/// The agent's peak resident memory under the benches (docs/benchmarks.md, "Memory limit
-/// in group pods"), in MiB: the group memory limit must be at least 4x this (SPEC §11).
-const PEAK_RSS_MIB: f64 = 30.5;
+/// The agent's largest peak resident memory under the benches (docs/benchmarks.md, "Memory
+/// limit in group pods": the debug build under the connection flood), in MiB: the group
+/// memory limit must be at least 4x this (SPEC §11).
+const PEAK_RSS_MIB: f64 = 30.7;
 
 fn options() -> InjectOptions {
     InjectOptions {

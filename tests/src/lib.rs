@@ -12,6 +12,8 @@
 //! - [`wait`]: polling with a deadline instead of sleeping;
 //! - [`member`]: a fake group member answering `/group` as told (SPEC §9);
 //! - [`fake_vllm`]: a fake vLLM (its own process) for the upstream scenarios;
+//! - [`fake_triton`]: a fake Triton whose Python-backend stub dies unreaped;
+//! - `fake-loader` (a binary): a model load that moves only memory, CPU, reads, or nothing;
 //! - [`mesh`]: pods as Istio's and Linkerd's injectors leave them, for inject and the webhook;
 //! - [`report`]: measured detection latencies;
 //! - [`freezer`]: the cgroup v1 freezer (uninterruptible sleep on demand);
@@ -28,6 +30,7 @@ pub mod apiserver;
 pub mod bins;
 pub mod cgroup;
 pub mod client;
+pub mod fake_triton;
 pub mod fake_vllm;
 pub mod freezer;
 pub mod load;

@@ -22,13 +22,14 @@ use vitals_proto::message::{
 use vitals_proto::{Phase, WorkerName};
 
 use crate::config::upstreams::{ProbeKind, UpstreamSpec};
+use crate::sources::proc::children::Extras;
 use crate::sources::proc::discover::NotFound;
 use crate::sources::proc::{ProcSample, SampleError};
 use crate::sources::upstream::engines::Scrape;
 use crate::state::cell::CowCell;
 use crate::state::probe_result::{Outcome, ScrapeError};
 use crate::state::proc_track::{ProcTrack, Watched};
-use crate::state::upstream::UpstreamState;
+use crate::state::upstream::{CanaryRun, UpstreamState};
 
 /// The shared registry, a [`CowCell`]: writers go through the handles below, each able to
 /// change only its own part; readers take the current state as an `Arc`.
@@ -167,6 +168,22 @@ impl UpstreamResults {
             .and_then(|u| u.proc.cpu_share())
     }
 
+    /// See [`UpstreamState::canary_sent`].
+    pub fn canary_sent(&self, at: Instant) {
+        self.with(|u| u.canary_sent(at));
+    }
+
+    /// See [`UpstreamState::canary_ended`].
+    pub fn canary_ended(&self, run: CanaryRun) {
+        self.with(|u| u.canary_ended(run));
+    }
+
+    /// See [`UpstreamState::canary_due_since`].
+    pub fn canary_due_since(&self, since: Instant) -> Option<Instant> {
+        let state = self.registry.current();
+        state.upstreams.get(&self.name)?.canary_due_since(since)
+    }
+
     fn with(&self, change: impl FnOnce(&mut UpstreamState)) {
         self.registry.update(|s| {
             if let Some(u) = s.upstreams.get_mut(&self.name) {
@@ -195,6 +212,9 @@ impl ProcSamples {
         self.0.update(|s| {
             for r in results {
                 s.apply_proc(&r.target, r.discovered, r.sample, r.others);
+                if let Some(extras) = r.extras {
+                    s.apply_extras(&r.target, extras);
+                }
             }
         });
     }
@@ -212,6 +232,9 @@ pub struct ProcResult {
     /// Samples of the other processes of its container, when it is watched by its
     /// container (SPEC §11).
     pub others: Option<Vec<(u32, ProcSample)>>,
+    /// For an upstream's process that exists: its zombie children and, while it loads,
+    /// what it has read (SPEC §12).
+    pub extras: Option<Extras>,
 }
 
 /// Identifies one socket connection for the life of the agent.
@@ -480,6 +503,7 @@ impl State {
                     pid: inst.proc.sample_target()?,
                     container: false,
                 },
+                loading: false,
             })
         });
         let upstreams = self.upstreams.iter().map(|(name, u)| {
@@ -497,6 +521,7 @@ impl State {
                 name: name.clone(),
                 of: Owner::Upstream,
                 job,
+                loading: u.load.is_loading(),
             }
         });
         workers.chain(upstreams).collect()
@@ -549,6 +574,16 @@ impl State {
             }
         }
     }
+
+    /// Records what the sampler read of an upstream's process beyond its sample (SPEC
+    /// §12), after [`State::apply_proc`] applied the sample.
+    pub fn apply_extras(&mut self, target: &ProcTarget, extras: Extras) {
+        if target.of == Owner::Upstream {
+            if let Some(u) = self.upstreams.get_mut(&target.name) {
+                u.record_proc_extras(extras);
+            }
+        }
+    }
 }
 
 /// Whose process a [`ProcTarget`] is.
@@ -592,6 +627,9 @@ pub struct ProcTarget {
     pub of: Owner,
     /// What to do.
     pub job: ProcJob,
+    /// An upstream still loading (its startup probe never passed): read what its process
+    /// has read too (SPEC §12's load progress).
+    pub loading: bool,
 }
 
 fn apply_phase(inst: &mut Instance, report: PhaseReport, now: Instant) {

@@ -84,6 +84,11 @@ pub struct Metrics {
     upstream_probe_results: IntCounterVec,
     upstream_proc_watched: IntGaugeVec,
     upstream_scrape_errors: IntCounterVec,
+    upstream_canaries: IntCounterVec,
+    upstream_load_rss: IntGaugeVec,
+    upstream_load_cpu: GaugeVec,
+    upstream_load_read: IntGaugeVec,
+    upstream_load_unmoved: GaugeVec,
     group_members: IntGaugeVec,
     group_formed: IntGaugeVec,
     group_broken: IntCounterVec,
@@ -255,6 +260,36 @@ impl Metrics {
                 "Scrapes of an upstream's own metrics that gave no reading, by reason (unauthorized, timeout, refused, reset, status, protocol, parse, error).",
                 &["worker", "reason"]
             ),
+            upstream_canaries: metric!(
+                IntCounterVec,
+                "upstream_canaries_total",
+                "Canary requests sent to an idle upstream (SPEC §12), by result: ok, deadline (its whole answer missed the deadline: loop_stalled: canary), error (answered otherwise).",
+                &["worker", "result"]
+            ),
+            upstream_load_rss: metric!(
+                IntGaugeVec,
+                "upstream_load_resident_memory_bytes",
+                "Resident memory of an upstream's process while it loads (until its startup probe first passes; then the value at the end of the load).",
+                w
+            ),
+            upstream_load_cpu: metric!(
+                GaugeVec,
+                "upstream_load_cpu_seconds",
+                "CPU time of an upstream's process while it loads (until its startup probe first passes; then the value at the end of the load).",
+                w
+            ),
+            upstream_load_read: metric!(
+                IntGaugeVec,
+                "upstream_load_read_bytes",
+                "Bytes an upstream's process has read while it loads, by kind: rchar (read calls, sockets included) and storage (read_bytes); absent where /proc/<pid>/io is not readable (another uid).",
+                &["worker", "kind"]
+            ),
+            upstream_load_unmoved: metric!(
+                GaugeVec,
+                "upstream_load_unmoved_seconds",
+                "Seconds since an upstream's loading process last moved its memory, CPU time or bytes read (0 once loaded); load_stalled at --load-stall-timeout.",
+                w
+            ),
             group_members: metric!(
                 IntGaugeVec,
                 "group_members",
@@ -308,6 +343,13 @@ impl Metrics {
     pub fn upstream_scrape_error(&self, worker: &str, reason: &str) {
         self.upstream_scrape_errors
             .with_label_values(&[worker, reason])
+            .inc();
+    }
+
+    /// Counts one canary sent to an upstream, by its result label.
+    pub fn upstream_canary(&self, worker: &str, result: &str) {
+        self.upstream_canaries
+            .with_label_values(&[worker, result])
             .inc();
     }
 
@@ -512,6 +554,30 @@ impl Metrics {
             self.upstream_proc_watched
                 .with_label_values(l)
                 .set(i64::from(u.proc.is_on()));
+            if u.load.moved_at.is_some() {
+                let load = &u.load;
+                self.upstream_load_rss
+                    .with_label_values(l)
+                    .set(clamp(load.rss_bytes.unwrap_or(0)));
+                self.upstream_load_cpu
+                    .with_label_values(l)
+                    .set(load.cpu_seconds.unwrap_or(0.0));
+                if let Some(r) = load.read {
+                    for (kind, bytes) in [("rchar", r.rchar), ("storage", r.storage)] {
+                        self.upstream_load_read
+                            .with_label_values(&[n, kind])
+                            .set(clamp(bytes));
+                    }
+                }
+                self.upstream_load_unmoved
+                    .with_label_values(l)
+                    .set(load.unmoved_for(snapshot.at).as_secs_f64());
+            }
+            if u.spec.canary.is_some() {
+                for result in ["ok", "deadline", "error"] {
+                    self.upstream_canaries.with_label_values(&[n, result]);
+                }
+            }
             if let Some(s) = u.proc.latest.as_ref().filter(|_| !u.proc.gone) {
                 self.rss.with_label_values(l).set(clamp(s.rss_bytes));
                 self.threads.with_label_values(l).set(clamp(s.threads));

@@ -906,7 +906,7 @@ pub fn render(r: &Records, v: &Verdict, max_problems: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<22} {:>4} {:>8} {:>5} {:>6} {:>8}  {:<17} {:>6}  {:<17} {:>6} {:>5}  reasons seen",
+        "{:<24} {:>4} {:>8} {:>5} {:>6} {:>8}  {:<17} {:>6}  {:<17} {:>6} {:>5}  reasons seen",
         "kind",
         "n",
         "in bound",
@@ -927,7 +927,7 @@ pub fn render(r: &Records, v: &Verdict, max_problems: usize) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "{:<22} {:>4} {:>8} {:>5} {:>6} {:>8}  {:<17} {:>6.2}  {:<17} {:>6.2} {:>5}  {}",
+            "{:<24} {:>4} {:>8} {:>5} {:>6} {:>8}  {:<17} {:>6.2}  {:<17} {:>6.2} {:>5}  {}",
             row.name,
             row.faults,
             row.in_bound,

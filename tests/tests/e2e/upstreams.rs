@@ -46,7 +46,7 @@ pub const VLLM: Server<'static> = Server {
 
 /// A Deployment of `server` as its users write it: `/health` on the API port, by name for
 /// readiness; `periodSeconds: 1` so the scenarios run in seconds.
-fn manifest_of(port: u16, server: &Server) -> String {
+pub(crate) fn manifest_of(port: u16, server: &Server) -> String {
     let args = if server.args.is_empty() {
         String::new()
     } else {
@@ -89,7 +89,7 @@ spec:
 }
 
 /// Runs `vitals-agent inject` on `manifest` and returns the agent's `VITALS_UPSTREAMS`.
-fn injected_upstreams(manifest: &str) -> String {
+pub(crate) fn injected_upstreams(manifest: &str) -> String {
     let mut child = Command::new(bins::agent_bin())
         .args(["inject", "-q", "-f", "-"])
         .stdin(Stdio::piped())

@@ -15,6 +15,8 @@
 //!    port) is narrowed by its command line alone. Exactly one cgroup must remain; its oldest
 //!    candidate process is the one judged. Anything else is [`NotFound`], and /proc checks
 //!    stay off for that upstream.
+//! 3. Before it listens (a server loading its model), by its recorded command line alone, as
+//!    a container without probes: its load progress is followed from the start (SPEC §12).
 //!
 //! Reads go through procfs under a `/proc` root given by the caller (a fixture tree in
 //! tests); run it on the blocking pool, as /proc reads can stall.
@@ -88,7 +90,14 @@ pub fn find(proc_root: &Path, wanted: Wanted<'_>, exclude: &[u32]) -> Result<Wat
                 uid,
             ))
         }) else {
-            return Err(NotFound::NoListener(wanted.ports.to_vec()));
+            // A loading server does not listen yet: found by its recorded command line
+            // alone (SPEC §12's load progress), or not yet.
+            return match wanted.cmdline {
+                Some(cmdline) => {
+                    by_cmdline_before_listening(proc_root, wanted.ports, cmdline, exclude)
+                }
+                None => Err(NotFound::NoListener(wanted.ports.to_vec())),
+            };
         };
         Some((port, inodes, uid))
     };
@@ -162,6 +171,21 @@ pub fn find(proc_root: &Path, wanted: Wanted<'_>, exclude: &[u32]) -> Result<Wat
             cgroups: matching.len(),
         }),
     }
+}
+
+/// A process that does not listen on its probes' `ports` yet, by its container's recorded
+/// `cmdline` alone; while none or several containers match, nothing listens yet.
+fn by_cmdline_before_listening(
+    proc_root: &Path,
+    ports: &[u16],
+    cmdline: &[String],
+    exclude: &[u32],
+) -> Result<Watched, NotFound> {
+    let wanted = Wanted {
+        ports: &[],
+        cmdline: Some(cmdline),
+    };
+    find(proc_root, wanted, exclude).map_err(|_| NotFound::NoListener(ports.to_vec()))
 }
 
 /// Whether a process whose `/proc/<pid>/cmdline` is `actual` runs the container command
@@ -701,16 +725,29 @@ mod tests {
             &[7, 9],
         );
         assert_eq!(found.map(|f| f.pid), Ok(11));
-        // Port 40000 only has an established connection, no listener.
-        assert_eq!(
+        // Port 40000 only has an established connection, no listener: a server loading
+        // its model is found by its command line alone (SPEC §12), else nothing listens yet.
+        let dir = fixture(POD, 0);
+        let before_listening = |cmdline: &[String]| {
             find(
                 dir.path(),
                 Wanted {
                     ports: &[40000],
-                    cmdline: Some(&vllm)
+                    cmdline: Some(cmdline),
                 },
-                &[7]
-            ),
+                &[7, 9],
+            )
+        };
+        assert_eq!(
+            before_listening(&vllm),
+            Ok(Watched {
+                pid: 14,
+                start_time: Some(40),
+                found_by: FoundBy::Cgroup
+            })
+        );
+        assert_eq!(
+            before_listening(&words(&["sglang"])),
             Err(NotFound::NoListener(vec![40000]))
         );
     }

@@ -17,16 +17,17 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::cadence::Cadence;
+use crate::sources::proc::children::{self, Extras};
 use crate::sources::proc::discover::{self, Wanted};
 use crate::sources::proc::{ProcSample, ProcSource, SampleError};
 use crate::state::proc_track::FoundBy;
-use crate::state::registry::{ProcJob, ProcResult, ProcSamples, ProcTarget};
+use crate::state::registry::{Owner, ProcJob, ProcResult, ProcSamples, ProcTarget};
 
 /// One round's samples by pid.
 type Samples = HashMap<u32, Result<ProcSample, SampleError>>;
@@ -71,11 +72,12 @@ pub async fn watch(
             for round in jobs {
                 let mut taken = Samples::new();
                 let mut containers = None;
-                let results = round
+                let mut results: Vec<ProcResult> = round
                     .targets
                     .into_iter()
                     .map(|t| sampler.run(t, &round.exclude, &mut taken, &mut containers))
                     .collect();
+                sampler.add_extras(&mut results);
                 // A round past its deadline has no receiver any more.
                 let _ = round.reply.send(results);
             }
@@ -201,6 +203,7 @@ impl Sampler {
                     sample: Some(self.sample(*pid, taken)),
                     discovered: None,
                     others,
+                    extras: None,
                     target,
                 }
             }
@@ -221,9 +224,47 @@ impl Sampler {
                     discovered: Some(found),
                     sample,
                     others,
+                    extras: None,
                     target,
                 }
             }
+        }
+    }
+
+    /// Adds to each result of an upstream's living process its zombie children (one scan
+    /// of the pod's processes for all of them) and, while it loads, what it has read
+    /// (SPEC §12).
+    fn add_extras(&self, results: &mut [ProcResult]) {
+        let living_upstream = |r: &ProcResult| -> Option<u32> {
+            if r.target.of != Owner::Upstream || !matches!(&r.sample, Some(Ok(s)) if !s.is_dead()) {
+                return None;
+            }
+            match &r.target.job {
+                ProcJob::Sample { pid, .. } => Some(*pid),
+                ProcJob::Discover { .. } => r.discovered.as_ref()?.as_ref().ok().map(|w| w.pid),
+            }
+        };
+        let parents: Vec<u32> = results.iter().filter_map(living_upstream).collect();
+        if parents.is_empty() {
+            return;
+        }
+        let taken_at = Instant::now();
+        let scan = children::zombies_of(&self.proc_root, &parents);
+        for r in results.iter_mut() {
+            let Some(pid) = living_upstream(r) else {
+                continue;
+            };
+            r.extras = Some(Extras {
+                taken_at,
+                zombies: match &scan {
+                    Ok(by_parent) => Ok(by_parent.get(&pid).cloned().unwrap_or_default()),
+                    Err(e) => Err(e.clone()),
+                },
+                read: r
+                    .target
+                    .loading
+                    .then(|| children::bytes_read(&self.proc_root, pid)),
+            });
         }
     }
 }
@@ -232,12 +273,10 @@ impl Sampler {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
-    use std::time::Instant;
 
     use vitals_proto::WorkerName;
 
     use super::*;
-    use crate::state::registry::Owner;
 
     /// Counts the reads of each round; every pid is a sleeping process.
     #[derive(Default)]
@@ -272,6 +311,7 @@ mod tests {
                 pid,
                 container: false,
             },
+            loading: false,
         };
         let mut taken = Samples::new();
         let results: Vec<_> = [target("a", 7), target("b", 7), target("c", 8)]
@@ -329,6 +369,7 @@ mod tests {
             name: WorkerName::parse("ray").expect("valid name"),
             of: Owner::Upstream,
             job: ProcJob::Sample { pid: 10, container },
+            loading: false,
         };
         let r = sampler.run(target(true), &[], &mut Samples::new(), &mut None);
         let others: Vec<_> = r
