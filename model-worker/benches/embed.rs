@@ -25,6 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use vitals_e2e::report::percentile;
 use vitals_e2e::{client, wait};
 use vitals_worker::model::bert::BertEmbedder;
 use vitals_worker::model::device::{self, DeviceSpec};
@@ -126,11 +127,6 @@ fn texts() -> Vec<String> {
             format!("{}.", words.join(" "))
         })
         .collect()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn ms(d: Duration) -> f64 {
