@@ -26,11 +26,14 @@ python-test:
 	python3 shared/python/tests/run.py
 
 ## soak: the seeded fault soak over the release agent (SOAK_SEED, SOAK_S=180, SOAK_KEEP=dir, SOAK_REPLAY=dir: docs/e2e.md); exits 1 on any problem
+# The harness (soak, soak-worker, fake-vllm) is built with the dev profile: the release one aborts
+# on a panic, which would leave the soak's processes running.
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 .PHONY: soak
 soak:
 	@if [ -z "$$SOAK_REPLAY" ]; then $(CARGO) build --release -p vitals-agent; fi
-	$(CARGO) build --release -p vitals-e2e --bins
-	$(CARGO) run --quiet --release -p vitals-e2e --bin soak
+	$(CARGO) build -p vitals-e2e --bins
+	VITALS_AGENT_BIN=$${VITALS_AGENT_BIN:-$(TARGET_DIR)/release/vitals-agent} $(TARGET_DIR)/debug/soak
 
 ## lint: formatting and clippy, warnings are errors
 lint:

@@ -97,6 +97,10 @@ def check_workload(docs, dep, svc, pdb):
         if any(s.get("kind") == "ServiceAccount" and s.get("name") == sa_name for s in b.get("subjects", [])):
             cd.err(where, f"{b['kind']} {b['metadata']['name']} gives the webhook's ServiceAccount API permissions")
     c = next(c for c in spec["containers"] if c["name"] == "webhook")
+    # SPEC §11: a bare name (`vitals-agent:dev`) is pulled from Docker Hub, where it is not.
+    first = c["image"].split("/")[0]
+    if "/" not in c["image"] or not ("." in first or ":" in first or first == "localhost"):
+        cd.err(where, f"image {c['image']!r} names no registry (the kubelet would pull it from Docker Hub)")
     if cd.env_of(c).get("VITALS_IMAGE") != c["image"]:
         cd.err(where, f"injects {cd.env_of(c).get('VITALS_IMAGE')!r}, runs {c['image']!r}: the same image expected")
     target = svc["spec"]["ports"][0]["targetPort"]

@@ -26,9 +26,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    agent_bin, cpu_ns, cpu_seconds, env_u64, percentile, rss_kib, start_agent, status_kib,
-    write_results,
+    agent_bin, cpu_ns, cpu_seconds, env_u64, rss_kib, start_agent, status_kib, write_results,
 };
+use vitals_e2e::report::percentile;
 use vitals_e2e::{client, wait};
 use vitals_proto::{Phase, Reporter, ReporterConfig, WorkerName};
 

@@ -1,7 +1,7 @@
 //! `make bench`: what leading a group costs the agent (SPEC §9), on the real release binary.
 //!
 //! A leader agent polls `BENCH_MEMBERS` (default 16) members every second (the default
-//! `--group-poll`); each member is a small in-process HTTP server answering a member
+//! `--group-poll`); each member is the toolkit's in-process `FakeMember` answering a member
 //! agent's `/group` document (the leader's cost does not depend on who answers). Measured:
 //! the leader's resident memory once formed, its CPU over `BENCH_IDLE_SECS` (default 60)
 //! seconds of polling, and the same for an agent outside any group, for comparison.
@@ -12,44 +12,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{agent_bin, cpu_ns, env_u64, rss_kib, start_agent, status_kib, write_results};
+use vitals_e2e::member::{live, FakeMember};
 use vitals_e2e::{client, wait};
-
-/// A member agent's `/group` answer on a fresh port, one thread per connection.
-fn member(index: usize) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let body = serde_json::json!({
-        "live": true, "ready": true, "reason": null,
-        "instances": {"ray": format!("{}:{}", 1000 + index, 4242)}
-    })
-    .to_string();
-    thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut conn) = conn else { return };
-            let mut buf = [0u8; 2048];
-            let mut head = Vec::new();
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = write!(
-                conn,
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    addr
-}
 
 /// One GET on a new connection (the toolkit's client, 1 s timeout): the status and body.
 fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), client::ClientError> {
@@ -94,7 +64,11 @@ fn main() {
     let bin = agent_bin();
     let members = usize::try_from(env_u64("BENCH_MEMBERS", 16)).unwrap();
     let idle = Duration::from_secs(env_u64("BENCH_IDLE_SECS", 60));
-    let addrs: Vec<String> = (1..=members).map(|i| member(i).to_string()).collect();
+    // Kept for the whole bench: each answers as long as it lives.
+    let fakes: Vec<FakeMember> = (1..=members)
+        .map(|i| FakeMember::start(live(&format!("{}:4242", 1000 + i))))
+        .collect();
+    let addrs: Vec<String> = fakes.iter().map(|m| m.addr.to_string()).collect();
     let leader_flags = vec![
         "--group-role".to_owned(),
         "leader".to_owned(),

@@ -36,9 +36,9 @@ use tokio_rustls::TlsConnector;
 use yaml_rust2::YamlLoader;
 
 use common::{
-    agent_bin, cpu_seconds, env_u64, percentile, rss_kib, status_kib, workspace, write_results,
-    Measured,
+    agent_bin, cpu_seconds, env_u64, rss_kib, status_kib, workspace, write_results, Measured,
 };
+use vitals_e2e::report::percentile;
 use yaml::yaml_to_json;
 
 const CLIENTS: usize = 8;

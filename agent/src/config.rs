@@ -123,6 +123,18 @@ pub struct RunArgs {
     #[arg(long, env = "POD_IP")]
     pub pod_ip: Option<IpAddr>,
 
+    /// The pod's namespace (downward API `metadata.namespace`). A leader's members derived
+    /// from `--group-size` are then fully qualified names, looked up without the search
+    /// list (SPEC §11).
+    #[arg(long, env = POD_NAMESPACE_ENV)]
+    pub pod_namespace: Option<String>,
+
+    /// The cluster's DNS domain, for the members' fully qualified names. Default: the
+    /// domain in /etc/resolv.conf's search list (`<namespace>.svc.<domain>`, as the
+    /// kubelet writes it), else `cluster.local`.
+    #[arg(long, env = "VITALS_CLUSTER_DOMAIN")]
+    pub cluster_domain: Option<String>,
+
     /// This pod's role in a multi-pod model (SPEC §9): the leader polls its members'
     /// `/group` and judges the group as one; a member only serves `/group`.
     #[arg(long, env = "VITALS_GROUP_ROLE", value_enum)]
@@ -333,6 +345,7 @@ impl TryFrom<RunArgs> for Config {
                 stall: a.stall_timeout,
                 load_stall: a.load_stall_timeout,
                 d_state: a.d_state_timeout,
+                sample_max_age: sample_max_age(a.proc_interval),
             },
             proc_interval: a.proc_interval,
             shutdown_grace: a.shutdown_grace,
@@ -409,10 +422,11 @@ fn group(a: &RunArgs) -> Result<Group, ConfigError> {
                     return Err(err(flag, &format!("{label:?} is not a DNS label")));
                 }
             }
+            let zone = member_zone(a)?;
             (1..size)
                 .map(|i| MemberTarget {
                     index: i as usize,
-                    host: format!("{pod}-{i}.{sub}"),
+                    host: format!("{pod}-{i}.{sub}{zone}"),
                     port: a.listen.port(),
                 })
                 .collect()
@@ -434,6 +448,68 @@ fn group(a: &RunArgs) -> Result<Group, ConfigError> {
         timeout: a.group_timeout,
         lost_after: a.group_lost_after,
     }))
+}
+
+/// How old a /proc sample may be and still count (SPEC §7): three rounds, and at least
+/// 5 s, so that a round made late by a starved node is not taken for a stuck sampler.
+pub fn sample_max_age(proc_interval: Duration) -> Duration {
+    (proc_interval * 3).max(Duration::from_secs(5))
+}
+
+/// The env var the agent reads its pod's namespace from; inject sets it from the downward
+/// API (one name for both).
+pub const POD_NAMESPACE_ENV: &str = "POD_NAMESPACE";
+
+/// Where the kubelet writes a pod's DNS configuration.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// What follows `NAME-i.SUB` in a derived member's name: `.NAMESPACE.svc.DOMAIN.`, fully
+/// qualified (the trailing dot: no search-list walk, SPEC §11), when the namespace is
+/// known; else nothing (the name goes through the search list, as before).
+fn member_zone(a: &RunArgs) -> Result<String, ConfigError> {
+    let err = |flag, why: String| ConfigError::Group { flag, why };
+    let Some(ns) = a
+        .pod_namespace
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    else {
+        tracing::warn!("{POD_NAMESPACE_ENV} is not set: the members' names are looked up through the search list");
+        return Ok(String::new());
+    };
+    if !is_dns_label(ns) {
+        return Err(err("pod-namespace", format!("{ns:?} is not a DNS label")));
+    }
+    let domain = match a
+        .cluster_domain
+        .as_deref()
+        .map(|d| d.trim().trim_end_matches('.'))
+    {
+        Some(d) => d.to_owned(),
+        None => std::fs::read_to_string(RESOLV_CONF)
+            .ok()
+            .and_then(|text| cluster_domain(&text, ns).map(str::to_owned))
+            .unwrap_or_else(|| "cluster.local".to_owned()),
+    };
+    if domain.is_empty() || domain.len() > 200 || !domain.split('.').all(is_dns_label) {
+        return Err(err(
+            "cluster-domain",
+            format!("{domain:?} is not a DNS name"),
+        ));
+    }
+    Ok(format!(".{ns}.svc.{domain}."))
+}
+
+/// The cluster domain in a pod's resolv.conf: the search entry `<namespace>.svc.<domain>`
+/// the kubelet writes first for `dnsPolicy: ClusterFirst` (and `ClusterFirstWithHostNet`).
+fn cluster_domain<'a>(resolv_conf: &'a str, namespace: &str) -> Option<&'a str> {
+    let prefix = format!("{namespace}.svc.");
+    resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("search"))
+        .flat_map(str::split_whitespace)
+        .find_map(|entry| entry.trim_end_matches('.').strip_prefix(prefix.as_str()))
+        .filter(|d| !d.is_empty())
 }
 
 /// Parses one `HOST:PORT` of `--group-members` (`[v6]:PORT` for IPv6 addresses).
@@ -578,6 +654,57 @@ mod tests {
             "--group-subdomain",
             subdomain,
         ]
+    }
+
+    /// SPEC §11: a LeaderWorkerSet leader that knows its namespace looks its members up
+    /// by fully qualified name (trailing dot), never through the search list (ndots 5 makes
+    /// `NAME-i.SUB` walk every search domain first).
+    #[test]
+    fn a_leader_that_knows_its_namespace_names_its_members_fully_qualified() {
+        let shown = |extra: &[&str]| match group_of(
+            &[&lws_leader("3", "vllm-0", "vllm")[..], extra].concat(),
+        ) {
+            Ok(Group::Leader(g)) => g
+                .members
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            other => panic!("a leader: {other:?}"),
+        };
+        assert_eq!(
+            shown(&[
+                "--pod-namespace",
+                "serving",
+                "--cluster-domain",
+                "corp.example"
+            ]),
+            [
+                "vllm-0-1.vllm.serving.svc.corp.example.:9180",
+                "vllm-0-2.vllm.serving.svc.corp.example.:9180"
+            ]
+        );
+        let bad = group_of(
+            &[
+                &lws_leader("2", "p", "s")[..],
+                &["--pod-namespace", "Bad_NS"],
+            ]
+            .concat(),
+        );
+        assert!(
+            matches!(
+                bad,
+                Err(ConfigError::Group {
+                    flag: "pod-namespace",
+                    ..
+                })
+            ),
+            "{bad:?}"
+        );
+        let resolv = "nameserver 10.96.0.10\nsearch serving.svc.corp.example svc.corp.example corp.example\noptions ndots:5\n";
+        assert_eq!(cluster_domain(resolv, "serving"), Some("corp.example"));
+        assert_eq!(cluster_domain(resolv, "other"), None);
+        assert_eq!(cluster_domain("search serving.svc.\n", "serving"), None);
+        assert_eq!(cluster_domain("", "serving"), None);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::io::{Read, Write};
 use anyhow::Context as _;
 use clap::Args;
 
-pub use self::upstreams::{PROFILE_ANNOTATION_PREFIX, UPSTREAMS_ENV};
+pub use self::upstreams::{CANARY_ANNOTATION_PREFIX, PROFILE_ANNOTATION_PREFIX, UPSTREAMS_ENV};
 use self::yaml::{Map, Node};
 
 /// Name of the agent container; how an existing injection is recognised.
@@ -360,6 +360,14 @@ pub enum Problem {
         profile: String,
         /// The built-in names, comma-separated.
         known: String,
+    },
+    /// The canary annotation cannot be turned into a canary the agent accepts.
+    #[error("{CANARY_ANNOTATION_PREFIX}{container}: {problem}")]
+    BadCanary {
+        /// The container.
+        container: String,
+        /// What is wrong.
+        problem: String,
     },
     /// A kind inject does not know carries containers: its pods would go unwatched.
     #[error("kind {kind} carries containers ({at}) but inject does not know where its pod template is, so its pods would not be watched; for pods a controller makes, use the admission webhook (vitals-agent webhook, SPEC §10), or pass --skip-unknown to leave this document as it is")]
@@ -797,7 +805,8 @@ fn inject_pod(
         })
         .unwrap_or_default();
     let same_version = annotation(tmpl, VERSION_ANNOTATION) == Some(VERSION);
-    let profile_overrides = upstreams::profile_annotations(tmpl);
+    let profile_overrides = upstreams::annotations(tmpl, PROFILE_ANNOTATION_PREFIX);
+    let canaries = upstreams::annotations(tmpl, CANARY_ANNOTATION_PREFIX);
     let spec = tmpl
         .get_mut("spec")
         .and_then(Node::as_map_mut)
@@ -849,10 +858,17 @@ fn inject_pod(
         if wired.is_none() && role.is_some() {
             wired = Some((upstreams::wire_headless(c, &name, &mut warnings), None));
         }
-        if let Some((entry, profile)) = wired {
+        if let Some((mut entry, profile)) = wired {
             if !is_worker_name(&name) {
                 return Err(Problem::BadWorkerName { name });
             }
+            entry.canary = upstreams::canary(
+                &name,
+                &entry,
+                canaries.get(&name).map(String::as_str),
+                before.get(&name),
+                profile,
+            )?;
             // A leader's model container needs a liveness probe on the agent for the
             // group's verdict (`group_broken`) to restart it (SPEC §9).
             if role == Some(GroupRole::Leader) && c.get("livenessProbe").is_none() {

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Group};
 use crate::sources::proc::{LiveProc, ProcSource};
 use crate::sources::socket::{SocketError, SocketListener};
-use crate::state::group::SharedGroup;
+use crate::state::group::{GroupState, SharedGroup};
 use crate::state::registry::Registry;
 use crate::state::snapshot::{AgentHealth, GroupSource, Snapshots};
 use crate::surfaces::metrics::Metrics;
@@ -84,6 +84,22 @@ impl Listeners {
     }
 }
 
+/// The agent's tokio runtime (the binary's, and tests that check what it allows). One
+/// thread is plenty: every task is short, in-memory work. It keeps idle RSS and CPU near
+/// zero.
+///
+/// The /proc sampler has a thread of its own (SPEC §7); the blocking pool serves name
+/// lookups (group members, named probe hosts) and has one thread, so that a hung resolver
+/// ties up one thread, not more: lookups are few (one per member, retried with a backoff),
+/// and glibc gives every thread that allocates an arena of its own (measured: 3 threads →
+/// 2, see docs/benchmarks.md).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(1)
+        .build()
+}
+
 /// Runs the agent until `shutdown` is cancelled, then keeps answering (readiness
 /// failing) for `config.shutdown_grace`, and returns. The socket file is removed on
 /// return. Must be called inside a tokio runtime with time and IO enabled.
@@ -121,8 +137,13 @@ pub async fn run_with(
     let metrics = Arc::new(Metrics::new());
     // A leader's snapshots also judge its group, which its poller learns (SPEC §9).
     let mut group = None;
+    // The leader's own pod judged without its group: what formation reads.
+    let own = snapshots.clone();
     if let Group::Leader(g) = &config.group {
-        let shared = Arc::new(SharedGroup::new(&g.members, Instant::now()));
+        let shared = Arc::new(SharedGroup::new(GroupState::new(
+            &g.members,
+            Instant::now(),
+        )));
         snapshots = snapshots.with_group(GroupSource {
             shared: Arc::clone(&shared),
             limits: verdict::group::GroupLimits {
@@ -190,7 +211,7 @@ pub async fn run_with(
             &tasks,
             &sources::group::Context {
                 group: shared,
-                registry: Arc::clone(&registry),
+                own,
                 metrics: Arc::clone(&metrics),
                 config: g,
             },

@@ -39,18 +39,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// One thread is plenty: every task is short, in-memory work; /proc reads go to the
-/// blocking pool. It keeps idle RSS and CPU near zero.
-///
-/// The pool has one thread: its one regular user, the /proc sampler, awaits each round
-/// before the next, so a second thread would only sit idle, and glibc gives every thread
-/// that allocates an arena of its own (measured: 3 threads → 2, see docs/benchmarks.md).
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .max_blocking_threads(1)
-        .build()
-        .context("cannot start the tokio runtime")
+    vitals_agent::runtime().context("cannot start the tokio runtime")
 }
 
 fn init_logging(format: LogFormat) {

@@ -1,6 +1,7 @@
 //! The agent's one outbound HTTP client: connect with the caller's timeout around it, one
 //! request at a time, the response head and body read with hard caps. The upstream probers
-//! (kubelet-style HTTP and gRPC), the metrics scraper and `vitals-agent status` all use it,
+//! (kubelet-style HTTP and gRPC), the metrics scraper, the canary (SPEC §12) and
+//! `vitals-agent status` all use it,
 //! so the caps, the failure mapping and the IPv6 authority (`[fd00::5]:8000`) are written
 //! once.
 //!
@@ -256,6 +257,67 @@ pub async fn get_once(
         .await
 }
 
+/// One POST of `json` to `path` over HTTP/1.1, with the agent's [`default_headers`], on a
+/// fresh connection that is closed after the answer, its body kept up to `limit` bytes (a
+/// streamed answer is read to its last chunk, so a deadline around the call covers the
+/// whole answer).
+pub async fn post_json_once(
+    (host, port): (&str, u16),
+    path: &str,
+    json: &serde_json::Value,
+    limit: usize,
+) -> Result<Answer, Failure> {
+    let body = Bytes::from(json.to_string());
+    let headers = default_headers("application/json");
+    let stream = connect(host, port).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(HEAD_LIMIT)
+        .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+        .await
+        .map_err(|e| hyper_failure(&e))?;
+    let _conn = ConnTask(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    let mut first = vec![
+        (CONNECTION, HeaderValue::from_static("close")),
+        (
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ),
+    ];
+    if let Ok(v) = HeaderValue::from_str(&authority(host, port)) {
+        first.push((HOST, v));
+    }
+    let req = post_request(path.to_owned(), &first, &headers, body)?;
+    kept_answer(sender.send_request(req).await, limit).await
+}
+
+/// A POST of `body` to `target`, with `first` and then `headers` (a later one replaces an
+/// earlier one of the same name).
+fn post_request(
+    target: String,
+    first: &[(HeaderName, HeaderValue)],
+    headers: &[(HeaderName, HeaderValue)],
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, Failure> {
+    let mut req = Request::post(target)
+        .body(Full::new(body))
+        .map_err(|e| Failure::Protocol(e.to_string()))?;
+    for (name, value) in first.iter().chain(headers) {
+        req.headers_mut().insert(name.clone(), value.clone());
+    }
+    Ok(req)
+}
+
+/// The answer to a request, its body kept up to `limit` bytes with its trailers.
+async fn kept_answer(
+    sent: Result<hyper::Response<Incoming>, hyper::Error>,
+    limit: usize,
+) -> Result<Answer, Failure> {
+    let (parts, body) = sent.map_err(|e| hyper_failure(&e))?.into_parts();
+    read_body::<Incoming>(parts.status, parts.headers, body, BodyRead::Keep(limit)).await
+}
+
 /// One POST over cleartext HTTP/2 (prior knowledge, as gRPC speaks it) on a fresh
 /// connection, its body kept up to `limit` bytes with its trailers.
 pub async fn post_h2(
@@ -275,18 +337,13 @@ pub async fn post_h2(
     let _conn = ConnTask(tokio::spawn(async move {
         let _ = conn.await;
     }));
-    let mut req = Request::post(format!("http://{}{path}", authority(host, port)))
-        .body(Full::new(body))
-        .map_err(|e| Failure::Protocol(e.to_string()))?;
-    for (name, value) in headers {
-        req.headers_mut().insert(name.clone(), value.clone());
-    }
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| hyper_failure(&e))?;
-    let (parts, body) = resp.into_parts();
-    read_body::<Incoming>(parts.status, parts.headers, body, BodyRead::Keep(limit)).await
+    let req = post_request(
+        format!("http://{}{path}", authority(host, port)),
+        &[],
+        headers,
+        body,
+    )?;
+    kept_answer(sender.send_request(req).await, limit).await
 }
 
 #[cfg(test)]

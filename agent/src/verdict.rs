@@ -50,6 +50,9 @@ pub struct Thresholds {
     pub load_stall: Duration,
     /// Continuously in state `D` for this long.
     pub d_state: Duration,
+    /// A /proc sample older than this is no evidence (a stuck or late sampler;
+    /// [`crate::config::sample_max_age`]).
+    pub sample_max_age: Duration,
 }
 
 /// Whose verdict a probe answers (SPEC §2, §3). Typed, not a name: a container may have
@@ -160,6 +163,8 @@ pub enum CheckName {
     Process,
     /// An upstream is not asleep waiting for an operator's wake-up (SPEC §12).
     Awake,
+    /// No child of an upstream's process has been a zombie for the grace period (SPEC §12).
+    Children,
     /// An upstream's own readiness probe.
     ReadinessProbe,
     /// One of a worker's own checks, by its name.
@@ -464,14 +469,10 @@ fn proc_rules(
     t: &Thresholds,
     now: Instant,
 ) -> (bool, bool) {
-    let counts = p.pid_status() == PidStatus::Exists && p.latest_counts(ran_at);
-    let held_for = |since: Option<Instant>, bound: Duration| {
-        counts && since.is_some_and(|s| elapsed(s, now) >= bound)
-    };
-    (
-        held_for(p.stopped_since, t.hang),
-        held_for(p.d_since, t.d_state),
-    )
+    let (stopped, d) = p.runs(ran_at, now, t.sample_max_age);
+    let held_for =
+        |since: Option<Instant>, bound: Duration| since.is_some_and(|s| elapsed(s, now) >= bound);
+    (held_for(stopped, t.hang), held_for(d, t.d_state))
 }
 
 #[cfg(test)]
@@ -490,6 +491,8 @@ pub(crate) mod tests {
         stall: Duration::from_secs(30),
         load_stall: Duration::from_secs(300),
         d_state: Duration::from_secs(30),
+        // The tables below feed one sample and judge it much later; staleness has its own.
+        sample_max_age: Duration::from_secs(3600),
     };
     const EPS: Duration = Duration::from_millis(1);
 
@@ -568,12 +571,12 @@ pub(crate) mod tests {
                 threads: 3,
                 start_time: start,
             };
-            self.state.apply_proc(&target, None, Some(Ok(sample)));
+            self.state.apply_proc(&target, None, Some(Ok(sample)), None);
         }
         fn gone(&mut self, w: &str) {
             let target = self.target(w);
             self.state
-                .apply_proc(&target, None, Some(Err(SampleError::Gone(PEER.pid))));
+                .apply_proc(&target, None, Some(Err(SampleError::Gone(PEER.pid))), None);
         }
         fn eval(&self, d: Duration) -> Verdicts {
             let now = self.at(d);

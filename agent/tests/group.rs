@@ -1,110 +1,17 @@
 //! Groups (SPEC §9) on a real agent: every agent's `GET /group`, and a leader judging
-//! scripted members (a small HTTP server per member whose answer the test switches):
+//! scripted members (the toolkit's [`FakeMember`], whose answer the test switches):
 //! formation, a member not live, restarted, unreachable and lost, and hostile members
 //! (hang, accept and never answer, reset, garbage, 10 MB) that never slow a probe.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{eventually, metric, Agent, Resp};
 use vitals_agent::config::{Config, Group, GroupConfig, MemberTarget};
+use vitals_e2e::member::{live, not_live, Behaviour, FakeMember};
 use vitals_proto::WorkerName;
-
-/// What a scripted member does with each connection.
-#[derive(Debug, Clone)]
-enum Behaviour {
-    /// Answers this `/group` document.
-    Answer(serde_json::Value),
-    /// Accepts and never answers (holds the connection).
-    Hang,
-    /// Accepts, reads the request, closes with a reset.
-    Reset,
-    /// Answers 200 with a body that is not JSON.
-    Garbage,
-    /// Answers 200 with a 10 MB body.
-    Huge,
-}
-
-/// A member agent as the leader sees it: an address that answers as told.
-struct FakeMember {
-    addr: SocketAddr,
-    behaviour: Arc<Mutex<Behaviour>>,
-}
-
-impl FakeMember {
-    fn start(initial: Behaviour) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let behaviour = Arc::new(Mutex::new(initial));
-        let shared = Arc::clone(&behaviour);
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { return };
-                let b = shared.lock().unwrap().clone();
-                std::thread::spawn(move || serve(conn, &b));
-            }
-        });
-        Self { addr, behaviour }
-    }
-
-    fn set(&self, b: Behaviour) {
-        *self.behaviour.lock().unwrap() = b;
-    }
-}
-
-fn serve(mut conn: TcpStream, b: &Behaviour) {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let reply = |conn: &mut TcpStream, body: &[u8]| {
-        let head = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-            body.len()
-        );
-        let _ = conn.write_all(head.as_bytes());
-        let _ = conn.write_all(body);
-    };
-    match b {
-        Behaviour::Answer(doc) => reply(&mut conn, doc.to_string().as_bytes()),
-        Behaviour::Hang => std::thread::sleep(Duration::from_secs(60)),
-        Behaviour::Reset => {
-            let _ = reset_on_close(&conn);
-        }
-        Behaviour::Garbage => reply(&mut conn, b"\x00\xffnot json at all"),
-        Behaviour::Huge => reply(&mut conn, &vec![b'['; 10 * 1024 * 1024]),
-    }
-}
-
-/// Closes with RST (SO_LINGER 0) rather than FIN.
-fn reset_on_close(conn: &TcpStream) -> nix::Result<()> {
-    let linger = nix::libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    nix::sys::socket::setsockopt(conn, nix::sys::socket::sockopt::Linger, &linger)
-}
-
-fn live(ray: &str) -> Behaviour {
-    Behaviour::Answer(serde_json::json!({
-        "live": true, "ready": true, "reason": null, "instances": {"ray": ray}
-    }))
-}
-
-fn not_live(reason: &str) -> Behaviour {
-    Behaviour::Answer(serde_json::json!({
-        "live": false, "ready": false, "reason": reason, "instances": {}
-    }))
-}
 
 /// Poll period, timeout and lost bound of these tests: `--group-poll 100ms`,
 /// `--group-timeout 400ms`, `--group-lost-after 1500ms`.
@@ -348,6 +255,15 @@ fn hostile_members_never_slow_the_leaders_probes() {
     assert_eq!(errors[0], "timeout", "{errors:?}");
     assert!(errors[2].starts_with("bad /group answer"), "{errors:?}");
     assert!(errors[3].contains("body over 65536 bytes"), "{errors:?}");
+    // Each failed poll is timed under its result.
+    let m = agent.metrics();
+    for result in ["timeout", "garbage"] {
+        let series = format!("vitals_group_poll_duration_seconds_count{{result=\"{result}\"}}");
+        assert!(
+            metric(&m, &series).is_some_and(|n| n >= 1.0),
+            "{series} in\n{m}"
+        );
+    }
 }
 
 #[test]
@@ -357,7 +273,7 @@ fn a_leaders_metrics_pass_promtool_check() {
     agent.wait_for("/readyz", 200, "ok");
     let text = eventually("a group poll observed", || {
         let m = agent.metrics();
-        metric(&m, "vitals_group_poll_duration_seconds_count")
+        metric(&m, "vitals_group_poll_duration_seconds_count{result=\"ok\"}")
             .filter(|n| *n > 0.0)
             .map(|_| m)
     });

@@ -1373,3 +1373,56 @@ fn an_agent_restart_never_restarts_the_model_it_watches() {
         "the original 10 s × 3 would restart vLLM: the test must be able to fail"
     );
 }
+
+#[test]
+fn the_canary_annotation_asks_for_a_canary_the_agent_accepts() {
+    let plain = fixture("vllm-deployment.in.yaml");
+    let with = |value: &str| {
+        plain.replacen(
+            "      labels:\n        app: llama-3-8b\n",
+            &format!("      labels:\n        app: llama-3-8b\n      annotations:\n        vitals.dev/canary.vllm: '{value}'\n"),
+            1,
+        )
+    };
+    let canary_of = |text: &str| {
+        let (config, _) =
+            upstreams_of(&inject_documents(text, &InjectOptions::default()).expect("inject"));
+        config["vllm"].get("canary").cloned()
+    };
+    assert_eq!(canary_of(&plain), None, "off unless asked for");
+    assert_eq!(canary_of(&with("on")), Some(serde_json::json!({})));
+    assert_eq!(canary_of(&with("off")), None);
+    assert_eq!(
+        canary_of(&with(r#"{"idle": "5m", "deadline": "20s"}"#)),
+        Some(serde_json::json!({"idle": "5m", "deadline": "20s"}))
+    );
+    // Re-injection without the annotation keeps what an earlier one wrote.
+    let once = inject_documents(&with("on"), &InjectOptions::default()).expect("inject");
+    let again = once.replace("vitals.dev/canary.vllm: 'on'", "x: y");
+    let (config, _) =
+        upstreams_of(&inject_documents(&again, &InjectOptions::default()).expect("inject"));
+    assert_eq!(config["vllm"]["canary"], serde_json::json!({}));
+    for (value, want) in [
+        (
+            "yes",
+            "vitals.dev/canary.vllm: expected on, off or a canary object",
+        ),
+        (
+            r#"{"idle": "soon"}"#,
+            "vitals.dev/canary.vllm: upstreams.vllm.canary.idle: \"soon\" is not a duration",
+        ),
+    ] {
+        let e = error_of(&with(value), &InjectOptions::default()).to_string();
+        assert!(e.contains(want), "{value}: {e}");
+    }
+    // A profile without a default request needs one written out.
+    let triton = with("on").replace(
+        "vllm/vllm-openai:v0.8.5",
+        "nvcr.io/nvidia/tritonserver:24.08-py3",
+    );
+    let e = error_of(&triton, &InjectOptions::default()).to_string();
+    assert!(
+        e.contains("canary.request: required: profile triton has no default canary request"),
+        "{e}"
+    );
+}

@@ -3,8 +3,8 @@
 //! client, oversized headers, and a full connection cap (a new connection takes the
 //! place of the oldest idle one).
 //!
-//! Latency bounds: the contract is "well under 10 ms"; the bench (`scripts/bench-agent.sh`,
-//! release build) reports p50/p99. Here, in a debug build on shared CI cores, the test
+//! Latency bounds: the contract is "well under 10 ms"; `make bench` (agent/benches/footprint.rs,
+//! on the release binary) reports p50/p99. Here, in a debug build on shared CI cores, the test
 //! asserts p99 under 10 ms and the worst single probe under 100 ms, so that scheduler
 //! noise does not fail it while a probe that waited on a worker (seconds) still would.
 #![allow(missing_docs, clippy::unwrap_used)]

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::fixtures::{fixture_dir, inject_args};
+use common::review::{apply, pod_review, response_of};
 use common::yaml::yaml_to_json;
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;

@@ -6,6 +6,7 @@
 //! another container's process: started in a cgroup of its own.
 
 use std::fs;
+use std::io::Write as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -130,6 +131,17 @@ impl Container {
         self.child.id()
     }
 
+    /// The children of the container's process (a shell's commands), as
+    /// `/proc/<pid>/task/<pid>/children` lists them.
+    pub fn children(&self) -> Vec<u32> {
+        let pid = self.pid();
+        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
     /// Sends `sig` to the container's whole process group.
     pub fn signal(&self, sig: Signal) {
         signal::killpg(self.group(), sig).expect("signal the container");
@@ -147,17 +159,24 @@ impl Drop for Container {
     }
 }
 
-/// `argv` in a process group of its own, output discarded, moved into `cgroup`.
+/// `argv` in a process group of its own, output discarded, in `cgroup` from before it
+/// runs: a shell holds at a `read` until it has been moved, then execs `argv`, so every
+/// child `argv` starts is born in the cgroup (a shell's child forked before a move from
+/// outside would be left behind).
 fn spawn_in(name: &str, cgroup: &Cgroup, argv: &[&str]) -> Child {
-    let child = Command::new(argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
+    let mut child = Command::new("sh")
+        .args(["-c", "read -r _; exec \"$@\"", "sh"])
+        .args(argv)
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("{name}: cannot start {argv:?}: {e}"));
     cgroup.add(child.id()).expect("move into its cgroup");
+    let mut gate = child.stdin.take().expect("piped");
+    gate.write_all(b"\n")
+        .unwrap_or_else(|e| panic!("{name}: cannot let {argv:?} start: {e}"));
     child
 }
 

@@ -29,6 +29,10 @@
 //!   engine and `/health` are fine), `/control/close` (stop listening; the process lives
 //!   on), `/control/unhang` (every engine loop resumes), `GET /control/state` (JSON:
 //!   asleep, and the wake-ups by request and by operator).
+//! - `GET /v1/models` and `POST /v1/completions` (a 1-token answer that moves engine 0's
+//!   counters), what the canary of SPEC §12 sends, and `/control/die[?after_first_chunk=1]`:
+//!   the engine died while idle (vLLM #16259): `/health` and `/v1/models` (the API
+//!   server's) still answer, a completion never does, or stops after its first chunk.
 //!
 //! [`serve_llamacpp`] is the same switches in front of a fake llama.cpp server
 //! (ggml-org/llama.cpp tools/server), with the behaviours of the real one that the
@@ -115,6 +119,18 @@ struct Engine {
     last_inference: Instant,
     wakes_by_request: u64,
     wakes_by_operator: u64,
+    /// The engine died while idle (`/control/die`).
+    dead: Option<Death>,
+}
+
+/// How a dead engine answers a completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Death {
+    /// Not at all: the request waits forever.
+    Silent,
+    /// The head and a first chunk, then nothing (a worker frozen after its first chunk,
+    /// Dynamo #13675).
+    AfterFirstChunk,
 }
 
 impl Engine {
@@ -154,6 +170,7 @@ pub fn serve(listener: TcpListener, options: VllmOptions) {
         last_inference: Instant::now(),
         wakes_by_request: 0,
         wakes_by_operator: 0,
+        dead: None,
     }));
     let started = Instant::now();
     {
@@ -310,6 +327,39 @@ fn answer(
                 ),
             )
         }
+        // vllm/entrypoints/openai/api_server.py `show_available_models`: answered by the
+        // API server from its own list, without the engine.
+        ("GET", "/v1/models") => (
+            200,
+            r#"{"object":"list","data":[{"id":"fake/llama","object":"model","owned_by":"vllm"}]}"#
+                .into(),
+        ),
+        ("POST", "/v1/completions") => {
+            std::thread::sleep(delay);
+            let mut e = lock(engine);
+            if let Some(death) = e.dead {
+                drop(e);
+                return never_complete(stream, death);
+            }
+            e.last_inference = Instant::now();
+            let core = &mut e.cores[0];
+            core.prompt_tokens += 1;
+            core.generation_tokens += 1;
+            core.iterations += 1;
+            (
+                200,
+                r#"{"id":"cmpl-0","object":"text_completion","model":"fake/llama","choices":[{"index":0,"text":" pong","finish_reason":"length"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#
+                    .into(),
+            )
+        }
+        ("POST", "/control/die") => {
+            lock(engine).dead = Some(if param("after_first_chunk") == 1 {
+                Death::AfterFirstChunk
+            } else {
+                Death::Silent
+            });
+            (200, "ok".into())
+        }
         ("POST", "/control/loaded") => {
             lock(engine).loading = false;
             (200, "ok".into())
@@ -374,6 +424,23 @@ fn answer(
         "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: {connection}\r\n\r\n{body}",
         body.len()
     )
+}
+
+/// A completion to a dead engine: nothing, or a chunked head and one chunk, and then the
+/// connection stays open and silent (the server process lives on).
+fn never_complete(stream: &mut TcpStream, death: Death) -> std::io::Result<()> {
+    if death == Death::AfterFirstChunk {
+        let chunk = "data: {\"choices\":[{\"text\":\" po\"}]}\n\n";
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n",
+            chunk.len()
+        )?;
+        stream.flush()?;
+    }
+    loop {
+        std::thread::park();
+    }
 }
 
 fn metrics(e: &Engine) -> String {
@@ -762,7 +829,7 @@ fn query_param_str<'q>(query: &'q str, k: &str) -> Option<&'q str> {
 }
 
 /// A request head: method, target, header lines (name, value).
-type Head = (String, String, Vec<(String, String)>);
+pub(crate) type Head = (String, String, Vec<(String, String)>);
 
 /// One request read from a connection.
 struct Request {
@@ -773,7 +840,7 @@ struct Request {
 
 /// The request line's method and target, and the header lines (no bodies are sent to
 /// these servers).
-fn read_head(stream: &TcpStream) -> Option<Head> {
+pub(crate) fn read_head(stream: &TcpStream) -> Option<Head> {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut reader = BufReader::new(stream.try_clone().ok()?);
     read_request(&mut reader).map(|r| r.head)
@@ -891,6 +958,15 @@ impl FakeVllm {
     /// The engine loop stops; `/health` keeps answering 200.
     pub fn hang_engine(&self) {
         self.control("/control/hang");
+    }
+
+    /// The engine dies while idle: `/health` stays 200, completions never answer (with
+    /// `after_first_chunk`, they stop after their first chunk).
+    pub fn die(&self, after_first_chunk: bool) {
+        self.control(&format!(
+            "/control/die?after_first_chunk={}",
+            u8::from(after_first_chunk)
+        ));
     }
 
     /// Engine `i` of a data-parallel server stops alone.

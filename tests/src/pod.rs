@@ -63,6 +63,9 @@ pub struct AgentOptions {
     pub listen: Option<String>,
     /// A cgroup (the agent's "container") the agent is moved into at each start.
     pub cgroup: Option<Arc<Cgroup>>,
+    /// `--expect`: the protocol workers the pod has (`model`, the toolkit's worker; none in
+    /// a pod whose containers are all upstreams, such as a group's).
+    pub expect: Vec<String>,
 }
 
 impl Default for AgentOptions {
@@ -80,6 +83,7 @@ impl Default for AgentOptions {
             extra_args: Vec::new(),
             listen: None,
             cgroup: None,
+            expect: vec!["model".to_owned()],
         }
     }
 }
@@ -300,8 +304,9 @@ impl Pod {
                 .unwrap_or_else(|| self.agent_addr.to_string()),
             "--socket".into(),
             self.socket().to_string_lossy().into_owned(),
-            "--expect".into(),
-            "model".into(),
+        ]);
+        argv.extend(o.expect.iter().map(|w| format!("--expect={w}")));
+        argv.extend([
             "--hang-timeout".into(),
             duration_arg(o.hang_timeout),
             "--stall-timeout".into(),
@@ -784,6 +789,20 @@ impl Drop for Watch {
     }
 }
 
+/// The resident memory of process `pid` (`VmRSS` in `/proc/<pid>/status`), in KiB; `None`
+/// once it is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Reads the state letter of `/proc/<pid>/stat` (`R`, `S`, `D`, `T`, ...).
 pub fn proc_state(pid: Pid) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -819,6 +838,13 @@ mod tests {
             Some(3)
         );
         assert_eq!(find_worker(&map, "x"), None);
+    }
+
+    #[test]
+    fn reads_the_resident_memory_of_this_process() {
+        let kib = rss_kib(std::process::id()).expect("this process has a VmRSS");
+        assert!(kib > 0);
+        assert_eq!(rss_kib(u32::MAX), None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Probing like the kubelet: one HTTP probe ([`probe_once`], [`kubelet_probe`]) and the
 //! threshold state machine that turns probe results into kubelet decisions ([`ProbeWorker`]).
 //!
-//! Mirrors `shared/tools/kubeprobe.py` (itself taken from kubelet 1.32): a NEW connection per
+//! Mirrors the kubelet's httpGet prober (kubernetes/kubernetes 1.32: pkg/probe/http/http.go
+//! and request.go, pkg/kubelet/prober/prober.go and worker.go): a NEW connection per
 //! probe with `Connection: close`, one deadline (1 s by default) over connect, request and
 //! body, the body capped at 10 KiB, success iff 200 ≤ status < 400 (a 3xx is a "warning",
 //! which the kubelet counts as success), a connect or header error is a counted failure, a

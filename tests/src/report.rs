@@ -11,6 +11,18 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use crate::pod::append;
+
+/// The `p` quantile of `sorted` (non-empty, ascending) by nearest rank: the smallest value
+/// with at least `p` of the samples at or below it. The one definition of the tests and
+/// benches, so their p50s and p99s compare.
+///
+/// # Panics
+/// When `sorted` is empty.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    assert!(!sorted.is_empty(), "a percentile of no samples");
+    let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
 use crate::timeline::{Starvation, Timeline};
 
 /// How long after a fault Vitals noticed it, and the bound it had to meet: the configured
@@ -111,6 +123,15 @@ fn skip_allowed(allow_list: &str, id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let ms: Vec<_> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&ms, 0.5), Duration::from_millis(50));
+        assert_eq!(percentile(&ms, 0.99), Duration::from_millis(99));
+        assert_eq!(percentile(&ms, 1.0), Duration::from_millis(100));
+        assert_eq!(percentile(&ms[..1], 0.99), Duration::from_millis(1));
+    }
 
     #[test]
     fn renders_like_the_issue_asks() {

@@ -103,14 +103,6 @@ pub fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
-/// The `p` quantile of `sorted` (non-empty, ascending) by nearest rank: the smallest
-/// value with at least `p` of the samples at or below it; the same definition in every
-/// bench, so their p99s compare.
-pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
-    let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
 /// Writes `results` to `bench-results/<file>` (pretty JSON).
 pub fn write_results(file: &str, results: &serde_json::Value) {
     let out = workspace().join("bench-results");

@@ -9,6 +9,7 @@
 //! httpGet.port: ...` is found by a person reading `kubectl logs`. [`profiles`] are the
 //! engines the `metrics` object can name.
 
+pub mod canary;
 pub mod profiles;
 pub mod schema;
 
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use vitals_proto::WorkerName;
 
+use self::canary::CanarySpec;
 use self::profiles::Profile;
 use crate::sources::upstream::expo;
 
@@ -215,6 +217,11 @@ pub struct UpstreamSpec {
     pub metrics: Option<MetricsSpec>,
     /// Its process's command line, when recorded.
     pub process: Option<ProcessSpec>,
+    /// A zombie child fails its liveness too: the server cannot recover the child
+    /// ([`profiles::children_unrecoverable`]).
+    pub children_unrecoverable: bool,
+    /// Its opt-in canary (SPEC §12), when asked for.
+    pub canary: Option<CanarySpec>,
 }
 
 impl UpstreamSpec {
@@ -328,11 +335,36 @@ pub fn parse_with_env(
                 *sleep = SleepSpec::from_cmdline(sleep.signal, &p.cmdline);
             }
         }
+        let children_unrecoverable = metrics
+            .as_ref()
+            .and_then(|m| m.profile)
+            .is_some_and(profiles::children_unrecoverable);
+        let canary = match &entry.canary {
+            None => None,
+            Some(c) => {
+                let http = ProbeKind::ALL.iter().find_map(|k| match probes.get(k) {
+                    Some(ProbeSpec {
+                        action: Action::Http(h),
+                        ..
+                    }) => Some((h.host.clone(), h.port)),
+                    _ => None,
+                });
+                let profile = metrics.as_ref().and_then(|m| m.profile);
+                Some(canary::resolve(
+                    c,
+                    &format!("{name}.canary"),
+                    profile,
+                    http,
+                )?)
+            }
+        };
         out.push(UpstreamSpec {
             name: worker,
             probes,
             metrics,
             process,
+            children_unrecoverable,
+            canary,
         });
     }
     Ok(out)

@@ -70,6 +70,8 @@ pub(super) fn ensure_group_env(env: &mut Vec<Node>, group: Option<&Group>) {
                     ensure_env(env, "VITALS_GROUP_SUBDOMAIN", subdomain)
                 }
             }
+            // The members' names fully qualified, no search-list walk (SPEC §11).
+            ensure_field_env(env, crate::config::POD_NAMESPACE_ENV, "metadata.namespace");
         }
         GroupRole::Member => {
             env.retain(|e| !container_name(e).is_some_and(|n| LEADER_ONLY.contains(&n)))

@@ -13,11 +13,11 @@ const REQUESTS: (&str, &str) = ("10m", "16Mi");
 /// Its limits outside a group: they only bound a runaway.
 const LIMITS: (&str, &str) = ("200m", "64Mi");
 /// Its memory limit in a group pod, where an OOM kill restarts the whole group (SPEC §11: at
-/// least 4x the peak RSS measured under the benches). Measured 2026-12-07 (docs/benchmarks.md,
-/// "Memory limit in group pods"), the debug build, whose pages make it the larger: peak
-/// 30.5 MiB under the connection flood of agent/tests/connections.rs (1000 idle + 200
-/// slow-loris connections at the 1024 cap), PEAK_GROUP below as a leader of 32 members
-/// (agent/benches/group_footprint.rs). 128Mi is 4.2x the flood's peak.
+/// least 4x the peak RSS measured under the benches). Peaks measured 2026-12-07
+/// (docs/benchmarks.md, "Memory limit in group pods"): 25.1 MiB for the release binary (30.7
+/// MiB for the debug build) under the connection flood of agent/tests/connections.rs (1000
+/// idle + 200 slow-loris connections at the 1024 cap); 6.0 MiB (11.3) as the leader of 32
+/// members (agent/benches/group_footprint.rs). 128Mi is 5.1x the release peak, 4.2x the debug.
 const GROUP_MEMORY_LIMIT: &str = "128Mi";
 /// Its CPU in a Guaranteed group pod, where requests must equal limits: a whole CPU, which
 /// its ticker (about 0.1 % of a core, docs/benchmarks.md) cannot exhaust, so the CFS quota

@@ -34,8 +34,13 @@ const PROBES: [(&str, &str); 3] = [
     ("readinessProbe", "readyz"),
 ];
 
-/// `container → profile` from the pod template's `vitals.dev/profile.<c>` annotations.
-pub(super) fn profile_annotations(tmpl: &Map) -> BTreeMap<String, String> {
+/// Pod annotation prefix asking for a container's canary (SPEC §12): `on` (the profile's
+/// default request), `off`, or the `"canary"` object as JSON.
+pub const CANARY_ANNOTATION_PREFIX: &str = "vitals.dev/canary.";
+
+/// `container → value` from the pod template's `<prefix><c>` annotations
+/// (`vitals.dev/profile.<c>`, `vitals.dev/canary.<c>`).
+pub(super) fn annotations(tmpl: &Map, prefix: &str) -> BTreeMap<String, String> {
     tmpl.get("metadata")
         .and_then(Node::as_map)
         .and_then(|m| m.get("annotations"))
@@ -43,7 +48,7 @@ pub(super) fn profile_annotations(tmpl: &Map) -> BTreeMap<String, String> {
         .map(|a| {
             a.0.iter()
                 .filter_map(|(k, v)| {
-                    let c = k.value.strip_prefix(PROFILE_ANNOTATION_PREFIX)?;
+                    let c = k.value.strip_prefix(prefix)?;
                     Some((c.to_string(), v.as_str()?.trim().to_string()))
                 })
                 .collect()
@@ -167,6 +172,52 @@ pub(super) fn wire_upstream(
     };
     entry.process = process(c);
     Ok(Some((entry, profile)))
+}
+
+/// The container's canary (SPEC §12) from its `vitals.dev/canary.<c>` annotation: `on` →
+/// the profile's default (`{}`), `off` → none, a JSON object → that object; without the
+/// annotation, the one an earlier injection or an operator wrote stays. Checked as the
+/// agent will read it (`entry`'s probes give the port, `profile` the default request), so
+/// inject never writes a canary the agent refuses.
+pub(super) fn canary(
+    name: &str,
+    entry: &schema::Upstream,
+    annotation: Option<&str>,
+    previous: Option<&schema::Upstream>,
+    profile: Option<&str>,
+) -> Result<Option<schema::Canary>, Problem> {
+    let bad = |problem: String| Problem::BadCanary {
+        container: name.to_string(),
+        problem,
+    };
+    let canary = match annotation {
+        None => previous.and_then(|p| p.canary.clone()),
+        Some("off") => None,
+        Some("on") => Some(schema::Canary::default()),
+        Some(json) => Some(serde_json::from_str::<schema::Canary>(json).map_err(|e| {
+            bad(format!(
+                "expected on, off or a canary object ({{\"request\", \"idle\", \"deadline\"}}): {e}"
+            ))
+        })?),
+    };
+    if let Some(c) = &canary {
+        let http = [
+            &entry.startup_probe,
+            &entry.liveness_probe,
+            &entry.readiness_probe,
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|p| match &p.http_get.as_ref()?.port {
+            schema::Port::Number(n) => {
+                Some((p.http_get.as_ref()?.host.clone(), u16::try_from(*n).ok()?))
+            }
+            schema::Port::Name(_) => None,
+        });
+        crate::config::upstreams::canary::resolve(c, &format!("{name}.canary"), profile, http)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(canary)
 }
 
 /// The container's `command` + `args` as the agent matches them against

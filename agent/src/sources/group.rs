@@ -17,9 +17,10 @@ use tokio_util::task::TaskTracker;
 use crate::cadence::Cadence;
 use crate::config::{GroupConfig, MemberTarget};
 use crate::net::{self, BodyRead};
-use crate::state::group::{self, GroupReport, SharedGroup};
-use crate::state::registry::Registry;
+use crate::state::group::{self, GroupReport, LeaderNow, PollError, SharedGroup};
+use crate::state::snapshot::Snapshots;
 use crate::surfaces::metrics::Metrics;
+use crate::verdict::Probe;
 
 /// The most of a member's answer read; a real one is well under 4 KiB (64 containers
 /// of 256-byte names would be 33 KiB).
@@ -30,8 +31,9 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct Context {
     /// Where answers go.
     pub group: Arc<SharedGroup>,
-    /// The leader's own instances are read from here at each poll.
-    pub registry: Arc<Registry>,
+    /// The leader's own pod, judged without the group, read at each poll: its instances
+    /// and readiness decide formation (SPEC §9, §11).
+    pub own: Snapshots,
     /// Poll durations.
     pub metrics: Arc<Metrics>,
     /// The members and the periods.
@@ -53,7 +55,7 @@ pub fn spawn(tasks: &TaskTracker, ctx: &Context, stop: &CancellationToken) {
 async fn poll_member(ctx: Context, slot: usize, target: MemberTarget, stop: CancellationToken) {
     // A slow member skips its own next poll, never bunches them up.
     let mut tick = Cadence::every(ctx.config.poll);
-    let mut last_error: Option<String> = None;
+    let mut last_error: Option<PollError> = None;
     let mut address = Address::new(&target);
     loop {
         tokio::select! {
@@ -65,7 +67,8 @@ async fn poll_member(ctx: Context, slot: usize, target: MemberTarget, stop: Canc
             () = stop.cancelled() => return,
             r = poll_once(&mut address, &target, ctx.config.poll) => r,
         };
-        ctx.metrics.group_poll(started.elapsed());
+        ctx.metrics
+            .group_poll(started.elapsed(), result.as_ref().map(|_| ()));
         match (&result, &last_error) {
             (Err(e), None) => {
                 tracing::warn!(member = target.index, address = %target, error = %e, "group member did not answer");
@@ -76,42 +79,107 @@ async fn poll_member(ctx: Context, slot: usize, target: MemberTarget, stop: Canc
             _ => {}
         }
         last_error = result.as_ref().err().cloned();
-        let leader = group::instances(&ctx.registry.current());
+        let now = Instant::now();
+        let own = ctx.own.take(now);
+        // Formation reads the leader's own pod, judged without its group (SPEC §11).
+        let leader = LeaderNow {
+            instances: group::instances(&own.state),
+            ready: own.verdicts.aggregate(Probe::Ready).ok(),
+        };
         let timeout = ctx.config.timeout;
         ctx.group
-            .update(|g| g.record(slot, result, &leader, timeout, Instant::now()));
+            .update(|g| g.record(slot, result, &leader, timeout, now));
     }
 }
 
 /// One poll of a member: its address, then `GET /group`, both within `timeout`. A poll
-/// that fails forgets the address, so a recreated member pod (a new IP under the same
-/// name) is found again at the next poll.
+/// that fails asks for the name to be looked up again (with [`Backoff`]), so a recreated
+/// member pod (a new IP under the same name) is found again.
 async fn poll_once(
     address: &mut Address,
     target: &MemberTarget,
     timeout: Duration,
-) -> Result<GroupReport, String> {
+) -> Result<GroupReport, PollError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let host = address.host(deadline).await?;
     let result = get_group(&host, target.port, deadline).await;
-    if result.is_err() {
-        address.forget();
+    match &result {
+        Ok(_) => address.answered(),
+        Err(_) => address.unanswered(Instant::now()),
     }
     result
 }
 
-/// Where a member's agent is. Its name is looked up once and kept until a poll fails: a
-/// leader of 16 members does not ask DNS 16 times a second, and a lookup that hangs is
-/// waited for, never started again beside itself. Lookups run on the runtime's blocking
-/// pool, one thread that the /proc sampler shares, so they must not pile up there.
+/// When a member's name may be looked up next (SPEC §11): at once the first time, then,
+/// after each failed lookup or unanswered poll in a row, 1 s later, doubling to at most
+/// 10 s; an answered poll starts over. A leader of 31 pending members asks DNS for each at
+/// most once a second at first and every 10 s in the long run, never once a poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Not before this; `None`: now.
+    next: Option<Instant>,
+    /// The wait after the next failure.
+    delay: Duration,
+}
+
+impl Backoff {
+    /// The first wait.
+    pub const FIRST: Duration = Duration::from_secs(1);
+    /// The longest wait.
+    pub const MAX: Duration = Duration::from_secs(10);
+
+    /// Nothing failed yet.
+    pub fn new() -> Self {
+        Self {
+            next: None,
+            delay: Self::FIRST,
+        }
+    }
+
+    /// Whether a lookup may start at `now`.
+    pub fn due(&self, now: Instant) -> bool {
+        self.next.is_none_or(|next| now >= next)
+    }
+
+    /// A lookup failed, or a poll went unanswered, at `now`.
+    pub fn failed(&mut self, now: Instant) {
+        self.next = Some(now + self.delay);
+        self.delay = (self.delay * 2).min(Self::MAX);
+    }
+
+    /// The member answered: the next failure waits [`Backoff::FIRST`] again.
+    pub fn reset(&mut self) {
+        *self = Self::new();
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A name lookup running on the runtime's blocking pool (never the /proc sampler's thread).
+type Lookup = tokio::task::JoinHandle<std::io::Result<Option<IpAddr>>>;
+
+/// Where a member's agent is. Its name is looked up once and kept while polls are
+/// answered; after an unanswered poll it is looked up again when [`Backoff`] allows, and
+/// the address known meanwhile is still polled. A lookup that hangs is waited for, never
+/// started again beside itself; while a known address exists, polls do not wait for it.
 struct Address {
-    /// The member's host as configured.
+    /// The member's host as configured (fully qualified where the namespace is known).
     host: String,
     port: u16,
-    /// The address the last lookup gave, while polls succeed.
+    /// The address the latest lookup gave.
     known: Option<IpAddr>,
+    /// `known` is to be looked up again (a poll went unanswered).
+    stale: bool,
     /// A lookup still running from an earlier poll.
-    pending: Option<tokio::task::JoinHandle<std::io::Result<Option<IpAddr>>>>,
+    pending: Option<Lookup>,
+    /// When the next lookup may start.
+    backoff: Backoff,
+    /// Why the latest lookup failed, shown while waiting to try again.
+    last_error: Option<String>,
 }
 
 impl Address {
@@ -120,40 +188,82 @@ impl Address {
             host: target.host.clone(),
             port: target.port,
             known: target.host.parse().ok(),
+            stale: false,
             pending: None,
+            backoff: Backoff::new(),
+            last_error: None,
         }
     }
 
-    /// The host to connect to: an IP literal, as configured or as looked up by `deadline`.
-    async fn host(&mut self, deadline: tokio::time::Instant) -> Result<String, String> {
-        if let Some(ip) = self.known {
-            return Ok(ip.to_string());
-        }
-        let (host, port) = (self.host.clone(), self.port);
-        let lookup = self.pending.get_or_insert_with(|| {
-            tokio::spawn(async move {
+    fn is_literal(&self) -> bool {
+        self.host.parse::<IpAddr>().is_ok()
+    }
+
+    /// The host to connect to, an IP literal: as configured, as known, or as looked up by
+    /// `deadline`.
+    async fn host(&mut self, deadline: tokio::time::Instant) -> Result<String, PollError> {
+        let wanted = !self.is_literal() && (self.known.is_none() || self.stale);
+        if wanted && self.pending.is_none() && self.backoff.due(Instant::now()) {
+            let (host, port) = (self.host.clone(), self.port);
+            self.pending = Some(tokio::spawn(async move {
                 let mut found = tokio::net::lookup_host((host.as_str(), port)).await?;
                 Ok(found.next().map(|a| a.ip()))
-            })
-        });
-        let joined = tokio::time::timeout_at(deadline, lookup)
-            .await
-            .map_err(|_| "timeout: name lookup".to_owned())?;
-        self.pending = None;
-        match joined {
-            Ok(Ok(Some(ip))) => {
-                self.known = Some(ip);
-                Ok(ip.to_string())
+            }));
+        }
+        if let Some(lookup) = self.pending.as_mut() {
+            // With an address known, a lookup is only looked at when it has finished.
+            let finished = if self.known.is_some() && !lookup.is_finished() {
+                None
+            } else {
+                tokio::time::timeout_at(deadline, lookup).await.ok()
+            };
+            if let Some(joined) = finished {
+                self.pending = None;
+                self.looked_up(joined);
             }
-            Ok(Ok(None)) => Err(format!("name lookup: {} has no address", self.host)),
-            Ok(Err(e)) => Err(format!("name lookup: {e}")),
-            Err(e) => Err(format!("name lookup: {e}")),
+        }
+        match (self.known, &self.last_error) {
+            (Some(ip), _) => Ok(ip.to_string()),
+            (None, _) if self.pending.is_some() => Err(PollError::Lookup("timeout".to_owned())),
+            (None, Some(e)) => Err(PollError::Lookup(e.clone())),
+            (None, None) => Err(PollError::Lookup(format!(
+                "{} not looked up yet",
+                self.host
+            ))),
         }
     }
 
-    /// Looks the name up again at the next poll (a configured IP stays).
-    fn forget(&mut self) {
-        self.known = self.host.parse().ok();
+    fn looked_up(
+        &mut self,
+        joined: Result<std::io::Result<Option<IpAddr>>, tokio::task::JoinError>,
+    ) {
+        let error = match joined {
+            Ok(Ok(Some(ip))) => {
+                self.known = Some(ip);
+                self.stale = false;
+                self.last_error = None;
+                return;
+            }
+            Ok(Ok(None)) => format!("{} has no address", self.host),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        self.backoff.failed(Instant::now());
+        self.last_error = Some(error);
+    }
+
+    /// The member answered at this address.
+    fn answered(&mut self) {
+        self.backoff.reset();
+    }
+
+    /// The member did not answer at this address: look its name up again, when
+    /// [`Backoff`] allows (a configured IP stays).
+    fn unanswered(&mut self, now: Instant) {
+        if !self.is_literal() && !self.stale {
+            self.stale = true;
+            self.backoff.failed(now);
+        }
     }
 }
 
@@ -164,13 +274,13 @@ async fn get_group(
     host: &str,
     port: u16,
     deadline: tokio::time::Instant,
-) -> Result<GroupReport, String> {
+) -> Result<GroupReport, PollError> {
     let get = net::get_once(host, port, "/group", &[], BodyRead::Keep(BODY_LIMIT));
     match tokio::time::timeout_at(deadline, get).await {
-        Err(_) => Err("timeout".to_owned()),
-        Ok(Err(failure)) => Err(failure.to_string()),
+        Err(_) => Err(PollError::Timeout),
+        Ok(Err(failure)) => Err(PollError::Request(failure)),
         Ok(Ok(answer)) if answer.status != hyper::StatusCode::OK => {
-            Err(format!("status {}", answer.status.as_u16()))
+            Err(PollError::Status(answer.status.as_u16()))
         }
         Ok(Ok(answer)) => GroupReport::parse(&answer.body),
     }
@@ -188,21 +298,65 @@ mod tests {
         }
     }
 
+    /// SPEC §11: a failing name is retried 1 s later, doubling to 10 s; an answer starts
+    /// over.
+    #[test]
+    fn lookups_back_off_from_one_second_doubling_to_ten() {
+        let t0 = Instant::now();
+        let mut b = Backoff::new();
+        assert!(b.due(t0), "the first lookup at once");
+        let mut at = t0;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            b.failed(at);
+            let next = b.next.expect("scheduled");
+            assert!(!b.due(next - Duration::from_millis(1)) && b.due(next));
+            waits.push((next - at).as_secs());
+            at = next;
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
+        b.reset();
+        b.failed(at);
+        assert_eq!(b.next, Some(at + Backoff::FIRST));
+    }
+
     #[tokio::test]
-    async fn a_name_is_looked_up_once_and_again_only_after_a_failed_poll() {
+    async fn a_name_is_looked_up_once_and_again_only_as_the_backoff_allows() {
         let deadline = || tokio::time::Instant::now() + Duration::from_secs(5);
         let mut ip = Address::new(&target("fd00::5"));
         assert_eq!(ip.host(deadline()).await.as_deref(), Ok("fd00::5"));
-        ip.forget();
-        assert_eq!(ip.known, "fd00::5".parse().ok(), "a configured IP stays");
+        ip.unanswered(Instant::now());
+        assert!(
+            !ip.stale && ip.pending.is_none(),
+            "a configured IP is never looked up"
+        );
 
         let mut name = Address::new(&target("localhost"));
         assert_eq!(name.known, None);
         let first = name.host(deadline()).await.expect("localhost resolves");
         assert!(first == "127.0.0.1" || first == "::1", "{first}");
         assert!(name.known.is_some() && name.pending.is_none(), "kept");
-        assert_eq!(name.host(deadline()).await, Ok(first));
-        name.forget();
-        assert_eq!(name.known, None, "looked up again after a failed poll");
+        assert_eq!(name.host(deadline()).await, Ok(first.clone()));
+        // Unanswered: looked up again one second later; meanwhile the known address.
+        let t = Instant::now();
+        name.unanswered(t);
+        assert_eq!(name.host(deadline()).await, Ok(first.clone()));
+        assert!(name.stale && name.pending.is_none(), "not before a second");
+        assert_eq!(name.backoff.next, Some(t + Backoff::FIRST));
+        name.unanswered(t);
+        assert_eq!(
+            name.backoff.next,
+            Some(t + Backoff::FIRST),
+            "one wait per outage"
+        );
+        // A failed lookup waits its turn too, saying why meanwhile.
+        let mut gone = Address::new(&target("m-1.sub.ns.svc.cluster.local."));
+        gone.looked_up(Ok(Ok(None)));
+        let err = gone.host(deadline()).await.expect_err("no address yet");
+        assert!(err.to_string().contains("has no address"), "{err}");
+        assert!(
+            gone.pending.is_none(),
+            "no lookup before the backoff's second"
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! [`crate::sources::proc::discover`] which process an upstream is, and
 //! [`crate::state::proc_track`] what a sample means.
 
+pub mod children;
 pub mod discover;
 pub mod watch;
 

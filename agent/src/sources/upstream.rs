@@ -5,8 +5,9 @@
 //! ([`sleep`], SPEC §12; which series mean what per server:
 //! [`crate::config::upstreams::profiles`]). [`crate::config::upstreams`] is the `--upstreams`
 //! JSON that says what to watch, [`crate::state::upstream`] what the agent knows about each,
-//! and [`run`] the tasks that learn it.
+//! and [`run`] the tasks that learn it; [`canary`] sends the opt-in canary of SPEC §12.
 
+pub mod canary;
 pub mod engines;
 pub mod expo;
 pub mod grpc;

@@ -2,19 +2,40 @@
 //! of itself on `GET /group`.
 //!
 //! [`GroupState`] is plain data with methods that take `now`: the leader's poller records
-//! each member's answer (or failure) into it, formation happens here (the first time every
-//! member answered live, when each member's instances are recorded), and so does the reset
+//! each member's answer (or failure) into it, formation happens here, and so does the reset
 //! when the leader's own model container restarts. Whether the group is ready or broken is
 //! the verdict's business ([`crate::verdict::group`]), which reads it. [`SharedGroup`] is the
 //! one shared copy, written under a short lock and read as an `Arc`, like the registry.
+//!
+//! Formation (SPEC §9, §11). An epoch starts when polling starts and again whenever one of
+//! the leader's own known instances changes (its model container restarted). The group
+//! forms, once per epoch, at the first poll at which
+//! 1. every member's latest answer is live, younger than `--group-timeout`, and came after
+//!    the epoch began, and
+//! 2. the leader's pod is ready by its own reasons (its aggregate readiness before the
+//!    group's: [`LeaderNow::ready`]).
+//!
+//! Each member's instances known then are recorded; only a later change of one of those is
+//! a restart. Before formation a member's instances may change any number of times: they
+//! are seen, never counted. Rule 2 is what keeps a leader restart under LeaderWorkerSet's
+//! `restartPolicy: None` from looping: when the Ray head (the leader's vLLM) restarts, the
+//! members' Ray workers keep answering live on the old head's processes until their raylet
+//! gives up on it, then exit and are restarted by the kubelet and join the new head. Rule 1
+//! alone would record the old processes at the first poll after the restart, and their
+//! exit a moment later would be `restarted`, failing the leader's liveness again. The new
+//! vLLM turns ready only once its engine has every worker (vLLM's multi-node-serving.sh
+//! leader waits for `--ray_cluster_size` nodes), so the formation it allows records the
+//! restarted workers. A leader with no readiness of its own (no readiness probe, nothing
+//! /proc fails) forms by rule 1 alone.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::MemberTarget;
+use crate::state::cell::CowCell;
+use crate::state::probe_result::Failure;
 use crate::state::registry::State;
 
 /// `pid:starttime` of each container whose process is known, by container name.
@@ -42,23 +63,22 @@ pub struct GroupReport {
 impl GroupReport {
     /// Parses a member's answer, bounded: a member sending garbage is unreachable, never
     /// a reason with megabytes of text or control characters in the leader's probes.
-    pub fn parse(body: &[u8]) -> Result<Self, String> {
+    pub fn parse(body: &[u8]) -> Result<Self, PollError> {
+        let garbage = PollError::Garbage;
         let mut report: GroupReport =
-            serde_json::from_slice(body).map_err(|e| format!("bad /group answer: {e}"))?;
+            serde_json::from_slice(body).map_err(|e| garbage(e.to_string()))?;
         if report.instances.len() > MAX_CONTAINERS {
-            return Err(format!(
-                "bad /group answer: {} containers (at most {MAX_CONTAINERS})",
+            return Err(garbage(format!(
+                "{} containers (at most {MAX_CONTAINERS})",
                 report.instances.len()
-            ));
+            )));
         }
         if report
             .instances
             .iter()
             .any(|(c, i)| c.len() > MAX_TEXT || i.len() > MAX_TEXT)
         {
-            return Err(format!(
-                "bad /group answer: a name or instance over {MAX_TEXT} bytes"
-            ));
+            return Err(garbage(format!("a name or instance over {MAX_TEXT} bytes")));
         }
         report.reason = report.reason.map(|r| printable(&r));
         Ok(report)
@@ -101,6 +121,15 @@ pub fn changed<'a>(recorded: &'a Instances, current: &Instances) -> Option<&'a s
         .map(|(c, _)| c.as_str())
 }
 
+/// The leader's own pod at one poll, as the group rules read it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaderNow {
+    /// Its containers' instances ([`instances`]).
+    pub instances: Instances,
+    /// Its aggregate readiness by its own reasons, before the group's is added.
+    pub ready: bool,
+}
+
 /// A member's latest answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberAnswer {
@@ -110,13 +139,47 @@ pub struct MemberAnswer {
     pub report: GroupReport,
 }
 
+/// Why a poll of a member gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PollError {
+    /// No answer within the poll's bound (`--group-poll`).
+    #[error("timeout")]
+    Timeout,
+    /// The member's name gave no address (yet).
+    #[error("name lookup: {0}")]
+    Lookup(String),
+    /// The request failed: refused, reset, a broken answer.
+    #[error("{0}")]
+    Request(Failure),
+    /// An answer other than 200.
+    #[error("status {0}")]
+    Status(u16),
+    /// A 200 whose body is not a member's document (or is over the bounds).
+    #[error("bad /group answer: {0}")]
+    Garbage(String),
+}
+
+impl PollError {
+    /// The `result` label of `vitals_group_poll_duration_seconds`: `timeout`, `lookup`,
+    /// the request failure's kind (`refused`, `reset`, ...), `status` or `garbage`.
+    pub fn result(&self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Lookup(_) => "lookup",
+            Self::Request(f) => f.kind(),
+            Self::Status(_) => "status",
+            Self::Garbage(_) => "garbage",
+        }
+    }
+}
+
 /// A failed poll.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollFailure {
     /// When.
     pub at: Instant,
-    /// Why (timeout, refused, status, garbage).
-    pub error: String,
+    /// Why.
+    pub error: PollError,
 }
 
 /// What the leader knows of one member.
@@ -133,6 +196,8 @@ pub struct MemberState {
     pub seen: Instances,
     /// When `seen` last changed.
     pub seen_changed_at: Option<Instant>,
+    /// Its latest answer that said live.
+    pub live_at: Option<Instant>,
     /// Its instances at formation (containers first known after formation are added as
     /// they appear); `None` while the group is forming.
     pub recorded: Option<Instances>,
@@ -165,6 +230,7 @@ impl GroupState {
                     failure: None,
                     seen: Instances::new(),
                     seen_changed_at: None,
+                    live_at: None,
                     recorded: None,
                 })
                 .collect(),
@@ -176,17 +242,17 @@ impl GroupState {
     }
 
     /// Records one poll of member `slot` (0-based position) at `now`, with the leader's
-    /// own instances at that moment. `fresh_for` is `--group-timeout`: formation needs
-    /// every member's latest answer live and younger than that.
+    /// own pod at that moment, and forms the group when the module's rules hold.
+    /// `fresh_for` is `--group-timeout`.
     pub fn record(
         &mut self,
         slot: usize,
-        result: Result<GroupReport, String>,
-        leader: &Instances,
+        result: Result<GroupReport, PollError>,
+        leader: &LeaderNow,
         fresh_for: std::time::Duration,
         now: Instant,
     ) {
-        self.observe_leader(leader, now);
+        self.observe_leader(&leader.instances, now);
         let Some(m) = self.members.get_mut(slot) else {
             return;
         };
@@ -205,17 +271,21 @@ impl GroupState {
                         rec.entry(c.clone()).or_insert_with(|| i.clone());
                     }
                 }
+                if report.live {
+                    m.live_at = Some(now);
+                }
                 m.answer = Some(MemberAnswer { at: now, report });
                 m.failure = None;
             }
             Err(error) => m.failure = Some(PollFailure { at: now, error }),
         }
+        let epoch = self.epoch;
         let all_live = self.members.iter().all(|m| {
-            m.answer
-                .as_ref()
-                .is_some_and(|a| a.report.live && now.saturating_duration_since(a.at) < fresh_for)
+            m.answer.as_ref().is_some_and(|a| {
+                a.report.live && a.at >= epoch && now.saturating_duration_since(a.at) < fresh_for
+            })
         });
-        if self.formed_at.is_none() && all_live {
+        if self.formed_at.is_none() && all_live && leader.ready {
             self.formed_at = Some(now);
             for m in &mut self.members {
                 m.recorded = Some(m.seen.clone());
@@ -242,36 +312,9 @@ impl GroupState {
     }
 }
 
-/// The shared copy of the leader's [`GroupState`]: the poller writes it under a lock held
-/// for plain assignments; snapshots read it as an `Arc` (copy-on-write, as the registry).
-#[derive(Debug)]
-pub struct SharedGroup {
-    current: Mutex<Arc<GroupState>>,
-}
-
-impl SharedGroup {
-    /// A group of `targets` starting to form at `now`.
-    pub fn new(targets: &[MemberTarget], now: Instant) -> Self {
-        Self {
-            current: Mutex::new(Arc::new(GroupState::new(targets, now))),
-        }
-    }
-
-    /// The state as of now.
-    pub fn current(&self) -> Arc<GroupState> {
-        Arc::clone(&self.lock())
-    }
-
-    /// Applies `change` (plain in-memory work).
-    pub fn update<R>(&self, change: impl FnOnce(&mut GroupState) -> R) -> R {
-        change(Arc::make_mut(&mut self.lock()))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<GroupState>> {
-        // Updates are field assignments; a poisoned lock still holds a usable state.
-        self.current.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
+/// The shared copy of the leader's [`GroupState`], a [`CowCell`] like the registry: the
+/// poller writes it; snapshots read it as an `Arc`.
+pub type SharedGroup = CowCell<GroupState>;
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -298,7 +341,15 @@ pub(crate) mod tests {
             .collect()
     }
 
-    pub(crate) fn live(instances: &[(&str, &str)]) -> Result<GroupReport, String> {
+    /// The leader's pod, ready by its own reasons, with these instances.
+    pub(crate) fn up(instances: &[(&str, &str)]) -> LeaderNow {
+        LeaderNow {
+            instances: inst(instances),
+            ready: true,
+        }
+    }
+
+    pub(crate) fn live(instances: &[(&str, &str)]) -> Result<GroupReport, PollError> {
         Ok(GroupReport {
             live: true,
             ready: true,
@@ -307,7 +358,7 @@ pub(crate) mod tests {
         })
     }
 
-    pub(crate) fn not_live(reason: &str) -> Result<GroupReport, String> {
+    pub(crate) fn not_live(reason: &str) -> Result<GroupReport, PollError> {
         Ok(GroupReport {
             live: false,
             ready: false,
@@ -319,7 +370,7 @@ pub(crate) mod tests {
     #[test]
     fn the_group_forms_when_every_member_answered_live_and_records_their_instances() {
         let t0 = Instant::now();
-        let lead = inst(&[("vllm", "10:100")]);
+        let lead = up(&[("vllm", "10:100")]);
         let mut g = GroupState::new(&targets(2), t0);
         g.record(0, live(&[("ray", "7:70")]), &lead, FRESH, t0);
         assert_eq!(g.formed_at, None, "one of two");
@@ -330,20 +381,20 @@ pub(crate) mod tests {
         assert_eq!(g.formed_at, Some(t1));
         assert_eq!(g.members[0].recorded, Some(inst(&[("ray", "7:70")])));
         assert_eq!(g.members[1].recorded, Some(inst(&[("ray", "8:80")])));
-        assert_eq!(g.leader, lead);
+        assert_eq!(g.leader, lead.instances);
     }
 
     #[test]
     fn an_answer_older_than_the_timeout_does_not_count_toward_formation() {
         let t0 = Instant::now();
         let mut g = GroupState::new(&targets(2), t0);
-        g.record(0, live(&[]), &Instances::new(), FRESH, t0);
-        g.record(1, live(&[]), &Instances::new(), FRESH, t0 + FRESH);
+        g.record(0, live(&[]), &up(&[]), FRESH, t0);
+        g.record(1, live(&[]), &up(&[]), FRESH, t0 + FRESH);
         assert_eq!(g.formed_at, None, "member 1's answer is {FRESH:?} old");
         g.record(
             1,
             live(&[]),
-            &Instances::new(),
+            &up(&[]),
             FRESH,
             t0 + FRESH - Duration::from_millis(1),
         );
@@ -354,14 +405,14 @@ pub(crate) mod tests {
     fn unknown_instances_are_no_evidence_and_late_ones_are_recorded() {
         let t0 = Instant::now();
         let mut g = GroupState::new(&targets(1), t0);
-        g.record(0, live(&[]), &Instances::new(), FRESH, t0);
+        g.record(0, live(&[]), &up(&[]), FRESH, t0);
         assert!(g.formed_at.is_some());
-        g.record(0, live(&[("ray", "7:70")]), &Instances::new(), FRESH, t0);
+        g.record(0, live(&[("ray", "7:70")]), &up(&[]), FRESH, t0);
         assert_eq!(g.members[0].recorded, Some(inst(&[("ray", "7:70")])));
         // A restarted member agent that has not found the process yet lists nothing.
-        g.record(0, live(&[]), &Instances::new(), FRESH, t0);
+        g.record(0, live(&[]), &up(&[]), FRESH, t0);
         assert_eq!(g.members[0].seen, inst(&[("ray", "7:70")]));
-        g.record(0, live(&[("ray", "9:90")]), &Instances::new(), FRESH, t0);
+        g.record(0, live(&[("ray", "9:90")]), &up(&[]), FRESH, t0);
         assert_eq!(g.members[0].seen, inst(&[("ray", "9:90")]));
         assert_eq!(g.members[0].recorded, Some(inst(&[("ray", "7:70")])));
     }
@@ -370,12 +421,12 @@ pub(crate) mod tests {
     fn a_failed_poll_keeps_the_last_answer() {
         let t0 = Instant::now();
         let mut g = GroupState::new(&targets(1), t0);
-        g.record(0, live(&[]), &Instances::new(), FRESH, t0);
-        g.record(0, Err("timeout".into()), &Instances::new(), FRESH, t0);
+        g.record(0, live(&[]), &up(&[]), FRESH, t0);
+        g.record(0, Err(PollError::Timeout), &up(&[]), FRESH, t0);
         assert_eq!(g.members[0].answer.as_ref().map(|a| a.at), Some(t0));
         assert_eq!(
-            g.members[0].failure.as_ref().map(|f| f.error.as_str()),
-            Some("timeout")
+            g.members[0].failure.as_ref().map(|f| &f.error),
+            Some(&PollError::Timeout)
         );
     }
 
@@ -383,17 +434,17 @@ pub(crate) mod tests {
     fn the_leaders_own_restart_starts_formation_over() {
         let t0 = Instant::now();
         let mut g = GroupState::new(&targets(1), t0);
-        g.record(0, live(&[("ray", "7:70")]), &Instances::new(), FRESH, t0);
+        g.record(0, live(&[("ray", "7:70")]), &up(&[]), FRESH, t0);
         assert!(g.formed_at.is_some());
         // Learning the leader's process is not a restart.
-        let first = inst(&[("vllm", "10:100")]);
+        let first = up(&[("vllm", "10:100")]);
         g.record(0, live(&[("ray", "7:70")]), &first, FRESH, t0);
         assert!(g.formed_at.is_some());
         let t1 = t0 + Duration::from_secs(5);
         g.record(
             0,
-            Err("timeout".into()),
-            &inst(&[("vllm", "11:110")]),
+            Err(PollError::Timeout),
+            &up(&[("vllm", "11:110")]),
             FRESH,
             t1,
         );
@@ -403,7 +454,7 @@ pub(crate) mod tests {
         g.record(
             0,
             live(&[("ray", "9:90")]),
-            &inst(&[("vllm", "11:110")]),
+            &up(&[("vllm", "11:110")]),
             FRESH,
             t1,
         );
@@ -442,7 +493,7 @@ pub(crate) mod tests {
                 .iter()
                 .map(|(c, i)| (c.as_str(), i.as_str()))
                 .collect();
-            g.record(0, live(&pairs), &Instances::new(), FRESH, t0);
+            g.record(0, live(&pairs), &up(&[]), FRESH, t0);
         }
         assert_eq!(g.members[0].seen.len(), MAX_CONTAINERS);
         assert!(g.members[0]

@@ -8,9 +8,17 @@
 //! - a run of `T` (or `D`) samples starts at its first sample and continues while no newer
 //!   evidence that the process ran (`ran_at`: a worker's heartbeat, an upstream's answered
 //!   HTTP or gRPC probe) came in between two samples;
-//! - an unreadable sample is no evidence either way.
+//! - an unreadable sample is no evidence either way;
+//! - a process found by its container (SPEC §11, [`FoundBy::Cgroup`]) is judged with every
+//!   other process of that container (cgroup): a shell wrapper (`sh -c "ray start --block"`)
+//!   must not hide a stopped or `D` child. Each other process keeps its own runs of `T` and
+//!   `D` samples (unbroken while it keeps its pid and start time); evidence that the
+//!   watched process ran says nothing of the others, so it breaks only the watched one's;
+//! - a sample older than the bound the verdict gives ([`ProcTrack::runs`]) is no evidence:
+//!   a sampler that is stuck or late cannot keep a verdict failing on what it saw long ago.
 
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use crate::sources::proc::{ProcSample, SampleError};
 
@@ -76,6 +84,23 @@ pub struct ProcTrack {
     pub d_since: Option<Instant>,
     /// The last sampling error other than "gone".
     pub error: Option<String>,
+    /// The other processes of its container, by pid, when it was found by its container.
+    pub others: BTreeMap<u32, OtherProcess>,
+}
+
+/// Another process of a watched container (SPEC §11), as its latest sample showed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtherProcess {
+    /// Its start time: a pid with another one is another process.
+    pub start_time: u64,
+    /// Its latest state letter.
+    pub state: char,
+    /// When its latest sample was taken.
+    pub taken_at: Instant,
+    /// First sample of its current unbroken run of `T`/`t` samples.
+    pub stopped_since: Option<Instant>,
+    /// First sample of its current unbroken run of `D` samples.
+    pub d_since: Option<Instant>,
 }
 
 impl ProcTrack {
@@ -106,6 +131,7 @@ impl ProcTrack {
             stopped_since: None,
             d_since: None,
             error: None,
+            others: BTreeMap::new(),
         }
     }
 
@@ -207,10 +233,74 @@ impl ProcTrack {
         self.previous = self.latest.replace(sample);
     }
 
+    /// Whether the other processes of its container are watched too.
+    pub fn watches_container(&self) -> bool {
+        self.watched
+            .as_ref()
+            .is_ok_and(|w| w.found_by == FoundBy::Cgroup)
+            && !self.gone
+    }
+
+    /// Records one round's samples of the container's other processes (every one found
+    /// this round; one not listed has exited).
+    pub fn apply_others(&mut self, samples: Vec<(u32, ProcSample)>) {
+        let before = std::mem::take(&mut self.others);
+        for (pid, sample) in samples {
+            if sample.is_dead() {
+                continue;
+            }
+            let same = before
+                .get(&pid)
+                .filter(|p| p.start_time == sample.start_time);
+            let run = |since: Option<Instant>, holds: bool| {
+                holds.then(|| since.unwrap_or(sample.taken_at))
+            };
+            self.others.insert(
+                pid,
+                OtherProcess {
+                    start_time: sample.start_time,
+                    state: sample.state,
+                    taken_at: sample.taken_at,
+                    stopped_since: run(same.and_then(|p| p.stopped_since), sample.is_stopped()),
+                    d_since: run(same.and_then(|p| p.d_since), sample.is_uninterruptible()),
+                },
+            );
+        }
+    }
+
+    /// The earliest start of a run of `T` samples and of `D` samples that still count
+    /// (SPEC §7, §11): the watched process's while it exists and its latest sample counts
+    /// ([`ProcTrack::latest_counts`]), and each other process's of its container; a run
+    /// whose latest sample is older than `max_age` at `now` does not count.
+    pub fn runs(
+        &self,
+        ran_at: Option<Instant>,
+        now: Instant,
+        max_age: Duration,
+    ) -> (Option<Instant>, Option<Instant>) {
+        let fresh = |at: Instant| now.saturating_duration_since(at) <= max_age;
+        let own = self.pid_status() == PidStatus::Exists
+            && self.latest_counts(ran_at)
+            && self.latest.as_ref().is_some_and(|s| fresh(s.taken_at));
+        let others = self.others.values().filter(|p| fresh(p.taken_at));
+        let earliest = |own_run: Option<Instant>, pick: fn(&OtherProcess) -> Option<Instant>| {
+            own_run
+                .filter(|_| own)
+                .into_iter()
+                .chain(others.clone().filter_map(pick))
+                .min()
+        };
+        (
+            earliest(self.stopped_since, |p| p.stopped_since),
+            earliest(self.d_since, |p| p.d_since),
+        )
+    }
+
     fn mark_gone(&mut self) {
         self.gone = true;
         self.stopped_since = None;
         self.d_since = None;
+        self.others.clear();
     }
 }
 
@@ -322,5 +412,63 @@ mod tests {
         assert!(!p.gone && p.latest.is_none());
         p.apply(Err(SampleError::Gone(43)), None);
         assert_eq!(p.pid_status(), PidStatus::Gone);
+    }
+
+    const OLD: Duration = Duration::from_secs(3600);
+
+    /// SPEC §11: the shell wrapper found by its container sleeps while its child (Ray)
+    /// is stopped or in `D`: the container's runs are the child's.
+    #[test]
+    fn a_sleeping_shell_does_not_hide_a_stopped_or_d_state_child() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut p = ProcTrack::off("not yet");
+        p.discovered(Ok(Watched {
+            found_by: FoundBy::Cgroup,
+            ..found(10, 5)
+        }));
+        assert!(p.watches_container());
+        for (ms, child, grandchild) in [(100, 'T', 'D'), (200, 'T', 'D'), (300, 'T', 'S')] {
+            p.apply(Ok(sample(at(ms), 'S', 5)), None);
+            p.apply_others(vec![
+                (11, sample(at(ms), child, 6)),
+                (12, sample(at(ms), grandchild, 7)),
+            ]);
+        }
+        assert_eq!(p.runs(None, at(300), OLD), (Some(at(100)), None));
+        // Evidence that the shell ran says nothing of its child.
+        assert_eq!(p.runs(Some(at(301)), at(300), OLD).0, Some(at(100)));
+        // The child replaced under the same pid (another start time): a new run.
+        p.apply_others(vec![(11, sample(at(400), 'T', 9))]);
+        assert_eq!(p.runs(None, at(400), OLD).0, Some(at(400)));
+        // Exited children leave with the round that no longer lists them.
+        p.apply_others(vec![]);
+        assert_eq!(p.runs(None, at(500), OLD), (None, None));
+        // A process found by its socket is judged alone.
+        let mut q = ProcTrack::off("not yet");
+        q.discovered(Ok(found(10, 5)));
+        assert!(!q.watches_container());
+    }
+
+    /// SPEC §7 (issue 27): a sample older than the bound is no evidence, the watched
+    /// process's and the others' alike.
+    #[test]
+    fn stale_samples_do_not_count() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let max_age = Duration::from_secs(5);
+        let mut p = ProcTrack::off("not yet");
+        p.discovered(Ok(Watched {
+            found_by: FoundBy::Cgroup,
+            ..found(10, 5)
+        }));
+        p.apply(Ok(sample(at(0), 'D', 5)), None);
+        p.apply_others(vec![(11, sample(at(0), 'T', 6))]);
+        assert_eq!(p.runs(None, at(5), max_age), (Some(at(0)), Some(at(0))));
+        assert_eq!(
+            p.runs(None, at(6), max_age),
+            (None, None),
+            "the sampler stopped at 0"
+        );
     }
 }

@@ -13,7 +13,7 @@
 //! - load clock (`load_clock`): restarts when the phase or `progress.done` changes.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use vitals_proto::message::{
@@ -22,34 +22,33 @@ use vitals_proto::message::{
 use vitals_proto::{Phase, WorkerName};
 
 use crate::config::upstreams::{ProbeKind, UpstreamSpec};
+use crate::sources::proc::children::Extras;
 use crate::sources::proc::discover::NotFound;
 use crate::sources::proc::{ProcSample, SampleError};
 use crate::sources::upstream::engines::Scrape;
+use crate::state::cell::CowCell;
 use crate::state::probe_result::{Outcome, ScrapeError};
 use crate::state::proc_track::{ProcTrack, Watched};
-use crate::state::upstream::UpstreamState;
+use crate::state::upstream::{CanaryRun, UpstreamState};
 
-/// The shared registry. Writers (through the handles) apply in-memory
-/// updates under a lock held for those assignments only; readers get the current state
-/// as an immutable `Arc` for the cost of a reference count, so a probe never waits for
-/// rendering, metrics or another probe. An update while readers still hold the old state
-/// copies it first (copy-on-write), which keeps every reader's snapshot consistent.
+/// The shared registry, a [`CowCell`]: writers go through the handles below, each able to
+/// change only its own part; readers take the current state as an `Arc`.
 #[derive(Debug, Default)]
 pub struct Registry {
-    current: Mutex<Arc<State>>,
+    current: CowCell<State>,
 }
 
 impl Registry {
     /// A registry knowing the expected workers.
     pub fn new(expected: &[WorkerName]) -> Self {
         Self {
-            current: Mutex::new(Arc::new(State::new(expected))),
+            current: CowCell::new(State::new(expected)),
         }
     }
 
     /// The state as of now; later updates do not change it.
     pub fn current(&self) -> Arc<State> {
-        Arc::clone(&self.lock())
+        self.current.current()
     }
 
     /// The socket server's handle: it can change workers' reports only.
@@ -76,16 +75,10 @@ impl Registry {
         self.update(|s| s.add_upstreams(specs));
     }
 
-    /// Applies `change` to the state. `change` must be plain in-memory work: no I/O, no
-    /// await, no rendering. Writers outside this module go through the handles above.
+    /// Applies `change` to the state ([`CowCell::update`]). Writers outside this module go
+    /// through the handles above.
     fn update<R>(&self, change: impl FnOnce(&mut State) -> R) -> R {
-        change(Arc::make_mut(&mut self.lock()))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<State>> {
-        // Every update is a few field assignments; a panic mid-update (a bug) would at
-        // worst leave one worker's fields half-new, which the next message fixes.
-        self.current.lock().unwrap_or_else(PoisonError::into_inner)
+        self.current.update(change)
     }
 }
 
@@ -175,6 +168,22 @@ impl UpstreamResults {
             .and_then(|u| u.proc.cpu_share())
     }
 
+    /// See [`UpstreamState::canary_sent`].
+    pub fn canary_sent(&self, at: Instant) {
+        self.with(|u| u.canary_sent(at));
+    }
+
+    /// See [`UpstreamState::canary_ended`].
+    pub fn canary_ended(&self, run: CanaryRun) {
+        self.with(|u| u.canary_ended(run));
+    }
+
+    /// See [`UpstreamState::canary_due_since`].
+    pub fn canary_due_since(&self, since: Instant) -> Option<Instant> {
+        let state = self.registry.current();
+        state.upstreams.get(&self.name)?.canary_due_since(since)
+    }
+
     fn with(&self, change: impl FnOnce(&mut UpstreamState)) {
         self.registry.update(|s| {
             if let Some(u) = s.upstreams.get_mut(&self.name) {
@@ -202,7 +211,10 @@ impl ProcSamples {
     pub fn record(&self, results: Vec<ProcResult>) {
         self.0.update(|s| {
             for r in results {
-                s.apply_proc(&r.target, r.discovered, r.sample);
+                s.apply_proc(&r.target, r.discovered, r.sample, r.others);
+                if let Some(extras) = r.extras {
+                    s.apply_extras(&r.target, extras);
+                }
             }
         });
     }
@@ -217,6 +229,12 @@ pub struct ProcResult {
     pub discovered: Option<Result<Watched, NotFound>>,
     /// A sample of the (found) process.
     pub sample: Option<Result<ProcSample, SampleError>>,
+    /// Samples of the other processes of its container, when it is watched by its
+    /// container (SPEC §11).
+    pub others: Option<Vec<(u32, ProcSample)>>,
+    /// For an upstream's process that exists: its zombie children and, while it loads,
+    /// what it has read (SPEC §12).
+    pub extras: Option<Extras>,
 }
 
 /// Identifies one socket connection for the life of the agent.
@@ -481,12 +499,19 @@ impl State {
                 of: Owner::Worker {
                     instance: inst.hello.instance.clone(),
                 },
-                job: ProcJob::Sample(inst.proc.sample_target()?),
+                job: ProcJob::Sample {
+                    pid: inst.proc.sample_target()?,
+                    container: false,
+                },
+                loading: false,
             })
         });
         let upstreams = self.upstreams.iter().map(|(name, u)| {
             let job = match u.proc.sample_target() {
-                Some(pid) if !u.proc.needs_discovery() => ProcJob::Sample(pid),
+                Some(pid) if !u.proc.needs_discovery() => ProcJob::Sample {
+                    pid,
+                    container: u.proc.watches_container(),
+                },
                 _ => ProcJob::Discover {
                     ports: u.spec.probe_ports(),
                     cmdline: u.spec.process.as_ref().map(|p| p.cmdline.clone()),
@@ -496,6 +521,7 @@ impl State {
                 name: name.clone(),
                 of: Owner::Upstream,
                 job,
+                loading: u.load.is_loading(),
             }
         });
         workers.chain(upstreams).collect()
@@ -509,6 +535,7 @@ impl State {
         target: &ProcTarget,
         discovered: Option<Result<Watched, NotFound>>,
         sample: Option<Result<ProcSample, SampleError>>,
+        others: Option<Vec<(u32, ProcSample)>>,
     ) {
         let (track, ran_at) = match &target.of {
             Owner::Worker { instance } => {
@@ -534,13 +561,26 @@ impl State {
             track.discovered(d.map_err(|e| e.to_string()));
         }
         let sampled_pid = match target.job {
-            ProcJob::Sample(pid) => Some(pid),
+            ProcJob::Sample { pid, .. } => Some(pid),
             // Sampled in the same round as its discovery, so a new process is judged at once.
             ProcJob::Discover { .. } => track.sample_target(),
         };
         if let (Some(s), Some(pid)) = (sample, sampled_pid) {
             if track.sample_target() == Some(pid) {
                 track.apply(s, ran_at);
+                if let Some(others) = others.filter(|_| track.watches_container()) {
+                    track.apply_others(others);
+                }
+            }
+        }
+    }
+
+    /// Records what the sampler read of an upstream's process beyond its sample (SPEC
+    /// §12), after [`State::apply_proc`] applied the sample.
+    pub fn apply_extras(&mut self, target: &ProcTarget, extras: Extras) {
+        if target.of == Owner::Upstream {
+            if let Some(u) = self.upstreams.get_mut(&target.name) {
+                u.record_proc_extras(extras);
             }
         }
     }
@@ -563,7 +603,12 @@ pub enum Owner {
 pub enum ProcJob {
     /// Sample this pid (one read of its stat: state, and the start time that tells it is
     /// still the same process).
-    Sample(u32),
+    Sample {
+        /// The watched process.
+        pid: u32,
+        /// It was found by its container: sample every other process of that cgroup too.
+        container: bool,
+    },
     /// Look for the upstream's process (SPEC §8), then sample what was found.
     Discover {
         /// Its probes' ports.
@@ -582,6 +627,9 @@ pub struct ProcTarget {
     pub of: Owner,
     /// What to do.
     pub job: ProcJob,
+    /// An upstream still loading (its startup probe never passed): read what its process
+    /// has read too (SPEC §12's load progress).
+    pub loading: bool,
 }
 
 fn apply_phase(inst: &mut Instance, report: PhaseReport, now: Instant) {
@@ -795,9 +843,15 @@ pub(crate) mod tests {
         let mut s = State::default();
         s.hello(&hello("model", "a"), PEER, 1, t0).expect("free");
         let target = target(&s, "model");
-        assert_eq!(target.job, ProcJob::Sample(PEER.pid));
+        assert_eq!(
+            target.job,
+            ProcJob::Sample {
+                pid: PEER.pid,
+                container: false
+            }
+        );
         let view = |s: &State| s.workers[&m].instance.as_ref().expect("i").proc.clone();
-        let apply = |s: &mut State, r| s.apply_proc(&target, None, Some(r));
+        let apply = |s: &mut State, r| s.apply_proc(&target, None, Some(r), None);
         apply(&mut s, Ok(sample(at(100), 'T', 9)));
         apply(&mut s, Ok(sample(at(200), 'T', 9)));
         assert_eq!(view(&s).stopped_since, Some(at(100)));
@@ -834,7 +888,7 @@ pub(crate) mod tests {
         let old = target(&s, "model");
         s.disconnect(&m, 1, t0);
         s.hello(&hello("model", "b"), PEER, 2, t0).expect("free");
-        s.apply_proc(&old, None, Some(Err(SampleError::Gone(PEER.pid))));
+        s.apply_proc(&old, None, Some(Err(SampleError::Gone(PEER.pid))), None);
         assert!(!s.workers[&m].instance.as_ref().expect("i").proc.gone);
     }
 
@@ -864,17 +918,25 @@ pub(crate) mod tests {
             start_time: Some(7),
             found_by: FoundBy::Cgroup,
         };
-        s.apply_proc(&look, Some(Ok(found)), Some(Ok(sample(at(100), 'T', 7))));
+        s.apply_proc(
+            &look,
+            Some(Ok(found)),
+            Some(Ok(sample(at(100), 'T', 7))),
+            None,
+        );
         let sample_it = target(&s, "vllm");
         assert_eq!(
             sample_it.job,
-            ProcJob::Sample(42),
-            "no search while the pid is unchanged"
+            ProcJob::Sample {
+                pid: 42,
+                container: true
+            },
+            "no search while the pid is unchanged; found by its cgroup, sampled whole"
         );
-        s.apply_proc(&sample_it, None, Some(Ok(sample(at(200), 'T', 7))));
+        s.apply_proc(&sample_it, None, Some(Ok(sample(at(200), 'T', 7))), None);
         let p = &s.upstreams[&name("vllm")].proc;
         assert_eq!((p.stopped_since, p.gone), (Some(at(100)), false));
-        s.apply_proc(&sample_it, None, Some(Err(SampleError::Gone(42))));
+        s.apply_proc(&sample_it, None, Some(Err(SampleError::Gone(42))), None);
         assert!(
             matches!(target(&s, "vllm").job, ProcJob::Discover { .. }),
             "gone: looked for again"

@@ -19,6 +19,7 @@ use prometheus::{
 use vitals_proto::{ErrorCode, Phase};
 
 use crate::config::upstreams::ProbeKind;
+use crate::state::group::PollError;
 use crate::state::probe_result::Outcome;
 use crate::state::registry::State;
 use crate::state::snapshot::Snapshot;
@@ -83,6 +84,11 @@ pub struct Metrics {
     upstream_probe_results: IntCounterVec,
     upstream_proc_watched: IntGaugeVec,
     upstream_scrape_errors: IntCounterVec,
+    upstream_canaries: IntCounterVec,
+    upstream_load_rss: IntGaugeVec,
+    upstream_load_cpu: GaugeVec,
+    upstream_load_read: IntGaugeVec,
+    upstream_load_unmoved: GaugeVec,
     group_members: IntGaugeVec,
     group_formed: IntGaugeVec,
     group_broken: IntCounterVec,
@@ -158,16 +164,16 @@ impl Metrics {
         )
         .expect("histogram options are valid constants");
         register(Box::new(upstream_probe_duration.clone()));
-        // No labels, but a Vec: the series exist only on a group's leader, so an alert on
-        // them never fires for the pods that are not one.
+        // The series exist only on a group's leader, so an alert on them never fires for
+        // the pods that are not one.
         let group_poll_duration = HistogramVec::new(
             HistogramOpts::new(
                 "group_poll_duration_seconds",
-                "Time a group leader's poll of one member's /group took (SPEC §9), answered or not.",
+                "Time a group leader's poll of one member's /group took (SPEC §9), by result (ok, timeout, lookup, refused, reset, ..., status, garbage).",
             )
             .namespace(NAMESPACE)
             .buckets(GROUP_BUCKETS.to_vec()),
-            &[],
+            &["result"],
         )
         .expect("histogram options are valid constants");
         register(Box::new(group_poll_duration.clone()));
@@ -254,6 +260,36 @@ impl Metrics {
                 "Scrapes of an upstream's own metrics that gave no reading, by reason (unauthorized, timeout, refused, reset, status, protocol, parse, error).",
                 &["worker", "reason"]
             ),
+            upstream_canaries: metric!(
+                IntCounterVec,
+                "upstream_canaries_total",
+                "Canary requests sent to an idle upstream (SPEC §12), by result: ok, deadline (its whole answer missed the deadline: loop_stalled: canary), error (answered otherwise).",
+                &["worker", "result"]
+            ),
+            upstream_load_rss: metric!(
+                IntGaugeVec,
+                "upstream_load_resident_memory_bytes",
+                "Resident memory of an upstream's process while it loads (until its startup probe first passes; then the value at the end of the load).",
+                w
+            ),
+            upstream_load_cpu: metric!(
+                GaugeVec,
+                "upstream_load_cpu_seconds",
+                "CPU time of an upstream's process while it loads (until its startup probe first passes; then the value at the end of the load).",
+                w
+            ),
+            upstream_load_read: metric!(
+                IntGaugeVec,
+                "upstream_load_read_bytes",
+                "Bytes an upstream's process has read while it loads, by kind: rchar (read calls, sockets included) and storage (read_bytes); absent where /proc/<pid>/io is not readable (another uid).",
+                &["worker", "kind"]
+            ),
+            upstream_load_unmoved: metric!(
+                GaugeVec,
+                "upstream_load_unmoved_seconds",
+                "Seconds since an upstream's loading process last moved its memory, CPU time or bytes read (0 once loaded); load_stalled at --load-stall-timeout.",
+                w
+            ),
             group_members: metric!(
                 IntGaugeVec,
                 "group_members",
@@ -269,7 +305,7 @@ impl Metrics {
             group_broken: metric!(
                 IntCounterVec,
                 "group_broken_total",
-                "Times a group leader's group broke (its model's liveness fails), by reason (restarted, lost).",
+                "Times a group leader's group broke (its model's liveness fails), by reason (restarted, lost, not_live).",
                 &["reason"]
             ),
             group_poll_duration,
@@ -310,10 +346,18 @@ impl Metrics {
             .inc();
     }
 
-    /// Records one poll of a group member.
-    pub fn group_poll(&self, took: Duration) {
+    /// Counts one canary sent to an upstream, by its result label.
+    pub fn upstream_canary(&self, worker: &str, result: &str) {
+        self.upstream_canaries
+            .with_label_values(&[worker, result])
+            .inc();
+    }
+
+    /// Records one poll of a group member: `ok`, or why it failed ([`PollError::result`]).
+    pub fn group_poll(&self, took: Duration, result: Result<(), &PollError>) {
+        let result = result.map_or_else(PollError::result, |()| "ok");
         self.group_poll_duration
-            .with_label_values(NO_LABELS)
+            .with_label_values(&[result])
             .observe(took.as_secs_f64());
     }
 
@@ -470,7 +514,7 @@ impl Metrics {
         for kind in BrokenReason::KINDS {
             self.group_broken.with_label_values(&[kind]);
         }
-        self.group_poll_duration.with_label_values(NO_LABELS);
+        self.group_poll_duration.with_label_values(&["ok"]);
     }
 
     /// The per-worker series of each upstream (SPEC §8): verdicts, its busy and pending
@@ -510,6 +554,30 @@ impl Metrics {
             self.upstream_proc_watched
                 .with_label_values(l)
                 .set(i64::from(u.proc.is_on()));
+            if u.load.moved_at.is_some() {
+                let load = &u.load;
+                self.upstream_load_rss
+                    .with_label_values(l)
+                    .set(clamp(load.rss_bytes.unwrap_or(0)));
+                self.upstream_load_cpu
+                    .with_label_values(l)
+                    .set(load.cpu_seconds.unwrap_or(0.0));
+                if let Some(r) = load.read {
+                    for (kind, bytes) in [("rchar", r.rchar), ("storage", r.storage)] {
+                        self.upstream_load_read
+                            .with_label_values(&[n, kind])
+                            .set(clamp(bytes));
+                    }
+                }
+                self.upstream_load_unmoved
+                    .with_label_values(l)
+                    .set(load.unmoved_for(snapshot.at).as_secs_f64());
+            }
+            if u.spec.canary.is_some() {
+                for result in ["ok", "deadline", "error"] {
+                    self.upstream_canaries.with_label_values(&[n, result]);
+                }
+            }
             if let Some(s) = u.proc.latest.as_ref().filter(|_| !u.proc.gone) {
                 self.rss.with_label_values(l).set(clamp(s.rss_bytes));
                 self.threads.with_label_values(l).set(clamp(s.threads));

@@ -37,6 +37,7 @@ pub fn check_name(name: &CheckName) -> Cow<'_, str> {
         CheckName::Started => "started",
         CheckName::Process => "process",
         CheckName::Awake => "awake",
+        CheckName::Children => "children",
         CheckName::ReadinessProbe => "readinessProbe",
         CheckName::Check(check) => return Cow::Owned(format!("check:{check}")),
     })

@@ -229,13 +229,13 @@ mod tests {
 
     #[test]
     fn an_unreachable_members_growing_age_is_one_transition() {
-        use crate::state::group::tests::{live, targets, FRESH};
+        use crate::state::group::tests::{live, targets, up, FRESH};
         use crate::state::group::{GroupState, Instances};
         use crate::verdict::group::GroupLimits;
         let t0 = Instant::now();
         let state = crate::state::registry::State::new(&[]);
         let mut g = GroupState::new(&targets(1), t0);
-        g.record(0, live(&[]), &Instances::new(), FRESH, t0);
+        g.record(0, live(&[]), &up(&[]), FRESH, t0);
         let limits = GroupLimits {
             timeout: FRESH,
             lost_after: Duration::from_secs(60),

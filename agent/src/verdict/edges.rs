@@ -116,7 +116,7 @@ pub(crate) mod tests {
     use vitals_proto::Phase;
 
     use super::*;
-    use crate::state::group::tests::{live, targets, FRESH};
+    use crate::state::group::tests::{live, targets, up, FRESH};
     use crate::state::group::{GroupState, Instances};
     use crate::state::registry::tests::{hello, name, phase, PEER};
     use crate::state::registry::State;
@@ -133,9 +133,9 @@ pub(crate) mod tests {
     /// `1:1`; at `t0 + 1 s` the member answers with another process: broken, `restarted`.
     pub(crate) fn broken_group(t0: Instant) -> GroupState {
         let mut g = GroupState::new(&targets(1), t0);
-        g.record(0, live(&[("ray", "1:1")]), &Instances::new(), FRESH, t0);
+        g.record(0, live(&[("ray", "1:1")]), &up(&[]), FRESH, t0);
         let t1 = t0 + Duration::from_secs(1);
-        g.record(0, live(&[("ray", "2:2")]), &Instances::new(), FRESH, t1);
+        g.record(0, live(&[("ray", "2:2")]), &up(&[]), FRESH, t1);
         g
     }
 

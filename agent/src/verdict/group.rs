@@ -7,12 +7,13 @@
 //!
 //! | verdict | reason | holds when |
 //! |---|---|---|
-//! | ready | `group: forming <k>/<N-1>` | not formed this epoch, or one of the leader's own instances changed since (formation starts over); `k` members answered live within `--group-timeout` |
+//! | ready | `group: forming <k>/<N-1>` | not formed this epoch (see [`crate::state::group`] for when it forms), or one of the leader's own instances changed since (formation starts over); `k` members answered live within `--group-timeout` |
 //! | ready | `group: member <i> unreachable <age>` | formed; member `i` has not answered for `--group-timeout` (lowest `i` first) |
 //! | ready | `group: member <i> <reason>` | formed; member `i`'s latest answer is not live (its own reason, else `not live`) |
 //! | ready | the liveness reason below | ready as far as the above go, but broken |
 //! | live | `group_broken: member <i> restarted` | formed; a known instance of member `i` differs from the one recorded at formation |
 //! | live | `group_broken: member <i> lost` | formed; member `i` has not answered for `--group-lost-after` |
+//! | live | `group_broken: member <i> not live` | formed; member `i`'s latest answer is not live and it has not answered live for `--group-lost-after` (a member stuck in `D` forever must not hold the leader unready forever) |
 //!
 //! Liveness never fails while the group is forming. An agent restart alone is never a
 //! member restart: instances are processes' `pid:starttime`, and a container a member does
@@ -21,6 +22,8 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
+#[cfg(test)]
+use crate::state::group::PollError;
 use crate::state::group::{changed, GroupState, Instances, MemberState};
 
 /// `--group-timeout` and `--group-lost-after`.
@@ -45,17 +48,23 @@ pub enum BrokenReason {
         /// The member's index.
         member: usize,
     },
+    /// A member answers, but has not answered live for `--group-lost-after`.
+    NotLive {
+        /// The member's index.
+        member: usize,
+    },
 }
 
 impl BrokenReason {
     /// Every kind, for the per-reason counter.
-    pub const KINDS: [&'static str; 2] = ["restarted", "lost"];
+    pub const KINDS: [&'static str; 3] = ["restarted", "lost", "not_live"];
 
-    /// `restarted` or `lost` (the `reason` label of `vitals_group_broken_total`).
+    /// `restarted`, `lost` or `not_live` (the `reason` label of `vitals_group_broken_total`).
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Restarted { .. } => "restarted",
             Self::Lost { .. } => "lost",
+            Self::NotLive { .. } => "not_live",
         }
     }
 }
@@ -65,6 +74,7 @@ impl fmt::Display for BrokenReason {
         match self {
             Self::Restarted { member } => write!(f, "group_broken: member {member} restarted"),
             Self::Lost { member } => write!(f, "group_broken: member {member} lost"),
+            Self::NotLive { member } => write!(f, "group_broken: member {member} not live"),
         }
     }
 }
@@ -226,7 +236,16 @@ pub fn evaluate(
                 member: m.target.index,
             })
     };
-    let live = match restarted.or_else(lost) {
+    let stuck = || {
+        g.members.iter().find_map(|m| {
+            let latest_not_live = m.answer.as_ref().is_some_and(|a| !a.report.live);
+            let since_live = now.saturating_duration_since(m.live_at.unwrap_or(g.epoch));
+            (latest_not_live && since_live >= limits.lost_after).then_some(BrokenReason::NotLive {
+                member: m.target.index,
+            })
+        })
+    };
+    let live = match restarted.or_else(lost).or_else(stuck) {
         Some(b) => Err(b),
         None => Ok(()),
     };
@@ -268,6 +287,7 @@ pub fn evaluate(
 mod tests {
     use super::*;
     use crate::state::group::tests::{inst, live, not_live, targets, FRESH};
+    use crate::state::group::{GroupReport, LeaderNow};
 
     const LIMITS: GroupLimits = GroupLimits {
         timeout: FRESH,
@@ -283,7 +303,7 @@ mod tests {
         let mut g = GroupState::new(&targets(n), t0);
         for slot in 0..n {
             let me = format!("{}:{}", slot + 1, slot + 1);
-            g.record(slot, live(&[("ray", &me)]), &leader(), FRESH, t0);
+            g.record(slot, live(&[("ray", &me)]), &lead(), FRESH, t0);
         }
         assert_eq!(g.formed_at, Some(t0));
         (g, t0)
@@ -291,6 +311,14 @@ mod tests {
 
     fn leader() -> Instances {
         inst(&[("vllm", "0:0")])
+    }
+
+    /// The leader's pod, ready by its own reasons.
+    fn lead() -> LeaderNow {
+        LeaderNow {
+            instances: leader(),
+            ready: true,
+        }
     }
 
     fn judge(g: &GroupState, at: Instant) -> GroupVerdict {
@@ -322,8 +350,8 @@ mod tests {
         let t0 = Instant::now();
         let mut g = GroupState::new(&targets(3), t0);
         assert_eq!(texts(&judge(&g, t0)), (say("group: forming 0/3"), None));
-        g.record(0, live(&[]), &leader(), FRESH, t0);
-        g.record(1, not_live("ray: stopped"), &leader(), FRESH, t0);
+        g.record(0, live(&[]), &lead(), FRESH, t0);
+        g.record(1, not_live("ray: stopped"), &lead(), FRESH, t0);
         assert_eq!(texts(&judge(&g, t0)), (say("group: forming 1/3"), None));
         // Hours unanswered while forming: still only forming (no `lost`).
         let late = t0 + Duration::from_secs(3600);
@@ -349,7 +377,7 @@ mod tests {
     #[test]
     fn a_member_that_is_not_live_fails_readiness_with_its_reason() {
         let (mut g, t0) = formed(2);
-        g.record(1, not_live("ray: stopped"), &leader(), FRESH, t0 + SEC);
+        g.record(1, not_live("ray: stopped"), &lead(), FRESH, t0 + SEC);
         let v = judge(&g, t0 + SEC);
         assert_eq!(texts(&v), (say("group: member 2 ray: stopped"), None));
         assert_eq!(v.members[1], MemberStatus::NotLive);
@@ -357,7 +385,7 @@ mod tests {
         if let Ok(r) = silent.as_mut() {
             r.reason = None;
         }
-        g.record(1, silent, &leader(), FRESH, t0 + SEC);
+        g.record(1, silent, &lead(), FRESH, t0 + SEC);
         assert_eq!(
             judge(&g, t0 + SEC).ready.err().map(|r| r.to_string()),
             say("group: member 2 not live")
@@ -368,14 +396,14 @@ mod tests {
     fn unreachable_outranks_not_live_and_lower_members_come_first() {
         let (mut g, t0) = formed(3);
         let t1 = t0 + FRESH;
-        g.record(0, not_live("ray: stopped"), &leader(), FRESH, t1);
-        g.record(1, live(&[("ray", "2:2")]), &leader(), FRESH, t1);
+        g.record(0, not_live("ray: stopped"), &lead(), FRESH, t1);
+        g.record(1, live(&[("ray", "2:2")]), &lead(), FRESH, t1);
         // Member 3 last answered at t0: unreachable at t1.
         assert_eq!(
             texts(&judge(&g, t1)).0,
             say("group: member 3 unreachable 3.0s")
         );
-        g.record(2, not_live("ray: uninterruptible"), &leader(), FRESH, t1);
+        g.record(2, not_live("ray: uninterruptible"), &lead(), FRESH, t1);
         assert_eq!(texts(&judge(&g, t1)).0, say("group: member 1 ray: stopped"));
     }
 
@@ -402,14 +430,14 @@ mod tests {
     fn a_member_back_before_lost_after_is_never_broken() {
         let (mut g, t0) = formed(1);
         let back = t0 + LIMITS.lost_after - EPS;
-        g.record(0, live(&[("ray", "1:1")]), &leader(), FRESH, back);
+        g.record(0, live(&[("ray", "1:1")]), &lead(), FRESH, back);
         assert_eq!(texts(&judge(&g, back)), (None, None));
     }
 
     #[test]
     fn a_changed_member_instance_breaks_liveness_and_readiness() {
         let (mut g, t0) = formed(2);
-        g.record(1, live(&[("ray", "9:9")]), &leader(), FRESH, t0 + SEC);
+        g.record(1, live(&[("ray", "9:9")]), &lead(), FRESH, t0 + SEC);
         let v = judge(&g, t0 + SEC);
         assert_eq!(
             texts(&v),
@@ -425,7 +453,7 @@ mod tests {
     fn restarted_outranks_lost() {
         let (mut g, t0) = formed(2);
         let late = t0 + LIMITS.lost_after;
-        g.record(1, live(&[("ray", "9:9")]), &leader(), FRESH, late);
+        g.record(1, live(&[("ray", "9:9")]), &lead(), FRESH, late);
         assert_eq!(
             texts(&judge(&g, late)).1,
             say("group_broken: member 2 restarted")
@@ -438,15 +466,15 @@ mod tests {
         // The member's agent restarts: it answers before finding the process again
         // (nothing listed), then finds the same process.
         let t1 = t0 + SEC;
-        g.record(0, live(&[]), &leader(), FRESH, t1);
+        g.record(0, live(&[]), &lead(), FRESH, t1);
         assert_eq!(texts(&judge(&g, t1)), (None, None));
-        g.record(0, live(&[("ray", "1:1")]), &leader(), FRESH, t1);
+        g.record(0, live(&[("ray", "1:1")]), &lead(), FRESH, t1);
         assert_eq!(texts(&judge(&g, t1)), (None, None));
         // A container the member did not list at formation is no evidence either.
         g.record(
             0,
             live(&[("ray", "1:1"), ("sidecar", "5:5")]),
-            &leader(),
+            &lead(),
             FRESH,
             t1,
         );
@@ -457,7 +485,7 @@ mod tests {
     fn the_leaders_own_restart_clears_broken_and_forms_again() {
         let (mut g, t0) = formed(1);
         let t1 = t0 + SEC;
-        g.record(0, live(&[("ray", "9:9")]), &leader(), FRESH, t1);
+        g.record(0, live(&[("ray", "9:9")]), &lead(), FRESH, t1);
         assert!(judge(&g, t1).live.is_err());
         // The kubelet restarted the leader's model: before the poller saw it, the verdict
         // already treats the group as forming (no broken).
@@ -466,10 +494,158 @@ mod tests {
         assert_eq!(texts(&v), (say("group: forming 1/1"), None));
         // The next poll starts the epoch over and forms with the new instances.
         let t2 = t1 + SEC;
-        g.record(0, live(&[("ray", "9:9")]), &restarted, FRESH, t2);
+        let now = LeaderNow {
+            instances: restarted.clone(),
+            ready: true,
+        };
+        g.record(0, live(&[("ray", "9:9")]), &now, FRESH, t2);
         let v = evaluate(&g, &restarted, &LIMITS, t2);
         assert_eq!(texts(&v), (None, None));
         assert_eq!(g.members[0].recorded, Some(inst(&[("ray", "9:9")])));
+    }
+
+    /// One poll of member `slot` answering `answer`, with the leader's own containers'
+    /// instances `leader` and whether its pod is ready by its own reasons.
+    fn poll(
+        g: &mut GroupState,
+        slot: usize,
+        answer: Result<GroupReport, PollError>,
+        leader: &Instances,
+        leader_ready: bool,
+        at: Instant,
+    ) {
+        let leader = LeaderNow {
+            instances: leader.clone(),
+            ready: leader_ready,
+        };
+        g.record(slot, answer, &leader, FRESH, at);
+    }
+
+    /// SPEC §11, LeaderWorkerSet `restartPolicy: None`: the kubelet restarts the leader's
+    /// vLLM (the Ray head); the members' Ray workers keep answering live on the old head's
+    /// processes until their raylet gives up on it (Ray's GCS reconnect timeout), then exit
+    /// and are restarted by the kubelet and join the new head; the new vLLM turns ready
+    /// only once its engine has every worker. None of that is a member restart: the
+    /// formation that follows the leader's restart records the new processes, and the
+    /// leader's liveness never fails (else the kubelet restarts it again: a loop).
+    #[test]
+    fn a_leader_restart_forms_again_on_the_members_restarted_workers_without_a_loop() {
+        let (mut g, t0) = formed(2);
+        let head = inst(&[("vllm", "3:3")]);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut verdicts = Vec::new();
+        let mut judge_new = |g: &GroupState, t: Instant| {
+            let v = evaluate(g, &head, &LIMITS, t);
+            verdicts.push((t, texts(&v)));
+        };
+        // The old workers still answer live, for as long as Ray's reconnect timeout.
+        for s in 1..=5 {
+            poll(&mut g, 0, live(&[("ray", "1:1")]), &head, false, at(s));
+            poll(&mut g, 1, live(&[("ray", "2:2")]), &head, false, at(s));
+            judge_new(&g, at(s));
+        }
+        // They exit, and the kubelet starts them again: new processes that join the new head.
+        poll(
+            &mut g,
+            0,
+            not_live("ray: process_gone"),
+            &head,
+            false,
+            at(6),
+        );
+        poll(
+            &mut g,
+            1,
+            Err(PollError::Request(
+                crate::state::probe_result::Failure::Refused,
+            )),
+            &head,
+            false,
+            at(6),
+        );
+        judge_new(&g, at(6));
+        for s in 7..=9 {
+            poll(&mut g, 0, live(&[("ray", "11:11")]), &head, false, at(s));
+            poll(&mut g, 1, live(&[("ray", "12:12")]), &head, false, at(s));
+            judge_new(&g, at(s));
+        }
+        // The new vLLM has its workers and serves: the group forms on the new processes.
+        poll(&mut g, 0, live(&[("ray", "11:11")]), &head, true, at(10));
+        poll(&mut g, 1, live(&[("ray", "12:12")]), &head, true, at(10));
+        judge_new(&g, at(10));
+        for (t, (ready, live)) in &verdicts {
+            assert_eq!(*live, None, "liveness at +{:?}: {verdicts:?}", *t - t0);
+            if *t < at(10) {
+                assert!(
+                    ready
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with("group: forming")),
+                    "forming at +{:?}: {verdicts:?}",
+                    *t - t0
+                );
+            }
+        }
+        assert_eq!(verdicts.last().map(|v| v.1.clone()), Some((None, None)));
+        assert_eq!(g.members[0].recorded, Some(inst(&[("ray", "11:11")])));
+        assert_eq!(g.members[1].recorded, Some(inst(&[("ray", "12:12")])));
+        // Later: the new formation judges restarts against the new processes.
+        poll(&mut g, 0, live(&[("ray", "21:21")]), &head, true, at(11));
+        assert_eq!(
+            texts(&evaluate(&g, &head, &LIMITS, at(11))).1,
+            say("group_broken: member 1 restarted")
+        );
+    }
+
+    /// SPEC §11: a member stuck not live (a Ray worker in `D` forever) breaks the group
+    /// after `--group-lost-after` since its last live answer, like a lost one, so the leader
+    /// is not held unready forever; before that, readiness only.
+    #[test]
+    fn a_member_not_live_for_lost_after_breaks_the_group() {
+        let (mut g, t0) = formed(2);
+        let stuck = || not_live("ray: uninterruptible");
+        for s in 1..=LIMITS.lost_after.as_secs() + 1 {
+            let t = t0 + Duration::from_secs(s);
+            poll(&mut g, 0, live(&[("ray", "1:1")]), &leader(), true, t);
+            poll(&mut g, 1, stuck(), &leader(), true, t);
+        }
+        let before = t0 + LIMITS.lost_after - EPS;
+        assert_eq!(
+            texts(&judge(&g, before)),
+            (say("group: member 2 ray: uninterruptible"), None)
+        );
+        let v = judge(&g, t0 + LIMITS.lost_after);
+        assert_eq!(
+            texts(&v),
+            (
+                say("group: member 2 ray: uninterruptible"),
+                say("group_broken: member 2 not live")
+            )
+        );
+        assert_eq!(v.live.map_err(|b| b.kind()), Err("not_live"));
+        // A live answer in between starts the clock again.
+        let (mut g, t0) = formed(1);
+        poll(&mut g, 0, stuck(), &leader(), true, t0 + SEC);
+        poll(
+            &mut g,
+            0,
+            live(&[("ray", "1:1")]),
+            &leader(),
+            true,
+            t0 + SEC * 30,
+        );
+        poll(&mut g, 0, stuck(), &leader(), true, t0 + SEC * 31);
+        assert_eq!(judge(&g, t0 + LIMITS.lost_after + SEC).live, Ok(()));
+        // Unreachable after being stuck: `lost` outranks it once nothing answers at all.
+        let (mut g, t0) = formed(1);
+        poll(&mut g, 0, stuck(), &leader(), true, t0 + SEC);
+        assert_eq!(
+            texts(&judge(&g, t0 + LIMITS.lost_after + SEC)).1,
+            say("group_broken: member 1 lost")
+        );
+        assert_eq!(
+            texts(&judge(&g, t0 + LIMITS.lost_after)).1,
+            say("group_broken: member 1 not live")
+        );
     }
 
     #[test]

@@ -1,19 +1,21 @@
-//! An upstream's verdicts (SPEC §8): the one function that decides why `/livez/<container>`
-//! of a server that does not speak the protocol fails, from its own probes' latest results,
-//! its metrics' stall clock and its process's /proc track, by the same /proc rules as a
-//! worker's (`verdict::proc_rules`).
+//! An upstream's verdicts (SPEC §8, §12): the one function that decides why
+//! `/livez/<container>` of a server that does not speak the protocol fails, from its own
+//! probes' latest results, its metrics' stall clock, its canary, its process's /proc track
+//! (by the same /proc rules as a worker's, `verdict::proc_rules`), its zombie children and
+//! its load progress.
 
 use std::fmt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use vitals_proto::WorkerName;
 
 use super::*;
 use crate::sources::upstream::sleep::{Asleep, Wake};
 
-/// Why an upstream's probe fails (SPEC §8), in precedence order (the derived `Ord` is that
-/// order): the /proc and metrics reasons first, by §7's order, then the process being
-/// gone (readiness only), then the container's own probe ([`UpstreamReason::rank`]).
+/// Why an upstream's probe fails (SPEC §8), declared in precedence order, which
+/// [`UpstreamReason::rank`] states (no `Ord` is derived: a probe's failure detail has no
+/// order of its own): the /proc and metrics reasons first, by §7's order, then the process
+/// being gone (readiness only), then the container's own probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamReason {
     /// /proc state `T` for `--hang-timeout`.
@@ -23,6 +25,20 @@ pub enum UpstreamReason {
     /// Busy per its metrics, and no work counter moved for `--stall-timeout`: the
     /// server, or some engines of a data-parallel one while the others work (SPEC §12).
     LoopStalled(Stalled),
+    /// Its opt-in canary missed its deadline (SPEC §12), shown as `loop_stalled: canary`:
+    /// an engine that died while idle, which no counter shows.
+    CanaryMissed,
+    /// A child of its process has been a zombie for [`ZOMBIE_GRACE`] (SPEC §12): readiness,
+    /// and liveness where the server cannot recover the child.
+    ChildZombie {
+        /// The child's name.
+        comm: String,
+        /// The child's pid.
+        pid: u32,
+    },
+    /// Startup only: loading, and its memory, CPU time and bytes read have not moved for
+    /// `--load-stall-timeout` (SPEC §12).
+    LoadStalled,
     /// Its process exited (readiness only: a restarting container's liveness is its own
     /// probe's business).
     ProcessGone,
@@ -46,6 +62,9 @@ impl fmt::Display for UpstreamReason {
                 all if all.len() == *of => write!(f, "loop_stalled: all {of} engines"),
                 some => write!(f, "loop_stalled: engines {}", some.join(", ")),
             },
+            Self::CanaryMissed => f.write_str("loop_stalled: canary"),
+            Self::ChildZombie { comm, pid } => write!(f, "child_zombie: {comm} {pid}"),
+            Self::LoadStalled => f.write_str("load_stalled"),
             Self::ProcessGone => f.write_str("process_gone"),
             Self::Sleeping => f.write_str("sleeping"),
             Self::ProbeFailed(why) => write!(f, "probe_failed: {why}"),
@@ -61,10 +80,13 @@ impl UpstreamReason {
             Self::Stopped => 0,
             Self::Uninterruptible => 1,
             Self::LoopStalled(_) => 2,
-            Self::ProcessGone => 3,
-            Self::Sleeping => 4,
-            Self::ProbeFailed(_) => 5,
-            Self::NoResultYet => 6,
+            Self::CanaryMissed => 3,
+            Self::ChildZombie { .. } => 4,
+            Self::LoadStalled => 5,
+            Self::ProcessGone => 6,
+            Self::Sleeping => 7,
+            Self::ProbeFailed(_) => 8,
+            Self::NoResultYet => 9,
         }
     }
 
@@ -73,8 +95,13 @@ impl UpstreamReason {
         match self {
             Self::Stopped => Some(LiveReason::Stopped),
             Self::Uninterruptible => Some(LiveReason::Uninterruptible),
-            Self::LoopStalled(_) => Some(LiveReason::LoopStalled),
-            Self::ProcessGone | Self::Sleeping | Self::ProbeFailed(_) | Self::NoResultYet => None,
+            Self::LoopStalled(_) | Self::CanaryMissed => Some(LiveReason::LoopStalled),
+            Self::LoadStalled => Some(LiveReason::LoadStalled),
+            Self::ChildZombie { .. }
+            | Self::ProcessGone
+            | Self::Sleeping
+            | Self::ProbeFailed(_)
+            | Self::NoResultYet => None,
         }
     }
 }
@@ -107,7 +134,7 @@ pub struct UpstreamVerdict {
     pub ready: Result<(), UpstreamReason>,
     /// Liveness: its liveness probe and the /proc and metrics rules.
     pub live: Result<(), UpstreamReason>,
-    /// The parts of readiness: `live`, `process`, `awake`, `readinessProbe`.
+    /// The parts of readiness: `live`, `process`, `children`, `awake`, `readinessProbe`.
     pub ready_checks: Vec<Check>,
 }
 
@@ -133,6 +160,10 @@ impl UpstreamVerdict {
         }
     }
 }
+
+/// How long a child may stay a zombie before it fails readiness (SPEC §12): a server that
+/// reaps its children late is never failed.
+pub const ZOMBIE_GRACE: Duration = Duration::from_secs(10);
 
 /// The latest result of `kind`: passes when the container did not have that probe.
 fn probe_result(u: &UpstreamState, kind: ProbeKind) -> Result<(), UpstreamReason> {
@@ -170,6 +201,7 @@ pub fn judge(
             UpstreamReason::LoopStalled(stalled.clone().unwrap_or(Stalled::Server)),
             stalled.is_some(),
         ),
+        (UpstreamReason::CanaryMissed, u.canary.missed_at.is_some()),
     ];
     let first = |rules: &[(UpstreamReason, bool)]| {
         rules
@@ -177,10 +209,23 @@ pub fn judge(
             .find(|(_, holds)| *holds)
             .map(|(r, _)| r.clone())
     };
+    // SPEC §12: a child unreaped for the grace period; judged while the process exists.
+    let zombie = u
+        .zombies
+        .oldest()
+        .filter(|z| pid == PidStatus::Exists && elapsed(z.since, now) >= ZOMBIE_GRACE)
+        .map(|z| UpstreamReason::ChildZombie {
+            comm: z.child.comm.clone(),
+            pid: z.child.pid,
+        });
     let live = match first(&live_rules) {
         Some(r) => Err(r),
-        None => probe_result(u, ProbeKind::Liveness),
+        None => match zombie.clone() {
+            Some(z) if u.spec.children_unrecoverable => Err(z),
+            _ => probe_result(u, ProbeKind::Liveness),
+        },
     };
+    let children = zombie.map_or(Ok(()), Err);
     let process = if pid == PidStatus::Gone {
         Err(UpstreamReason::ProcessGone)
     } else {
@@ -195,7 +240,7 @@ pub fn judge(
         _ => Ok(()),
     };
     // The first failure in precedence order; among equals, liveness before readiness.
-    let ready = [&live, &process, &awake, &readiness]
+    let ready = [&live, &children, &process, &awake, &readiness]
         .into_iter()
         .filter_map(|r| r.clone().err())
         .min_by_key(UpstreamReason::rank)
@@ -203,13 +248,18 @@ pub fn judge(
     let ready_checks = vec![
         Check::new(CheckName::Live, live.clone()),
         Check::new(CheckName::Process, process),
+        Check::new(CheckName::Children, children),
         Check::new(CheckName::Awake, awake),
         Check::new(CheckName::ReadinessProbe, readiness),
     ];
     UpstreamVerdict {
         name: name.clone(),
         pid,
-        startup: probe_result(u, ProbeKind::Startup),
+        startup: match probe_result(u, ProbeKind::Startup) {
+            // SPEC §12: a load that shows no sign of work; a passing probe ends the load.
+            Err(_) if u.load.unmoved_for(now) >= t.load_stall => Err(UpstreamReason::LoadStalled),
+            other => other,
+        },
         ready,
         live,
         ready_checks,
@@ -242,6 +292,7 @@ mod tests {
 
     use super::*;
     use crate::config::upstreams::parse;
+    use crate::sources::proc::children::{Extras, Zombie};
     use crate::sources::proc::discover::NotFound;
     use crate::sources::proc::SampleError;
     use std::collections::BTreeMap;
@@ -251,6 +302,7 @@ mod tests {
     use crate::state::probe_result::Outcome;
     use crate::state::proc_track::{FoundBy, Watched};
     use crate::state::registry::tests::name;
+    use crate::state::upstream::{CanaryResult, CanaryRun};
     use crate::verdict::tests::*;
 
     /// An upstream with all three probes and vLLM's metrics, its process found.
@@ -338,6 +390,51 @@ mod tests {
     }
 
     type Reasons = (Result<(), String>, Result<(), String>, Result<(), String>);
+
+    /// A /proc round at `at`: the process sleeping with `rss` and `cpu`, and `zombies`.
+    fn round(u: &mut UpstreamState, at: Instant, rss: u64, cpu: f64, zombies: &[u32]) {
+        let s = crate::sources::proc::ProcSample {
+            rss_bytes: rss,
+            cpu_seconds: cpu,
+            ..sample(at, 'S')
+        };
+        u.proc.apply(Ok(s), u.ran_at());
+        u.record_proc_extras(Extras {
+            taken_at: at,
+            zombies: Ok(zombies
+                .iter()
+                .map(|pid| Zombie {
+                    pid: *pid,
+                    start_time: 3,
+                    comm: "triton_python_b".into(),
+                })
+                .collect()),
+            read: None,
+        });
+    }
+
+    /// A canary sent at `at` that ended 10 s later with `result`.
+    fn canary_run(at: Instant, result: CanaryResult) -> CanaryRun {
+        CanaryRun {
+            started: at,
+            ended: at + Duration::from_secs(10),
+            result,
+        }
+    }
+
+    /// A zombie child (pid 9) first seen at `at`, with every probe passing.
+    fn zombie_since(u: &mut UpstreamState, at: Instant) {
+        pass_all(u, at);
+        round(u, at, 1, 0.0, &[9]);
+    }
+
+    /// Loading: the process found at `at`, every probe answered 503.
+    fn loading(u: &mut UpstreamState, at: Instant) {
+        for kind in ProbeKind::ALL {
+            u.record_probe(kind, outcome(at, Err(Failure::Status(503))));
+        }
+        round(u, at, 100, 1.0, &[]);
+    }
 
     fn judge(u: &UpstreamState, now: Instant) -> Reasons {
         let v = super::judge(&name("vllm"), u, &T, now);
@@ -464,11 +561,167 @@ mod tests {
                 40,
                 (Ok(()), Ok(()), Ok(())),
             ),
+            (
+                "a canary missed its deadline: loop_stalled: canary while /health is 200",
+                |u, t| {
+                    pass_all(u, t);
+                    u.canary_sent(t);
+                    u.canary_ended(canary_run(t, CanaryResult::Deadline));
+                },
+                11,
+                (Ok(()), fail("loop_stalled: canary"), fail("loop_stalled: canary")),
+            ),
+            (
+                "a canary answered with an error: no evidence of a hang",
+                |u, t| {
+                    pass_all(u, t);
+                    u.canary_ended(canary_run(t, CanaryResult::Error("status 400".into())));
+                },
+                11,
+                (Ok(()), Ok(()), Ok(())),
+            ),
+            (
+                "a missed canary, then one that passed",
+                |u, t| {
+                    pass_all(u, t);
+                    u.canary_ended(canary_run(t, CanaryResult::Deadline));
+                    u.canary_ended(canary_run(t + Duration::from_secs(70), CanaryResult::Ok));
+                },
+                81,
+                (Ok(()), Ok(()), Ok(())),
+            ),
+            (
+                "a missed canary, then the engine worked (a work counter moved)",
+                |u, t| {
+                    pass_all(u, t);
+                    u.record_scrape(t, Ok(busy(t, 5.0)), T.stall, GRAIN);
+                    u.canary_ended(canary_run(t, CanaryResult::Deadline));
+                    let later = t + Duration::from_secs(20);
+                    u.record_scrape(later, Ok(busy(later, 6.0)), T.stall, GRAIN);
+                },
+                20,
+                (Ok(()), Ok(()), Ok(())),
+            ),
+            (
+                "a busy engine stalled outranks a missed canary",
+                |u, t| {
+                    pass_all(u, t + Duration::from_secs(30));
+                    u.record_scrape(t, Ok(busy(t, 5.0)), T.stall, GRAIN);
+                    u.canary_ended(canary_run(t, CanaryResult::Deadline));
+                    u.record_scrape(t, Ok(busy(t + Duration::from_secs(30), 5.0)), T.stall, GRAIN);
+                },
+                30,
+                (Ok(()), fail("loop_stalled"), fail("loop_stalled")),
+            ),
+            (
+                "a zombie child, 1 s under the grace period",
+                zombie_since,
+                9,
+                (Ok(()), Ok(()), Ok(())),
+            ),
+            (
+                "a zombie child for the grace period: not ready, live (vLLM watches its own)",
+                zombie_since,
+                10,
+                (Ok(()), Ok(()), fail("child_zombie: triton_python_b 9")),
+            ),
+            (
+                "a zombie child reaped late is never failed",
+                |u, t| {
+                    zombie_since(u, t);
+                    round(u, t + Duration::from_secs(9), 1, 0.0, &[]);
+                },
+                30,
+                (Ok(()), Ok(()), Ok(())),
+            ),
+            (
+                "stopped outranks a zombie child",
+                |u, t| {
+                    zombie_since(u, t);
+                    u.proc.apply(Ok(sample(t, 'T')), u.ran_at());
+                },
+                10,
+                (Ok(()), fail("stopped"), fail("stopped")),
+            ),
+            (
+                "loading, nothing moved for 1 s under the load-stall timeout: the probe's 503",
+                loading,
+                299,
+                (
+                    fail("probe_failed: status 503"),
+                    fail("probe_failed: status 503"),
+                    fail("probe_failed: status 503"),
+                ),
+            ),
+            (
+                "loading, nothing moved for the load-stall timeout: load_stalled (startup only)",
+                loading,
+                300,
+                (
+                    fail("load_stalled"),
+                    fail("probe_failed: status 503"),
+                    fail("probe_failed: status 503"),
+                ),
+            ),
+            (
+                "loading, memory grew at 200 s",
+                |u, t| {
+                    loading(u, t);
+                    round(u, t + Duration::from_secs(200), 200, 1.0, &[]);
+                },
+                300,
+                (
+                    fail("probe_failed: status 503"),
+                    fail("probe_failed: status 503"),
+                    fail("probe_failed: status 503"),
+                ),
+            ),
+            (
+                "the startup probe passed once: the load is over, whatever comes after",
+                |u, t| {
+                    loading(u, t);
+                    u.record_probe(ProbeKind::Startup, outcome(t, Ok(Some(200))));
+                    u.record_probe(ProbeKind::Startup, outcome(t, Err(Failure::Status(503))));
+                },
+                300,
+                (
+                    fail("probe_failed: status 503"),
+                    fail("probe_failed: status 503"),
+                    fail("probe_failed: status 503"),
+                ),
+            ),
         ];
         for (what, setup, now, want) in cases {
             let mut u = up();
             setup(&mut u, t0);
             assert_eq!(judge(&u, at(now)), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_zombie_child_fails_liveness_only_where_the_server_cannot_recover_it() {
+        let t0 = Instant::now();
+        for (profile, live) in [
+            ("triton", Err("child_zombie: triton_python_b 9".to_owned())),
+            ("vllm", Ok(())),
+        ] {
+            let text = format!(
+                r#"{{"x": {{"livenessProbe": {{"httpGet": {{"path": "/v2/health/live", "port": 8000}}}},
+                           "metrics": "{profile}"}}}}"#
+            );
+            let mut u = UpstreamState::new(Arc::new(parse(&text, &[]).expect("valid").remove(0)));
+            found(&mut u);
+            zombie_since(&mut u, t0);
+            let v = super::judge(&name("x"), &u, &T, t0 + ZOMBIE_GRACE);
+            assert_eq!(err_string(&v.live), live, "{profile}");
+            assert_eq!(
+                err_string(&v.ready),
+                Err("child_zombie: triton_python_b 9".to_owned()),
+                "{profile}"
+            );
+            round(&mut u, t0 + ZOMBIE_GRACE, 1, 0.0, &[]);
+            let v = super::judge(&name("x"), &u, &T, t0 + ZOMBIE_GRACE);
+            assert_eq!((v.live, v.ready), (Ok(()), Ok(())), "{profile}: reaped");
         }
     }
 
@@ -914,6 +1167,7 @@ mod tests {
             [
                 CheckName::Live,
                 CheckName::Process,
+                CheckName::Children,
                 CheckName::Awake,
                 CheckName::ReadinessProbe
             ]

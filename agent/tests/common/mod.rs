@@ -6,6 +6,7 @@
 #![allow(dead_code, unused_imports, missing_docs, clippy::unwrap_used)]
 
 pub mod fixtures;
+pub mod review;
 pub mod yaml;
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use vitals_agent::config::Config;
 use vitals_agent::Listeners;
 use vitals_e2e::client::{self, Request, Response};
+use vitals_e2e::report::percentile;
 
 pub use vitals_e2e::peer::{hello_line, PythonWorker, Worker};
 
@@ -208,8 +210,8 @@ pub const MAX_BOUND: Duration = Duration::from_millis(100);
 #[track_caller]
 pub fn assert_fast(label: &str, mut times: Vec<Duration>) {
     times.sort();
-    let p50 = times[times.len() / 2];
-    let p99 = times[times.len() * 99 / 100];
+    let p50 = percentile(&times, 0.5);
+    let p99 = percentile(&times, 0.99);
     let max = *times.last().expect("at least one probe timed");
     eprintln!(
         "{label}: {} probes, p50 {p50:?}, p99 {p99:?}, max {max:?}",

@@ -1,7 +1,8 @@
 //! `fake-vllm ADDR [LOAD_MS] [--engines N] [--sleep-idle-ttl S] [--llamacpp [--api-key
-//! KEY] [--counter-base N] [--sleep-idle-seconds S] [--metrics-snapshot]]`: the fake vLLM
-//! (or, with `--llamacpp`, the fake llama.cpp) of `vitals_e2e::fake_vllm` as a process of
-//! its own, so the agent finds it by its port and scenarios can stop or kill it.
+//! KEY] [--counter-base N] [--sleep-idle-seconds S] [--metrics-snapshot]] [--triton]`: the
+//! fake vLLM (or, with `--llamacpp`, the fake llama.cpp) of `vitals_e2e::fake_vllm`, or
+//! with `--triton` the fake Triton of `vitals_e2e::fake_triton`, as a process of its own,
+//! so the agent finds it by its port and scenarios can stop or kill it.
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use vitals_e2e::fake_vllm::{LlamaOptions, VllmOptions};
 fn usage(problem: &str) -> ! {
     eprintln!("fake-vllm: {problem}");
     eprintln!(
-        "usage: fake-vllm ADDR [LOAD_MS] [--engines N] [--sleep-idle-ttl S] [--llamacpp [--api-key KEY] [--counter-base N] [--sleep-idle-seconds S] [--metrics-snapshot]]"
+        "usage: fake-vllm ADDR [LOAD_MS] [--engines N] [--sleep-idle-ttl S] [--llamacpp [--api-key KEY] [--counter-base N] [--sleep-idle-seconds S] [--metrics-snapshot]] [--triton]"
     );
     std::process::exit(2);
 }
@@ -24,14 +25,21 @@ fn number<T: std::str::FromStr>(args: &mut impl Iterator<Item = String>, flag: &
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some(vitals_e2e::fake_triton::STUB_ARG) {
+        // The fake Triton's Python-backend stub: lives until killed.
+        loop {
+            std::thread::park();
+        }
+    }
     let mut args = std::env::args().skip(1);
     let Some(addr) = args.next() else {
         usage("ADDR missing")
     };
-    let (mut vllm, mut llama) = (VllmOptions::default(), None::<LlamaOptions>);
+    let (mut vllm, mut llama, mut triton) = (VllmOptions::default(), None::<LlamaOptions>, false);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--llamacpp" => llama = Some(LlamaOptions::default()),
+            "--triton" => triton = true,
             "--api-key" => {
                 let key = args.next().unwrap_or_else(|| usage("--api-key KEY"));
                 llama.get_or_insert_with(LlamaOptions::default).api_key = Some(key);
@@ -69,6 +77,9 @@ fn main() {
         }
     };
     println!("fake-vllm listening on {addr}");
+    if triton {
+        return vitals_e2e::fake_triton::serve_triton(listener);
+    }
     match llama {
         Some(options) => vitals_e2e::fake_vllm::serve_llamacpp(
             listener,

@@ -35,6 +35,10 @@ pub struct Flags {
     pub proc_interval: f64,
     /// The protocol workers' heartbeat interval (s).
     pub heartbeat: f64,
+    /// How often a `soak-worker` reads its mode (s): a mode change takes effect up to this
+    /// much after it was written (20 ms in records kept before the field).
+    #[serde(default = "twenty_ms")]
+    pub worker_tick: f64,
     /// The upstreams' probes' `periodSeconds` (s).
     pub upstream_period: f64,
     /// The upstreams' probes' `timeoutSeconds` (s).
@@ -47,6 +51,10 @@ pub struct Flags {
     /// The protocol reporter's reconnect back-off cap (s, SPEC §1): an agent restart costs a
     /// worker at most this before it says hello again.
     pub reporter_backoff_cap: f64,
+}
+
+fn twenty_ms() -> f64 {
+    0.02
 }
 
 /// An upper bound: the timeout that governs it plus what the mechanism adds by design; the
@@ -111,8 +119,8 @@ pub enum Action {
     /// A protocol worker's loop mode (`run`, `freeze`, `mute`, `stuck_load`; see the
     /// `soak-worker` binary).
     Mode(&'static str),
-    /// A fake vLLM control request (`/control/hang`, ...; see `fake_vllm`).
-    Control(&'static str),
+    /// Fake vLLM requests, in order (`/control/hang`, `/sleep`, ...; see `fake_vllm`).
+    Control(&'static [&'static str]),
     /// Into the cgroup v1 freezer (uninterruptible sleep, `D` in /proc).
     Freeze,
     /// Out of the freezer.
@@ -126,6 +134,8 @@ pub enum Needs {
     Nothing,
     /// Root and the cgroup v1 freezer (`/sys/fs/cgroup/freezer`).
     Freezer,
+    /// An upstream with two engines or more (vLLM data parallel).
+    DataParallel,
 }
 
 /// One fault kind: a row of the table.
@@ -206,17 +216,32 @@ fn hang_not_before(f: &Flags) -> f64 {
 fn loop_stall(f: &Flags) -> Bound {
     Bound {
         base: f.stall_timeout,
-        mechanism: f.heartbeat + f.probe_period,
+        mechanism: f.worker_tick + f.heartbeat + f.probe_period,
     }
 }
 fn loop_stall_not_before(f: &Flags) -> f64 {
     f.stall_timeout - f.heartbeat
 }
-/// `phase: loading` is seen at once, the load clock restarted at that phase message.
+/// `phase: loading` is sent once the worker reads its mode, and the load clock restarts at
+/// that phase message.
 fn load_stall(f: &Flags) -> Bound {
     Bound {
         base: f.load_stall_timeout,
-        mechanism: f.probe_period,
+        mechanism: f.worker_tick + f.probe_period,
+    }
+}
+/// The phase message goes out once the worker reads its mode.
+fn next_tick(f: &Flags) -> Bound {
+    Bound {
+        base: 0.0,
+        mechanism: f.worker_tick + f.probe_period,
+    }
+}
+/// No heartbeat for the hang timeout once the worker read its mode.
+fn muted(f: &Flags) -> Bound {
+    Bound {
+        base: f.hang_timeout,
+        mechanism: f.worker_tick + f.probe_period,
     }
 }
 fn load_stall_not_before(f: &Flags) -> f64 {
@@ -243,11 +268,12 @@ fn at_once(f: &Flags) -> Bound {
 fn zero(_: &Flags) -> f64 {
     0.0
 }
-/// The next heartbeat is newer evidence than any /proc sample or stale clock (SPEC §7).
+/// The next heartbeat is newer evidence than any /proc sample or stale clock (SPEC §7);
+/// for a mode written to the worker, once it read it.
 fn next_heartbeat(f: &Flags) -> Bound {
     Bound {
         base: 0.0,
-        mechanism: f.heartbeat + f.probe_period,
+        mechanism: f.worker_tick + f.heartbeat + f.probe_period,
     }
 }
 /// After a thaw, the next heartbeat, and the next /proc sample no longer `D`.
@@ -280,16 +306,18 @@ fn next_upstream_probe_and_sample(f: &Flags) -> Bound {
         mechanism: f.upstream_period + f.proc_interval + f.probe_period,
     }
 }
-/// Busy and no work counter moved for the stall timeout, seen by scrapes every /proc
-/// interval.
+/// Busy and no work counter moved for the stall timeout, as answered scrapes show it (issue
+/// 26): the clock starts at the first scrape after the engine stopped (up to a /proc
+/// interval later) and the stall is seen at a scrape (up to another), as scenario U2 bounds
+/// it.
 fn upstream_stall(f: &Flags) -> Bound {
     Bound {
         base: f.stall_timeout,
-        mechanism: f.proc_interval + f.probe_period,
+        mechanism: 2.0 * f.proc_interval + f.probe_period,
     }
 }
 fn upstream_stall_not_before(f: &Flags) -> f64 {
-    f.stall_timeout - f.proc_interval
+    f.stall_timeout - 2.0 * f.proc_interval
 }
 /// The next scrape sees the counters move.
 fn next_scrape(f: &Flags) -> Bound {
@@ -358,18 +386,18 @@ pub const KINDS: &[FaultKind] = &[
         target: TargetKind::Worker,
         live: PathRule::MustFail {
             reasons: &["heartbeat_timeout"],
-            detect: hang,
+            detect: muted,
             not_before: hang_not_before,
         },
         ready: PathRule::MustFail {
             reasons: &["heartbeat_timeout"],
-            detect: hang,
+            detect: muted,
             not_before: hang_not_before,
         },
         inject: Action::Mode("mute"),
         clear: Action::Mode("run"),
         clear_bound: next_heartbeat,
-        min_hold: |f| hang(f).total() + 1.0,
+        min_hold: |f| muted(f).total() + 1.0,
         needs: Needs::Nothing,
     },
     FaultKind {
@@ -382,7 +410,7 @@ pub const KINDS: &[FaultKind] = &[
         },
         ready: PathRule::MustFail {
             reasons: &["phase: loading", "load_stalled"],
-            detect: at_once,
+            detect: next_tick,
             not_before: zero,
         },
         inject: Action::Mode("stuck_load"),
@@ -483,8 +511,8 @@ pub const KINDS: &[FaultKind] = &[
             detect: upstream_stall,
             not_before: upstream_stall_not_before,
         },
-        inject: Action::Control("/control/hang"),
-        clear: Action::Control("/control/unhang"),
+        inject: Action::Control(&["/control/hang"]),
+        clear: Action::Control(&["/control/unhang"]),
         clear_bound: next_scrape,
         min_hold: |f| upstream_stall(f).total() + 1.0,
         needs: Needs::Nothing,
@@ -503,8 +531,8 @@ pub const KINDS: &[FaultKind] = &[
             not_before: upstream_timeout_not_before,
         },
         // Every answer, /health and /metrics, waits 1.5 s: past `timeoutSeconds: 1`.
-        inject: Action::Control("/control/slow?ms=1500"),
-        clear: Action::Control("/control/slow?ms=0"),
+        inject: Action::Control(&["/control/slow?ms=1500"]),
+        clear: Action::Control(&["/control/slow?ms=0"]),
         // The probe in flight at the clear still times out, and the ticks that fall due
         // meanwhile are skipped (SPEC §7): the next probe comes at most a timeout and a
         // period later.
@@ -520,11 +548,51 @@ pub const KINDS: &[FaultKind] = &[
         live: PathRule::Pass,
         ready: PathRule::Pass,
         // Every scrape waits 5 s: past the agent's scrape timeout, unanswered.
-        inject: Action::Control("/control/slow_metrics?ms=5000"),
-        clear: Action::Control("/control/slow_metrics?ms=0"),
+        inject: Action::Control(&["/control/slow_metrics?ms=5000"]),
+        clear: Action::Control(&["/control/slow_metrics?ms=0"]),
         clear_bound: next_scrape,
         // Past twice the stall timeout: the span in which the metrics are dropped as stale.
         min_hold: |f| 2.0 * f.stall_timeout + f.proc_interval + 1.0,
+        needs: Needs::Nothing,
+    },
+    FaultKind {
+        name: "one_engine_hung",
+        target: TargetKind::Upstream,
+        // SPEC §12: each engine judged on its own series; the other keeps working.
+        live: PathRule::MustFail {
+            reasons: &["loop_stalled: engine 1"],
+            detect: upstream_stall,
+            not_before: upstream_stall_not_before,
+        },
+        ready: PathRule::MustFail {
+            reasons: &["loop_stalled: engine 1"],
+            detect: upstream_stall,
+            not_before: upstream_stall_not_before,
+        },
+        inject: Action::Control(&["/control/hang?engine=1"]),
+        clear: Action::Control(&["/control/unhang"]),
+        clear_bound: next_scrape,
+        min_hold: |f| upstream_stall(f).total() + 1.0,
+        needs: Needs::DataParallel,
+    },
+    FaultKind {
+        name: "sleep",
+        target: TargetKind::Upstream,
+        // SPEC §12: asleep is live; after a manual `/sleep` only an operator's `/wake_up`
+        // wakes it, so it is not ready (`sleeping`). Its stall clock is paused: held past
+        // the stall timeout, it never turns `loop_stalled`.
+        live: PathRule::Pass,
+        // The next scrape reads the engines' sleep state.
+        ready: PathRule::MustFail {
+            reasons: &["sleeping"],
+            detect: next_scrape,
+            not_before: zero,
+        },
+        inject: Action::Control(&["/sleep?level=1"]),
+        // The sleep aborted the running requests: the soak's load comes back with the wake.
+        clear: Action::Control(&["/wake_up", "/control/busy?running=2&waiting=1"]),
+        clear_bound: next_scrape,
+        min_hold: |f| f.stall_timeout + 2.0 * f.proc_interval + 1.0,
         needs: Needs::Nothing,
     },
 ];

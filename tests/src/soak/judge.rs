@@ -113,7 +113,8 @@ pub struct KindRow {
     pub detect: Vec<f64>,
     /// The bound on them without starvation (s).
     pub bound: f64,
-    /// Clear latencies (s), the slowest path of each fault.
+    /// Clear latencies (s), the slowest path of each fault, from the clear (or from the
+    /// agent's recovery when it restarted meanwhile).
     pub clear: Vec<f64>,
     /// The clear bound without starvation (s).
     pub clear_bound: f64,
@@ -264,10 +265,31 @@ impl Ctx<'_> {
     }
 
     /// Whether `t` is in a life's recovery window.
+    /// (From its spawn: it may answer a little before the soak saw it up.)
     fn recovering(&self, t: f64, scope: &str) -> bool {
-        self.r.lives.iter().any(|l| {
-            l.up.is_some_and(|up| t >= up) && self.settled(l, scope).is_some_and(|s| t <= s)
-        })
+        self.r
+            .lives
+            .iter()
+            .any(|l| t >= l.spawned && self.settled(l, scope).is_some_and(|s| t <= s))
+    }
+
+    /// When a clock of `bound` that starts at `t` can run in an agent that stays up: `t`
+    /// itself, unless the agent was down then, died before the bound passed, or was still
+    /// recovering; then when the next life (or this one) had recovered.
+    fn resumed(&self, t: f64, bound: f64, scope: &str) -> f64 {
+        let settled = |l: &Life| self.settled(l, scope).unwrap_or(t).max(t);
+        let next = || {
+            self.r
+                .lives
+                .iter()
+                .find(|l| l.spawned > t)
+                .map_or(t, settled)
+        };
+        match self.life_at(t) {
+            None => next(),
+            Some(now) if now.died.is_some_and(|d| d < t + bound) => next(),
+            Some(now) => settled(now),
+        }
     }
 
     fn target_kind(&self, name: &str) -> Option<TargetKind> {
@@ -540,17 +562,21 @@ fn judge_fault<'a>(
                     && p.status.is_some()
                     && allowed(&p.reason, reasons)
             });
-            let limit = |t: f64| fault.start + bound + cx.slack(scope, fault.start, t);
+            // Bounds count from when the injection was done, lower bounds from when it
+            // began: its effect came in between.
+            let limit = |t: f64| fault.injected + bound + cx.slack(scope, fault.start, t);
             let d = if carried {
                 Detection::Carried
             } else {
                 match first {
                     Some(p) if p.t >= died => Detection::Interrupted,
-                    Some(p) if p.t > limit(p.t) => Detection::Late(p.t - fault.start),
-                    Some(p) if p.t - fault.start < not_before(&cx.f) => {
+                    Some(p) if p.t > limit(p.t) => Detection::Late(p.t - fault.injected),
+                    // Early only if even its answer (the latest the verdict can have been
+                    // made) came before the earliest correct time.
+                    Some(p) if answered_by(p) - fault.start < not_before(&cx.f) => {
                         Detection::Early((p.t - fault.start).max(0.0))
                     }
-                    Some(p) => Detection::InBound((p.t - fault.start).max(0.0)),
+                    Some(p) => Detection::InBound((p.t - fault.injected).max(0.0)),
                     None if died < fault.end.min(limit(fault.end)) => Detection::Interrupted,
                     None if fault.end >= limit(fault.end) => Detection::Missed,
                     None => Detection::Unjudged,
@@ -559,11 +585,11 @@ fn judge_fault<'a>(
             match d {
                 Detection::Late(lat) => problems.push(Problem {
                     kind: ProblemKind::Late,
-                    t: fault.start + lat,
+                    t: fault.injected + lat,
                     detail: format!(
                         "{}: detected after {lat:.2}s, bound {bound:.2}s + {:.3}s starvation",
                         label(probe),
-                        cx.slack(scope, fault.start, fault.start + lat)
+                        cx.slack(scope, fault.start, fault.injected + lat)
                     ),
                 }),
                 Detection::Early(lat) => problems.push(Problem {
@@ -582,7 +608,7 @@ fn judge_fault<'a>(
                         "{}: never detected in {:.2}s held (bound {bound:.2}s + {:.3}s \
                          starvation)",
                         label(probe),
-                        fault.end - fault.start,
+                        fault.end - fault.injected,
                         cx.slack(scope, fault.start, fault.end)
                     ),
                 }),
@@ -617,36 +643,50 @@ fn judge_fault<'a>(
                     }
                 }
             }
-            if outcome.detection.is_none() {
+            // The fault's detection is its first such path's, unless another path did worse.
+            let worse = |d: Detection| match d {
+                Detection::Missed => 3,
+                Detection::Late(_) => 2,
+                Detection::Early(_) => 1,
+                _ => 0,
+            };
+            if outcome.detection.is_none_or(|o| worse(d) > worse(o)) {
                 outcome.detection = Some(d);
                 outcome.bound = bound;
             }
         }
         if matches!(rule, PathRule::Pass) {
             // Nothing to clear; a failure is found by the probe sweep.
-            explains_until[idx] = fault.end;
+            explains_until[idx] = fault.cleared;
             continue;
         }
         // Cleared: the first pass after the clear action, within the clear bound counted
-        // from the clear, or from the agent having recovered when it restarted meanwhile.
+        // from the clear, or from the agent having recovered when it was down or restarted
+        // meanwhile.
         let clear_bound = (k.clear_bound)(&cx.f).total();
-        let from =
-            cx.r.lives
-                .iter()
-                .filter(|l| {
-                    l.up.is_some_and(|up| up > fault.start && up <= fault.end + clear_bound)
-                })
-                .filter_map(|l| cx.settled(l, scope))
-                .fold(fault.end, f64::max);
+        let from = cx.resumed(fault.cleared, clear_bound, scope);
         let pass = cx
             .probes(&fault.target, probe)
             .find(|p| p.t >= fault.end && p.ok);
+        // The next fault on the target, when it came before the clear was due (the agent's
+        // restart delayed it), leaves the clear unjudged.
+        let next =
+            cx.r.faults
+                .iter()
+                .filter(|x| x.target == fault.target && x.start > fault.end)
+                .map(|x| x.start)
+                .fold(f64::INFINITY, f64::min);
+        let due = |to: f64| from + clear_bound + cx.slack(scope, from, to);
         explains_until[idx] = pass.map_or(cx.r.run.end, |p| p.t);
         match pass {
-            Some(p) if p.t - from <= clear_bound + cx.slack(scope, from, p.t) => {
+            Some(p) if p.t <= due(p.t) => {
                 if let Some(c) = outcome.clear.as_mut() {
-                    *c = c.max(p.t - fault.end);
+                    *c = c.max(p.t - from);
                 }
+            }
+            _ if next < due(next) => {
+                outcome.clear = None;
+                explains_until[idx] = explains_until[idx].min(next);
             }
             _ => {
                 outcome.clear = None;
@@ -658,7 +698,7 @@ fn judge_fault<'a>(
                         label(probe),
                         pass.map_or("never passed again".to_string(), |p| format!(
                             "passed again only {:.2}s",
-                            p.t - fault.end
+                            p.t - fault.cleared
                         )),
                         cx.slack(scope, from, pass.map_or(cx.r.run.end, |p| p.t))
                     ),
@@ -866,7 +906,7 @@ pub fn render(r: &Records, v: &Verdict, max_problems: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<22} {:>4} {:>8} {:>5} {:>6} {:>8}  {:<17} {:>6}  {:<17} {:>6} {:>5}  reasons seen",
+        "{:<24} {:>4} {:>8} {:>5} {:>6} {:>8}  {:<17} {:>6}  {:<17} {:>6} {:>5}  reasons seen",
         "kind",
         "n",
         "in bound",
@@ -887,7 +927,7 @@ pub fn render(r: &Records, v: &Verdict, max_problems: usize) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "{:<22} {:>4} {:>8} {:>5} {:>6} {:>8}  {:<17} {:>6.2}  {:<17} {:>6.2} {:>5}  {}",
+            "{:<24} {:>4} {:>8} {:>5} {:>6} {:>8}  {:<17} {:>6.2}  {:<17} {:>6.2} {:>5}  {}",
             row.name,
             row.faults,
             row.in_bound,
@@ -1050,10 +1090,12 @@ mod tests {
                     Target {
                         name: "model".into(),
                         kind: TargetKind::Worker,
+                        engines: 1,
                     },
                     Target {
                         name: "vllm-a".into(),
                         kind: TargetKind::Upstream,
+                        engines: 1,
                     },
                 ],
                 not_made: vec![],
@@ -1065,14 +1107,18 @@ mod tests {
                     kind: "stop".into(),
                     target: "model".into(),
                     start: 5.0,
+                    injected: 5.0,
                     end: 10.0,
+                    cleared: 10.0,
                 },
                 Fault {
                     id: 1,
                     kind: "metrics_gone".into(),
                     target: "vllm-a".into(),
                     start: 12.0,
+                    injected: 12.0,
                     end: 20.0,
+                    cleared: 20.0,
                 },
             ],
             probes,
@@ -1279,7 +1325,9 @@ mod tests {
             kind: "agent_kill".into(),
             target: "agent".into(),
             start: 23.5,
+            injected: 23.5,
             end: 24.5,
+            cleared: 24.5,
         });
         r.lives[0].died = Some(23.5);
         r.lives.push(Life {

@@ -5,7 +5,7 @@
 
 use super::faults::{
     agent_recovery, agent_stop_max, backoff_reset, restart_backoff, Action, FaultKind, Flags,
-    KUBELET_SCALE,
+    Needs, KUBELET_SCALE,
 };
 use super::records::Target;
 
@@ -50,7 +50,11 @@ pub fn plan(
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut out = Vec::new();
     for target in targets {
-        let mine: Vec<_> = kinds.iter().filter(|k| k.target == target.kind).collect();
+        let mine: Vec<_> = kinds
+            .iter()
+            .filter(|k| k.target == target.kind)
+            .filter(|k| k.needs != Needs::DataParallel || target.engines > 1)
+            .collect();
         if mine.is_empty() {
             continue;
         }
@@ -88,10 +92,13 @@ pub fn plan(
             t = done + uniform(&mut rng, GAP);
         }
     }
+    // The agent's faults alternate, a kill first, so even a short run has both.
     let mut kills: Vec<f64> = Vec::new();
     let mut t = uniform(&mut rng, (AGENT_MARGIN, 2.0 * AGENT_MARGIN));
+    let mut kill = false;
     while t + AGENT_MARGIN < secs {
-        let (kind, hold) = if rng.f64() < 0.6 {
+        kill = !kill;
+        let (kind, hold) = if kill {
             let recent = kills
                 .iter()
                 .filter(|&&at| t - at < backoff_reset(KUBELET_SCALE));
@@ -136,14 +143,16 @@ mod tests {
 
     fn targets() -> Vec<Target> {
         [
-            ("model", TargetKind::Worker),
-            ("model-b", TargetKind::Worker),
-            ("vllm-a", TargetKind::Upstream),
+            ("model", TargetKind::Worker, 1),
+            ("model-b", TargetKind::Worker, 1),
+            ("vllm-a", TargetKind::Upstream, 1),
+            ("vllm-b", TargetKind::Upstream, 2),
         ]
         .into_iter()
-        .map(|(n, k)| Target {
+        .map(|(n, kind, engines)| Target {
             name: n.into(),
-            kind: k,
+            kind,
+            engines,
         })
         .collect()
     }
@@ -180,6 +189,11 @@ mod tests {
                 k.name
             );
         }
+        assert!(
+            !p.iter()
+                .any(|x| x.kind == "one_engine_hung" && x.target == "vllm-a"),
+            "one engine of one hangs only with data parallelism"
+        );
         assert!(p.iter().any(|x| x.kind == "agent_kill"));
         assert!(p.iter().any(|x| x.kind == "agent_stop"));
         assert!(p

@@ -44,6 +44,10 @@ pub struct Target {
     pub name: String,
     /// What it is.
     pub kind: TargetKind,
+    /// How many engines it runs (vLLM data parallel); 1 for the others (and in records
+    /// kept before the field).
+    #[serde(default = "one")]
+    pub engines: u32,
 }
 
 /// One fault as it happened.
@@ -55,10 +59,15 @@ pub struct Fault {
     pub kind: String,
     /// The target's name (`agent` for the agent's own faults).
     pub target: String,
-    /// When the injecting action completed.
+    /// When the injecting action began (a signal sent, a mode written): its effect comes
+    /// no earlier.
     pub start: f64,
-    /// When the clearing action completed (for a kill: the restarted process is up).
+    /// When it was done (a killed process reaped): its effect comes no later.
+    pub injected: f64,
+    /// When the clearing action began.
     pub end: f64,
+    /// When it was done (a restarted process up).
+    pub cleared: f64,
 }
 
 /// One kubelet-style probe of the agent.
@@ -78,6 +87,10 @@ pub struct ProbeRecord {
     pub reason: String,
     /// How long it took (ms).
     pub latency_ms: f64,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// One run of the agent process.

@@ -20,7 +20,7 @@ use super::records::{Fault, Life, Panic, ProbeRecord, Records, Rss, RunInfo, Sli
 use crate::bins;
 use crate::fake_vllm::FakeVllm;
 use crate::freezer::Freezer;
-use crate::pod::{free_addr, AgentOptions, Pod, Proc, WorkerOptions};
+use crate::pod::{free_addr, rss_kib, AgentOptions, Pod, Proc, WorkerOptions};
 use crate::probe::{kubelet_probe, DEFAULT_TIMEOUT};
 use crate::report::cannot_run;
 use crate::timeline::Timeline;
@@ -30,6 +30,8 @@ use crate::timeline::Timeline;
 pub const PROBE_PERIOD: Duration = Duration::from_millis(100);
 /// The protocol workers' heartbeat interval (the e2e worker's).
 pub const HEARTBEAT: Duration = Duration::from_millis(250);
+/// How often a `soak-worker` reads its mode file (its loop's tick, `TICK` there).
+const WORKER_TICK_S: f64 = 0.02;
 /// The upstreams' probes: `periodSeconds: 1`, `timeoutSeconds: 1`.
 const UPSTREAM_PERIOD_S: u32 = 1;
 const UPSTREAM_TIMEOUT_S: u32 = 1;
@@ -39,9 +41,10 @@ const REPORTER_BACKOFF_CAP: Duration = Duration::from_secs(1);
 const RSS_EVERY: Duration = Duration::from_secs(1);
 /// The grain of the recorded starvation.
 const SLICE: Duration = Duration::from_millis(250);
-/// The protocol workers' and the upstreams' names in the agent.
+/// The protocol workers' and the upstreams' names in the agent; the upstreams' engines (the
+/// second one data parallel, vLLM's `--data-parallel-size 2`).
 const WORKERS: [&str; 2] = ["model", "model-b"];
-const UPSTREAMS: [&str; 2] = ["vllm-a", "vllm-b"];
+const UPSTREAMS: [(&str, u32); 2] = [("vllm-a", 1), ("vllm-b", 2)];
 /// How long probing goes on after the plan's end (s), so the last clears are seen.
 const TAIL: f64 = 2.0;
 /// The id [`cannot_run`] knows the D-state kind by.
@@ -85,6 +88,7 @@ pub fn flags(agent: &AgentOptions) -> Flags {
         d_state_timeout: secs(agent.d_state_timeout),
         proc_interval: secs(agent.proc_interval),
         heartbeat: secs(HEARTBEAT),
+        worker_tick: WORKER_TICK_S,
         upstream_period: f64::from(UPSTREAM_PERIOD_S),
         upstream_timeout: f64::from(UPSTREAM_TIMEOUT_S),
         probe_period: secs(PROBE_PERIOD),
@@ -129,6 +133,7 @@ enum Running {
     },
     Upstream {
         name: String,
+        engines: u32,
         vllm: FakeVllm,
         addr: SocketAddr,
         dir: PathBuf,
@@ -138,30 +143,32 @@ enum Running {
 
 impl Running {
     fn start_upstream(
-        name: &str,
+        (name, engines): (&str, u32),
         addr: SocketAddr,
         dir: &Path,
         n: usize,
         tl: &Timeline,
     ) -> FakeVllm {
         let log = dir.join(format!("{name}.{n}.log"));
-        let vllm = FakeVllm::start(
+        let engines = engines.to_string();
+        let vllm = FakeVllm::start_with(
             &bins::e2e_bin("fake-vllm"),
             addr,
             Some(Duration::ZERO),
+            &["--engines", &engines],
             &log,
         );
         tl.watch_process(vllm.pid());
-        // Always busy and working: two running, one waiting; the engine steps every 20 ms.
+        // Always busy and working: two running (one per engine with two), one waiting; the
+        // engines step every 20 ms.
         vllm.busy(2, 1);
         vllm
     }
 
-    /// Does `action`; returns its ground-truth time on the timeline `tl`: when it began (a
-    /// signal sent, a mode written), or for a restart when the new process was up (it
-    /// cannot be heard from before). A restarted process is watched by `watch`, the
+    /// Does `action`; returns its ground truth on the timeline `tl`: when it began and when
+    /// it was done (a killed process reaped, a restarted one up). A restarted process is watched by `watch`, the
     /// target's own starvation timeline.
-    fn act(&mut self, action: Action, tl: &Timeline, watch: &Timeline) -> f64 {
+    fn act(&mut self, action: Action, tl: &Timeline, watch: &Timeline) -> (f64, f64) {
         let began = secs(tl.now());
         match (self, action) {
             (Running::Worker { proc, .. }, Action::Stop) => proc.signal(Signal::SIGSTOP),
@@ -205,6 +212,7 @@ impl Running {
             (
                 Running::Upstream {
                     name,
+                    engines,
                     vllm,
                     addr,
                     dir,
@@ -213,16 +221,16 @@ impl Running {
                 Action::Restart,
             ) => {
                 *lives += 1;
-                *vllm = Self::start_upstream(name, *addr, dir, *lives, watch);
+                *vllm = Self::start_upstream((name, *engines), *addr, dir, *lives, watch);
             }
-            (Running::Upstream { vllm, .. }, Action::Control(path)) => vllm.control(path),
+            (Running::Upstream { vllm, .. }, Action::Control(paths)) => {
+                for path in paths {
+                    vllm.control(path);
+                }
+            }
             (_, action) => panic!("the fault table pairs {action:?} with the wrong target"),
         }
-        if action == Action::Restart {
-            secs(tl.now())
-        } else {
-            began
-        }
+        (began, secs(tl.now()))
     }
 }
 
@@ -306,17 +314,6 @@ impl Probers {
 /// The agent's current life and pid, for the RSS sampler.
 type Current = Arc<Mutex<Option<(usize, u32)>>>;
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// Lines that say a process panicked.
 fn panics(who: &str, log: &str) -> Vec<Panic> {
     log.lines()
@@ -334,7 +331,8 @@ pub fn run(options: &Options) -> Run {
         .prefix("vitals-soak-")
         .tempdir()
         .expect("a temp folder for the soak");
-    let vllm_addrs: Vec<(&str, SocketAddr)> = UPSTREAMS.iter().map(|n| (*n, free_addr())).collect();
+    let vllm_addrs: Vec<(&str, SocketAddr)> =
+        UPSTREAMS.iter().map(|(n, _)| (*n, free_addr())).collect();
     let agent_options = AgentOptions {
         extra_args: vec![
             "--expect".into(),
@@ -369,7 +367,7 @@ pub fn run(options: &Options) -> Run {
     }
     let kinds: Vec<&'static FaultKind> = KINDS
         .iter()
-        .filter(|k| k.needs == Needs::Nothing || not_made.is_empty())
+        .filter(|k| k.needs != Needs::Freezer || not_made.is_empty())
         .collect();
 
     // The targets, then the agent; ready before the plan begins. Each target has a
@@ -380,10 +378,11 @@ pub fn run(options: &Options) -> Run {
         .map(|_| Arc::new(Timeline::new()))
         .collect();
     let mut running: Vec<Running> = Vec::new();
-    for ((name, addr), watch) in vllm_addrs.iter().zip(&watches) {
+    for (((name, addr), (_, engines)), watch) in vllm_addrs.iter().zip(UPSTREAMS).zip(&watches) {
         running.push(Running::Upstream {
             name: (*name).to_string(),
-            vllm: Running::start_upstream(name, *addr, dir.path(), 0, watch),
+            engines,
+            vllm: Running::start_upstream((name, engines), *addr, dir.path(), 0, watch),
             addr: *addr,
             dir: dir.path().to_path_buf(),
             lives: 0,
@@ -434,7 +433,11 @@ pub fn run(options: &Options) -> Run {
         (lives.len() - 1, pid)
     };
     let current: Current = Arc::new(Mutex::new(Some(start_agent(&mut pod, &mut lives))));
-    let names: Vec<&str> = UPSTREAMS.iter().chain(WORKERS.iter()).copied().collect();
+    let names: Vec<&str> = UPSTREAMS
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(WORKERS.iter().copied())
+        .collect();
     for name in &names {
         pod.await_probe(
             &format!("/readyz/{name}"),
@@ -445,11 +448,12 @@ pub fn run(options: &Options) -> Run {
     }
     let targets: Vec<Target> = UPSTREAMS
         .iter()
-        .map(|n| (n, TargetKind::Upstream))
-        .chain(WORKERS.iter().map(|n| (n, TargetKind::Worker)))
-        .map(|(n, kind)| Target {
+        .map(|(n, engines)| (n, TargetKind::Upstream, *engines))
+        .chain(WORKERS.iter().map(|n| (n, TargetKind::Worker, 1)))
+        .map(|(n, kind, engines)| Target {
             name: (*n).to_string(),
             kind,
+            engines,
         })
         .collect();
 
@@ -487,18 +491,21 @@ pub fn run(options: &Options) -> Run {
     };
     let planned = plan(options.seed, options.secs, &flags, &targets, &kinds);
     let faults = Arc::new(Mutex::new(Vec::new()));
-    let record = |faults: &Mutex<Vec<Fault>>, p: &Planned, start: f64, end: f64| {
-        faults
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Fault {
-                id: p.id,
-                kind: p.kind.to_string(),
-                target: p.target.clone(),
-                start,
-                end,
-            });
-    };
+    let record =
+        |faults: &Mutex<Vec<Fault>>, p: &Planned, inject: (f64, f64), clear: (f64, f64)| {
+            faults
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Fault {
+                    id: p.id,
+                    kind: p.kind.to_string(),
+                    target: p.target.clone(),
+                    start: inject.0,
+                    injected: inject.1,
+                    end: clear.0,
+                    cleared: clear.1,
+                });
+        };
     let target_threads: Vec<JoinHandle<Running>> = running
         .into_iter()
         .zip(&targets)
@@ -534,6 +541,7 @@ pub fn run(options: &Options) -> Run {
         match p.kind {
             "agent_kill" => {
                 let start = secs(pod.kill_agent());
+                let killed = secs(tl.now());
                 *current.lock().unwrap_or_else(PoisonError::into_inner) = None;
                 if let Some(life) = lives.last_mut() {
                     life.died = Some(start);
@@ -543,13 +551,13 @@ pub fn run(options: &Options) -> Run {
                 let now = start_agent(&mut pod, &mut lives);
                 let end = lives.last().map_or(start, |l| l.spawned);
                 *current.lock().unwrap_or_else(PoisonError::into_inner) = Some(now);
-                record(&faults, p, start, end);
+                record(&faults, p, (start, killed), (end, end));
             }
             _ => {
                 let start = secs(pod.signal_agent(Signal::SIGSTOP));
                 thread::sleep(Duration::from_secs_f64(p.hold));
                 let end = secs(pod.signal_agent(Signal::SIGCONT));
-                record(&faults, p, start, end);
+                record(&faults, p, (start, start), (end, end));
             }
         }
     }

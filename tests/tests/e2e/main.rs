@@ -11,6 +11,7 @@ mod common;
 mod engines;
 mod faults;
 mod group;
+mod hangs;
 mod isolation;
 mod lifecycle;
 mod pod_shape;

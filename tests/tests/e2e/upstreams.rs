@@ -46,7 +46,7 @@ pub const VLLM: Server<'static> = Server {
 
 /// A Deployment of `server` as its users write it: `/health` on the API port, by name for
 /// readiness; `periodSeconds: 1` so the scenarios run in seconds.
-fn manifest_of(port: u16, server: &Server) -> String {
+pub(crate) fn manifest_of(port: u16, server: &Server) -> String {
     let args = if server.args.is_empty() {
         String::new()
     } else {
@@ -89,7 +89,7 @@ spec:
 }
 
 /// Runs `vitals-agent inject` on `manifest` and returns the agent's `VITALS_UPSTREAMS`.
-fn injected_upstreams(manifest: &str) -> String {
+pub(crate) fn injected_upstreams(manifest: &str) -> String {
     let mut child = Command::new(bins::agent_bin())
         .args(["inject", "-q", "-f", "-"])
         .stdin(Stdio::piped())
@@ -478,14 +478,7 @@ fn u5_slow_upstream_never_slows_the_agent() {
 
 /// Resident memory of `pid` in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
+    vitals_e2e::pod::rss_kib(pid).unwrap_or_else(|| panic!("no VmRSS for pid {pid}"))
 }
 
 /// U6: 50 probes a second of the upstream's paths through the agent for 60 s, while the

@@ -284,6 +284,27 @@ pub fn names() -> Vec<&'static str> {
     PROFILES.iter().map(|p| p.name).collect()
 }
 
+/// Whether a server of profile `name` cannot recover a child process that died (SPEC §12):
+/// then a zombie child fails its liveness too, not only its readiness, because only a
+/// restart brings the model back.
+///
+/// Triton's Python backend (triton-inference-server/python_backend, read at f9088ff):
+/// src/stub_launcher.cc forks and execs one `triton_python_backend_stub` per model
+/// instance and reaps it only in `StubActive()` (`waitpid(WNOHANG)`, called from
+/// `TRITONBACKEND_ModelInstanceReady`, the per-model readiness) and at unload
+/// (`KillStubProcess`/`WaitForStubProcess`). When the stub dies, every request to that
+/// instance fails in `ProcessRequests` with "Stub process ... is not healthy", and
+/// src/python_be.cc `TRITONBACKEND_ModelInstanceExecute` never restarts it (its comment
+/// still reads "TODO: Implement restart"); the server-wide `/v2/health/live` and
+/// `/v2/health/ready` stay 200 (Triton #8604, #7230). So a Triton whose child is a zombie
+/// stays broken until the model is reloaded or the server restarted. The other servers'
+/// children (vLLM's engine cores, SGLang's schedulers, llama.cpp has none) are not
+/// restarted either, but their parents watch them and exit or fail `/health` themselves;
+/// a zombie there only fails readiness.
+pub fn children_unrecoverable(name: &str) -> bool {
+    name == "triton"
+}
+
 /// Image repositories of each server, as published by its project (registry and
 /// organisation included; `docker.io/` and `library/` optional).
 const IMAGES: &[(&str, &str)] = &[

@@ -50,6 +50,40 @@ pub struct Upstream {
     /// What its process looks like, for finding it in /proc without privileges.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
+    /// The opt-in canary request (SPEC §12); absent: none is ever sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+}
+
+/// The opt-in canary (SPEC §12): one cheap request, sent only after the server has been idle
+/// for `idle`, whose whole answer must arrive within `deadline`. Every field is optional:
+/// `{}` is the profile's default request, idle 60 s, deadline 10 s.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Canary {
+    /// The request (absent: the metrics profile's default one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<CanaryRequest>,
+    /// How long the server must have been idle (no work, no canary) before one is sent,
+    /// as `60s`, `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<String>,
+    /// The time limit on the whole answer, last byte included, as `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+}
+
+/// A canary request: `POST <path>` with a JSON body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CanaryRequest {
+    /// Request path.
+    pub path: String,
+    /// The JSON body.
+    pub body: serde_json::Value,
+    /// Port (default: the first httpGet probe's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<Port>,
 }
 
 /// A Kubernetes core/v1 `Probe` as written in a pod spec. The kubelet's own fields

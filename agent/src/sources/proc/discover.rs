@@ -15,6 +15,8 @@
 //!    port) is narrowed by its command line alone. Exactly one cgroup must remain; its oldest
 //!    candidate process is the one judged. Anything else is [`NotFound`], and /proc checks
 //!    stay off for that upstream.
+//! 3. Before it listens (a server loading its model), by its recorded command line alone, as
+//!    a container without probes: its load progress is followed from the start (SPEC §12).
 //!
 //! Reads go through procfs under a `/proc` root given by the caller (a fixture tree in
 //! tests); run it on the blocking pool, as /proc reads can stall.
@@ -88,7 +90,14 @@ pub fn find(proc_root: &Path, wanted: Wanted<'_>, exclude: &[u32]) -> Result<Wat
                 uid,
             ))
         }) else {
-            return Err(NotFound::NoListener(wanted.ports.to_vec()));
+            // A loading server does not listen yet: found by its recorded command line
+            // alone (SPEC §12's load progress), or not yet.
+            return match wanted.cmdline {
+                Some(cmdline) => {
+                    by_cmdline_before_listening(proc_root, wanted.ports, cmdline, exclude)
+                }
+                None => Err(NotFound::NoListener(wanted.ports.to_vec())),
+            };
         };
         Some((port, inodes, uid))
     };
@@ -164,6 +173,21 @@ pub fn find(proc_root: &Path, wanted: Wanted<'_>, exclude: &[u32]) -> Result<Wat
     }
 }
 
+/// A process that does not listen on its probes' `ports` yet, by its container's recorded
+/// `cmdline` alone; while none or several containers match, nothing listens yet.
+fn by_cmdline_before_listening(
+    proc_root: &Path,
+    ports: &[u16],
+    cmdline: &[String],
+    exclude: &[u32],
+) -> Result<Watched, NotFound> {
+    let wanted = Wanted {
+        ports: &[],
+        cmdline: Some(cmdline),
+    };
+    find(proc_root, wanted, exclude).map_err(|_| NotFound::NoListener(ports.to_vec()))
+}
+
 /// Whether a process whose `/proc/<pid>/cmdline` is `actual` runs the container command
 /// line `recorded` (its `command` + `args` as `inject` wrote them, or `args` alone).
 ///
@@ -179,7 +203,101 @@ pub fn find(proc_root: &Path, wanted: Wanted<'_>, exclude: &[u32]) -> Result<Wat
 /// the kubelet expands such references in `command` and `args` from the container's env
 /// before it starts the process (LeaderWorkerSet's own vLLM example passes
 /// `--ray_cluster_size=$(LWS_GROUP_SIZE)`), and inject records the words as written.
+///
+/// A recorded shell script (`sh -c SCRIPT`, or bash, dash, ash, ksh, zsh, with options
+/// before `-c`) also matches the command the shell runs in its own place: dash and bash
+/// exec a `-c` script's last simple command, so in an image where they do, the container's
+/// process is that command, not the shell ([`exec_form`]).
 pub fn cmdline_matches(recorded: &[String], actual: &[String]) -> bool {
+    run_matches(recorded, actual)
+        || exec_form(recorded).is_some_and(|exec| run_matches(&exec, actual))
+}
+
+/// Shells that run `-c SCRIPT`, by their program's last path part.
+const SHELLS: [&str; 6] = ["sh", "bash", "dash", "ash", "ksh", "zsh"];
+
+/// The words of the command a recorded `SHELL [-opts] -c SCRIPT [args]` execs in its own
+/// place: the script's last simple command (after the last `;`, `&&`, `||` or newline),
+/// quotes removed, a leading `exec` dropped, each shell variable (`$NAME`, `${NAME}`)
+/// written `$(NAME)`, the form that matches any text. `None` when `recorded` is not such a
+/// shell, or the last command is not one the shell can exec: a pipeline, a background job,
+/// a redirection, a subshell or a substitution (`|`, `&`, `<`, `>`, `(`, `` ` ``), or an
+/// unclosed quote.
+fn exec_form(recorded: &[String]) -> Option<Vec<String>> {
+    let (shell, rest) = recorded.split_first()?;
+    if !SHELLS.contains(&shell.rsplit('/').next().unwrap_or(shell)) {
+        return None;
+    }
+    let options = rest
+        .iter()
+        .take_while(|w| w.starts_with('-') && !w.starts_with("--"));
+    let at = options.clone().position(|w| w.contains('c'))?;
+    let script = rest.get(at + 1)?;
+    let mut last = shell_words(script)?;
+    if last.first().is_some_and(|w| w == "exec") {
+        last.remove(0);
+    }
+    (!last.is_empty()).then_some(last)
+}
+
+/// The words of `script`'s last simple command (see [`exec_form`]).
+fn shell_words(script: &str) -> Option<Vec<String>> {
+    let mut commands: Vec<Vec<String>> = vec![Vec::new()];
+    let mut word: Option<String> = None;
+    let mut chars = script.chars().peekable();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        let text = word.get_or_insert_with(String::new);
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some('"'), '\\') => text.extend(chars.next()),
+            (Some('\''), c) => text.push(c),
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '\\') => text.extend(chars.next()),
+            (_, '$') if quote != Some('\'') => match chars.peek() {
+                // `$(VAR)` is the kubelet's reference, expanded before the shell ran.
+                Some(open @ ('(' | '{')) => {
+                    let close = if *open == '(' { ')' } else { '}' };
+                    chars.next();
+                    let name: String = chars.by_ref().take_while(|c| *c != close).collect();
+                    text.push_str(&format!("$({name})"));
+                }
+                Some(n) if n.is_ascii_alphanumeric() || *n == '_' => {
+                    let mut name = String::new();
+                    while let Some(n) = chars.next_if(|n| n.is_ascii_alphanumeric() || *n == '_') {
+                        name.push(n);
+                    }
+                    text.push_str(&format!("$({name})"));
+                }
+                _ => text.push('$'),
+            },
+            (Some(_), c) => text.push(c),
+            (None, ' ' | '\t') => {
+                let done = word.take().filter(|w| !w.is_empty());
+                commands.last_mut()?.extend(done);
+            }
+            (None, ';' | '\n') | (None, '&' | '|')
+                if c == ';' || c == '\n' || chars.peek() == Some(&c) =>
+            {
+                chars.next_if_eq(&c);
+                let done = word.take().filter(|w| !w.is_empty());
+                commands.last_mut()?.extend(done);
+                commands.push(Vec::new());
+            }
+            (None, '|' | '&' | '<' | '>' | '(' | ')' | '`') => return None,
+            (None, c) => text.push(c),
+        }
+    }
+    if quote.is_some() {
+        return None;
+    }
+    let done = word.take().filter(|w| !w.is_empty());
+    commands.last_mut()?.extend(done);
+    commands.into_iter().rev().find(|c| !c.is_empty())
+}
+
+/// [`cmdline_matches`]'s rule for one recorded command line.
+fn run_matches(recorded: &[String], actual: &[String]) -> bool {
     let Some((first, rest)) = recorded.split_first() else {
         return false;
     };
@@ -421,6 +539,60 @@ mod tests {
         assert!(!word_matches("--x=$(A", "--x=1"));
     }
 
+    /// SPEC §11: where the image's `sh` (dash, bash) execs a `-c` script's last simple
+    /// command, the container's process runs that command, not `sh -c ...`; it must still
+    /// match the recorded `sh -c` command line. The worker of LeaderWorkerSet's vLLM
+    /// example (kubernetes-sigs/lws docs/examples/vllm/GPU/lws.yaml) runs
+    /// `sh -c "bash .../multi-node-serving.sh worker --ray_address=$(LWS_LEADER_ADDRESS)"`.
+    #[test]
+    fn a_shell_that_execs_its_script_still_matches() {
+        let script = "bash /vllm-workspace/examples/online_serving/multi-node-serving.sh worker --ray_address=$(LWS_LEADER_ADDRESS)";
+        let rec = words(&["sh", "-c", script]);
+        let exec_d = [
+            "bash",
+            "/vllm-workspace/examples/online_serving/multi-node-serving.sh",
+            "worker",
+            "--ray_address=vllm-0.vllm.default",
+        ];
+        let cases: &[(&[&str], bool, &str)] = &[
+            (&exec_d, true, "sh exec'd the script's command"),
+            (
+                &["/bin/sh", "-c", "bash /vllm-workspace/examples/online_serving/multi-node-serving.sh worker --ray_address=vllm-0.vllm.default"],
+                true,
+                "the shell itself, kept",
+            ),
+            (&exec_d[..3], false, "a word short"),
+            (
+                &["bash", "/other.sh", "worker", "--ray_address=x"],
+                false,
+                "another script",
+            ),
+        ];
+        for (actual, want, what) in cases {
+            assert_eq!(cmdline_matches(&rec, &words(actual)), *want, "{what}");
+        }
+        // The last simple command of a list, quotes removed, `exec` dropped; a shell
+        // variable matches any text, as a kubelet-expanded `$(VAR)` does.
+        let rec = words(&[
+            "/bin/bash",
+            "-ec",
+            "cd /app && exec ray start --block --address=\"$HEAD:6379\" --node-name='a b'",
+        ]);
+        let ray = [
+            "/usr/bin/python3",
+            "/usr/local/bin/ray",
+            "start",
+            "--block",
+            "--address=10.0.0.1:6379",
+            "--node-name=a b",
+        ];
+        assert!(cmdline_matches(&rec, &words(&ray)), "{rec:?}");
+        assert!(!cmdline_matches(&rec, &words(&["cd", "/app"])));
+        // A pipeline or a background job is not exec'd: only the shell matches.
+        let rec = words(&["sh", "-c", "ray start --block | tee /log"]);
+        assert!(!cmdline_matches(&rec, &words(&["tee", "/log"])));
+    }
+
     /// A process of the fixture: pid, command name, cgroup, start time, uid, argv.
     type Proc<'a> = (u32, &'a str, &'a str, u64, u32, &'a [&'a str]);
 
@@ -553,16 +725,29 @@ mod tests {
             &[7, 9],
         );
         assert_eq!(found.map(|f| f.pid), Ok(11));
-        // Port 40000 only has an established connection, no listener.
-        assert_eq!(
+        // Port 40000 only has an established connection, no listener: a server loading
+        // its model is found by its command line alone (SPEC §12), else nothing listens yet.
+        let dir = fixture(POD, 0);
+        let before_listening = |cmdline: &[String]| {
             find(
                 dir.path(),
                 Wanted {
                     ports: &[40000],
-                    cmdline: Some(&vllm)
+                    cmdline: Some(cmdline),
                 },
-                &[7]
-            ),
+                &[7, 9],
+            )
+        };
+        assert_eq!(
+            before_listening(&vllm),
+            Ok(Watched {
+                pid: 14,
+                start_time: Some(40),
+                found_by: FoundBy::Cgroup
+            })
+        );
+        assert_eq!(
+            before_listening(&words(&["sglang"])),
             Err(NotFound::NoListener(vec![40000]))
         );
     }

@@ -1,5 +1,5 @@
-//! The upstreams' tasks (SPEC §8): one prober per distinct probe request on its own period
-//! and one scraper per metrics source on `--proc-interval` (their processes are watched by
+//! The upstreams' tasks (SPEC §8): one prober per distinct probe request on its own period,
+//! one scraper per metrics source on `--proc-interval` and the opt-in canary (SPEC §12) (their processes are watched by
 //! the one /proc sampler, [`crate::sources::proc::watch`]). Each runs on the agent's runtime with its own
 //! timeouts, writes its results through its upstream's [`UpstreamResults`] handle, and
 //! stops with the agent's token; nothing here is on the path of a probe of the agent,
@@ -62,6 +62,14 @@ pub fn spawn(
                 results.clone(),
                 kinds,
                 spec,
+                stop.clone(),
+            ));
+        }
+        if let Some(c) = &u.canary {
+            tasks.spawn(super::canary::run(
+                cx.clone(),
+                results.clone(),
+                c.clone(),
                 stop.clone(),
             ));
         }

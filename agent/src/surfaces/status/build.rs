@@ -9,7 +9,7 @@ use super::doc::*;
 use crate::config::upstreams::Action;
 use crate::sources::upstream::sleep::Wake;
 use crate::state::snapshot::Snapshot;
-use crate::state::upstream::UpstreamState;
+use crate::state::upstream::{CanaryResult, UpstreamState};
 use crate::surfaces::text;
 use crate::surfaces::ticker::{rfc3339, Transition, TransitionLog};
 use crate::verdict::{Answer, PidStatus, Probe, UpstreamVerdict};
@@ -176,7 +176,7 @@ fn group_doc(snapshot: &Snapshot) -> Option<GroupDoc> {
                 recorded: m.recorded.clone(),
                 instance_age_seconds: m.seen_changed_at.map(age),
                 last_answer_seconds: answer.map(|a| age(a.at)),
-                poll_error: m.failure.as_ref().map(|f| f.error.clone()),
+                poll_error: m.failure.as_ref().map(|f| f.error.to_string()),
             }
         })
         .collect();
@@ -297,5 +297,48 @@ fn upstream_doc(u: &UpstreamState, uv: &UpstreamVerdict, now: Instant) -> Upstre
             state: latest.map(|s| s.state.to_string()),
             rss_bytes: latest.map(|s| s.rss_bytes),
         },
+        load: u.load.moved_at.map(|_| UpstreamLoadDoc {
+            loading: u.load.is_loading(),
+            rss_bytes: u.load.rss_bytes,
+            cpu_seconds: u.load.cpu_seconds,
+            read_bytes: u.load.read.map(|r| r.rchar),
+            storage_read_bytes: u.load.read.map(|r| r.storage),
+            read_error: u.load.read_error.clone(),
+            unmoved_seconds: secs(u.load.unmoved_for(now)),
+        }),
+        zombies: u
+            .zombies
+            .seen
+            .iter()
+            .map(|z| ZombieDoc {
+                pid: z.child.pid,
+                comm: z.child.comm.clone(),
+                seconds: secs(now.saturating_duration_since(z.since)),
+            })
+            .collect(),
+        canary: u.spec.canary.as_ref().map(|c| {
+            let last = u.canary.last.as_ref();
+            UpstreamCanaryDoc {
+                request: format!(
+                    "POST {}:{}{}",
+                    c.host.as_deref().unwrap_or(""),
+                    c.port,
+                    c.path
+                ),
+                idle_seconds: secs(c.idle),
+                deadline_seconds: secs(c.deadline),
+                in_flight: u.canary.in_flight_since.is_some(),
+                last_result: last.map(|r| r.result.label().to_owned()),
+                last_error: last.and_then(|r| match &r.result {
+                    CanaryResult::Error(e) => Some(e.clone()),
+                    _ => None,
+                }),
+                last_age_seconds: last.map(|r| secs(now.saturating_duration_since(r.ended))),
+                last_took_ms: last.map(|r| {
+                    (r.ended.saturating_duration_since(r.started).as_secs_f64() * 1e6).round() / 1e3
+                }),
+                missed: u.canary.missed_at.is_some(),
+            }
+        }),
     }
 }

@@ -365,9 +365,10 @@ fn render_upstreams(ups: &[UpstreamDoc]) -> String {
         "STARTUP",
         "LAST PROBES",
         "METRICS",
+        "LOAD",
         "PID",
     ];
-    let rows: Vec<[String; 7]> = ups
+    let rows: Vec<[String; 8]> = ups
         .iter()
         .map(|u| {
             let probes: Vec<String> = u
@@ -442,6 +443,7 @@ fn render_upstreams(ups: &[UpstreamDoc]) -> String {
                     t
                 },
             );
+            let load = u.load.as_ref().map_or_else(|| "-".to_owned(), load_text);
             let pid = match (&u.proc.pid, &u.proc.found_by) {
                 (Some(pid), Some(by)) if u.proc.process == "gone" => format!("{pid} (gone, {by})"),
                 (Some(pid), Some(by)) => format!("{pid} ({by})"),
@@ -458,6 +460,7 @@ fn render_upstreams(ups: &[UpstreamDoc]) -> String {
                     probes.join(", ")
                 },
                 metrics,
+                load,
                 pid,
             ]
         })
@@ -467,8 +470,61 @@ fn render_upstreams(ups: &[UpstreamDoc]) -> String {
         if let Some(why) = &u.proc.off_reason {
             let _ = writeln!(out, "  {}: /proc off: {why}", u.name);
         }
+        for z in &u.zombies {
+            let _ = writeln!(
+                out,
+                "  {}: child {} {} unreaped (zombie) for {}",
+                u.name,
+                z.comm,
+                z.pid,
+                duration_text(z.seconds)
+            );
+        }
+        if let Some(c) = &u.canary {
+            let last = match (&c.last_result, c.last_age_seconds, c.last_took_ms) {
+                (Some(r), Some(age), Some(ms)) => format!(
+                    "last {r}{} {} ago in {ms:.0}ms",
+                    c.last_error
+                        .as_ref()
+                        .map_or_else(String::new, |e| format!(" ({e})")),
+                    duration_text(age)
+                ),
+                _ => "none sent yet".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "  {}: canary {} after {} idle, deadline {}: {last}{}",
+                u.name,
+                c.request,
+                duration_text(c.idle_seconds),
+                duration_text(c.deadline_seconds),
+                if c.in_flight { ", one in flight" } else { "" }
+            );
+        }
     }
     out
+}
+
+/// The LOAD cell: what the process's load moved (SPEC §12), and how long nothing has.
+fn load_text(l: &UpstreamLoadDoc) -> String {
+    let mut t = format!(
+        "rss {}, cpu {}",
+        l.rss_bytes.map_or_else(|| "?".to_owned(), bytes_text),
+        l.cpu_seconds.map_or_else(|| "?".to_owned(), duration_text)
+    );
+    match (l.read_bytes, &l.read_error) {
+        (Some(b), _) => {
+            let _ = write!(t, ", read {}", bytes_text(b));
+        }
+        (None, Some(_)) => t.push_str(", read unreadable"),
+        (None, None) => {}
+    }
+    if l.loading {
+        let _ = write!(t, " (unmoved {})", duration_text(l.unmoved_seconds));
+    } else {
+        t.push_str(" (loaded)");
+    }
+    t
 }
 
 /// `header` and `rows` as left-aligned columns two spaces apart, each as wide as its widest
@@ -655,6 +711,31 @@ mod tests {
                 state: Some("S".into()),
                 rss_bytes: Some(1 << 30),
             },
+            load: Some(UpstreamLoadDoc {
+                loading: true,
+                rss_bytes: Some(1 << 30),
+                cpu_seconds: Some(34.0),
+                read_bytes: None,
+                storage_read_bytes: None,
+                read_error: Some("not readable".into()),
+                unmoved_seconds: 3.0,
+            }),
+            zombies: vec![ZombieDoc {
+                pid: 4300,
+                comm: "triton_python_b".into(),
+                seconds: 12.0,
+            }],
+            canary: Some(UpstreamCanaryDoc {
+                request: "POST :8000/v1/completions".into(),
+                idle_seconds: 60.0,
+                deadline_seconds: 10.0,
+                in_flight: false,
+                last_result: Some("deadline".into()),
+                last_error: None,
+                last_age_seconds: Some(5.0),
+                last_took_ms: Some(10000.0),
+                missed: true,
+            }),
         }];
         let out = render(&d);
         assert!(!out.contains("WORKER"), "no empty workers' table: {out}");
@@ -664,8 +745,15 @@ mod tests {
             "liveness ok 3.2s ago 2ms",
             "vllm: work 18436 (unmoved 41.0s while busy), 2 busy, 1 pending, 4 engines; engine 3 unmoved 41.0s while busy",
             "4242 (socket)",
+            "rss 1.0 GiB, cpu 34.0s, read unreadable (unmoved 3.0s)",
         ] {
             assert!(row.contains(want), "{want:?} missing in {row:?}");
+        }
+        for want in [
+            "  vllm: child triton_python_b 4300 unreaped (zombie) for 12.0s",
+            "  vllm: canary POST :8000/v1/completions after 1m00s idle, deadline 10.0s: last deadline 5.0s ago in 10000ms",
+        ] {
+            assert!(out.lines().any(|l| l == want), "{want:?} missing in {out}");
         }
         let text = serde_json::to_string(&d).expect("serialises");
         assert_eq!(serde_json::from_str::<StatusDoc>(&text).expect("parses"), d);

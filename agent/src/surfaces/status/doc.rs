@@ -234,6 +234,60 @@ pub struct UpstreamProcDoc {
     pub rss_bytes: Option<u64>,
 }
 
+/// An upstream's load progress (SPEC §12), from /proc, until its startup probe first
+/// passes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamLoadDoc {
+    /// Still loading (its startup probe never passed); `false`: the values at the end.
+    pub loading: bool,
+    /// Resident memory.
+    pub rss_bytes: Option<u64>,
+    /// CPU time, user + system.
+    pub cpu_seconds: Option<f64>,
+    /// Bytes its read calls returned (`rchar` of `/proc/<pid>/io`).
+    pub read_bytes: Option<u64>,
+    /// Bytes read from storage for it (`read_bytes` of `/proc/<pid>/io`).
+    pub storage_read_bytes: Option<u64>,
+    /// Why `/proc/<pid>/io` is not readable (another uid), when it is not.
+    pub read_error: Option<String>,
+    /// Seconds since any of them last moved (`load_stalled` at `--load-stall-timeout`).
+    pub unmoved_seconds: f64,
+}
+
+/// A child of an upstream's process that exited and was not reaped (SPEC §12).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ZombieDoc {
+    /// Its pid.
+    pub pid: u32,
+    /// Its name.
+    pub comm: String,
+    /// Seconds it has been a zombie.
+    pub seconds: f64,
+}
+
+/// An upstream's opt-in canary (SPEC §12).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamCanaryDoc {
+    /// `POST :8000/v1/completions`.
+    pub request: String,
+    /// Idle seconds before one is sent.
+    pub idle_seconds: f64,
+    /// The deadline on its whole answer, in seconds.
+    pub deadline_seconds: f64,
+    /// One is in flight.
+    pub in_flight: bool,
+    /// The latest one's result: `ok`, `deadline` or `error`.
+    pub last_result: Option<String>,
+    /// Why the latest one was an `error`.
+    pub last_error: Option<String>,
+    /// Seconds since the latest one ended.
+    pub last_age_seconds: Option<f64>,
+    /// How long the latest one took, in milliseconds.
+    pub last_took_ms: Option<f64>,
+    /// A missed deadline holds `loop_stalled: canary`.
+    pub missed: bool,
+}
+
 /// One upstream: a container watched through its own probes (SPEC §8).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UpstreamDoc {
@@ -255,6 +309,15 @@ pub struct UpstreamDoc {
     pub metrics: Option<UpstreamMetricsDoc>,
     /// Its process.
     pub proc: UpstreamProcDoc,
+    /// Its load progress, once its process was sampled while loading (SPEC §12).
+    #[serde(default)]
+    pub load: Option<UpstreamLoadDoc>,
+    /// Its process's zombie children (SPEC §12).
+    #[serde(default)]
+    pub zombies: Vec<ZombieDoc>,
+    /// Its canary, when it has one (SPEC §12).
+    #[serde(default)]
+    pub canary: Option<UpstreamCanaryDoc>,
 }
 
 /// One member of a leader's group (SPEC §9).
