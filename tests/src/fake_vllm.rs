@@ -1217,4 +1217,132 @@ mod tests {
         post("/control/unhang");
         assert_eq!(metrics(&key, t).expect("answer").status, 200);
     }
+
+    fn start_vllm(options: VllmOptions) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || serve(listener, options));
+        addr
+    }
+
+    fn post_to(addr: SocketAddr, path: &str) {
+        let r = client::request_with(addr, "POST", path, None, Duration::from_secs(2), || {})
+            .expect("control");
+        assert_eq!(r.status, 200, "{path}");
+    }
+
+    fn series(addr: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let page = client::get(addr, "/metrics", Duration::from_secs(2))
+            .expect("metrics")
+            .text();
+        // Every series of the fake carries the model's name.
+        let mut labels = labels.to_vec();
+        labels.push(("model_name", "fake/llama"));
+        crate::prom::metric(&page, name, &labels)
+            .unwrap_or_else(|| panic!("{name} {labels:?} in {page}"))
+    }
+
+    #[test]
+    fn one_engine_of_a_data_parallel_vllm_hangs_alone_and_sleep_pauses_them_all() {
+        let addr = start_vllm(VllmOptions {
+            load_for: Some(Duration::ZERO),
+            engines: 2,
+            ..VllmOptions::default()
+        });
+        post_to(addr, "/control/busy?running=2&waiting=0");
+        post_to(addr, "/control/hang?engine=1");
+        let steps = |e: &str| series(addr, "vllm:iteration_tokens_total_count", &[("engine", e)]);
+        let (zero, one) = (steps("0"), steps("1"));
+        crate::wait::eventually("engine 0 works", Duration::from_secs(2), || {
+            (steps("0") > zero).then_some(())
+        });
+        assert_eq!(steps("1"), one, "engine 1 hung alone");
+        // An operator's /sleep aborts what runs; what arrives waits, on every engine.
+        post_to(addr, "/sleep?level=1");
+        post_to(addr, "/control/busy?running=2&waiting=0");
+        let awake = |e: &str| {
+            series(
+                addr,
+                "vllm:engine_sleep_state",
+                &[("engine", e), ("sleep_state", "awake")],
+            )
+        };
+        assert_eq!((awake("0"), awake("1")), (0.0, 0.0));
+        assert_eq!(
+            series(addr, "vllm:num_requests_waiting", &[("engine", "0")]),
+            1.0
+        );
+        assert_eq!(
+            series(addr, "vllm:num_requests_running", &[("engine", "0")]),
+            0.0
+        );
+        post_to(addr, "/wake_up");
+        assert_eq!(awake("0"), 1.0);
+        assert_eq!(
+            series(addr, "vllm:num_requests_running", &[("engine", "0")]),
+            1.0
+        );
+    }
+
+    #[test]
+    fn an_idle_vllm_sleeps_by_its_ttl_and_a_request_wakes_it_scrapes_do_not() {
+        let addr = start_vllm(VllmOptions {
+            load_for: Some(Duration::ZERO),
+            sleep_idle_ttl: Some(Duration::from_millis(200)),
+            ..VllmOptions::default()
+        });
+        let sleeping = || {
+            client::get(addr, "/is_sleeping", Duration::from_secs(2))
+                .expect("is_sleeping")
+                .text()
+                .contains("true")
+        };
+        crate::wait::eventually("asleep by its TTL", Duration::from_secs(2), || {
+            sleeping().then_some(())
+        });
+        series(addr, "vllm:num_requests_running", &[("engine", "0")]);
+        std::thread::sleep(WAKE_FOR);
+        assert!(sleeping(), "a scrape does not wake it");
+        post_to(addr, "/control/busy?running=1&waiting=0");
+        crate::wait::eventually("woken by the request", Duration::from_secs(2), || {
+            (!sleeping()).then_some(())
+        });
+        assert_eq!(
+            series(addr, "vllm:num_requests_running", &[("engine", "0")]),
+            1.0
+        );
+    }
+
+    #[test]
+    fn llamacpp_metrics_wake_it_before_pr_27376_and_a_snapshot_after() {
+        for snapshot in [false, true] {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            std::thread::spawn(move || {
+                serve_llamacpp(
+                    listener,
+                    LlamaOptions {
+                        load_for: Some(Duration::ZERO),
+                        sleep_idle: Some(Duration::from_millis(200)),
+                        metrics_snapshot: snapshot,
+                        ..LlamaOptions::default()
+                    },
+                )
+            });
+            let asleep = || {
+                client::get(addr, "/props", Duration::from_secs(2))
+                    .expect("props")
+                    .text()
+                    .contains(r#""is_sleeping":true"#)
+            };
+            crate::wait::eventually("asleep", Duration::from_secs(2), || asleep().then_some(()));
+            let page = client::get(addr, "/metrics", Duration::from_secs(2)).expect("metrics");
+            assert_eq!(page.status, 200);
+            assert_eq!(
+                asleep(),
+                snapshot,
+                "snapshot {snapshot}: a /metrics GET wakes it unless served from a snapshot"
+            );
+        }
+    }
 }
