@@ -10,6 +10,7 @@ mod common;
 
 use clap::Parser;
 use common::fixtures::fixture_dir;
+use common::kubelet::{agent, agent_env};
 use common::review::{admit, Admitted};
 use common::yaml::yaml_to_json;
 use serde_json::{json, Value};
@@ -71,51 +72,6 @@ fn group_pods(lws: &Value) -> (Value, Vec<Value>) {
     };
     let workers = (1..3).map(|i| lws::worker_pod(lws, &named, i)).collect();
     (leader, workers)
-}
-
-fn agent(pod: &Value) -> &Value {
-    ["initContainers", "containers"]
-        .iter()
-        .flat_map(|list| pod["spec"][list].as_array().into_iter().flatten())
-        .find(|c| c["name"] == "vitals-agent")
-        .unwrap_or_else(|| panic!("no agent in {pod:#}"))
-}
-
-/// The agent's env as the kubelet gives it to the process: values, and the downward API's
-/// field references resolved against `pod` (kubernetes pkg/kubelet/kubelet_pods.go
-/// podFieldSelectorRuntimeValue: `metadata.name`, `.namespace`, `.labels['k']`,
-/// `.annotations['k']`, `status.podIP`).
-fn agent_env(pod: &Value) -> Vec<(String, String)> {
-    let meta = &pod["metadata"];
-    let resolve = |path: &str| -> String {
-        let keyed = |field: &str| {
-            path.strip_prefix(&format!("metadata.{field}['"))
-                .and_then(|k| k.strip_suffix("']"))
-                .map(|k| meta[field][k].as_str().unwrap_or("").to_string())
-        };
-        match path {
-            "metadata.name" | "metadata.namespace" => meta[&path["metadata.".len()..]]
-                .as_str()
-                .unwrap_or("")
-                .into(),
-            "status.podIP" => "10.0.0.5".into(),
-            _ => keyed("labels")
-                .or_else(|| keyed("annotations"))
-                .unwrap_or_else(|| panic!("the downward API has no field {path}")),
-        }
-    };
-    agent(pod)["env"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            let value = match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
-                Some(path) => resolve(path),
-                None => e["value"].as_str().unwrap_or("").to_string(),
-            };
-            (e["name"].as_str().unwrap().to_string(), value)
-        })
-        .collect()
 }
 
 #[derive(Parser)]

@@ -6,6 +6,7 @@
 #![allow(dead_code, unused_imports, missing_docs, clippy::unwrap_used)]
 
 pub mod fixtures;
+pub mod kubelet;
 pub mod review;
 pub mod yaml;
 
