@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::kubelet::{agent_env, container_restarted, probe_all, restart_counts};
+use common::kubelet::{agent_env, container_restarted, probe_all, restart_counts, Probing};
 use common::review::admit;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
@@ -41,8 +41,9 @@ const STARVED: Duration = Duration::from_secs(20);
 
 /// A LeaderWorkerSet of one group of two pods: the leader runs vLLM (`vllm`, probed on
 /// `/health` every second), the worker a headless Ray worker (`ray`, no probes).
-/// `RecreateGroupOnPodRestart` (LWS's default): any container restart recreates the group.
-fn lws_object(vllm: &[String], vllm_port: u16, ray: &[String]) -> Value {
+/// `restart_policy` is LWS's: `RecreateGroupOnPodRestart` (its default) recreates the group
+/// on any container restart, `None` leaves restarts to the kubelet.
+fn lws_object(vllm: &[String], vllm_port: u16, ray: &[String], restart_policy: &str) -> Value {
     let health = json!({"httpGet": {"path": "/health", "port": vllm_port}, "periodSeconds": 1});
     json!({
         "apiVersion": "leaderworkerset.x-k8s.io/v1",
@@ -52,7 +53,7 @@ fn lws_object(vllm: &[String], vllm_port: u16, ray: &[String]) -> Value {
             "replicas": 1,
             "leaderWorkerTemplate": {
                 "size": 2,
-                "restartPolicy": "RecreateGroupOnPodRestart",
+                "restartPolicy": restart_policy,
                 "leaderTemplate": {"spec": {"containers": [{
                     "name": "vllm",
                     "image": "vllm/vllm-openai:v0.8.5",
@@ -126,6 +127,130 @@ fn pid(p: u32) -> Pid {
     Pid::from_raw(i32::try_from(p).unwrap())
 }
 
+/// One LWS group of two pods, running: the leader's vLLM and agent, the member's Ray
+/// container and agent, and the kubelet probing every container of both.
+struct LwsGroup {
+    dir: tempfile::TempDir,
+    fake: std::path::PathBuf,
+    vllm: FakeVllm,
+    ray: Container,
+    ray_cmd: Vec<String>,
+    member: Pod,
+    leader: Pod,
+    member_probes: Vec<Probing>,
+    leader_probes: Vec<Probing>,
+    /// When the leader's agent was started (the leader's timeline).
+    leader_started: Duration,
+}
+
+impl LwsGroup {
+    /// Builds the group's pods with LWS's `restart_policy` (the toolkit's `lws`), admits
+    /// them through the webhook's review, and starts them: the member's Ray container runs
+    /// `sh -c <ray_script> ray start --block --node-name=<name>-<pid>` (vLLM's LWS example
+    /// runs `sh -c "bash multi-node-serving.sh worker ..."`, whose script runs `ray start
+    /// --block`: a shell with Ray under it; the node name keeps other runs' `ray` apart),
+    /// each container and agent in a cgroup of its own (`name` prefixes them). `ray_script`
+    /// is given the address the leader's vLLM listens on (the Ray head's).
+    fn start(
+        name: &str,
+        restart_policy: &str,
+        ray_script: impl FnOnce(SocketAddr) -> String,
+    ) -> LwsGroup {
+        let dir = tempfile::tempdir().unwrap();
+        let vllm_addr: SocketAddr = free_addr();
+        let fake = bins::e2e_bin("fake-vllm");
+        // Loading until told (`FakeVllm::loaded`), so that a restarted one runs the same
+        // command line.
+        let vllm_cmd: Vec<String> =
+            vec![fake.to_string_lossy().into_owned(), vllm_addr.to_string()];
+        let ray_cmd: Vec<String> = [
+            "sh",
+            "-c",
+            &ray_script(vllm_addr),
+            "ray",
+            "start",
+            "--block",
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain([format!("--node-name={name}-{}", std::process::id())])
+        .collect();
+        let lws_obj = lws_object(&vllm_cmd, vllm_addr.port(), &ray_cmd, restart_policy);
+        let leader_pod = lws::leader_pod(&lws_obj, 0);
+        let worker_pod = lws::worker_pod(&lws_obj, &leader_pod, 1);
+        let (leader_spec, worker_spec) = (injected(&leader_pod), injected(&worker_pod));
+        let leader_env = agent_env(&leader_spec);
+        for (name, want) in [
+            ("VITALS_GROUP_SIZE", "2"),
+            ("VITALS_GROUP_POD_NAME", "vllm-0"),
+            ("POD_NAMESPACE", "ml"),
+        ] {
+            assert_eq!(env_value(&leader_env, name), want, "{name}");
+        }
+
+        // The member pod: Ray's container, then its agent, each in a cgroup of its own.
+        let ray = Container::start(
+            &format!("{name}-ray"),
+            &ray_cmd.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        assert_eq!(
+            command(&worker_spec, "ray"),
+            ray_cmd,
+            "the webhook leaves the command"
+        );
+        let agent_cgroup = Arc::new(
+            Cgroup::create(&format!("{name}-agent")).unwrap_or_else(|e| {
+                panic!("the member's agent needs a cgroup of its own (root, cgroup v2): {e}")
+            }),
+        );
+        let mut member = agent_pod(
+            &format!("{name}_member"),
+            &worker_spec,
+            &[],
+            Some(agent_cgroup),
+        );
+        member.start_agent_and_wait();
+        let member_probes = probe_all(&worker_spec, &mut member, AGENT_PORT);
+
+        // The leader pod: vLLM, then its agent, polling the member.
+        let vllm = FakeVllm::start(&fake, vllm_addr, None, &dir.path().join("vllm.log"));
+        vllm.loaded();
+        assert_eq!(command(&leader_spec, "vllm"), vllm_cmd);
+        let members = format!("--group-members={}", member.agent_addr);
+        let mut leader = agent_pod(&format!("{name}_leader"), &leader_spec, &[members], None);
+        let leader_started = leader.event("starting the leader's agent");
+        leader.start_agent_and_wait();
+        let leader_probes = probe_all(&leader_spec, &mut leader, AGENT_PORT);
+        leader.event(format!("vLLM pid {}, ray pid {}", vllm.pid(), ray.pid()));
+        LwsGroup {
+            dir,
+            fake,
+            vllm,
+            ray,
+            ray_cmd,
+            member,
+            leader,
+            member_probes,
+            leader_probes,
+            leader_started,
+        }
+    }
+
+    /// Waits for the group to form (the leader's `GET /status` records the member's
+    /// instances) and the leader's `/readyz/vllm` to pass; returns when it passed.
+    fn await_formed(&self, what: &str) -> Duration {
+        wait::eventually(what, Duration::from_secs(15), || {
+            let g = self.leader.status()["group"].clone();
+            g["members"][0]["recorded"]["ray"].is_string().then_some(())
+        });
+        self.leader
+            .await_probe("/readyz/vllm", Duration::from_secs(15), what, |o| {
+                o.passed()
+            })
+            .0
+    }
+}
+
 /// Formation; a Ray process SIGSTOPped under its shell fails the leader's readiness naming
 /// the member; the member's agent SIGSTOPped for [`STARVED`] makes the kubelet restart no
 /// container of either pod (LWS's ContainerRestarted stays false, init containers
@@ -135,71 +260,26 @@ fn pid(p: u32) -> Pid {
 fn a_group_built_by_lws_and_the_webhook_survives_a_stopped_ray_process_and_a_starved_agent() {
     let _slot = slots::shared();
     let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let vllm_addr: SocketAddr = free_addr();
-    let fake = bins::e2e_bin("fake-vllm");
-    let vllm_cmd: Vec<String> = vec![
-        fake.to_string_lossy().into_owned(),
-        vllm_addr.to_string(),
-        "0".into(),
-    ];
-    // vLLM's LWS example runs `sh -c "bash multi-node-serving.sh worker ..."`, whose script
-    // runs `ray start --block`: a shell with Ray under it. `; exit` keeps the shell from
-    // exec'ing `sleep`, and the node name keeps other runs' `ray` apart.
-    let ray_cmd: Vec<String> = ["sh", "-c", "sleep 600; exit", "ray", "start", "--block"]
-        .into_iter()
-        .map(String::from)
-        .chain([format!("--node-name=lws-group-{}", std::process::id())])
-        .collect();
-    let lws_obj = lws_object(&vllm_cmd, vllm_addr.port(), &ray_cmd);
-    let leader_pod = lws::leader_pod(&lws_obj, 0);
-    let worker_pod = lws::worker_pod(&lws_obj, &leader_pod, 1);
-    let (leader_spec, worker_spec) = (injected(&leader_pod), injected(&worker_pod));
-    let leader_env = agent_env(&leader_spec);
-    for (name, want) in [
-        ("VITALS_GROUP_SIZE", "2"),
-        ("VITALS_GROUP_POD_NAME", "vllm-0"),
-        ("POD_NAMESPACE", "ml"),
-    ] {
-        assert_eq!(env_value(&leader_env, name), want, "{name}");
-    }
-
-    // The member pod: Ray's container, then its agent, each in a cgroup of its own.
-    let ray = Container::start(
-        "lws-group-ray",
-        &ray_cmd.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    assert_eq!(
-        command(&worker_spec, "ray"),
-        ray_cmd,
-        "the webhook leaves the command"
-    );
-    let agent_cgroup = Arc::new(Cgroup::create("lws-group-agent").unwrap_or_else(|e| {
-        panic!("the member's agent needs a cgroup of its own (root, cgroup v2): {e}")
-    }));
-    let mut member = agent_pod("lws_group_member", &worker_spec, &[], Some(agent_cgroup));
-    member.start_agent_and_wait();
-    let member_probes = probe_all(&worker_spec, &mut member, AGENT_PORT);
-
-    // The leader pod: vLLM, then its agent, polling the member.
-    let vllm = FakeVllm::start(
-        &fake,
-        vllm_addr,
-        Some(Duration::ZERO),
-        &dir.path().join("vllm.log"),
-    );
-    assert_eq!(command(&leader_spec, "vllm"), vllm_cmd);
-    let members = format!("--group-members={}", member.agent_addr);
-    let mut leader = agent_pod("lws_group_leader", &leader_spec, &[members], None);
-    let from = leader.event("starting the leader's agent");
-    leader.start_agent_and_wait();
-    let leader_probes = probe_all(&leader_spec, &mut leader, AGENT_PORT);
-    leader.event(format!("vLLM pid {}, ray pid {}", vllm.pid(), ray.pid()));
-
-    let (formed, _) =
-        leader.await_probe("/readyz/vllm", Duration::from_secs(15), "formation", |o| {
+    // `; exit` keeps the shell from exec'ing `sleep`.
+    let LwsGroup {
+        ray,
+        mut member,
+        mut leader,
+        member_probes,
+        leader_probes,
+        leader_started: from,
+        vllm: _vllm,
+        dir: _dir,
+        fake: _,
+        ray_cmd: _,
+    } = LwsGroup::start("lws-group", "RecreateGroupOnPodRestart", |_| {
+        "sleep 600; exit".into()
+    });
+    let formed = leader
+        .await_probe("/readyz/vllm", Duration::from_secs(15), "formation", |o| {
             o.passed()
-        });
+        })
+        .0;
 
     // A Ray process stopped under its shell (the shell itself sleeps).
     let child = wait::eventually(
@@ -288,6 +368,175 @@ fn a_group_built_by_lws_and_the_webhook_survives_a_stopped_ray_process_and_a_sta
         (back - resumed).as_secs_f64(),
         STARVED,
         (recovered - fed).as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    ));
+}
+
+/// How often the kubelet's PLEG relists containers, noticing one that exited and restarting
+/// it (kubernetes pkg/kubelet/kubelet.go `genericPlegRelistPeriod`, 1 s).
+const PLEG_RELIST: Duration = Duration::from_secs(1);
+/// How long a Ray-like worker keeps running after its head went before it exits (a raylet
+/// gives up on a lost GCS only after `gcs_rpc_server_reconnect_timeout_s`, 60 s by default;
+/// shortened here). Meanwhile its member agent still answers live on the old process.
+const HEAD_GONE_GRACE_S: u32 = 5;
+/// How long the leader watches for a loop after the group formed again: several group polls.
+const NO_LOOP_WATCH: Duration = Duration::from_secs(8);
+
+/// SPEC §11, LWS `restartPolicy: None`: the leader's vLLM (the Ray head) crashes and the
+/// kubelet restarts it; the member's Ray worker follows its head (exits some seconds after
+/// the head's port went, and is restarted by the kubelet once, joining the new head), and the
+/// new vLLM turns ready only once that worker joined (vLLM's multi-node-serving.sh leader
+/// waits for `--ray_cluster_size` nodes). The group reads `group: forming` and then forms
+/// again; after that the leader's `/livez/vllm` never fails with `group_broken` (no loop),
+/// `vitals_group_broken_total{reason="restarted"}` stays 0, and the kubelet restarts the
+/// leader's vLLM exactly once (the crash) and the member's Ray container exactly once.
+#[test]
+fn a_leader_restart_under_lws_restart_policy_none_forms_the_group_again_without_a_loop() {
+    let _slot = slots::shared();
+    let started = Instant::now();
+    // A Ray worker: waits for its head (the leader's vLLM port), runs while the head is
+    // there, and exits HEAD_GONE_GRACE_S after it went (3 polls in a row refused) (bash, for its /dev/tcp).
+    let mut g = LwsGroup::start("lws-loop", "None", |head| {
+        format!(
+            "up() {{ bash -c 'exec 3<>/dev/tcp/{ip}/{port}' 2>/dev/null; }}; \
+             until up; do sleep 0.2; done; n=0; \
+             while [ $n -lt 3 ]; do if up; then n=0; else n=$((n+1)); fi; sleep 0.2; done; \
+             sleep {HEAD_GONE_GRACE_S}; exit 1",
+            ip = head.ip(),
+            port = head.port()
+        )
+    });
+    let formed = g.await_formed("formation");
+    let ray_argv: Vec<&str> = g.ray_cmd.iter().map(String::as_str).collect();
+
+    // vLLM crashes; the kubelet notices at its next relist and restarts it. The new vLLM
+    // loads until its Ray worker joined.
+    // The whole container: fake-vllm's process group.
+    g.vllm.signal(Signal::SIGKILL);
+    g.vllm.kill();
+    let crashed = g
+        .leader
+        .event(format!("vLLM (pid {}) killed", g.vllm.pid()));
+    // The kubelet restarts it at a relist; here once the Ray worker has noticed its head
+    // went (its shell sleeps out the grace), so that a loaded machine's scheduling cannot
+    // hide the head's absence from the worker's polls.
+    let grace_sleep = format!("sleep\0{HEAD_GONE_GRACE_S}\0");
+    wait::eventually(
+        "ray's worker notices its head went",
+        Duration::from_secs(10),
+        || {
+            g.ray
+                .children()
+                .iter()
+                .any(|c| {
+                    std::fs::read_to_string(format!("/proc/{c}/cmdline"))
+                        .is_ok_and(|l| l == grace_sleep)
+                })
+                .then_some(())
+        },
+    );
+    let addr = g.vllm.addr;
+    g.vllm = FakeVllm::start(&g.fake, addr, None, &g.dir.path().join("vllm-2.log"));
+    let vllm_restarts = 1;
+    g.leader.event(format!(
+        "kubelet: vLLM restarted (pid {}), loading",
+        g.vllm.pid()
+    ));
+
+    // The leader saw its own vLLM restart: the group forms again from scratch (its
+    // readiness says vLLM's own 503 while vLLM loads, `group: forming` once it is ready).
+    let forming = wait::eventually("the group forming again", Duration::from_secs(10), || {
+        let s = g.leader.status()["group"].clone();
+        (s["resets"] == 1 && s["members"][0]["recorded"]["ray"].is_null())
+            .then(|| g.leader.timeline.now())
+    });
+    // The member's Ray worker exits after its head went; the kubelet restarts it.
+    let old_ray = g.ray.pid();
+    wait::eventually(
+        "ray's worker exits after its head went",
+        Duration::from_secs(u64::from(HEAD_GONE_GRACE_S) + 5),
+        || g.ray.exited().then_some(()),
+    );
+    g.leader.event(format!("ray (pid {old_ray}) exited"));
+    std::thread::sleep(PLEG_RELIST);
+    g.ray.restart(&ray_argv);
+    let ray_restarts = 1;
+    g.leader
+        .event(format!("kubelet: ray restarted (pid {})", g.ray.pid()));
+    // The new head has its worker: the leader sees the restarted Ray process.
+    let new_ray = format!("{}:", g.ray.pid());
+    wait::eventually(
+        "the leader sees the restarted ray worker",
+        Duration::from_secs(10),
+        || {
+            let g = g.leader.status()["group"].clone();
+            g["members"][0]["instances"]["ray"]
+                .as_str()
+                .is_some_and(|i| i.starts_with(&new_ray))
+                .then_some(())
+        },
+    );
+    g.vllm.loaded();
+    let loaded = g.leader.event("vLLM loaded: its Ray worker joined");
+    let reformed = g.await_formed("re-formation");
+
+    // No loop: several group polls after formation, nothing breaks and nothing restarts.
+    // (The simulated kubelet's probe workers are not reset by the container restarts above,
+    // so liveness restarts count from here.)
+    let live_restarts_at_formation = restart_counts(&g.leader_probes);
+    std::thread::sleep(NO_LOOP_WATCH);
+    g.leader.stop_watches();
+    g.member.stop_watches();
+    assert!(
+        !g.ray.exited(),
+        "the restarted Ray worker exited again: a restart loop"
+    );
+    let broken: Vec<_> = g
+        .leader
+        .timeline
+        .probes("/livez/vllm", crashed, g.leader.timeline.now())
+        .into_iter()
+        .filter(|p| p.detail.contains("group_broken"))
+        .collect();
+    assert!(
+        broken.is_empty(),
+        "the leader's liveness failed with group_broken after its restart: {broken:?}"
+    );
+    let text = g.leader.metrics();
+    assert_eq!(
+        prom::metric(
+            &text,
+            "vitals_group_broken_total",
+            &[("reason", "restarted")]
+        ),
+        Some(0.0),
+        "a member counted as restarted against the new formation"
+    );
+    let leader_counts = restart_counts(&g.leader_probes);
+    let member_counts = restart_counts(&g.member_probes);
+    eprintln!("leader pod status (list, container, restartCount by probes): {leader_counts:?}");
+    eprintln!("member pod status (list, container, restartCount by probes): {member_counts:?}");
+    let by_probes = |counts: &[(&str, String, u32)], c: &str| {
+        counts.iter().find(|(_, n, _)| n == c).map_or(0, |e| e.2)
+    };
+    assert_eq!(
+        vllm_restarts + by_probes(&leader_counts, "vllm")
+            - by_probes(&live_restarts_at_formation, "vllm"),
+        1,
+        "the kubelet restarts the leader's vLLM exactly once (its crash): {leader_counts:?}"
+    );
+    assert_eq!(
+        ray_restarts + by_probes(&member_counts, "ray"),
+        1,
+        "the member's Ray container restarts exactly once: {member_counts:?}"
+    );
+    let g_status = g.leader.status()["group"].clone();
+    assert_eq!(g_status["resets"], 1, "{g_status}");
+    report_line(&format!(
+        "[lws_group] restartPolicy None: formed {:.2}s after the leader's agent; vLLM crash -> forming again {:.2}s; re-formed {:.2}s after vLLM loaded; {NO_LOOP_WATCH:?} after: never group_broken, vLLM and ray restarted once each; scenario {:.1}s",
+        (formed - g.leader_started).as_secs_f64(),
+        (forming - crashed).as_secs_f64(),
+        (reformed - loaded).as_secs_f64(),
         started.elapsed().as_secs_f64()
     ));
 }

@@ -100,6 +100,12 @@ impl Container {
         self.child = spawn_in(&self.name, &self.cgroup, argv);
     }
 
+    /// Whether the container's process has exited (reaped if so), as the kubelet's PLEG
+    /// relist sees a container that stopped on its own.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     fn kill(&mut self) {
         let _ = signal::killpg(self.group(), Signal::SIGKILL);
         let _ = self.child.wait();
