@@ -236,6 +236,15 @@ impl LwsGroup {
         }
     }
 
+    /// Whether the Ray container's shell is running `sleep <secs>` (where its script is).
+    fn ray_sleeps(&self, secs: &str) -> bool {
+        let argv = format!("sleep\0{secs}\0");
+        self.ray
+            .children()
+            .iter()
+            .any(|c| std::fs::read_to_string(format!("/proc/{c}/cmdline")).is_ok_and(|l| l == argv))
+    }
+
     /// Waits for the group to form (the leader's `GET /status` records the member's
     /// instances) and the leader's `/readyz/vllm` to pass; returns when it passed.
     fn await_formed(&self, what: &str) -> Duration {
@@ -400,7 +409,7 @@ fn a_leader_restart_under_lws_restart_policy_none_forms_the_group_again_without_
         format!(
             "up() {{ bash -c 'exec 3<>/dev/tcp/{ip}/{port}' 2>/dev/null; }}; \
              until up; do sleep 0.2; done; n=0; \
-             while [ $n -lt 3 ]; do if up; then n=0; else n=$((n+1)); fi; sleep 0.2; done; \
+             while [ $n -lt 3 ]; do if up; then n=0; else n=$((n+1)); fi; sleep 0.3; done; \
              sleep {HEAD_GONE_GRACE_S}; exit 1",
             ip = head.ip(),
             port = head.port()
@@ -409,6 +418,12 @@ fn a_leader_restart_under_lws_restart_policy_none_forms_the_group_again_without_
     let formed = g.await_formed("formation");
     let ray_argv: Vec<&str> = g.ray_cmd.iter().map(String::as_str).collect();
 
+    // The worker joined its head (it polls it at 0.3 s intervals, 0.2 s while waiting).
+    wait::eventually(
+        "ray's worker joins its head",
+        Duration::from_secs(10),
+        || g.ray_sleeps("0.3").then_some(()),
+    );
     // vLLM crashes; the kubelet notices at its next relist and restarts it. The new vLLM
     // loads until its Ray worker joined.
     // The whole container: fake-vllm's process group.
@@ -420,20 +435,10 @@ fn a_leader_restart_under_lws_restart_policy_none_forms_the_group_again_without_
     // The kubelet restarts it at a relist; here once the Ray worker has noticed its head
     // went (its shell sleeps out the grace), so that a loaded machine's scheduling cannot
     // hide the head's absence from the worker's polls.
-    let grace_sleep = format!("sleep\0{HEAD_GONE_GRACE_S}\0");
     wait::eventually(
         "ray's worker notices its head went",
         Duration::from_secs(10),
-        || {
-            g.ray
-                .children()
-                .iter()
-                .any(|c| {
-                    std::fs::read_to_string(format!("/proc/{c}/cmdline"))
-                        .is_ok_and(|l| l == grace_sleep)
-                })
-                .then_some(())
-        },
+        || g.ray_sleeps(&HEAD_GONE_GRACE_S.to_string()).then_some(()),
     );
     let addr = g.vllm.addr;
     g.vllm = FakeVllm::start(&g.fake, addr, None, &g.dir.path().join("vllm-2.log"));
