@@ -12,6 +12,10 @@
 //! fully qualified name its env derives (there is no cluster DNS here; the name itself is
 //! checked in `lws.rs`).
 //!
+//! A second scenario runs the group under LWS `restartPolicy: None` and restarts the
+//! leader's vLLM (§11: no loop): there the Ray worker is a shell that follows its head (the
+//! vLLM port), and the test plays the kubelet restarting each container that exited.
+//!
 //! Needs root and cgroup v2, as the e2e group scenarios do: without them it fails.
 #![allow(missing_docs, clippy::unwrap_used)]
 
