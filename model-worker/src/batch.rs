@@ -19,7 +19,7 @@ use vitals_proto::LoopCounters;
 
 use crate::config::BatchLimits;
 use crate::metrics::Metrics;
-use crate::model::{Embedder, ModelError};
+use crate::model::{BatchCost, Embedder, ModelError};
 
 /// The longest the loop goes without ticking its progress counter.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -68,30 +68,35 @@ pub enum Decision {
 }
 
 /// Decides the next batch. Texts are taken in FIFO order (requests, then texts within a
-/// request) until the batch holds `max_batch_size` texts or one more would push the
-/// padded size (rows × longest text) past `max_batch_tokens`; the first text is always
-/// taken, so an oversized text still runs, alone. A batch that is not full runs only
-/// once its oldest request has waited `linger`, so requests arriving together share a
-/// pass while a lone request waits at most `linger`.
-pub fn next_batch<P>(queue: &VecDeque<Entry<P>>, limits: &BatchLimits, now: Instant) -> Decision {
+/// request) until the batch holds `max_batch_size` texts or one more would make it count
+/// more than `max_batch_tokens` as `cost` counts a batch (the sum of the texts' lengths
+/// where the backend packs them, rows × longest text where it pads); the first text is
+/// always taken, so an oversized text still runs, alone. A batch that is not full runs
+/// only once its oldest request has waited `linger`, so requests arriving together share
+/// a pass while a lone request waits at most `linger`.
+pub fn next_batch<P>(
+    queue: &VecDeque<Entry<P>>,
+    limits: &BatchLimits,
+    cost: BatchCost,
+    now: Instant,
+) -> Decision {
     let mut takes = Vec::new();
-    let mut rows = 0usize;
-    let mut widest = 0usize;
+    let (mut rows, mut longest, mut total) = (0usize, 0usize, 0usize);
     let mut full = false;
     for (index, entry) in queue.iter().enumerate() {
         let start = entry.next;
         let mut end = start;
         while end < entry.seqs.len() {
-            let width = widest.max(entry.seqs[end].len().max(1));
+            let len = entry.seqs[end].len().max(1);
+            let (with_rows, with_longest, with_total) = (rows + 1, longest.max(len), total + len);
             if rows > 0
-                && (rows + 1 > limits.max_batch_size
-                    || (rows + 1).saturating_mul(width) > limits.max_batch_tokens)
+                && (with_rows > limits.max_batch_size
+                    || cost.tokens(with_rows, with_longest, with_total) > limits.max_batch_tokens)
             {
                 full = true;
                 break;
             }
-            rows += 1;
-            widest = width;
+            (rows, longest, total) = (with_rows, with_longest, with_total);
             end += 1;
         }
         if end > start {
@@ -295,6 +300,7 @@ impl ModelLoop {
     ) -> Result<(), Arc<ModelError>> {
         let mut queue: VecDeque<Entry<Pending>> = VecDeque::new();
         let mut disconnected = false;
+        let cost = model.batch_cost();
         loop {
             self.counters.tick();
             if self.faults.hang.load(Ordering::SeqCst) {
@@ -310,7 +316,7 @@ impl ModelLoop {
             if queue.is_empty() && disconnected {
                 return Ok(());
             }
-            let wait = match next_batch(&queue, &self.limits, Instant::now()) {
+            let wait = match next_batch(&queue, &self.limits, cost, Instant::now()) {
                 Decision::Run(takes) => {
                     if let Err(e) = self.run_batch(model, &mut queue, &takes) {
                         if errors_are_fatal {
@@ -456,7 +462,10 @@ mod tests {
     #[test]
     fn empty_queue_is_idle() {
         let q = queue_of(&[], Instant::now());
-        assert_eq!(next_batch(&q, &LIMITS, Instant::now()), Decision::Idle);
+        assert_eq!(
+            next_batch(&q, &LIMITS, BatchCost::Padded, Instant::now()),
+            Decision::Idle
+        );
     }
 
     #[test]
@@ -464,11 +473,21 @@ mod tests {
         let t0 = Instant::now();
         let q = queue_of(&[&[3], &[4]], t0);
         assert_eq!(
-            next_batch(&q, &LIMITS, t0 + Duration::from_millis(2)),
+            next_batch(
+                &q,
+                &LIMITS,
+                BatchCost::Padded,
+                t0 + Duration::from_millis(2)
+            ),
             Decision::Wait(Duration::from_millis(3))
         );
         assert_eq!(
-            next_batch(&q, &LIMITS, t0 + Duration::from_millis(5)),
+            next_batch(
+                &q,
+                &LIMITS,
+                BatchCost::Padded,
+                t0 + Duration::from_millis(5)
+            ),
             Decision::Run(vec![take(0, 0, 1), take(1, 0, 1)])
         );
     }
@@ -478,20 +497,107 @@ mod tests {
         let t0 = Instant::now();
         let q = queue_of(&[&[2, 2, 2], &[2, 2, 2]], t0);
         assert_eq!(
-            next_batch(&q, &LIMITS, t0),
+            next_batch(&q, &LIMITS, BatchCost::Padded, t0),
             Decision::Run(vec![take(0, 0, 3), take(1, 0, 1)])
         );
     }
 
+    /// Which texts share a pass under each cost rule: the same queues and limits (4 texts,
+    /// 100 tokens), counted as the sum of lengths where the backend packs and as rows ×
+    /// longest where it pads.
     #[test]
-    fn the_token_limit_counts_padding() {
+    fn the_token_limit_counts_as_the_backend_computes() {
+        use BatchCost::{Packed, Padded};
         let t0 = Instant::now();
-        // 2 rows × 40 = 80 fits; a third row of width 40 would pad to 120 > 100.
-        let q = queue_of(&[&[10, 40], &[5]], t0);
-        assert_eq!(
-            next_batch(&q, &LIMITS, t0),
-            Decision::Run(vec![take(0, 0, 2)])
-        );
+        #[allow(clippy::type_complexity)]
+        let table: &[(&str, &[&[usize]], BatchCost, &[Take])] = &[
+            // 10 + 40 + 5 = 55 fits; padded, a third row of width 40 counts 120 > 100.
+            (
+                "short texts beside a long one",
+                &[&[10, 40], &[5]],
+                Packed,
+                &[take(0, 0, 2), take(1, 0, 1)],
+            ),
+            (
+                "short texts beside a long one",
+                &[&[10, 40], &[5]],
+                Padded,
+                &[take(0, 0, 2)],
+            ),
+            // 60 + 5 + 5 = 70 fits; padded, 2 × 60 = 120 already does not.
+            (
+                "a long text first",
+                &[&[60, 5, 5]],
+                Packed,
+                &[take(0, 0, 3)],
+            ),
+            (
+                "a long text first",
+                &[&[60, 5, 5]],
+                Padded,
+                &[take(0, 0, 1)],
+            ),
+            // 5 + 5 + 5 + 60 = 75 fits; padded, 4 × 60 = 240 does not.
+            (
+                "a long text last",
+                &[&[5, 5, 5, 60]],
+                Packed,
+                &[take(0, 0, 4)],
+            ),
+            (
+                "a long text last",
+                &[&[5, 5, 5, 60]],
+                Padded,
+                &[take(0, 0, 3)],
+            ),
+            // 40 + 40 = 80 fits, a third makes 120 either way.
+            (
+                "the sum past the limit",
+                &[&[40, 40, 40]],
+                Packed,
+                &[take(0, 0, 2)],
+            ),
+            (
+                "the sum past the limit",
+                &[&[40, 40, 40]],
+                Padded,
+                &[take(0, 0, 2)],
+            ),
+            // The first text is always taken, however long.
+            (
+                "an oversized text alone",
+                &[&[500, 3]],
+                Packed,
+                &[take(0, 0, 1)],
+            ),
+            (
+                "an oversized text alone",
+                &[&[500, 3]],
+                Padded,
+                &[take(0, 0, 1)],
+            ),
+            // The size limit holds whatever the tokens.
+            (
+                "five tiny texts",
+                &[&[1, 1, 1, 1, 1]],
+                Packed,
+                &[take(0, 0, 4)],
+            ),
+            (
+                "five tiny texts",
+                &[&[1, 1, 1, 1, 1]],
+                Padded,
+                &[take(0, 0, 4)],
+            ),
+        ];
+        for (case, lens, cost, expected) in table {
+            let q = queue_of(lens, t0);
+            assert_eq!(
+                next_batch(&q, &LIMITS, *cost, t0 + LIMITS.linger),
+                Decision::Run(expected.to_vec()),
+                "{case}, {cost:?}"
+            );
+        }
     }
 
     #[test]
@@ -499,7 +605,7 @@ mod tests {
         let t0 = Instant::now();
         let q = queue_of(&[&[500, 3]], t0);
         assert_eq!(
-            next_batch(&q, &LIMITS, t0),
+            next_batch(&q, &LIMITS, BatchCost::Padded, t0),
             Decision::Run(vec![take(0, 0, 1)])
         );
     }
@@ -510,7 +616,7 @@ mod tests {
         let mut q = queue_of(&[&[1, 1, 1, 1, 1, 1], &[1]], t0);
         q[0].next = 4;
         assert_eq!(
-            next_batch(&q, &LIMITS, t0 + LIMITS.linger),
+            next_batch(&q, &LIMITS, BatchCost::Padded, t0 + LIMITS.linger),
             Decision::Run(vec![take(0, 4, 6), take(1, 0, 1)])
         );
     }
@@ -519,11 +625,26 @@ mod tests {
     struct Fake {
         batches: Vec<usize>,
         fail: bool,
+        cost: BatchCost,
+    }
+
+    impl Fake {
+        fn new(fail: bool) -> Self {
+            Self {
+                batches: Vec::new(),
+                fail,
+                cost: BatchCost::Packed,
+            }
+        }
     }
 
     impl Embedder for Fake {
         fn dimension(&self) -> usize {
             2
+        }
+
+        fn batch_cost(&self) -> BatchCost {
+            self.cost
         }
 
         fn embed(&mut self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
@@ -563,6 +684,40 @@ mod tests {
         )
     }
 
+    /// The measured case: one 256-token text and 31 short ones under the server's
+    /// 32 texts and `--max-batch-tokens 1024` take one pass where the backend packs
+    /// (256 + 31 × 12 = 628 tokens), and two where it pads (4 × 256 already counts 1024).
+    #[test]
+    fn a_long_text_and_short_ones_share_one_pass_when_packed() {
+        for (cost, passes) in [
+            (BatchCost::Packed, vec![32]),
+            (BatchCost::Padded, vec![4, 28]),
+        ] {
+            let (submitter, model_loop) = queue(
+                8,
+                BatchLimits {
+                    max_batch_size: 32,
+                    max_batch_tokens: 1024,
+                    linger: Duration::ZERO,
+                },
+                Arc::default(),
+                Metrics::new(),
+            );
+            let mut seqs = vec![vec![7; 256]];
+            seqs.extend((0..31).map(|_| vec![7; 12]));
+            let (request, rx) = job(seqs);
+            submitter.submit(request).expect("queued");
+            drop(submitter);
+            let mut fake = Fake {
+                cost,
+                ..Fake::new(false)
+            };
+            model_loop.run(&mut fake, false).expect("clean exit");
+            assert_eq!(rx.blocking_recv().expect("answered").expect("ok").len(), 32);
+            assert_eq!(fake.batches, passes, "{cost:?}");
+        }
+    }
+
     #[test]
     fn the_loop_answers_every_request_in_order_across_batches() {
         let (submitter, model_loop) = setup(8);
@@ -573,10 +728,7 @@ mod tests {
         submitter.submit(small).expect("queued");
         assert_eq!(submitter.depth(), 2);
         drop(submitter);
-        let mut fake = Fake {
-            batches: Vec::new(),
-            fail: false,
-        };
+        let mut fake = Fake::new(false);
         model_loop.run(&mut fake, false).expect("clean exit");
         let big = big_rx.blocking_recv().expect("answered").expect("ok");
         assert_eq!(big.len(), 6);
@@ -626,10 +778,7 @@ mod tests {
             );
             drop(submitter);
             let model = std::thread::spawn(move || {
-                let mut fake = Fake {
-                    batches: Vec::new(),
-                    fail: false,
-                };
+                let mut fake = Fake::new(false);
                 model_loop.run(&mut fake, false)
             });
             // Generous: the loop needs two batches of a fake model, microseconds each.
@@ -654,10 +803,7 @@ mod tests {
         drop(a_rx); // its client went away before the loop took it
         let depth = submitter.depth_gauge();
         drop(submitter);
-        let mut fake = Fake {
-            batches: Vec::new(),
-            fail: false,
-        };
+        let mut fake = Fake::new(false);
         model_loop.run(&mut fake, false).expect("clean exit");
         assert_eq!(
             fake.batches,
@@ -684,10 +830,7 @@ mod tests {
         let (b, b_rx) = job(vec![vec![1]; 4]);
         submitter.submit(a).expect("queued");
         submitter.submit(b).expect("queued");
-        let mut fake = Fake {
-            batches: Vec::new(),
-            fail: true,
-        };
+        let mut fake = Fake::new(true);
         let err = model_loop.run(&mut fake, true).expect_err("fatal");
         assert!(err.to_string().contains("boom"));
         assert!(a_rx.blocking_recv().expect("answered").is_err());
@@ -701,10 +844,7 @@ mod tests {
         let (a, a_rx) = job(vec![vec![1]; 2]);
         submitter.submit(a).expect("queued");
         drop(submitter);
-        let mut fake = Fake {
-            batches: Vec::new(),
-            fail: true,
-        };
+        let mut fake = Fake::new(true);
         model_loop.run(&mut fake, false).expect("keeps serving");
         assert!(a_rx.blocking_recv().expect("answered").is_err());
     }
@@ -714,10 +854,7 @@ mod tests {
         let (submitter, model_loop) = setup(8);
         let counters = Arc::clone(&model_loop.counters);
         let thread = std::thread::spawn(move || {
-            let mut fake = Fake {
-                batches: Vec::new(),
-                fail: false,
-            };
+            let mut fake = Fake::new(false);
             model_loop.run(&mut fake, false)
         });
         let deadline = Instant::now() + TICK * 50;

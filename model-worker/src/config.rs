@@ -42,7 +42,8 @@ pub struct Args {
     /// Most texts in one forward pass.
     #[arg(long, env = "VITALS_MAX_BATCH_SIZE", default_value_t = 32)]
     pub max_batch_size: usize,
-    /// Most padded tokens (rows × longest) in one forward pass.
+    /// Most tokens in one forward pass, as the backend computes them: on the CPU (packed)
+    /// the sum of the texts' lengths, on a GPU (padded attention) rows × longest text.
     #[arg(long, env = "VITALS_MAX_BATCH_TOKENS", default_value_t = 4096)]
     pub max_batch_tokens: usize,
     /// How long a partly filled batch waits for more work before running.
@@ -103,7 +104,7 @@ pub enum LogFormat {
 pub struct BatchLimits {
     /// Most sequences per batch.
     pub max_batch_size: usize,
-    /// Most padded tokens (rows × longest sequence) per batch.
+    /// Most tokens per batch, as the model's [`crate::model::BatchCost`] counts them.
     pub max_batch_tokens: usize,
     /// How long a partly filled batch may wait for more work.
     pub linger: Duration,

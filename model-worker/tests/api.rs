@@ -259,6 +259,42 @@ fn concurrent_requests_are_batched_and_match_single_ones() {
     assert!(count("embedding_batch_size_count") < count("embedding_texts_total"));
 }
 
+/// Issue 27's measured case on the real model: one text truncated at 256 tokens and 31
+/// short ones in one request, under `--max-batch-tokens 1024`, take one forward pass on
+/// the CPU, whose encoder packs them (the sum of their lengths is about 500 tokens); when
+/// the limit counted rows × longest, 4 × 256 filled it and they took 2.
+#[test]
+fn a_long_text_and_short_ones_share_one_pass_on_the_cpu() {
+    let w = Worker::start(
+        &model_dir(),
+        &[
+            "--max-batch-size",
+            "32",
+            "--max-batch-tokens",
+            "1024",
+            "--max-inputs",
+            "32",
+            "--drain-delay=0s",
+        ],
+    );
+    w.wait_ready();
+    let mut input = vec!["probes ".repeat(300)];
+    input.extend((0..31).map(|i| format!("short text number {i}")));
+    let (status, v) = post(w.addr, "/v1/embeddings", &json!({"input": input}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"].as_array().map(Vec::len), Some(32));
+    let metrics = get(w.addr, "/metrics").text();
+    let value = |name: &str| prom::metric(&metrics, name, &[]).expect("metric present");
+    eprintln!(
+        "32 texts ran in {} forward pass(es)",
+        value("embedding_batch_size_count")
+    );
+    assert_eq!(value("embedding_texts_total"), 32.0);
+    assert_eq!(value("embedding_batch_size_count"), 1.0, "{metrics}");
+    w.shutdown.cancel();
+    w.finish(Duration::from_secs(30)).expect("a clean drain");
+}
+
 #[test]
 fn tei_embed_normalize_and_truncate() {
     let addr = shared();

@@ -1,13 +1,13 @@
 //! The candle BERT sentence embedder: loads a sentence-transformers folder (weights read
-//! in chunks so loading can report byte progress), runs a batch as one pass of the packed
-//! encoder ([`super::encoder`]: no padding; on the CPU attention runs on the packed tokens,
-//! elsewhere in length groups so short texts do not attend over a long neighbour's
-//! padding), and pools (mean or CLS) over real tokens only.
+//! in chunks so loading can report byte progress), chooses the encoder's backend once from
+//! the device ([`super::encoder`]: the CPU's packed kernels, or candle's on a device), runs
+//! a batch as one pass of the packed encoder, and pools (mean or CLS) over real tokens only.
 //!
 //! The numerics follow sentence-transformers (shared/MODEL.md): padding never reaches a
-//! real token (masked in attention, absent elsewhere), the mean's count is clamped at 1e-9,
-//! and `config.json`'s `gelu` is the exact erf GELU: on the CPU with the encoder's own
-//! vectorised `erf` (within 1e-6 of libm's, tested), elsewhere candle's `gelu_erf`.
+//! real token (there is none on the CPU; masked in a device's attention groups), the mean's
+//! count is clamped at 1e-9, and `config.json`'s `gelu` is the exact erf GELU: on the CPU
+//! with the encoder's own vectorised `erf` (within 1e-6 of libm's, tested), elsewhere
+//! candle's `gelu_erf`.
 
 use std::io::Read;
 use std::path::Path;
@@ -15,31 +15,34 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
-use super::encoder::{pool, BertConfig, Encoder, Packing};
-use super::{read_json, Embedder, ModelError, ModelSpec, Pooling};
+use super::encoder::{pool, Backend, BertConfig, CpuBackend, DeviceBackend, Encoder, PackedBatch};
+use super::{BatchCost, Embedder, ModelError, ModelSpec, Pooling};
 
 /// Bytes read per step while loading weights; each step reports progress.
 pub const READ_CHUNK: usize = 1 << 20;
 
-/// Per-attention-group cost in padded-token equivalents, used off the CPU to decide when
-/// splitting a batch's attention by length pays off: each group costs a gather, a few small
-/// matrix products and their per-call work. 64 is the CPU's measured per-pass cost from
-/// before the packed encoder (docs/benchmarks.md); no GPU figure has been measured.
-const ATTENTION_GROUP_OVERHEAD_TOKENS: usize = 64;
-
 /// A BERT encoder with sentence-transformers pooling.
 pub struct BertEmbedder {
-    encoder: Encoder,
-    device: Device,
+    encoder: LoadedEncoder,
     pooling: Pooling,
     dimension: usize,
     max_seq_length: usize,
 }
 
+/// The encoder on the backend its device chose at load.
+enum LoadedEncoder {
+    Cpu(Encoder<CpuBackend>),
+    Device(Encoder<DeviceBackend>),
+}
+
 impl std::fmt::Debug for BertEmbedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let backend = match self.encoder {
+            LoadedEncoder::Cpu(_) => "cpu",
+            LoadedEncoder::Device(_) => "device",
+        };
         f.debug_struct("BertEmbedder")
-            .field("device", &self.device)
+            .field("backend", &backend)
             .field("pooling", &self.pooling)
             .field("dimension", &self.dimension)
             .finish_non_exhaustive()
@@ -82,55 +85,36 @@ impl BertEmbedder {
         device: &Device,
         progress: &mut dyn FnMut(u64, u64) -> Result<(), ModelError>,
     ) -> Result<Self, ModelError> {
-        let config: BertConfig = read_json(&spec.dir.join("config.json"))?;
-        if config.hidden_act != "gelu" {
-            return Err(ModelError::Unsupported(format!(
-                "hidden_act {:?} (only exact gelu)",
-                config.hidden_act
-            )));
-        }
-        if config.hidden_size != spec.dimension {
-            return Err(ModelError::Unsupported(format!(
-                "hidden_size {} differs from the pooling dimension {}",
-                config.hidden_size, spec.dimension
-            )));
-        }
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
-            return Err(ModelError::Unsupported(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                config.hidden_size, config.num_attention_heads
-            )));
-        }
-        if spec.max_seq_length > config.max_position_embeddings {
-            return Err(ModelError::Unsupported(format!(
-                "max_seq_length {} exceeds max_position_embeddings {}",
-                spec.max_seq_length, config.max_position_embeddings
-            )));
-        }
+        let config = BertConfig::read(spec)?;
         let weights = read_with_progress(&spec.dir.join("model.safetensors"), progress)?;
         let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, device)
             .map_err(ModelError::candle("parsing model.safetensors"))?;
-        let encoder =
-            Encoder::load(vb, &config).map_err(ModelError::candle("building the model"))?;
+        let encoder = if device.is_cpu() {
+            Encoder::load(vb, &config).map(LoadedEncoder::Cpu)
+        } else {
+            Encoder::load(vb, &config).map(LoadedEncoder::Device)
+        }
+        .map_err(ModelError::candle("building the model"))?;
         Ok(Self {
             encoder,
-            device: device.clone(),
             pooling: spec.pooling,
             dimension: spec.dimension,
             max_seq_length: spec.max_seq_length,
         })
     }
+}
 
-    /// One encoder pass over the whole batch; returns pooled vectors in `batch` order.
-    fn forward(&self, batch: &[&[u32]], lens: &[usize]) -> candle_core::Result<Vec<Vec<f32>>> {
-        // The CPU attends on the packed tokens; other devices in padded length groups.
-        let groups =
-            (!self.device.is_cpu()).then(|| length_groups(lens, ATTENTION_GROUP_OVERHEAD_TOKENS));
-        let packing = Packing::new(batch, groups.as_deref(), &self.device)?;
-        let hidden = self.encoder.forward(&packing)?;
-        let pooled = pool(&hidden, lens, self.pooling == Pooling::Mean, &self.device)?;
-        pooled.to_device(&Device::Cpu)?.to_vec2()
-    }
+/// One encoder pass over the whole batch on backend `B`; returns pooled vectors in batch
+/// order.
+fn forward<B: Backend>(
+    encoder: &Encoder<B>,
+    batch: &PackedBatch,
+    pooling: Pooling,
+) -> candle_core::Result<Vec<Vec<f32>>> {
+    let hidden = encoder.forward(batch)?;
+    pool(&hidden, batch, pooling)?
+        .to_device(&Device::Cpu)?
+        .to_vec2()
 }
 
 impl Embedder for BertEmbedder {
@@ -138,89 +122,47 @@ impl Embedder for BertEmbedder {
         self.dimension
     }
 
+    fn batch_cost(&self) -> BatchCost {
+        match self.encoder {
+            LoadedEncoder::Cpu(_) => CpuBackend::COST,
+            LoadedEncoder::Device(_) => DeviceBackend::COST,
+        }
+    }
+
     fn embed(&mut self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let lens: Vec<usize> = batch.iter().map(|s| s.len()).collect();
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         // The tokenizer always adds [CLS] and [SEP]; a sequence without them has no token
         // to pool.
-        if lens.contains(&0) {
+        if batch.iter().any(|s| s.is_empty()) {
             return Err(ModelError::Unsupported(
                 "an empty token sequence (no special tokens)".into(),
             ));
         }
-        if let Some(&len) = lens.iter().find(|&&l| l > self.max_seq_length) {
+        if let Some(seq) = batch.iter().find(|s| s.len() > self.max_seq_length) {
             return Err(ModelError::Unsupported(format!(
-                "sequence of {len} tokens exceeds the maximum {}",
+                "sequence of {} tokens exceeds the maximum {}",
+                seq.len(),
                 self.max_seq_length
             )));
         }
+        let packed = PackedBatch::new(batch);
+        let pooling = self.pooling;
         // Inside candle's rayon pool the calling thread is one of the matrix-product
         // workers; outside it, it would sit idle while the pool's threads work, one more
         // thread than cores on a small pod (measured: docs/benchmarks.md).
-        candle_core::utils::with_threadpool(|| self.forward(batch, &lens))
-            .map_err(ModelError::candle("forward pass"))
+        candle_core::utils::with_threadpool(|| match &self.encoder {
+            LoadedEncoder::Cpu(encoder) => forward(encoder, &packed, pooling),
+            LoadedEncoder::Device(encoder) => forward(encoder, &packed, pooling),
+        })
+        .map_err(ModelError::candle("forward pass"))
     }
-}
-
-/// Splits a batch (given by its sequence lengths) into attention groups, each padded to
-/// its longest (off the CPU only), minimising the padded tokens plus `overhead` per group. Groups are contiguous
-/// runs of the length-sorted order, so this is an exact dynamic programme, O(n²) for the
-/// few dozen rows of a batch. Returns indices into `lens`; every index appears once.
-pub fn length_groups(lens: &[usize], overhead: usize) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..lens.len()).collect();
-    // Stable: equal lengths keep arrival order.
-    order.sort_by_key(|&i| lens[i]);
-    let n = order.len();
-    // best[j]: the cheapest cost of the first j sorted rows; cut[j]: where its last group starts.
-    let mut best = vec![0usize; n + 1];
-    let mut cut = vec![0usize; n + 1];
-    for j in 1..=n {
-        let width = lens[order[j - 1]].max(1);
-        let (cost, start) = (0..j)
-            .map(|i| (best[i] + (j - i) * width + overhead, i))
-            .min()
-            .expect("0..j is non-empty for j >= 1");
-        best[j] = cost;
-        cut[j] = start;
-    }
-    let mut groups = Vec::new();
-    let mut j = n;
-    while j > 0 {
-        groups.push(order[cut[j]..j].to_vec());
-        j = cut[j];
-    }
-    groups.reverse();
-    groups
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn similar_lengths_stay_in_one_pass() {
-        let groups = length_groups(&[10, 12, 11, 9], 64);
-        assert_eq!(groups, vec![vec![3, 0, 2, 1]]);
-    }
-
-    #[test]
-    fn a_long_outlier_gets_its_own_pass() {
-        let mut lens = vec![8; 16];
-        lens.push(256);
-        let groups = length_groups(&lens, 64);
-        assert_eq!(groups.len(), 2);
-        assert_eq!(groups[1], vec![16]);
-        let mut all: Vec<usize> = groups.concat();
-        all.sort_unstable();
-        assert_eq!(all, (0..17).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn empty_batch_has_no_groups() {
-        assert!(length_groups(&[], 64).is_empty());
-    }
 
     #[test]
     fn reads_in_chunks_with_monotonic_progress() {

@@ -19,10 +19,35 @@ pub trait Embedder: Send {
     /// Length of each embedding vector.
     fn dimension(&self) -> usize;
 
+    /// How a batch's size grows with its texts, which the batch loop counts against
+    /// `--max-batch-tokens`.
+    fn batch_cost(&self) -> BatchCost;
+
     /// One pooled embedding per sequence, in order, before any L2 normalisation (the
     /// caller decides, per request, whether to normalise). Each sequence holds the
     /// tokenizer's ids including special tokens, already truncated.
     fn embed(&mut self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError>;
+}
+
+/// How a forward pass's size grows with its texts: what a batch counts as against
+/// `--max-batch-tokens`, and so how many texts share a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchCost {
+    /// Texts laid end to end without padding (the CPU encoder): the sum of their lengths.
+    Packed,
+    /// Texts padded to the batch's longest (a device's attention): rows × longest.
+    Padded,
+}
+
+impl BatchCost {
+    /// The tokens a batch of `rows` texts counts as, `longest` the longest text's tokens and
+    /// `total` the tokens of all of them.
+    pub fn tokens(self, rows: usize, longest: usize, total: usize) -> usize {
+        match self {
+            BatchCost::Packed => total,
+            BatchCost::Padded => rows.saturating_mul(longest),
+        }
+    }
 }
 
 /// How token vectors become one sentence vector (from `1_Pooling/config.json`).
