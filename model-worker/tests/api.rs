@@ -624,7 +624,12 @@ fn a_missing_model_fails_with_a_reason() {
         panic!("unexpected error {err}")
     };
     assert!(reason.contains("modules.json"), "{reason}");
-    assert!(w.messages().iter().any(
-        |m| matches!(m, WorkerMessage::Phase(p) if p.phase == Phase::Failed && p.detail == reason)
-    ));
+    // The fake agent reads the socket on a thread of its own: the report was sent before the
+    // worker returned, but may be read a moment after.
+    eventually("the failed phase reported", Duration::from_secs(5), || {
+        w.messages()
+            .iter()
+            .any(|m| matches!(m, WorkerMessage::Phase(p) if p.phase == Phase::Failed && p.detail == reason))
+            .then_some(())
+    });
 }

@@ -27,12 +27,15 @@
 //!   `/control/slow?ms=N` (every answer waits N ms), `/control/slow_metrics?ms=N` (only
 //!   `/metrics` waits: a metrics endpoint behind a stuck exporter or proxy while the
 //!   engine and `/health` are fine), `/control/close` (stop listening; the process lives
-//!   on), `/control/unhang` (every engine loop resumes), `GET /control/state` (JSON:
+//!   on), `/control/unhang` (every engine loop resumes), `/control/zombie` (a child, `sleep`,
+//!   killed and not waited for: a zombie, as a dead engine-core or tokenizer process its
+//!   server has not reaped), `/control/reap` (it is waited for), `GET /control/state` (JSON:
 //!   asleep, and the wake-ups by request and by operator).
 //! - `GET /v1/models` and `POST /v1/completions` (a 1-token answer that moves engine 0's
 //!   counters), what the canary of SPEC §12 sends, and `/control/die[?after_first_chunk=1]`:
 //!   the engine died while idle (vLLM #16259): `/health` and `/v1/models` (the API
-//!   server's) still answer, a completion never does, or stops after its first chunk.
+//!   server's) still answer, a completion never does, or stops after its first chunk;
+//!   `/control/revive`: completions answer again, those held silently too.
 //!
 //! [`serve_llamacpp`] is the same switches in front of a fake llama.cpp server
 //! (ggml-org/llama.cpp tools/server), with the behaviours of the real one that the
@@ -121,6 +124,9 @@ struct Engine {
     wakes_by_operator: u64,
     /// The engine died while idle (`/control/die`).
     dead: Option<Death>,
+    /// A child killed and not yet waited for (`/control/zombie`): a zombie until
+    /// `/control/reap`.
+    zombie: Option<Child>,
 }
 
 /// How a dead engine answers a completion.
@@ -171,6 +177,7 @@ pub fn serve(listener: TcpListener, options: VllmOptions) {
         wakes_by_request: 0,
         wakes_by_operator: 0,
         dead: None,
+        zombie: None,
     }));
     let started = Instant::now();
     {
@@ -337,9 +344,20 @@ fn answer(
         ("POST", "/v1/completions") => {
             std::thread::sleep(delay);
             let mut e = lock(engine);
-            if let Some(death) = e.dead {
-                drop(e);
-                return never_complete(stream, death);
+            match e.dead {
+                Some(Death::AfterFirstChunk) => {
+                    drop(e);
+                    return first_chunk_then_silence(stream);
+                }
+                Some(Death::Silent) => {
+                    // Held until `/control/revive`, then answered as the engine answers.
+                    drop(e);
+                    while lock(engine).dead.is_some() {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    e = lock(engine);
+                }
+                None => {}
             }
             e.last_inference = Instant::now();
             let core = &mut e.cores[0];
@@ -358,6 +376,10 @@ fn answer(
             } else {
                 Death::Silent
             });
+            (200, "ok".into())
+        }
+        ("POST", "/control/revive") => {
+            lock(engine).dead = None;
             (200, "ok".into())
         }
         ("POST", "/control/loaded") => {
@@ -397,6 +419,32 @@ fn answer(
             }
             (200, "ok".into())
         }
+        ("POST", "/control/zombie") => {
+            let mut e = lock(engine);
+            if e.zombie.is_some() {
+                (200, "ok".into())
+            } else {
+                match Command::new("sleep")
+                    .arg("3600")
+                    .stdin(Stdio::null())
+                    .spawn()
+                {
+                    Ok(mut child) => {
+                        let _ = child.kill();
+                        // Held, not waited for: the kernel keeps it as a zombie.
+                        e.zombie = Some(child);
+                        (200, "ok".into())
+                    }
+                    Err(err) => (503, format!("cannot start a child: {err}")),
+                }
+            }
+        }
+        ("POST", "/control/reap") => {
+            if let Some(mut child) = lock(engine).zombie.take() {
+                let _ = child.wait();
+            }
+            (200, "ok".into())
+        }
         ("POST", "/control/slow") => {
             lock(engine).delay = Duration::from_millis(param("ms"));
             (200, "ok".into())
@@ -426,18 +474,16 @@ fn answer(
     )
 }
 
-/// A completion to a dead engine: nothing, or a chunked head and one chunk, and then the
-/// connection stays open and silent (the server process lives on).
-fn never_complete(stream: &mut TcpStream, death: Death) -> std::io::Result<()> {
-    if death == Death::AfterFirstChunk {
-        let chunk = "data: {\"choices\":[{\"text\":\" po\"}]}\n\n";
-        write!(
-            stream,
-            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n",
-            chunk.len()
-        )?;
-        stream.flush()?;
-    }
+/// A completion to an engine that dies after its first chunk: a chunked head and one
+/// chunk, and then the connection stays open and silent (the server process lives on).
+fn first_chunk_then_silence(stream: &mut TcpStream) -> std::io::Result<()> {
+    let chunk = "data: {\"choices\":[{\"text\":\" po\"}]}\n\n";
+    write!(
+        stream,
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n",
+        chunk.len()
+    )?;
+    stream.flush()?;
     loop {
         std::thread::park();
     }

@@ -51,10 +51,29 @@ pub struct Flags {
     /// The protocol reporter's reconnect back-off cap (s, SPEC §1): an agent restart costs a
     /// worker at most this before it says hello again.
     pub reporter_backoff_cap: f64,
+    /// How long a child of an upstream may stay a zombie before readiness fails (s, SPEC
+    /// §12's grace, not a flag: 10 s in records kept before the field).
+    #[serde(default = "ten_s")]
+    pub zombie_grace: f64,
+    /// The idle upstream's canary (SPEC §12): sent once it has been idle this long (s; 0 in
+    /// records kept before the canary, which have no canary faults).
+    #[serde(default)]
+    pub canary_idle: f64,
+    /// Its deadline on the whole answer (s).
+    #[serde(default)]
+    pub canary_deadline: f64,
+    /// How often the agent's canary task looks whether one is due (s: its 1 s, or `idle`
+    /// if shorter).
+    #[serde(default)]
+    pub canary_look: f64,
 }
 
 fn twenty_ms() -> f64 {
     0.02
+}
+
+fn ten_s() -> f64 {
+    10.0
 }
 
 /// An upper bound: the timeout that governs it plus what the mechanism adds by design; the
@@ -136,6 +155,9 @@ pub enum Needs {
     Freezer,
     /// An upstream with two engines or more (vLLM data parallel).
     DataParallel,
+    /// The idle upstream with a canary (SPEC §12); it gets only these kinds, and they go
+    /// nowhere else (the others' load keeps them from ever being idle).
+    Canary,
 }
 
 /// One fault kind: a row of the table.
@@ -339,6 +361,38 @@ fn upstream_timeout(f: &Flags) -> Bound {
 /// switch.
 fn upstream_timeout_not_before(f: &Flags) -> f64 {
     (f.upstream_timeout - f.upstream_period).max(0.0)
+}
+/// A zombie child for the grace period (SPEC §12): its clock starts at the first /proc
+/// sample that finds it (up to an interval after the child died).
+fn zombie(f: &Flags) -> Bound {
+    Bound {
+        base: f.zombie_grace,
+        mechanism: f.proc_interval + f.probe_period,
+    }
+}
+fn zombie_not_before(f: &Flags) -> f64 {
+    f.zombie_grace
+}
+/// The canary after the engine died: the next one is due `idle` after the last one ended
+/// (answered at once before the death), seen at the task's next look, and misses its
+/// deadline.
+fn canary_missed(f: &Flags) -> Bound {
+    Bound {
+        base: f.canary_idle + f.canary_deadline,
+        mechanism: f.canary_look + f.probe_period,
+    }
+}
+/// A canary sent at the death misses its deadline no sooner.
+fn canary_missed_not_before(f: &Flags) -> f64 {
+    f.canary_deadline
+}
+/// After the revival the canary the dead engine held answers at once; else the next one,
+/// due `idle` after the last one ended (missed) and sent at a look, passes.
+fn canary_passes(f: &Flags) -> Bound {
+    Bound {
+        base: f.canary_idle,
+        mechanism: f.canary_look + f.probe_period,
+    }
 }
 
 /// The fault kinds, by target. The soak draws from the rows whose `needs` the machine has.
@@ -594,6 +648,45 @@ pub const KINDS: &[FaultKind] = &[
         clear_bound: next_scrape,
         min_hold: |f| f.stall_timeout + 2.0 * f.proc_interval + 1.0,
         needs: Needs::Nothing,
+    },
+    FaultKind {
+        name: "zombie_child",
+        target: TargetKind::Upstream,
+        // SPEC §12: vLLM watches its own children (a dead engine core ends the server), so a
+        // zombie fails only readiness; `/health` stays 200 throughout.
+        live: PathRule::Pass,
+        ready: PathRule::MustFail {
+            reasons: &["child_zombie: sleep "],
+            detect: zombie,
+            not_before: zombie_not_before,
+        },
+        inject: Action::Control(&["/control/zombie"]),
+        clear: Action::Control(&["/control/reap"]),
+        // The next /proc sample no longer finds it.
+        clear_bound: next_scrape,
+        min_hold: |f| zombie(f).total() + 1.0,
+        needs: Needs::Nothing,
+    },
+    FaultKind {
+        name: "idle_death",
+        target: TargetKind::Upstream,
+        // SPEC §12: an engine that died while idle (vLLM #16259) shows in no counter and
+        // `/health` stays 200; only the canary misses its deadline, on both paths.
+        live: PathRule::MustFail {
+            reasons: &["loop_stalled: canary"],
+            detect: canary_missed,
+            not_before: canary_missed_not_before,
+        },
+        ready: PathRule::MustFail {
+            reasons: &["loop_stalled: canary"],
+            detect: canary_missed,
+            not_before: canary_missed_not_before,
+        },
+        inject: Action::Control(&["/control/die"]),
+        clear: Action::Control(&["/control/revive"]),
+        clear_bound: canary_passes,
+        min_hold: |f| canary_missed(f).total() + 1.0,
+        needs: Needs::Canary,
     },
 ];
 

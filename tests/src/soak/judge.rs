@@ -1091,11 +1091,13 @@ mod tests {
                         name: "model".into(),
                         kind: TargetKind::Worker,
                         engines: 1,
+                        canary: false,
                     },
                     Target {
                         name: "vllm-a".into(),
                         kind: TargetKind::Upstream,
                         engines: 1,
+                        canary: false,
                     },
                 ],
                 not_made: vec![],

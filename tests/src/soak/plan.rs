@@ -54,6 +54,7 @@ pub fn plan(
             .iter()
             .filter(|k| k.target == target.kind)
             .filter(|k| k.needs != Needs::DataParallel || target.engines > 1)
+            .filter(|k| (k.needs == Needs::Canary) == target.canary)
             .collect();
         if mine.is_empty() {
             continue;
@@ -143,16 +144,18 @@ mod tests {
 
     fn targets() -> Vec<Target> {
         [
-            ("model", TargetKind::Worker, 1),
-            ("model-b", TargetKind::Worker, 1),
-            ("vllm-a", TargetKind::Upstream, 1),
-            ("vllm-b", TargetKind::Upstream, 2),
+            ("model", TargetKind::Worker, 1, false),
+            ("model-b", TargetKind::Worker, 1, false),
+            ("vllm-a", TargetKind::Upstream, 1, false),
+            ("vllm-b", TargetKind::Upstream, 2, false),
+            ("vllm-idle", TargetKind::Upstream, 1, true),
         ]
         .into_iter()
-        .map(|(n, kind, engines)| Target {
+        .map(|(n, kind, engines, canary)| Target {
             name: n.into(),
             kind,
             engines,
+            canary,
         })
         .collect()
     }
@@ -194,6 +197,18 @@ mod tests {
                 .any(|x| x.kind == "one_engine_hung" && x.target == "vllm-a"),
             "one engine of one hangs only with data parallelism"
         );
+        // The idle upstream gets only the canary's kinds, and they go nowhere else: the
+        // others' load keeps them from being idle, and the busy kinds need a load.
+        for x in p.iter().filter(|x| x.target.starts_with("vllm")) {
+            let k = kind(x.kind, TargetKind::Upstream).expect("a planned kind is in the table");
+            assert_eq!(
+                k.needs == Needs::Canary,
+                x.target == "vllm-idle",
+                "{} on {}",
+                x.kind,
+                x.target
+            );
+        }
         assert!(p.iter().any(|x| x.kind == "agent_kill"));
         assert!(p.iter().any(|x| x.kind == "agent_stop"));
         assert!(p

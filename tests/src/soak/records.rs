@@ -48,6 +48,10 @@ pub struct Target {
     /// kept before the field).
     #[serde(default = "one")]
     pub engines: u32,
+    /// An upstream left idle with a canary (SPEC §12); false for the others (and in records
+    /// kept before the field).
+    #[serde(default)]
+    pub canary: bool,
 }
 
 /// One fault as it happened.

@@ -37,14 +37,30 @@ const UPSTREAM_PERIOD_S: u32 = 1;
 const UPSTREAM_TIMEOUT_S: u32 = 1;
 /// The reporter's reconnect back-off cap (SPEC §1).
 const REPORTER_BACKOFF_CAP: Duration = Duration::from_secs(1);
+/// SPEC §12's grace for a zombie child of an upstream (the agent's `ZOMBIE_GRACE`).
+const ZOMBIE_GRACE_S: f64 = 10.0;
+/// The idle upstream's canary: `idle` and `deadline` as hangs.rs H3 sets them (a 2 s
+/// deadline is above an agent SIGSTOP's 1.5 s), and the agent's look (`LOOK_EVERY`, 1 s,
+/// or `idle` if shorter).
+const CANARY_IDLE_S: u32 = 1;
+const CANARY_DEADLINE_S: u32 = 2;
+const CANARY_LOOK_S: f64 = 1.0;
 /// How often the agent's RSS is read.
 const RSS_EVERY: Duration = Duration::from_secs(1);
 /// The grain of the recorded starvation.
 const SLICE: Duration = Duration::from_millis(250);
 /// The protocol workers' and the upstreams' names in the agent; the upstreams' engines (the
-/// second one data parallel, vLLM's `--data-parallel-size 2`).
+/// second one data parallel, vLLM's `--data-parallel-size 2`) and whether it is the idle one
+/// with a canary (no load: a canary is sent only to an idle server).
 const WORKERS: [&str; 2] = ["model", "model-b"];
-const UPSTREAMS: [(&str, u32); 2] = [("vllm-a", 1), ("vllm-b", 2)];
+const UPSTREAMS: [Upstream; 3] = [
+    ("vllm-a", 1, false),
+    ("vllm-b", 2, false),
+    ("vllm-idle", 1, true),
+];
+
+/// An upstream: its name, its engines, whether it is idle with a canary.
+type Upstream = (&'static str, u32, bool);
 /// How long probing goes on after the plan's end (s), so the last clears are seen.
 const TAIL: f64 = 2.0;
 /// The id [`cannot_run`] knows the D-state kind by.
@@ -94,12 +110,17 @@ pub fn flags(agent: &AgentOptions) -> Flags {
         probe_period: secs(PROBE_PERIOD),
         probe_timeout: secs(DEFAULT_TIMEOUT),
         reporter_backoff_cap: secs(REPORTER_BACKOFF_CAP),
+        zombie_grace: ZOMBIE_GRACE_S,
+        canary_idle: f64::from(CANARY_IDLE_S),
+        canary_deadline: f64::from(CANARY_DEADLINE_S),
+        canary_look: CANARY_LOOK_S.min(f64::from(CANARY_IDLE_S)),
     }
 }
 
 /// The upstreams' config as SPEC §8 has `inject` write it for a vLLM container: its
-/// liveness and readiness probes (`/health`) and the `vllm` metrics profile.
-fn upstreams_config(addrs: &[(&str, SocketAddr)]) -> Value {
+/// liveness and readiness probes (`/health`) and the `vllm` metrics profile; for the idle
+/// one, the canary its `vitals.dev/canary.<c>` annotation asks for (the profile's request).
+fn upstreams_config(addrs: &[(&str, SocketAddr, bool)]) -> Value {
     let probe = |port: u16| {
         json!({
             "httpGet": {"path": "/health", "port": port},
@@ -108,15 +129,19 @@ fn upstreams_config(addrs: &[(&str, SocketAddr)]) -> Value {
         })
     };
     let mut config = serde_json::Map::new();
-    for (name, addr) in addrs {
-        config.insert(
-            (*name).to_string(),
-            json!({
-                "livenessProbe": probe(addr.port()),
-                "readinessProbe": probe(addr.port()),
-                "metrics": "vllm",
-            }),
-        );
+    for (name, addr, canary) in addrs {
+        let mut upstream = json!({
+            "livenessProbe": probe(addr.port()),
+            "readinessProbe": probe(addr.port()),
+            "metrics": "vllm",
+        });
+        if *canary {
+            upstream["canary"] = json!({
+                "idle": format!("{CANARY_IDLE_S}s"),
+                "deadline": format!("{CANARY_DEADLINE_S}s"),
+            });
+        }
+        config.insert((*name).to_string(), upstream);
     }
     Value::Object(config)
 }
@@ -134,6 +159,7 @@ enum Running {
     Upstream {
         name: String,
         engines: u32,
+        canary: bool,
         vllm: FakeVllm,
         addr: SocketAddr,
         dir: PathBuf,
@@ -143,7 +169,7 @@ enum Running {
 
 impl Running {
     fn start_upstream(
-        (name, engines): (&str, u32),
+        (name, engines, canary): (&str, u32, bool),
         addr: SocketAddr,
         dir: &Path,
         n: usize,
@@ -160,8 +186,10 @@ impl Running {
         );
         tl.watch_process(vllm.pid());
         // Always busy and working: two running (one per engine with two), one waiting; the
-        // engines step every 20 ms.
-        vllm.busy(2, 1);
+        // engines step every 20 ms. The canary's target is left idle.
+        if !canary {
+            vllm.busy(2, 1);
+        }
         vllm
     }
 
@@ -213,6 +241,7 @@ impl Running {
                 Running::Upstream {
                     name,
                     engines,
+                    canary,
                     vllm,
                     addr,
                     dir,
@@ -221,7 +250,13 @@ impl Running {
                 Action::Restart,
             ) => {
                 *lives += 1;
-                *vllm = Self::start_upstream((name, *engines), *addr, dir, *lives, watch);
+                *vllm = Self::start_upstream(
+                    (name.as_str(), *engines, *canary),
+                    *addr,
+                    dir,
+                    *lives,
+                    watch,
+                );
             }
             (Running::Upstream { vllm, .. }, Action::Control(paths)) => {
                 for path in paths {
@@ -331,8 +366,10 @@ pub fn run(options: &Options) -> Run {
         .prefix("vitals-soak-")
         .tempdir()
         .expect("a temp folder for the soak");
-    let vllm_addrs: Vec<(&str, SocketAddr)> =
-        UPSTREAMS.iter().map(|(n, _)| (*n, free_addr())).collect();
+    let vllm_addrs: Vec<(&str, SocketAddr, bool)> = UPSTREAMS
+        .iter()
+        .map(|(n, _, canary)| (*n, free_addr(), *canary))
+        .collect();
     let agent_options = AgentOptions {
         extra_args: vec![
             "--expect".into(),
@@ -378,11 +415,13 @@ pub fn run(options: &Options) -> Run {
         .map(|_| Arc::new(Timeline::new()))
         .collect();
     let mut running: Vec<Running> = Vec::new();
-    for (((name, addr), (_, engines)), watch) in vllm_addrs.iter().zip(UPSTREAMS).zip(&watches) {
+    for (((_, addr, _), upstream), watch) in vllm_addrs.iter().zip(UPSTREAMS).zip(&watches) {
+        let (name, engines, canary) = upstream;
         running.push(Running::Upstream {
-            name: (*name).to_string(),
+            name: name.to_string(),
             engines,
-            vllm: Running::start_upstream((name, engines), *addr, dir.path(), 0, watch),
+            canary,
+            vllm: Running::start_upstream(upstream, *addr, dir.path(), 0, watch),
             addr: *addr,
             dir: dir.path().to_path_buf(),
             lives: 0,
@@ -435,7 +474,7 @@ pub fn run(options: &Options) -> Run {
     let current: Current = Arc::new(Mutex::new(Some(start_agent(&mut pod, &mut lives))));
     let names: Vec<&str> = UPSTREAMS
         .iter()
-        .map(|(n, _)| *n)
+        .map(|(n, _, _)| *n)
         .chain(WORKERS.iter().copied())
         .collect();
     for name in &names {
@@ -448,13 +487,18 @@ pub fn run(options: &Options) -> Run {
     }
     let targets: Vec<Target> = UPSTREAMS
         .iter()
-        .map(|(n, engines)| (n, TargetKind::Upstream, *engines))
-        .chain(WORKERS.iter().map(|n| (n, TargetKind::Worker, 1)))
-        .map(|(n, kind, engines)| Target {
+        .map(|(n, engines, canary)| Target {
             name: (*n).to_string(),
-            kind,
-            engines,
+            kind: TargetKind::Upstream,
+            engines: *engines,
+            canary: *canary,
         })
+        .chain(WORKERS.iter().map(|n| Target {
+            name: (*n).to_string(),
+            kind: TargetKind::Worker,
+            engines: 1,
+            canary: false,
+        }))
         .collect();
 
     // Probing and sampling begin; then the plan.
@@ -650,10 +694,13 @@ mod tests {
     #[test]
     fn the_upstream_config_is_what_inject_writes_for_vllm() {
         let addr: SocketAddr = "127.0.0.1:8000".parse().expect("an address");
-        let c = upstreams_config(&[("vllm-a", addr)]);
+        let c = upstreams_config(&[("vllm-a", addr, false), ("vllm-idle", addr, true)]);
         assert_eq!(c["vllm-a"]["metrics"], "vllm");
         assert_eq!(c["vllm-a"]["livenessProbe"]["httpGet"]["port"], 8000);
         assert_eq!(c["vllm-a"]["readinessProbe"]["timeoutSeconds"], 1);
+        assert!(c["vllm-a"].get("canary").is_none(), "a canary is opt-in");
+        assert_eq!(c["vllm-idle"]["canary"]["idle"], "1s");
+        assert_eq!(c["vllm-idle"]["canary"]["deadline"], "2s");
     }
 
     #[test]
