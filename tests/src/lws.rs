@@ -87,6 +87,24 @@ fn set(pod: &mut Value, field: &str, key: &str, value: impl Into<Value>) {
     meta(pod)[field][key] = value.into();
 }
 
+/// The name and labels the StatefulSet controller gives its pod `index` (kubernetes
+/// pkg/controller/statefulset/stateful_set_utils.go newStatefulSetPod).
+fn statefulset_pod(pod: &mut Value, pod_name: &str, index: usize) {
+    meta(pod).insert("name".into(), json!(pod_name));
+    set(
+        pod,
+        "labels",
+        "statefulset.kubernetes.io/pod-name",
+        pod_name,
+    );
+    set(
+        pod,
+        "labels",
+        "apps.kubernetes.io/pod-index",
+        index.to_string(),
+    );
+}
+
 /// The leader pod of group `group` as it reaches the webhooks after LWS's: Ordinal identity
 /// `<lws>-<group>`; Hash identity with no name yet (`generateName`: the API server names a
 /// pod after admission) and a group key drawn from `group`.
@@ -133,19 +151,7 @@ pub fn leader_pod(lws: &Value, group: usize) -> Value {
         // `<set>-<ordinal>`, host name = pod name, subdomain = the set's serviceName (the
         // LWS's name); pod_webhook.go then: group-index, group-key, UniquePerReplica.
         let pod_name = format!("{name}-{group}");
-        meta(&mut pod).insert("name".into(), json!(pod_name));
-        set(
-            &mut pod,
-            "labels",
-            "statefulset.kubernetes.io/pod-name",
-            pod_name.clone(),
-        );
-        set(
-            &mut pod,
-            "labels",
-            "apps.kubernetes.io/pod-index",
-            group.to_string(),
-        );
+        statefulset_pod(&mut pod, &pod_name, group);
         set(
             &mut pod,
             "labels",
@@ -226,20 +232,8 @@ pub fn worker_pod(lws: &Value, leader: &Value, index: usize) -> Value {
     }
     // stateful_set_utils.go newStatefulSetPod, then pod_webhook.go: the worker-index label.
     let pod_name = format!("{leader_name}-{index}");
-    meta(&mut pod).insert("name".into(), json!(pod_name));
+    statefulset_pod(&mut pod, &pod_name, index);
     meta(&mut pod).insert("namespace".into(), json!(ns));
-    set(
-        &mut pod,
-        "labels",
-        "statefulset.kubernetes.io/pod-name",
-        pod_name.clone(),
-    );
-    set(
-        &mut pod,
-        "labels",
-        "apps.kubernetes.io/pod-index",
-        index.to_string(),
-    );
     set(&mut pod, "labels", WORKER_INDEX, index.to_string());
     let pod_spec = pod["spec"].as_object_mut().expect("a template has a spec");
     pod_spec.insert("hostname".into(), json!(pod_name));

@@ -97,10 +97,9 @@ fn u9_one_hung_engine_of_eight_is_named() {
         }
     }
     let metrics = p.pod.metrics();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "vitals_worker_in_flight{worker=\"vllm\"} 8"),
+    assert_eq!(
+        vitals_e2e::client::metric(&metrics, "vitals_worker_in_flight", &[("worker", "vllm")]),
+        Some(8.0),
         "the container's in-flight sum: {metrics}"
     );
 }

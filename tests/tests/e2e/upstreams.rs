@@ -316,10 +316,9 @@ fn u2_engine_hang_fails_liveness_while_health_is_200() {
         "/status does not show the stalled upstream: {status}"
     );
     let metrics = p.pod.metrics();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "vitals_worker_in_flight{worker=\"vllm\"} 2"),
+    assert_eq!(
+        vitals_e2e::client::metric(&metrics, "vitals_worker_in_flight", &[("worker", "vllm")]),
+        Some(2.0),
         "vLLM's running requests re-exported: {metrics}"
     );
 }
