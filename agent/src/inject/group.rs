@@ -12,11 +12,52 @@
 //! startup probe that cannot run out in practice, no CPU limit (a throttled ticker must not
 //! look dead), and a memory limit far above its measured peak ([`super::resources`]).
 
+use super::lws;
+use super::pod::{container_name, ensure_env, ensure_field_env};
+use super::probes::{ensure_probe, tolerate_outage, Timing};
 use super::yaml::{Map, Node};
-use super::{
-    container_name, ensure_env, ensure_field_env, ensure_probe, lws, tolerate_outage, Group,
-    GroupRole, SubdomainSource, Timing,
-};
+
+/// A pod's role in a group (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupRole {
+    /// The pod serving the API; its agent polls the members.
+    Leader,
+    /// A headless member pod.
+    Member,
+}
+
+impl GroupRole {
+    /// The value of `--group-role` / `VITALS_GROUP_ROLE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Leader => "leader",
+            Self::Member => "member",
+        }
+    }
+}
+
+/// Where a LeaderWorkerSet's pods find their subdomain (the headless Service's name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubdomainSource {
+    /// Policy `Shared` (the default): the Service is named after the LWS, which LWS writes
+    /// into every pod's `leaderworkerset.sigs.k8s.io/name` label.
+    SetName,
+    /// Policy `UniquePerReplica`: one Service per group, named after the leader pod.
+    LeaderPodName,
+    /// `UniquePerReplica` with `groupIdentity: Hash`: the Service is named after the leader's
+    /// host name, drawn at its admission; the admitted pod's `spec.subdomain`, as a value
+    /// (the downward API cannot read it).
+    Admitted(String),
+}
+
+/// The group wiring of one pod template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// The pods' role.
+    pub role: GroupRole,
+    /// Where the leader's agent reads the members' subdomain.
+    pub subdomain: SubdomainSource,
+}
 
 /// The startup probe of a group pod's agent: at least [`GROUP_AGENT_STARTUP_S`] before the
 /// kubelet gives up, probing every second so the model still starts as soon as the agent

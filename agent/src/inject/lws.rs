@@ -23,8 +23,12 @@
 //!   cut the group key, so in that one case only a pod can say it: the webhook writes the
 //!   value LWS's webhook put there (it runs first, and a pod's subdomain never changes).
 
+use super::group::{Group, GroupRole, SubdomainSource};
 use super::yaml::{Map, Node};
-use super::{Group, GroupRole, Problem, SubdomainSource};
+use super::Problem;
+
+/// The API group of LeaderWorkerSet (SPEC §9).
+pub(super) const API_GROUP: &str = "leaderworkerset.x-k8s.io";
 
 /// The group's pod count, leader included (api/leaderworkerset/v1/leaderworkerset_types.go,
 /// `SizeAnnotationKey`).

@@ -17,8 +17,9 @@
 
 use std::collections::BTreeMap;
 
+use super::probes::{ensure_probe, point_at_agent, GROUP_LIVENESS};
 use super::yaml::{Map, Node};
-use super::{point_at_agent, Problem, AGENT_PORT};
+use super::{Problem, AGENT_PORT};
 use crate::config::upstreams::profiles;
 use crate::config::upstreams::schema;
 
@@ -74,7 +75,7 @@ pub(super) fn previous_config(agent: &Map) -> schema::Upstreams {
 /// A group member's container without probes (a headless Ray or torch.distributed
 /// worker, SPEC §9): an entry with only its process, judged by /proc alone, and a liveness
 /// probe on the agent so `stopped`/`uninterruptible` restart it. Conservative timing (see
-/// [`super::GROUP_LIVENESS`]): restarting a member costs the whole group.
+/// [`GROUP_LIVENESS`]): restarting a member costs the whole group.
 pub(super) fn wire_headless(
     c: &mut Map,
     name: &str,
@@ -87,11 +88,11 @@ pub(super) fn wire_headless(
         ));
     }
     if c.get("livenessProbe").is_none() {
-        super::ensure_probe(
+        ensure_probe(
             c,
             "livenessProbe",
             &format!("/livez/{name}"),
-            super::GROUP_LIVENESS,
+            GROUP_LIVENESS,
         );
     }
     schema::Upstream {
