@@ -47,6 +47,10 @@ pub use self::upstreams::{CANARY_ANNOTATION_PREFIX, PROFILE_ANNOTATION_PREFIX, U
 pub const AGENT_CONTAINER: &str = "vitals-agent";
 /// The agent's probe port (SPEC §3).
 pub const AGENT_PORT: u16 = 9180;
+/// Whether a port as the YAML spells it (`containerPort`, a probe's `port`) is [`AGENT_PORT`].
+fn is_agent_port(text: &str) -> bool {
+    text == AGENT_PORT.to_string()
+}
 /// The socket folder, an emptyDir shared by the agent and the workers.
 pub const SOCKET_DIR: &str = "/run/vitals";
 /// The agent's socket, as the workers see it.

@@ -5,10 +5,14 @@
 use super::error::shape;
 use super::group::{self, Group};
 use super::pod::{container_name, ensure_env, ensure_field_env, ensure_socket_mount, PodFacts};
-use super::probes::{ensure_probe, AGENT_LIVENESS, AGENT_STARTUP};
+use super::probes::{ensure_probe, AGENT_KILL_GRACE_S, AGENT_LIVENESS, AGENT_STARTUP};
 use super::security::secure_agent;
 use super::yaml::{self, Map, Node};
-use super::{resources, Problem, AGENT_CONTAINER, AGENT_PORT, SOCKET_PATH, UPSTREAMS_ENV, VERSION};
+use super::{
+    is_agent_port, resources, Problem, AGENT_CONTAINER, AGENT_PORT, SOCKET_PATH, UPSTREAMS_ENV,
+    VERSION,
+};
+use crate::config::upstreams::ProbeKind;
 
 /// The agent image when none is given: this version's, without a registry.
 pub(super) fn default_image() -> String {
@@ -155,7 +159,7 @@ pub(super) fn wire_agent(agent: &mut Map, w: &AgentWiring<'_>) {
         if !ports
             .iter()
             .filter_map(Node::as_map)
-            .any(|p| p.get_str("containerPort") == Some("9180"))
+            .any(|p| p.get_str("containerPort").is_some_and(is_agent_port))
         {
             ports.push(Node::Map(Map::from_pairs([
                 ("name", Node::string("vitals")),
@@ -167,12 +171,14 @@ pub(super) fn wire_agent(agent: &mut Map, w: &AgentWiring<'_>) {
     if w.group.is_some() {
         group::agent_probes(agent);
     } else {
-        ensure_probe(agent, "startupProbe", "/livez", AGENT_STARTUP);
-        ensure_probe(agent, "livenessProbe", "/livez", AGENT_LIVENESS);
+        ensure_probe(agent, ProbeKind::Startup, "/livez", AGENT_STARTUP);
+        ensure_probe(agent, ProbeKind::Liveness, "/livez", AGENT_LIVENESS);
         // A wedged agent gets 5 s to exit, not the pod's grace (often minutes on GPU pods):
         // its restart must stay within what the model's liveness tolerates (deploy/base).
-        if let Some(live) = agent.get_mut("livenessProbe").and_then(Node::as_map_mut) {
-            live.set_default("terminationGracePeriodSeconds", Node::plain("5"));
+        let live = agent.get_mut(ProbeKind::Liveness.key());
+        if let Some(live) = live.and_then(Node::as_map_mut) {
+            let grace = AGENT_KILL_GRACE_S.to_string();
+            live.set_default("terminationGracePeriodSeconds", Node::plain(grace));
         }
     }
     // QoS: a pod whose every other container is Guaranteed stays Guaranteed (exclusive

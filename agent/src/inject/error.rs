@@ -1,7 +1,7 @@
 //! Why inject refuses a stream ([`InjectError`]) or one workload ([`Problem`]): every error
 //! inject reports, with the message a person reads.
 
-use super::upstreams::{CANARY_ANNOTATION_PREFIX, PROFILE_ANNOTATION_PREFIX};
+use super::upstreams::{CANARY_ANNOTATION_PREFIX, PROFILE_ANNOTATION_PREFIX, UPSTREAMS_ENV};
 use super::{AGENT_PORT, SOCKET_DIR, WORKERS_ANNOTATION};
 
 /// Why nothing could be injected.
@@ -123,6 +123,16 @@ pub enum Problem {
     /// is known only once the leader pod is admitted.
     #[error("groupIdentity Hash with subdomainPolicy UniquePerReplica: each group's Service is named after its leader's host name, which LeaderWorkerSet draws from a random key when the leader pod is created, so no template can name it; inject these pods with the admission webhook (vitals-agent webhook, SPEC §10), which reads it from the pod")]
     HashPerReplicaSubdomain,
+    /// A container's probes already point at the agent, but the agent's upstreams have no
+    /// entry for the container: their originals are unknown, so the agent would answer 404
+    /// for them or, in a group pod, pass them unchecked.
+    #[error("container {container}: {probes} already on the agent, but the agent's {UPSTREAMS_ENV} has no entry for {container}, so the original probes are unknown (was that env edited, or {container} taken out of {WORKERS_ANNOTATION}?); give {container} its own probes back, or name it as a worker")]
+    OriginalProbeUnknown {
+        /// The container.
+        container: String,
+        /// Its probes on the agent (`livenessProbe, readinessProbe`).
+        probes: String,
+    },
     /// A worker already mounts something else where the socket goes.
     #[error("container {container} mounts volume {volume} at {SOCKET_DIR}, where the agent's socket goes")]
     MountConflict {

@@ -16,6 +16,7 @@ use super::lws;
 use super::pod::{container_name, ensure_env, ensure_field_env};
 use super::probes::{ensure_probe, tolerate_outage, Timing};
 use super::yaml::{Map, Node};
+use crate::config::upstreams::ProbeKind;
 
 /// A pod's role in a group (SPEC §9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +63,7 @@ pub struct Group {
 /// The startup probe of a group pod's agent: at least [`GROUP_AGENT_STARTUP_S`] before the
 /// kubelet gives up, probing every second so the model still starts as soon as the agent
 /// listens (a native sidecar's startup probe holds the next containers back).
-const GROUP_AGENT_STARTUP: Timing = (1, 1, 301);
+const GROUP_AGENT_STARTUP: Timing = Timing::outlasting(1, GROUP_AGENT_STARTUP_S);
 /// SPEC §11: a startup probe "that cannot run out in practice": five minutes, where the agent
 /// listens within a second of starting (it binds its port before anything else).
 const GROUP_AGENT_STARTUP_S: u64 = 300;
@@ -70,11 +71,12 @@ const GROUP_AGENT_STARTUP_S: u64 = 300;
 /// The agent's probes in a group pod: a startup probe tolerating at least five minutes
 /// (an older, shorter one is lengthened, keeping its period), and no liveness probe.
 pub(super) fn agent_probes(agent: &mut Map) {
-    ensure_probe(agent, "startupProbe", "/livez", GROUP_AGENT_STARTUP);
-    if let Some(startup) = agent.get_mut("startupProbe").and_then(Node::as_map_mut) {
+    ensure_probe(agent, ProbeKind::Startup, "/livez", GROUP_AGENT_STARTUP);
+    let startup = agent.get_mut(ProbeKind::Startup.key());
+    if let Some(startup) = startup.and_then(Node::as_map_mut) {
         tolerate_outage(startup, GROUP_AGENT_STARTUP_S);
     }
-    agent.remove("livenessProbe");
+    agent.remove(ProbeKind::Liveness.key());
 }
 
 /// The agent's group env (SPEC §9): its role, and for a leader where its members are

@@ -45,6 +45,7 @@ use super::error::shape;
 use super::webhook::convert::to_tree;
 use super::yaml::{Map, Node};
 use super::{Problem, AGENT_PORT};
+use crate::config::upstreams::ProbeKind;
 
 /// pilot-agent's status port (istio values.yaml `global.proxy.statusPort`).
 const ISTIO_STATUS_PORT: u16 = 15020;
@@ -97,14 +98,13 @@ impl Prober {
 }
 
 /// pilot-agent's URL for a container's probe (pilot-agent `status.FormatProberURL`).
-fn istio_url(container: &str, probe_key: &str) -> Option<String> {
-    let kind = match probe_key {
-        "readinessProbe" => "readyz",
-        "livenessProbe" => "livez",
-        "startupProbe" => "startupz",
-        _ => return None,
+fn istio_url(container: &str, kind: ProbeKind) -> String {
+    let kind = match kind {
+        ProbeKind::Readiness => "readyz",
+        ProbeKind::Liveness => "livez",
+        ProbeKind::Startup => "startupz",
     };
-    Some(format!("/app-health/{container}/{kind}"))
+    format!("/app-health/{container}/{kind}")
 }
 
 /// The app's original probes that Istio moved into istio-proxy's env, by pilot-agent URL;
@@ -146,10 +146,9 @@ impl IstioOriginals {
         if self.0.is_empty() {
             return kept;
         }
-        for key in ["startupProbe", "livenessProbe", "readinessProbe"] {
-            let Some(url) = istio_url(name, key) else {
-                continue;
-            };
+        for kind in ProbeKind::ALL {
+            let key = kind.key();
+            let url = istio_url(name, kind);
             let Some(original) = self.0.get(&url) else {
                 continue;
             };

@@ -9,8 +9,8 @@ use super::agent::{default_image, place_agent, take_agent, wire_agent, AgentWiri
 use super::error::shape;
 use super::group::{self, Group, GroupRole};
 use super::probes::{
-    ensure_probe, tolerate_agent_restart, GROUP_LIVENESS, WORKER_LIVENESS, WORKER_READINESS,
-    WORKER_STARTUP,
+    agent_path, ensure_probe, tolerate_agent_restart, GROUP_LIVENESS, WORKER_LIVENESS,
+    WORKER_READINESS, WORKER_STARTUP,
 };
 use super::security::pod_runs_as_root;
 use super::yaml::{self, Map, Node};
@@ -19,6 +19,7 @@ use super::{
     CANARY_ANNOTATION_PREFIX, PROFILE_ANNOTATION_PREFIX, SOCKET_DIR, SOCKET_PATH, SOCKET_VOLUME,
     VERSION, VERSION_ANNOTATION, WORKERS_ANNOTATION,
 };
+use crate::config::upstreams::ProbeKind;
 
 /// The pod template's annotation `key`, if set.
 pub(super) fn annotation<'a>(tmpl: &'a Map, key: &str) -> Option<&'a str> {
@@ -140,15 +141,11 @@ pub(super) fn inject_pod(
             )?;
             // A leader's model container needs a liveness probe on the agent for the
             // group's verdict (`group_broken`) to restart it (SPEC §9).
-            if role == Some(GroupRole::Leader) && c.get("livenessProbe").is_none() {
-                ensure_probe(
-                    c,
-                    "livenessProbe",
-                    &format!("/livez/{name}"),
-                    GROUP_LIVENESS,
-                );
+            let live = ProbeKind::Liveness;
+            if role == Some(GroupRole::Leader) && c.get(live.key()).is_none() {
+                ensure_probe(c, live, &agent_path(live, &name), GROUP_LIVENESS);
             }
-            if let Some(live) = c.get_mut("livenessProbe").and_then(Node::as_map_mut) {
+            if let Some(live) = c.get_mut(live.key()).and_then(Node::as_map_mut) {
                 tolerate_agent_restart(live);
             }
             config.insert(name.clone(), entry);
@@ -416,27 +413,18 @@ fn wire_worker(c: &mut Map, name: &str) -> Result<(), Problem> {
     ensure_env(env, "VITALS_AGENT_SOCKET", SOCKET_PATH);
     ensure_env(env, "VITALS_NAME", name);
     ensure_socket_mount(c, name)?;
-    ensure_probe(
-        c,
-        "startupProbe",
-        &format!("/startupz/{name}"),
-        WORKER_STARTUP,
-    );
-    ensure_probe(
-        c,
-        "livenessProbe",
-        &format!("/livez/{name}"),
-        WORKER_LIVENESS,
-    );
-    if let Some(live) = c.get_mut("livenessProbe").and_then(Node::as_map_mut) {
-        tolerate_agent_restart(live);
+    for (kind, timing) in [
+        (ProbeKind::Startup, WORKER_STARTUP),
+        (ProbeKind::Liveness, WORKER_LIVENESS),
+        (ProbeKind::Readiness, WORKER_READINESS),
+    ] {
+        ensure_probe(c, kind, &agent_path(kind, name), timing);
+        if kind == ProbeKind::Liveness {
+            if let Some(live) = c.get_mut(kind.key()).and_then(Node::as_map_mut) {
+                tolerate_agent_restart(live);
+            }
+        }
     }
-    ensure_probe(
-        c,
-        "readinessProbe",
-        &format!("/readyz/{name}"),
-        WORKER_READINESS,
-    );
     Ok(())
 }
 
