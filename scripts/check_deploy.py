@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks on rendered manifests that schema validation cannot make: SPEC §6 wiring, API-server
-rules, Pod Security `restricted`, the timing arithmetic of docs/deploy.md, autoscaling and
-disruption consistency, monitoring cross-references and alert test coverage. Called by
+rules, Pod Security `restricted`, the timing arithmetic of docs/probes.md, autoscaling and
+disruption consistency, monitoring cross-references and alert test coverage, the docs' links. Called by
 scripts/check-deploy.sh; needs PyYAML.
 
   check_deploy.py split RENDERED CORE_OUT CRDS_JSON_OUT
@@ -16,12 +16,15 @@ scripts/check-deploy.sh; needs PyYAML.
       KEDA queries are written to QUERIES_OUT as recording rules (for promtool)
   check_deploy.py expand-lists IN OUT             writes IN with every `kind: List` replaced by its
       items (kubernetes-validate has no schema for List and would skip them)
-  check_deploy.py monitoring RENDERED BASE RULES_OUT TEST_DIR DOCS
+  check_deploy.py monitoring RENDERED BASE RULES_OUT TEST_DIR ROOT
       splits the monitoring render: writes the PrometheusRule groups to RULES_OUT (for
       `promtool check rules`) and, with annotations left out, to TEST_DIR/vitals-rules.yaml
       (for `promtool test rules`), prints the core documents on stdout, checks the PodMonitor
-      against the pods of BASE, metric names, runbook_url anchors in DOCS, and that every
-      alert has a unit test that fires it and one that must not
+      against the pods of BASE, metric names, that every runbook_url names a heading of a
+      page under ROOT/docs/, and that every alert has a unit test that fires it and one that
+      must not
+  check_deploy.py links FILE.md...                every relative link and #anchor of these
+      markdown files resolves (GitHub's anchor rule)
 """
 import json
 import re
@@ -59,7 +62,7 @@ RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral"
 
 # The kubelet's restart of a crashed container waits 0 s, then 10, 20, 40 s ... (doubling,
 # at most 300 s; kubernetes/kubernetes pkg/kubelet/kuberuntime/kuberuntime_manager.go
-# doBackOff and pkg/kubelet/kubelet.go MaxContainerBackOff). docs/deploy.md, "The agent
+# doBackOff and pkg/kubelet/kubelet.go MaxContainerBackOff). docs/probes.md, "The agent
 # restarting", explains which of these the worker's liveness must outlast.
 CRASH_BACKOFF_COVERED = 40  # the 4th crash in a row
 BACKOFF_AFTER_WEDGE = 20    # a wedge right after two crashes
@@ -267,7 +270,7 @@ def probe_budget(p):
 
 
 def check_timing(where, dep):
-    """docs/deploy.md, "Timing": the drain inside the grace period, the worker's liveness
+    """docs/probes.md: the drain inside the grace period, the worker's liveness
     tolerance above the agent's worst restart, the worker's startup budget."""
     spec = dep["spec"]["template"]["spec"]
     inits = spec.get("initContainers", [])
@@ -421,19 +424,73 @@ def check_expr_metrics(where, expr):
 
 
 def anchors(markdown):
-    """GitHub's heading anchors: lower case, punctuation dropped, spaces to dashes."""
-    out, fenced = set(), False
-    for line in markdown.splitlines():
-        if line.startswith("```"):
-            fenced = not fenced
-        m = None if fenced else re.match(r"#{1,6}\s+(.*)", line)
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to dashes; a repeated
+    heading gets -1, -2, ... (github/cmark-gfm's anchor rule, as rendered on github.com)."""
+    out, seen = set(), {}
+    for line in prose_lines(markdown):
+        m = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line[1])
         if m:
-            text = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower())
-            out.add(text.replace(" ", "-"))
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            n = seen.get(slug, 0)
+            seen[slug] = n + 1
+            out.add(slug if n == 0 else f"{slug}-{n}")
     return out
 
 
-def check_monitoring(rendered, base, rules_out, test_dir, docs_path):
+def prose_lines(markdown):
+    """(line number, line) of every line outside fenced code blocks."""
+    fence = None
+    for no, line in enumerate(markdown.splitlines(), 1):
+        m = re.match(r"\s*(```|~~~)", line)
+        if m:
+            fence = None if fence == m.group(1) else fence or m.group(1)
+            continue
+        if fence is None:
+            yield no, line
+
+
+# An inline link or image, `[text](target "title")`, or a reference definition `[x]: target`.
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)|^\s*\[[^\]]+\]:\s*(\S+)")
+
+
+def check_link(where, source, target):
+    """A relative link from file `source` resolves: its file exists and its #anchor is a
+    heading of the markdown file it names. Returns False (and records why) when not."""
+    if re.match(r"[a-z][a-z0-9+.-]*:", target, re.I):
+        return True  # http(s), mailto: not checked here
+    path, _, anchor = target.partition("#")
+    dest = (source.parent / path).resolve() if path else source.resolve()
+    if not dest.exists():
+        err(where, f"link {target}: {rel(dest)} does not exist")
+        return False
+    if anchor and dest.suffix == ".md" and anchor not in anchors(dest.read_text()):
+        err(where, f"link {target}: no heading #{anchor} in {rel(dest)}")
+        return False
+    return True
+
+
+def rel(path):
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def check_links(paths):
+    """Every relative link and #anchor of these markdown files (code spans and fenced blocks
+    left out) resolves."""
+    n = 0
+    for p in map(Path, paths):
+        for no, line in prose_lines(p.read_text()):
+            line = re.sub(r"`[^`]*`", "", line)
+            for m in LINK.finditer(line):
+                n += 1
+                check_link(f"{rel(p)}:{no}", p, m.group(1) or m.group(2))
+    if not errors:
+        print(f"deploy-check: {n} links in {len(paths)} markdown files resolve, anchors included")
+
+
+def check_monitoring(rendered, base, rules_out, test_dir, docs_root):
     docs = load(rendered)
     core, rules, monitors = [], [], []
     for d in docs:
@@ -443,7 +500,6 @@ def check_monitoring(rendered, base, rules_out, test_dir, docs_path):
             core.append(d)
     if not rules or not monitors:
         err(rendered, "expected a PrometheusRule and a PodMonitor")
-    doc_anchors = anchors(Path(docs_path).read_text())
     groups, alerts = [], []
     for r in rules:
         for g in r["spec"]["groups"]:
@@ -459,11 +515,12 @@ def check_monitoring(rendered, base, rules_out, test_dir, docs_path):
                     if "severity" not in rule.get("labels", {}):
                         err(where, "no severity label")
                     url = ann.get("runbook_url", "")
-                    m = re.search(r"docs/deploy\.md#([\w-]+)$", url)
+                    m = re.search(r"/(docs/[\w.-]+\.md#[\w-]+)$", url)
                     if not m:
-                        err(where, f"runbook_url {url!r} does not point into docs/deploy.md")
-                    elif m.group(1) not in doc_anchors:
-                        err(where, f"runbook_url anchor #{m.group(1)} is no heading of {docs_path}")
+                        err(where, f"runbook_url {url!r} does not point at a heading of docs/")
+                    else:
+                        # As a link from the repository's README: `docs/<page>.md#<anchor>`.
+                        check_link(where, Path(docs_root) / "README.md", m.group(1))
     with open(rules_out, "w") as f:
         yaml.safe_dump({"groups": groups}, f, sort_keys=False)
     bare = [{**g, "rules": [{k: v for k, v in rule.items() if k != "annotations"} for rule in g["rules"]]} for g in groups]
@@ -557,6 +614,8 @@ def main(argv):
         print(f"deploy-check: {n} Vitals pod templates wired per SPEC §6", file=sys.stderr)
     elif len(argv) == 7 and argv[1] == "monitoring":
         check_monitoring(*argv[2:])
+    elif len(argv) >= 3 and argv[1] == "links":
+        check_links(argv[2:])
     else:
         print(__doc__, file=sys.stderr)
         return 2
