@@ -450,7 +450,7 @@ def prose_lines(markdown):
 
 
 # An inline link or image, `[text](target "title")`, or a reference definition `[x]: target`.
-LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)|^\s*\[[^\]]+\]:\s*(\S+)")
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)|^[ \t]*\[[^\]]+\]:[ \t]*(\S+)", re.M)
 
 
 def check_link(where, source, target):
@@ -478,13 +478,24 @@ def rel(path):
 
 def check_links(paths):
     """Every relative link and #anchor of these markdown files (code spans and fenced blocks
-    left out) resolves."""
+    left out) resolves. Links are found per paragraph: a link's text may wrap."""
     n = 0
     for p in map(Path, paths):
+        paragraphs, current = [], []
         for no, line in prose_lines(p.read_text()):
-            line = re.sub(r"`[^`]*`", "", line)
-            for m in LINK.finditer(line):
+            if line.strip():
+                current.append((no, line))
+            elif current:
+                paragraphs.append(current)
+                current = []
+        paragraphs += [current] if current else []
+        for para in paragraphs:
+            text = "\n".join(line for _, line in para)
+            # A code span (which may wrap too) becomes blanks, keeping the line breaks.
+            text = re.sub(r"`[^`]*`", lambda m: re.sub(r"[^\n]", " ", m.group()), text)
+            for m in LINK.finditer(text):
                 n += 1
+                no = para[0][0] + text.count("\n", 0, m.start(1) if m.group(1) else m.start(2))
                 check_link(f"{rel(p)}:{no}", p, m.group(1) or m.group(2))
     if not errors:
         print(f"deploy-check: {n} links in {len(paths)} markdown files resolve, anchors included")
