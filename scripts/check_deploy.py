@@ -20,9 +20,9 @@ scripts/check-deploy.sh; needs PyYAML.
       splits the monitoring render: writes the PrometheusRule groups to RULES_OUT (for
       `promtool check rules`) and, with annotations left out, to TEST_DIR/vitals-rules.yaml
       (for `promtool test rules`), prints the core documents on stdout, checks the PodMonitor
-      against the pods of BASE, metric names, that every runbook_url names a heading of a
-      page under ROOT/docs/, and that every alert has a unit test that fires it and one that
-      must not
+      against the pods of BASE, metric names, that every alert's runbook_url is its heading
+      of ROOT/docs/troubleshooting.md, and that every alert has a unit test that fires it and
+      one that must not
   check_deploy.py links FILE.md...                every relative link and #anchor of these
       markdown files resolves (GitHub's anchor rule)
 """
@@ -525,13 +525,14 @@ def check_monitoring(rendered, base, rules_out, test_dir, docs_root):
                         err(where, "needs a summary and a description with a Runbook")
                     if "severity" not in rule.get("labels", {}):
                         err(where, "no severity label")
+                    # Each alert's runbook is its own entry of docs/troubleshooting.md.
                     url = ann.get("runbook_url", "")
-                    m = re.search(r"/(docs/[\w.-]+\.md#[\w-]+)$", url)
-                    if not m:
-                        err(where, f"runbook_url {url!r} does not point at a heading of docs/")
+                    runbook = f"docs/troubleshooting.md#{rule['alert'].lower()}"
+                    if not url.endswith("/" + runbook):
+                        err(where, f"runbook_url {url!r} does not end in /{runbook}")
                     else:
-                        # As a link from the repository's README: `docs/<page>.md#<anchor>`.
-                        check_link(where, Path(docs_root) / "README.md", m.group(1))
+                        # As a link from the repository's README.
+                        check_link(where, Path(docs_root) / "README.md", runbook)
     with open(rules_out, "w") as f:
         yaml.safe_dump({"groups": groups}, f, sort_keys=False)
     bare = [{**g, "rules": [{k: v for k, v in rule.items() if k != "annotations"} for rule in g["rules"]]} for g in groups]
