@@ -38,20 +38,6 @@ PORT = 9180
 SOCKET_DIR = "/run/vitals"
 SOCKET = SOCKET_DIR + "/agent.sock"
 ROOT = Path(__file__).resolve().parent.parent
-# SPEC §4 (names as exposed: counters end in _total, histograms add _bucket/_sum/_count).
-METRICS = {
-    "vitals_probe_requests_total", "vitals_probe_duration_seconds", "vitals_worker_connected",
-    "vitals_worker_ready", "vitals_worker_live", "vitals_worker_phase",
-    "vitals_worker_heartbeat_age_seconds", "vitals_worker_progress_total",
-    "vitals_worker_pending", "vitals_worker_in_flight", "vitals_worker_restarts_total",
-    "vitals_worker_hangs_total", "vitals_worker_startup_seconds",
-    "vitals_worker_process_cpu_seconds_total", "vitals_worker_process_resident_memory_bytes",
-    "vitals_worker_process_threads", "vitals_protocol_errors_total",
-    "vitals_protocol_unknown_messages_total", "vitals_group_members", "vitals_group_formed",
-    "vitals_group_broken_total", "vitals_group_poll_duration_seconds",
-    "vitals_upstream_proc_watched", "vitals_upstream_scrape_errors_total",
-    "vitals_upstream_probe_duration_seconds", "vitals_upstream_probe_results_total",
-}
 POD_KINDS = {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
 CLUSTER_SCOPED = {"Namespace", "PriorityClass", "RuntimeClass", "ClusterRole", "ClusterRoleBinding"}
 # Pod Security Standards, `restricted` (kubernetes/kubernetes,
@@ -415,12 +401,20 @@ def worker_metrics():
     return {n + "_total" if n in counters and not n.endswith("_total") else n for n in names}
 
 
+def agent_metrics():
+    """The agent's metric names, read from where it registers them
+    (agent/src/surfaces/metrics.rs), so a new series is known without a second list here."""
+    src = (ROOT / "agent/src/surfaces/metrics.rs").read_text().split("#[cfg(test)]")[0]
+    names = re.findall(r'(?:metric!\(\s*\w+,\s*|HistogramOpts::new\(\s*|opts\(\s*)"([a-z_]+)"', src)
+    return {"vitals_" + n for n in names}
+
+
 def check_expr_metrics(where, expr):
-    known = METRICS | worker_metrics()
+    known = agent_metrics() | worker_metrics()
     for m in EXPR_NAME.findall(expr):
         base = re.sub(r"_(bucket|sum|count)$", "", m)
         if m not in known and base not in known:
-            err(where, f"unknown metric {m} (neither SPEC §4 nor model-worker/src/metrics.rs)")
+            err(where, f"unknown metric {m} (registered in neither agent/src/surfaces/metrics.rs nor model-worker/src/metrics.rs)")
 
 
 def anchors(markdown):
