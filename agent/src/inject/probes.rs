@@ -81,7 +81,7 @@ const fn crash_backoff_s(n: u32) -> u64 {
 }
 
 /// The agent's worst restart that a liveness probe on it must outlast: the longest outage
-/// of its port among those docs/deploy.md ("The agent restarting") covers: three crashes
+/// of its port among those docs/probes.md ("The agent restarting") covers: three crashes
 /// back to back, the 4th crash in a row after it ran a while, and a wedge (port open, not
 /// answering) killed by its liveness right after two crashes. A 5th crash in a row is not
 /// covered, on purpose: by then the agent is broken and `VitalsAgentDown` fires.
@@ -246,7 +246,7 @@ mod tests {
 
     #[test]
     fn liveness_on_the_agent_outlasts_the_agents_worst_restart() {
-        // docs/deploy.md, "The agent restarting": the table's rows, from the timings above.
+        // docs/probes.md, "The agent restarting": the table's rows, from the timings above.
         let rows = [
             ("crash, first in 10 minutes", crash_outage_s(1), 2),
             (
@@ -262,14 +262,14 @@ mod tests {
             ),
         ];
         for (event, outage, documented) in rows {
-            eprintln!("{event}: {outage} s (docs/deploy.md: {documented} s)");
+            eprintln!("{event}: {outage} s (docs/probes.md: {documented} s)");
             assert_eq!(
                 outage, documented,
-                "{event}: docs/deploy.md's table is stale"
+                "{event}: docs/probes.md's table is stale"
             );
         }
         let worst = agent_worst_restart_s();
-        assert_eq!(worst, 43, "docs/deploy.md: the worst of these");
+        assert_eq!(worst, 43, "docs/probes.md: the worst of these");
         for (probe, timing) in [
             ("the worker's liveness", WORKER_LIVENESS),
             ("a group container's liveness", GROUP_LIVENESS),
@@ -284,7 +284,7 @@ mod tests {
                 "{probe} ({timing:?}) tolerates {tolerated} s: an agent restart ({worst} s) would restart the model"
             );
         }
-        assert_eq!(AGENT_RESTART_TOLERANCE_S, 55, "docs/deploy.md states 55 s");
+        assert_eq!(AGENT_RESTART_TOLERANCE_S, 55, "docs/probes.md states 55 s");
     }
 
     #[test]
