@@ -39,7 +39,6 @@ use clap::Args;
 
 pub use self::documents::{inject_documents, inject_report, Report};
 pub use self::error::{InjectError, Problem};
-pub use self::group::{Group, GroupRole, SubdomainSource};
 pub use self::pod::INJECTED_LABEL;
 pub use self::upstreams::{CANARY_ANNOTATION_PREFIX, PROFILE_ANNOTATION_PREFIX, UPSTREAMS_ENV};
 

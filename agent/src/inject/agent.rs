@@ -3,7 +3,7 @@
 //! sidecar first among the init containers, or an ordinary container last).
 
 use super::error::shape;
-use super::group::{self, Group};
+use super::group::{self, GroupWiring};
 use super::pod::{container_name, ensure_env, ensure_field_env, ensure_socket_mount, PodFacts};
 use super::probes::{ensure_probe, AGENT_KILL_GRACE_S, AGENT_LIVENESS, AGENT_STARTUP};
 use super::security::secure_agent;
@@ -92,7 +92,7 @@ pub(super) struct AgentWiring<'a> {
     /// The pod's termination grace for an ordinary container (None: native sidecar).
     pub(super) legacy_grace: Option<u64>,
     /// The pod's group, if any.
-    pub(super) group: Option<&'a Group>,
+    pub(super) group: Option<&'a GroupWiring>,
     /// What its settings depend on in the rest of the pod.
     pub(super) facts: PodFacts,
     /// `--agent-resources` (JSON), if given.

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use super::agent::default_image;
-use super::group::{Group, GroupRole, SubdomainSource};
+use super::group::{GroupRole, GroupWiring, SubdomainSource};
 use super::pod::{annotation, inject_pod};
 use super::yaml::{self, Map, Node};
 use super::{lws, InjectError, InjectOptions, Problem, VERSION_ANNOTATION};
@@ -234,7 +234,7 @@ fn inject_node(
             (Some(GroupRole::Leader), None) => {
                 return Err(err(label, Problem::HashPerReplicaSubdomain))
             }
-            (Some(role), subdomain) => Some(Group {
+            (Some(role), subdomain) => Some(GroupWiring {
                 role,
                 subdomain: subdomain.unwrap_or(SubdomainSource::SetName),
             }),
@@ -259,7 +259,7 @@ fn inject_node(
 fn inject_site(
     doc: &mut Map,
     path: &[&str],
-    group: Option<&Group>,
+    group: Option<&GroupWiring>,
     workload: &str,
     kind: &str,
     opts: &InjectOptions,
@@ -330,7 +330,7 @@ fn inject_site(
     };
     let mut watched = Vec::new();
     if let Some(g) = group {
-        watched.push(format!("group role: {}", g.role.as_str()));
+        watched.push(format!("group role: {}", g.role));
     }
     if !pod.workers.is_empty() {
         watched.push(format!("workers: {}", pod.workers.join(", ")));

@@ -17,29 +17,11 @@ use super::pod::{container_name, ensure_env, ensure_field_env};
 use super::probes::{ensure_probe, tolerate_outage, Timing};
 use super::yaml::{Map, Node};
 use crate::config::upstreams::ProbeKind;
-
-/// A pod's role in a group (SPEC §9).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GroupRole {
-    /// The pod serving the API; its agent polls the members.
-    Leader,
-    /// A headless member pod.
-    Member,
-}
-
-impl GroupRole {
-    /// The value of `--group-role` / `VITALS_GROUP_ROLE`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Leader => "leader",
-            Self::Member => "member",
-        }
-    }
-}
+pub(super) use crate::config::GroupRole;
 
 /// Where a LeaderWorkerSet's pods find their subdomain (the headless Service's name).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SubdomainSource {
+pub(super) enum SubdomainSource {
     /// Policy `Shared` (the default): the Service is named after the LWS, which LWS writes
     /// into every pod's `leaderworkerset.sigs.k8s.io/name` label.
     SetName,
@@ -51,13 +33,14 @@ pub enum SubdomainSource {
     Admitted(String),
 }
 
-/// The group wiring of one pod template.
+/// How one pod template is wired into its group: the env `inject` writes into its agent,
+/// which `run` reads into its [`crate::config::Group`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Group {
+pub(super) struct GroupWiring {
     /// The pods' role.
-    pub role: GroupRole,
+    pub(super) role: GroupRole,
     /// Where the leader's agent reads the members' subdomain.
-    pub subdomain: SubdomainSource,
+    pub(super) subdomain: SubdomainSource,
 }
 
 /// The startup probe of a group pod's agent: at least [`GROUP_AGENT_STARTUP_S`] before the
@@ -82,7 +65,7 @@ pub(super) fn agent_probes(agent: &mut Map) {
 /// The agent's group env (SPEC §9): its role, and for a leader where its members are
 /// (`NAME-1 … NAME-(N-1)` under the subdomain; see [`super::lws`]). Outside a group, the
 /// group env is left as it is: a group wired by hand (`VITALS_GROUP_MEMBERS`) is the user's.
-pub(super) fn ensure_group_env(env: &mut Vec<Node>, group: Option<&Group>) {
+pub(super) fn ensure_group_env(env: &mut Vec<Node>, group: Option<&GroupWiring>) {
     const LEADER_ONLY: [&str; 3] = [
         "VITALS_GROUP_SIZE",
         "VITALS_GROUP_POD_NAME",
@@ -91,7 +74,7 @@ pub(super) fn ensure_group_env(env: &mut Vec<Node>, group: Option<&Group>) {
     let Some(group) = group else {
         return;
     };
-    ensure_env(env, "VITALS_GROUP_ROLE", group.role.as_str());
+    ensure_env(env, "VITALS_GROUP_ROLE", &group.role.to_string());
     match group.role {
         GroupRole::Leader => {
             ensure_field_env(
@@ -131,4 +114,44 @@ pub(super) fn host_network_dns_warning(spec: &Map) -> Option<String> {
     (host_network && spec.get_str("dnsPolicy") != Some("ClusterFirstWithHostNet")).then(|| {
         "warning: hostNetwork: true without dnsPolicy: ClusterFirstWithHostNet resolves names through the node, where the group's names (the leader's members, LWS_LEADER_ADDRESS) do not exist; set dnsPolicy: ClusterFirstWithHostNet".to_string()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Parser, ValueEnum};
+
+    use super::*;
+    use crate::config::RunArgs;
+
+    #[derive(Parser)]
+    struct Run {
+        #[command(flatten)]
+        args: RunArgs,
+    }
+
+    #[test]
+    fn the_role_inject_writes_is_the_role_run_reads() {
+        for &role in GroupRole::value_variants() {
+            let mut env = Vec::new();
+            let wiring = GroupWiring {
+                role,
+                subdomain: SubdomainSource::SetName,
+            };
+            ensure_group_env(&mut env, Some(&wiring));
+            let written = env
+                .iter()
+                .filter_map(Node::as_map)
+                .find(|e| e.get_str("name") == Some("VITALS_GROUP_ROLE"))
+                .and_then(|e| e.get_str("value"))
+                .expect("a group's agent gets its role");
+            let flag = format!("--group-role={written}");
+            let read = Run::try_parse_from(["run", flag.as_str()])
+                .unwrap_or_else(|e| panic!("{flag}: {e}"))
+                .args
+                .group_role;
+            eprintln!("{role:?}: inject writes {written:?}, run reads {read:?}");
+            assert_eq!(read, Some(role));
+            assert_eq!(written.parse::<GroupRole>(), Ok(role));
+        }
+    }
 }

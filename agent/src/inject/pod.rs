@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use super::agent::{default_image, place_agent, take_agent, wire_agent, AgentWiring};
 use super::error::shape;
-use super::group::{self, Group, GroupRole};
+use super::group::{self, GroupRole, GroupWiring};
 use super::probes::{
     agent_path, ensure_probe, tolerate_agent_restart, GROUP_LIVENESS, WORKER_LIVENESS,
     WORKER_READINESS, WORKER_STARTUP,
@@ -62,7 +62,7 @@ pub const INJECTED_LABEL: &str = "vitals.dev/injected";
 pub(super) fn inject_pod(
     tmpl: &mut Map,
     opts: &InjectOptions,
-    group: Option<&Group>,
+    group: Option<&GroupWiring>,
     used: &mut BTreeSet<String>,
 ) -> Result<PodSummary, Problem> {
     let previous: Vec<String> = annotation(tmpl, WORKERS_ANNOTATION)
