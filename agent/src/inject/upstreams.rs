@@ -13,7 +13,8 @@
 //!
 //! Re-injection finds the container's probes already pointing at the agent and takes
 //! their original form from the agent's existing `VITALS_UPSTREAMS`, so the rewrite is
-//! idempotent and updates in place.
+//! idempotent and updates in place; probes on the agent for a container that env has no
+//! entry for are refused, their originals being lost.
 
 use std::collections::BTreeMap;
 
