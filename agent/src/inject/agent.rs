@@ -12,7 +12,7 @@ use super::{
     is_agent_port, resources, Problem, AGENT_CONTAINER, AGENT_PORT, SOCKET_PATH, UPSTREAMS_ENV,
     VERSION,
 };
-use crate::config::upstreams::ProbeKind;
+use vitals_core::upstreams::ProbeKind;
 
 /// The agent image when none is given: this version's, without a registry.
 pub(super) fn default_image() -> String {

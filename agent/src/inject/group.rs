@@ -16,8 +16,8 @@ use super::lws;
 use super::pod::{container_name, ensure_env, ensure_field_env};
 use super::probes::{ensure_probe, tolerate_outage, Timing};
 use super::yaml::{Map, Node};
-use crate::config::upstreams::ProbeKind;
 pub(super) use crate::config::GroupRole;
+use vitals_core::upstreams::ProbeKind;
 
 /// Where a LeaderWorkerSet's pods find their subdomain (the headless Service's name).
 #[derive(Debug, Clone, PartialEq, Eq)]

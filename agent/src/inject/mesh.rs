@@ -45,7 +45,7 @@ use super::error::shape;
 use super::webhook::convert::to_tree;
 use super::yaml::{Map, Node};
 use super::{Problem, AGENT_PORT};
-use crate::config::upstreams::ProbeKind;
+use vitals_core::upstreams::ProbeKind;
 
 /// pilot-agent's status port (istio values.yaml `global.proxy.statusPort`).
 const ISTIO_STATUS_PORT: u16 = 15020;

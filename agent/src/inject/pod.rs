@@ -19,7 +19,7 @@ use super::{
     CANARY_ANNOTATION_PREFIX, PROFILE_ANNOTATION_PREFIX, SOCKET_DIR, SOCKET_PATH, SOCKET_VOLUME,
     VERSION, VERSION_ANNOTATION, WORKERS_ANNOTATION,
 };
-use crate::config::upstreams::ProbeKind;
+use vitals_core::upstreams::ProbeKind;
 
 /// The pod template's annotation `key`, if set.
 pub(super) fn annotation<'a>(tmpl: &'a Map, key: &str) -> Option<&'a str> {
@@ -104,7 +104,7 @@ pub(super) fn inject_pod(
     // Upstreams: every other container with probes the agent can run; in a group, every
     // other container (headless ones watched by /proc alone).
     let before = upstreams::previous_config(&agent);
-    let mut config = crate::config::upstreams::schema::Upstreams::new();
+    let mut config = vitals_core::upstreams::schema::Upstreams::new();
     let mut upstream_names = Vec::new();
     let role = group.map(|g| g.role);
     for c in containers.iter_mut().filter_map(Node::as_map_mut) {

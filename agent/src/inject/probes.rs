@@ -5,8 +5,8 @@
 
 use super::yaml::{self, Map, Node};
 use super::{is_agent_port, AGENT_PORT};
-use crate::config::upstreams::ProbeKind;
-use crate::verdict::Probe;
+use vitals_core::upstreams::ProbeKind;
+use vitals_core::verdict::Probe;
 
 /// Timing of a probe that inject adds. The same values as deploy/base, where the reasoning
 /// is written down.

@@ -6,10 +6,10 @@
 //! probes stay on the container untouched. A metrics profile is picked from the image or
 //! the `vitals.dev/profile.<container>` annotation.
 //!
-//! The entry is built as the typed schema ([`crate::config::upstreams::schema`]) and serialised, so
-//! the agent's reader accepts whatever this writes. Each entry records the container's
-//! `command` + `args` (`process.cmdline`), by which the agent finds its process in /proc
-//! without privileges.
+//! The entry is built as the typed schema ([`vitals_core::upstreams::schema`]) and
+//! serialised, so the agent's reader accepts whatever this writes. Each entry records the
+//! container's `command` + `args` (`process.cmdline`), by which the agent finds its process
+//! in /proc without privileges.
 //!
 //! Re-injection finds the container's probes already pointing at the agent and takes
 //! their original form from the agent's existing `VITALS_UPSTREAMS`, so the rewrite is
@@ -21,9 +21,9 @@ use std::collections::BTreeMap;
 use super::probes::{agent_path, ensure_probe, point_at_agent, points_at_agent, GROUP_LIVENESS};
 use super::yaml::{Map, Node};
 use super::Problem;
-use crate::config::upstreams::profiles;
-use crate::config::upstreams::schema;
-use crate::config::upstreams::ProbeKind;
+use vitals_core::upstreams::profiles;
+use vitals_core::upstreams::schema;
+use vitals_core::upstreams::ProbeKind;
 
 /// The agent's env var holding the upstreams' JSON.
 pub const UPSTREAMS_ENV: &str = "VITALS_UPSTREAMS";
@@ -231,7 +231,7 @@ pub(super) fn canary(
             }
             schema::Port::Name(_) => None,
         });
-        crate::config::upstreams::canary::resolve(c, &format!("{name}.canary"), profile, http)
+        vitals_core::upstreams::canary::resolve(c, &format!("{name}.canary"), profile, http)
             .map_err(|e| bad(e.to_string()))?;
     }
     Ok(canary)

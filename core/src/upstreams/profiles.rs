@@ -12,7 +12,7 @@
 //! digits, so `n_decode_total` reads `1.23457e+08` past 1e6 steps and two readings of a
 //! working engine can print equal). The rule decided here: equal readings are evidence of
 //! "unmoved" only when every equal counter was printed to a unit or finer
-//! ([`crate::sources::upstream::expo::Sample::resolution`] ≤ 1); a coarser one is no evidence, so the stall
+//! ([`crate::expo::Sample::resolution`] ≤ 1); a coarser one is no evidence, so the stall
 //! clock restarts rather than count toward `loop_stalled` (a missed stall costs nothing
 //! the probes do not already cover; a false one restarts a working model). Servers that
 //! print full precision (Python's and Go's clients, prometheus-cpp) are never affected.
@@ -335,7 +335,7 @@ pub fn for_image(image: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::upstream::expo::is_metric_name;
+    use crate::expo::is_metric_name;
 
     #[test]
     fn every_profile_is_well_formed() {

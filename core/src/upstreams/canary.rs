@@ -1,5 +1,5 @@
 //! The opt-in canary of SPEC §12, read: what request each profile sends by default, and
-//! the `"canary"` object of an upstream resolved into what [`crate::sources::upstream::canary`]
+//! the `"canary"` object of an upstream resolved into what the agent's `sources::upstream::canary`
 //! runs.
 //!
 //! Each default is the cheapest request that makes the engine itself do one step, so an
