@@ -4,7 +4,11 @@
 //! Values are checked here, once, so a bad flag fails at start with a clear message and a
 //! non-zero exit instead of surprising the kubelet later.
 
-pub mod upstreams;
+/// A member the leader polls: the group's state keeps one per member.
+pub use vitals_core::state::group::MemberTarget;
+/// The `--upstreams` spec: its types and validation live in the pure core, which the
+/// state and the verdicts read it from; `run` parses it here, with the other flags.
+pub use vitals_core::upstreams;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -14,11 +18,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vitals_proto::{env, WorkerName};
 
-use crate::config::upstreams::{UpstreamSpec, UpstreamsError};
 use crate::inject::webhook::WebhookArgs;
 use crate::inject::InjectArgs;
 use crate::surfaces::status::StatusArgs;
-use crate::verdict::Thresholds;
+use vitals_core::upstreams::{UpstreamSpec, UpstreamsError};
+use vitals_core::verdict::Thresholds;
 
 /// `vitals-agent`: the pod's single probe port.
 #[derive(Debug, Parser)]
@@ -183,27 +187,6 @@ pub enum GroupRole {
     Leader,
     /// Judges its own pod and serves `/group`.
     Member,
-}
-
-/// One member the leader polls: its 1-based index (as reasons name it) and its agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberTarget {
-    /// `i` in `group: member <i> …`.
-    pub index: usize,
-    /// Host name or IP of the member's agent.
-    pub host: String,
-    /// The member agent's port.
-    pub port: u16,
-}
-
-impl std::fmt::Display for MemberTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
 }
 
 /// A leader's group settings (SPEC §9).

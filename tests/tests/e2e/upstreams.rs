@@ -1,4 +1,4 @@
-//! Scenarios U1–U6 (SPEC §8): a model server that does not speak the protocol, a fake vLLM
+//! Scenarios U1–U8 (SPEC §8): a model server that does not speak the protocol, a fake vLLM
 //! in its own process, watched by the agent through its original probes, /proc and its
 //! metrics. The agent's configuration comes from running `vitals-agent inject` on a plain
 //! vLLM Deployment, as a user would, never from hand-written JSON.

@@ -51,9 +51,9 @@ _MAX_TEXT = 4096
 # to, or one heartbeat period, whichever is longer: shorter delays are scheduling noise.
 _STARVED_MIN_S = 0.5
 # The process used at least this share of a core while the heartbeat thread could not
-# run: it was spinning. Far lower than the agent's 0.5 (agent/src/verdict.rs SPIN_CORES):
-# a blocked process uses close to nothing, while a spinning one on a node with several
-# runnable threads per core gets only its share (0.15 to 0.3 of a core measured on a
+# run: it was spinning. The agent's own rule uses the same 0.1 (core/src/verdict.rs
+# SPIN_CORES): a blocked process uses close to nothing, while a spinning one on a node
+# with several runnable threads per core gets only its share (0.15 to 0.3 of a core measured on a
 # 2-core machine at load 10).
 _SPIN_CORES = 0.1
 

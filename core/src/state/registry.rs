@@ -21,15 +21,15 @@ use vitals_proto::message::{
 };
 use vitals_proto::{Phase, WorkerName};
 
-use crate::config::upstreams::{ProbeKind, UpstreamSpec};
-use crate::sources::proc::children::Extras;
-use crate::sources::proc::discover::NotFound;
-use crate::sources::proc::{ProcSample, SampleError};
-use crate::sources::upstream::engines::Scrape;
+use crate::engines::Scrape;
+use crate::proc::Extras;
+use crate::proc::NotFound;
+use crate::proc::{ProcSample, SampleError};
 use crate::state::cell::CowCell;
 use crate::state::probe_result::{Outcome, ScrapeError};
 use crate::state::proc_track::{ProcTrack, Watched};
 use crate::state::upstream::{CanaryRun, UpstreamState};
+use crate::upstreams::{ProbeKind, UpstreamSpec};
 
 /// The shared registry, a [`CowCell`]: writers go through the handles below, each able to
 /// change only its own part; readers take the current state as an `Arc`.
@@ -667,48 +667,9 @@ fn apply_phase(inst: &mut Instance, report: PhaseReport, now: Instant) {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use vitals_proto::message::{decode_hello, Progress};
-
+mod tests {
     use super::*;
-
-    pub(crate) fn hello(name: &str, instance: &str) -> ValidHello {
-        let line = format!(
-            r#"{{"type":"hello","v":1,"worker":"{name}","instance":"{instance}","pid":7,"version":"1.0","heartbeat_ms":1000}}"#
-        );
-        decode_hello(line.as_bytes()).expect("valid hello")
-    }
-
-    pub(crate) const PEER: PeerCred = PeerCred {
-        pid: 4242,
-        uid: 1000,
-        gid: 1000,
-    };
-
-    pub(crate) fn name(n: &str) -> WorkerName {
-        WorkerName::parse(n).expect("valid name")
-    }
-
-    pub(crate) fn phase(p: Phase, done: Option<u64>) -> WorkerMessage {
-        WorkerMessage::Phase(PhaseReport {
-            phase: p,
-            detail: String::new(),
-            progress: done.map(|done| Progress {
-                done,
-                total: Some(100),
-                unit: "layers".into(),
-            }),
-        })
-    }
-
-    pub(crate) fn beat(progress: u64) -> WorkerMessage {
-        WorkerMessage::Heartbeat(Heartbeat {
-            seq: progress,
-            progress,
-            pending: 0,
-            in_flight: 0,
-        })
-    }
+    use crate::fixtures::{beat, hello, name, phase, PEER};
 
     #[test]
     fn restart_replaces_state_and_counts() {
@@ -934,8 +895,8 @@ pub(crate) mod tests {
 
     #[test]
     fn upstreams_are_looked_for_then_sampled_with_the_same_rules() {
-        use crate::config::upstreams::parse;
         use crate::state::proc_track::FoundBy;
+        use crate::upstreams::parse;
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut s = State::default();

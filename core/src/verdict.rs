@@ -22,12 +22,12 @@ use std::time::{Duration, Instant};
 
 use vitals_proto::WorkerName;
 
-use crate::config::upstreams::ProbeKind;
 use crate::state::probe_result::Failure;
 pub use crate::state::proc_track::PidStatus;
 use crate::state::proc_track::ProcTrack;
 use crate::state::registry::{Instance, State, Worker};
 use crate::state::upstream::UpstreamState;
+use crate::upstreams::ProbeKind;
 
 /// The agent's own liveness fails when its ticker has not run for this long (SPEC §7).
 pub const TICKER_LIMIT: Duration = Duration::from_secs(2);
@@ -51,7 +51,7 @@ pub struct Thresholds {
     /// Continuously in state `D` for this long.
     pub d_state: Duration,
     /// A /proc sample older than this is no evidence (a stuck or late sampler;
-    /// [`crate::config::sample_max_age`]).
+    /// the agent's `config::sample_max_age`).
     pub sample_max_age: Duration,
 }
 
@@ -481,19 +481,11 @@ pub(crate) mod tests {
     use vitals_proto::Phase;
 
     use super::*;
-    use crate::sources::proc::{ProcSample, SampleError};
+    use crate::proc::{ProcSample, SampleError};
 
-    use crate::state::registry::tests::{beat, hello, name, phase, PEER};
+    use crate::fixtures::{beat, hello, name, phase, PEER, T};
     use crate::state::registry::{PeerCred, ProcTarget};
 
-    pub(crate) const T: Thresholds = Thresholds {
-        hang: Duration::from_secs(10),
-        stall: Duration::from_secs(30),
-        load_stall: Duration::from_secs(300),
-        d_state: Duration::from_secs(30),
-        // The tables below feed one sample and judge it much later; staleness has its own.
-        sample_max_age: Duration::from_secs(3600),
-    };
     const EPS: Duration = Duration::from_millis(1);
 
     /// A failing answer: `reason`, in an aggregate about `container`.

@@ -110,34 +110,17 @@ impl Seen {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use std::time::{Duration, Instant};
 
     use vitals_proto::Phase;
 
     use super::*;
-    use crate::state::group::tests::{live, targets, up, FRESH};
+    use crate::fixtures::{broken_group, hello, name, phase, LIMITS, PEER, T};
     use crate::state::group::{GroupState, Instances};
-    use crate::state::registry::tests::{hello, name, phase, PEER};
     use crate::state::registry::State;
-    use crate::verdict::group::{self, GroupLimits};
-    use crate::verdict::tests::T;
+    use crate::verdict::group;
     use crate::verdict::{evaluate, AgentInput};
-
-    pub(crate) const LIMITS: GroupLimits = GroupLimits {
-        timeout: FRESH,
-        lost_after: Duration::from_secs(60),
-    };
-
-    /// A leader's group of one member, formed at `t0` with the member's `ray` process
-    /// `1:1`; at `t0 + 1 s` the member answers with another process: broken, `restarted`.
-    pub(crate) fn broken_group(t0: Instant) -> GroupState {
-        let mut g = GroupState::new(&targets(1), t0);
-        g.record(0, live(&[("ray", "1:1")]), &up(&[]), FRESH, t0);
-        let t1 = t0 + Duration::from_secs(1);
-        g.record(0, live(&[("ray", "2:2")]), &up(&[]), FRESH, t1);
-        g
-    }
 
     fn judge(state: &State, g: Option<&GroupState>, at: Instant) -> Verdicts {
         let agent = AgentInput {

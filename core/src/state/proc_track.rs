@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::sources::proc::{ProcSample, SampleError};
+use crate::proc::{ProcSample, SampleError};
 
 /// How the watched process was found, for `/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

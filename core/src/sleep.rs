@@ -1,6 +1,6 @@
 //! Sleep (SPEC §12), pure: whether a server is asleep, since when, and what will wake it.
 //!
-//! A sleeping server is live and its clocks are paused ([`super::engines`]); readiness
+//! A sleeping server is live and its clocks are paused ([`crate::engines`]); readiness
 //! follows how it wakes. Any request wakes llama.cpp. vLLM slept by an operator's `/sleep`
 //! waits for an operator's `/wake_up`; only with `--sleep-idle-ttl` does its API server
 //! sleep it by itself, and then the next request wakes it. The scrape shows the same
@@ -11,8 +11,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::config::upstreams::profiles::SleepSignal;
-use crate::config::upstreams::SleepSpec;
+use crate::upstreams::profiles::SleepSignal;
+use crate::upstreams::SleepSpec;
 
 /// What will wake a sleeping server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use vitals_proto::WorkerName;
 
 use super::*;
-use crate::sources::upstream::sleep::{Asleep, Wake};
+use crate::sleep::{Asleep, Wake};
 
 /// Why an upstream's probe fails (SPEC §8), declared in precedence order, which
 /// [`UpstreamReason::rank`] states (no `Ord` is derived: a probe's failure detail has no
@@ -291,17 +291,17 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::config::upstreams::parse;
-    use crate::sources::proc::children::{Extras, Zombie};
-    use crate::sources::proc::discover::NotFound;
-    use crate::sources::proc::SampleError;
+    use crate::proc::NotFound;
+    use crate::proc::SampleError;
+    use crate::proc::{Extras, Zombie};
+    use crate::upstreams::parse;
     use std::collections::BTreeMap;
 
-    use crate::sources::upstream::engines::{Page, Scrape};
-    use crate::sources::upstream::stall::Reading;
+    use crate::engines::{Page, Scrape};
+    use crate::fixtures::{name, T};
+    use crate::stall::Reading;
     use crate::state::probe_result::Outcome;
     use crate::state::proc_track::{FoundBy, Watched};
-    use crate::state::registry::tests::name;
     use crate::state::upstream::{CanaryResult, CanaryRun};
     use crate::verdict::tests::*;
 
@@ -339,8 +339,8 @@ mod tests {
         }
     }
 
-    fn sample(at: Instant, state: char) -> crate::sources::proc::ProcSample {
-        crate::sources::proc::ProcSample {
+    fn sample(at: Instant, state: char) -> crate::proc::ProcSample {
+        crate::proc::ProcSample {
             taken_at: at,
             state,
             cpu_seconds: 0.0,
@@ -393,7 +393,7 @@ mod tests {
 
     /// A /proc round at `at`: the process sleeping with `rss` and `cpu`, and `zombies`.
     fn round(u: &mut UpstreamState, at: Instant, rss: u64, cpu: f64, zombies: &[u32]) {
-        let s = crate::sources::proc::ProcSample {
+        let s = crate::proc::ProcSample {
             rss_bytes: rss,
             cpu_seconds: cpu,
             ..sample(at, 'S')

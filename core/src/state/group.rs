@@ -33,10 +33,30 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::MemberTarget;
 use crate::state::cell::CowCell;
 use crate::state::probe_result::Failure;
 use crate::state::registry::State;
+
+/// One member the leader polls: its 1-based index (as reasons name it) and its agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberTarget {
+    /// `i` in `group: member <i> …`.
+    pub index: usize,
+    /// Host name or IP of the member's agent.
+    pub host: String,
+    /// The member agent's port.
+    pub port: u16,
+}
+
+impl std::fmt::Display for MemberTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
 
 /// `pid:starttime` of each container whose process is known, by container name.
 pub type Instances = BTreeMap<String, String>;
@@ -317,55 +337,11 @@ impl GroupState {
 pub type SharedGroup = CowCell<GroupState>;
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    pub(crate) const FRESH: Duration = Duration::from_secs(3);
-
-    pub(crate) fn targets(n: usize) -> Vec<MemberTarget> {
-        (1..=n)
-            .map(|i| MemberTarget {
-                index: i,
-                host: format!("m-{i}.sub"),
-                port: 9180,
-            })
-            .collect()
-    }
-
-    pub(crate) fn inst(pairs: &[(&str, &str)]) -> Instances {
-        pairs
-            .iter()
-            .map(|(c, i)| ((*c).to_owned(), (*i).to_owned()))
-            .collect()
-    }
-
-    /// The leader's pod, ready by its own reasons, with these instances.
-    pub(crate) fn up(instances: &[(&str, &str)]) -> LeaderNow {
-        LeaderNow {
-            instances: inst(instances),
-            ready: true,
-        }
-    }
-
-    pub(crate) fn live(instances: &[(&str, &str)]) -> Result<GroupReport, PollError> {
-        Ok(GroupReport {
-            live: true,
-            ready: true,
-            reason: None,
-            instances: inst(instances),
-        })
-    }
-
-    pub(crate) fn not_live(reason: &str) -> Result<GroupReport, PollError> {
-        Ok(GroupReport {
-            live: false,
-            ready: false,
-            reason: Some(reason.to_owned()),
-            instances: Instances::new(),
-        })
-    }
+    use crate::fixtures::{inst, live, not_live, targets, up, FRESH};
 
     #[test]
     fn the_group_forms_when_every_member_answered_live_and_records_their_instances() {

@@ -286,7 +286,7 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::group::tests::{inst, live, not_live, targets, FRESH};
+    use crate::fixtures::{inst, live, not_live, targets, FRESH};
     use crate::state::group::{GroupReport, LeaderNow};
 
     const LIMITS: GroupLimits = GroupLimits {

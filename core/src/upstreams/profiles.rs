@@ -12,7 +12,7 @@
 //! digits, so `n_decode_total` reads `1.23457e+08` past 1e6 steps and two readings of a
 //! working engine can print equal). The rule decided here: equal readings are evidence of
 //! "unmoved" only when every equal counter was printed to a unit or finer
-//! ([`crate::sources::upstream::expo::Sample::resolution`] ≤ 1); a coarser one is no evidence, so the stall
+//! ([`crate::expo::Sample::resolution`] ≤ 1); a coarser one is no evidence, so the stall
 //! clock restarts rather than count toward `loop_stalled` (a missed stall costs nothing
 //! the probes do not already cover; a false one restarts a working model). Servers that
 //! print full precision (Python's and Go's clients, prometheus-cpp) are never affected.
@@ -233,7 +233,7 @@ pub const PROFILES: &[Profile] = &[
     //   endpoint avoids it: /slots (also a queue task) has no counters, and /props does
     //   not reach the engine loop at all, so it could not see a hang. The agent therefore
     //   still scrapes /metrics, and those two gauges become averages over the last
-    //   `--proc-interval` (docs/deploy.md says so and how to read throughput instead:
+    //   `--proc-interval` (docs/model-servers.md says so and how to read throughput instead:
     //   rate() of the `*_seconds_total` and `*_total` counters, which no scrape resets).
     // - `to_metrics` streams each value as a double with the default 6 significant
     //   digits: see the module doc on printed precision.
@@ -335,7 +335,7 @@ pub fn for_image(image: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::upstream::expo::is_metric_name;
+    use crate::expo::is_metric_name;
 
     #[test]
     fn every_profile_is_well_formed() {

@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::sources::proc::children::BytesRead;
-use crate::sources::proc::ProcSample;
+use crate::proc::BytesRead;
+use crate::proc::ProcSample;
 
 /// One upstream's load, as /proc shows it.
 #[derive(Debug, Clone, Default, PartialEq)]

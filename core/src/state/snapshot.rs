@@ -156,8 +156,8 @@ impl Snapshots {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::registry::tests::{hello, name, phase, PEER};
-    use crate::verdict::tests::T;
+    use crate::fixtures::T;
+    use crate::fixtures::{hello, name, phase, PEER};
     use vitals_proto::Phase;
 
     #[test]

@@ -1,5 +1,5 @@
 //! The opt-in canary of SPEC §12, read: what request each profile sends by default, and
-//! the `"canary"` object of an upstream resolved into what [`crate::sources::upstream::canary`]
+//! the `"canary"` object of an upstream resolved into what the agent's `sources::upstream::canary`
 //! runs.
 //!
 //! Each default is the cheapest request that makes the engine itself do one step, so an
@@ -21,7 +21,7 @@
 //!   operator writes it (`"request": {"path": "/v2/models/<m>/infer", "body": ...}`).
 //!
 //! Its cost, at the default idle time of 60 s: at most one request a minute while the
-//! server is idle (60 an hour, each one token), none while it works (docs/deploy.md).
+//! server is idle (60 an hour, each one token), none while it works (docs/model-servers.md).
 
 use std::time::Duration;
 

@@ -8,15 +8,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::upstreams::{Action, ProbeKind, UpstreamSpec};
-use crate::sources::proc::children::Extras;
-use crate::sources::proc::discover::NotFound;
-use crate::sources::upstream::engines::{EngineClocks, Scrape};
-use crate::sources::upstream::sleep::SleepTrack;
+use crate::engines::{EngineClocks, Scrape};
+use crate::proc::Extras;
+use crate::proc::NotFound;
+use crate::sleep::SleepTrack;
 use crate::state::load_progress::LoadProgress;
 use crate::state::probe_result::{Outcome, ScrapeError};
 use crate::state::proc_track::ProcTrack;
 use crate::state::zombies::Zombies;
+use crate::upstreams::{Action, ProbeKind, UpstreamSpec};
 
 /// One scrape that failed, for `/status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,7 +264,7 @@ impl UpstreamState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::upstreams::parse;
+    use crate::upstreams::parse;
 
     fn outcome(started: Instant) -> Outcome {
         Outcome {
@@ -276,8 +276,8 @@ mod tests {
 
     #[test]
     fn a_canary_is_due_only_after_idle_time_with_every_probe_passing() {
-        use crate::sources::upstream::engines::Page;
-        use crate::sources::upstream::stall::Reading;
+        use crate::engines::Page;
+        use crate::stall::Reading;
         const STALL: Duration = Duration::from_secs(30);
         const GRAIN: Duration = Duration::from_secs(1);
         let spec = parse(
@@ -357,7 +357,7 @@ mod tests {
         u.record_probe(
             ProbeKind::Liveness,
             Outcome {
-                result: Err(crate::sources::upstream::probe::Failure::Timeout),
+                result: Err(crate::state::probe_result::Failure::Timeout),
                 ..outcome(at(83))
             },
         );
@@ -386,7 +386,7 @@ mod tests {
         s.record_probe(
             ProbeKind::Liveness,
             Outcome {
-                result: Err(crate::sources::upstream::probe::Failure::Timeout),
+                result: Err(crate::state::probe_result::Failure::Timeout),
                 ..outcome(t0 + Duration::from_secs(3))
             },
         );

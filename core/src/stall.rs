@@ -11,7 +11,7 @@
 //! scrapes until the latest reading is 2 × the stall timeout old; then it is dropped, and
 //! the next reading starts afresh. Equal readings printed too coarsely to show a
 //! +1 change are no evidence of "unmoved" either: they restart the clock
-//! ([`crate::config::upstreams::profiles`] says why).
+//! ([`crate::upstreams::profiles`] says why).
 //!
 //! Where the server's engine loop answers the metrics itself (llama.cpp), scrapes that keep
 //! timing out ARE evidence: the clock also keeps since when they have (SPEC §8's

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::sources::upstream::expo::ExpoError;
+use crate::expo::ExpoError;
 
 /// Redirects followed before a probe fails (Go's http.Client default, kept by the kubelet).
 pub const MAX_REDIRECTS: usize = 10;

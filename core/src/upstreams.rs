@@ -21,7 +21,7 @@ use vitals_proto::WorkerName;
 
 use self::canary::CanarySpec;
 use self::profiles::Profile;
-use crate::sources::upstream::expo;
+use crate::expo;
 
 /// Kubernetes' default `periodSeconds`.
 pub const DEFAULT_PERIOD: Duration = Duration::from_secs(10);
@@ -72,7 +72,7 @@ pub struct HttpGet {
     /// `host`: where to connect instead of the pod IP.
     pub host: Option<String>,
     /// `httpHeaders`, in order, parsed once here (a `Host` header overrides the Host line).
-    pub headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+    pub headers: Vec<(http::header::HeaderName, http::header::HeaderValue)>,
 }
 
 /// What a probe does.
@@ -188,9 +188,9 @@ impl SleepSpec {
 #[derive(Clone, PartialEq, Eq)]
 pub struct ScrapeHeader {
     /// Header name.
-    pub name: hyper::header::HeaderName,
+    pub name: http::header::HeaderName,
     /// Header value (the variable's value after the prefix), marked sensitive.
-    pub value: hyper::header::HeaderValue,
+    pub value: http::header::HeaderValue,
 }
 
 impl fmt::Debug for ScrapeHeader {
@@ -403,7 +403,7 @@ fn request_path(path: Option<&str>, field: &str) -> Result<String, UpstreamsErro
         Some(p) if p.starts_with('/') => p.to_string(),
         Some(p) => format!("/{p}"),
     };
-    if path.parse::<hyper::Uri>().is_err() {
+    if path.parse::<http::Uri>().is_err() {
         return Err(bad(field, "not a valid request path"));
     }
     Ok(path)
@@ -442,8 +442,8 @@ fn probe(p: &schema::Probe, field: &str) -> Result<ProbeSpec, UpstreamsError> {
             let mut headers = Vec::with_capacity(h.http_headers.len());
             for (i, header) in h.http_headers.iter().enumerate() {
                 match (
-                    hyper::header::HeaderName::from_bytes(header.name.as_bytes()),
-                    hyper::header::HeaderValue::from_str(&header.value),
+                    http::header::HeaderName::from_bytes(header.name.as_bytes()),
+                    http::header::HeaderValue::from_str(&header.value),
                 ) {
                     (Ok(name), Ok(value)) => headers.push((name, value)),
                     _ => {
@@ -529,7 +529,7 @@ fn scrape_headers(
     let mut out = Vec::with_capacity(headers.len());
     for (i, h) in headers.iter().enumerate() {
         let hf = format!("{field}.headers[{i}]");
-        let name = hyper::header::HeaderName::from_bytes(h.name.as_bytes())
+        let name = http::header::HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| bad(format!("{hf}.name"), "not a valid HTTP header name"))?;
         let value = env(&h.value_from_env).ok_or_else(|| {
             bad(
@@ -541,7 +541,7 @@ fn scrape_headers(
             )
         })?;
         let text = format!("{}{value}", h.prefix.as_deref().unwrap_or(""));
-        let mut value = hyper::header::HeaderValue::from_str(&text).map_err(|_| {
+        let mut value = http::header::HeaderValue::from_str(&text).map_err(|_| {
             bad(
                 format!("{hf}.valueFromEnv"),
                 format!(
@@ -610,7 +610,7 @@ fn metrics(
                 (None, Some(profile)) => profile.path.to_string(),
                 (None, None) => "/metrics".to_string(),
             };
-            if !path.starts_with('/') || path.parse::<hyper::Uri>().is_err() {
+            if !path.starts_with('/') || path.parse::<http::Uri>().is_err() {
                 return Err(bad(format!("{field}.path"), "not a valid request path"));
             }
             let headers = scrape_headers(&c.headers, field, env)?;

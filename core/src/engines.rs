@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::stall::{Reading, StallClock};
+use crate::stall::{Reading, StallClock};
 
 /// An engine's name on the page: the value of the profile's engine label (`engine="3"` →
 /// `Some("3")`); `None` where the series carry none.
@@ -62,7 +62,7 @@ pub enum Scrape {
     Page(Page),
     /// The metrics were not read: the server was idle at the last page, reading them would
     /// restart its idle timer or wake it, and it shows no work. Only whether it sleeps
-    /// was read, from where that wakes nothing ([`crate::config::upstreams::profiles::SleepSignal::Document`]).
+    /// was read, from where that wakes nothing ([`crate::upstreams::profiles::SleepSignal::Document`]).
     Quiet {
         /// When.
         at: Instant,

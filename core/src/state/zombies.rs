@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use crate::sources::proc::children::Zombie;
+use crate::proc::Zombie;
 
 /// One zombie child and when it was first seen so.
 #[derive(Debug, Clone, PartialEq, Eq)]
