@@ -97,7 +97,7 @@ pub(super) fn ensure_group_env(env: &mut Vec<Node>, group: Option<&GroupWiring>)
                 }
             }
             // The members' names fully qualified, no search-list walk (SPEC §11).
-            ensure_field_env(env, crate::config::POD_NAMESPACE_ENV, "metadata.namespace");
+            ensure_field_env(env, vitals_proto::env::POD_NAMESPACE, "metadata.namespace");
         }
         GroupRole::Member => {
             env.retain(|e| !container_name(e).is_some_and(|n| LEADER_ONLY.contains(&n)))

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 
-from . import _loading
+from . import _loading, env
 
 __all__ = ["PHASES", "Reporter"]
 
@@ -106,9 +106,9 @@ class Reporter:
         self, name=None, socket=None, heartbeat_ms=1000, version=None, stall_timeout_ms=None
     ):
         if name is None:
-            name = os.environ.get("VITALS_NAME", "")
+            name = os.environ.get(env.NAME, "")
         if socket is None:
-            socket = os.environ.get("VITALS_AGENT_SOCKET", "")
+            socket = os.environ.get(env.AGENT_SOCKET, "")
         if not isinstance(heartbeat_ms, int) or heartbeat_ms < 1:
             raise ValueError(f"heartbeat_ms must be a positive int, got {heartbeat_ms!r}")
         if stall_timeout_ms is not None and (
@@ -143,16 +143,16 @@ class Reporter:
             global _noop_logged
             if not _noop_logged:
                 _noop_logged = True
-                _log.warning("vitals: VITALS_AGENT_SOCKET is not set; not reporting to an agent")
+                _log.warning("vitals: %s is not set; not reporting to an agent", env.AGENT_SOCKET)
             return
         if not _NAME.match(name):
             raise ValueError(
                 f"worker name {name!r} must match [a-z0-9][a-z0-9-]{{0,62}} "
-                "(set VITALS_NAME, by convention the container's name)"
+                f"(set {env.NAME}, by convention the container's name)"
             )
         self._name = name
         self._version = _text(
-            version if version is not None else os.environ.get("VITALS_VERSION", "unknown")
+            version if version is not None else os.environ.get(env.VERSION, "unknown")
         )
         self._heartbeat_s = heartbeat_ms / 1000
         self._heartbeat_ms = heartbeat_ms
