@@ -36,11 +36,12 @@ use std::io::{Read, Write};
 
 use anyhow::Context as _;
 use clap::Args;
+use vitals_proto::env;
 
 pub use self::documents::{inject_documents, inject_report, Report};
 pub use self::error::{InjectError, Problem};
 pub use self::pod::INJECTED_LABEL;
-pub use self::upstreams::{CANARY_ANNOTATION_PREFIX, PROFILE_ANNOTATION_PREFIX, UPSTREAMS_ENV};
+pub use self::upstreams::{CANARY_ANNOTATION_PREFIX, PROFILE_ANNOTATION_PREFIX};
 
 /// Name of the agent container; how an existing injection is recognised.
 pub const AGENT_CONTAINER: &str = "vitals-agent";
@@ -74,7 +75,7 @@ pub struct InjectArgs {
         long = "filename",
         value_name = "FILE",
         default_value = "-",
-        env = "VITALS_FILENAME"
+        env = env::FILENAME
     )]
     pub file: String,
     /// A protocol worker container (repeatable, or comma-separated); each pod template's
@@ -83,22 +84,22 @@ pub struct InjectArgs {
     #[arg(
         long = "container",
         value_name = "NAME",
-        env = "VITALS_CONTAINER",
+        env = env::CONTAINER,
         value_delimiter = ','
     )]
     pub containers: Vec<String>,
     /// Add the agent as an ordinary container, for clusters without native sidecars
     /// (before Kubernetes 1.29).
-    #[arg(long, env = "VITALS_LEGACY_SIDECAR")]
+    #[arg(long, env = env::LEGACY_SIDECAR)]
     pub legacy_sidecar: bool,
     /// Agent image [default: vitals-agent:<this version>, or the image already injected by
     /// this version].
-    #[arg(long, value_name = "IMAGE", env = "VITALS_IMAGE")]
+    #[arg(long, value_name = "IMAGE", env = env::IMAGE)]
     pub image: Option<String>,
     /// Leave documents of kinds inject does not know as they are, even when they carry
     /// containers (a KServe InferenceService): they are then NOT watched. Without it such a
     /// document is an error.
-    #[arg(long, env = "VITALS_SKIP_UNKNOWN")]
+    #[arg(long, env = env::SKIP_UNKNOWN)]
     pub skip_unknown: bool,
     /// The agent container's pull secret and resources.
     #[command(flatten)]
@@ -137,7 +138,7 @@ pub struct AgentArgs {
     #[arg(
         long = "image-pull-secret",
         value_name = "NAME",
-        env = "VITALS_IMAGE_PULL_SECRETS",
+        env = env::IMAGE_PULL_SECRETS,
         value_delimiter = ','
     )]
     pub image_pull_secrets: Vec<String>,
@@ -147,7 +148,7 @@ pub struct AgentArgs {
     #[arg(
         long = "agent-resources",
         value_name = "JSON",
-        env = "VITALS_AGENT_RESOURCES",
+        env = env::AGENT_RESOURCES,
         value_parser = parse_resources
     )]
     pub resources: Option<String>,

@@ -8,11 +8,9 @@ use super::pod::{container_name, ensure_env, ensure_field_env, ensure_socket_mou
 use super::probes::{ensure_probe, AGENT_KILL_GRACE_S, AGENT_LIVENESS, AGENT_STARTUP};
 use super::security::secure_agent;
 use super::yaml::{self, Map, Node};
-use super::{
-    is_agent_port, resources, Problem, AGENT_CONTAINER, AGENT_PORT, SOCKET_PATH, UPSTREAMS_ENV,
-    VERSION,
-};
+use super::{is_agent_port, resources, Problem, AGENT_CONTAINER, AGENT_PORT, SOCKET_PATH, VERSION};
 use vitals_core::upstreams::ProbeKind;
+use vitals_proto::env::{POD_IP, UPSTREAMS};
 
 /// The agent image when none is given: this version's, without a registry.
 pub(super) fn default_image() -> String {
@@ -147,10 +145,10 @@ pub(super) fn wire_agent(agent: &mut Map, w: &AgentWiring<'_>) {
     }
     if let Some(env) = agent.seq_entry("env") {
         // The upstreams are probed at the pod's IP, where their servers listen (SPEC §8).
-        ensure_field_env(env, "POD_IP", "status.podIP");
+        ensure_field_env(env, POD_IP, "status.podIP");
         match w.upstreams {
-            Some(json) => ensure_env(env, UPSTREAMS_ENV, json),
-            None => env.retain(|e| container_name(e) != Some(UPSTREAMS_ENV)),
+            Some(json) => ensure_env(env, UPSTREAMS, json),
+            None => env.retain(|e| container_name(e) != Some(UPSTREAMS)),
         }
         group::ensure_group_env(env, w.group);
     }

@@ -1,8 +1,9 @@
 //! Why inject refuses a stream ([`InjectError`]) or one workload ([`Problem`]): every error
 //! inject reports, with the message a person reads.
 
-use super::upstreams::{CANARY_ANNOTATION_PREFIX, PROFILE_ANNOTATION_PREFIX, UPSTREAMS_ENV};
+use super::upstreams::{CANARY_ANNOTATION_PREFIX, PROFILE_ANNOTATION_PREFIX};
 use super::{AGENT_PORT, SOCKET_DIR, WORKERS_ANNOTATION};
+use vitals_proto::env::UPSTREAMS as UPSTREAMS_ENV;
 
 /// Why nothing could be injected.
 #[derive(Debug, thiserror::Error)]

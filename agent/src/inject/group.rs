@@ -18,6 +18,7 @@ use super::probes::{ensure_probe, tolerate_outage, Timing};
 use super::yaml::{Map, Node};
 pub(super) use crate::config::GroupRole;
 use vitals_core::upstreams::ProbeKind;
+use vitals_proto::env::{GROUP_POD_NAME, GROUP_ROLE, GROUP_SIZE, GROUP_SUBDOMAIN, POD_NAMESPACE};
 
 /// Where a LeaderWorkerSet's pods find their subdomain (the headless Service's name).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,38 +67,32 @@ pub(super) fn agent_probes(agent: &mut Map) {
 /// (`NAME-1 … NAME-(N-1)` under the subdomain; see [`super::lws`]). Outside a group, the
 /// group env is left as it is: a group wired by hand (`VITALS_GROUP_MEMBERS`) is the user's.
 pub(super) fn ensure_group_env(env: &mut Vec<Node>, group: Option<&GroupWiring>) {
-    const LEADER_ONLY: [&str; 3] = [
-        "VITALS_GROUP_SIZE",
-        "VITALS_GROUP_POD_NAME",
-        "VITALS_GROUP_SUBDOMAIN",
-    ];
+    const LEADER_ONLY: [&str; 3] = [GROUP_SIZE, GROUP_POD_NAME, GROUP_SUBDOMAIN];
     let Some(group) = group else {
         return;
     };
-    ensure_env(env, "VITALS_GROUP_ROLE", &group.role.to_string());
+    ensure_env(env, GROUP_ROLE, &group.role.to_string());
     match group.role {
         GroupRole::Leader => {
             ensure_field_env(
                 env,
-                "VITALS_GROUP_SIZE",
+                GROUP_SIZE,
                 &format!("metadata.annotations['{}']", lws::SIZE_ANNOTATION),
             );
-            ensure_field_env(env, "VITALS_GROUP_POD_NAME", "metadata.name");
+            ensure_field_env(env, GROUP_POD_NAME, "metadata.name");
             match &group.subdomain {
                 SubdomainSource::SetName => ensure_field_env(
                     env,
-                    "VITALS_GROUP_SUBDOMAIN",
+                    GROUP_SUBDOMAIN,
                     &format!("metadata.labels['{}']", lws::NAME_LABEL),
                 ),
                 SubdomainSource::LeaderPodName => {
-                    ensure_field_env(env, "VITALS_GROUP_SUBDOMAIN", "metadata.name")
+                    ensure_field_env(env, GROUP_SUBDOMAIN, "metadata.name")
                 }
-                SubdomainSource::Admitted(subdomain) => {
-                    ensure_env(env, "VITALS_GROUP_SUBDOMAIN", subdomain)
-                }
+                SubdomainSource::Admitted(subdomain) => ensure_env(env, GROUP_SUBDOMAIN, subdomain),
             }
             // The members' names fully qualified, no search-list walk (SPEC §11).
-            ensure_field_env(env, vitals_proto::env::POD_NAMESPACE, "metadata.namespace");
+            ensure_field_env(env, POD_NAMESPACE, "metadata.namespace");
         }
         GroupRole::Member => {
             env.retain(|e| !container_name(e).is_some_and(|n| LEADER_ONLY.contains(&n)))
@@ -141,7 +136,7 @@ mod tests {
             let written = env
                 .iter()
                 .filter_map(Node::as_map)
-                .find(|e| e.get_str("name") == Some("VITALS_GROUP_ROLE"))
+                .find(|e| e.get_str("name") == Some(GROUP_ROLE))
                 .and_then(|e| e.get_str("value"))
                 .expect("a group's agent gets its role");
             let flag = format!("--group-role={written}");

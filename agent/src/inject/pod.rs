@@ -410,8 +410,8 @@ fn wire_worker(c: &mut Map, name: &str) -> Result<(), Problem> {
     let env = c
         .seq_entry("env")
         .ok_or_else(|| shape(&format!("container {name}: env"), "list"))?;
-    ensure_env(env, "VITALS_AGENT_SOCKET", SOCKET_PATH);
-    ensure_env(env, "VITALS_NAME", name);
+    ensure_env(env, vitals_proto::env::AGENT_SOCKET, SOCKET_PATH);
+    ensure_env(env, vitals_proto::env::NAME, name);
     ensure_socket_mount(c, name)?;
     for (kind, timing) in [
         (ProbeKind::Startup, WORKER_STARTUP),

@@ -24,9 +24,8 @@ use super::Problem;
 use vitals_core::upstreams::profiles;
 use vitals_core::upstreams::schema;
 use vitals_core::upstreams::ProbeKind;
+use vitals_proto::env;
 
-/// The agent's env var holding the upstreams' JSON.
-pub const UPSTREAMS_ENV: &str = "VITALS_UPSTREAMS";
 /// Pod annotation prefix choosing a container's metrics profile (`none` for no metrics).
 pub const PROFILE_ANNOTATION_PREFIX: &str = "vitals.dev/profile.";
 
@@ -61,7 +60,7 @@ pub(super) fn previous_config(agent: &Map) -> schema::Upstreams {
         .into_iter()
         .flatten()
         .filter_map(Node::as_map)
-        .find(|e| e.get_str("name") == Some(UPSTREAMS_ENV))
+        .find(|e| e.get_str("name") == Some(env::UPSTREAMS))
         .and_then(|e| e.get_str("value"))
         .and_then(|v| serde_json::from_str(v).ok())
         .unwrap_or_default()
