@@ -47,10 +47,6 @@ pub use self::upstreams::{CANARY_ANNOTATION_PREFIX, PROFILE_ANNOTATION_PREFIX};
 pub const AGENT_CONTAINER: &str = "vitals-agent";
 /// The agent's probe port (SPEC §3).
 pub const AGENT_PORT: u16 = 9180;
-/// Whether a port as the YAML spells it (`containerPort`, a probe's `port`) is [`AGENT_PORT`].
-fn is_agent_port(text: &str) -> bool {
-    text == AGENT_PORT.to_string()
-}
 /// The socket folder, an emptyDir shared by the agent and the workers.
 pub const SOCKET_DIR: &str = "/run/vitals";
 /// The agent's socket, as the workers see it.
@@ -65,6 +61,11 @@ pub const WORKERS_ANNOTATION: &str = "vitals.dev/workers";
 pub const VERSION_ANNOTATION: &str = "vitals.dev/injected-version";
 /// This version, written into [`VERSION_ANNOTATION`].
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Whether a port as the YAML spells it (`containerPort`, a probe's `port`) is [`AGENT_PORT`].
+fn is_agent_port(text: &str) -> bool {
+    text == AGENT_PORT.to_string()
+}
 
 /// Flags of `vitals-agent inject`.
 #[derive(Debug, Args)]

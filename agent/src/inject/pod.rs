@@ -15,9 +15,9 @@ use super::probes::{
 use super::security::pod_runs_as_root;
 use super::yaml::{self, Map, Node};
 use super::{
-    lws, mesh, resources, upstreams, InjectOptions, Problem, AGENT_CONTAINER, AGENT_PORT,
-    CANARY_ANNOTATION_PREFIX, PROFILE_ANNOTATION_PREFIX, SOCKET_DIR, SOCKET_PATH, SOCKET_VOLUME,
-    VERSION, VERSION_ANNOTATION, WORKERS_ANNOTATION,
+    is_agent_port, lws, mesh, resources, upstreams, InjectOptions, Problem, AGENT_CONTAINER,
+    AGENT_PORT, CANARY_ANNOTATION_PREFIX, PROFILE_ANNOTATION_PREFIX, SOCKET_DIR, SOCKET_PATH,
+    SOCKET_VOLUME, VERSION, VERSION_ANNOTATION, WORKERS_ANNOTATION,
 };
 use vitals_core::upstreams::ProbeKind;
 
@@ -317,7 +317,6 @@ fn choose_workers(
 /// `hostNetwork` the node's.
 fn check_ports(spec: &Map) -> Result<(), Problem> {
     let host_network = matches!(spec.get("hostNetwork"), Some(Node::Scalar(s)) if s.is_true());
-    let port = AGENT_PORT.to_string();
     for c in other_containers(spec) {
         let container = || c.get_str("name").unwrap_or("?").to_string();
         for p in c
@@ -327,13 +326,14 @@ fn check_ports(spec: &Map) -> Result<(), Problem> {
             .flatten()
             .filter_map(Node::as_map)
         {
-            let host_port = p.get_str("hostPort") == Some(port.as_str());
-            if host_network && (host_port || p.get_str("containerPort") == Some(port.as_str())) {
+            let host_port = p.get_str("hostPort").is_some_and(is_agent_port);
+            let container_port = p.get_str("containerPort").is_some_and(is_agent_port);
+            if host_network && (host_port || container_port) {
                 return Err(Problem::HostNetworkPortConflict {
                     container: container(),
                 });
             }
-            if p.get_str("containerPort") == Some(port.as_str()) {
+            if container_port {
                 return Err(Problem::PortConflict {
                     container: container(),
                 });

@@ -103,6 +103,7 @@ const fn crash_outage_s(n: u32) -> u64 {
     AGENT_START_S + crash_backoff_s(n)
 }
 
+// `Ord::max` cannot run in a const.
 const fn max(a: u64, b: u64) -> u64 {
     if a > b {
         a
@@ -123,7 +124,7 @@ const _: () = assert!(
 );
 
 /// The agent's probe that answers for a container's `kind` probe.
-pub(super) fn agent_probe(kind: ProbeKind) -> Probe {
+fn agent_probe(kind: ProbeKind) -> Probe {
     match kind {
         ProbeKind::Startup => Probe::Startup,
         ProbeKind::Liveness => Probe::Live,
