@@ -18,8 +18,8 @@ use crate::cadence::Cadence;
 use crate::config::{GroupConfig, MemberTarget};
 use crate::net::{self, BodyRead};
 use crate::surfaces::metrics::Metrics;
+use vitals_core::snapshot::Snapshots;
 use vitals_core::state::group::{self, GroupReport, LeaderNow, PollError, SharedGroup};
-use vitals_core::state::snapshot::Snapshots;
 use vitals_core::verdict::Probe;
 
 /// The most of a member's answer read; a real one is well under 4 KiB (64 containers
