@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use vitals_proto::WorkerName;
+use vitals_proto::{env, WorkerName};
 
 use crate::inject::webhook::WebhookArgs;
 use crate::inject::InjectArgs;
@@ -65,89 +65,89 @@ pub const DURATIONS_HELP: &str =
 pub struct RunArgs {
     /// Address of the probe/metrics/status HTTP port. `[::]` listens dual-stack (IPv6 and
     /// IPv4), falling back to 0.0.0.0 where the kernel has IPv6 disabled.
-    #[arg(long, env = "VITALS_LISTEN", default_value = "[::]:9180")]
+    #[arg(long, env = env::LISTEN, default_value = "[::]:9180")]
     pub listen: SocketAddr,
 
     /// Unix socket workers report to; its folder is created if missing.
-    #[arg(long, env = "VITALS_SOCKET", default_value = vitals_proto::DEFAULT_SOCKET)]
+    #[arg(long, env = env::SOCKET, default_value = vitals_proto::DEFAULT_SOCKET)]
     pub socket: PathBuf,
 
     /// File mode of the socket, in octal.
-    #[arg(long, env = "VITALS_SOCKET_MODE", default_value = "0660", value_parser = parse_mode)]
+    #[arg(long, env = env::SOCKET_MODE, default_value = "0660", value_parser = parse_mode)]
     pub socket_mode: u32,
 
     /// A worker that must be ready for /readyz and started for /startupz (repeat the
     /// flag, or give a comma-separated list in the env var).
-    #[arg(long, env = "VITALS_EXPECT", value_delimiter = ',', value_parser = parse_name)]
+    #[arg(long, env = env::EXPECT, value_delimiter = ',', value_parser = parse_name)]
     pub expect: Vec<WorkerName>,
 
     /// Liveness fails after this long without a heartbeat (also: stopped, silent).
-    #[arg(long, env = "VITALS_HANG_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = env::HANG_TIMEOUT, default_value = "10s", value_parser = humantime::parse_duration)]
     pub hang_timeout: Duration,
 
     /// Liveness fails when heartbeats arrive but the loop's progress has not moved for this long.
-    #[arg(long, env = "VITALS_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = env::STALL_TIMEOUT, default_value = "30s", value_parser = humantime::parse_duration)]
     pub stall_timeout: Duration,
 
     /// Liveness fails when loading/warming has not advanced for this long.
-    #[arg(long, env = "VITALS_LOAD_STALL_TIMEOUT", default_value = "300s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = env::LOAD_STALL_TIMEOUT, default_value = "300s", value_parser = humantime::parse_duration)]
     pub load_stall_timeout: Duration,
 
     /// Liveness fails after this long continuously in /proc state D.
-    #[arg(long, env = "VITALS_D_STATE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = env::D_STATE_TIMEOUT, default_value = "30s", value_parser = humantime::parse_duration)]
     pub d_state_timeout: Duration,
 
     /// How often each worker's /proc entry is sampled.
-    #[arg(long, env = "VITALS_PROC_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = env::PROC_INTERVAL, default_value = "1s", value_parser = humantime::parse_duration)]
     pub proc_interval: Duration,
 
     /// After SIGTERM/SIGINT, keep answering for this long (readiness failing), then exit 0.
-    #[arg(long, env = "VITALS_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = env::SHUTDOWN_GRACE, default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
     /// Log line format.
-    #[arg(long, env = "VITALS_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(long, env = env::LOG_FORMAT, value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
     /// Most HTTP connections served at once; more are closed at once, not queued.
-    #[arg(long, env = "VITALS_MAX_CONNECTIONS", default_value = "1024")]
+    #[arg(long, env = env::MAX_CONNECTIONS, default_value = "1024")]
     pub max_connections: usize,
 
     /// An HTTP connection is closed when a request's headers (or the next request on a
     /// kept-alive connection) take longer than this.
-    #[arg(long, env = "VITALS_HEADER_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = env::HEADER_TIMEOUT, default_value = "5s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
 
     /// Containers that don't speak the protocol, with their original probes (SPEC §8): a
     /// JSON file, or the JSON itself (what `vitals-agent inject` puts in the env var).
-    #[arg(long, env = "VITALS_UPSTREAMS", value_name = "FILE|JSON")]
+    #[arg(long, env = env::UPSTREAMS, value_name = "FILE|JSON")]
     pub upstreams: Option<String>,
 
     /// The pod's IP (downward API); upstreams are probed there, else on 127.0.0.1.
-    #[arg(long, env = "POD_IP")]
+    #[arg(long, env = env::POD_IP)]
     pub pod_ip: Option<IpAddr>,
 
     /// The pod's namespace (downward API `metadata.namespace`). A leader's members derived
     /// from `--group-size` are then fully qualified names, looked up without the search
     /// list (SPEC §11).
-    #[arg(long, env = POD_NAMESPACE_ENV)]
+    #[arg(long, env = env::POD_NAMESPACE)]
     pub pod_namespace: Option<String>,
 
     /// The cluster's DNS domain, for the members' fully qualified names. Default: the
     /// domain in /etc/resolv.conf's search list (`<namespace>.svc.<domain>`, as the
     /// kubelet writes it), else `cluster.local`.
-    #[arg(long, env = "VITALS_CLUSTER_DOMAIN")]
+    #[arg(long, env = env::CLUSTER_DOMAIN)]
     pub cluster_domain: Option<String>,
 
     /// This pod's role in a multi-pod model (SPEC §9): the leader polls its members'
     /// `/group` and judges the group as one; a member only serves `/group`.
-    #[arg(long, env = "VITALS_GROUP_ROLE", value_enum)]
+    #[arg(long, env = env::GROUP_ROLE, value_enum)]
     pub group_role: Option<GroupRole>,
 
     /// The leader's members, as their agents' addresses (comma-separated HOST:PORT).
     #[arg(
         long,
-        env = "VITALS_GROUP_MEMBERS",
+        env = env::GROUP_MEMBERS,
         value_delimiter = ',',
         value_name = "HOST:PORT"
     )]
@@ -155,28 +155,28 @@ pub struct RunArgs {
 
     /// Pods in the group, leader included (LeaderWorkerSet's size): members are
     /// `<pod-name>-1 … <pod-name>-(N-1)` under `--group-subdomain`, on this agent's port.
-    #[arg(long, env = "VITALS_GROUP_SIZE")]
+    #[arg(long, env = env::GROUP_SIZE)]
     pub group_size: Option<u32>,
 
     /// The leader pod's name (downward API), for members derived from `--group-size`.
-    #[arg(long, env = "VITALS_GROUP_POD_NAME")]
+    #[arg(long, env = env::GROUP_POD_NAME)]
     pub group_pod_name: Option<String>,
 
     /// The headless Service's name the members resolve under (LeaderWorkerSet's subdomain).
-    #[arg(long, env = "VITALS_GROUP_SUBDOMAIN")]
+    #[arg(long, env = env::GROUP_SUBDOMAIN)]
     pub group_subdomain: Option<String>,
 
     /// How often the leader polls each member; each poll's timeout is the same.
-    #[arg(long, env = "VITALS_GROUP_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = env::GROUP_POLL, default_value = "1s", value_parser = humantime::parse_duration)]
     pub group_poll: Duration,
 
     /// The leader's readiness fails when a member has not answered for this long.
-    #[arg(long, env = "VITALS_GROUP_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = env::GROUP_TIMEOUT, default_value = "3s", value_parser = humantime::parse_duration)]
     pub group_timeout: Duration,
 
     /// The leader's model liveness fails (`group_broken: member i lost`) when a member of
     /// a formed group has not answered for this long.
-    #[arg(long, env = "VITALS_GROUP_LOST_AFTER", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = env::GROUP_LOST_AFTER, default_value = "60s", value_parser = humantime::parse_duration)]
     pub group_lost_after: Duration,
 }
 
@@ -439,10 +439,6 @@ pub fn sample_max_age(proc_interval: Duration) -> Duration {
     (proc_interval * 3).max(Duration::from_secs(5))
 }
 
-/// The env var the agent reads its pod's namespace from; inject sets it from the downward
-/// API (one name for both).
-pub const POD_NAMESPACE_ENV: &str = "POD_NAMESPACE";
-
 /// Where the kubelet writes a pod's DNS configuration.
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 
@@ -457,7 +453,10 @@ fn member_zone(a: &RunArgs) -> Result<String, ConfigError> {
         .map(str::trim)
         .filter(|n| !n.is_empty())
     else {
-        tracing::warn!("{POD_NAMESPACE_ENV} is not set: the members' names are looked up through the search list");
+        tracing::warn!(
+            "{} is not set: the members' names are looked up through the search list",
+            env::POD_NAMESPACE
+        );
         return Ok(String::new());
     };
     if !is_dns_label(ns) {

@@ -1575,7 +1575,7 @@ fn secure_agent(agent: &mut Map, pod_is_root: bool) {
 
 /// The liveness tolerance the agent's worst restart needs (deploy/base's worker liveness,
 /// 5 s × 12: an outage of D seconds fails at most floor(D/5)+1 probes, so anything under
-/// (12 − 1) × 5 = 55 s passes; the agent's worst restart is 43 s, docs/deploy.md).
+/// (12 − 1) × 5 = 55 s passes; the agent's worst restart is 43 s, docs/probes.md).
 const AGENT_RESTART_TOLERANCE_S: u64 = 55;
 
 /// Raises the failureThreshold of a liveness probe on the agent so that an agent restart

@@ -969,7 +969,7 @@ fn agent_liveness_probes() -> Vec<(String, Yaml)> {
 /// Issue 21 item 1: the agent is never the reason a model restarts. While the agent is down
 /// its port refuses and every probe fails; an outage of D seconds fails at most
 /// floor(D/period)+1 probes, so a probe tolerates any outage under (failureThreshold − 1) ×
-/// period. The agent's worst restart is 43 s (docs/deploy.md, "The agent restarting": a
+/// period. The agent's worst restart is 43 s (docs/probes.md, "The agent restarting": a
 /// wedge detected in 16 s, killed in 5 s thanks to its probe-level grace, 20 s back-off, 2 s
 /// to start); deploy/base's 5 s × 12 tolerates 55 s.
 #[test]
@@ -1340,7 +1340,7 @@ fn kubelet_restarts(period: u64, failures: u64, phase: u64, outage: (u64, u64)) 
 }
 
 /// Issue 21 item 1, the way e2e s12 tests protocol workers, on inject's own output: the
-/// agent's worst restart (43 s, docs/deploy.md "The agent restarting") and three crashes
+/// agent's worst restart (43 s, docs/probes.md "The agent restarting") and three crashes
 /// back to back (36 s), at every phase of the probe schedule, never make the kubelet
 /// restart a model whose liveness inject pointed at the agent; vLLM's usual 10 s × 3 as
 /// it was before injection would have been restarted.

@@ -24,6 +24,7 @@ use vitals_agent::config::Config;
 use vitals_e2e::client;
 use vitals_e2e::fake_vllm::{serve_llamacpp, LlamaOptions};
 use vitals_e2e::pod::free_addr;
+use vitals_proto::env;
 
 const KEY: &str = "s3cret-llama-key";
 
@@ -177,10 +178,7 @@ fn a_refused_scrape_is_logged_once_and_the_secret_never() {
         ])
         .arg("--socket")
         .arg(dir.path().join("agent.sock"))
-        .env(
-            "VITALS_UPSTREAMS",
-            upstreams_json(llama.addr.port(), WITH_KEY),
-        )
+        .env(env::UPSTREAMS, upstreams_json(llama.addr.port(), WITH_KEY))
         .env("LLAMA_API_KEY", wrong)
         .env("RUST_LOG", "debug")
         .stdout(Stdio::null())

@@ -8,7 +8,7 @@
 //! regular container status of a Pending or Running pod); with `RecreateGroupOnPodRestart`,
 //! pkg/controllers/pod_controller.go handleRestartPolicy then deletes the leader and with it
 //! all 16-32 pods of the group. So in a group pod the agent has no liveness probe (its
-//! failures show in metrics and the `VitalsAgentDown` alert instead, docs/deploy.md), a
+//! failures show in metrics and the `VitalsAgentDown` alert instead, docs/groups.md), a
 //! startup probe that cannot run out in practice, no CPU limit (a throttled ticker must not
 //! look dead), and a memory limit far above its measured peak ([`super::resources`]).
 
@@ -71,7 +71,7 @@ pub(super) fn ensure_group_env(env: &mut Vec<Node>, group: Option<&Group>) {
                 }
             }
             // The members' names fully qualified, no search-list walk (SPEC §11).
-            ensure_field_env(env, crate::config::POD_NAMESPACE_ENV, "metadata.namespace");
+            ensure_field_env(env, vitals_proto::env::POD_NAMESPACE, "metadata.namespace");
         }
         GroupRole::Member => {
             env.retain(|e| !container_name(e).is_some_and(|n| LEADER_ONLY.contains(&n)))

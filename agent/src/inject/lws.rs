@@ -73,7 +73,7 @@ pub(super) fn facts_of_spec(doc: &mut Map, notes: &mut Vec<String>, workload: &s
     };
     if spec.get_str("startupPolicy") == Some("LeaderReady") {
         notes.push(format!(
-            "{workload}: warning: startupPolicy LeaderReady creates the workers only once the leader is Ready, and a Vitals leader is Ready only once its group formed: the group never starts; use LeaderCreated (docs/deploy.md, \"Multi-node models\")"
+            "{workload}: warning: startupPolicy LeaderReady creates the workers only once the leader is Ready, and a Vitals leader is Ready only once its group formed: the group never starts; use LeaderCreated (docs/groups.md, \"LeaderWorkerSet\")"
         ));
     }
     if let Some(lwt) = spec

@@ -26,7 +26,7 @@ pub fn target(t: &Target) -> &str {
 }
 
 /// The name of a verbose or JSON line: a target, `group`, `connected`, `live`, `phase`,
-/// `started`, `process`, `readinessProbe` or `check:<name>`.
+/// `started`, `process`, `awake`, `children`, `readinessProbe` or `check:<name>`.
 pub fn check_name(name: &CheckName) -> Cow<'_, str> {
     Cow::Borrowed(match name {
         CheckName::Target(t) => target(t),

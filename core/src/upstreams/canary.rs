@@ -21,7 +21,7 @@
 //!   operator writes it (`"request": {"path": "/v2/models/<m>/infer", "body": ...}`).
 //!
 //! Its cost, at the default idle time of 60 s: at most one request a minute while the
-//! server is idle (60 an hour, each one token), none while it works (docs/deploy.md).
+//! server is idle (60 an hour, each one token), none while it works (docs/model-servers.md).
 
 use std::time::Duration;
 

@@ -233,7 +233,7 @@ pub const PROFILES: &[Profile] = &[
     //   endpoint avoids it: /slots (also a queue task) has no counters, and /props does
     //   not reach the engine loop at all, so it could not see a hang. The agent therefore
     //   still scrapes /metrics, and those two gauges become averages over the last
-    //   `--proc-interval` (docs/deploy.md says so and how to read throughput instead:
+    //   `--proc-interval` (docs/model-servers.md says so and how to read throughput instead:
     //   rate() of the `*_seconds_total` and `*_total` counters, which no scrape resets).
     // - `to_metrics` streams each value as a double with the default 6 significant
     //   digits: see the module doc on printed precision.

@@ -348,7 +348,7 @@ fn s11_sigterm_while_the_model_thread_is_hung() {
 /// restarted three times in a row with the kubelet's crash-loop delays (10 s, 20 s, 40 s),
 /// while a kubelet probes `/livez/model` with the worker's liveness period and
 /// failureThreshold from `deploy/base/deployment.yaml`. Time is scaled by 1/10 (delays and
-/// period alike), so the arithmetic of docs/deploy.md is what is tested: the worker's
+/// period alike), so the arithmetic of docs/probes.md is what is tested: the worker's
 /// liveness never reaches its failure threshold.
 #[test]
 fn s12_agent_crash_loop_never_restarts_the_model() {
