@@ -623,6 +623,50 @@ fn container_choice_errors_are_clear() {
     assert!(e.to_string().contains("port 9180"), "{e}");
 }
 
+/// A probe already on the agent takes its original back from the agent's upstreams; when
+/// they have no entry for its container (the agent's env edited, the container taken out of
+/// `vitals.dev/workers`), the original is lost, and inject says so instead of leaving a
+/// probe the agent answers 404 (vLLM) or, in a group pod, passes without looking (the LWS
+/// leader's readiness, its tcpSocket on vLLM's port gone).
+#[test]
+fn a_probe_on_the_agent_whose_original_is_lost_is_refused() {
+    for (name, container, probes) in [
+        (
+            "vllm-deployment.in.yaml",
+            "vllm",
+            "startupProbe, livenessProbe, readinessProbe",
+        ),
+        (
+            "lws-vllm.in.yaml",
+            "vllm-leader",
+            "livenessProbe, readinessProbe",
+        ),
+    ] {
+        let injected = inject(&fixture(name), &[]);
+        // The first agent's upstreams env (its name line and its value line) taken out.
+        let at = injected
+            .find(&format!("- name: {UPSTREAMS_ENV}\n"))
+            .expect("an upstreams env");
+        let end = at
+            + injected[at..]
+                .match_indices('\n')
+                .nth(1)
+                .expect("its value")
+                .0
+            + 1;
+        let start = injected[..at].rfind('\n').map_or(0, |i| i + 1);
+        let edited = format!("{}{}", &injected[..start], &injected[end..]);
+        let e = error_of(&edited, &options(&[]));
+        eprintln!("{name}: {e}");
+        assert!(
+            matches!(&e, InjectError::Workload {
+                problem: Problem::OriginalProbeUnknown { container: c, probes: p }, ..
+            } if c == container && p == probes),
+            "{name}: {e}"
+        );
+    }
+}
+
 #[test]
 fn the_binary_writes_nothing_on_error_and_everything_on_success() {
     let bad = fixture_dir().join("err-unparsable.yaml");
