@@ -15,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cadence::Cadence;
-use crate::config::{GroupConfig, MemberTarget};
+use crate::config::GroupConfig;
 use crate::net::{self, BodyRead};
 use crate::surfaces::metrics::Metrics;
 use vitals_core::snapshot::Snapshots;
+use vitals_core::state::group::MemberTarget;
 use vitals_core::state::group::{self, GroupReport, LeaderNow, PollError, SharedGroup};
 use vitals_core::verdict::Probe;
 
