@@ -4,12 +4,6 @@
 //! Values are checked here, once, so a bad flag fails at start with a clear message and a
 //! non-zero exit instead of surprising the kubelet later.
 
-/// A member the leader polls: the group's state keeps one per member.
-pub use vitals_core::state::group::MemberTarget;
-/// The `--upstreams` spec: its types and validation live in the pure core, which the
-/// state and the verdicts read it from; `run` parses it here, with the other flags.
-pub use vitals_core::upstreams;
-
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,7 +15,8 @@ use vitals_proto::{env, WorkerName};
 use crate::inject::webhook::WebhookArgs;
 use crate::inject::InjectArgs;
 use crate::surfaces::status::StatusArgs;
-use vitals_core::upstreams::{UpstreamSpec, UpstreamsError};
+use vitals_core::state::group::MemberTarget;
+use vitals_core::upstreams::{self, UpstreamSpec, UpstreamsError};
 use vitals_core::verdict::Thresholds;
 
 /// `vitals-agent`: the pod's single probe port.

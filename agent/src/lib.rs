@@ -31,9 +31,9 @@ use crate::sources::socket::{SocketError, SocketListener};
 use crate::surfaces::metrics::Metrics;
 use crate::surfaces::status::{AgentFacts, StatusSource};
 use crate::surfaces::ticker::TransitionLog;
+use vitals_core::snapshot::{AgentHealth, GroupSource, Snapshots};
 use vitals_core::state::group::{GroupState, SharedGroup};
 use vitals_core::state::registry::Registry;
-use vitals_core::state::snapshot::{AgentHealth, GroupSource, Snapshots};
 
 /// This agent's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -126,8 +126,7 @@ pub async fn run_with(
     let http = tokio::net::TcpListener::from_std(http)?;
     let unix = tokio::net::UnixListener::from_std(unix)?;
     let started_at = Instant::now();
-    let registry = Arc::new(Registry::new(&config.expect));
-    registry.set_silence(config.thresholds.hang);
+    let registry = Arc::new(Registry::new(&config.expect, config.thresholds.hang));
     registry.add_upstreams(&config.upstreams);
     let health = Arc::new(AgentHealth::new(started_at));
     let mut snapshots = Snapshots::new(

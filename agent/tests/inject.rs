@@ -7,10 +7,10 @@
 mod common;
 
 use common::fixtures::{fixture_dir, inject_args};
-use vitals_agent::config::upstreams as upstream_config;
 use vitals_agent::inject::{
     inject_documents, inject_report, InjectError, InjectOptions, Problem, AGENT_UID, VERSION,
 };
+use vitals_core::upstreams as upstream_config;
 use vitals_proto::env::UPSTREAMS as UPSTREAMS_ENV;
 use vitals_proto::WorkerName;
 use yaml_rust2::{Yaml, YamlLoader};

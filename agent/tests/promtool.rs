@@ -5,8 +5,8 @@
 mod common;
 
 use common::{eventually, metric, Agent, Worker};
-use vitals_agent::config::upstreams::parse;
 use vitals_agent::config::Config;
+use vitals_core::upstreams::parse;
 use vitals_proto::WorkerName;
 
 #[test]

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{eventually, metric, Agent};
-use vitals_agent::config::upstreams::parse;
 use vitals_agent::config::Config;
+use vitals_core::upstreams::parse;
 
 /// A tiny model server: `/health` answers `code` after `delay_ms`; `/metrics` says
 /// `running` requests are running and `work` iterations were done; `health_asked` keeps

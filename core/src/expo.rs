@@ -4,8 +4,10 @@
 //! with its line number, so a page that is not metrics (an HTML error page, a truncated
 //! body) is never read as zeros.
 //!
-//! Written here because the `prometheus` crate only writes the format, and the parsers on
-//! crates.io pull in far more than the agent needs for summing a few series.
+//! The one reader of the format in the project: the agent reads model servers' pages with
+//! it, and the test toolkit (`vitals_e2e::prom`) the agent's and the worker's own. Written
+//! here because the `prometheus` crate only writes the format, and the parsers on crates.io
+//! pull in far more than the agent needs for summing a few series.
 //! Reference: the format's specification in prometheus/docs
 //! (content/docs/instrumenting/exposition_formats.md).
 

@@ -1,8 +1,8 @@
 //! What a /proc reading yields, as the state and the verdicts read it: one process's
 //! [`ProcSample`] (or why none: [`SampleError`]), what the sampler adds for an upstream
 //! ([`Extras`]: its unreaped [`Zombie`] children and the [`BytesRead`] while it loads), and why
-//! an upstream's process could not be told ([`NotFound`]). The agent's `sources::proc` reads
-//! them; nothing here touches /proc.
+//! an upstream's process could not be told ([`NotFound`]). The agent's `sources::proc`
+//! reads them; nothing here touches /proc.
 
 use std::time::Instant;
 

@@ -1,7 +1,8 @@
-//! What the agent knows, and the one way it is read: the copy-on-write ([`cell`]) [`registry`] of
-//! workers and [`upstream`]s (with their [`probe_result`]s) that sources write through
-//! handles that can change only their part, each watched process's [`proc_track`], a
-//! leader's view of its [`group`], an upstream's [`load_progress`] and [`zombies`], and the immutable [`snapshot`] that every surface renders.
+//! What the agent knows: the copy-on-write ([`cell`]) [`registry`] of workers and
+//! [`upstream`]s (with their [`probe_result`]s) that sources write through handles that can
+//! change only their part, each watched process's [`proc_track`], a leader's view of its
+//! [`group`], an upstream's [`load_progress`] and [`zombies`]. It is read one way, through
+//! the immutable [`crate::snapshot`] that pairs it with its verdicts; nothing here judges.
 
 pub mod cell;
 pub mod group;
@@ -9,6 +10,5 @@ pub mod load_progress;
 pub mod probe_result;
 pub mod proc_track;
 pub mod registry;
-pub mod snapshot;
 pub mod upstream;
 pub mod zombies;

@@ -15,11 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cadence::Cadence;
-use crate::config::{GroupConfig, MemberTarget};
+use crate::config::GroupConfig;
 use crate::net::{self, BodyRead};
 use crate::surfaces::metrics::Metrics;
+use vitals_core::snapshot::Snapshots;
+use vitals_core::state::group::MemberTarget;
 use vitals_core::state::group::{self, GroupReport, LeaderNow, PollError, SharedGroup};
-use vitals_core::state::snapshot::Snapshots;
 use vitals_core::verdict::Probe;
 
 /// The most of a member's answer read; a real one is well under 4 KiB (a few containers,

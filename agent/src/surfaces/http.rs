@@ -33,9 +33,9 @@ use tokio_util::sync::CancellationToken;
 use crate::surfaces::metrics::Metrics;
 use crate::surfaces::status::StatusSource;
 use crate::surfaces::text;
+use vitals_core::snapshot::Snapshots;
 use vitals_core::state::group::{self, GroupReport};
 use vitals_core::state::registry::State;
-use vitals_core::state::snapshot::Snapshots;
 use vitals_core::verdict::{Answer, Probe, Verdicts};
 
 /// Binds the probe port, with the kernel's largest accept queue (`SOMAXCONN`): a burst of

@@ -19,10 +19,10 @@ use prometheus::{
 use vitals_proto::{ErrorCode, Phase};
 
 use crate::surfaces::text;
+use vitals_core::snapshot::Snapshot;
 use vitals_core::state::group::PollError;
 use vitals_core::state::probe_result::Outcome;
 use vitals_core::state::registry::State;
-use vitals_core::state::snapshot::Snapshot;
 use vitals_core::upstreams::ProbeKind;
 use vitals_core::verdict::group::{BrokenReason, MemberStatus};
 use vitals_core::verdict::{LiveReason, Probe, Target};
@@ -611,8 +611,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use vitals_core::fixtures::T;
-    use vitals_core::fixtures::{beat, hello, name, phase, PEER};
+    use vitals_core::fixtures::{beat, hello, name, phase, PEER, T};
     use vitals_core::verdict::AgentInput;
 
     /// Refreshes `m` from `state` as the ticker would at `at`.

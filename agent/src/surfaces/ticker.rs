@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cadence::Cadence;
 use crate::surfaces::metrics::Metrics;
 use crate::surfaces::text;
-use vitals_core::state::snapshot::{AgentHealth, Snapshots};
+use vitals_core::snapshot::{AgentHealth, Snapshots};
 use vitals_core::verdict::edges::{Edge, Seen};
 use vitals_core::verdict::{Diagnosis, Failing, Probe, Target, Verdicts};
 
@@ -172,8 +172,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vitals_core::fixtures::T;
-    use vitals_core::fixtures::{hello, name, phase, PEER};
+    use vitals_core::fixtures::{hello, name, phase, PEER, T};
     use vitals_core::state::registry::Registry;
     use vitals_core::verdict::{evaluate, AgentInput};
     use vitals_proto::Phase;
@@ -189,7 +188,7 @@ mod tests {
     #[test]
     fn logs_each_transition_once_and_counts_hangs() {
         let t0 = Instant::now();
-        let registry = std::sync::Arc::new(Registry::new(&[]));
+        let registry = std::sync::Arc::new(Registry::new(&[], T.hang));
         let reports = registry.worker_reports();
         let (log, metrics) = (TransitionLog::default(), Metrics::new());
         let agent = AgentInput {
@@ -269,7 +268,7 @@ mod tests {
     #[test]
     fn a_container_named_agent_is_tracked_apart_from_the_agent() {
         let t0 = Instant::now();
-        let registry = std::sync::Arc::new(Registry::new(&[]));
+        let registry = std::sync::Arc::new(Registry::new(&[], T.hang));
         let reports = registry.worker_reports();
         reports
             .hello(&hello("agent", "a"), PEER, 1, t0)

@@ -39,16 +39,15 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry knowing the expected workers.
-    pub fn new(expected: &[WorkerName]) -> Self {
+    /// A registry knowing the expected workers, whose heartbeats after `silence` (the hang
+    /// timeout) restart the loop clock ([`State::silence`]).
+    pub fn new(expected: &[WorkerName], silence: Duration) -> Self {
         Self {
-            current: CowCell::new(State::new(expected)),
+            current: CowCell::new(State {
+                silence: Some(silence),
+                ..State::new(expected)
+            }),
         }
-    }
-
-    /// Sets [`State::silence`] (done once, at start).
-    pub fn set_silence(&self, silence: Duration) {
-        self.current.update(|s| s.silence = Some(silence));
     }
 
     /// The state as of now; later updates do not change it.

@@ -1,6 +1,6 @@
 //! The opt-in canary of SPEC §12, read: what request each profile sends by default, and
-//! the `"canary"` object of an upstream resolved into what the agent's `sources::upstream::canary`
-//! runs.
+//! the `"canary"` object of an upstream resolved into what the agent's
+//! `sources::upstream::canary` runs.
 //!
 //! Each default is the cheapest request that makes the engine itself do one step, so an
 //! engine that died while idle (vLLM #16259: `/health` 200, requests hang) misses it:

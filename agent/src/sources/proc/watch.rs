@@ -422,11 +422,11 @@ mod tests {
     /// `T` it read is never recorded; the rounds after it are.
     #[test]
     fn a_stuck_round_holds_up_no_name_lookup_and_is_no_evidence() {
-        use vitals_core::fixtures::{hello, name, PEER};
+        use vitals_core::fixtures::{hello, name, PEER, T};
         use vitals_core::state::registry::Registry;
         let rt = crate::runtime().expect("the agent's runtime");
         rt.block_on(async {
-            let registry = Arc::new(Registry::new(&[name("model")]));
+            let registry = Arc::new(Registry::new(&[name("model")], T.hang));
             registry
                 .worker_reports()
                 .hello(&hello("model", "a"), PEER, 1, Instant::now())

@@ -9,7 +9,7 @@ use super::doc::*;
 use crate::surfaces::text;
 use crate::surfaces::ticker::{rfc3339, Transition, TransitionLog};
 use vitals_core::sleep::Wake;
-use vitals_core::state::snapshot::Snapshot;
+use vitals_core::snapshot::Snapshot;
 use vitals_core::state::upstream::{CanaryResult, UpstreamState};
 use vitals_core::upstreams::Action;
 use vitals_core::verdict::{Answer, PidStatus, Probe, UpstreamVerdict};

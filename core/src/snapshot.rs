@@ -156,14 +156,13 @@ impl Snapshots {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::T;
-    use crate::fixtures::{hello, name, phase, PEER};
+    use crate::fixtures::{hello, name, phase, PEER, T};
     use vitals_proto::Phase;
 
     #[test]
     fn a_snapshot_does_not_change_after_it_is_taken() {
         let t0 = Instant::now();
-        let registry = Arc::new(Registry::new(&[name("model")]));
+        let registry = Arc::new(Registry::new(&[name("model")], T.hang));
         let health = Arc::new(AgentHealth::new(t0));
         let snapshots = Snapshots::new(Arc::clone(&registry), Arc::clone(&health), T);
         let reports = registry.worker_reports();
