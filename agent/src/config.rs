@@ -326,7 +326,7 @@ impl TryFrom<RunArgs> for Config {
                         source,
                     })?
                 };
-                upstreams::parse(&json, &expect)?
+                upstreams::parse(&json, &expect, |name| std::env::var(name).ok())?
                     .into_iter()
                     .map(Arc::new)
                     .collect()

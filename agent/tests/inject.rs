@@ -275,7 +275,7 @@ fn check_upstreams(at: &str, agent: &Yaml, spec: &Yaml, workers: &[&str]) {
         .collect();
     let json = env(UPSTREAMS_ENV).and_then(|e| e["value"].as_str().map(str::to_string));
     let specs = match &json {
-        Some(text) => upstream_config::parse(text, &expect)
+        Some(text) => upstream_config::parse(text, &expect, |_| None)
             .unwrap_or_else(|e| panic!("{at}: the agent refuses inject's upstreams: {e}")),
         None => Vec::new(),
     };
@@ -1338,7 +1338,7 @@ fn a_leader_worker_set_gets_a_leader_and_members() {
         ),
         (Some(10), Some(7))
     );
-    let specs = upstream_config::parse(&json, &[]).expect("the agent accepts it");
+    let specs = upstream_config::parse(&json, &[], |_| None).expect("the agent accepts it");
     assert!(specs[0].probes.is_empty() && specs[0].process.is_some());
 
     // Without a leaderTemplate, LWS runs the workerTemplate for the leader: inject copies

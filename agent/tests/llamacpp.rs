@@ -20,7 +20,7 @@ use common::{eventually, metric, Agent};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use vitals_agent::config::Config;
-use vitals_core::upstreams::parse_with_env;
+use vitals_core::upstreams::parse;
 use vitals_e2e::client;
 use vitals_e2e::fake_vllm::{serve_llamacpp, LlamaOptions};
 use vitals_e2e::pod::free_addr;
@@ -69,7 +69,7 @@ fn with_llama(port: u16, metrics: &'static str) -> impl FnOnce(&mut Config) {
     move |c: &mut Config| {
         common::fast(c);
         let env = |name: &str| (name == "LLAMA_API_KEY").then(|| KEY.to_owned());
-        c.upstreams = parse_with_env(&upstreams_json(port, metrics), &c.expect, env)
+        c.upstreams = parse(&upstreams_json(port, metrics), &c.expect, env)
             .unwrap()
             .into_iter()
             .map(Arc::new)

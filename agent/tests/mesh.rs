@@ -75,7 +75,7 @@ fn agent_upstreams(pod: &Value) -> BTreeMap<String, UpstreamSpec> {
         .find(|e| e["name"] == UPSTREAMS_ENV)
         .and_then(|e| e["value"].as_str())
         .expect("the agent has upstreams");
-    upstreams::parse(text, &[])
+    upstreams::parse(text, &[], |_| None)
         .expect("the agent accepts what inject wrote")
         .into_iter()
         .map(|u| (u.name.as_str().to_string(), u))

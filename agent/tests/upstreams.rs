@@ -109,7 +109,7 @@ fn with_upstream_on(port: u16, host: Option<&str>) -> impl FnOnce(&mut Config) {
                         "readinessProbe": {{"httpGet": {{"path": "/health", "port": {port}{host}}}, "periodSeconds": 1}},
                         "metrics": "vllm"}}}}"#
         );
-        c.upstreams = parse(&json, &c.expect)
+        c.upstreams = parse(&json, &c.expect, |_| None)
             .unwrap()
             .into_iter()
             .map(Arc::new)

@@ -9,11 +9,10 @@
 //! [`snapshot`].
 //!
 //! Nothing here does I/O or reads a clock: every function takes `now`, so tests call them
-//! with any time, and the agent's probe path calls them on the spot. (One exception, at
-//! start: [`upstreams::parse`] looks metrics header values up in the process environment;
-//! [`upstreams::parse_with_env`] takes the lookup.) The crate depends on no async runtime,
-//! HTTP stack or /proc crate, so the line between the core and the agent's I/O is a build
-//! error rather than a convention (`scripts/check-core-deps.sh`, run by `make lint`).
+//! with any time, and the agent's probe path calls them on the spot; the environment, too,
+//! is the caller's ([`upstreams::parse`] takes a lookup). The crate depends on no async
+//! runtime, HTTP stack or /proc crate, so the line between the core and the agent's I/O is a
+//! build error rather than a convention (`scripts/check-core-deps.sh`, run by `make lint`).
 
 pub mod engines;
 pub mod expo;

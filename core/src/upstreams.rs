@@ -271,14 +271,9 @@ fn bad(field: impl Into<String>, problem: impl Into<String>) -> UpstreamsError {
 }
 
 /// Parses and validates the JSON text; `expect` are the protocol workers (`--expect`),
-/// whose names an upstream may not take. Metrics header values come from the process's
-/// environment.
-pub fn parse(text: &str, expect: &[WorkerName]) -> Result<Vec<UpstreamSpec>, UpstreamsError> {
-    parse_with_env(text, expect, |name| std::env::var(name).ok())
-}
-
-/// [`parse`], with the environment given as a lookup (for tests).
-pub fn parse_with_env(
+/// whose names an upstream may not take. Metrics header values (`valueFromEnv`) come from
+/// `env`: the agent passes its process environment, tests a lookup of their own.
+pub fn parse(
     text: &str,
     expect: &[WorkerName],
     env: impl Fn(&str) -> Option<String>,
@@ -690,11 +685,13 @@ mod tests {
     use super::*;
 
     fn ok(text: &str) -> Vec<UpstreamSpec> {
-        parse(text, &[]).unwrap_or_else(|e| panic!("{text}: {e}"))
+        parse(text, &[], |_| None).unwrap_or_else(|e| panic!("{text}: {e}"))
     }
 
     fn err(text: &str) -> String {
-        match parse(text, &[WorkerName::parse("model").expect("valid")]) {
+        match parse(text, &[WorkerName::parse("model").expect("valid")], |_| {
+            None
+        }) {
             Ok(v) => panic!("{text} accepted: {v:?}"),
             Err(e) => e.to_string(),
         }
@@ -958,7 +955,7 @@ mod tests {
         let text = r#"{"llama": {"livenessProbe": {"httpGet": {"path": "/health", "port": 8080}},
             "metrics": {"profile": "vllm", "headers": [{"name": "Authorization", "valueFromEnv": "LLAMA_KEY", "prefix": "Bearer "}]}}}"#;
         let env = |name: &str| (name == "LLAMA_KEY").then(|| "s3cret".to_string());
-        let specs = parse_with_env(text, &[], env).expect("valid");
+        let specs = parse(text, &[], env).expect("valid");
         let m = specs[0].metrics.as_ref().expect("metrics");
         assert_eq!((m.profile, m.port), (Some("vllm"), 8080));
         assert_eq!(m.headers[0].name.as_str(), "authorization");
@@ -967,12 +964,12 @@ mod tests {
         let shown = format!("{specs:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
 
-        let unset = parse_with_env(text, &[], |_| None).expect_err("unset variable");
+        let unset = parse(text, &[], |_| None).expect_err("unset variable");
         assert_eq!(
             unset.to_string(),
             "upstreams.llama.metrics.headers[0].valueFromEnv: the agent's environment has no variable LLAMA_KEY"
         );
-        let bad_value = parse_with_env(text, &[], |_| Some("a\nb".into())).expect_err("newline");
+        let bad_value = parse(text, &[], |_| Some("a\nb".into())).expect_err("newline");
         assert!(!bad_value.to_string().contains("a\nb"), "{bad_value}");
     }
 
@@ -981,7 +978,7 @@ mod tests {
         let text = r#"{"llama": {"livenessProbe": {"httpGet": {"path": "/health", "port": 8080, "host": "127.0.0.1"}},
             "metrics": {"profile": "llamacpp", "headers": [{"name": "Authorization", "valueFromEnv": "KEY", "prefix": "Bearer "}]}}}"#;
         let env = |n: &str| (n == "KEY").then(|| "s3cret".to_owned());
-        let specs = parse_with_env(text, &[], env).expect("valid");
+        let specs = parse(text, &[], env).expect("valid");
         let m = specs[0].metrics.as_ref().expect("metrics");
         assert_eq!(
             (

@@ -676,6 +676,7 @@ mod tests {
         let specs = parse(
             r#"{"vllm": {"readinessProbe": {"tcpSocket": {"port": 8000}}}, "tei": {"readinessProbe": {"tcpSocket": {"port": 8001}}}}"#,
             &[],
+            |_| None,
         )
         .expect("valid");
         s.add_upstreams(&specs.into_iter().map(Arc::new).collect::<Vec<_>>());

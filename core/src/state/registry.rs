@@ -902,6 +902,7 @@ mod tests {
         let specs = parse(
             r#"{"vllm": {"livenessProbe": {"tcpSocket": {"port": 8000}}, "process": {"cmdline": ["vllm"]}}}"#,
             &[],
+            |_| None,
         )
         .expect("valid");
         s.add_upstreams(&specs.into_iter().map(Arc::new).collect::<Vec<_>>());

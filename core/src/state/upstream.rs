@@ -283,6 +283,7 @@ mod tests {
         let spec = parse(
             r#"{"vllm": {"startupProbe": {"httpGet": {"port": 8000}}, "livenessProbe": {"httpGet": {"port": 8000}}, "metrics": "vllm", "canary": {}}}"#,
             &[],
+            |_| None,
         )
         .expect("valid")
         .remove(0);
@@ -373,6 +374,7 @@ mod tests {
         let spec = parse(
             r#"{"vllm": {"livenessProbe": {"httpGet": {"port": 8000}}, "readinessProbe": {"tcpSocket": {"port": 8000}}}}"#,
             &[],
+            |_| None,
         )
         .expect("valid")
         .remove(0);

@@ -314,6 +314,7 @@ mod tests {
                          "readinessProbe": {"tcpSocket": {"port": 8000}},
                          "metrics": "vllm"}}"#,
             &[],
+            |_| None,
         )
         .expect("valid")
         .remove(0);
@@ -710,7 +711,9 @@ mod tests {
                 r#"{{"x": {{"livenessProbe": {{"httpGet": {{"path": "/v2/health/live", "port": 8000}}}},
                            "metrics": "{profile}"}}}}"#
             );
-            let mut u = UpstreamState::new(Arc::new(parse(&text, &[]).expect("valid").remove(0)));
+            let mut u = UpstreamState::new(Arc::new(
+                parse(&text, &[], |_| None).expect("valid").remove(0),
+            ));
             found(&mut u);
             zombie_since(&mut u, t0);
             let v = super::judge(&name("x"), &u, &T, t0 + ZOMBIE_GRACE);
@@ -736,6 +739,7 @@ mod tests {
                              "process": {{"cmdline": ["vllm", "serve", "m"{args}]}}}}}}"#
             ),
             &[],
+            |_| None,
         )
         .expect("valid")
         .remove(0);
@@ -927,6 +931,7 @@ mod tests {
         let spec = parse(
             r#"{"ray-worker": {"process": {"cmdline": ["ray", "start", "--block"]}}}"#,
             &[],
+            |_| None,
         )
         .expect("valid")
         .remove(0);
@@ -1035,7 +1040,9 @@ mod tests {
                            "readinessProbe": {{"httpGet": {{"path": "/health", "port": 8080}}}},
                            "metrics": "{metrics}"}}}}"#
             );
-            UpstreamState::new(Arc::new(parse(&text, &[]).expect("valid").remove(0)))
+            UpstreamState::new(Arc::new(
+                parse(&text, &[], |_| None).expect("valid").remove(0),
+            ))
         };
         /// (what, profile, probes pass, silent since ms, now ms, live)
         type Case = (
@@ -1121,6 +1128,7 @@ mod tests {
         let spec = parse(
             r#"{"x": {"readinessProbe": {"tcpSocket": {"port": 1}}}}"#,
             &[],
+            |_| None,
         )
         .expect("valid")
         .remove(0);
@@ -1145,6 +1153,7 @@ mod tests {
         let spec = parse(
             r#"{"vllm": {"readinessProbe": {"tcpSocket": {"port": 1}}, "startupProbe": {"tcpSocket": {"port": 1}}}}"#,
             &[],
+            |_| None,
         )
         .expect("valid");
         state.add_upstreams(&spec.into_iter().map(Arc::new).collect::<Vec<_>>());

@@ -162,6 +162,7 @@ mod tests {
                 "livenessProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 10},
                 "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 5}}}"#,
             &[],
+            |_| None,
         )
         .expect("valid")
         .remove(0);
@@ -187,6 +188,7 @@ mod tests {
                 "livenessProbe": {"httpGet": {"path": "/health", "port": 8000}, "timeoutSeconds": 3},
                 "readinessProbe": {"httpGet": {"path": "/v1/models", "port": 8000}}}}"#,
             &[],
+            |_| None,
         )
         .expect("valid")
         .remove(0);

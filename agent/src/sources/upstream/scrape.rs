@@ -278,7 +278,7 @@ mod tests {
         let text = format!(
             r#"{{"v": {{"livenessProbe": {{"httpGet": {{"path": "/health", "port": {port}}}}}, "metrics": "vllm"}}}}"#
         );
-        parse(&text, &[]).expect("valid")[0]
+        parse(&text, &[], |_| None).expect("valid")[0]
             .metrics
             .clone()
             .expect("metrics")
