@@ -9,9 +9,9 @@ mod common;
 use common::fixtures::{fixture_dir, inject_args};
 use vitals_agent::config::upstreams as upstream_config;
 use vitals_agent::inject::{
-    inject_documents, inject_report, InjectError, InjectOptions, Problem, AGENT_UID, UPSTREAMS_ENV,
-    VERSION,
+    inject_documents, inject_report, InjectError, InjectOptions, Problem, AGENT_UID, VERSION,
 };
+use vitals_proto::env::UPSTREAMS as UPSTREAMS_ENV;
 use vitals_proto::WorkerName;
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -621,6 +621,50 @@ fn container_choice_errors_are_clear() {
     let port = one.replace("image: x}", "image: x, ports: [{containerPort: 9180}]}");
     let e = error_of(&port, &InjectOptions::default());
     assert!(e.to_string().contains("port 9180"), "{e}");
+}
+
+/// A probe already on the agent takes its original back from the agent's upstreams; when
+/// they have no entry for its container (the agent's env edited, the container taken out of
+/// `vitals.dev/workers`), the original is lost, and inject says so instead of leaving a
+/// probe the agent answers 404 (vLLM) or, in a group pod, passes without looking (the LWS
+/// leader's readiness, its tcpSocket on vLLM's port gone).
+#[test]
+fn a_probe_on_the_agent_whose_original_is_lost_is_refused() {
+    for (name, container, probes) in [
+        (
+            "vllm-deployment.in.yaml",
+            "vllm",
+            "startupProbe, livenessProbe, readinessProbe",
+        ),
+        (
+            "lws-vllm.in.yaml",
+            "vllm-leader",
+            "livenessProbe, readinessProbe",
+        ),
+    ] {
+        let injected = inject(&fixture(name), &[]);
+        // The first agent's upstreams env (its name line and its value line) taken out.
+        let at = injected
+            .find(&format!("- name: {UPSTREAMS_ENV}\n"))
+            .expect("an upstreams env");
+        let end = at
+            + injected[at..]
+                .match_indices('\n')
+                .nth(1)
+                .expect("its value")
+                .0
+            + 1;
+        let start = injected[..at].rfind('\n').map_or(0, |i| i + 1);
+        let edited = format!("{}{}", &injected[..start], &injected[end..]);
+        let e = error_of(&edited, &options(&[]));
+        eprintln!("{name}: {e}");
+        assert!(
+            matches!(&e, InjectError::Workload {
+                problem: Problem::OriginalProbeUnknown { container: c, probes: p }, ..
+            } if c == container && p == probes),
+            "{name}: {e}"
+        );
+    }
 }
 
 #[test]

@@ -16,9 +16,10 @@ use common::yaml::yaml_to_json;
 use serde_json::{json, Value};
 use vitals_agent::config::upstreams::{self, Action, ProbeKind, UpstreamSpec};
 use vitals_agent::inject::webhook::Outcome;
-use vitals_agent::inject::{inject_documents, InjectOptions, AGENT_CONTAINER, UPSTREAMS_ENV};
+use vitals_agent::inject::{inject_documents, InjectOptions, AGENT_CONTAINER};
 use vitals_e2e::mesh::{vllm_pod, Istio, Linkerd, ISTIO_STATUS_PORT};
 use vitals_e2e::{apiserver, lws};
+use vitals_proto::env::UPSTREAMS as UPSTREAMS_ENV;
 use yaml_rust2::YamlLoader;
 
 fn options() -> InjectOptions {

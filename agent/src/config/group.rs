@@ -64,13 +64,32 @@ pub struct GroupArgs {
     pub group_lost_after: Duration,
 }
 
-/// A pod's role in a group (SPEC §9).
+/// A pod's role in a group (SPEC §9): what `inject` writes into a group's agents
+/// (`VITALS_GROUP_ROLE`) and `run` parses, one spelling (clap's) both ways.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum GroupRole {
     /// Polls the members and judges the group.
     Leader,
     /// Judges its own pod and serves `/group`.
     Member,
+}
+
+impl std::fmt::Display for GroupRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = self
+            .to_possible_value()
+            .expect("no variant is skipped: each role is a value of --group-role");
+        f.write_str(value.get_name())
+    }
+}
+
+impl std::str::FromStr for GroupRole {
+    type Err = String;
+
+    /// The role a `--group-role` value names, as clap reads it.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        <Self as ValueEnum>::from_str(text, false)
+    }
 }
 
 /// A leader's group settings (SPEC §9).

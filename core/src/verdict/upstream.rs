@@ -128,9 +128,10 @@ pub struct UpstreamVerdict {
     pub name: WorkerName,
     /// Whether its process exists, as far as /proc tells.
     pub pid: PidStatus,
-    /// Startup: its startup probe's latest result.
+    /// Startup: its startup probe's latest result, or `load_stalled` while it loads.
     pub startup: Result<(), UpstreamReason>,
-    /// Readiness: its readiness probe, live, and its process not gone.
+    /// Readiness: live, its process not gone, no zombie child, not slept by an operator,
+    /// and its readiness probe (the parts in `ready_checks`).
     pub ready: Result<(), UpstreamReason>,
     /// Liveness: its liveness probe and the /proc and metrics rules.
     pub live: Result<(), UpstreamReason>,

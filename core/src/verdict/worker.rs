@@ -79,11 +79,14 @@ impl Diagnosis {
     }
 }
 
-/// Why a worker is not ready.
+/// Why a worker is not ready, in the precedence `judge` applies: a dead or hung loop says
+/// more than the phase it last reported, and the phase more than its checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadyReason {
     /// No open connection.
     NotConnected,
+    /// Not live.
+    Live(LiveReason),
     /// Phase is not `ready` (`None`: no phase reported yet).
     Phase(Option<Phase>),
     /// A check fails.
@@ -93,8 +96,6 @@ pub enum ReadyReason {
         /// Its message.
         message: String,
     },
-    /// Not live.
-    Live(LiveReason),
 }
 
 impl fmt::Display for ReadyReason {
