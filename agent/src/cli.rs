@@ -45,13 +45,7 @@ impl Cli {
 /// `error`'s message, naming the environment variable its flag's value came from when it
 /// came from one (`args`: the command line [`Cli::parse_args`] was given).
 pub fn explain(error: &ConfigError, args: &[OsString]) -> String {
-    match error
-        .flag()
-        .and_then(|flag| env::variable_of(&Cli::command(), args, flag))
-    {
-        Some(var) => format!("{error} (the value comes from the environment variable {var})"),
-        None => error.to_string(),
-    }
+    env::with_variable(error.to_string(), &Cli::command(), args, error.flag())
 }
 
 #[cfg(test)]

@@ -24,7 +24,10 @@ fn main() -> ExitCode {
     let config = match Config::from_args(args) {
         Ok(config) => config,
         Err(e) => {
-            tracing::error!("invalid configuration: {e}");
+            let message = format!("invalid configuration: {e}");
+            let message =
+                vitals_proto::env::with_variable(message, &Args::command(), &argv, Some(e.flag()));
+            tracing::error!("{message}");
             return ExitCode::from(2);
         }
     };

@@ -8,9 +8,9 @@
 //! containers' settings). The Python reporter mirrors the worker-side names in
 //! `python/src/vitals_reporter/env.py`; a test here fails when the two disagree.
 //!
-//! With the `clap` feature, [`name_the_variable`] and [`variable_of`] make an error about a
-//! value that came from one of these variables say so, for the binaries whose flags clap
-//! also reads from them.
+//! With the `clap` feature, [`name_the_variable`] (clap's errors) and [`with_variable`]
+//! (the binaries' own checks) make an error about a value that came from one of these
+//! variables say so, for the binaries whose flags clap also reads from them.
 
 // ---- A worker's container: `inject` sets these, every reporter reads them (SPEC §1) ----
 
@@ -172,6 +172,23 @@ pub fn variable_of(
             || short.as_deref().is_some_and(|s| a.starts_with(s))
     });
     (!typed && std::env::var_os(var).is_some()).then(|| var.to_owned())
+}
+
+/// `message`, about flag `--{long}` of `command`, ending with the environment variable the
+/// flag's value came from on the command line `args` when it came from one
+/// ([`variable_of`]): for the errors found after clap parsed the value (a zero duration, a
+/// limit, a flag that contradicts another), which name only the flag.
+#[cfg(feature = "clap")]
+pub fn with_variable(
+    message: String,
+    command: &clap::Command,
+    args: &[std::ffi::OsString],
+    long: Option<&str>,
+) -> String {
+    match long.and_then(|long| variable_of(command, args, long)) {
+        Some(var) => format!("{message} (the value comes from the environment variable {var})"),
+        None => message,
+    }
 }
 
 /// `error`, clap's refusal of the command line `args` of `command`, with a `tip:` line
