@@ -8,10 +8,12 @@
 //! verdicts are the pure core (the `vitals-core` crate: no I/O, no runtime); this crate is
 //! the I/O around it. Each task gets the narrow handles it needs, not a
 //! hub. [`run`] wires them; the binary and the integration tests call the same `run`.
-//! [`config`] is the one place that parses configuration; [`inject`] adds the agent to pods;
-//! [`net`] is the one outbound HTTP client (probes, scrapes, `vitals-agent status`).
+//! [`cli`] is the command line's root, [`config`] the one place that validates `run`'s
+//! settings; [`inject`] adds the agent to pods; [`net`] is the one outbound HTTP client
+//! (probes, scrapes, `vitals-agent status`).
 
 pub mod cadence;
+pub mod cli;
 pub mod config;
 pub mod inject;
 pub mod net;

@@ -44,6 +44,18 @@ fn bad_values_exit_non_zero_with_a_clear_message() {
         (&["run", "--socket-mode", "999"], &[], "octal"),
         (&["run", "--log-format", "xml"], &[], "xml"),
         (&["run"], &[(env::LISTEN, "nowhere")][..], "listen"),
+        // A bad value from the environment names its variable, not only the flag.
+        (
+            &["run"],
+            &[(env::STALL_TIMEOUT, "soon")][..],
+            env::STALL_TIMEOUT,
+        ),
+        (&["run"], &[(env::GROUP_SIZE, "three")][..], env::GROUP_SIZE),
+        (
+            &["run"],
+            &[(env::PROC_INTERVAL, "0s")][..],
+            env::PROC_INTERVAL,
+        ),
         (&["frobnicate"], &[], "frobnicate"),
     ] {
         let out = output(args, env);

@@ -247,7 +247,9 @@ fn assert_stall_seen(agent: &Agent, server: &Server) {
 #[test]
 fn the_default_listen_address_serves_ipv6_and_ipv4() {
     // Issue 21 item 4: IPv6-only clusters probe the pod's IPv6 address.
-    let default = Config::defaults().listen;
+    let default = Config::defaults()
+        .expect("the built-in defaults are valid")
+        .listen;
     let agent = Agent::start(|c| c.listen = std::net::SocketAddr::new(default.ip(), 0));
     for ip in ["::1", "127.0.0.1"] {
         let addr = std::net::SocketAddr::new(ip.parse().unwrap(), agent.addr.port());

@@ -170,6 +170,16 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// The flag at fault (its long name, without `--`).
+    pub fn flag(&self) -> &'static str {
+        match self {
+            Self::Name(_) => "name",
+            Self::Limit { flag, .. } => flag.trim_start_matches("--"),
+        }
+    }
+}
+
 impl Config {
     /// Validates parsed arguments.
     pub fn from_args(args: Args) -> Result<Self, ConfigError> {

@@ -7,6 +7,10 @@
 //! may serve two programs (the agent's and the worker's `VITALS_LISTEN` are two
 //! containers' settings). The Python reporter mirrors the worker-side names in
 //! `python/src/vitals_reporter/env.py`; a test here fails when the two disagree.
+//!
+//! With the `clap` feature, [`name_the_variable`] (clap's errors) and [`with_variable`]
+//! (the binaries' own checks) make an error about a value that came from one of these
+//! variables say so, for the binaries whose flags clap also reads from them.
 
 // ---- A worker's container: `inject` sets these, every reporter reads them (SPEC §1) ----
 
@@ -138,6 +142,89 @@ pub const ENABLE_FAULT_INJECTION: &str = "VITALS_ENABLE_FAULT_INJECTION";
 pub const FAULT_SLOW_LOAD: &str = "VITALS_FAULT_SLOW_LOAD";
 /// `--fault-stuck-load` (tests only).
 pub const FAULT_STUCK_LOAD: &str = "VITALS_FAULT_STUCK_LOAD";
+
+/// The environment variable that gave flag `--{long}` of `command` its value on the
+/// command line `args` (the program's name first): the flag's variable, when it is set
+/// and the flag was not typed. `None` when the flag was typed, has no variable, or is
+/// not one of the flags of the subcommand `args` chose.
+#[cfg(feature = "clap")]
+pub fn variable_of(
+    command: &clap::Command,
+    args: &[std::ffi::OsString],
+    long: &str,
+) -> Option<String> {
+    // The subcommand the arguments chose: its flags are the ones that were parsed.
+    let mut chosen = command;
+    for arg in args.iter().skip(1).filter_map(|a| a.to_str()) {
+        if let Some(sub) = chosen.find_subcommand(arg) {
+            chosen = sub;
+        }
+    }
+    let flag = chosen
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))?;
+    let var = flag.get_env()?.to_str()?;
+    let dashed = format!("--{long}");
+    let short = flag.get_short().map(|s| format!("-{s}"));
+    let typed = args.iter().filter_map(|a| a.to_str()).any(|a| {
+        a.strip_prefix(dashed.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+            || short.as_deref().is_some_and(|s| a.starts_with(s))
+    });
+    (!typed && std::env::var_os(var).is_some()).then(|| var.to_owned())
+}
+
+/// `message`, about flag `--{long}` of `command`, ending with the environment variable the
+/// flag's value came from on the command line `args` when it came from one
+/// ([`variable_of`]): for the errors found after clap parsed the value (a zero duration, a
+/// limit, a flag that contradicts another), which name only the flag.
+#[cfg(feature = "clap")]
+pub fn with_variable(
+    message: String,
+    command: &clap::Command,
+    args: &[std::ffi::OsString],
+    long: Option<&str>,
+) -> String {
+    match long.and_then(|long| variable_of(command, args, long)) {
+        Some(var) => format!("{message} (the value comes from the environment variable {var})"),
+        None => message,
+    }
+}
+
+/// `error`, clap's refusal of the command line `args` of `command`, with a `tip:` line
+/// naming the environment variable the bad value came from ([`variable_of`]): clap itself
+/// names only the flag, which the user never typed. Other errors are returned as they
+/// are; the exit code stays clap's (2).
+#[cfg(feature = "clap")]
+pub fn name_the_variable(
+    mut error: clap::Error,
+    command: &clap::Command,
+    args: &[std::ffi::OsString],
+) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+
+    if !matches!(
+        error.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return error;
+    }
+    // clap shows the flag as `--long <VALUE>` (or `--long` for a switch).
+    let Some(ContextValue::String(shown)) = error.get(ContextKind::InvalidArg) else {
+        return error;
+    };
+    let Some(long) = shown.strip_prefix("--").and_then(|s| s.split(' ').next()) else {
+        return error;
+    };
+    if let Some(var) = variable_of(command, args, long) {
+        let tip = format!("the value comes from the environment variable {var}");
+        error.insert(
+            ContextKind::Suggested,
+            ContextValue::StyledStrs(vec![tip.into()]),
+        );
+    }
+    error
+}
 
 #[cfg(test)]
 mod tests {

@@ -143,6 +143,7 @@ mod tests {
             let read = Run::try_parse_from(["run", flag.as_str()])
                 .unwrap_or_else(|e| panic!("{flag}: {e}"))
                 .args
+                .group
                 .group_role;
             eprintln!("{role:?}: inject writes {written:?}, run reads {read:?}");
             assert_eq!(read, Some(role));
