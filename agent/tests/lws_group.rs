@@ -455,10 +455,13 @@ fn a_leader_restart_under_lws_restart_policy_none_forms_the_group_again_without_
 
     // The leader saw its own vLLM restart: the group forms again from scratch (its
     // readiness says vLLM's own 503 while vLLM loads, `group: forming` once it is ready).
-    let forming = wait::eventually("the group forming again", Duration::from_secs(10), || {
+    let forming = wait::until("the group forming again", Duration::from_secs(10), || {
         let s = g.leader.status()["group"].clone();
-        (s["resets"] == 1 && s["members"][0]["recorded"]["ray"].is_null())
-            .then(|| g.leader.timeline.now())
+        if s["resets"] == 1 && s["members"][0]["recorded"]["ray"].is_null() {
+            Ok(g.leader.timeline.now())
+        } else {
+            Err(s)
+        }
     });
     // The member's Ray worker exits after its head went; the kubelet restarts it.
     let old_ray = g.ray.pid();
