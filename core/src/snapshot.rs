@@ -91,13 +91,11 @@ impl Snapshot {
         }
     }
 
-    /// Adds a leader's group: its state, and its verdict against this pod's own
-    /// instances at `at`.
+    /// Adds a leader's group: its state as this pod's own instances at `at` show it, and
+    /// its verdict.
     pub fn with_group(mut self, g: Arc<GroupState>, limits: &GroupLimits) -> Self {
-        let leader = group::instances(&self.state);
-        self.verdicts.group = Some(crate::verdict::group::evaluate(
-            &g, &leader, limits, self.at,
-        ));
+        let g = g.as_of(&group::instances(&self.state), self.at);
+        self.verdicts.group = Some(crate::verdict::group::evaluate(&g, limits, self.at));
         self.group = Some(g);
         self
     }

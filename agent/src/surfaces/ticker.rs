@@ -229,7 +229,7 @@ mod tests {
     #[test]
     fn an_unreachable_members_growing_age_is_one_transition() {
         use vitals_core::fixtures::{live, targets, up, FRESH};
-        use vitals_core::state::group::{GroupState, Instances};
+        use vitals_core::state::group::GroupState;
         use vitals_core::verdict::group::GroupLimits;
         let t0 = Instant::now();
         let state = vitals_core::state::registry::State::new(&[]);
@@ -248,12 +248,7 @@ mod tests {
                 last_tick: at,
             };
             let mut v = evaluate(&state, agent, &T, at);
-            v.group = Some(vitals_core::verdict::group::evaluate(
-                &g,
-                &Instances::new(),
-                &limits,
-                at,
-            ));
+            v.group = Some(vitals_core::verdict::group::evaluate(&g, &limits, at));
             tracker.observe(&v, SystemTime::now(), &log, &metrics);
         }
         let ready: Vec<_> = log

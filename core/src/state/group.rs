@@ -29,6 +29,7 @@
 //! /proc fails) forms by rule 1 alone.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -313,8 +314,22 @@ impl GroupState {
         }
     }
 
+    /// The group as the leader's own containers `current` show it at `now`: `self` while
+    /// none of them restarted since the poller last looked, else a copy already started
+    /// over. Snapshots judge this view, so a leader restart counts from the moment /proc
+    /// shows it, not from the next poll; only the poller's own copy keeps the change.
+    pub fn as_of(self: Arc<Self>, current: &Instances, now: Instant) -> Arc<Self> {
+        if changed(&self.leader, current).is_none() {
+            return self;
+        }
+        let mut view = Arc::unwrap_or_clone(self);
+        view.observe_leader(current, now);
+        Arc::new(view)
+    }
+
     /// Adopts newly known leader instances; when a known one changed (the leader's model
-    /// container restarted), the group starts forming again from scratch (SPEC §9).
+    /// container restarted), the group starts forming again from scratch (SPEC §9). The
+    /// one place a leader restart is noticed, whether by a poll or by a snapshot's view.
     fn observe_leader(&mut self, current: &Instances, now: Instant) {
         if changed(&self.leader, current).is_some() {
             self.leader = current.clone();
@@ -435,6 +450,32 @@ mod tests {
             t1,
         );
         assert_eq!(g.members[0].recorded, Some(inst(&[("ray", "9:90")])));
+    }
+
+    /// A leader restart is noticed in one place: a snapshot's view shows it at once, the
+    /// shared state is untouched by looking, and the next poll counts it once.
+    #[test]
+    fn a_leader_restart_seen_by_snapshots_is_counted_once_by_the_poller() {
+        let t0 = Instant::now();
+        let mut g = GroupState::new(&targets(1), t0);
+        let before = up(&[("vllm", "10:100")]);
+        g.record(0, live(&[("ray", "7:70")]), &before, FRESH, t0);
+        let shared = Arc::new(g.clone());
+        let t1 = t0 + Duration::from_secs(1);
+        let restarted = up(&[("vllm", "11:110")]);
+        let unchanged = Arc::clone(&shared).as_of(&before.instances, t1);
+        assert!(
+            Arc::ptr_eq(&unchanged, &shared),
+            "no restart: the same state, no copy"
+        );
+        for _ in 0..3 {
+            let view = Arc::clone(&shared).as_of(&restarted.instances, t1);
+            assert_eq!((view.formed_at, view.resets), (None, 1));
+        }
+        assert_eq!((shared.formed_at, shared.resets), (Some(t0), 0));
+        g.record(0, Err(PollError::Timeout), &restarted, FRESH, t1);
+        g.record(0, Err(PollError::Timeout), &restarted, FRESH, t1);
+        assert_eq!(g.resets, 1);
     }
 
     #[test]

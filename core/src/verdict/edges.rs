@@ -117,7 +117,7 @@ mod tests {
 
     use super::*;
     use crate::fixtures::{broken_group, hello, name, phase, LIMITS, PEER, T};
-    use crate::state::group::{GroupState, Instances};
+    use crate::state::group::GroupState;
     use crate::state::registry::State;
     use crate::verdict::group;
     use crate::verdict::{evaluate, AgentInput};
@@ -128,7 +128,7 @@ mod tests {
             last_tick: at,
         };
         let mut v = evaluate(state, agent, &T, at);
-        v.group = g.map(|g| group::evaluate(g, &Instances::new(), &LIMITS, at));
+        v.group = g.map(|g| group::evaluate(g, &LIMITS, at));
         v
     }
 

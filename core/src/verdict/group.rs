@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 #[cfg(test)]
 use crate::state::group::PollError;
-use crate::state::group::{changed, GroupState, Instances, MemberState};
+use crate::state::group::{changed, GroupState, MemberState};
 
 /// `--group-timeout` and `--group-lost-after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,16 +197,11 @@ fn status(m: &MemberState, limits: &GroupLimits, now: Instant) -> MemberStatus {
     }
 }
 
-/// Judges the group at `now`; `leader_now` is the leader's own containers' instances now.
-pub fn evaluate(
-    g: &GroupState,
-    leader_now: &Instances,
-    limits: &GroupLimits,
-    now: Instant,
-) -> GroupVerdict {
+/// Judges the group at `now`, as the leader's own containers show it
+/// ([`GroupState::as_of`]: a leader restart has already started it over).
+pub fn evaluate(g: &GroupState, limits: &GroupLimits, now: Instant) -> GroupVerdict {
     let members: Vec<_> = g.members.iter().map(|m| status(m, limits, now)).collect();
-    let formed =
-        (g.formed_at.is_some() || g.members.is_empty()) && changed(&g.leader, leader_now).is_none();
+    let formed = g.formed_at.is_some() || g.members.is_empty();
     if !formed {
         let live = members.iter().filter(|s| **s == MemberStatus::Live).count();
         return GroupVerdict {
@@ -287,7 +282,8 @@ pub fn evaluate(
 mod tests {
     use super::*;
     use crate::fixtures::{inst, live, not_live, targets, FRESH};
-    use crate::state::group::{GroupReport, LeaderNow};
+    use crate::state::group::{GroupReport, Instances, LeaderNow};
+    use std::sync::Arc;
 
     const LIMITS: GroupLimits = GroupLimits {
         timeout: FRESH,
@@ -322,7 +318,12 @@ mod tests {
     }
 
     fn judge(g: &GroupState, at: Instant) -> GroupVerdict {
-        evaluate(g, &leader(), &LIMITS, at)
+        judge_as(g, &leader(), at)
+    }
+
+    /// The verdict a snapshot at `at` gives, the leader's own containers being `leader`.
+    fn judge_as(g: &GroupState, leader: &Instances, at: Instant) -> GroupVerdict {
+        evaluate(&Arc::new(g.clone()).as_of(leader, at), &LIMITS, at)
     }
 
     fn texts(v: &GroupVerdict) -> (Option<String>, Option<String>) {
@@ -490,7 +491,7 @@ mod tests {
         // The kubelet restarted the leader's model: before the poller saw it, the verdict
         // already treats the group as forming (no broken).
         let restarted = inst(&[("vllm", "3:3")]);
-        let v = evaluate(&g, &restarted, &LIMITS, t1);
+        let v = judge_as(&g, &restarted, t1);
         assert_eq!(texts(&v), (say("group: forming 1/1"), None));
         // The next poll starts the epoch over and forms with the new instances.
         let t2 = t1 + SEC;
@@ -499,7 +500,7 @@ mod tests {
             ready: true,
         };
         g.record(0, live(&[("ray", "9:9")]), &now, FRESH, t2);
-        let v = evaluate(&g, &restarted, &LIMITS, t2);
+        let v = judge_as(&g, &restarted, t2);
         assert_eq!(texts(&v), (None, None));
         assert_eq!(g.members[0].recorded, Some(inst(&[("ray", "9:9")])));
     }
@@ -535,7 +536,7 @@ mod tests {
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut verdicts = Vec::new();
         let mut judge_new = |g: &GroupState, t: Instant| {
-            let v = evaluate(g, &head, &LIMITS, t);
+            let v = judge_as(g, &head, t);
             verdicts.push((t, texts(&v)));
         };
         // The old workers still answer live, for as long as Ray's reconnect timeout.
@@ -591,7 +592,7 @@ mod tests {
         // Later: the new formation judges restarts against the new processes.
         poll(&mut g, 0, live(&[("ray", "21:21")]), &head, true, at(11));
         assert_eq!(
-            texts(&evaluate(&g, &head, &LIMITS, at(11))).1,
+            texts(&judge_as(&g, &head, at(11))).1,
             say("group_broken: member 1 restarted")
         );
     }
