@@ -3,6 +3,7 @@
 //! and their answers. Built with `cfg(test)` here and with the `fixtures` feature, which only
 //! the agent's dev-dependency turns on: never part of a binary.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vitals_proto::message::{
@@ -11,7 +12,8 @@ use vitals_proto::message::{
 use vitals_proto::{Phase, WorkerName};
 
 use crate::state::group::{GroupReport, GroupState, Instances, LeaderNow, MemberTarget, PollError};
-use crate::state::registry::PeerCred;
+use crate::state::registry::{PeerCred, State};
+use crate::upstreams;
 use crate::verdict::group::GroupLimits;
 use crate::verdict::Thresholds;
 
@@ -21,6 +23,15 @@ pub fn hello(name: &str, instance: &str) -> ValidHello {
         r#"{{"type":"hello","v":1,"worker":"{name}","instance":"{instance}","pid":7,"version":"1.0","heartbeat_ms":1000}}"#
     );
     decode_hello(line.as_bytes()).expect("valid hello")
+}
+
+/// A state with no protocol worker expected and the upstreams of `spec` (`--upstreams`
+/// JSON, no environment); panics on an invalid spec (fixtures are literals).
+pub fn with_upstreams(spec: &str) -> State {
+    let specs = upstreams::parse(spec, &[], |_| None).expect("a valid upstreams spec");
+    let mut state = State::new(&[]);
+    state.add_upstreams(&specs.into_iter().map(Arc::new).collect::<Vec<_>>());
+    state
 }
 
 /// The socket peer every fixture worker connects as.

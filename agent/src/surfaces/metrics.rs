@@ -669,17 +669,11 @@ mod tests {
     #[test]
     fn an_upstream_says_whether_its_process_is_watched() {
         use vitals_core::state::proc_track::{FoundBy, Watched};
-        use vitals_core::upstreams::parse;
         let m = Metrics::new();
         let t0 = Instant::now();
-        let mut s = State::new(&[]);
-        let specs = parse(
+        let mut s = vitals_core::fixtures::with_upstreams(
             r#"{"vllm": {"readinessProbe": {"tcpSocket": {"port": 8000}}}, "tei": {"readinessProbe": {"tcpSocket": {"port": 8001}}}}"#,
-            &[],
-            |_| None,
-        )
-        .expect("valid");
-        s.add_upstreams(&specs.into_iter().map(Arc::new).collect::<Vec<_>>());
+        );
         if let Some(u) = s.upstreams.get_mut(&name("tei")) {
             u.proc.discovered(Ok(Watched {
                 pid: 42,

@@ -895,17 +895,11 @@ mod tests {
     #[test]
     fn upstreams_are_looked_for_then_sampled_with_the_same_rules() {
         use crate::state::proc_track::FoundBy;
-        use crate::upstreams::parse;
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        let mut s = State::default();
-        let specs = parse(
+        let mut s = crate::fixtures::with_upstreams(
             r#"{"vllm": {"livenessProbe": {"tcpSocket": {"port": 8000}}, "process": {"cmdline": ["vllm"]}}}"#,
-            &[],
-            |_| None,
-        )
-        .expect("valid");
-        s.add_upstreams(&specs.into_iter().map(Arc::new).collect::<Vec<_>>());
+        );
         let look = target(&s, "vllm");
         assert_eq!(
             look.job,

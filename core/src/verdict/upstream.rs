@@ -1149,14 +1149,9 @@ mod tests {
 
     #[test]
     fn aggregates_and_paths_include_upstreams() {
-        let mut state = State::new(&[]);
-        let spec = parse(
+        let mut state = crate::fixtures::with_upstreams(
             r#"{"vllm": {"readinessProbe": {"tcpSocket": {"port": 1}}, "startupProbe": {"tcpSocket": {"port": 1}}}}"#,
-            &[],
-            |_| None,
-        )
-        .expect("valid");
-        state.add_upstreams(&spec.into_iter().map(Arc::new).collect::<Vec<_>>());
+        );
         let t0 = Instant::now();
         let agent = AgentInput {
             shutting_down: false,
