@@ -35,7 +35,7 @@ soak:
 	$(CARGO) build -p vitals-e2e --bins
 	VITALS_AGENT_BIN=$${VITALS_AGENT_BIN:-$(TARGET_DIR)/release/vitals-agent} $(TARGET_DIR)/debug/soak
 
-## lint: formatting, clippy (warnings are errors), and the core's dependencies (no tokio, hyper, procfs, nix)
+## lint: formatting, clippy (warnings are errors), and the core kept pure (no tokio, hyper, procfs, nix; no clock or system reads)
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
