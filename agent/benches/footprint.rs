@@ -13,8 +13,8 @@
 //!   (`GET /readyz/wN`, `Connection: close`: the toolkit's `probe_once`). The servers: the
 //!   agent on `/readyz/w0`..`w3` (a container's readiness, judged from a snapshot of all 4
 //!   workers and the upstreams), nginx with one worker and `location / { return 200; }`,
-//!   access log off, and, with `BENCH_BASELINE_BIN`, a second agent binary (an older
-//!   build) set up like the first. A server's CPU is the scheduler's run time
+//!   access log off, and, with `BENCH_BASELINE_BIN`, other agent binaries (older builds,
+//!   other profiles; `:`-separated) set up like the first. A server's CPU is the scheduler's run time
 //!   (`schedstat`, ns) of every thread of every process it has (nginx: master and
 //!   worker), its idle rate subtracted; `utime + stime` from `/proc/PID/stat` over all
 //!   rounds is printed beside it as a check;
@@ -385,7 +385,9 @@ fn range(values: &[f64]) -> (f64, f64) {
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is taken from the command line.
     let bin = agent_bin();
-    let baseline = std::env::var_os("BENCH_BASELINE_BIN").map(PathBuf::from);
+    let baselines: Vec<PathBuf> = std::env::var_os("BENCH_BASELINE_BIN")
+        .map(|bins| std::env::split_paths(&bins).collect())
+        .unwrap_or_default();
     let idle_secs = env_u64("BENCH_IDLE_SECS", 60);
     let probes = env_u64("BENCH_PROBES", 3000);
     let rounds = env_u64("BENCH_PROBE_ROUNDS", 5);
@@ -393,7 +395,10 @@ fn main() {
 
     let nginx = Nginx::start();
     let pod = Pod::start(&bin, upstreams);
-    let baseline_pod = baseline.as_ref().map(|b| (b, Pod::start(b, upstreams)));
+    let baseline_pods: Vec<_> = baselines
+        .iter()
+        .map(|b| (b, Pod::start(b, upstreams)))
+        .collect();
     let pid = pod.pid();
 
     let readyz = |i: u64| format!("/readyz/w{}", i % WORKERS as u64);
@@ -403,7 +408,7 @@ fn main() {
         vec![pid],
         (&bin, ""),
     )];
-    if let Some((b, p)) = &baseline_pod {
+    for (b, p) in &baseline_pods {
         servers.push(Server::new(
             format!("agent, baseline ({})", b.display()),
             (p.addr, readyz),
@@ -450,7 +455,7 @@ fn main() {
         }
     }
     let rss_after_probes_kib = rss_kib(pid);
-    drop(baseline_pod);
+    drop(baseline_pods);
     drop(pod);
 
     let nginx_rounds = servers.last().unwrap().per_probe_ns.clone();
