@@ -35,10 +35,11 @@ soak:
 	$(CARGO) build -p vitals-e2e --bins
 	VITALS_AGENT_BIN=$${VITALS_AGENT_BIN:-$(TARGET_DIR)/release/vitals-agent} $(TARGET_DIR)/debug/soak
 
-## lint: formatting and clippy, warnings are errors
+## lint: formatting, clippy (warnings are errors), and the core's dependencies (no tokio, hyper, procfs, nix)
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	CARGO=$(CARGO) scripts/check-core-deps.sh
 
 ## bench: benchmarks (not part of `make test`); results under bench-results/
 bench: model

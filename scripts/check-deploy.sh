@@ -7,11 +7,13 @@
 #     version where they can be used;
 #   - custom resources (ScaledObject, PodMonitor, PrometheusRule): the schemas of their
 #     published CRDs, from the npm packages pinned in scripts/crd-schemas/;
+#   - the docs: every relative link and #anchor in README.md and docs/*.md resolves;
 #   - scripts/check_deploy.py: SPEC §6 wiring, Pod Security `restricted`, the drain, liveness
-#     and startup arithmetic of docs/deploy.md, replicas against PDB and autoscalers, GPU
+#     and startup arithmetic of docs/probes.md, replicas against PDB and autoscalers, GPU
 #     settings, namespaces, NetworkPolicy ports; KEDA queries through `promtool check rules`;
 #   - monitoring: `promtool check rules`, `promtool test rules` (every alert fired by one test
-#     and kept quiet by another), runbook_url anchors, the dashboard's metric names;
+#     and kept quiet by another), runbook_url anchors (a heading of docs/troubleshooting.md),
+#     the dashboard's metric names;
 #   - deploy/examples/*: rendered, each LeaderWorkerSet's two pod templates validated as Pods
 #     (kubernetes-validate has no LeaderWorkerSet schema, and no CRD package is pinned for it),
 #     wired as SPEC §6 says, and exactly what `vitals-agent inject` writes (re-injecting
@@ -39,6 +41,9 @@ py="$venv/bin/python" # PyYAML comes with kubernetes-validate
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+
+# 0. The docs: a link or #anchor that does not resolve fails (GitHub's anchor rule).
+"$py" scripts/check_deploy.py links README.md docs/*.md || fail "a link in the docs does not resolve"
 
 # Each LeaderWorkerSet document becomes two Pods, its leader's and its workers' templates
 # (a missing leaderTemplate is the workerTemplate), so the core schemas check them.
@@ -130,7 +135,7 @@ mkdir -p "$tmp/ruletests"
 cp deploy/monitoring/tests/*.test.yaml "$tmp/ruletests/"
 kubectl kustomize deploy/base >"$tmp/base.yaml"
 "$py" scripts/check_deploy.py monitoring "$tmp/monitoring.yaml" "$tmp/base.yaml" \
-  "$tmp/rules.yaml" "$tmp/ruletests" docs/deploy.md >"$tmp/monitoring-core.yaml"
+  "$tmp/rules.yaml" "$tmp/ruletests" . >"$tmp/monitoring-core.yaml"
 promtool check rules "$tmp/rules.yaml"
 (cd "$tmp/ruletests" && promtool test rules ./*.test.yaml)
 validate 1.29 "$tmp/monitoring-core.yaml"
@@ -183,7 +188,7 @@ for k in deploy/examples/*/; do
     "$agent" inject -q -f "$f" | cmp -s - "$f" ||
       fail "$f is not what vitals-agent inject writes (re-inject it: vitals-agent inject -f $f)"
   done
-  # A group's settings (docs/deploy.md, "Multi-node models"): the group recreated on any
+  # A group's settings (docs/groups.md, "LeaderWorkerSet"): the group recreated on any
   # restart, members created before the leader is Ready (a Vitals leader waits for them).
   "$py" - "$tmp/example-$name.yaml" <<'PY' || fail "$k: LeaderWorkerSet settings"
 import sys, yaml

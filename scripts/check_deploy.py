@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks on rendered manifests that schema validation cannot make: SPEC §6 wiring, API-server
-rules, Pod Security `restricted`, the timing arithmetic of docs/deploy.md, autoscaling and
-disruption consistency, monitoring cross-references and alert test coverage. Called by
+rules, Pod Security `restricted`, the timing arithmetic of docs/probes.md, autoscaling and
+disruption consistency, monitoring cross-references and alert test coverage, the docs' links. Called by
 scripts/check-deploy.sh; needs PyYAML.
 
   check_deploy.py split RENDERED CORE_OUT CRDS_JSON_OUT
@@ -16,12 +16,15 @@ scripts/check-deploy.sh; needs PyYAML.
       KEDA queries are written to QUERIES_OUT as recording rules (for promtool)
   check_deploy.py expand-lists IN OUT             writes IN with every `kind: List` replaced by its
       items (kubernetes-validate has no schema for List and would skip them)
-  check_deploy.py monitoring RENDERED BASE RULES_OUT TEST_DIR DOCS
+  check_deploy.py monitoring RENDERED BASE RULES_OUT TEST_DIR ROOT
       splits the monitoring render: writes the PrometheusRule groups to RULES_OUT (for
       `promtool check rules`) and, with annotations left out, to TEST_DIR/vitals-rules.yaml
       (for `promtool test rules`), prints the core documents on stdout, checks the PodMonitor
-      against the pods of BASE, metric names, runbook_url anchors in DOCS, and that every
-      alert has a unit test that fires it and one that must not
+      against the pods of BASE, metric names, that every alert's runbook_url is its heading
+      of ROOT/docs/troubleshooting.md, and that every alert has a unit test that fires it and
+      one that must not
+  check_deploy.py links FILE.md...                every relative link and #anchor of these
+      markdown files resolves (GitHub's anchor rule)
 """
 import json
 import re
@@ -35,20 +38,6 @@ PORT = 9180
 SOCKET_DIR = "/run/vitals"
 SOCKET = SOCKET_DIR + "/agent.sock"
 ROOT = Path(__file__).resolve().parent.parent
-# SPEC §4 (names as exposed: counters end in _total, histograms add _bucket/_sum/_count).
-METRICS = {
-    "vitals_probe_requests_total", "vitals_probe_duration_seconds", "vitals_worker_connected",
-    "vitals_worker_ready", "vitals_worker_live", "vitals_worker_phase",
-    "vitals_worker_heartbeat_age_seconds", "vitals_worker_progress_total",
-    "vitals_worker_pending", "vitals_worker_in_flight", "vitals_worker_restarts_total",
-    "vitals_worker_hangs_total", "vitals_worker_startup_seconds",
-    "vitals_worker_process_cpu_seconds_total", "vitals_worker_process_resident_memory_bytes",
-    "vitals_worker_process_threads", "vitals_protocol_errors_total",
-    "vitals_protocol_unknown_messages_total", "vitals_group_members", "vitals_group_formed",
-    "vitals_group_broken_total", "vitals_group_poll_duration_seconds",
-    "vitals_upstream_proc_watched", "vitals_upstream_scrape_errors_total",
-    "vitals_upstream_probe_duration_seconds", "vitals_upstream_probe_results_total",
-}
 POD_KINDS = {"Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"}
 CLUSTER_SCOPED = {"Namespace", "PriorityClass", "RuntimeClass", "ClusterRole", "ClusterRoleBinding"}
 # Pod Security Standards, `restricted` (kubernetes/kubernetes,
@@ -59,7 +48,7 @@ RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral"
 
 # The kubelet's restart of a crashed container waits 0 s, then 10, 20, 40 s ... (doubling,
 # at most 300 s; kubernetes/kubernetes pkg/kubelet/kuberuntime/kuberuntime_manager.go
-# doBackOff and pkg/kubelet/kubelet.go MaxContainerBackOff). docs/deploy.md, "The agent
+# doBackOff and pkg/kubelet/kubelet.go MaxContainerBackOff). docs/probes.md, "The agent
 # restarting", explains which of these the worker's liveness must outlast.
 CRASH_BACKOFF_COVERED = 40  # the 4th crash in a row
 BACKOFF_AFTER_WEDGE = 20    # a wedge right after two crashes
@@ -267,7 +256,7 @@ def probe_budget(p):
 
 
 def check_timing(where, dep):
-    """docs/deploy.md, "Timing": the drain inside the grace period, the worker's liveness
+    """docs/probes.md: the drain inside the grace period, the worker's liveness
     tolerance above the agent's worst restart, the worker's startup budget."""
     spec = dep["spec"]["template"]["spec"]
     inits = spec.get("initContainers", [])
@@ -412,28 +401,101 @@ def worker_metrics():
     return {n + "_total" if n in counters and not n.endswith("_total") else n for n in names}
 
 
+def agent_metrics():
+    """The agent's metric names, read from where it registers them
+    (agent/src/surfaces/metrics.rs), so a new series is known without a second list here."""
+    src = (ROOT / "agent/src/surfaces/metrics.rs").read_text().split("#[cfg(test)]")[0]
+    names = re.findall(r'(?:metric!\(\s*\w+,\s*|HistogramOpts::new\(\s*|opts\(\s*)"([a-z_]+)"', src)
+    return {"vitals_" + n for n in names}
+
+
 def check_expr_metrics(where, expr):
-    known = METRICS | worker_metrics()
+    known = agent_metrics() | worker_metrics()
     for m in EXPR_NAME.findall(expr):
         base = re.sub(r"_(bucket|sum|count)$", "", m)
         if m not in known and base not in known:
-            err(where, f"unknown metric {m} (neither SPEC §4 nor model-worker/src/metrics.rs)")
+            err(where, f"unknown metric {m} (registered in neither agent/src/surfaces/metrics.rs nor model-worker/src/metrics.rs)")
 
 
 def anchors(markdown):
-    """GitHub's heading anchors: lower case, punctuation dropped, spaces to dashes."""
-    out, fenced = set(), False
-    for line in markdown.splitlines():
-        if line.startswith("```"):
-            fenced = not fenced
-        m = None if fenced else re.match(r"#{1,6}\s+(.*)", line)
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to dashes; a repeated
+    heading gets -1, -2, ... (github/cmark-gfm's anchor rule, as rendered on github.com)."""
+    out, seen = set(), {}
+    for line in prose_lines(markdown):
+        m = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line[1])
         if m:
-            text = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower())
-            out.add(text.replace(" ", "-"))
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            n = seen.get(slug, 0)
+            seen[slug] = n + 1
+            out.add(slug if n == 0 else f"{slug}-{n}")
     return out
 
 
-def check_monitoring(rendered, base, rules_out, test_dir, docs_path):
+def prose_lines(markdown):
+    """(line number, line) of every line outside fenced code blocks."""
+    fence = None
+    for no, line in enumerate(markdown.splitlines(), 1):
+        m = re.match(r"\s*(```|~~~)", line)
+        if m:
+            fence = None if fence == m.group(1) else fence or m.group(1)
+            continue
+        if fence is None:
+            yield no, line
+
+
+# An inline link or image, `[text](target "title")`, or a reference definition `[x]: target`.
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)|^[ \t]*\[[^\]]+\]:[ \t]*(\S+)", re.M)
+
+
+def check_link(where, source, target):
+    """A relative link from file `source` resolves: its file exists and its #anchor is a
+    heading of the markdown file it names. Returns False (and records why) when not."""
+    if re.match(r"[a-z][a-z0-9+.-]*:", target, re.I):
+        return True  # http(s), mailto: not checked here
+    path, _, anchor = target.partition("#")
+    dest = (source.parent / path).resolve() if path else source.resolve()
+    if not dest.exists():
+        err(where, f"link {target}: {rel(dest)} does not exist")
+        return False
+    if anchor and dest.suffix == ".md" and anchor not in anchors(dest.read_text()):
+        err(where, f"link {target}: no heading #{anchor} in {rel(dest)}")
+        return False
+    return True
+
+
+def rel(path):
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def check_links(paths):
+    """Every relative link and #anchor of these markdown files (code spans and fenced blocks
+    left out) resolves. Links are found per paragraph: a link's text may wrap."""
+    n = 0
+    for p in map(Path, paths):
+        paragraphs, current = [], []
+        for no, line in prose_lines(p.read_text()):
+            if line.strip():
+                current.append((no, line))
+            elif current:
+                paragraphs.append(current)
+                current = []
+        paragraphs += [current] if current else []
+        for para in paragraphs:
+            text = "\n".join(line for _, line in para)
+            # A code span (which may wrap too) becomes blanks, keeping the line breaks.
+            text = re.sub(r"`[^`]*`", lambda m: re.sub(r"[^\n]", " ", m.group()), text)
+            for m in LINK.finditer(text):
+                n += 1
+                no = para[0][0] + text.count("\n", 0, m.start(1) if m.group(1) else m.start(2))
+                check_link(f"{rel(p)}:{no}", p, m.group(1) or m.group(2))
+    if not errors:
+        print(f"deploy-check: {n} links in {len(paths)} markdown files resolve, anchors included")
+
+
+def check_monitoring(rendered, base, rules_out, test_dir, docs_root):
     docs = load(rendered)
     core, rules, monitors = [], [], []
     for d in docs:
@@ -443,7 +505,6 @@ def check_monitoring(rendered, base, rules_out, test_dir, docs_path):
             core.append(d)
     if not rules or not monitors:
         err(rendered, "expected a PrometheusRule and a PodMonitor")
-    doc_anchors = anchors(Path(docs_path).read_text())
     groups, alerts = [], []
     for r in rules:
         for g in r["spec"]["groups"]:
@@ -458,12 +519,14 @@ def check_monitoring(rendered, base, rules_out, test_dir, docs_path):
                         err(where, "needs a summary and a description with a Runbook")
                     if "severity" not in rule.get("labels", {}):
                         err(where, "no severity label")
+                    # Each alert's runbook is its own entry of docs/troubleshooting.md.
                     url = ann.get("runbook_url", "")
-                    m = re.search(r"docs/deploy\.md#([\w-]+)$", url)
-                    if not m:
-                        err(where, f"runbook_url {url!r} does not point into docs/deploy.md")
-                    elif m.group(1) not in doc_anchors:
-                        err(where, f"runbook_url anchor #{m.group(1)} is no heading of {docs_path}")
+                    runbook = f"docs/troubleshooting.md#{rule['alert'].lower()}"
+                    if not url.endswith("/" + runbook):
+                        err(where, f"runbook_url {url!r} does not end in /{runbook}")
+                    else:
+                        # As a link from the repository's README.
+                        check_link(where, Path(docs_root) / "README.md", runbook)
     with open(rules_out, "w") as f:
         yaml.safe_dump({"groups": groups}, f, sort_keys=False)
     bare = [{**g, "rules": [{k: v for k, v in rule.items() if k != "annotations"} for rule in g["rules"]]} for g in groups]
@@ -557,6 +620,8 @@ def main(argv):
         print(f"deploy-check: {n} Vitals pod templates wired per SPEC §6", file=sys.stderr)
     elif len(argv) == 7 and argv[1] == "monitoring":
         check_monitoring(*argv[2:])
+    elif len(argv) >= 3 and argv[1] == "links":
+        check_links(argv[2:])
     else:
         print(__doc__, file=sys.stderr)
         return 2

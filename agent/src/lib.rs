@@ -3,20 +3,22 @@
 //! Prometheus' scrapes from memory, at once, whatever the workers do.
 //!
 //! State flows one way: [`sources`] (the worker socket, /proc, upstream probers) write the
-//! [`state`]; a snapshot of it is judged by [`verdict`] and rendered by the [`surfaces`]
-//! (probe port, metrics, ticker, status). Each task gets the narrow handles it needs, not a
+//! [`vitals_core::state`]; a snapshot of it is judged by [`vitals_core::verdict`] and
+//! rendered by the [`surfaces`] (probe port, metrics, ticker, status). The state and the
+//! verdicts are the pure core (the `vitals-core` crate: no I/O, no runtime); this crate is
+//! the I/O around it. Each task gets the narrow handles it needs, not a
 //! hub. [`run`] wires them; the binary and the integration tests call the same `run`.
-//! [`config`] is the one place that parses configuration; [`inject`] adds the agent to pods;
-//! [`net`] is the one outbound HTTP client (probes, scrapes, `vitals-agent status`).
+//! [`cli`] is the command line's root, [`config`] the one place that validates `run`'s
+//! settings; [`inject`] adds the agent to pods; [`net`] is the one outbound HTTP client
+//! (probes, scrapes, `vitals-agent status`).
 
 pub mod cadence;
+pub mod cli;
 pub mod config;
 pub mod inject;
 pub mod net;
 pub mod sources;
-pub mod state;
 pub mod surfaces;
-pub mod verdict;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,12 +30,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Group};
 use crate::sources::proc::{LiveProc, ProcSource};
 use crate::sources::socket::{SocketError, SocketListener};
-use crate::state::group::{GroupState, SharedGroup};
-use crate::state::registry::Registry;
-use crate::state::snapshot::{AgentHealth, GroupSource, Snapshots};
 use crate::surfaces::metrics::Metrics;
 use crate::surfaces::status::{AgentFacts, StatusSource};
 use crate::surfaces::ticker::TransitionLog;
+use vitals_core::snapshot::{AgentHealth, GroupSource, Snapshots};
+use vitals_core::state::group::{GroupState, SharedGroup};
+use vitals_core::state::registry::Registry;
 
 /// This agent's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -126,8 +128,7 @@ pub async fn run_with(
     let http = tokio::net::TcpListener::from_std(http)?;
     let unix = tokio::net::UnixListener::from_std(unix)?;
     let started_at = Instant::now();
-    let registry = Arc::new(Registry::new(&config.expect));
-    registry.set_silence(config.thresholds.hang);
+    let registry = Arc::new(Registry::new(&config.expect, config.thresholds.hang));
     registry.add_upstreams(&config.upstreams);
     let health = Arc::new(AgentHealth::new(started_at));
     let mut snapshots = Snapshots::new(
@@ -147,7 +148,7 @@ pub async fn run_with(
         )));
         snapshots = snapshots.with_group(GroupSource {
             shared: Arc::clone(&shared),
-            limits: verdict::group::GroupLimits {
+            limits: vitals_core::verdict::group::GroupLimits {
                 timeout: g.timeout,
                 lost_after: g.lost_after,
             },

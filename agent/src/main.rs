@@ -2,22 +2,24 @@
 //! runtime, and hands over to the library (`run`, `status`, `inject`, `webhook`). Exit codes: 0 ok,
 //! 1 runtime failure, 2 bad command line (clap's convention).
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-use vitals_agent::config::{Cli, Command, Config, LogFormat};
+use vitals_agent::cli::{self, Cli, Command};
+use vitals_agent::config::{Config, LogFormat};
 use vitals_agent::{inject, surfaces::status, Listeners};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let cli = Cli::parse_args(&argv).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Run(args) => match Config::try_from(*args) {
             Ok(config) => run(config),
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", cli::explain(&e, &argv));
                 return ExitCode::from(2);
             }
         },

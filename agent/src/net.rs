@@ -17,7 +17,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use crate::state::probe_result::Failure;
+use vitals_core::state::probe_result::Failure;
 
 /// The largest response head accepted; a longer one is a [`Failure::Protocol`].
 pub const HEAD_LIMIT: usize = 16 * 1024;

@@ -15,6 +15,7 @@ use common::{agent_cmd, eventually, Agent, Worker};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use vitals_e2e::pod::free_addr;
+use vitals_proto::env;
 
 fn output(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = agent_cmd();
@@ -31,7 +32,7 @@ fn bad_values_exit_non_zero_with_a_clear_message() {
         (&["run", "--hang-timeout", "10"][..], &[][..], "unit"),
         (
             &["run"],
-            &[("VITALS_STALL_TIMEOUT", "soon")][..],
+            &[(env::STALL_TIMEOUT, "soon")][..],
             "stall-timeout",
         ),
         (
@@ -42,7 +43,19 @@ fn bad_values_exit_non_zero_with_a_clear_message() {
         (&["run", "--expect", "Bad_Name"], &[], "lowercase"),
         (&["run", "--socket-mode", "999"], &[], "octal"),
         (&["run", "--log-format", "xml"], &[], "xml"),
-        (&["run"], &[("VITALS_LISTEN", "nowhere")][..], "listen"),
+        (&["run"], &[(env::LISTEN, "nowhere")][..], "listen"),
+        // A bad value from the environment names its variable, not only the flag.
+        (
+            &["run"],
+            &[(env::STALL_TIMEOUT, "soon")][..],
+            env::STALL_TIMEOUT,
+        ),
+        (&["run"], &[(env::GROUP_SIZE, "three")][..], env::GROUP_SIZE),
+        (
+            &["run"],
+            &[(env::PROC_INTERVAL, "0s")][..],
+            env::PROC_INTERVAL,
+        ),
         (&["frobnicate"], &[], "frobnicate"),
     ] {
         let out = output(args, env);
@@ -99,8 +112,8 @@ fn spawn_agent(socket: &Path, extra_env: &[(&str, &str)]) -> Running {
     let addr = free_addr();
     let mut c = agent_cmd();
     c.arg("run")
-        .env("VITALS_LISTEN", addr.to_string())
-        .env("VITALS_SOCKET", socket)
+        .env(env::LISTEN, addr.to_string())
+        .env(env::SOCKET, socket)
         .stderr(Stdio::piped());
     for (k, v) in extra_env {
         c.env(k, v);
@@ -120,10 +133,10 @@ fn env_config_sigterm_grace_exit_zero_and_socket_removed() {
     let mut agent = spawn_agent(
         &socket,
         &[
-            ("VITALS_EXPECT", "alpha,beta"),
-            ("VITALS_SHUTDOWN_GRACE", "700ms"),
-            ("VITALS_SOCKET_MODE", "0600"),
-            ("VITALS_LOG_FORMAT", "json"),
+            (env::EXPECT, "alpha,beta"),
+            (env::SHUTDOWN_GRACE, "700ms"),
+            (env::SOCKET_MODE, "0600"),
+            (env::LOG_FORMAT, "json"),
         ],
     );
     let addr = agent.addr;
@@ -179,7 +192,7 @@ fn a_stale_socket_is_replaced_and_a_live_one_refused() {
     // A second agent on the same socket must refuse to start, and leave it alone.
     let out = output(
         &["run", "--listen", "127.0.0.1:0"],
-        &[("VITALS_SOCKET", socket.to_str().unwrap())],
+        &[(env::SOCKET, socket.to_str().unwrap())],
     );
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -199,7 +212,7 @@ fn something_else_in_the_way_is_not_deleted() {
     std::fs::write(&socket, "precious").unwrap();
     let out = output(
         &["run", "--listen", "127.0.0.1:0"],
-        &[("VITALS_SOCKET", socket.to_str().unwrap())],
+        &[(env::SOCKET, socket.to_str().unwrap())],
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a socket"));
@@ -230,7 +243,7 @@ fn status_prints_a_table_and_json() {
     assert!(row.contains("fail: phase: loading"), "{table}");
     assert!(row.contains(&std::process::id().to_string()), "{table}");
     assert!(table.contains("failing checks: device: no GPU"), "{table}");
-    let out = output(&["status", "--json"], &[("VITALS_URL", url.as_str())]);
+    let out = output(&["status", "--json"], &[(env::URL, url.as_str())]);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["workers"][0]["name"], "model");
     let out = output(&["status", "--url", "http://127.0.0.1:1"], &[]);

@@ -9,7 +9,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{eventually, metric, Agent, Resp};
-use vitals_agent::config::{Config, Group, GroupConfig, MemberTarget};
+use vitals_agent::config::{Config, Group, GroupConfig};
+use vitals_core::state::group::MemberTarget;
 use vitals_e2e::member::{live, not_live, Behaviour, FakeMember};
 use vitals_proto::WorkerName;
 

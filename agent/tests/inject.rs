@@ -7,11 +7,11 @@
 mod common;
 
 use common::fixtures::{fixture_dir, inject_args};
-use vitals_agent::config::upstreams as upstream_config;
 use vitals_agent::inject::{
-    inject_documents, inject_report, InjectError, InjectOptions, Problem, AGENT_UID, UPSTREAMS_ENV,
-    VERSION,
+    inject_documents, inject_report, InjectError, InjectOptions, Problem, AGENT_UID, VERSION,
 };
+use vitals_core::upstreams as upstream_config;
+use vitals_proto::env;
 use vitals_proto::WorkerName;
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -155,7 +155,7 @@ fn every_pod_template_is_wired_as_spec_section_6_says() {
                 // A group pod's agent has no liveness probe (SPEC §11; tests/lws.rs).
                 let in_group = agent["env"].as_vec().is_some_and(|env| {
                     env.iter()
-                        .any(|e| e["name"].as_str() == Some("VITALS_GROUP_ROLE"))
+                        .any(|e| e["name"].as_str() == Some(env::GROUP_ROLE))
                 });
                 let probes: &[_] = if in_group {
                     assert!(
@@ -209,11 +209,11 @@ fn every_pod_template_is_wired_as_spec_section_6_says() {
                         .unwrap_or_else(|| panic!("{at}: worker {w}"));
                     let env = |n: &str| by_name(&c["env"], n).and_then(|e| e["value"].as_str());
                     assert_eq!(
-                        env("VITALS_AGENT_SOCKET"),
+                        env(env::AGENT_SOCKET),
                         Some("/run/vitals/agent.sock"),
                         "{at} {w}"
                     );
-                    assert_eq!(env("VITALS_NAME"), Some(*w), "{at} {w}");
+                    assert_eq!(env(env::NAME), Some(*w), "{at} {w}");
                     let mount =
                         by_name(&c["volumeMounts"], "vitals-socket").expect("worker socket mount");
                     assert_eq!(mount["mountPath"].as_str(), Some("/run/vitals"));
@@ -255,7 +255,7 @@ fn every_pod_template_is_wired_as_spec_section_6_says() {
 /// probes are untouched; `POD_IP` comes from the downward API; the agent runs as its UID.
 fn check_upstreams(at: &str, agent: &Yaml, spec: &Yaml, workers: &[&str]) {
     let env = |n: &str| by_name(&agent["env"], n).cloned();
-    let pod_ip = env("POD_IP").unwrap_or_else(|| panic!("{at}: agent without POD_IP"));
+    let pod_ip = env(env::POD_IP).unwrap_or_else(|| panic!("{at}: agent without POD_IP"));
     assert_eq!(
         pod_ip["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
         Some("status.podIP"),
@@ -273,9 +273,9 @@ fn check_upstreams(at: &str, agent: &Yaml, spec: &Yaml, workers: &[&str]) {
         .iter()
         .map(|w| WorkerName::parse(*w).expect("worker name"))
         .collect();
-    let json = env(UPSTREAMS_ENV).and_then(|e| e["value"].as_str().map(str::to_string));
+    let json = env(env::UPSTREAMS).and_then(|e| e["value"].as_str().map(str::to_string));
     let specs = match &json {
-        Some(text) => upstream_config::parse(text, &expect)
+        Some(text) => upstream_config::parse(text, &expect, |_| None)
             .unwrap_or_else(|e| panic!("{at}: the agent refuses inject's upstreams: {e}")),
         None => Vec::new(),
     };
@@ -306,7 +306,7 @@ fn check_upstreams(at: &str, agent: &Yaml, spec: &Yaml, workers: &[&str]) {
             }
             let u = upstream.unwrap_or_else(|| panic!("{at}: {name} has {key} but is no upstream"));
             // In a group, inject gives a container without liveness one on the agent (SPEC §9).
-            let added_for_group = env("VITALS_GROUP_ROLE").is_some() && key == "livenessProbe";
+            let added_for_group = env(env::GROUP_ROLE).is_some() && key == "livenessProbe";
             assert_eq!(
                 p["httpGet"]["path"].as_str(),
                 Some(format!("/{path}/{name}").as_str()),
@@ -623,6 +623,50 @@ fn container_choice_errors_are_clear() {
     assert!(e.to_string().contains("port 9180"), "{e}");
 }
 
+/// A probe already on the agent takes its original back from the agent's upstreams; when
+/// they have no entry for its container (the agent's env edited, the container taken out of
+/// `vitals.dev/workers`), the original is lost, and inject says so instead of leaving a
+/// probe the agent answers 404 (vLLM) or, in a group pod, passes without looking (the LWS
+/// leader's readiness, its tcpSocket on vLLM's port gone).
+#[test]
+fn a_probe_on_the_agent_whose_original_is_lost_is_refused() {
+    for (name, container, probes) in [
+        (
+            "vllm-deployment.in.yaml",
+            "vllm",
+            "startupProbe, livenessProbe, readinessProbe",
+        ),
+        (
+            "lws-vllm.in.yaml",
+            "vllm-leader",
+            "livenessProbe, readinessProbe",
+        ),
+    ] {
+        let injected = inject(&fixture(name), &[]);
+        // The first agent's upstreams env (its name line and its value line) taken out.
+        let at = injected
+            .find(&format!("- name: {}\n", env::UPSTREAMS))
+            .expect("an upstreams env");
+        let end = at
+            + injected[at..]
+                .match_indices('\n')
+                .nth(1)
+                .expect("its value")
+                .0
+            + 1;
+        let start = injected[..at].rfind('\n').map_or(0, |i| i + 1);
+        let edited = format!("{}{}", &injected[..start], &injected[end..]);
+        let e = error_of(&edited, &options(&[]));
+        eprintln!("{name}: {e}");
+        assert!(
+            matches!(&e, InjectError::Workload {
+                problem: Problem::OriginalProbeUnknown { container: c, probes: p }, ..
+            } if c == container && p == probes),
+            "{name}: {e}"
+        );
+    }
+}
+
 #[test]
 fn the_binary_writes_nothing_on_error_and_everything_on_success() {
     let bad = fixture_dir().join("err-unparsable.yaml");
@@ -701,9 +745,9 @@ fn upstreams_of(out: &str) -> (serde_json::Value, Yaml) {
         .find(|spec| by_name(&spec["initContainers"], "vitals-agent").is_some())
         .expect("an injected pod template");
     let agent = by_name(&spec["initContainers"], "vitals-agent").expect("agent");
-    let json = by_name(&agent["env"], UPSTREAMS_ENV)
+    let json = by_name(&agent["env"], env::UPSTREAMS)
         .and_then(|e| e["value"].as_str())
-        .expect("VITALS_UPSTREAMS");
+        .expect(env::UPSTREAMS);
     (serde_json::from_str(json).expect("JSON"), spec)
 }
 
@@ -914,9 +958,9 @@ fn a_single_container_is_a_worker_only_when_named() {
         "named port resolved"
     );
     let c = by_name(&spec["containers"], "embeddings").expect("container");
-    assert!(by_name(&c["env"], "VITALS_NAME").is_none());
+    assert!(by_name(&c["env"], env::NAME).is_none());
     let worker = inject(&one, &["--container".into(), "embeddings".into()]);
-    assert!(worker.contains("--expect=embeddings") && !worker.contains(UPSTREAMS_ENV));
+    assert!(worker.contains("--expect=embeddings") && !worker.contains(env::UPSTREAMS));
 }
 
 #[test]
@@ -931,11 +975,11 @@ fn a_custom_metrics_object_survives_reinjection() {
         .flat_map(pod_templates)
         .find_map(|(_, _, spec)| {
             let agent = by_name(&spec["initContainers"], "vitals-agent")?;
-            by_name(&agent["env"], UPSTREAMS_ENV)?["value"]
+            by_name(&agent["env"], env::UPSTREAMS)?["value"]
                 .as_str()
                 .map(str::to_string)
         })
-        .expect("VITALS_UPSTREAMS");
+        .expect(env::UPSTREAMS);
     let edited = out.replace(
         &serde_json::to_string(&written).expect("quoted"),
         &serde_json::to_string(&custom.to_string()).expect("quoted"),
@@ -969,7 +1013,7 @@ fn agent_liveness_probes() -> Vec<(String, Yaml)> {
 /// Issue 21 item 1: the agent is never the reason a model restarts. While the agent is down
 /// its port refuses and every probe fails; an outage of D seconds fails at most
 /// floor(D/period)+1 probes, so a probe tolerates any outage under (failureThreshold − 1) ×
-/// period. The agent's worst restart is 43 s (docs/deploy.md, "The agent restarting": a
+/// period. The agent's worst restart is 43 s (docs/probes.md, "The agent restarting": a
 /// wedge detected in 16 s, killed in 5 s thanks to its probe-level grace, 20 s back-off, 2 s
 /// to start); deploy/base's 5 s × 12 tolerates 55 s.
 #[test]
@@ -1234,7 +1278,7 @@ fn a_leader_worker_set_gets_a_leader_and_members() {
     let env_of = |spec: &Yaml, name: &str| by_name(&agent_of(spec)["env"], name).cloned();
     let (leader, worker) = (&templates[0].2, &templates[1].2);
     assert_eq!(
-        env_of(leader, "VITALS_GROUP_ROLE").map(|e| e["value"].clone()),
+        env_of(leader, env::GROUP_ROLE).map(|e| e["value"].clone()),
         Some(Yaml::String("leader".into()))
     );
     let field = |e: Option<Yaml>| {
@@ -1245,22 +1289,22 @@ fn a_leader_worker_set_gets_a_leader_and_members() {
         })
     };
     assert_eq!(
-        field(env_of(leader, "VITALS_GROUP_SIZE")).as_deref(),
+        field(env_of(leader, env::GROUP_SIZE)).as_deref(),
         Some("metadata.annotations['leaderworkerset.sigs.k8s.io/size']")
     );
     assert_eq!(
-        field(env_of(leader, "VITALS_GROUP_POD_NAME")).as_deref(),
+        field(env_of(leader, env::GROUP_POD_NAME)).as_deref(),
         Some("metadata.name")
     );
     assert_eq!(
-        field(env_of(leader, "VITALS_GROUP_SUBDOMAIN")).as_deref(),
+        field(env_of(leader, env::GROUP_SUBDOMAIN)).as_deref(),
         Some("metadata.labels['leaderworkerset.sigs.k8s.io/name']")
     );
     assert_eq!(
-        env_of(worker, "VITALS_GROUP_ROLE").map(|e| e["value"].clone()),
+        env_of(worker, env::GROUP_ROLE).map(|e| e["value"].clone()),
         Some(Yaml::String("member".into()))
     );
-    assert!(env_of(worker, "VITALS_GROUP_SIZE").is_none());
+    assert!(env_of(worker, env::GROUP_SIZE).is_none());
     // The leader's model container: probes on the agent, a liveness for group_broken.
     let vllm = by_name(&leader["containers"], "vllm-leader").expect("leader");
     assert_eq!(
@@ -1272,7 +1316,7 @@ fn a_leader_worker_set_gets_a_leader_and_members() {
         Some("/livez/vllm-leader")
     );
     // The worker's headless container: only its process in the config, a liveness probe.
-    let json = env_of(worker, UPSTREAMS_ENV).expect("upstreams")["value"]
+    let json = env_of(worker, env::UPSTREAMS).expect("upstreams")["value"]
         .as_str()
         .expect("text")
         .to_string();
@@ -1294,7 +1338,7 @@ fn a_leader_worker_set_gets_a_leader_and_members() {
         ),
         (Some(10), Some(7))
     );
-    let specs = upstream_config::parse(&json, &[]).expect("the agent accepts it");
+    let specs = upstream_config::parse(&json, &[], |_| None).expect("the agent accepts it");
     assert!(specs[0].probes.is_empty() && specs[0].process.is_some());
 
     // Without a leaderTemplate, LWS runs the workerTemplate for the leader: inject copies
@@ -1309,7 +1353,7 @@ fn a_leader_worker_set_gets_a_leader_and_members() {
     let report = inject_report(&no_leader, &InjectOptions::default()).expect("inject");
     let templates = pod_templates(&docs(&report.output)[0]);
     assert_eq!(
-        env_of(&templates[0].2, "VITALS_GROUP_ROLE").map(|e| e["value"].clone()),
+        env_of(&templates[0].2, env::GROUP_ROLE).map(|e| e["value"].clone()),
         Some(Yaml::String("leader".into()))
     );
     assert!(
@@ -1340,7 +1384,7 @@ fn kubelet_restarts(period: u64, failures: u64, phase: u64, outage: (u64, u64)) 
 }
 
 /// Issue 21 item 1, the way e2e s12 tests protocol workers, on inject's own output: the
-/// agent's worst restart (43 s, docs/deploy.md "The agent restarting") and three crashes
+/// agent's worst restart (43 s, docs/probes.md "The agent restarting") and three crashes
 /// back to back (36 s), at every phase of the probe schedule, never make the kubelet
 /// restart a model whose liveness inject pointed at the agent; vLLM's usual 10 s × 3 as
 /// it was before injection would have been restarted.

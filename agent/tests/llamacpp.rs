@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 use common::{eventually, metric, Agent};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use vitals_agent::config::upstreams::parse_with_env;
 use vitals_agent::config::Config;
+use vitals_core::upstreams::parse;
 use vitals_e2e::client;
 use vitals_e2e::fake_vllm::{serve_llamacpp, LlamaOptions};
 use vitals_e2e::pod::free_addr;
+use vitals_proto::env;
 
 const KEY: &str = "s3cret-llama-key";
 
@@ -68,7 +69,7 @@ fn with_llama(port: u16, metrics: &'static str) -> impl FnOnce(&mut Config) {
     move |c: &mut Config| {
         common::fast(c);
         let env = |name: &str| (name == "LLAMA_API_KEY").then(|| KEY.to_owned());
-        c.upstreams = parse_with_env(&upstreams_json(port, metrics), &c.expect, env)
+        c.upstreams = parse(&upstreams_json(port, metrics), &c.expect, env)
             .unwrap()
             .into_iter()
             .map(Arc::new)
@@ -177,10 +178,7 @@ fn a_refused_scrape_is_logged_once_and_the_secret_never() {
         ])
         .arg("--socket")
         .arg(dir.path().join("agent.sock"))
-        .env(
-            "VITALS_UPSTREAMS",
-            upstreams_json(llama.addr.port(), WITH_KEY),
-        )
+        .env(env::UPSTREAMS, upstreams_json(llama.addr.port(), WITH_KEY))
         .env("LLAMA_API_KEY", wrong)
         .env("RUST_LOG", "debug")
         .stdout(Stdio::null())

@@ -18,6 +18,7 @@ use vitals_agent::config::{Config, Group, RunArgs};
 use vitals_agent::inject::webhook::Outcome;
 use vitals_agent::inject::{inject_documents, inject_report, InjectError, InjectOptions, Problem};
 use vitals_e2e::{apiserver, lws};
+use vitals_proto::env;
 use yaml_rust2::YamlLoader;
 
 /// The agent's largest peak resident memory under the benches (docs/benchmarks.md, "Memory
@@ -95,7 +96,7 @@ fn group_config(pod: &Value) -> Group {
                 flag.to_lowercase().replace('_', "-")
             ));
         }
-        if name == vitals_agent::config::POD_NAMESPACE_ENV {
+        if name == env::POD_NAMESPACE {
             argv.push(format!("--pod-namespace={value}"));
         }
     }
@@ -149,8 +150,8 @@ fn lws_pods_get_their_group_from_what_lws_wrote_on_them() {
     let get = |env: &[(String, String)], k: &str| {
         env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
     };
-    assert_eq!(get(&env, "VITALS_GROUP_ROLE").as_deref(), Some("leader"));
-    assert_eq!(get(&env, "VITALS_GROUP_SIZE").as_deref(), Some("3"));
+    assert_eq!(get(&env, env::GROUP_ROLE).as_deref(), Some("leader"));
+    assert_eq!(get(&env, env::GROUP_SIZE).as_deref(), Some("3"));
     // A member whose only workload is a headless Ray worker: injected, its process watched.
     let worker = admit(&workers[0], &options());
     eprintln!(
@@ -159,9 +160,9 @@ fn lws_pods_get_their_group_from_what_lws_wrote_on_them() {
     );
     assert_eq!(worker.outcome, Outcome::Injected, "{:?}", worker.warnings);
     let env = agent_env(&worker.pod);
-    assert_eq!(get(&env, "VITALS_GROUP_ROLE").as_deref(), Some("member"));
+    assert_eq!(get(&env, env::GROUP_ROLE).as_deref(), Some("member"));
     let upstreams: Value =
-        serde_json::from_str(&get(&env, "VITALS_UPSTREAMS").expect("upstreams")).unwrap();
+        serde_json::from_str(&get(&env, env::UPSTREAMS).expect("upstreams")).unwrap();
     assert!(
         upstreams["vllm-worker"]["process"].is_object(),
         "{upstreams}"

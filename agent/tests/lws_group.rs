@@ -37,6 +37,7 @@ use vitals_e2e::fake_vllm::FakeVllm;
 use vitals_e2e::pod::{free_addr, AgentOptions, Pod, WorkerOptions};
 use vitals_e2e::report::report_line;
 use vitals_e2e::{bins, lws, prom, slots, wait};
+use vitals_proto::env;
 
 /// The port the webhook points every rewritten probe at.
 const AGENT_PORT: u16 = 9180;
@@ -114,8 +115,8 @@ fn command(pod: &Value, name: &str) -> Vec<String> {
 fn agent_pod(name: &str, admitted: &Value, more: &[String], cgroup: Option<Arc<Cgroup>>) -> Pod {
     let env = agent_env(admitted);
     let mut extra_args = vec![
-        format!("--upstreams={}", env_value(&env, "VITALS_UPSTREAMS")),
-        format!("--group-role={}", env_value(&env, "VITALS_GROUP_ROLE")),
+        format!("--upstreams={}", env_value(&env, env::UPSTREAMS)),
+        format!("--group-role={}", env_value(&env, env::GROUP_ROLE)),
     ];
     extra_args.extend(more.iter().cloned());
     let options = AgentOptions {
@@ -185,9 +186,9 @@ impl LwsGroup {
         let (leader_spec, worker_spec) = (injected(&leader_pod), injected(&worker_pod));
         let leader_env = agent_env(&leader_spec);
         for (name, want) in [
-            ("VITALS_GROUP_SIZE", "2"),
-            ("VITALS_GROUP_POD_NAME", "vllm-0"),
-            ("POD_NAMESPACE", "ml"),
+            (env::GROUP_SIZE, "2"),
+            (env::GROUP_POD_NAME, "vllm-0"),
+            (env::POD_NAMESPACE, "ml"),
         ] {
             assert_eq!(env_value(&leader_env, name), want, "{name}");
         }
@@ -454,10 +455,13 @@ fn a_leader_restart_under_lws_restart_policy_none_forms_the_group_again_without_
 
     // The leader saw its own vLLM restart: the group forms again from scratch (its
     // readiness says vLLM's own 503 while vLLM loads, `group: forming` once it is ready).
-    let forming = wait::eventually("the group forming again", Duration::from_secs(10), || {
+    let forming = wait::until("the group forming again", Duration::from_secs(10), || {
         let s = g.leader.status()["group"].clone();
-        (s["resets"] == 1 && s["members"][0]["recorded"]["ray"].is_null())
-            .then(|| g.leader.timeline.now())
+        if s["resets"] == 1 && s["members"][0]["recorded"]["ray"].is_null() {
+            Ok(g.leader.timeline.now())
+        } else {
+            Err(s)
+        }
     });
     // The member's Ray worker exits after its head went; the kubelet restarts it.
     let old_ray = g.ray.pid();

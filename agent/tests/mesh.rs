@@ -14,11 +14,12 @@ use std::time::Duration;
 use common::review::{admit, Admitted};
 use common::yaml::yaml_to_json;
 use serde_json::{json, Value};
-use vitals_agent::config::upstreams::{self, Action, ProbeKind, UpstreamSpec};
 use vitals_agent::inject::webhook::Outcome;
-use vitals_agent::inject::{inject_documents, InjectOptions, AGENT_CONTAINER, UPSTREAMS_ENV};
+use vitals_agent::inject::{inject_documents, InjectOptions, AGENT_CONTAINER};
+use vitals_core::upstreams::{self, Action, ProbeKind, UpstreamSpec};
 use vitals_e2e::mesh::{vllm_pod, Istio, Linkerd, ISTIO_STATUS_PORT};
 use vitals_e2e::{apiserver, lws};
+use vitals_proto::env::UPSTREAMS as UPSTREAMS_ENV;
 use yaml_rust2::YamlLoader;
 
 fn options() -> InjectOptions {
@@ -74,7 +75,7 @@ fn agent_upstreams(pod: &Value) -> BTreeMap<String, UpstreamSpec> {
         .find(|e| e["name"] == UPSTREAMS_ENV)
         .and_then(|e| e["value"].as_str())
         .expect("the agent has upstreams");
-    upstreams::parse(text, &[])
+    upstreams::parse(text, &[], |_| None)
         .expect("the agent accepts what inject wrote")
         .into_iter()
         .map(|u| (u.name.as_str().to_string(), u))

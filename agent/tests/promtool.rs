@@ -5,8 +5,8 @@
 mod common;
 
 use common::{eventually, metric, Agent, Worker};
-use vitals_agent::config::upstreams::parse;
 use vitals_agent::config::Config;
+use vitals_core::upstreams::parse;
 use vitals_proto::WorkerName;
 
 #[test]
@@ -20,7 +20,7 @@ fn metrics_pass_promtool_check() {
         let json = format!(
             r#"{{"srv": {{"startupProbe": {{"httpGet": {{"port": {port}}}}}, "metrics": "vllm", "canary": {{}}}}}}"#
         );
-        c.upstreams = parse(&json, &c.expect)
+        c.upstreams = parse(&json, &c.expect, |_| None)
             .unwrap()
             .into_iter()
             .map(std::sync::Arc::new)

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{eventually, metric, Agent};
-use vitals_agent::config::upstreams::parse;
 use vitals_agent::config::Config;
+use vitals_core::upstreams::parse;
 
 /// A tiny model server: `/health` answers `code` after `delay_ms`; `/metrics` says
 /// `running` requests are running and `work` iterations were done; `health_asked` keeps
@@ -109,7 +109,7 @@ fn with_upstream_on(port: u16, host: Option<&str>) -> impl FnOnce(&mut Config) {
                         "readinessProbe": {{"httpGet": {{"path": "/health", "port": {port}{host}}}, "periodSeconds": 1}},
                         "metrics": "vllm"}}}}"#
         );
-        c.upstreams = parse(&json, &c.expect)
+        c.upstreams = parse(&json, &c.expect, |_| None)
             .unwrap()
             .into_iter()
             .map(Arc::new)
@@ -247,7 +247,9 @@ fn assert_stall_seen(agent: &Agent, server: &Server) {
 #[test]
 fn the_default_listen_address_serves_ipv6_and_ipv4() {
     // Issue 21 item 4: IPv6-only clusters probe the pod's IPv6 address.
-    let default = Config::defaults().listen;
+    let default = Config::defaults()
+        .expect("the built-in defaults are valid")
+        .listen;
     let agent = Agent::start(|c| c.listen = std::net::SocketAddr::new(default.ip(), 0));
     for ip in ["::1", "127.0.0.1"] {
         let addr = std::net::SocketAddr::new(ip.parse().unwrap(), agent.addr.port());

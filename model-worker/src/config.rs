@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use vitals_proto::{WorkerName, DEFAULT_SOCKET};
+use vitals_proto::{env, WorkerName, DEFAULT_SOCKET};
 
 use crate::model::device::DeviceSpec;
 
@@ -25,66 +25,66 @@ const DEFAULT_MODEL_DIR: &str = "models/all-MiniLM-L6-v2";
 pub struct Args {
     /// Model folder in sentence-transformers layout (config.json, model.safetensors,
     /// tokenizer.json, modules.json, 1_Pooling/config.json).
-    #[arg(long, env = "VITALS_MODEL_DIR", default_value = DEFAULT_MODEL_DIR)]
+    #[arg(long, env = env::MODEL_DIR, default_value = DEFAULT_MODEL_DIR)]
     pub model_dir: PathBuf,
     /// auto (CUDA when built with it and present, else CPU), cpu, cuda or cuda:N.
-    #[arg(long, env = "VITALS_DEVICE", default_value = "auto")]
+    #[arg(long, env = env::DEVICE, default_value = "auto")]
     pub device: DeviceSpec,
     /// HTTP address for the API.
-    #[arg(long, env = "VITALS_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = env::LISTEN, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     /// The agent's Unix socket; the worker runs (and keeps retrying quietly) without one.
-    #[arg(long, env = "VITALS_AGENT_SOCKET", default_value = DEFAULT_SOCKET)]
+    #[arg(long, env = env::AGENT_SOCKET, default_value = DEFAULT_SOCKET)]
     pub agent_socket: PathBuf,
     /// This worker's name in the agent (the container's name).
-    #[arg(long, env = "VITALS_NAME", default_value = "model")]
+    #[arg(long, env = env::NAME, default_value = "model")]
     pub name: String,
     /// Most texts in one forward pass.
-    #[arg(long, env = "VITALS_MAX_BATCH_SIZE", default_value_t = 32)]
+    #[arg(long, env = env::MAX_BATCH_SIZE, default_value_t = 32)]
     pub max_batch_size: usize,
     /// Most tokens in one forward pass, as the backend computes them: on the CPU (packed)
     /// the sum of the texts' lengths, on a GPU (padded attention) rows × longest text.
-    #[arg(long, env = "VITALS_MAX_BATCH_TOKENS", default_value_t = 4096)]
+    #[arg(long, env = env::MAX_BATCH_TOKENS, default_value_t = 4096)]
     pub max_batch_tokens: usize,
     /// How long a partly filled batch waits for more work before running.
-    #[arg(long, env = "VITALS_BATCH_LINGER", default_value = "2ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = env::BATCH_LINGER, default_value = "2ms", value_parser = humantime::parse_duration)]
     pub batch_linger: Duration,
     /// Most requests queued for the model; beyond it requests get 429.
-    #[arg(long, env = "VITALS_MAX_QUEUE", default_value_t = 1024)]
+    #[arg(long, env = env::MAX_QUEUE, default_value_t = 1024)]
     pub max_queue: usize,
     /// Most texts in one request (413 beyond).
-    #[arg(long, env = "VITALS_MAX_INPUTS", default_value_t = 2048)]
+    #[arg(long, env = env::MAX_INPUTS, default_value_t = 2048)]
     pub max_inputs: usize,
     /// Most characters over all texts of one request (413 beyond).
-    #[arg(long, env = "VITALS_MAX_REQUEST_CHARS", default_value_t = 1_000_000)]
+    #[arg(long, env = env::MAX_REQUEST_CHARS, default_value_t = 1_000_000)]
     pub max_request_chars: usize,
     /// After SIGTERM, how long new requests are still accepted (readiness already failing)
     /// while endpoints and load balancers stop routing here. Keep
     /// terminationGracePeriodSeconds above drain delay + drain timeout + a margin.
-    #[arg(long, env = "VITALS_DRAIN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = env::DRAIN_DELAY, default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_delay: Duration,
     /// After the drain delay, how long queued and running requests may take before exiting.
-    #[arg(long, env = "VITALS_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = env::DRAIN_TIMEOUT, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
     /// How often the reporter sends a heartbeat to the agent.
-    #[arg(long, env = "VITALS_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = env::HEARTBEAT_INTERVAL, default_value = "1s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
     /// CPU threads for candle's matrix products (default: available cores).
-    #[arg(long, env = "VITALS_THREADS")]
+    #[arg(long, env = env::THREADS)]
     pub threads: Option<usize>,
     /// Log format on stderr.
-    #[arg(long, env = "VITALS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// Enables `POST /debug/fault` and the `--fault-*` start-up options. Tests only.
-    #[arg(long, env = "VITALS_ENABLE_FAULT_INJECTION")]
+    #[arg(long, env = env::ENABLE_FAULT_INJECTION)]
     pub enable_fault_injection: bool,
     /// Fault: loading takes this long, with progress moving all along.
-    #[arg(long, env = "VITALS_FAULT_SLOW_LOAD", value_parser = humantime::parse_duration, requires = "enable_fault_injection")]
+    #[arg(long, env = env::FAULT_SLOW_LOAD, value_parser = humantime::parse_duration, requires = "enable_fault_injection")]
     pub fault_slow_load: Option<Duration>,
     /// Fault: loading stops part-way (progress frozen) and never finishes.
     #[arg(
         long,
-        env = "VITALS_FAULT_STUCK_LOAD",
+        env = env::FAULT_STUCK_LOAD,
         requires = "enable_fault_injection"
     )]
     pub fault_stuck_load: bool,
@@ -168,6 +168,16 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl ConfigError {
+    /// The flag at fault (its long name, without `--`).
+    pub fn flag(&self) -> &'static str {
+        match self {
+            Self::Name(_) => "name",
+            Self::Limit { flag, .. } => flag.trim_start_matches("--"),
+        }
+    }
 }
 
 impl Config {

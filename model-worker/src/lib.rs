@@ -130,7 +130,7 @@ pub async fn run(
     Ok(())
 }
 
-/// The drain, from the moment `shutdown` is cancelled (SPEC §2 `draining`):
+/// The drain, from the moment `shutdown` is cancelled (SPEC §1 `draining`):
 /// 1. report `draining` at once: the agent fails readiness, so endpoints stop routing here;
 /// 2. keep admitting new requests for `drain_delay`, while kube-proxy and ingresses catch up;
 /// 3. refuse new requests (503 `draining`) and wait until the queue is empty (woken by the

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory as _, Parser as _};
 use tokio_util::sync::CancellationToken;
 use vitals_worker::config::{Args, Config, LogFormat};
 
@@ -16,12 +16,18 @@ use vitals_worker::config::{Args, Config, LogFormat};
 const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(250);
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let argv: Vec<_> = std::env::args_os().collect();
+    let args = Args::try_parse_from(&argv)
+        .map_err(|e| vitals_proto::env::name_the_variable(e, &Args::command(), &argv))
+        .unwrap_or_else(|e| e.exit());
     init_tracing(args.log_format);
     let config = match Config::from_args(args) {
         Ok(config) => config,
         Err(e) => {
-            tracing::error!("invalid configuration: {e}");
+            let message = format!("invalid configuration: {e}");
+            let message =
+                vitals_proto::env::with_variable(message, &Args::command(), &argv, Some(e.flag()));
+            tracing::error!("{message}");
             return ExitCode::from(2);
         }
     };

@@ -1,6 +1,6 @@
 //! Accuracy against sentence-transformers: the committed reference (made by
 //! scripts/make-reference.py, see docs/accuracy.md) must be matched to cosine ≥ 0.9999
-//! for every text, one at a time and in one padded batch. Without the model (`make model`)
+//! for every text, one at a time and in one batch. Without the model (`make model`)
 //! the test fails.
 
 use candle_core::Device;

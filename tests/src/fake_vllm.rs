@@ -1104,16 +1104,9 @@ mod tests {
     #[test]
     fn keeps_a_connection_open_like_uvicorn_unless_asked_to_close() {
         use std::io::Read;
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        std::thread::spawn(move || {
-            serve(
-                listener,
-                VllmOptions {
-                    load_for: Some(Duration::ZERO),
-                    ..VllmOptions::default()
-                },
-            )
+        let addr = start_vllm(VllmOptions {
+            load_for: Some(Duration::ZERO),
+            ..VllmOptions::default()
         });
         let mut conn = TcpStream::connect(addr).expect("connect");
         conn.set_read_timeout(Some(Duration::from_secs(2)))
@@ -1156,9 +1149,7 @@ mod tests {
 
     #[test]
     fn loads_works_and_hangs_with_health_still_ok() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        std::thread::spawn(move || serve(listener, VllmOptions::default()));
+        let addr = start_vllm(VllmOptions::default());
         let health = || {
             client::get(addr, "/health", Duration::from_secs(2))
                 .expect("health")
@@ -1220,18 +1211,11 @@ mod tests {
 
     #[test]
     fn llamacpp_metrics_come_from_the_engine_loop_and_want_the_key() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        std::thread::spawn(move || {
-            serve_llamacpp(
-                listener,
-                LlamaOptions {
-                    api_key: Some("k".into()),
-                    counter_base: 123_456_789,
-                    load_for: Some(Duration::ZERO),
-                    ..LlamaOptions::default()
-                },
-            )
+        let addr = start_llamacpp(LlamaOptions {
+            api_key: Some("k".into()),
+            counter_base: 123_456_789,
+            load_for: Some(Duration::ZERO),
+            ..LlamaOptions::default()
         });
         let t = Duration::from_secs(2);
         let metrics = |auth: &[(&str, &str)], timeout| {
@@ -1265,9 +1249,18 @@ mod tests {
     }
 
     fn start_vllm(options: VllmOptions) -> SocketAddr {
+        on_loopback(move |listener| serve(listener, options))
+    }
+
+    fn start_llamacpp(options: LlamaOptions) -> SocketAddr {
+        on_loopback(move |listener| serve_llamacpp(listener, options))
+    }
+
+    /// Runs `server` on a thread, listening on a free loopback port; its address.
+    fn on_loopback(server: impl FnOnce(TcpListener) + Send + 'static) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
-        std::thread::spawn(move || serve(listener, options));
+        std::thread::spawn(move || server(listener));
         addr
     }
 
@@ -1362,18 +1355,11 @@ mod tests {
     #[test]
     fn llamacpp_metrics_wake_it_before_pr_27376_and_a_snapshot_after() {
         for snapshot in [false, true] {
-            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            std::thread::spawn(move || {
-                serve_llamacpp(
-                    listener,
-                    LlamaOptions {
-                        load_for: Some(Duration::ZERO),
-                        sleep_idle: Some(Duration::from_millis(200)),
-                        metrics_snapshot: snapshot,
-                        ..LlamaOptions::default()
-                    },
-                )
+            let addr = start_llamacpp(LlamaOptions {
+                load_for: Some(Duration::ZERO),
+                sleep_idle: Some(Duration::from_millis(200)),
+                metrics_snapshot: snapshot,
+                ..LlamaOptions::default()
             });
             let asleep = || {
                 client::get(addr, "/props", Duration::from_secs(2))

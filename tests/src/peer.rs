@@ -1,4 +1,4 @@
-//! Fake peers speaking the Vitals worker protocol (SPEC §3) over the agent's Unix socket:
+//! Fake peers speaking the Vitals worker protocol (SPEC §1) over the agent's Unix socket:
 //!
 //! - [`Worker`]: a scripted worker in this process writing raw lines, so a test can also send
 //!   what no real worker would (garbage, huge lines, a second hello);

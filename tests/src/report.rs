@@ -18,7 +18,7 @@ use crate::pod::append;
 ///
 /// # Panics
 /// When `sorted` is empty.
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
     assert!(!sorted.is_empty(), "a percentile of no samples");
     let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]

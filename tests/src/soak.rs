@@ -1,5 +1,6 @@
 //! A seeded fault soak over the real binaries (`make soak`; a 60 s run is part of
-//! `make test`): one agent, two protocol workers and two fake vLLMs as separate processes,
+//! `make test`): one agent, two protocol workers and three fake vLLMs (one idle, with a canary) as separate
+//! processes,
 //! faults that overlap across targets and hit the agent itself, every path probed
 //! kubelet-style at 10 Hz, and a judge that compares what the agent said with what was done.
 //!

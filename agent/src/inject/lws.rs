@@ -23,8 +23,12 @@
 //!   cut the group key, so in that one case only a pod can say it: the webhook writes the
 //!   value LWS's webhook put there (it runs first, and a pod's subdomain never changes).
 
+use super::group::{GroupRole, GroupWiring, SubdomainSource};
 use super::yaml::{Map, Node};
-use super::{Group, GroupRole, Problem, SubdomainSource};
+use super::Problem;
+
+/// The API group of LeaderWorkerSet (SPEC §9).
+pub(super) const API_GROUP: &str = "leaderworkerset.x-k8s.io";
 
 /// The group's pod count, leader included (api/leaderworkerset/v1/leaderworkerset_types.go,
 /// `SizeAnnotationKey`).
@@ -73,7 +77,7 @@ pub(super) fn facts_of_spec(doc: &mut Map, notes: &mut Vec<String>, workload: &s
     };
     if spec.get_str("startupPolicy") == Some("LeaderReady") {
         notes.push(format!(
-            "{workload}: warning: startupPolicy LeaderReady creates the workers only once the leader is Ready, and a Vitals leader is Ready only once its group formed: the group never starts; use LeaderCreated (docs/deploy.md, \"Multi-node models\")"
+            "{workload}: warning: startupPolicy LeaderReady creates the workers only once the leader is Ready, and a Vitals leader is Ready only once its group formed: the group never starts; use LeaderCreated (docs/groups.md, \"LeaderWorkerSet\")"
         ));
     }
     if let Some(lwt) = spec
@@ -101,7 +105,7 @@ pub(super) fn facts_of_spec(doc: &mut Map, notes: &mut Vec<String>, workload: &s
 /// The group of one pod as LWS's pod webhook (which runs before ours: SPEC §11) left it:
 /// `None` outside a LeaderWorkerSet (no `name` label); the leader when `worker-index` is
 /// `"0"` (pod_utils.go, LeaderPod), a member otherwise.
-pub(super) fn group_of_pod(pod: &Map) -> Result<Option<Group>, Problem> {
+pub(super) fn group_of_pod(pod: &Map) -> Result<Option<GroupWiring>, Problem> {
     let meta = pod.get("metadata").and_then(Node::as_map);
     let of = |field: &str, key: &str| {
         meta.and_then(|m| m.get(field))
@@ -135,7 +139,7 @@ pub(super) fn group_of_pod(pod: &Map) -> Result<Option<Group>, Problem> {
             SubdomainSource::Admitted(admitted.to_string())
         }
     };
-    Ok(Some(Group { role, subdomain }))
+    Ok(Some(GroupWiring { role, subdomain }))
 }
 
 #[cfg(test)]
@@ -145,7 +149,7 @@ mod tests {
     use serde_json::json;
 
     /// The group of a pod given as JSON (a YAML flow mapping).
-    fn group(pod: serde_json::Value) -> Result<Option<Group>, Problem> {
+    fn group(pod: serde_json::Value) -> Result<Option<GroupWiring>, Problem> {
         match yaml::parse_document(&pod.to_string()) {
             Ok(Some(Node::Map(m))) => group_of_pod(&m),
             other => panic!("{pod} does not parse as a mapping: {other:?}"),

@@ -41,9 +41,11 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Map as JsonMap, Value};
 
+use super::error::shape;
 use super::webhook::convert::to_tree;
 use super::yaml::{Map, Node};
 use super::{Problem, AGENT_PORT};
+use vitals_core::upstreams::ProbeKind;
 
 /// pilot-agent's status port (istio values.yaml `global.proxy.statusPort`).
 const ISTIO_STATUS_PORT: u16 = 15020;
@@ -96,14 +98,13 @@ impl Prober {
 }
 
 /// pilot-agent's URL for a container's probe (pilot-agent `status.FormatProberURL`).
-fn istio_url(container: &str, probe_key: &str) -> Option<String> {
-    let kind = match probe_key {
-        "readinessProbe" => "readyz",
-        "livenessProbe" => "livez",
-        "startupProbe" => "startupz",
-        _ => return None,
+fn istio_url(container: &str, kind: ProbeKind) -> String {
+    let kind = match kind {
+        ProbeKind::Readiness => "readyz",
+        ProbeKind::Liveness => "livez",
+        ProbeKind::Startup => "startupz",
     };
-    Some(format!("/app-health/{container}/{kind}"))
+    format!("/app-health/{container}/{kind}")
 }
 
 /// The app's original probes that Istio moved into istio-proxy's env, by pilot-agent URL;
@@ -145,10 +146,9 @@ impl IstioOriginals {
         if self.0.is_empty() {
             return kept;
         }
-        for key in ["startupProbe", "livenessProbe", "readinessProbe"] {
-            let Some(url) = istio_url(name, key) else {
-                continue;
-            };
+        for kind in ProbeKind::ALL {
+            let key = kind.key();
+            let url = istio_url(name, kind);
             let Some(original) = self.0.get(&url) else {
                 continue;
             };
@@ -288,7 +288,7 @@ pub(super) fn exclude_agent_port(
 ) -> Result<(), Problem> {
     let spec = tmpl
         .map_entry("spec")
-        .ok_or_else(|| super::shape("spec", "mapping"))?;
+        .ok_or_else(|| shape("spec", "mapping"))?;
     let has = |proxy: &str| all_containers(spec).any(|c| c.get_str("name") == Some(proxy));
     let (istio_here, linkerd_here) = (has(ISTIO_PROXY), has(LINKERD_PROXY));
     let linkerd_proxy_ports = linkerd_proxy_ports(spec);
@@ -324,10 +324,10 @@ pub(super) fn exclude_agent_port(
     }
     let metadata = tmpl
         .map_entry("metadata")
-        .ok_or_else(|| super::shape("metadata", "mapping"))?;
+        .ok_or_else(|| shape("metadata", "mapping"))?;
     let map = metadata
         .map_entry("annotations")
-        .ok_or_else(|| super::shape("metadata.annotations", "mapping"))?;
+        .ok_or_else(|| shape("metadata.annotations", "mapping"))?;
     for (key, seed, replaces_cni_config) in annotations {
         match map.get_str(key).map(str::to_string) {
             Some(list) => {
@@ -385,7 +385,7 @@ fn merge_into_init_args(
         let name = name.to_string();
         let args = c
             .seq_entry("args")
-            .ok_or_else(|| super::shape(&format!("container {name}: args"), "list"))?;
+            .ok_or_else(|| shape(&format!("container {name}: args"), "list"))?;
         let list = match flag_value(args, ex.flags) {
             Some(slot) => {
                 let current = slot.as_str().unwrap_or("").to_string();

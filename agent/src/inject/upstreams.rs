@@ -6,33 +6,28 @@
 //! probes stay on the container untouched. A metrics profile is picked from the image or
 //! the `vitals.dev/profile.<container>` annotation.
 //!
-//! The entry is built as the typed schema ([`crate::config::upstreams::schema`]) and serialised, so
-//! the agent's reader accepts whatever this writes. Each entry records the container's
-//! `command` + `args` (`process.cmdline`), by which the agent finds its process in /proc
-//! without privileges.
+//! The entry is built as the typed schema ([`vitals_core::upstreams::schema`]) and
+//! serialised, so the agent's reader accepts whatever this writes. Each entry records the
+//! container's `command` + `args` (`process.cmdline`), by which the agent finds its process
+//! in /proc without privileges.
 //!
 //! Re-injection finds the container's probes already pointing at the agent and takes
 //! their original form from the agent's existing `VITALS_UPSTREAMS`, so the rewrite is
-//! idempotent and updates in place.
+//! idempotent and updates in place; probes on the agent for a container that env has no
+//! entry for are refused, their originals being lost.
 
 use std::collections::BTreeMap;
 
+use super::probes::{agent_path, ensure_probe, point_at_agent, points_at_agent, GROUP_LIVENESS};
 use super::yaml::{Map, Node};
-use super::{point_at_agent, Problem, AGENT_PORT};
-use crate::config::upstreams::profiles;
-use crate::config::upstreams::schema;
+use super::Problem;
+use vitals_core::upstreams::profiles;
+use vitals_core::upstreams::schema;
+use vitals_core::upstreams::ProbeKind;
+use vitals_proto::env;
 
-/// The agent's env var holding the upstreams' JSON.
-pub const UPSTREAMS_ENV: &str = "VITALS_UPSTREAMS";
 /// Pod annotation prefix choosing a container's metrics profile (`none` for no metrics).
 pub const PROFILE_ANNOTATION_PREFIX: &str = "vitals.dev/profile.";
-
-/// The probes the agent takes over, with the path each becomes on the agent.
-const PROBES: [(&str, &str); 3] = [
-    ("startupProbe", "startupz"),
-    ("livenessProbe", "livez"),
-    ("readinessProbe", "readyz"),
-];
 
 /// Pod annotation prefix asking for a container's canary (SPEC §12): `on` (the profile's
 /// default request), `off`, or the `"canary"` object as JSON.
@@ -65,7 +60,7 @@ pub(super) fn previous_config(agent: &Map) -> schema::Upstreams {
         .into_iter()
         .flatten()
         .filter_map(Node::as_map)
-        .find(|e| e.get_str("name") == Some(UPSTREAMS_ENV))
+        .find(|e| e.get_str("name") == Some(env::UPSTREAMS))
         .and_then(|e| e.get_str("value"))
         .and_then(|v| serde_json::from_str(v).ok())
         .unwrap_or_default()
@@ -74,7 +69,7 @@ pub(super) fn previous_config(agent: &Map) -> schema::Upstreams {
 /// A group member's container without probes (a headless Ray or torch.distributed
 /// worker, SPEC §9): an entry with only its process, judged by /proc alone, and a liveness
 /// probe on the agent so `stopped`/`uninterruptible` restart it. Conservative timing (see
-/// [`super::GROUP_LIVENESS`]): restarting a member costs the whole group.
+/// [`GROUP_LIVENESS`]): restarting a member costs the whole group.
 pub(super) fn wire_headless(
     c: &mut Map,
     name: &str,
@@ -86,13 +81,9 @@ pub(super) fn wire_headless(
             "warning: container {name}: no command or args to recognise its process by; the agent finds it by its cgroup alone"
         ));
     }
-    if c.get("livenessProbe").is_none() {
-        super::ensure_probe(
-            c,
-            "livenessProbe",
-            &format!("/livez/{name}"),
-            super::GROUP_LIVENESS,
-        );
+    let live = ProbeKind::Liveness;
+    if c.get(live.key()).is_none() {
+        ensure_probe(c, live, &agent_path(live, name), GROUP_LIVENESS);
     }
     schema::Upstream {
         process,
@@ -102,6 +93,9 @@ pub(super) fn wire_headless(
 
 /// Takes over one container's probes; returns its upstream entry and metrics profile, or
 /// `None` when it has no probe the agent can run (it is then left alone).
+/// Probes already on the agent (an earlier injection) take their originals from
+/// `previous`, the container's entry in the agent's config; without one they are refused
+/// ([`Problem::OriginalProbeUnknown`]).
 pub(super) fn wire_upstream(
     c: &mut Map,
     name: &str,
@@ -111,17 +105,39 @@ pub(super) fn wire_upstream(
 ) -> Result<Option<(schema::Upstream, Option<&'static str>)>, Problem> {
     let ports = named_ports(c);
     let mut entry = schema::Upstream::default();
-    for (key, agent_path) in PROBES {
-        let Some(probe) = c.get_mut(key).and_then(Node::as_map_mut) else {
+    // Probes on the agent take their originals back from the agent's config; one the
+    // agent was never told about would be answered 404 (a worker's path) or passed
+    // unchecked (a group pod's headless entry), so it is refused, not carried over.
+    let on_agent: Vec<&str> = ProbeKind::ALL
+        .into_iter()
+        .filter(|&kind| {
+            c.get(kind.key())
+                .and_then(Node::as_map)
+                .is_some_and(|p| points_at_agent(p, &agent_path(kind, name)))
+        })
+        .map(ProbeKind::key)
+        .collect();
+    let mut originals = match previous {
+        Some(p) => p.clone(),
+        None if on_agent.is_empty() => schema::Upstream::default(),
+        None => {
+            return Err(Problem::OriginalProbeUnknown {
+                container: name.to_string(),
+                probes: on_agent.join(", "),
+            })
+        }
+    };
+    for kind in ProbeKind::ALL {
+        let Some(probe) = c.get_mut(kind.key()).and_then(Node::as_map_mut) else {
             continue;
         };
-        let path = format!("/{agent_path}/{name}");
-        let slot = probe_slot(&mut entry, key);
+        let path = agent_path(kind, name);
+        let slot = probe_slot(&mut entry, kind);
         if points_at_agent(probe, &path) {
-            *slot = previous.and_then(|p| probe_slot_of(p, key).clone());
+            *slot = probe_slot(&mut originals, kind).take();
             continue;
         }
-        let Some(original) = original_probe(probe, &ports, name, key)? else {
+        let Some(original) = original_probe(probe, &ports, name, kind.key())? else {
             continue;
         };
         *slot = Some(original);
@@ -214,7 +230,7 @@ pub(super) fn canary(
             }
             schema::Port::Name(_) => None,
         });
-        crate::config::upstreams::canary::resolve(c, &format!("{name}.canary"), profile, http)
+        vitals_core::upstreams::canary::resolve(c, &format!("{name}.canary"), profile, http)
             .map_err(|e| bad(e.to_string()))?;
     }
     Ok(canary)
@@ -237,29 +253,13 @@ pub(super) fn process(c: &Map) -> Option<schema::Process> {
     (!cmdline.is_empty()).then_some(schema::Process { cmdline })
 }
 
-fn probe_slot<'a>(entry: &'a mut schema::Upstream, key: &str) -> &'a mut Option<schema::Probe> {
-    match key {
-        "startupProbe" => &mut entry.startup_probe,
-        "livenessProbe" => &mut entry.liveness_probe,
-        _ => &mut entry.readiness_probe,
+/// Where an upstream entry keeps the container's `kind` probe.
+fn probe_slot(entry: &mut schema::Upstream, kind: ProbeKind) -> &mut Option<schema::Probe> {
+    match kind {
+        ProbeKind::Startup => &mut entry.startup_probe,
+        ProbeKind::Liveness => &mut entry.liveness_probe,
+        ProbeKind::Readiness => &mut entry.readiness_probe,
     }
-}
-
-fn probe_slot_of<'a>(entry: &'a schema::Upstream, key: &str) -> &'a Option<schema::Probe> {
-    match key {
-        "startupProbe" => &entry.startup_probe,
-        "livenessProbe" => &entry.liveness_probe,
-        _ => &entry.readiness_probe,
-    }
-}
-
-fn points_at_agent(probe: &Map, path: &str) -> bool {
-    probe
-        .get("httpGet")
-        .and_then(Node::as_map)
-        .is_some_and(|h| {
-            h.get_str("path") == Some(path) && h.get_str("port") == Some(&AGENT_PORT.to_string())
-        })
 }
 
 /// The container's named ports.

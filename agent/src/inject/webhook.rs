@@ -32,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use vitals_proto::env;
 
 pub use self::review::{review, Answer, BadReview, Outcome, API_VERSION, INJECT_KEY};
 pub use self::tls::{CertStore, TlsError};
@@ -51,25 +52,25 @@ pub struct WebhookArgs {
         long,
         value_name = "ADDR",
         default_value = "[::]:9443",
-        env = "VITALS_WEBHOOK_LISTEN"
+        env = env::WEBHOOK_LISTEN
     )]
     pub listen: SocketAddr,
     /// PEM certificate chain (re-read while serving, see --tls-reload-interval).
-    #[arg(long, value_name = "FILE", env = "VITALS_TLS_CERT")]
+    #[arg(long, value_name = "FILE", env = env::TLS_CERT)]
     pub tls_cert: PathBuf,
     /// PEM private key of the certificate.
-    #[arg(long, value_name = "FILE", env = "VITALS_TLS_KEY")]
+    #[arg(long, value_name = "FILE", env = env::TLS_KEY)]
     pub tls_key: PathBuf,
     /// How often the certificate and key files are re-read; new connections get a changed
     /// pair, open ones keep theirs.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub tls_reload_interval: Duration,
     /// Agent image injected into pods.
-    #[arg(long, value_name = "IMAGE", env = "VITALS_IMAGE")]
+    #[arg(long, value_name = "IMAGE", env = env::IMAGE)]
     pub image: String,
     /// Inject the agent as an ordinary container, for clusters without native sidecars
     /// (before Kubernetes 1.29).
-    #[arg(long, env = "VITALS_LEGACY_SIDECAR")]
+    #[arg(long, env = env::LEGACY_SIDECAR)]
     pub legacy_sidecar: bool,
     /// The agent container's pull secret and resources (LimitRanges, quotas and policy
     /// engines validate the injected pod).
@@ -80,7 +81,7 @@ pub struct WebhookArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_delay: Duration,
     /// Log line format.
-    #[arg(long, value_enum, default_value = "text", env = "VITALS_LOG_FORMAT")]
+    #[arg(long, value_enum, default_value = "text", env = env::LOG_FORMAT)]
     pub log_format: LogFormat,
 }
 

@@ -15,15 +15,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cadence::Cadence;
-use crate::config::{GroupConfig, MemberTarget};
+use crate::config::GroupConfig;
 use crate::net::{self, BodyRead};
-use crate::state::group::{self, GroupReport, LeaderNow, PollError, SharedGroup};
-use crate::state::snapshot::Snapshots;
 use crate::surfaces::metrics::Metrics;
-use crate::verdict::Probe;
+use vitals_core::snapshot::Snapshots;
+use vitals_core::state::group::MemberTarget;
+use vitals_core::state::group::{self, GroupReport, LeaderNow, PollError, SharedGroup};
+use vitals_core::verdict::Probe;
 
-/// The most of a member's answer read; a real one is well under 4 KiB (64 containers
-/// of 256-byte names would be 33 KiB).
+/// The most of a member's answer read; a real one is well under 4 KiB (a few containers,
+/// each a name of at most 63 characters, an instance and a verdict line).
 pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// What the poller needs.

@@ -3,7 +3,7 @@
 //!
 //! This module only reads; [`crate::sources::proc::watch`] (the one sampler) decides when,
 //! [`crate::sources::proc::discover`] which process an upstream is, and
-//! [`crate::state::proc_track`] what a sample means.
+//! [`vitals_core::state::proc_track`] what a sample means.
 
 pub mod children;
 pub mod discover;
@@ -11,55 +11,7 @@ pub mod watch;
 
 use std::time::Instant;
 
-/// One reading of `/proc/<pid>/stat`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProcSample {
-    /// When it was taken (monotonic).
-    pub taken_at: Instant,
-    /// The state letter (`R`, `S`, `D`, `T`, `t`, `Z`, ...).
-    pub state: char,
-    /// User + system CPU time so far.
-    pub cpu_seconds: f64,
-    /// Resident set size.
-    pub rss_bytes: u64,
-    /// Thread count.
-    pub threads: u64,
-    /// Start time in clock ticks after boot: tells a reused pid from the original.
-    pub start_time: u64,
-}
-
-impl ProcSample {
-    /// Stopped by a signal or a tracer (`T`, `t`).
-    pub fn is_stopped(&self) -> bool {
-        matches!(self.state, 'T' | 't')
-    }
-
-    /// In uninterruptible sleep (`D`).
-    pub fn is_uninterruptible(&self) -> bool {
-        self.state == 'D'
-    }
-
-    /// A zombie or dead entry: the process has exited.
-    pub fn is_dead(&self) -> bool {
-        matches!(self.state, 'Z' | 'X' | 'x')
-    }
-}
-
-/// Why a pid could not be sampled.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SampleError {
-    /// No such process (any more).
-    #[error("process {0} does not exist")]
-    Gone(u32),
-    /// /proc could not be read for another reason (permissions, format).
-    #[error("cannot read /proc/{pid}/stat: {message}")]
-    Unreadable {
-        /// The pid.
-        pid: u32,
-        /// What failed.
-        message: String,
-    },
-}
+use vitals_core::proc::{ProcSample, SampleError};
 
 /// Where samples come from: the real /proc, or fixtures in tests.
 pub trait ProcSource: Send + Sync + 'static {

@@ -26,8 +26,8 @@ use vitals_proto::message::{
 };
 use vitals_proto::{ErrorCode, WorkerName};
 
-use crate::state::registry::{ConnId, HelloOutcome, PeerCred, WorkerReports};
 use crate::surfaces::metrics::Metrics;
+use vitals_core::state::registry::{ConnId, HelloOutcome, PeerCred, WorkerReports};
 
 /// Most worker connections open at once; more are closed at once. Far above any real pod
 /// (one per worker), it bounds what a runaway client can cost.

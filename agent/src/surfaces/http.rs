@@ -33,13 +33,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::group::{self, GroupReport};
-use crate::state::registry::State;
-use crate::state::snapshot::Snapshots;
 use crate::surfaces::metrics::Metrics;
 use crate::surfaces::status::StatusSource;
 use crate::surfaces::text;
-use crate::verdict::{Answer, Probe, Verdicts};
+use vitals_core::snapshot::Snapshots;
+use vitals_core::state::group::{self, GroupReport};
+use vitals_core::state::registry::State;
+use vitals_core::verdict::{Answer, Probe, Verdicts};
 
 /// Binds the probe port, with the kernel's largest accept queue (`SOMAXCONN`): a burst of
 /// reconnecting clients must not overflow it and leave a kubelet's SYN unanswered.
@@ -528,8 +528,8 @@ fn group_report(v: &Verdicts, state: &State) -> GroupReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::registry::tests::name;
-    use crate::verdict::{Check, CheckName, Failing, ReadyReason, Reason, Target};
+    use vitals_core::fixtures::name;
+    use vitals_core::verdict::{Check, CheckName, Failing, ReadyReason, Reason, Target};
 
     #[test]
     fn eviction_takes_the_oldest_silent_connection_then_the_longest_idle() {

@@ -3,7 +3,7 @@
 //!
 //! Gauges are a view of the snapshot, set by the ticker and just before each scrape
 //! ([`Metrics::refresh`], which counts nothing). Counters advance only on the ticker (edges
-//! from [`crate::verdict::edges`], and [`Metrics::mirror`] for the counters that mirror a
+//! from [`vitals_core::verdict::edges`], and [`Metrics::mirror`] for the counters that mirror a
 //! worker's own monotonic numbers), and on the events they count (probes, protocol errors,
 //! upstream probe runs, group polls) where those happen.
 
@@ -18,14 +18,14 @@ use prometheus::{
 };
 use vitals_proto::{ErrorCode, Phase};
 
-use crate::config::upstreams::ProbeKind;
-use crate::state::group::PollError;
-use crate::state::probe_result::Outcome;
-use crate::state::registry::State;
-use crate::state::snapshot::Snapshot;
 use crate::surfaces::text;
-use crate::verdict::group::{BrokenReason, MemberStatus};
-use crate::verdict::{LiveReason, Probe, Target};
+use vitals_core::snapshot::Snapshot;
+use vitals_core::state::group::PollError;
+use vitals_core::state::probe_result::Outcome;
+use vitals_core::state::registry::State;
+use vitals_core::upstreams::ProbeKind;
+use vitals_core::verdict::group::{BrokenReason, MemberStatus};
+use vitals_core::verdict::{LiveReason, Probe, Target};
 
 /// The metric name prefix.
 const NAMESPACE: &str = "vitals";
@@ -373,7 +373,7 @@ impl Metrics {
         self.unknown_messages.inc();
     }
 
-    /// Counts a leader's group breaking (the ticker's edge, [`crate::verdict::edges`]).
+    /// Counts a leader's group breaking (the ticker's edge, [`vitals_core::verdict::edges`]).
     pub fn group_broken(&self, reason: &BrokenReason) {
         self.group_broken.with_label_values(&[reason.kind()]).inc();
     }
@@ -611,9 +611,8 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::state::registry::tests::{beat, hello, name, phase, PEER};
-    use crate::verdict::tests::T;
-    use crate::verdict::AgentInput;
+    use vitals_core::fixtures::{beat, hello, name, phase, PEER, T};
+    use vitals_core::verdict::AgentInput;
 
     /// Refreshes `m` from `state` as the ticker would at `at`.
     fn refresh(m: &Metrics, state: &State, at: Instant) {
@@ -669,17 +668,12 @@ mod tests {
 
     #[test]
     fn an_upstream_says_whether_its_process_is_watched() {
-        use crate::config::upstreams::parse;
-        use crate::state::proc_track::{FoundBy, Watched};
+        use vitals_core::state::proc_track::{FoundBy, Watched};
         let m = Metrics::new();
         let t0 = Instant::now();
-        let mut s = State::new(&[]);
-        let specs = parse(
+        let mut s = vitals_core::fixtures::with_upstreams(
             r#"{"vllm": {"readinessProbe": {"tcpSocket": {"port": 8000}}}, "tei": {"readinessProbe": {"tcpSocket": {"port": 8001}}}}"#,
-            &[],
-        )
-        .expect("valid");
-        s.add_upstreams(&specs.into_iter().map(Arc::new).collect::<Vec<_>>());
+        );
         if let Some(u) = s.upstreams.get_mut(&name("tei")) {
             u.proc.discovered(Ok(Watched {
                 pid: 42,
@@ -739,8 +733,8 @@ mod tests {
             shutting_down: false,
             last_tick: t1,
         };
-        let g = crate::verdict::edges::tests::broken_group(t0);
-        let limits = crate::verdict::edges::tests::LIMITS;
+        let g = vitals_core::fixtures::broken_group(t0);
+        let limits = vitals_core::fixtures::LIMITS;
         let snapshot = Snapshot::evaluate(Arc::new(State::new(&[])), agent, &T, t1)
             .with_group(Arc::new(g), &limits);
         assert!(snapshot

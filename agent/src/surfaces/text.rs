@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use crate::verdict::{CheckName, Failing, Reason, Target};
+use vitals_core::verdict::{CheckName, Failing, Reason, Target};
 
 /// The agent's own target and its line in the aggregates. A container cannot be named so
 /// (container and worker names start with `[a-z0-9]`), so a container named `agent` keeps
@@ -26,7 +26,7 @@ pub fn target(t: &Target) -> &str {
 }
 
 /// The name of a verbose or JSON line: a target, `group`, `connected`, `live`, `phase`,
-/// `started`, `process`, `readinessProbe` or `check:<name>`.
+/// `started`, `process`, `awake`, `children`, `readinessProbe` or `check:<name>`.
 pub fn check_name(name: &CheckName) -> Cow<'_, str> {
     Cow::Borrowed(match name {
         CheckName::Target(t) => target(t),
@@ -78,8 +78,8 @@ pub fn outcome(result: &Result<(), Failing>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::registry::tests::name;
-    use crate::verdict::{AgentReason, ReadyReason};
+    use vitals_core::fixtures::name;
+    use vitals_core::verdict::{AgentReason, ReadyReason};
 
     #[test]
     fn the_agent_and_a_container_named_agent_read_differently() {

@@ -1,6 +1,6 @@
 //! The agent's heartbeat: every [`TICK`] it proves the runtime runs (the agent's own
 //! liveness), evaluates every verdict, refreshes the gauges, and applies the edges that
-//! [`crate::verdict::edges`] finds: logs each verdict transition once, keeping the last
+//! [`vitals_core::verdict::edges`] finds: logs each verdict transition once, keeping the last
 //! [`KEEP`] for `/status`, and counts hangs and group breaks.
 //!
 //! Probes never depend on this timer (they evaluate on the spot, and `/metrics` sets its
@@ -15,11 +15,11 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::cadence::Cadence;
-use crate::state::snapshot::{AgentHealth, Snapshots};
 use crate::surfaces::metrics::Metrics;
 use crate::surfaces::text;
-use crate::verdict::edges::{Edge, Seen};
-use crate::verdict::{Diagnosis, Failing, Probe, Target, Verdicts};
+use vitals_core::snapshot::{AgentHealth, Snapshots};
+use vitals_core::verdict::edges::{Edge, Seen};
+use vitals_core::verdict::{Diagnosis, Failing, Probe, Target, Verdicts};
 
 /// How often the ticker runs, on the grid the 1 s probes and the /proc sampler share
 /// ([`crate::cadence`]), so it adds no wake-up of its own. Half the 2 s agent-liveness
@@ -172,10 +172,9 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::registry::tests::{hello, name, phase, PEER};
-    use crate::state::registry::Registry;
-    use crate::verdict::tests::T;
-    use crate::verdict::{evaluate, AgentInput};
+    use vitals_core::fixtures::{hello, name, phase, PEER, T};
+    use vitals_core::state::registry::Registry;
+    use vitals_core::verdict::{evaluate, AgentInput};
     use vitals_proto::Phase;
 
     #[test]
@@ -189,7 +188,7 @@ mod tests {
     #[test]
     fn logs_each_transition_once_and_counts_hangs() {
         let t0 = Instant::now();
-        let registry = std::sync::Arc::new(Registry::new(&[]));
+        let registry = std::sync::Arc::new(Registry::new(&[], T.hang));
         let reports = registry.worker_reports();
         let (log, metrics) = (TransitionLog::default(), Metrics::new());
         let agent = AgentInput {
@@ -229,11 +228,11 @@ mod tests {
 
     #[test]
     fn an_unreachable_members_growing_age_is_one_transition() {
-        use crate::state::group::tests::{live, targets, up, FRESH};
-        use crate::state::group::{GroupState, Instances};
-        use crate::verdict::group::GroupLimits;
+        use vitals_core::fixtures::{live, targets, up, FRESH};
+        use vitals_core::state::group::GroupState;
+        use vitals_core::verdict::group::GroupLimits;
         let t0 = Instant::now();
-        let state = crate::state::registry::State::new(&[]);
+        let state = vitals_core::state::registry::State::new(&[]);
         let mut g = GroupState::new(&targets(1), t0);
         g.record(0, live(&[]), &up(&[]), FRESH, t0);
         let limits = GroupLimits {
@@ -249,12 +248,7 @@ mod tests {
                 last_tick: at,
             };
             let mut v = evaluate(&state, agent, &T, at);
-            v.group = Some(crate::verdict::group::evaluate(
-                &g,
-                &Instances::new(),
-                &limits,
-                at,
-            ));
+            v.group = Some(vitals_core::verdict::group::evaluate(&g, &limits, at));
             tracker.observe(&v, SystemTime::now(), &log, &metrics);
         }
         let ready: Vec<_> = log
@@ -269,7 +263,7 @@ mod tests {
     #[test]
     fn a_container_named_agent_is_tracked_apart_from_the_agent() {
         let t0 = Instant::now();
-        let registry = std::sync::Arc::new(Registry::new(&[]));
+        let registry = std::sync::Arc::new(Registry::new(&[], T.hang));
         let reports = registry.worker_reports();
         reports
             .hello(&hello("agent", "a"), PEER, 1, t0)

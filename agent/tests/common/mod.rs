@@ -61,7 +61,7 @@ pub fn agent_cmd() -> Command {
 impl Agent {
     pub fn start(tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::defaults();
+        let mut config = Config::defaults().expect("the built-in defaults are valid");
         config.listen = "127.0.0.1:0".parse().expect("addr");
         config.socket = dir.path().join("run/vitals/agent.sock");
         config.shutdown_grace = Duration::ZERO;

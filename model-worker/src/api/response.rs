@@ -101,7 +101,7 @@ pub(super) struct InfoDocument<'a> {
     pub model: &'a str,
     /// The worker's version.
     pub version: &'static str,
-    /// The lifecycle phase (SPEC §2).
+    /// The lifecycle phase (SPEC §1).
     pub phase: &'static str,
     /// The phase's detail (loading step, failure reason).
     pub detail: &'a str,

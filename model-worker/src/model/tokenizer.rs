@@ -2,7 +2,7 @@
 //!
 //! The shipped `tokenizer.json` of all-MiniLM-L6-v2 pads every text to 128 and truncates
 //! at 128 (see shared/MODEL.md): both are overridden here. Texts are tokenised one by one
-//! without padding; the model pads each batch to its own longest sequence. This runs on
+//! without padding; the encoder packs them (CPU) or pads each length group (device). This runs on
 //! the HTTP side (a blocking task), never on the model thread.
 
 use std::path::Path;

@@ -15,6 +15,8 @@ import unittest
 import urllib.error
 import urllib.request
 
+from vitals_reporter import env as vitals_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 PACKAGE = os.path.dirname(HERE)
 REPO = os.path.dirname(os.path.dirname(PACKAGE))
@@ -200,7 +202,7 @@ class AgentTest(unittest.TestCase):
 
     def worker(self, agent, label="worker", name="model", heartbeat_ms=200, argv=None, env=None):
         """tests/worker.py (or `argv`) reporting to `agent` as `name`."""
-        full_env = {"VITALS_AGENT_SOCKET": agent.socket, "VITALS_NAME": name}
+        full_env = {vitals_env.AGENT_SOCKET: agent.socket, vitals_env.NAME: name}
         full_env.update(env or {})
         args = argv if argv is not None else [WORKER, "--heartbeat-ms", str(heartbeat_ms)]
         p = Proc(self.dir, label, args, full_env)

@@ -8,6 +8,7 @@ import unittest
 
 import vitals_reporter
 from vitals_reporter import _reporter
+from vitals_reporter import env as vitals_env
 from harness import AgentTest, wait_for
 
 
@@ -19,7 +20,7 @@ class WithoutAgentTest(unittest.TestCase):
             first = vitals_reporter.Reporter(name="model", socket="")
             second = vitals_reporter.Reporter(name="", socket="")
         self.assertEqual(len(logs.records), 1, logs.output)
-        self.assertIn("VITALS_AGENT_SOCKET is not set", logs.output[0])
+        self.assertIn(f"{vitals_env.AGENT_SOCKET} is not set", logs.output[0])
         with first as r:
             r.phase("loading", "weights", done=1, total=2, unit="bytes")
             r.check("device", True, "cpu")

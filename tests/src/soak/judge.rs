@@ -20,6 +20,7 @@ use super::faults::{
     agent_recovery, kind, FaultKind, Flags, PathRule, Probe, TargetKind, RECOVERY_REASONS,
 };
 use super::records::{Fault, Life, ProbeRecord, Records};
+use crate::report::percentile;
 
 /// The agent's answers, in the style of the agent's own never-blocked tests: p99 and max of
 /// a probe's latency less the starvation measured over it (ms).
@@ -784,13 +785,13 @@ fn judge_agent(
     }
 }
 
-/// The nearest-rank `p` quantile of `sorted` (ascending); 0 when empty.
-fn quantile(sorted: &[f64], p: f64) -> f64 {
+/// The p99 of `sorted` (ascending) in the toolkit's one definition; 0 when empty.
+fn p99(sorted: &[f64]) -> f64 {
     if sorted.is_empty() {
-        return 0.0;
+        0.0
+    } else {
+        percentile(sorted, 0.99)
     }
-    let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 fn judge_latency(cx: &Ctx<'_>, v: &mut Verdict, problems: &mut Vec<Problem>) {
@@ -811,9 +812,9 @@ fn judge_latency(cx: &Ctx<'_>, v: &mut Verdict, problems: &mut Vec<Problem>) {
     raw.sort_by(f64::total_cmp);
     unexplained.sort_by(|a, b| a.0.total_cmp(&b.0));
     let u: Vec<f64> = unexplained.iter().map(|x| x.0).collect();
-    v.p99_ms = quantile(&raw, 0.99);
+    v.p99_ms = p99(&raw);
     v.max_ms = raw.last().copied().unwrap_or(0.0);
-    v.p99_unexplained_ms = quantile(&u, 0.99);
+    v.p99_unexplained_ms = p99(&u);
     v.max_unexplained_ms = u.last().copied().unwrap_or(0.0);
     for (ms, p) in unexplained.iter().rev().take_while(|x| x.0 > MAX_BOUND_MS) {
         problems.push(Problem {
@@ -897,7 +898,12 @@ fn span(xs: &[f64]) -> String {
     }
     let mut s = xs.to_vec();
     s.sort_by(f64::total_cmp);
-    format!("{:.2}/{:.2}/{:.2}", s[0], quantile(&s, 0.5), s[s.len() - 1])
+    format!(
+        "{:.2}/{:.2}/{:.2}",
+        s[0],
+        percentile(&s, 0.5),
+        s[s.len() - 1]
+    )
 }
 
 /// The per-kind table, the agent's row, the problems (at most `max_problems`) and the
@@ -1385,8 +1391,8 @@ mod tests {
             "probe_failed: timeout"
         );
         assert_eq!(reason_word("phase: loading (weights)"), "phase: loading");
-        assert_eq!(quantile(&[1.0, 2.0, 3.0], 0.99), 3.0);
-        assert_eq!(quantile(&[], 0.5), 0.0);
+        assert_eq!(p99(&[1.0, 2.0, 3.0]), 3.0);
+        assert_eq!(p99(&[]), 0.0);
         assert!(alike(
             "/livez/a: fault 5 (x, 2.05s in) must not fail",
             "/livez/a: fault 5 (x, 12.15s in) must not fail"

@@ -64,15 +64,7 @@ pub fn plan(
         loop {
             let k = mine[rng.usize(..mine.len())];
             let hold = if k.inject == Action::Kill {
-                // The kubelet restarts an exited container after its crash-loop back-off.
-                let recent = kills
-                    .iter()
-                    .filter(|&&at| t - at < backoff_reset(KUBELET_SCALE));
-                let delay = restart_backoff(
-                    u32::try_from(recent.count()).unwrap_or(u32::MAX),
-                    KUBELET_SCALE,
-                );
-                delay.max((k.min_hold)(flags))
+                kubelet_delay(&kills, t).max((k.min_hold)(flags))
             } else {
                 (k.min_hold)(flags) + uniform(&mut rng, EXTRA_HOLD)
             };
@@ -100,13 +92,7 @@ pub fn plan(
     while t + AGENT_MARGIN < secs {
         kill = !kill;
         let (kind, hold) = if kill {
-            let recent = kills
-                .iter()
-                .filter(|&&at| t - at < backoff_reset(KUBELET_SCALE));
-            let delay = restart_backoff(
-                u32::try_from(recent.count()).unwrap_or(u32::MAX),
-                KUBELET_SCALE,
-            );
+            let delay = kubelet_delay(&kills, t);
             kills.push(t);
             ("agent_kill", delay)
         } else {
@@ -130,6 +116,16 @@ pub fn plan(
         p.id = i;
     }
     out
+}
+
+/// How long after a kill at `t` the kubelet restarts the container: its crash-loop
+/// back-off, grown by the `kills` still within the back-off's reset window.
+fn kubelet_delay(kills: &[f64], t: f64) -> f64 {
+    let recent = kills
+        .iter()
+        .filter(|&&at| t - at < backoff_reset(KUBELET_SCALE))
+        .count();
+    restart_backoff(u32::try_from(recent).unwrap_or(u32::MAX), KUBELET_SCALE)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! A live soak run: one real agent (the toolkit's [`Pod`]), two protocol workers
-//! (`soak-worker`, each its own process) and two fake vLLMs (`fake-vllm`, `vllm` profile,
-//! always busy), every path probed kubelet-style on a fresh connection every
+//! (`soak-worker`, each its own process) and three fake vLLMs (`fake-vllm`, `vllm` profile:
+//! two always busy, one idle with a canary), every path probed kubelet-style on a fresh connection every
 //! [`PROBE_PERIOD`], while the seeded plan's faults hit the targets and the agent. Returns
 //! the [`Records`]; judging is the judge's.
 

@@ -41,8 +41,9 @@ pub fn worker() -> WorkerOptions {
     WorkerOptions::default()
 }
 
-/// A kubelet on the worker's three probes with the thresholds `deploy/` uses: startup
-/// failureThreshold 30, liveness 3, readiness 1; successThreshold 1.
+/// A kubelet on the worker's three probes, every second: startup failureThreshold 30,
+/// liveness 3, readiness 1, successThreshold 1 (tighter than `deploy/`'s liveness 12 and
+/// readiness 2, so a scenario sees a verdict's effect within seconds).
 pub fn kubelet() -> Vec<(&'static str, ProbeWorker)> {
     vec![
         (STARTED, ProbeWorker::new(ProbeKind::Startup, 1, 30)),

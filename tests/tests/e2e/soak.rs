@@ -1,5 +1,5 @@
 //! The seeded fault soak, short (issue 26): 60 s of overlapping faults on two protocol
-//! workers and two fake vLLMs, and agent kills and stops, judged by `vitals_e2e::soak`.
+//! workers and three fake vLLMs, and agent kills and stops, judged by `vitals_e2e::soak`.
 //! `SOAK_SEED` / `SOAK_S` / `SOAK_KEEP` change it as they change `make soak`.
 
 use vitals_e2e::report::report_line;

@@ -1,4 +1,4 @@
-//! Scenarios U1–U6 (SPEC §8): a model server that does not speak the protocol, a fake vLLM
+//! Scenarios U1–U8 (SPEC §8): a model server that does not speak the protocol, a fake vLLM
 //! in its own process, watched by the agent through its original probes, /proc and its
 //! metrics. The agent's configuration comes from running `vitals-agent inject` on a plain
 //! vLLM Deployment, as a user would, never from hand-written JSON.
@@ -17,6 +17,7 @@ use vitals_e2e::pod::{free_addr, AgentOptions, Pod};
 use vitals_e2e::probe::{probe_once, DEFAULT_TIMEOUT};
 use vitals_e2e::report::report_line;
 use vitals_e2e::slots;
+use vitals_proto::env;
 
 use crate::common::*;
 
@@ -114,14 +115,14 @@ pub(crate) fn injected_upstreams(manifest: &str) -> String {
     // undone.
     let value = text
         .lines()
-        .skip_while(|l| !l.trim_end().ends_with("name: VITALS_UPSTREAMS"))
+        .skip_while(|l| !l.trim_end().ends_with(&format!("name: {}", env::UPSTREAMS)))
         .nth(1)
         .and_then(|l| l.trim().strip_prefix("value: \""))
         .and_then(|v| v.strip_suffix('"'))
-        .unwrap_or_else(|| panic!("no VITALS_UPSTREAMS in inject's output:\n{text}"));
+        .unwrap_or_else(|| panic!("no {} in inject's output:\n{text}", env::UPSTREAMS));
     let json = value.replace("\\\"", "\"").replace("\\\\", "\\");
     serde_json::from_str::<serde_json::Value>(&json)
-        .unwrap_or_else(|e| panic!("VITALS_UPSTREAMS is not JSON ({e}): {json}"));
+        .unwrap_or_else(|e| panic!("{} is not JSON ({e}): {json}", env::UPSTREAMS));
     json
 }
 

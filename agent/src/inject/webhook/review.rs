@@ -14,8 +14,9 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::super::pod::inject_pod_object;
 use super::super::yaml::Node;
-use super::super::{inject_pod_object, InjectOptions, Problem};
+use super::super::{InjectOptions, Problem};
 use super::convert;
 
 /// The pod label and annotation that opt a pod in (`"true"`) or out (`"false"`).

@@ -17,27 +17,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// What the sampler adds to an upstream's sample (SPEC §12).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Extras {
-    /// When the scan ran.
-    pub taken_at: std::time::Instant,
-    /// Its children in state `Z`, or why the scan failed.
-    pub zombies: Result<Vec<Zombie>, String>,
-    /// What it has read so far, while it loads (`None` once its startup probe passed).
-    pub read: Option<Result<BytesRead, String>>,
-}
-
-/// A child of a watched process in state `Z`: it exited and its parent has not reaped it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Zombie {
-    /// Its pid.
-    pub pid: u32,
-    /// Its start time (clock ticks after boot), which tells a reused pid apart.
-    pub start_time: u64,
-    /// Its name (`comm`, at most 15 bytes: Triton's stub is `triton_python_b`).
-    pub comm: String,
-}
+use vitals_core::proc::{BytesRead, Zombie};
 
 /// The zombie children of each of `parents`, from one scan of `proc_root`; a process that
 /// exits during the scan is skipped.
@@ -65,17 +45,6 @@ pub fn zombies_of(proc_root: &Path, parents: &[u32]) -> Result<BTreeMap<u32, Vec
         }
     }
     Ok(found)
-}
-
-/// What `/proc/<pid>/io` says the process has read so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BytesRead {
-    /// `rchar`: bytes its `read(2)`-family calls returned (files, page cache and sockets:
-    /// a download from object storage counts).
-    pub rchar: u64,
-    /// `read_bytes`: bytes fetched from storage for it (page faults of an `mmap`ed
-    /// safetensors file count here, not in `rchar`).
-    pub storage: u64,
 }
 
 /// Reads `/proc/<pid>/io`; an error says why (EACCES for another uid's process).

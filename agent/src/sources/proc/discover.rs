@@ -29,41 +29,8 @@ use procfs::net::{TcpNetEntries, TcpState};
 use procfs::process::{FDTarget, Process};
 use procfs::FromBufReadSI;
 
-use crate::state::proc_track::{FoundBy, Watched};
-
-/// Why the process could not be told; `/status` shows it and /proc checks stay off.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NotFound {
-    /// Nothing listens on any of the ports (yet).
-    #[error("nothing listens on port {0:?} yet")]
-    NoListener(Vec<u16>),
-    /// The socket's holder is not readable and no single container matches.
-    #[error("port {port} listens (uid {uid}) but its process is hidden (fds not readable) and {cgroups} candidate containers match its uid{}", if *.by_cmdline { " and command line" } else { "; no command line recorded to tell them apart" })]
-    Ambiguous {
-        /// The listening port.
-        port: u16,
-        /// The uid that owns the listening socket.
-        uid: u32,
-        /// How many containers (cgroups) were left.
-        cgroups: usize,
-        /// Whether the recorded command line narrowed them too.
-        by_cmdline: bool,
-    },
-    /// A container without probes: its command line did not pick exactly one container.
-    #[error("{cgroups} containers run a process matching the command line {cmdline:?}")]
-    ByCmdline {
-        /// The recorded command line.
-        cmdline: Vec<String>,
-        /// How many containers matched (0 or more than 1).
-        cgroups: usize,
-    },
-    /// Neither a port nor a command line to look for.
-    #[error("no probe port and no recorded command line to find the process by")]
-    NothingToLookFor,
-    /// /proc itself could not be read.
-    #[error("cannot read {0}")]
-    Unreadable(String),
-}
+use vitals_core::proc::NotFound;
+use vitals_core::state::proc_track::{FoundBy, Watched};
 
 /// What identifies an upstream's process.
 #[derive(Debug, Clone, Copy)]

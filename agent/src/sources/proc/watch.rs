@@ -3,7 +3,7 @@
 //! other processes of a container watched by its cgroup, SPEC §11) and looks for the
 //! upstreams' processes not found yet (or gone). A found process is not looked for again
 //! while its pid keeps its start time (the sample checks that). Results go back through the
-//! [`ProcSamples`] handle, where [`crate::state::proc_track`]'s rules apply and the verdict
+//! [`ProcSamples`] handle, where [`vitals_core::state::proc_track`]'s rules apply and the verdict
 //! function reads them as plain data.
 //!
 //! Reads run on a thread of the sampler's own (SPEC §7, §11): a read of /proc can stall on
@@ -23,11 +23,12 @@ use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::cadence::Cadence;
-use crate::sources::proc::children::{self, Extras};
+use crate::sources::proc::children;
 use crate::sources::proc::discover::{self, Wanted};
-use crate::sources::proc::{ProcSample, ProcSource, SampleError};
-use crate::state::proc_track::FoundBy;
-use crate::state::registry::{Owner, ProcJob, ProcResult, ProcSamples, ProcTarget};
+use crate::sources::proc::ProcSource;
+use vitals_core::proc::{Extras, ProcSample, SampleError};
+use vitals_core::state::proc_track::FoundBy;
+use vitals_core::state::registry::{Owner, ProcJob, ProcResult, ProcSamples, ProcTarget};
 
 /// One round's samples by pid.
 type Samples = HashMap<u32, Result<ProcSample, SampleError>>;
@@ -421,11 +422,11 @@ mod tests {
     /// `T` it read is never recorded; the rounds after it are.
     #[test]
     fn a_stuck_round_holds_up_no_name_lookup_and_is_no_evidence() {
-        use crate::state::registry::tests::{hello, name, PEER};
-        use crate::state::registry::Registry;
+        use vitals_core::fixtures::{hello, name, PEER, T};
+        use vitals_core::state::registry::Registry;
         let rt = crate::runtime().expect("the agent's runtime");
         rt.block_on(async {
-            let registry = Arc::new(Registry::new(&[name("model")]));
+            let registry = Arc::new(Registry::new(&[name("model")], T.hang));
             registry
                 .worker_reports()
                 .hello(&hello("model", "a"), PEER, 1, Instant::now())

@@ -2,7 +2,7 @@
 //! request only after the server has been idle for `idle` (no work counter moved, nothing
 //! running or waiting, no canary) while every probe passes, one at a time, with a deadline
 //! on the whole answer (a stream that stops after its first chunk misses it). Its outcome
-//! goes to the upstream's state ([`crate::state::upstream::CanaryTrack`]) and to
+//! goes to the upstream's state ([`vitals_core::state::upstream::CanaryTrack`]) and to
 //! `vitals_upstream_canaries_total{result}`.
 
 use std::time::{Duration, Instant};
@@ -11,11 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::run::Context;
 use crate::cadence::Cadence;
-use crate::config::upstreams::canary::{CanarySpec, ModelFrom};
 use crate::net::{self, BodyRead};
-use crate::state::probe_result::Failure;
-use crate::state::registry::UpstreamResults;
-use crate::state::upstream::{CanaryResult, CanaryRun};
+use vitals_core::state::probe_result::Failure;
+use vitals_core::state::registry::UpstreamResults;
+use vitals_core::state::upstream::{CanaryResult, CanaryRun};
+use vitals_core::upstreams::canary::{CanarySpec, ModelFrom};
 
 /// The most of an answer kept (a 1-token answer is far smaller).
 const ANSWER_LIMIT: usize = 64 * 1024;

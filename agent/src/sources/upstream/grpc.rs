@@ -11,7 +11,7 @@ use bytes::{Buf, Bytes};
 use hyper::header::{HeaderValue, CONTENT_TYPE, TE, USER_AGENT as USER_AGENT_HEADER};
 
 use crate::net::{self, USER_AGENT};
-use crate::state::probe_result::Failure;
+use vitals_core::state::probe_result::Failure;
 
 /// The most of a response body read; a health answer is a few bytes.
 const BODY_LIMIT: usize = 4 * 1024;
@@ -171,7 +171,7 @@ mod tests {
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
     use super::*;
-    use crate::config::upstreams::Action;
+    use vitals_core::upstreams::Action;
 
     #[test]
     fn wire_format() {

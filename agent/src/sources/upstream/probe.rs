@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::Uri;
 
-use crate::config::upstreams::{Action, HttpGet};
 use crate::net::{self, BodyRead};
-pub use crate::state::probe_result::{Failure, Outcome, MAX_REDIRECTS};
+pub use vitals_core::state::probe_result::{Failure, Outcome, MAX_REDIRECTS};
+use vitals_core::upstreams::{Action, HttpGet};
 
 /// The kubelet reads at most this much of a probe's body (pkg/probe/http/http.go).
 pub const BODY_LIMIT: usize = 10 * 1024;

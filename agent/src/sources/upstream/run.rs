@@ -15,9 +15,9 @@ use tokio_util::task::TaskTracker;
 
 use super::{probe, scrape};
 use crate::cadence::Cadence;
-use crate::config::upstreams::{MetricsSpec, ProbeKind, ProbeSpec, UpstreamSpec};
-use crate::state::registry::{Registry, UpstreamResults};
 use crate::surfaces::metrics::Metrics;
+use vitals_core::state::registry::{Registry, UpstreamResults};
+use vitals_core::upstreams::{MetricsSpec, ProbeKind, ProbeSpec, UpstreamSpec};
 
 /// How long one scrape may take: beyond it, the page is no evidence.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -152,7 +152,7 @@ async fn scraper(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::upstreams::parse;
+    use vitals_core::upstreams::parse;
 
     #[test]
     fn probes_that_send_the_same_request_at_the_same_rate_share_it() {
@@ -162,6 +162,7 @@ mod tests {
                 "livenessProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 10},
                 "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 5}}}"#,
             &[],
+            |_| None,
         )
         .expect("valid")
         .remove(0);
@@ -187,6 +188,7 @@ mod tests {
                 "livenessProbe": {"httpGet": {"path": "/health", "port": 8000}, "timeoutSeconds": 3},
                 "readinessProbe": {"httpGet": {"path": "/v1/models", "port": 8000}}}}"#,
             &[],
+            |_| None,
         )
         .expect("valid")
         .remove(0);

@@ -1,10 +1,10 @@
 //! Reads an upstream's Prometheus metrics (SPEC §8 `M`): one GET bounded in time and
 //! size, parsed strictly, reduced to the sums the stall rule needs. A failed scrape is no
-//! evidence of a stall (except where the engine answers the page itself, [`super::stall`]);
+//! evidence of a stall (except where the engine answers the page itself, [`vitals_core::stall`]);
 //! a refused one (401/403) is logged once and shown, never silent.
 //!
 //! The connection is kept for the next scrape where the server keeps it open and the
-//! profile allows ([`crate::config::upstreams::profiles::Profile::keep_alive`]): one handshake instead of one
+//! profile allows ([`vitals_core::upstreams::profiles::Profile::keep_alive`]): one handshake instead of one
 //! per `--proc-interval`. The kubelet-style probes never reuse one (SPEC §8).
 
 use std::net::IpAddr;
@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 use hyper::header::{HeaderName, HeaderValue, CONNECTION};
 use vitals_proto::WorkerName;
 
-use super::engines::{Page, Scrape};
-use super::expo;
-use super::stall::Reading;
-use crate::config::upstreams::profiles::SleepSignal;
-use crate::config::upstreams::MetricsSpec;
 use crate::net::{self, BodyRead, Http1};
-use crate::state::probe_result::Failure;
-pub use crate::state::probe_result::ScrapeError;
+use vitals_core::engines::{Page, Scrape};
+use vitals_core::expo;
+use vitals_core::stall::Reading;
+use vitals_core::state::probe_result::Failure;
+pub use vitals_core::state::probe_result::ScrapeError;
+use vitals_core::upstreams::profiles::SleepSignal;
+use vitals_core::upstreams::MetricsSpec;
 
 /// The largest metrics page read. vLLM's page with a few models' histograms is a few
 /// hundred KiB; anything far beyond is not a metrics page worth holding in the agent.
@@ -255,7 +255,7 @@ mod tests {
     use std::net::{Ipv4Addr, TcpListener};
 
     use super::*;
-    use crate::config::upstreams::parse;
+    use vitals_core::upstreams::parse;
 
     async fn scrape(
         host: IpAddr,
@@ -278,7 +278,7 @@ mod tests {
         let text = format!(
             r#"{{"v": {{"livenessProbe": {{"httpGet": {{"path": "/health", "port": {port}}}}}, "metrics": "vllm"}}}}"#
         );
-        parse(&text, &[]).expect("valid")[0]
+        parse(&text, &[], |_| None).expect("valid")[0]
             .metrics
             .clone()
             .expect("metrics")

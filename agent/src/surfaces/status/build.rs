@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::doc::*;
-use crate::config::upstreams::Action;
-use crate::sources::upstream::sleep::Wake;
-use crate::state::snapshot::Snapshot;
-use crate::state::upstream::{CanaryResult, UpstreamState};
 use crate::surfaces::text;
 use crate::surfaces::ticker::{rfc3339, Transition, TransitionLog};
-use crate::verdict::{Answer, PidStatus, Probe, UpstreamVerdict};
+use vitals_core::sleep::Wake;
+use vitals_core::snapshot::Snapshot;
+use vitals_core::state::upstream::{CanaryResult, UpstreamState};
+use vitals_core::upstreams::Action;
+use vitals_core::verdict::{Answer, PidStatus, Probe, UpstreamVerdict};
 
 fn secs(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use clap::Args;
+use vitals_proto::env;
 
 use super::doc::*;
 
@@ -13,13 +14,13 @@ use super::doc::*;
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
     /// The agent's HTTP address.
-    #[arg(long, env = "VITALS_URL", default_value = "http://127.0.0.1:9180")]
+    #[arg(long, env = env::URL, default_value = "http://127.0.0.1:9180")]
     pub url: String,
     /// Redraw every second until interrupted.
-    #[arg(long, env = "VITALS_WATCH")]
+    #[arg(long, env = env::WATCH)]
     pub watch: bool,
     /// Print the raw /status JSON instead of a table.
-    #[arg(long, env = "VITALS_JSON")]
+    #[arg(long, env = env::JSON)]
     pub json: bool,
 }
 

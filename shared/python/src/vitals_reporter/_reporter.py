@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 
-from . import _loading
+from . import _loading, env
 
 __all__ = ["PHASES", "Reporter"]
 
@@ -51,9 +51,9 @@ _MAX_TEXT = 4096
 # to, or one heartbeat period, whichever is longer: shorter delays are scheduling noise.
 _STARVED_MIN_S = 0.5
 # The process used at least this share of a core while the heartbeat thread could not
-# run: it was spinning. Far lower than the agent's 0.5 (agent/src/verdict.rs SPIN_CORES):
-# a blocked process uses close to nothing, while a spinning one on a node with several
-# runnable threads per core gets only its share (0.15 to 0.3 of a core measured on a
+# run: it was spinning. The agent's own rule uses the same 0.1 (core/src/verdict.rs
+# SPIN_CORES): a blocked process uses close to nothing, while a spinning one on a node
+# with several runnable threads per core gets only its share (0.15 to 0.3 of a core measured on a
 # 2-core machine at load 10).
 _SPIN_CORES = 0.1
 
@@ -106,9 +106,9 @@ class Reporter:
         self, name=None, socket=None, heartbeat_ms=1000, version=None, stall_timeout_ms=None
     ):
         if name is None:
-            name = os.environ.get("VITALS_NAME", "")
+            name = os.environ.get(env.NAME, "")
         if socket is None:
-            socket = os.environ.get("VITALS_AGENT_SOCKET", "")
+            socket = os.environ.get(env.AGENT_SOCKET, "")
         if not isinstance(heartbeat_ms, int) or heartbeat_ms < 1:
             raise ValueError(f"heartbeat_ms must be a positive int, got {heartbeat_ms!r}")
         if stall_timeout_ms is not None and (
@@ -143,16 +143,16 @@ class Reporter:
             global _noop_logged
             if not _noop_logged:
                 _noop_logged = True
-                _log.warning("vitals: VITALS_AGENT_SOCKET is not set; not reporting to an agent")
+                _log.warning("vitals: %s is not set; not reporting to an agent", env.AGENT_SOCKET)
             return
         if not _NAME.match(name):
             raise ValueError(
                 f"worker name {name!r} must match [a-z0-9][a-z0-9-]{{0,62}} "
-                "(set VITALS_NAME, by convention the container's name)"
+                f"(set {env.NAME}, by convention the container's name)"
             )
         self._name = name
         self._version = _text(
-            version if version is not None else os.environ.get("VITALS_VERSION", "unknown")
+            version if version is not None else os.environ.get(env.VERSION, "unknown")
         )
         self._heartbeat_s = heartbeat_ms / 1000
         self._heartbeat_ms = heartbeat_ms

@@ -1,0 +1,189 @@
+//! One immutable view of everything the agent knows at one instant, and the only way the
+//! probe port, the ticker, `/status` and the metrics read it.
+//!
+//! A [`Snapshot`] pairs the registry's state (taken as an `Arc` under the registry's lock,
+//! which is then released) with the agent's own health and the verdicts evaluated from
+//! both. Everything downstream renders a snapshot; nothing downstream holds a lock while
+//! it evaluates, renders or encodes. On a group's leader it also pairs the group's state
+//! (SPEC §9) and adds the group verdict to the verdicts.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::state::group::{self, GroupState, SharedGroup};
+use crate::state::registry::{Registry, State};
+use crate::verdict::group::GroupLimits;
+use crate::verdict::{evaluate, AgentInput, Thresholds, Verdicts};
+
+/// The agent's own liveness and readiness inputs: when its ticker last ran, and whether
+/// a shutdown signal arrived. Written by the ticker and by `run`; read by snapshots.
+#[derive(Debug)]
+pub struct AgentHealth {
+    started_at: Instant,
+    /// Nanoseconds after `started_at` of the ticker's last run.
+    last_tick: AtomicU64,
+    shutting_down: AtomicBool,
+}
+
+impl AgentHealth {
+    /// Health of an agent starting now (its ticker counts as having just run).
+    pub fn new(started_at: Instant) -> Self {
+        Self {
+            started_at,
+            last_tick: AtomicU64::new(0),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// The ticker ran at `now`.
+    pub fn mark_tick(&self, now: Instant) {
+        let nanos = now.saturating_duration_since(self.started_at).as_nanos();
+        self.last_tick
+            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// A shutdown signal arrived: readiness fails from now on (SPEC §7).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    /// What the agent knows about itself at this moment.
+    pub fn input(&self) -> AgentInput {
+        let nanos = self.last_tick.load(Ordering::Relaxed);
+        AgentInput {
+            shutting_down: self.shutting_down.load(Ordering::Relaxed),
+            last_tick: self.started_at + Duration::from_nanos(nanos),
+        }
+    }
+}
+
+/// Everything known at one instant, and the verdicts it implies.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// When it was taken.
+    pub at: Instant,
+    /// The registry's state at `at`.
+    pub state: Arc<State>,
+    /// The agent's own health at `at`.
+    pub agent: AgentInput,
+    /// Every verdict, evaluated from `state` and `agent` (and `group`) at `at`.
+    pub verdicts: Verdicts,
+    /// A leader's group state at `at`.
+    pub group: Option<Arc<GroupState>>,
+}
+
+impl Snapshot {
+    /// Judges `state` and `agent` at `at`.
+    pub fn evaluate(
+        state: Arc<State>,
+        agent: AgentInput,
+        thresholds: &Thresholds,
+        at: Instant,
+    ) -> Self {
+        let verdicts = evaluate(&state, agent, thresholds, at);
+        Self {
+            at,
+            state,
+            agent,
+            verdicts,
+            group: None,
+        }
+    }
+
+    /// Adds a leader's group: its state as this pod's own instances at `at` show it, and
+    /// its verdict.
+    pub fn with_group(mut self, g: Arc<GroupState>, limits: &GroupLimits) -> Self {
+        let g = g.as_of(&group::instances(&self.state), self.at);
+        self.verdicts.group = Some(crate::verdict::group::evaluate(&g, limits, self.at));
+        self.group = Some(g);
+        self
+    }
+}
+
+/// A leader's group, as snapshots read it.
+#[derive(Debug, Clone)]
+pub struct GroupSource {
+    /// What the poller learnt.
+    pub shared: Arc<SharedGroup>,
+    /// `--group-timeout` and `--group-lost-after`.
+    pub limits: GroupLimits,
+}
+
+/// Takes snapshots: a cheap, cloneable read handle on the registry and the agent's health.
+#[derive(Debug, Clone)]
+pub struct Snapshots {
+    registry: Arc<Registry>,
+    health: Arc<AgentHealth>,
+    thresholds: Thresholds,
+    group: Option<GroupSource>,
+}
+
+impl Snapshots {
+    /// Snapshots of `registry` and `health`, judged by `thresholds`.
+    pub fn new(registry: Arc<Registry>, health: Arc<AgentHealth>, thresholds: Thresholds) -> Self {
+        Self {
+            registry,
+            health,
+            thresholds,
+            group: None,
+        }
+    }
+
+    /// The same, on a group's leader: every snapshot also judges the group.
+    pub fn with_group(mut self, group: GroupSource) -> Self {
+        self.group = Some(group);
+        self
+    }
+
+    /// The snapshot at `now`. Holds the registry's lock only to clone an `Arc`.
+    pub fn take(&self, now: Instant) -> Snapshot {
+        let snapshot = Snapshot::evaluate(
+            self.registry.current(),
+            self.health.input(),
+            &self.thresholds,
+            now,
+        );
+        match &self.group {
+            Some(g) => snapshot.with_group(g.shared.current(), &g.limits),
+            None => snapshot,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{hello, name, phase, PEER, T};
+    use vitals_proto::Phase;
+
+    #[test]
+    fn a_snapshot_does_not_change_after_it_is_taken() {
+        let t0 = Instant::now();
+        let registry = Arc::new(Registry::new(&[name("model")], T.hang));
+        let health = Arc::new(AgentHealth::new(t0));
+        let snapshots = Snapshots::new(Arc::clone(&registry), Arc::clone(&health), T);
+        let reports = registry.worker_reports();
+        reports
+            .hello(&hello("model", "a"), PEER, 1, t0)
+            .expect("name free");
+        let before = snapshots.take(t0);
+        reports.message(&name("model"), 1, phase(Phase::Failed, None), t0);
+        health.begin_shutdown();
+        let after = snapshots.take(t0);
+        let live = |s: &Snapshot| s.verdicts.get("model").map(|w| w.live);
+        assert_eq!(live(&before), Some(Ok(())), "taken before the failure");
+        assert!(before.verdicts.agent_ready.is_ok());
+        assert_eq!(live(&after).map(|l| l.is_err()), Some(true));
+        assert!(after.verdicts.agent_ready.is_err());
+    }
+
+    #[test]
+    fn the_agent_is_live_while_its_ticker_runs() {
+        let t0 = Instant::now();
+        let health = AgentHealth::new(t0);
+        assert!(!health.input().shutting_down);
+        health.mark_tick(t0 + Duration::from_secs(5));
+        assert_eq!(health.input().last_tick, t0 + Duration::from_secs(5));
+    }
+}
