@@ -22,4 +22,17 @@ if [ -n "$bad" ]; then
     done
     exit 1
 fi
-echo "check-core-deps: vitals-core depends on $(wc -l <<<"$crates") crates, none of tokio, hyper, procfs, nix"
+# Nor may its own code reach the clock, files, the environment, the network, processes or
+# threads outside its tests: every rule is a function of (state, now), with `now` passed in.
+impure=$(find core/src -name '*.rs' ! -name fixtures.rs -print0 | xargs -0 awk '
+    FNR == 1 { tests = 0 }
+    /#\[cfg\(test\)\]/ { tests = 1 }
+    !tests && !/^[[:space:]]*\/\// && /Instant::now\(|SystemTime::now\(|std::(fs|env|net|process|thread)::/ {
+        print FILENAME ":" FNR ": " $0
+    }')
+if [ -n "$impure" ]; then
+    echo "check-core-deps: vitals-core reads the clock or the system outside its tests:" >&2
+    echo "$impure" >&2
+    exit 1
+fi
+echo "check-core-deps: vitals-core depends on $(wc -l <<<"$crates") crates, none of tokio, hyper, procfs, nix; its code reads no clock, file, environment, network, process or thread"

@@ -402,10 +402,13 @@ def worker_metrics():
 
 
 def agent_metrics():
-    """The agent's metric names, read from where it registers them
-    (agent/src/surfaces/metrics.rs), so a new series is known without a second list here."""
-    src = (ROOT / "agent/src/surfaces/metrics.rs").read_text().split("#[cfg(test)]")[0]
-    names = re.findall(r'(?:metric!\(\s*\w+,\s*|HistogramOpts::new\(\s*|opts\(\s*)"([a-z_]+)"', src)
+    """The agent's metric names, read from where it defines them (the sources' counters in
+    agent/src/counters.rs, the rest in agent/src/surfaces/metrics.rs), so a new series is
+    known without a second list here."""
+    src = "".join((ROOT / "agent/src" / f).read_text().split("#[cfg(test)]")[0]
+                  for f in ("counters.rs", "surfaces/metrics.rs"))
+    names = re.findall(
+        r'(?:metric!\(\s*\w+,\s*|HistogramOpts::new\(\s*|opts\(\s*|counter\(\s*|histogram\(\s*)"([a-z_]+)"', src)
     return {"vitals_" + n for n in names}
 
 

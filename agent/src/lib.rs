@@ -15,6 +15,7 @@
 pub mod cadence;
 pub mod cli;
 pub mod config;
+pub mod counters;
 pub mod inject;
 pub mod net;
 pub mod sources;
@@ -182,7 +183,7 @@ pub async fn run_with(
     tasks.spawn(sources::socket::serve(
         sources::socket::Context {
             workers: registry.worker_reports(),
-            metrics: Arc::clone(&metrics),
+            counters: metrics.counters().clone(),
             proc_wake: Arc::clone(&proc_wake),
             hang_timeout: config.thresholds.hang,
         },
@@ -199,7 +200,7 @@ pub async fn run_with(
     sources::upstream::run::spawn(
         &tasks,
         &sources::upstream::run::Context {
-            metrics: Arc::clone(&metrics),
+            counters: metrics.counters().clone(),
             host: sources::upstream::run::host(config.pod_ip),
             stall_timeout: config.thresholds.stall,
             scrape_interval: config.proc_interval,
@@ -214,7 +215,7 @@ pub async fn run_with(
             &sources::group::Context {
                 group: shared,
                 own,
-                metrics: Arc::clone(&metrics),
+                counters: metrics.counters().clone(),
                 config: g,
             },
             &stop,

@@ -3,7 +3,7 @@
 //! - [`message`]: the protocol v1 messages and the rules that decode them;
 //! - [`codec`]: newline framing with the 64 KiB line limit (pure, blocking and tokio);
 //! - [`name`]: worker-name rules;
-//! - [`env`]: the names of the environment variables the agent, `inject` and workers share;
+//! - [`env`](mod@env): the names of the environment variables the agent, `inject` and workers share;
 //! - [`reporter`]: the std-thread client a worker embeds to report to the agent.
 //!
 //! `SPEC.md` §1 and §7 are the normative text; `README.md` beside this crate explains

@@ -16,8 +16,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::cadence::Cadence;
 use crate::config::GroupConfig;
+use crate::counters::SourceCounters;
 use crate::net::{self, BodyRead};
-use crate::surfaces::metrics::Metrics;
 use vitals_core::snapshot::Snapshots;
 use vitals_core::state::group::MemberTarget;
 use vitals_core::state::group::{self, GroupReport, LeaderNow, PollError, SharedGroup};
@@ -36,7 +36,7 @@ pub struct Context {
     /// and readiness decide formation (SPEC §9, §11).
     pub own: Snapshots,
     /// Poll durations.
-    pub metrics: Arc<Metrics>,
+    pub counters: SourceCounters,
     /// The members and the periods.
     pub config: GroupConfig,
 }
@@ -68,7 +68,7 @@ async fn poll_member(ctx: Context, slot: usize, target: MemberTarget, stop: Canc
             () = stop.cancelled() => return,
             r = poll_once(&mut address, &target, ctx.config.poll) => r,
         };
-        ctx.metrics
+        ctx.counters
             .group_poll(started.elapsed(), result.as_ref().map(|_| ()));
         match (&result, &last_error) {
             (Err(e), None) => {

@@ -26,7 +26,7 @@ use vitals_proto::message::{
 };
 use vitals_proto::{ErrorCode, WorkerName};
 
-use crate::surfaces::metrics::Metrics;
+use crate::counters::SourceCounters;
 use vitals_core::state::registry::{ConnId, HelloOutcome, PeerCred, WorkerReports};
 
 /// Most worker connections open at once; more are closed at once. Far above any real pod
@@ -160,7 +160,7 @@ pub struct Context {
     /// Where reports go: the workers' part of the registry only.
     pub workers: WorkerReports,
     /// Protocol error and unknown-message counters.
-    pub metrics: Arc<Metrics>,
+    pub counters: SourceCounters,
     /// Notified after each accepted hello.
     pub proc_wake: Arc<Notify>,
     /// `--hang-timeout`: sent in `welcome`, and the bound on waiting for a hello.
@@ -285,7 +285,7 @@ impl<'a> Connection<'a> {
             match decode_message(&line) {
                 Ok(WorkerMessage::Unknown { type_name }) => {
                     tracing::debug!(worker = %name, r#type = ?type_name, "ignoring unknown message type");
-                    self.ctx.metrics.unknown_message();
+                    self.ctx.counters.unknown_message();
                 }
                 Ok(msg) => {
                     let now = Instant::now();
@@ -339,7 +339,7 @@ impl<'a> Connection<'a> {
     /// Sends `error`, counts and logs it; the caller's return closes the connection.
     async fn reject(&mut self, name: Option<&WorkerName>, code: ErrorCode, message: String) {
         tracing::warn!(worker = name.map(WorkerName::as_str), code = %code, error = %message, conn = self.id, "protocol error; closing worker connection");
-        self.ctx.metrics.protocol_error(code);
+        self.ctx.counters.protocol_error(code);
         if let Some(name) = name {
             self.disconnect(name);
         }

@@ -1,11 +1,12 @@
-//! Prometheus metrics (SPEC §4, §7): registered handles, updated from registry snapshots
-//! and verdicts, plus the few event counters (probes, protocol errors, hangs).
+//! Prometheus metrics (SPEC §4, §7): the agent's one registry and its exposition; gauges
+//! updated from registry snapshots and verdicts, the ticker's counters, the probe counts.
 //!
 //! Gauges are a view of the snapshot, set by the ticker and just before each scrape
 //! ([`Metrics::refresh`], which counts nothing). Counters advance only on the ticker (edges
 //! from [`vitals_core::verdict::edges`], and [`Metrics::mirror`] for the counters that mirror a
-//! worker's own monotonic numbers), and on the events they count (probes, protocol errors,
-//! upstream probe runs, group polls) where those happen.
+//! worker's own monotonic numbers), on the probes this port answers, and, for the sources'
+//! events (protocol errors, upstream probe runs, scrapes, canaries, group polls), where those
+//! happen, through the [`SourceCounters`] registered here.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -13,22 +14,17 @@ use std::time::Duration;
 
 use prometheus::core::Collector;
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec,
+    Registry, TextEncoder,
 };
-use vitals_proto::{ErrorCode, Phase};
+use vitals_proto::Phase;
 
+use crate::counters::{opts, SourceCounters, NAMESPACE};
 use crate::surfaces::text;
 use vitals_core::snapshot::Snapshot;
-use vitals_core::state::group::PollError;
-use vitals_core::state::probe_result::Outcome;
 use vitals_core::state::registry::State;
-use vitals_core::upstreams::ProbeKind;
 use vitals_core::verdict::group::{BrokenReason, MemberStatus};
 use vitals_core::verdict::{LiveReason, Probe, Target};
-
-/// The metric name prefix.
-const NAMESPACE: &str = "vitals";
 
 /// Probe latency buckets: answers take about 200 µs, so the fine buckets show drift early;
 /// the coarse ones reach the kubelet's 1 s default timeout and beyond, so a p99 of seconds
@@ -39,16 +35,8 @@ const PROBE_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
-/// Upstream answer latency buckets: from a local server's sub-millisecond answer to a
-/// probe's longest timeouts.
-const UPSTREAM_BUCKETS: &[f64] = &[0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-
 /// The label values of a series without labels.
 const NO_LABELS: &[&str] = &[];
-
-/// Group poll latency buckets: a member agent answers from memory in about a
-/// millisecond; a poll's bound is `--group-poll` (1 s by default).
-const GROUP_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5];
 
 /// How far each worker's mirrored counters have been advanced.
 #[derive(Debug, Default)]
@@ -62,6 +50,7 @@ struct Cursor {
 /// The agent's metric handles and their registry.
 pub struct Metrics {
     registry: Registry,
+    counters: SourceCounters,
     probe_requests: IntCounterVec,
     probe_duration: HistogramVec,
     connected: IntGaugeVec,
@@ -78,13 +67,7 @@ pub struct Metrics {
     cpu: CounterVec,
     rss: IntGaugeVec,
     threads: IntGaugeVec,
-    protocol_errors: IntCounterVec,
-    unknown_messages: IntCounter,
-    upstream_probe_duration: HistogramVec,
-    upstream_probe_results: IntCounterVec,
     upstream_proc_watched: IntGaugeVec,
-    upstream_scrape_errors: IntCounterVec,
-    upstream_canaries: IntCounterVec,
     upstream_load_rss: IntGaugeVec,
     upstream_load_cpu: GaugeVec,
     upstream_load_read: IntGaugeVec,
@@ -92,7 +75,6 @@ pub struct Metrics {
     group_members: IntGaugeVec,
     group_formed: IntGaugeVec,
     group_broken: IntCounterVec,
-    group_poll_duration: HistogramVec,
     cursors: Mutex<HashMap<String, Cursor>>,
 }
 
@@ -100,10 +82,6 @@ impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
     }
-}
-
-fn opts(name: &str, help: &str) -> Opts {
-    Opts::new(name, help).namespace(NAMESPACE)
 }
 
 impl Metrics {
@@ -135,48 +113,13 @@ impl Metrics {
         )
         .expect("histogram options are valid constants");
         register(Box::new(probe_duration.clone()));
-        let protocol_errors = metric!(
-            IntCounterVec,
-            "protocol_errors_total",
-            "Worker connections closed for breaking protocol v1, by error code.",
-            &["code"]
-        );
-        for code in ErrorCode::ALL {
-            protocol_errors.with_label_values(&[code.as_str()]);
-        }
-        let unknown_messages = IntCounter::with_opts(opts(
-            "protocol_unknown_messages_total",
-            "Worker messages ignored because their type is missing or unknown.",
-        ))
-        .expect("metric options are valid constants");
-        register(Box::new(unknown_messages.clone()));
         register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
-        let upstream_probe_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "upstream_probe_duration_seconds",
-                "Time an upstream took to answer the agent's run of its own probe (SPEC §8), by probe (startup, liveness, readiness).",
-            )
-            .namespace(NAMESPACE)
-            .buckets(UPSTREAM_BUCKETS.to_vec()),
-            &["worker", "probe"],
-        )
-        .expect("histogram options are valid constants");
-        register(Box::new(upstream_probe_duration.clone()));
-        // The series exist only on a group's leader, so an alert on them never fires for
-        // the pods that are not one.
-        let group_poll_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "group_poll_duration_seconds",
-                "Time a group leader's poll of one member's /group took (SPEC §9), by result (ok, timeout, lookup, refused, reset, ..., status, garbage).",
-            )
-            .namespace(NAMESPACE)
-            .buckets(GROUP_BUCKETS.to_vec()),
-            &["result"],
-        )
-        .expect("histogram options are valid constants");
-        register(Box::new(group_poll_duration.clone()));
+        let counters = SourceCounters::new();
+        for c in counters.collectors() {
+            register(c);
+        }
         Self {
             probe_requests: metric!(
                 IntCounterVec,
@@ -239,32 +182,11 @@ impl Metrics {
                 w
             ),
             threads: metric!(IntGaugeVec, "worker_process_threads", "Threads of the worker's process, from /proc.", w),
-            protocol_errors,
-            unknown_messages,
-            upstream_probe_duration,
-            upstream_probe_results: metric!(
-                IntCounterVec,
-                "upstream_probe_results_total",
-                "Runs of an upstream's own probes, by probe and result (pass, or the failure: status, timeout, refused, reset, redirects, protocol, grpc, error).",
-                &["worker", "probe", "result"]
-            ),
             upstream_proc_watched: metric!(
                 IntGaugeVec,
                 "upstream_proc_watched",
                 "1 when the upstream's process is found and its /proc checks (stopped, uninterruptible, gone) run; 0 when they are off (the reason is in /status).",
                 w
-            ),
-            upstream_scrape_errors: metric!(
-                IntCounterVec,
-                "upstream_scrape_errors_total",
-                "Scrapes of an upstream's own metrics that gave no reading, by reason (unauthorized, timeout, refused, reset, status, protocol, parse, error).",
-                &["worker", "reason"]
-            ),
-            upstream_canaries: metric!(
-                IntCounterVec,
-                "upstream_canaries_total",
-                "Canary requests sent to an idle upstream (SPEC §12), by result: ok, deadline (its whole answer missed the deadline: loop_stalled: canary), error (answered otherwise).",
-                &["worker", "result"]
             ),
             upstream_load_rss: metric!(
                 IntGaugeVec,
@@ -308,7 +230,7 @@ impl Metrics {
                 "Times a group leader's group broke (its model's liveness fails), by reason (restarted, lost, not_live).",
                 &["reason"]
             ),
-            group_poll_duration,
+            counters,
             cursors: Mutex::default(),
             registry,
         }
@@ -325,52 +247,9 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// Records one run of an upstream's probe.
-    pub fn upstream_probe(&self, worker: &str, kind: ProbeKind, outcome: &Outcome) {
-        let result = match &outcome.result {
-            Ok(_) => "pass",
-            Err(f) => f.kind(),
-        };
-        self.upstream_probe_results
-            .with_label_values(&[worker, kind.label(), result])
-            .inc();
-        self.upstream_probe_duration
-            .with_label_values(&[worker, kind.label()])
-            .observe(outcome.latency.as_secs_f64());
-    }
-
-    /// Counts a scrape of an upstream's metrics that gave no reading.
-    pub fn upstream_scrape_error(&self, worker: &str, reason: &str) {
-        self.upstream_scrape_errors
-            .with_label_values(&[worker, reason])
-            .inc();
-    }
-
-    /// Counts one canary sent to an upstream, by its result label.
-    pub fn upstream_canary(&self, worker: &str, result: &str) {
-        self.upstream_canaries
-            .with_label_values(&[worker, result])
-            .inc();
-    }
-
-    /// Records one poll of a group member: `ok`, or why it failed ([`PollError::result`]).
-    pub fn group_poll(&self, took: Duration, result: Result<(), &PollError>) {
-        let result = result.map_or_else(PollError::result, |()| "ok");
-        self.group_poll_duration
-            .with_label_values(&[result])
-            .observe(took.as_secs_f64());
-    }
-
-    /// Counts a protocol error.
-    pub fn protocol_error(&self, code: ErrorCode) {
-        self.protocol_errors
-            .with_label_values(&[code.as_str()])
-            .inc();
-    }
-
-    /// Counts an ignored message of unknown type.
-    pub fn unknown_message(&self) {
-        self.unknown_messages.inc();
+    /// The counters the sources advance where their events happen.
+    pub fn counters(&self) -> &SourceCounters {
+        &self.counters
     }
 
     /// Counts a leader's group breaking (the ticker's edge, [`vitals_core::verdict::edges`]).
@@ -514,7 +393,7 @@ impl Metrics {
         for kind in BrokenReason::KINDS {
             self.group_broken.with_label_values(&[kind]);
         }
-        self.group_poll_duration.with_label_values(&["ok"]);
+        self.counters.show_group_polls();
     }
 
     /// The per-worker series of each upstream (SPEC §8): verdicts, its busy and pending
@@ -535,10 +414,7 @@ impl Metrics {
             for reason in LiveReason::ALL {
                 self.hangs.with_label_values(&[n, reason.as_str()]);
             }
-            for kind in u.spec.probes.keys() {
-                self.upstream_probe_duration
-                    .with_label_values(&[n, kind.label()]);
-            }
+            self.counters.show_upstream(n, &u.spec);
             if u.spec.metrics.is_some() {
                 // The latest page, while scrapes succeed: a failing one leaves no evidence.
                 // Per container, the sum over its engines (as a worker's one pair).
@@ -572,11 +448,6 @@ impl Metrics {
                 self.upstream_load_unmoved
                     .with_label_values(l)
                     .set(load.unmoved_for(snapshot.at).as_secs_f64());
-            }
-            if u.spec.canary.is_some() {
-                for result in ["ok", "deadline", "error"] {
-                    self.upstream_canaries.with_label_values(&[n, result]);
-                }
             }
             if let Some(s) = u.proc.latest.as_ref().filter(|_| !u.proc.gone) {
                 self.rss.with_label_values(l).set(clamp(s.rss_bytes));

@@ -202,13 +202,11 @@ impl UpstreamResults {
 pub struct ProcSamples(Arc<Registry>);
 
 impl ProcSamples {
-    /// What to do this round, and the pids whose containers are never an upstream's (the
-    /// agent's own and the protocol workers').
+    /// What to do this round, and the protocol workers' pids (their containers are never
+    /// an upstream's; nor is the agent's own, which the sampler adds).
     pub fn targets(&self) -> (Vec<ProcTarget>, Vec<u32>) {
         let state = self.0.current();
-        let mut exclude = vec![std::process::id()];
-        exclude.extend(state.worker_pids());
-        (state.proc_targets(), exclude)
+        (state.proc_targets(), state.worker_pids())
     }
 
     /// Records one round's results; see [`State::apply_proc`].

@@ -18,15 +18,6 @@ use crate::state::proc_track::ProcTrack;
 use crate::state::zombies::Zombies;
 use crate::upstreams::{Action, ProbeKind, UpstreamSpec};
 
-/// One scrape that failed, for `/status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScrapeFailure {
-    /// When.
-    pub at: Instant,
-    /// Why.
-    pub error: String,
-}
-
 /// How one canary request ended (SPEC §12).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CanaryResult {
@@ -87,7 +78,7 @@ pub struct UpstreamState {
     /// keep it awake (`None`: the latest round read them).
     pub quiet_since: Option<Instant>,
     /// The latest scrape failure (cleared by a success).
-    pub scrape_failure: Option<ScrapeFailure>,
+    pub scrape_failure: Option<ScrapeError>,
     /// Its process.
     pub proc: ProcTrack,
     /// Its load, until its startup probe first passes (SPEC §12).
@@ -182,10 +173,7 @@ impl UpstreamState {
             }
             Err(e) => {
                 self.engines.observe_failure(started, e.is_timeout());
-                self.scrape_failure = Some(ScrapeFailure {
-                    at: Instant::now(),
-                    error: e.to_string(),
-                });
+                self.scrape_failure = Some(e);
             }
         }
     }

@@ -174,7 +174,7 @@ fn by_cmdline_before_listening(
 /// A recorded shell script (`sh -c SCRIPT`, or bash, dash, ash, ksh, zsh, with options
 /// before `-c`) also matches the command the shell runs in its own place: dash and bash
 /// exec a `-c` script's last simple command, so in an image where they do, the container's
-/// process is that command, not the shell ([`exec_form`]).
+/// process is that command, not the shell (`exec_form`).
 pub fn cmdline_matches(recorded: &[String], actual: &[String]) -> bool {
     run_matches(recorded, actual)
         || exec_form(recorded).is_some_and(|exec| run_matches(&exec, actual))

@@ -103,7 +103,8 @@ pub async fn watch(
                 Ok(_) | Err(oneshot::error::TryRecvError::Closed) => late = None,
             }
         }
-        let (targets, exclude) = samples.targets();
+        let (targets, mut exclude) = samples.targets();
+        exclude.push(std::process::id());
         if targets.is_empty() {
             continue;
         }

@@ -53,7 +53,7 @@ pub async fn run(cx: Context, results: UpstreamResults, spec: CanarySpec, stop: 
         if result == CanaryResult::Deadline {
             tracing::warn!(upstream = %results.name(), deadline = ?spec.deadline, path = %spec.path, "canary missed its deadline");
         }
-        cx.metrics
+        cx.counters
             .upstream_canary(results.name().as_str(), result.label());
         results.canary_ended(CanaryRun {
             started: sent,

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{probe, scrape};
 use crate::cadence::Cadence;
-use crate::surfaces::metrics::Metrics;
+use crate::counters::SourceCounters;
 use vitals_core::state::registry::{Registry, UpstreamResults};
 use vitals_core::upstreams::{MetricsSpec, ProbeKind, ProbeSpec, UpstreamSpec};
 
@@ -36,7 +36,7 @@ pub fn host(pod_ip: Option<IpAddr>) -> IpAddr {
 #[derive(Clone)]
 pub struct Context {
     /// Probe durations and results.
-    pub metrics: Arc<Metrics>,
+    pub counters: SourceCounters,
     /// Where the upstreams are probed.
     pub host: IpAddr,
     /// `--stall-timeout`.
@@ -115,7 +115,7 @@ async fn prober(
             o = probe::run(&spec.action, cx.host, spec.timeout) => o,
         };
         for kind in &kinds {
-            cx.metrics
+            cx.counters
                 .upstream_probe(results.name().as_str(), *kind, &outcome);
         }
         results.probe(&kinds, outcome);
@@ -142,7 +142,7 @@ async fn scraper(
             r = scraper.scrape(SCRAPE_TIMEOUT, working) => r,
         };
         if let Err(e) = &result {
-            cx.metrics
+            cx.counters
                 .upstream_scrape_error(results.name().as_str(), e.kind());
         }
         results.scrape(started, result, cx.stall_timeout, cx.scrape_interval);

@@ -249,7 +249,7 @@ fn upstream_doc(u: &UpstreamState, uv: &UpstreamVerdict, now: Instant) -> Upstre
             busy: last.and_then(|p| p.busy()),
             pending: last.and_then(|p| p.pending()),
             page_age_seconds: last.map(|p| secs(now.saturating_duration_since(p.at))),
-            scrape_error: u.scrape_failure.as_ref().map(|f| f.error.clone()),
+            scrape_error: u.scrape_failure.as_ref().map(ToString::to_string),
             engines,
             sleep: u.sleep.asleep().map(|a| SleepDoc {
                 seconds: secs(now.saturating_duration_since(a.since)),
