@@ -35,7 +35,7 @@ for f in avx2 fma avx512f avx512_bf16 amx_tile; do
 done
 
 if [ "${BENCH_AGENT:-1}" != 0 ]; then
-  echo "== agent: binary size, idle RSS and CPU with 4 workers, probe latency at 1000/s"
+  echo "== agent: binary size, idle RSS and CPU with 4 workers, probe latency at 1000/s, CPU per probe against nginx"
   # The binary the agent image ships (scripts/images.sh): static, so its idle RSS holds no
   # shared glibc and ld.so (1.4 MiB of a dynamic build's); the benches run it by default.
   RUSTFLAGS="-C target-feature=+crt-static" \
