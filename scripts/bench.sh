@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: benchmarks, never part of `make test`. Results under bench-results/.
-#   1. the agent's footprint and probe latency (agent/benches/footprint.rs, release binary),
+#   1. the agent's footprint, probe latency and CPU per probe against nginx `return 200`
+#      (agent/benches/footprint.rs, release binary; nginx must be installed),
 #      `vitals-agent webhook`'s review latency, CPU per review and RSS
 #      (agent/benches/webhook.rs, same binary), and the agent as a group leader polling 16
 #      members (agent/benches/group_footprint.rs);
@@ -18,7 +19,7 @@
 #                  CPU (MKL_ENABLE_INSTRUCTIONS for MKL on both sides, ATEN_CPU_CAPABILITY and
 #                  ONEDNN_MAX_CPU_ISA for PyTorch; candle's default gemm kernels are AVX2+FMA
 #                  whatever the CPU, gemm's AVX-512 ones being behind its off `x86-v4` feature);
-#   BENCH_AGENT=0  skip the agent part.
+#   BENCH_AGENT=0  skip the agent part; BENCH_WORKER=0 skip the worker part (`make bench-agent`).
 # Run it on an otherwise idle machine: every figure is wall-clock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +35,7 @@ for f in avx2 fma avx512f avx512_bf16 amx_tile; do
 done
 
 if [ "${BENCH_AGENT:-1}" != 0 ]; then
-  echo "== agent: binary size, idle RSS and CPU with 4 workers, probe latency at 1000/s"
+  echo "== agent: binary size, idle RSS and CPU with 4 workers, probe latency at 1000/s, CPU per probe against nginx"
   # The binary the agent image ships (scripts/images.sh): static, so its idle RSS holds no
   # shared glibc and ld.so (1.4 MiB of a dynamic build's); the benches run it by default.
   RUSTFLAGS="-C target-feature=+crt-static" \
@@ -44,6 +45,11 @@ if [ "${BENCH_AGENT:-1}" != 0 ]; then
   cargo bench -p vitals-agent --bench webhook | tee bench-results/webhook.md
   echo "== agent as a group leader: RSS and CPU polling 16 members every second"
   cargo bench -p vitals-agent --bench group_footprint | tee bench-results/group.md
+fi
+
+if [ "${BENCH_WORKER:-1}" = 0 ]; then
+  echo "results: bench-results/agent.md, bench-results/webhook.md, bench-results/group.md"
+  exit 0
 fi
 
 if [ ! -x .venv-bench/bin/python ]; then

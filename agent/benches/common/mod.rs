@@ -22,14 +22,17 @@ pub fn workspace() -> PathBuf {
 }
 
 /// The agent binary measured: `VITALS_AGENT_BIN`, by default the static release build the
-/// agent image ships (`target/<arch>-unknown-linux-gnu/release/vitals-agent`, built by
-/// `make bench` as `make images` builds it); panics when it is missing.
+/// agent image ships (`<target dir>/<arch>-unknown-linux-gnu/release/vitals-agent`, the
+/// target dir `CARGO_TARGET_DIR` or the workspace's `target`, built by `make bench` as
+/// `make images` builds it); panics when it is missing.
 pub fn agent_bin() -> PathBuf {
     let bin = std::env::var_os("VITALS_AGENT_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            workspace().join(format!(
-                "target/{}-unknown-linux-gnu/release/vitals-agent",
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| workspace().join("target"), PathBuf::from);
+            target.join(format!(
+                "{}-unknown-linux-gnu/release/vitals-agent",
                 std::env::consts::ARCH
             ))
         });
