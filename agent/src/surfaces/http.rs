@@ -29,6 +29,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -190,14 +191,20 @@ impl Conns {
 /// hyper shuts a connection down (`shutdown(SHUT_WR)`, a FIN) just before it ends, and the
 /// connection's task closes the socket right after, which sends the same FIN: one
 /// system call per connection less (nginx closes without a shutdown too).
-struct Conn(TokioIo<TcpStream>);
+/// What was read before hyper took over (a request the fast path left to it) is read first.
+struct Conn(TokioIo<TcpStream>, Bytes);
 
 impl hyper::rt::Read for Conn {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut task::Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
+        mut buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if !self.1.is_empty() {
+            let n = buf.remaining().min(self.1.len());
+            buf.put_slice(&self.1.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
@@ -284,30 +291,115 @@ pub async fn serve(ctx: Context, listener: TcpListener, limits: Limits, stop: Ca
             tokio::task::yield_now().await;
         }
         let ctx = ctx.clone();
-        let served = Arc::clone(&conns);
-        let conn = builder.serve_connection(
-            Conn(TokioIo::new(tcp)),
-            service_fn(move |req| {
-                let response = handle(&ctx, &req);
-                served.with(|t| {
-                    if let Some(c) = t.open.get_mut(&id) {
-                        c.answered = Some(Instant::now());
-                    }
-                });
-                async move { Ok::<_, Infallible>(response) }
-            }),
-        );
+        let builder = builder.clone();
         let conns = Arc::clone(&conns);
         tokio::spawn(async move {
             tokio::select! {
                 _ = closed => {}
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(error = %e, "HTTP connection ended with an error");
-                },
+                () = connection(tcp, &ctx, &builder, &conns, id) => {}
             }
             conns.with(|t| t.open.remove(&id));
         });
     }
+}
+
+/// The most of a first read the fast path looks at: a kubelet's probe request is about
+/// 150 bytes; anything longer is hyper's.
+const FIRST_READ: usize = 1024;
+
+/// Serves one connection. A kubelet's probe (a fresh connection, one `GET` of a probe path
+/// with `Connection: close`, no query, whole in the first read) is answered straight from
+/// its bytes; every other request, and anything not there yet at the first read, goes to
+/// hyper with what was read, under its header timeout and keep-alive rules. The answer is
+/// the same either way (SPEC §3); the fast path skips hyper's per-connection buffers, header
+/// maps and timer, which were most of a probe's cost beside the kernel's (docs/benchmarks.md).
+async fn connection(
+    tcp: TcpStream,
+    ctx: &Context,
+    builder: &http1::Builder,
+    conns: &Conns,
+    id: u64,
+) {
+    let mut first = [0u8; FIRST_READ];
+    let read = match tcp.try_read(&mut first) {
+        Ok(0) => return,
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(_) => return,
+    };
+    if let Some(answer) = kubelet_probe(&first[..read]).map(|p| answer_probe(ctx, p)) {
+        let mut tcp = tcp;
+        if let Err(e) = tcp.write_all(&answer).await {
+            tracing::debug!(error = %e, "HTTP probe answer not sent");
+        }
+        return;
+    }
+    let conn = builder.serve_connection(
+        Conn(TokioIo::new(tcp), Bytes::copy_from_slice(&first[..read])),
+        service_fn(|req| {
+            let response = handle(ctx, &req);
+            conns.with(|t| {
+                if let Some(c) = t.open.get_mut(&id) {
+                    c.answered = Some(Instant::now());
+                }
+            });
+            async move { Ok::<_, Infallible>(response) }
+        }),
+    );
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// A probe the fast path answers: its route, when `head` is exactly one whole `GET` of a
+/// probe path, HTTP/1.1, `Connection: close`, no query, not asking for JSON; else `None`
+/// (hyper's).
+fn kubelet_probe(head: &[u8]) -> Option<(Probe, Option<&str>)> {
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(len)) if len == head.len() => {}
+        _ => return None,
+    }
+    if req.method != Some("GET") || req.version != Some(1) {
+        return None;
+    }
+    let mut close = false;
+    for h in req.headers.iter() {
+        let value = std::str::from_utf8(h.value).ok()?;
+        if h.name.eq_ignore_ascii_case("connection") {
+            close = value.eq_ignore_ascii_case("close");
+        } else if h.name.eq_ignore_ascii_case("accept") && value.contains("application/json")
+            || h.name.eq_ignore_ascii_case("content-length")
+            || h.name.eq_ignore_ascii_case("transfer-encoding")
+        {
+            return None;
+        }
+    }
+    // The target with its query: a query asks for another form (`?verbose`).
+    let path = req.path.filter(|p| !p.contains('?'))?;
+    match route(path)? {
+        Route::Probe(probe, worker) if close => Some((probe, worker)),
+        _ => None,
+    }
+}
+
+/// The whole HTTP/1.1 answer to a probe the fast path took: the status, headers and body
+/// `handle` gives the same request, and `Connection: close`.
+fn answer_probe(ctx: &Context, (probe, worker): (Probe, Option<&str>)) -> Vec<u8> {
+    let (status, ctype, body) = probe_answer(ctx, probe, worker, Form::Plain, Instant::now());
+    let mut out = Vec::with_capacity(160 + body.len());
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: {ctype}\r\ncache-control: no-store\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(body.as_bytes());
+    out
 }
 
 /// What a path names.
@@ -454,27 +546,8 @@ fn handle<B>(ctx: &Context, req: &Request<B>) -> Response<Full<Bytes>> {
     }
     match route {
         Route::Probe(probe, worker) => {
-            let verdicts = ctx.snapshots.take(started).verdicts;
-            let answer = match worker {
-                None => verdicts.aggregate(probe),
-                Some(name) => match verdicts.worker(probe, name) {
-                    Some(answer) => answer,
-                    None => {
-                        let known: Vec<_> = verdicts.names().collect();
-                        let known = if known.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            known.join(", ")
-                        };
-                        let body = format!("unknown worker {name:?}; known workers: {known}\n");
-                        return respond(StatusCode::NOT_FOUND, TEXT, body);
-                    }
-                },
-            };
-            let (status, ctype, body) =
-                render(&answer, form(req.uri().query(), req.headers().get(ACCEPT)));
-            ctx.metrics
-                .probe(probe, &answer.target, answer.ok(), started.elapsed());
+            let form = form(req.uri().query(), req.headers().get(ACCEPT));
+            let (status, ctype, body) = probe_answer(ctx, probe, worker, form, started);
             respond(status, ctype, body)
         }
         Route::Metrics => {
@@ -507,6 +580,38 @@ fn handle<B>(ctx: &Context, req: &Request<B>) -> Response<Full<Bytes>> {
     }
 }
 
+/// A probe's answer (`status, content type, body`), judged from a snapshot taken at
+/// `started`, and counted: 404 naming the known workers for an unknown one.
+fn probe_answer(
+    ctx: &Context,
+    probe: Probe,
+    worker: Option<&str>,
+    form: Form,
+    started: Instant,
+) -> (StatusCode, &'static str, String) {
+    let verdicts = ctx.snapshots.take(started).verdicts;
+    let answer = match worker {
+        None => verdicts.aggregate(probe),
+        Some(name) => match verdicts.worker(probe, name) {
+            Some(answer) => answer,
+            None => {
+                let known: Vec<_> = verdicts.names().collect();
+                let known = if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                };
+                let body = format!("unknown worker {name:?}; known workers: {known}\n");
+                return (StatusCode::NOT_FOUND, TEXT, body);
+            }
+        },
+    };
+    let (status, ctype, body) = render(&answer, form);
+    ctx.metrics
+        .probe(probe, &answer.target, answer.ok(), started.elapsed());
+    (status, ctype, body)
+}
+
 /// What this agent answers on `GET /group` (SPEC §9): `live` when every container's
 /// `/livez/<c>` passes (the agent's own liveness is not the model's), `ready` as `/readyz`,
 /// the first failing liveness reason (`<container>: <reason>`), else the readiness reason,
@@ -530,6 +635,49 @@ mod tests {
     use super::*;
     use vitals_core::fixtures::name;
     use vitals_core::verdict::{Check, CheckName, Failing, ReadyReason, Reason, Target};
+
+    /// The kubelet's request (kubernetes/kubernetes pkg/probe/http: Go's client with
+    /// keep-alives off sends `Connection: close`; `User-Agent: kube-probe/<version>`,
+    /// `Accept: */*`) is the fast path's; anything else is left to hyper whole.
+    #[test]
+    fn only_a_whole_kubelet_probe_takes_the_fast_path() {
+        let kubelet = |path: &str, extra: &str| {
+            format!("GET {path} HTTP/1.1\r\nHost: 10.1.2.3:9180\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\n{extra}Connection: close\r\n\r\n")
+        };
+        assert_eq!(
+            kubelet_probe(kubelet("/readyz", "").as_bytes()),
+            Some((Probe::Ready, None))
+        );
+        assert_eq!(
+            kubelet_probe(kubelet("/livez/vllm", "").as_bytes()),
+            Some((Probe::Live, Some("vllm")))
+        );
+        let hypers = [
+            (
+                "kept alive",
+                "GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n".to_owned(),
+            ),
+            (
+                "HTTP/1.0",
+                "GET /readyz HTTP/1.0\r\nConnection: close\r\n\r\n".to_owned(),
+            ),
+            ("a query", kubelet("/readyz?verbose", "")),
+            ("a worker's query", kubelet("/readyz/vllm?format=json", "")),
+            (
+                "JSON asked",
+                kubelet("/readyz", "Accept: application/json\r\n"),
+            ),
+            ("not a probe", kubelet("/metrics", "")),
+            ("HEAD", kubelet("/readyz", "").replacen("GET", "HEAD", 1)),
+            ("a body", kubelet("/readyz", "Content-Length: 2\r\n") + "ok"),
+            ("half a head", kubelet("/readyz", "")[..40].to_owned()),
+            ("a second request behind", kubelet("/readyz", "").repeat(2)),
+            ("not HTTP", "\x16\x03\x01 a TLS hello".to_owned()),
+        ];
+        for (what, head) in hypers {
+            assert_eq!(kubelet_probe(head.as_bytes()), None, "{what}");
+        }
+    }
 
     #[test]
     fn eviction_takes_the_oldest_silent_connection_then_the_longest_idle() {
