@@ -126,7 +126,7 @@ pub async fn run_with(
         listener: unix,
         file: _socket_file,
     } = socket;
-    let http = tokio::net::TcpListener::from_std(http)?;
+    let http = surfaces::http::listener(http)?;
     let unix = tokio::net::UnixListener::from_std(unix)?;
     let started_at = Instant::now();
     let registry = Arc::new(Registry::new(&config.expect, config.thresholds.hang));

@@ -101,12 +101,14 @@ fn at_the_cap_a_new_connection_takes_the_place_of_the_oldest_idle_one() {
         .collect();
     // The kernel's accept queue is FIFO: the agent takes all 16 before the probe's own
     // connection, so the cap is full when it arrives. It is still answered at once (issue
-    // 21 item 14), and the oldest idle connection is the one closed to make room.
+    // 21 item 14), and the oldest idle connection is the one closed to make room. (A
+    // `?verbose` probe is served on a connection of its own; a plain kubelet probe is
+    // answered in the accept loop and never takes a place.)
     let mut oldest = idle.remove(0);
     oldest
         .set_read_timeout(Some(Duration::from_millis(400)))
         .unwrap();
-    let (took, code) = timed_probe(agent.addr, "/livez");
+    let (took, code) = timed_probe(agent.addr, "/livez?verbose");
     assert_eq!(code, 200);
     assert!(took < MAX_BOUND, "{took:?}");
     let mut buf = [0u8; 16];

@@ -11,6 +11,12 @@
 //! else the one idle the longest since its last answer (`ConnTable`), so a kubelet
 //! probe on a fresh connection is answered whatever a flood holds open, and memory stays
 //! bounded by the cap (issue 21 item 14).
+//!
+//! A kubelet's probe (a fresh connection carrying one whole `GET` of a probe path with
+//! `Connection: close`) is answered by the accept loop itself, from its first read, and
+//! closed: no task, no runtime registration, no place in the table, so it costs what nginx's
+//! `return 200` costs (docs/benchmarks.md). Every other request, and one not arrived whole
+//! at accept, is hyper's, served as above; the answers are the same.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,8 +35,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
+use nix::errno::Errno;
+use nix::sys::socket::{recv, send, MsgFlags};
+use std::os::fd::AsRawFd;
+use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -242,8 +252,23 @@ impl hyper::rt::Write for Conn {
     }
 }
 
+/// The probe port's listening socket, non-blocking and watched by the runtime.
+pub type Listener = AsyncFd<std::net::TcpListener>;
+
+/// Watches `listener` (from [`bind`]) on the runtime. Not a tokio `TcpListener`: its
+/// `accept` registers every connection with the runtime (an `epoll_ctl` to add and one to
+/// remove), which a probe answered in the accept loop never needs.
+#[allow(unsafe_code)]
+pub fn listener(listener: std::net::TcpListener) -> std::io::Result<Listener> {
+    listener.set_nonblocking(true)?;
+    // SAFETY: a std `TcpListener` owns its descriptor for its whole life and `as_raw_fd`
+    // always returns that one; the `AsyncFd` owns the listener, so the descriptor stays
+    // open and the same until the `AsyncFd` is dropped.
+    unsafe { AsyncFd::register(listener) }.map_err(std::io::Error::from)
+}
+
 /// Serves HTTP on `listener` until `stop`.
-pub async fn serve(ctx: Context, listener: TcpListener, limits: Limits, stop: CancellationToken) {
+pub async fn serve(ctx: Context, listener: Listener, limits: Limits, stop: CancellationToken) {
     let conns = Arc::new(Conns::default());
     let mut builder = http1::Builder::new();
     builder
@@ -259,14 +284,49 @@ pub async fn serve(ctx: Context, listener: TcpListener, limits: Limits, stop: Ca
                 conns.with(|t| t.open.clear());
                 return;
             }
-            a = listener.accept() => a,
+            a = accept(&listener) => a,
         };
         let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+            Ok(tcp) => tcp,
             Err(e) => {
                 // Out of file descriptors and the like: pause instead of spinning.
                 tracing::warn!(error = %e, "HTTP accept failed");
                 tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        // A kubelet's probe is usually whole by now: answered here and closed, it costs
+        // no task, no runtime registration and no place in the connection table.
+        let mut first = [0u8; FIRST_READ];
+        let read = match recv(tcp.as_raw_fd(), &mut first, MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => continue,
+            Ok(n) => n,
+            Err(Errno::EAGAIN) => 0,
+            Err(_) => continue,
+        };
+        let first = &first[..read];
+        if let Some(answer) = kubelet_probe(first).map(|p| answer_probe(&ctx, p)) {
+            match send(
+                tcp.as_raw_fd(),
+                &answer,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            ) {
+                Ok(n) if n == answer.len() => continue,
+                // A fresh socket's send buffer takes a ~150-byte answer whole; if not, the
+                // rest goes out from a task like any connection's.
+                Ok(n) => {
+                    if let Ok(tcp) = runtime_stream(tcp) {
+                        tokio::spawn(send_rest(tcp, answer, n));
+                    }
+                    continue;
+                }
+                Err(_) => continue,
+            }
+        }
+        let tcp = match runtime_stream(tcp) {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::debug!(error = %e, "HTTP connection not watched");
                 continue;
             }
         };
@@ -293,13 +353,40 @@ pub async fn serve(ctx: Context, listener: TcpListener, limits: Limits, stop: Ca
         let ctx = ctx.clone();
         let builder = builder.clone();
         let conns = Arc::clone(&conns);
+        let first = Bytes::copy_from_slice(first);
         tokio::spawn(async move {
             tokio::select! {
                 _ = closed => {}
-                () = connection(tcp, &ctx, &builder, &conns, id) => {}
+                () = connection(tcp, first, &ctx, &builder, &conns, id) => {}
             }
             conns.with(|t| t.open.remove(&id));
         });
+    }
+}
+
+/// The next connection, accepted blocking (the fast path reads and writes it with
+/// `MSG_DONTWAIT`; only one handed to a task is made non-blocking).
+async fn accept(listener: &Listener) -> std::io::Result<std::net::TcpStream> {
+    loop {
+        let mut ready = listener.readable().await?;
+        if let Ok(accepted) = ready.try_io(|l| l.get_ref().accept()) {
+            return accepted.map(|(tcp, _)| tcp);
+        }
+    }
+}
+
+/// `tcp` registered with the runtime, for a task to serve.
+fn runtime_stream(tcp: std::net::TcpStream) -> std::io::Result<TcpStream> {
+    tcp.set_nonblocking(true)?;
+    TcpStream::from_std(tcp)
+}
+
+/// Sends what is left of a fast-path answer, then closes.
+async fn send_rest(mut tcp: TcpStream, answer: Vec<u8>, sent: usize) {
+    if let Some(rest) = answer.get(sent..) {
+        if let Err(e) = tcp.write_all(rest).await {
+            tracing::debug!(error = %e, "HTTP probe answer not sent");
+        }
     }
 }
 
@@ -307,35 +394,20 @@ pub async fn serve(ctx: Context, listener: TcpListener, limits: Limits, stop: Ca
 /// 150 bytes; anything longer is hyper's.
 const FIRST_READ: usize = 1024;
 
-/// Serves one connection. A kubelet's probe (a fresh connection, one `GET` of a probe path
-/// with `Connection: close`, no query, whole in the first read) is answered straight from
-/// its bytes; every other request, and anything not there yet at the first read, goes to
-/// hyper with what was read, under its header timeout and keep-alive rules. The answer is
-/// the same either way (SPEC §3); the fast path skips hyper's per-connection buffers, header
-/// maps and timer, which were most of a probe's cost beside the kernel's (docs/benchmarks.md).
+/// Serves one connection the accept loop did not answer itself, with hyper: what the loop
+/// read first is read first; a request not there yet at accept is hyper's to wait for,
+/// under its header timeout and keep-alive rules. The answers are the same as the fast
+/// path's (SPEC §3).
 async fn connection(
     tcp: TcpStream,
+    first: Bytes,
     ctx: &Context,
     builder: &http1::Builder,
     conns: &Conns,
     id: u64,
 ) {
-    let mut first = [0u8; FIRST_READ];
-    let read = match tcp.try_read(&mut first) {
-        Ok(0) => return,
-        Ok(n) => n,
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-        Err(_) => return,
-    };
-    if let Some(answer) = kubelet_probe(&first[..read]).map(|p| answer_probe(ctx, p)) {
-        let mut tcp = tcp;
-        if let Err(e) = tcp.write_all(&answer).await {
-            tracing::debug!(error = %e, "HTTP probe answer not sent");
-        }
-        return;
-    }
     let conn = builder.serve_connection(
-        Conn(TokioIo::new(tcp), Bytes::copy_from_slice(&first[..read])),
+        Conn(TokioIo::new(tcp), first),
         service_fn(|req| {
             let response = handle(ctx, &req);
             conns.with(|t| {
