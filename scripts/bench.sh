@@ -40,6 +40,8 @@ if [ "${BENCH_AGENT:-1}" != 0 ]; then
   # shared glibc and ld.so (1.4 MiB of a dynamic build's); the benches run it by default.
   RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release -p vitals-agent --target "$(uname -m)-unknown-linux-gnu"
+  # The upstreams the footprint bench watches: fake vLLMs, each its own process.
+  cargo build --release -p vitals-e2e --bin fake-vllm
   cargo bench -p vitals-agent --bench footprint | tee bench-results/agent.md
   echo "== agent webhook: AdmissionReview latency (1 and 8 clients, new connections), CPU, RSS"
   cargo bench -p vitals-agent --bench webhook | tee bench-results/webhook.md

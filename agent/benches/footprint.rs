@@ -77,6 +77,7 @@ struct Pod {
     agent: Measured,
     addr: SocketAddr,
     reporters: Vec<Reporter>,
+    _upstreams: Vec<vitals_e2e::fake_vllm::FakeVllm>,
     stop: Arc<AtomicBool>,
     ticker: Option<thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -85,25 +86,33 @@ struct Pod {
 impl Pod {
     fn start(bin: &Path, upstreams: u64) -> Self {
         // Upstreams: a fake vLLM each, loaded at once; probed and scraped as inject wires
-        // vLLM.
-        let upstream_json = (0..upstreams)
+        // vLLM. Each its own process, as in a pod, so the agent finds it once by its
+        // listening socket (in this process, beside the workers it excludes, it would
+        // search every round, reading /proc/net/tcp swollen by the probes' TIME_WAITs).
+        let dir = tempfile::tempdir().unwrap();
+        let fake = vitals_e2e::bins::e2e_bin("fake-vllm");
+        let vllms: Vec<_> = (0..upstreams)
             .map(|i| {
-                let l = TcpListener::bind("127.0.0.1:0").unwrap();
-                let port = l.local_addr().unwrap().port();
-                thread::spawn(move || {
-                    let options = vitals_e2e::fake_vllm::VllmOptions {
-                        load_for: Some(Duration::ZERO),
-                        ..Default::default()
-                    };
-                    vitals_e2e::fake_vllm::serve(l, options)
-                });
+                let log = dir.path().join(format!("vllm{i}.log"));
+                vitals_e2e::fake_vllm::FakeVllm::start(
+                    &fake,
+                    free_addr(),
+                    Some(Duration::ZERO),
+                    &log,
+                )
+            })
+            .collect();
+        let upstream_json = vllms
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let port = v.addr.port();
                 let probe = format!(r#"{{"httpGet": {{"path": "/health", "port": {port}}}, "periodSeconds": 1}}"#);
                 format!(r#""vllm{i}": {{"startupProbe": {probe}, "livenessProbe": {probe}, "readinessProbe": {probe}, "metrics": "vllm"}}"#)
             })
             .collect::<Vec<_>>()
             .join(", ");
 
-        let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
         let addr = free_addr();
         let agent = start_agent(
@@ -154,6 +163,7 @@ impl Pod {
             agent,
             addr,
             reporters,
+            _upstreams: vllms,
             stop,
             ticker: Some(ticker),
             _dir: dir,
