@@ -6,7 +6,7 @@
 //! the leader's resident memory once formed, its CPU over `BENCH_IDLE_SECS` (default 60)
 //! seconds of polling, and the same for an agent outside any group, for comparison.
 //! Results print as a table and go to `bench-results/group.json`.
-//! Environment: `VITALS_AGENT_BIN` (default `target/release/vitals-agent`),
+//! Environment: `VITALS_AGENT_BIN` (default the static release build, `common::agent_bin`),
 //! `BENCH_MEMBERS`, `BENCH_IDLE_SECS`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
