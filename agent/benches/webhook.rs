@@ -10,7 +10,7 @@
 //! - resident memory: idle after start, and the high-water mark after the load.
 //!
 //! Results print as a table and go to `bench-results/webhook.json`. Environment:
-//! `VITALS_AGENT_BIN` (default `target/release/vitals-agent`), `BENCH_REVIEWS`.
+//! `VITALS_AGENT_BIN` (default the static release build, `common::agent_bin`), `BENCH_REVIEWS`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
