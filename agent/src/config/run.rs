@@ -68,7 +68,8 @@ pub struct RunArgs {
     #[arg(long, env = env::LOG_FORMAT, value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
-    /// Most HTTP connections served at once; more are closed at once, not queued.
+    /// Most HTTP connections open at once; at the cap a new one is still served and the
+    /// oldest idle one closed, never queued.
     #[arg(long, env = env::MAX_CONNECTIONS, default_value = "1024")]
     pub max_connections: usize,
 
