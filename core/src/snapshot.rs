@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::state::group::{self, GroupState, SharedGroup};
 use crate::state::registry::{Registry, State};
 use crate::verdict::group::GroupLimits;
-use crate::verdict::{evaluate, AgentInput, Thresholds, Verdicts};
+use crate::verdict::{evaluate, evaluate_one, AgentInput, Thresholds, Verdicts};
 
 /// The agent's own liveness and readiness inputs: when its ticker last ran, and whether
 /// a shutdown signal arrived. Written by the ticker and by `run`; read by snapshots.
@@ -138,12 +138,30 @@ impl Snapshots {
 
     /// The snapshot at `now`. Holds the registry's lock only to clone an `Arc`.
     pub fn take(&self, now: Instant) -> Snapshot {
-        let snapshot = Snapshot::evaluate(
+        self.grouped(Snapshot::evaluate(
             self.registry.current(),
             self.health.input(),
             &self.thresholds,
             now,
-        );
+        ))
+    }
+
+    /// The snapshot at `now` with container `name`'s verdicts alone (beside the agent's
+    /// and a leader's group): all a probe of that container reads, and the same answer
+    /// [`Self::take`] gives it, without judging every other container.
+    pub fn take_for(&self, now: Instant, name: &str) -> Snapshot {
+        let (state, agent) = (self.registry.current(), self.health.input());
+        let verdicts = evaluate_one(&state, agent, &self.thresholds, now, name);
+        self.grouped(Snapshot {
+            at: now,
+            state,
+            agent,
+            verdicts,
+            group: None,
+        })
+    }
+
+    fn grouped(&self, snapshot: Snapshot) -> Snapshot {
         match &self.group {
             Some(g) => snapshot.with_group(g.shared.current(), &g.limits),
             None => snapshot,
@@ -155,6 +173,7 @@ impl Snapshots {
 mod tests {
     use super::*;
     use crate::fixtures::{hello, name, phase, PEER, T};
+    use crate::verdict::Probe;
     use vitals_proto::Phase;
 
     #[test]
@@ -176,6 +195,39 @@ mod tests {
         assert!(before.verdicts.agent_ready.is_ok());
         assert_eq!(live(&after).map(|l| l.is_err()), Some(true));
         assert!(after.verdicts.agent_ready.is_err());
+    }
+
+    /// A probe of one container reads the same answer from its own snapshot as from the
+    /// whole one, for each probe, whatever the other containers' state.
+    #[test]
+    fn a_containers_own_snapshot_answers_as_the_whole_one() {
+        let t0 = Instant::now();
+        let registry = Arc::new(Registry::new(&[name("model"), name("other")], T.hang));
+        let health = Arc::new(AgentHealth::new(t0));
+        let snapshots = Snapshots::new(Arc::clone(&registry), Arc::clone(&health), T);
+        let reports = registry.worker_reports();
+        reports
+            .hello(&hello("model", "a"), PEER, 1, t0)
+            .expect("name free");
+        reports.message(&name("model"), 1, phase(Phase::Ready, None), t0);
+        reports
+            .hello(&hello("other", "b"), PEER, 2, t0)
+            .expect("name free");
+        reports.message(&name("other"), 2, phase(Phase::Failed, None), t0);
+        for at in [t0, t0 + T.hang] {
+            let whole = snapshots.take(at).verdicts;
+            for c in ["model", "other"] {
+                let own = snapshots.take_for(at, c).verdicts;
+                for probe in [Probe::Startup, Probe::Live, Probe::Ready] {
+                    assert_eq!(
+                        own.worker(probe, c),
+                        whole.worker(probe, c),
+                        "{c} {probe:?}"
+                    );
+                }
+                assert_eq!(own.names().collect::<Vec<_>>(), vec![c], "judged alone");
+            }
+        }
     }
 
     #[test]

@@ -429,6 +429,28 @@ impl Verdicts {
 
 /// Computes every verdict from `state` at `now`.
 pub fn evaluate(state: &State, agent: AgentInput, t: &Thresholds, now: Instant) -> Verdicts {
+    evaluate_some(state, agent, t, now, |_| true)
+}
+
+/// The verdicts [`evaluate`] gives, for container `name` alone beside the agent's own: what
+/// a probe of `/livez|readyz|startupz/<name>` reads, without judging every other container.
+pub fn evaluate_one(
+    state: &State,
+    agent: AgentInput,
+    t: &Thresholds,
+    now: Instant,
+    name: &str,
+) -> Verdicts {
+    evaluate_some(state, agent, t, now, |n| n.as_str() == name)
+}
+
+fn evaluate_some(
+    state: &State,
+    agent: AgentInput,
+    t: &Thresholds,
+    now: Instant,
+    wanted: impl Fn(&WorkerName) -> bool,
+) -> Verdicts {
     let ticking = now.saturating_duration_since(agent.last_tick) < TICKER_LIMIT;
     Verdicts {
         agent_live: if ticking {
@@ -444,11 +466,13 @@ pub fn evaluate(state: &State, agent: AgentInput, t: &Thresholds, now: Instant) 
         workers: state
             .workers
             .iter()
+            .filter(|(name, _)| wanted(name))
             .map(|(name, w)| worker::judge(name, w, t, now))
             .collect(),
         upstreams: state
             .upstreams
             .iter()
+            .filter(|(name, _)| wanted(name))
             .map(|(name, u)| upstream::judge(name, u, t, now))
             .collect(),
         group: None,

@@ -661,12 +661,18 @@ fn probe_answer(
     form: Form,
     started: Instant,
 ) -> (StatusCode, &'static str, String) {
-    let verdicts = ctx.snapshots.take(started).verdicts;
+    // A container's probe judges that container alone; the aggregate judges them all.
     let answer = match worker {
-        None => verdicts.aggregate(probe),
-        Some(name) => match verdicts.worker(probe, name) {
+        None => ctx.snapshots.take(started).verdicts.aggregate(probe),
+        Some(name) => match ctx
+            .snapshots
+            .take_for(started, name)
+            .verdicts
+            .worker(probe, name)
+        {
             Some(answer) => answer,
             None => {
+                let verdicts = ctx.snapshots.take(started).verdicts;
                 let known: Vec<_> = verdicts.names().collect();
                 let known = if known.is_empty() {
                     "none".to_owned()
