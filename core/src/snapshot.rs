@@ -176,16 +176,27 @@ mod tests {
     use crate::verdict::Probe;
     use vitals_proto::Phase;
 
-    #[test]
-    fn a_snapshot_does_not_change_after_it_is_taken() {
-        let t0 = Instant::now();
-        let registry = Arc::new(Registry::new(&[name("model")], T.hang));
+    /// An agent at `t0` expecting `workers`, each connected (the `i`-th as connection `i`):
+    /// its registry, its health and their snapshots.
+    fn agent(workers: &[&str], t0: Instant) -> (Arc<Registry>, Arc<AgentHealth>, Snapshots) {
+        let names: Vec<_> = workers.iter().map(|w| name(w)).collect();
+        let registry = Arc::new(Registry::new(&names, T.hang));
         let health = Arc::new(AgentHealth::new(t0));
         let snapshots = Snapshots::new(Arc::clone(&registry), Arc::clone(&health), T);
         let reports = registry.worker_reports();
-        reports
-            .hello(&hello("model", "a"), PEER, 1, t0)
-            .expect("name free");
+        for (conn, w) in (1..).zip(workers) {
+            reports
+                .hello(&hello(w, "a"), PEER, conn, t0)
+                .expect("name free");
+        }
+        (registry, health, snapshots)
+    }
+
+    #[test]
+    fn a_snapshot_does_not_change_after_it_is_taken() {
+        let t0 = Instant::now();
+        let (registry, health, snapshots) = agent(&["model"], t0);
+        let reports = registry.worker_reports();
         let before = snapshots.take(t0);
         reports.message(&name("model"), 1, phase(Phase::Failed, None), t0);
         health.begin_shutdown();
@@ -202,17 +213,9 @@ mod tests {
     #[test]
     fn a_containers_own_snapshot_answers_as_the_whole_one() {
         let t0 = Instant::now();
-        let registry = Arc::new(Registry::new(&[name("model"), name("other")], T.hang));
-        let health = Arc::new(AgentHealth::new(t0));
-        let snapshots = Snapshots::new(Arc::clone(&registry), Arc::clone(&health), T);
+        let (registry, _health, snapshots) = agent(&["model", "other"], t0);
         let reports = registry.worker_reports();
-        reports
-            .hello(&hello("model", "a"), PEER, 1, t0)
-            .expect("name free");
         reports.message(&name("model"), 1, phase(Phase::Ready, None), t0);
-        reports
-            .hello(&hello("other", "b"), PEER, 2, t0)
-            .expect("name free");
         reports.message(&name("other"), 2, phase(Phase::Failed, None), t0);
         for at in [t0, t0 + T.hang] {
             let whole = snapshots.take(at).verdicts;
