@@ -424,7 +424,7 @@ async fn connection(
 }
 
 /// A probe the fast path answers: its route, when `head` is exactly one whole `GET` of a
-/// probe path, HTTP/1.1, `Connection: close`, no query, not asking for JSON; else `None`
+/// probe path, HTTP/1.1, `Connection: close`, asking for the plain form ([`form`]); else `None`
 /// (hyper's).
 fn kubelet_probe(head: &[u8]) -> Option<(Probe, Option<&str>)> {
     let mut headers = [httparse::EMPTY_HEADER; 16];
@@ -436,22 +436,27 @@ fn kubelet_probe(head: &[u8]) -> Option<(Probe, Option<&str>)> {
     if req.method != Some("GET") || req.version != Some(1) {
         return None;
     }
-    let mut close = false;
+    let (mut close, mut accept) = (false, None);
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value).ok()?;
         if h.name.eq_ignore_ascii_case("connection") {
             close = value.eq_ignore_ascii_case("close");
-        } else if h.name.eq_ignore_ascii_case("accept") && value.contains("application/json")
-            || h.name.eq_ignore_ascii_case("content-length")
+        } else if h.name.eq_ignore_ascii_case("accept") {
+            accept = Some(value);
+        } else if h.name.eq_ignore_ascii_case("content-length")
             || h.name.eq_ignore_ascii_case("transfer-encoding")
         {
             return None;
         }
     }
-    // The target with its query: a query asks for another form (`?verbose`).
-    let path = req.path.filter(|p| !p.contains('?'))?;
+    // The same rule as hyper's path: the plain form is the one answered here.
+    let (path, query) = req
+        .path
+        .map(|p| p.split_once('?').map_or((p, None), |(p, q)| (p, Some(q))))?;
     match route(path)? {
-        Route::Probe(probe, worker) if close => Some((probe, worker)),
+        Route::Probe(probe, worker) if close && form(query, accept) == Form::Plain => {
+            Some((probe, worker))
+        }
         _ => None,
     }
 }
@@ -507,11 +512,9 @@ enum Form {
     Json,
 }
 
-fn form(query: Option<&str>, accept: Option<&HeaderValue>) -> Form {
+fn form(query: Option<&str>, accept: Option<&str>) -> Form {
     let mut verbose = false;
-    let mut json = accept
-        .and_then(|a| a.to_str().ok())
-        .is_some_and(|a| a.contains("application/json"));
+    let mut json = accept.is_some_and(|a| a.contains("application/json"));
     for pair in query.unwrap_or("").split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match key {
@@ -618,7 +621,8 @@ fn handle<B>(ctx: &Context, req: &Request<B>) -> Response<Full<Bytes>> {
     }
     match route {
         Route::Probe(probe, worker) => {
-            let form = form(req.uri().query(), req.headers().get(ACCEPT));
+            let accept = req.headers().get(ACCEPT).and_then(|a| a.to_str().ok());
+            let form = form(req.uri().query(), accept);
             let (status, ctype, body) = probe_answer(ctx, probe, worker, form, started);
             respond(status, ctype, body)
         }
@@ -817,13 +821,13 @@ mod tests {
 
     #[test]
     fn forms() {
-        let json = HeaderValue::from_static("application/json");
+        let json = "application/json";
         assert_eq!(form(None, None), Form::Plain);
         assert_eq!(form(Some("verbose"), None), Form::Verbose);
         assert_eq!(form(Some("verbose=1"), None), Form::Verbose);
         assert_eq!(form(Some("verbose=false"), None), Form::Plain);
         assert_eq!(form(Some("format=json"), None), Form::Json);
-        assert_eq!(form(None, Some(&json)), Form::Json);
+        assert_eq!(form(None, Some(json)), Form::Json);
         assert_eq!(form(Some("verbose&format=json"), None), Form::Json);
     }
 
