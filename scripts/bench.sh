@@ -40,6 +40,7 @@ if [ "${BENCH_AGENT:-1}" != 0 ]; then
   # shared glibc and ld.so (1.4 MiB of a dynamic build's); the benches run it by default.
   RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release -p vitals-agent --target "$(uname -m)-unknown-linux-gnu"
+  export VITALS_AGENT_BIN=${VITALS_AGENT_BIN:-${CARGO_TARGET_DIR:-target}/$(uname -m)-unknown-linux-gnu/release/vitals-agent}
   # The upstreams the footprint bench watches: fake vLLMs, each its own process.
   cargo build --release -p vitals-e2e --bin fake-vllm
   cargo bench -p vitals-agent --bench footprint | tee bench-results/agent.md

@@ -27,9 +27,9 @@
 //! issue 27: CPU per probe at most nginx's. Results print as tables and go to
 //! `bench-results/agent.json`. nginx must be installed (`apt-get install nginx`): the bench
 //! fails without it.
-//! Environment: `VITALS_AGENT_BIN` (default: the static build the image ships, see
-//! `common::agent_bin`), `BENCH_BASELINE_BIN`, `BENCH_NGINX` (default: `nginx` on the
-//! `PATH` or `/usr/sbin/nginx`), `BENCH_IDLE_SECS`, `BENCH_PROBES`, `BENCH_PROBE_ROUNDS`,
+//! Environment: `VITALS_AGENT_BIN` (`make bench` sets it to the static build the image
+//! ships; unset, `vitals_e2e::bins::agent_bin`: `target/release/vitals-agent`),
+//! `BENCH_BASELINE_BIN`, `BENCH_NGINX` (default: `nginx` on the `PATH` or `/usr/sbin/nginx`), `BENCH_IDLE_SECS`, `BENCH_PROBES`, `BENCH_PROBE_ROUNDS`,
 //! `BENCH_UPSTREAMS`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -44,8 +44,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    agent_bin, cpu_ns, cpu_seconds, env_u64, rss_kib, start_agent, status_kib, write_results,
-    Measured,
+    cpu_ns, cpu_seconds, env_u64, rss_kib, start_agent, status_kib, write_results, Measured,
 };
 use vitals_e2e::report::percentile;
 use vitals_e2e::{client, probe, wait};
@@ -394,7 +393,7 @@ fn range(values: &[f64]) -> (f64, f64) {
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is taken from the command line.
-    let bin = agent_bin();
+    let bin = vitals_e2e::bins::agent_bin();
     let baselines: Vec<PathBuf> = std::env::var_os("BENCH_BASELINE_BIN")
         .map(|bins| std::env::split_paths(&bins).collect())
         .unwrap_or_default();

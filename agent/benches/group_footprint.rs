@@ -6,7 +6,8 @@
 //! the leader's resident memory once formed, its CPU over `BENCH_IDLE_SECS` (default 60)
 //! seconds of polling, and the same for an agent outside any group, for comparison.
 //! Results print as a table and go to `bench-results/group.json`.
-//! Environment: `VITALS_AGENT_BIN` (default the static release build, `common::agent_bin`),
+//! Environment: `VITALS_AGENT_BIN` (`make bench`: the static release build; unset,
+//! `vitals_e2e::bins::agent_bin`),
 //! `BENCH_MEMBERS`, `BENCH_IDLE_SECS`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -17,7 +18,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{agent_bin, cpu_ns, env_u64, rss_kib, start_agent, status_kib, write_results};
+use common::{cpu_ns, env_u64, rss_kib, start_agent, status_kib, write_results};
 use vitals_e2e::member::{live, FakeMember};
 use vitals_e2e::{client, wait};
 
@@ -61,7 +62,7 @@ fn measure(bin: &Path, extra: &[String], idle: Duration) -> (u64, f64, u64, u64)
 }
 
 fn main() {
-    let bin = agent_bin();
+    let bin = vitals_e2e::bins::agent_bin();
     let members = usize::try_from(env_u64("BENCH_MEMBERS", 16)).unwrap();
     let idle = Duration::from_secs(env_u64("BENCH_IDLE_SECS", 60));
     // Kept for the whole bench: each answers as long as it lives.

@@ -10,7 +10,8 @@
 //! - resident memory: idle after start, and the high-water mark after the load.
 //!
 //! Results print as a table and go to `bench-results/webhook.json`. Environment:
-//! `VITALS_AGENT_BIN` (default the static release build, `common::agent_bin`), `BENCH_REVIEWS`.
+//! `VITALS_AGENT_BIN` (`make bench`: the static release build; unset,
+//! `vitals_e2e::bins::agent_bin`), `BENCH_REVIEWS`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod common;
@@ -35,9 +36,7 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 use yaml_rust2::YamlLoader;
 
-use common::{
-    agent_bin, cpu_seconds, env_u64, rss_kib, status_kib, workspace, write_results, Measured,
-};
+use common::{cpu_seconds, env_u64, rss_kib, status_kib, workspace, write_results, Measured};
 use vitals_e2e::report::percentile;
 use yaml::yaml_to_json;
 
@@ -115,7 +114,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
-    let bin = agent_bin();
+    let bin = vitals_e2e::bins::agent_bin();
     let reviews = usize::try_from(env_u64("BENCH_REVIEWS", 2000)).unwrap();
 
     // The bench's own CA and a serving certificate for localhost.

@@ -2,8 +2,10 @@
 //!
 //! Binaries: `VITALS_AGENT_BIN` / `VITALS_WORKER_BIN` when set, else the cargo target folder
 //! the test executable itself was built into (`target/debug/deps/e2e-…` →
-//! `target/debug/vitals-agent`). Cargo does not build a workspace's other binaries for an
-//! integration test, so `make test` runs `cargo build --workspace --bins` first.
+//! `target/debug/vitals-agent`; a bench's `target/release/deps/footprint-…` →
+//! `target/release/vitals-agent`). Cargo does not build a workspace's other binaries for an
+//! integration test or a bench, so `make test` runs `cargo build --workspace --bins` first
+//! and `make bench` builds what its benches run (and names the static agent it measures).
 //! The model: `VITALS_MODEL_DIR` when set, else `models/all-MiniLM-L6-v2` at the repo root.
 
 use std::path::{Path, PathBuf};
@@ -40,8 +42,8 @@ fn locate(env: &str, name: &str) -> PathBuf {
     let path = target_profile_dir(&exe).join(name);
     assert!(
         path.is_file(),
-        "{name} is not built at {}: run `cargo build --workspace --bins` first \
-         (`make test` does), or point {env} at the binary",
+        "{name} is not built at {}: run `cargo build --workspace --bins` first, with \
+         `--release` for a bench (`make test` and `make bench` do), or point {env} at the binary",
         path.display()
     );
     path

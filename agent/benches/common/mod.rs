@@ -1,5 +1,4 @@
-//! What the benches share (`mod common;` in each): the workspace and the release binary
-//! they measure, their environment knobs, the measured process (killed when the bench ends),
+//! What the benches share (`mod common;` in each): the workspace, their environment knobs, the measured process (killed when the bench ends),
 //! its CPU and memory from /proc, and where results go.
 // Each bench uses only part of this module.
 #![allow(dead_code)]
@@ -19,29 +18,6 @@ pub fn env_u64(name: &str, default: u64) -> u64 {
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The agent binary measured: `VITALS_AGENT_BIN`, by default the static release build the
-/// agent image ships (`<target dir>/<arch>-unknown-linux-gnu/release/vitals-agent`, the
-/// target dir `CARGO_TARGET_DIR` or the workspace's `target`, built by `make bench` as
-/// `make images` builds it); panics when it is missing.
-pub fn agent_bin() -> PathBuf {
-    let bin = std::env::var_os("VITALS_AGENT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| workspace().join("target"), PathBuf::from);
-            target.join(format!(
-                "{}-unknown-linux-gnu/release/vitals-agent",
-                std::env::consts::ARCH
-            ))
-        });
-    assert!(
-        bin.exists(),
-        "{}: missing (`make bench` builds it; or set VITALS_AGENT_BIN)",
-        bin.display()
-    );
-    bin
 }
 
 /// The measured process, killed when the bench ends, however it ends.
