@@ -58,4 +58,84 @@ mod tests {
         let err = Cli::try_parse_from(["vitals-agent", "run", "--help"]).expect_err("help exits");
         assert!(err.to_string().contains(DURATIONS_HELP), "{err}");
     }
+
+    /// SPEC §5: every flag of every subcommand is also read from `VITALS_<FLAG>`; a flag
+    /// added without its variable is a setting a pod spec cannot give. The exceptions are
+    /// named here with their reason.
+    #[test]
+    fn every_flag_reads_its_variable() {
+        let exceptions = [
+            // The downward API's names, which pod specs already set (`fieldRef`).
+            ("run", "pod-ip", env::POD_IP),
+            ("run", "pod-namespace", env::POD_NAMESPACE),
+            // A repeatable flag: one variable holds them all, comma-separated.
+            ("inject", "image-pull-secret", env::IMAGE_PULL_SECRETS),
+            ("webhook", "image-pull-secret", env::IMAGE_PULL_SECRETS),
+            // Not `run`'s `VITALS_LISTEN`: the webhook's port is the Service's, not a probe port.
+            ("webhook", "listen", env::WEBHOOK_LISTEN),
+        ];
+        let root = Cli::command();
+        let mut missing = Vec::new();
+        for sub in root.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if matches!(long, "help" | "version") {
+                    continue;
+                }
+                let want = exceptions
+                    .iter()
+                    .find(|(cmd, flag, _)| *cmd == sub.get_name() && *flag == long)
+                    .map_or_else(
+                        || format!("VITALS_{}", long.to_uppercase().replace('-', "_")),
+                        |(_, _, var)| (*var).to_owned(),
+                    );
+                let got = arg.get_env().and_then(|v| v.to_str());
+                if got != Some(want.as_str()) {
+                    missing.push(format!("{} --{long}: {got:?}, want {want}", sub.get_name()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "{missing:#?}");
+    }
+
+    /// docs/reference.md lists every flag of every subcommand, in that subcommand's
+    /// section, with the variable clap reads: a flag added, renamed or given a variable
+    /// shows in the reference or fails here.
+    #[test]
+    fn the_reference_lists_every_flag_with_its_variable() {
+        let reference = include_str!("../../docs/reference.md");
+        let mut wrong = Vec::new();
+        for sub in Cli::command().get_subcommands() {
+            let heading = format!("### `vitals-agent {}`", sub.get_name());
+            let Some((_, section)) = reference.split_once(&heading) else {
+                wrong.push(format!("no section {heading}"));
+                continue;
+            };
+            let section = section.split("\n#").next().unwrap_or_default();
+            for arg in sub.get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                if matches!(long, "help" | "version") {
+                    continue;
+                }
+                let flag = format!("`--{long}`");
+                let var = arg
+                    .get_env()
+                    .and_then(|v| v.to_str())
+                    .unwrap_or("no variable");
+                let row = section.lines().find(|l| {
+                    l.starts_with('|') && l.split('|').nth(1).is_some_and(|c| c.contains(&flag))
+                });
+                match row {
+                    // `--image` and friends are listed once, under inject, for both.
+                    None if sub.get_name() == "webhook" && section.contains(&flag) => {}
+                    None => wrong.push(format!("{}: {flag} not in the table", sub.get_name())),
+                    Some(row) if !row.contains(&format!("`{var}`")) => {
+                        wrong.push(format!("{}: {flag} without `{var}`: {row}", sub.get_name()))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
 }

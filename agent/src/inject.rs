@@ -106,7 +106,7 @@ pub struct InjectArgs {
     #[command(flatten)]
     pub agent: AgentArgs,
     /// Print no summary and no warnings on stderr.
-    #[arg(short, long)]
+    #[arg(short, long, env = env::QUIET)]
     pub quiet: bool,
 }
 

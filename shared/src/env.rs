@@ -90,7 +90,9 @@ pub const LEGACY_SIDECAR: &str = "VITALS_LEGACY_SIDECAR";
 pub const IMAGE: &str = "VITALS_IMAGE";
 /// `inject --skip-unknown`.
 pub const SKIP_UNKNOWN: &str = "VITALS_SKIP_UNKNOWN";
-/// `inject --image-pull-secrets`.
+/// `inject --quiet`.
+pub const QUIET: &str = "VITALS_QUIET";
+/// `inject --image-pull-secret` (repeatable; the variable holds them comma-separated).
 pub const IMAGE_PULL_SECRETS: &str = "VITALS_IMAGE_PULL_SECRETS";
 /// `inject --agent-resources`.
 pub const AGENT_RESOURCES: &str = "VITALS_AGENT_RESOURCES";
@@ -100,6 +102,10 @@ pub const WEBHOOK_LISTEN: &str = "VITALS_WEBHOOK_LISTEN";
 pub const TLS_CERT: &str = "VITALS_TLS_CERT";
 /// `webhook --tls-key`.
 pub const TLS_KEY: &str = "VITALS_TLS_KEY";
+/// `webhook --tls-reload-interval`.
+pub const TLS_RELOAD_INTERVAL: &str = "VITALS_TLS_RELOAD_INTERVAL";
+/// `webhook --shutdown-delay`.
+pub const SHUTDOWN_DELAY: &str = "VITALS_SHUTDOWN_DELAY";
 
 // ---- `vitals-agent status` ----
 

@@ -63,7 +63,13 @@ pub struct WebhookArgs {
     pub tls_key: PathBuf,
     /// How often the certificate and key files are re-read; new connections get a changed
     /// pair, open ones keep theirs.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "5s",
+        env = env::TLS_RELOAD_INTERVAL,
+        value_parser = humantime::parse_duration
+    )]
     pub tls_reload_interval: Duration,
     /// Agent image injected into pods.
     #[arg(long, value_name = "IMAGE", env = env::IMAGE)]
@@ -78,7 +84,13 @@ pub struct WebhookArgs {
     pub agent: super::AgentArgs,
     /// After SIGTERM, keep serving this long (the Service's endpoints drop the pod), then
     /// stop accepting and finish the reviews in flight.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "5s",
+        env = env::SHUTDOWN_DELAY,
+        value_parser = humantime::parse_duration
+    )]
     pub shutdown_delay: Duration,
     /// Log line format.
     #[arg(long, value_enum, default_value = "text", env = env::LOG_FORMAT)]
