@@ -10,13 +10,14 @@
 //! hub. [`run`] wires them; the binary and the integration tests call the same `run`.
 //! [`cli`] is the command line's root, [`config`] the one place that validates `run`'s
 //! settings; [`inject`] adds the agent to pods; [`net`] is the one outbound HTTP client
-//! (probes, scrapes, `vitals-agent status`).
+//! (probes, scrapes, `vitals-agent status`), [`listen`] makes the servers' sockets.
 
 pub mod cadence;
 pub mod cli;
 pub mod config;
 pub mod counters;
 pub mod inject;
+pub mod listen;
 pub mod net;
 pub mod sources;
 pub mod surfaces;
@@ -75,7 +76,7 @@ impl Listeners {
             addr: config.listen,
             source,
         };
-        let http = surfaces::http::bind(config.listen).map_err(http_err)?;
+        let http = listen::bind(config.listen).map_err(http_err)?;
         http.set_nonblocking(true).map_err(http_err)?;
         let socket = SocketListener::bind(&config.socket, config.socket_mode)?;
         Ok(Self { http, socket })

@@ -134,7 +134,7 @@ pub fn run(args: &WebhookArgs) -> anyhow::Result<()> {
     let certs = CertStore::load(&args.tls_cert, &args.tls_key)?;
     // The agent's bind: dual-stack `[::]`, falling back to 0.0.0.0 where the kernel has no
     // IPv6 (SPEC §11), instead of crash-looping there.
-    let listener = crate::surfaces::http::bind(args.listen)
+    let listener = crate::listen::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     listener.set_nonblocking(true)?;
     // One thread, as the agent's: a review or a handshake is well under a millisecond of
