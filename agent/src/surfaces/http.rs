@@ -22,11 +22,11 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{self, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{HeaderName, HeaderValue, ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -405,21 +405,29 @@ fn kubelet_probe(head: &[u8]) -> Option<(Probe, Option<&str>)> {
 }
 
 /// The whole HTTP/1.1 answer to a probe the fast path took: the status, headers and body
-/// `handle` gives the same request, and `Connection: close`.
+/// `handle` gives the same request, and what hyper adds to them (`date`, `content-length`,
+/// `connection: close`), so a client cannot tell which path answered.
 fn answer_probe(ctx: &Context, (probe, worker): (Probe, Option<&str>)) -> Vec<u8> {
     let (status, ctype, body) = probe_answer(ctx, probe, worker, Form::Plain, Instant::now());
-    let mut out = Vec::with_capacity(160 + body.len());
-    out.extend_from_slice(
-        format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: {ctype}\r\ncache-control: no-store\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            body.len()
-        )
-        .as_bytes(),
+    on_the_wire(status, ctype, &body, SystemTime::now())
+}
+
+/// An answer as hyper writes it to a client that asked `Connection: close`, dated `now`.
+fn on_the_wire(status: StatusCode, ctype: &'static str, body: &str, now: SystemTime) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
     );
-    out.extend_from_slice(body.as_bytes());
-    out
+    for (name, value) in answer_headers(ctype) {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str(&format!(
+        "date: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        httpdate::fmt_http_date(now),
+        body.len()
+    ));
+    out.into_bytes()
 }
 
 /// What a path names.
@@ -536,10 +544,17 @@ fn respond(
 ) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for (name, value) in answer_headers(ctype) {
+        resp.headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+    }
     resp
+}
+
+/// The headers of every answer, whichever path sends it: probes are never cached (a
+/// proxy's stale `ok` would hide a hang).
+fn answer_headers(ctype: &'static str) -> [(HeaderName, &'static str); 2] {
+    [(CONTENT_TYPE, ctype), (CACHE_CONTROL, "no-store")]
 }
 
 /// Answers one request. HEAD gets GET's status and headers; hyper drops the body.
@@ -702,6 +717,54 @@ mod tests {
         for (what, head) in hypers {
             assert_eq!(kubelet_probe(head.as_bytes()), None, "{what}");
         }
+    }
+
+    /// The fast path's answer is hyper's for the same request: the same headers (hyper
+    /// adds `date`, `content-length` and, asked to close, `connection: close`), a valid date.
+    #[test]
+    fn the_fast_paths_answer_has_hyper_headers() {
+        let now = SystemTime::now();
+        let wire = on_the_wire(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "fail: model: phase: loading",
+            now,
+        );
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut resp = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(len)) = resp.parse(&wire) else {
+            panic!(
+                "not a whole HTTP answer: {:?}",
+                String::from_utf8_lossy(&wire)
+            );
+        };
+        assert_eq!(
+            (resp.version, resp.code, resp.reason),
+            (Some(1), Some(503), Some("Service Unavailable"))
+        );
+        let header = |name: &str| {
+            let h = resp.headers.iter().find(|h| h.name == name);
+            std::str::from_utf8(h.unwrap_or_else(|| panic!("no {name}")).value).expect("text")
+        };
+        let hypers = respond(StatusCode::SERVICE_UNAVAILABLE, TEXT, "x");
+        for (name, value) in hypers.headers() {
+            assert_eq!(header(name.as_str()), value, "{name}");
+        }
+        assert_eq!(
+            resp.headers.len(),
+            hypers.headers().len() + 3,
+            "{:?}",
+            resp.headers
+        );
+        assert_eq!(header("connection"), "close");
+        assert_eq!(header("content-length"), "27");
+        assert_eq!(&wire[len..], b"fail: model: phase: loading");
+        let date = httpdate::parse_http_date(header("date")).expect("an HTTP date");
+        assert!(
+            now.duration_since(date)
+                .is_ok_and(|d| d < Duration::from_secs(1)),
+            "{date:?}"
+        );
     }
 
     #[test]
