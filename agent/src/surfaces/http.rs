@@ -414,19 +414,24 @@ fn answer_probe(ctx: &Context, (probe, worker): (Probe, Option<&str>)) -> Vec<u8
 
 /// An answer as hyper writes it to a client that asked `Connection: close`, dated `now`.
 fn on_the_wire(status: StatusCode, ctype: &'static str, body: &str, now: SystemTime) -> Vec<u8> {
-    let mut out = format!(
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(192 + body.len());
+    // Writing to a String cannot fail.
+    let _ = write!(
+        out,
         "HTTP/1.1 {} {}\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or("")
     );
     for (name, value) in answer_headers(ctype) {
-        out.push_str(&format!("{name}: {value}\r\n"));
+        let _ = write!(out, "{name}: {value}\r\n");
     }
-    out.push_str(&format!(
+    let _ = write!(
+        out,
         "date: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        httpdate::fmt_http_date(now),
+        httpdate::HttpDate::from(now),
         body.len()
-    ));
+    );
     out.into_bytes()
 }
 
