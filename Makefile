@@ -35,10 +35,11 @@ soak:
 	$(CARGO) build -p vitals-e2e --bins
 	VITALS_AGENT_BIN=$${VITALS_AGENT_BIN:-$(TARGET_DIR)/release/vitals-agent} $(TARGET_DIR)/debug/soak
 
-## lint: formatting, clippy (warnings are errors), and the core kept pure (no tokio, hyper, procfs, nix; no clock or system reads)
+## lint: formatting, clippy and rustdoc (warnings are errors), and the core kept pure (no tokio, hyper, procfs, nix; no clock or system reads)
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace --quiet
 	CARGO=$(CARGO) scripts/check-core-deps.sh
 
 ## bench: benchmarks (not part of `make test`); results under bench-results/

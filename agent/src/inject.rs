@@ -93,8 +93,8 @@ pub struct InjectArgs {
     /// (before Kubernetes 1.29).
     #[arg(long, env = env::LEGACY_SIDECAR)]
     pub legacy_sidecar: bool,
-    /// Agent image [default: vitals-agent:<this version>, or the image already injected by
-    /// this version].
+    /// Agent image [default: vitals-agent:VERSION (this binary's), or the image already
+    /// injected by this version].
     #[arg(long, value_name = "IMAGE", env = env::IMAGE)]
     pub image: Option<String>,
     /// Leave documents of kinds inject does not know as they are, even when they carry

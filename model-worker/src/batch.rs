@@ -176,7 +176,7 @@ impl Submitter {
 }
 
 /// Requests queued or being computed. A request counts from the moment it is queued until
-/// its [`QueueSlot`] is dropped, wherever that happens (answered, failed, abandoned by its
+/// its queue slot is dropped, wherever that happens (answered, failed, abandoned by its
 /// client, or discarded with the queue), so no code path adjusts the count by hand.
 #[derive(Debug, Clone)]
 pub struct QueueDepth(Arc<watch::Sender<usize>>);

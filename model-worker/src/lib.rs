@@ -53,9 +53,11 @@ pub enum WorkerError {
     Failed(String),
 }
 
-/// Runs the worker until `shutdown` is cancelled, then [`drain`]s and returns `Ok`; or,
-/// when the model fails (it cancels `shutdown` itself after reporting `failed`), closes the
-/// server and returns [`WorkerError::Failed`].
+/// Runs the worker until `shutdown` is cancelled, then drains (SPEC §1 `draining`:
+/// readiness fails at once, requests are admitted for `--drain-delay`, the queue empties
+/// within `--drain-timeout`) and returns `Ok`; or, when the model fails (it cancels
+/// `shutdown` itself after reporting `failed`), closes the server and returns
+/// [`WorkerError::Failed`].
 ///
 /// The caller's runtime must not wait for the model thread either: it may be hung (that is
 /// what Vitals detects); the binary uses `Runtime::shutdown_timeout`.

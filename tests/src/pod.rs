@@ -545,7 +545,7 @@ impl Pod {
     }
 
     /// Probes every path of `probes` every `period` on a background thread until the pod
-    /// is dropped or [`Watch::stop`] is called, feeding each result to its kubelet worker.
+    /// is dropped or [`Self::stop_watches`] is called, feeding each result to its kubelet worker.
     pub fn watch(&mut self, probes: Vec<(&str, ProbeWorker)>, period: Duration) -> WatchHandle {
         let watch = Watch::start(
             self.agent_addr,
@@ -703,7 +703,7 @@ pub fn free_addr() -> SocketAddr {
     }
 }
 
-/// The kubelet workers of a running [`Watch`], to read their conclusions.
+/// The kubelet workers of a running watch ([`Pod::watch`]), to read their conclusions.
 #[derive(Debug, Clone)]
 pub struct WatchHandle(Arc<Mutex<Vec<(String, ProbeWorker)>>>);
 
