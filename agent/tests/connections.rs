@@ -6,6 +6,9 @@
 //! `--max-connections 1024` and `--header-timeout 5s`. The flood keeps itself topped up:
 //! every connection the agent closes is opened again at once, so the cap stays full for
 //! the whole run instead of draining as the header timeout or eviction closes abusers.
+//! (The idle ones reach the agent about a second after they connect: the port defers
+//! accept until a client's first bytes, and the kernel hands over a silent one after its
+//! first SYN-ACK retransmission.)
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;

@@ -1,5 +1,5 @@
 //! The probe port answers at once whatever workers and clients do: wedged and stopped
-//! workers, 1000 kubelet-style probes, 500 idle keep-alive connections, a slow-loris
+//! workers, 1000 kubelet-style probes, 500 connections gone quiet, a slow-loris
 //! client, oversized headers, and a full connection cap (a new connection takes the
 //! place of the oldest idle one).
 //!
@@ -17,6 +17,13 @@ use std::time::{Duration, Instant};
 
 use common::{assert_fast, Agent, PythonWorker, Worker, MAX_BOUND};
 use nix::sys::signal::Signal;
+
+/// A client that began a request and went quiet: the start of a request head, no more.
+fn quiet_client(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /readyz HTTP/1.1\r\n").unwrap();
+    s
+}
 
 fn timed_probe(addr: SocketAddr, path: &str) -> (Duration, u16) {
     let start = Instant::now();
@@ -55,10 +62,9 @@ fn probes_answer_at_once_with_a_wedged_connection_and_a_stopped_worker() {
 #[test]
 fn idle_connections_and_a_slow_loris_do_not_starve_probes() {
     let agent = Agent::start(|_| {});
-    // 500 idle connections, as keep-alive clients that never send a request.
-    let idle: Vec<TcpStream> = (0..500)
-        .map(|_| TcpStream::connect(agent.addr).unwrap())
-        .collect();
+    // 500 idle connections the agent holds: clients that began a request and went quiet
+    // (one that sends nothing at all stays the kernel's for a second, `listen::bind`).
+    let idle: Vec<TcpStream> = (0..500).map(|_| quiet_client(agent.addr)).collect();
     // A slow loris: a header byte every 50 ms, never finishing.
     let addr = agent.addr;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -96,11 +102,10 @@ fn at_the_cap_a_new_connection_takes_the_place_of_the_oldest_idle_one() {
         c.max_connections = 16;
         c.header_timeout = Duration::from_millis(500);
     });
-    let mut idle: Vec<TcpStream> = (0..16)
-        .map(|_| TcpStream::connect(agent.addr).unwrap())
-        .collect();
-    // The kernel's accept queue is FIFO: the agent takes all 16 before the probe's own
-    // connection, so the cap is full when it arrives. It is still answered at once (issue
+    let mut idle: Vec<TcpStream> = (0..16).map(|_| quiet_client(agent.addr)).collect();
+    // The kernel's accept queue is FIFO (a connection joins it when its first bytes are
+    // in): the agent takes all 16 before the probe's own connection, so the cap is full
+    // when it arrives. It is still answered at once (issue
     // 21 item 14), and the oldest idle connection is the one closed to make room. (A
     // `?verbose` probe is served on a connection of its own; a plain kubelet probe is
     // answered in the accept loop and never takes a place.)

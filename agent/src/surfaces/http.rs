@@ -238,8 +238,9 @@ pub async fn serve(ctx: Context, listener: Listener, limits: Limits, stop: Cance
                 continue;
             }
         };
-        // A kubelet's probe is usually whole by now: answered here and closed, it costs
-        // no task, no runtime registration and no place in the connection table.
+        // A kubelet's probe is whole by now (the listener defers accept until a client's
+        // first bytes are in, `listen::bind`): answered here and closed, it costs no task,
+        // no runtime registration and no place in the connection table.
         let mut first = [0u8; FIRST_READ];
         let read = match recv(tcp.as_raw_fd(), &mut first, MsgFlags::MSG_DONTWAIT) {
             Ok(0) => continue,
