@@ -13,7 +13,8 @@
 //!   (`GET /readyz/wN`, `Connection: close`: the toolkit's `probe_once`). The servers: the
 //!   agent on `/readyz/w0`..`w3` (a container's readiness, judged from a snapshot of all 4
 //!   workers and the upstreams), nginx with one worker and `location / { return 200; }`,
-//!   access log off, and, with `BENCH_BASELINE_BIN`, other agent binaries (older builds,
+//!   access log off (twice: as configured by default, the ratios' base, and with
+//!   `listen … deferred`, the accept the agent's port uses), and, with `BENCH_BASELINE_BIN`, other agent binaries (older builds,
 //!   other profiles; `:`-separated) set up like the first. A server's CPU is the scheduler's run time
 //!   (`schedstat`, ns) of every thread of every process it has (nginx: master and
 //!   worker), its idle rate subtracted; `utime + stime` from `/proc/PID/stat` over all
@@ -29,7 +30,8 @@
 //! fails without it.
 //! Environment: `VITALS_AGENT_BIN` (`make bench` sets it to the static build the image
 //! ships; unset, `vitals_e2e::bins::agent_bin`: `target/release/vitals-agent`),
-//! `BENCH_BASELINE_BIN`, `BENCH_NGINX` (default: `nginx` on the `PATH` or `/usr/sbin/nginx`), `BENCH_IDLE_SECS`, `BENCH_PROBES`, `BENCH_PROBE_ROUNDS`,
+//! `BENCH_BASELINE_BIN`, `BENCH_NGINX` (default: `nginx` on the `PATH` or
+//! `/usr/sbin/nginx`), `BENCH_IDLE_SECS`, `BENCH_PROBES`, `BENCH_PROBE_ROUNDS`,
 //! `BENCH_UPSTREAMS`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -204,7 +206,9 @@ fn nginx_bin() -> PathBuf {
 }
 
 /// nginx answering `return 200` on every path: one worker process, access log off, in the
-/// foreground (its master is the child this bench kills).
+/// foreground (its master is the child this bench kills). `deferred`: its `listen … deferred`
+/// (TCP_DEFER_ACCEPT, which the agent's port sets), the fair comparison beside the default
+/// one the issue measured against.
 struct Nginx {
     master: Measured,
     worker: u32,
@@ -214,8 +218,9 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start() -> Self {
+    fn start(deferred: bool) -> Self {
         let bin = nginx_bin();
+        let listen_opts = if deferred { " deferred" } else { "" };
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         let addr = free_addr();
@@ -224,7 +229,7 @@ impl Nginx {
              events {{ worker_connections 1024; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
              fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
-             server {{ listen {addr}; location / {{ return 200; }} }}\n}}\n"
+             server {{ listen {addr}{listen_opts}; location / {{ return 200; }} }}\n}}\n"
         );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
@@ -402,7 +407,8 @@ fn main() {
     let rounds = env_u64("BENCH_PROBE_ROUNDS", 5);
     let upstreams = env_u64("BENCH_UPSTREAMS", 3);
 
-    let nginx = Nginx::start();
+    let nginx = Nginx::start(false);
+    let nginx_deferred = Nginx::start(true);
     let pod = Pod::start(&bin, upstreams);
     let baseline_pods: Vec<_> = baselines
         .iter()
@@ -425,6 +431,15 @@ fn main() {
             (b, ""),
         ));
     }
+    servers.push(Server::new(
+        "nginx `return 200`, `listen … deferred`".to_owned(),
+        (nginx_deferred.addr, |_| "/readyz/w0".to_owned()),
+        vec![nginx_deferred.master.0.id(), nginx_deferred.worker],
+        (
+            &nginx_deferred.bin,
+            " (dynamic: libc, pcre, ssl, zlib besides)",
+        ),
+    ));
     // Last: the others' ratios are to it.
     servers.push(Server::new(
         "nginx `return 200`".to_owned(),

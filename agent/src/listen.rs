@@ -20,7 +20,8 @@ const DEFER_ACCEPT_SECS: nix::libc::c_int = 1;
 /// accept and answered in the accept loop, without a task (measured with a Python client
 /// probing as the kubelet does: without it, two probes in three arrived after the accept
 /// and took hyper's path, at 40 % more CPU per probe). A connection that sends nothing is
-/// held by the kernel for [`DEFER_ACCEPT_SECS`], then accepted like any other.
+/// held by the kernel for [`DEFER_ACCEPT_SECS`], then accepted like any other. A kernel
+/// that refuses the option (a sandbox's) is logged, not fatal.
 ///
 /// Accepted connections inherit `TCP_NODELAY` from it (Linux copies the listener's socket
 /// options into each connection it accepts): answers are sent at once without a
@@ -71,7 +72,11 @@ fn bind_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     // Inherited by every accepted connection: a kept-alive client (a scraper) gets each
     // answer without waiting for Nagle, and no connection needs a setsockopt of its own.
     setsockopt(&fd, sockopt::TcpNoDelay, &true)?;
-    defer_accept(&fd, DEFER_ACCEPT_SECS)?;
+    // An optimisation, not a need: where a sandboxed kernel refuses it, every answer is
+    // the same, only more of them come through hyper.
+    if let Err(e) = defer_accept(&fd, DEFER_ACCEPT_SECS) {
+        tracing::warn!(error = %e, "TCP_DEFER_ACCEPT refused; probes are served without it");
+    }
     listen(&fd, Backlog::MAXCONN)?;
     Ok(std::net::TcpListener::from(fd))
 }
