@@ -20,8 +20,8 @@ const DEFER_ACCEPT_SECS: nix::libc::c_int = 1;
 /// accept and answered in the accept loop, without a task (measured with a Python client
 /// probing as the kubelet does: without it, two probes in three arrived after the accept
 /// and took hyper's path, at 40 % more CPU per probe). A connection that sends nothing is
-/// held by the kernel for [`DEFER_ACCEPT_SECS`], then accepted like any other. A kernel
-/// that refuses the option (a sandbox's) is logged, not fatal.
+/// held by the kernel for about a second (`DEFER_ACCEPT_SECS`), then accepted like any
+/// other. A kernel that refuses the option (a sandbox's) is logged, not fatal.
 ///
 /// Accepted connections inherit `TCP_NODELAY` from it (Linux copies the listener's socket
 /// options into each connection it accepts): answers are sent at once without a
