@@ -111,43 +111,55 @@ mod tests {
     use std::time::{Duration, Instant};
 
     /// The fast path's premise: a client's request is in when its connection is accepted;
-    /// one that has sent nothing is not handed over yet.
+    /// one that has sent nothing is not handed over yet. The kernel hands a silent one over
+    /// after about a second, so an attempt slower than `GRACE` (a loaded machine) proves
+    /// nothing and is made again.
     #[test]
     fn a_connection_is_accepted_with_its_request_in() {
-        let listener = bind("127.0.0.1:0".parse().expect("an address")).expect("bind");
-        listener.set_nonblocking(true).expect("non-blocking");
-        let addr = listener.local_addr().expect("bound");
-        let _silent = std::net::TcpStream::connect(addr).expect("connect");
-        let mut probe = std::net::TcpStream::connect(addr).expect("connect");
-        probe
-            .write_all(b"GET /livez HTTP/1.1\r\n\r\n")
-            .expect("send");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let accepted = loop {
-            match listener.accept() {
-                Ok((tcp, _)) => break tcp,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "the probe's connection never accepted"
-                    );
-                    std::thread::sleep(Duration::from_millis(5));
+        const GRACE: Duration = Duration::from_millis(800);
+        const REQUEST: &[u8] = b"GET /livez HTTP/1.1\r\n\r\n";
+        for _ in 0..3 {
+            let listener = bind("127.0.0.1:0".parse().expect("an address")).expect("bind");
+            listener.set_nonblocking(true).expect("non-blocking");
+            let addr = listener.local_addr().expect("bound");
+            let _silent = std::net::TcpStream::connect(addr).expect("connect");
+            let started = Instant::now();
+            let mut probe = std::net::TcpStream::connect(addr).expect("connect");
+            probe.write_all(REQUEST).expect("send");
+            let (accepted, peer) = loop {
+                match listener.accept() {
+                    Ok(accepted) => break accepted,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        assert!(started.elapsed() < GRACE * 5, "nothing accepted");
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => panic!("accept: {e}"),
                 }
-                Err(e) => panic!("accept: {e}"),
+            };
+            let next = listener.accept().map(|_| ()).map_err(|e| e.kind());
+            if started.elapsed() >= GRACE {
+                continue;
             }
-        };
-        let mut first = [0u8; 64];
-        let n = nix::sys::socket::recv(
-            std::os::fd::AsRawFd::as_raw_fd(&accepted),
-            &mut first,
-            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-        )
-        .expect("the request is already in");
-        assert_eq!(&first[..n], b"GET /livez HTTP/1.1\r\n\r\n");
-        assert_eq!(
-            listener.accept().map(|_| ()).map_err(|e| e.kind()),
-            Err(std::io::ErrorKind::WouldBlock),
-            "the silent connection, older, is still the kernel's"
-        );
+            assert_eq!(
+                Some(peer),
+                probe.local_addr().ok(),
+                "the probe's connection accepted first, not the older silent one"
+            );
+            let mut first = [0u8; 64];
+            let n = nix::sys::socket::recv(
+                std::os::fd::AsRawFd::as_raw_fd(&accepted),
+                &mut first,
+                nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            )
+            .expect("the request is already in");
+            assert_eq!(&first[..n], REQUEST);
+            assert_eq!(
+                next,
+                Err(std::io::ErrorKind::WouldBlock),
+                "the silent connection is still the kernel's"
+            );
+            return;
+        }
+        panic!("three attempts each took over {GRACE:?}: too loaded a machine to tell");
     }
 }

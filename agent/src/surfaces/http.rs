@@ -198,9 +198,9 @@ impl hyper::rt::Write for Conn {
 /// The probe port's listening socket, non-blocking and watched by the runtime.
 pub type Listener = AsyncFd<std::net::TcpListener>;
 
-/// Watches `listener` (from [`crate::listen::bind`]) on the runtime. Not a tokio `TcpListener`: its
-/// `accept` registers every connection with the runtime (an `epoll_ctl` to add and one to
-/// remove), which a probe answered in the accept loop never needs.
+/// Watches `listener` (from [`crate::listen::bind`]) on the runtime. Not a tokio
+/// `TcpListener`: its `accept` registers every connection with the runtime (an `epoll_ctl`
+/// to add and one to remove), which a probe answered in the accept loop never needs.
 #[allow(unsafe_code)]
 pub fn listener(listener: std::net::TcpListener) -> std::io::Result<Listener> {
     listener.set_nonblocking(true)?;
