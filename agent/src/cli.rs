@@ -74,25 +74,17 @@ mod tests {
             // Not `run`'s `VITALS_LISTEN`: the webhook's port is the Service's, not a probe port.
             ("webhook", "listen", env::WEBHOOK_LISTEN),
         ];
-        let root = Cli::command();
         let mut missing = Vec::new();
-        for sub in root.get_subcommands() {
-            for arg in sub.get_arguments() {
-                let Some(long) = arg.get_long() else { continue };
-                if matches!(long, "help" | "version") {
-                    continue;
-                }
-                let want = exceptions
-                    .iter()
-                    .find(|(cmd, flag, _)| *cmd == sub.get_name() && *flag == long)
-                    .map_or_else(
-                        || format!("VITALS_{}", long.to_uppercase().replace('-', "_")),
-                        |(_, _, var)| (*var).to_owned(),
-                    );
-                let got = arg.get_env().and_then(|v| v.to_str());
-                if got != Some(want.as_str()) {
-                    missing.push(format!("{} --{long}: {got:?}, want {want}", sub.get_name()));
-                }
+        for Flag { command, long, var } in flags() {
+            let want = exceptions
+                .iter()
+                .find(|(cmd, flag, _)| *cmd == command && *flag == long)
+                .map_or_else(
+                    || format!("VITALS_{}", long.to_uppercase().replace('-', "_")),
+                    |(_, _, var)| (*var).to_owned(),
+                );
+            if var.as_deref() != Some(want.as_str()) {
+                missing.push(format!("{command} --{long}: {var:?}, want {want}"));
             }
         }
         assert!(missing.is_empty(), "{missing:#?}");
@@ -105,37 +97,55 @@ mod tests {
     fn the_reference_lists_every_flag_with_its_variable() {
         let reference = include_str!("../../docs/reference.md");
         let mut wrong = Vec::new();
-        for sub in Cli::command().get_subcommands() {
-            let heading = format!("### `vitals-agent {}`", sub.get_name());
+        for Flag { command, long, var } in flags() {
+            let heading = format!("### `vitals-agent {command}`");
             let Some((_, section)) = reference.split_once(&heading) else {
                 wrong.push(format!("no section {heading}"));
                 continue;
             };
             let section = section.split("\n#").next().unwrap_or_default();
+            let flag = format!("`--{long}`");
+            let var = var.as_deref().unwrap_or("no variable");
+            let row = section.lines().find(|l| {
+                l.starts_with('|') && l.split('|').nth(1).is_some_and(|c| c.contains(&flag))
+            });
+            match row {
+                // `--image` and friends are listed once, under inject, for both.
+                None if command == "webhook" && section.contains(&flag) => {}
+                None => wrong.push(format!("{command}: {flag} not in the table")),
+                Some(row) if !row.contains(&format!("`{var}`")) => {
+                    wrong.push(format!("{command}: {flag} without `{var}`: {row}"))
+                }
+                Some(_) => {}
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    /// A long flag of a subcommand and the variable clap reads it from.
+    struct Flag {
+        command: String,
+        long: String,
+        var: Option<String>,
+    }
+
+    /// Every long flag of every subcommand, clap's own `--help` and `--version` aside.
+    fn flags() -> Vec<Flag> {
+        let root = Cli::command();
+        let mut flags = Vec::new();
+        for sub in root.get_subcommands() {
             for arg in sub.get_arguments() {
                 let Some(long) = arg.get_long() else { continue };
                 if matches!(long, "help" | "version") {
                     continue;
                 }
-                let flag = format!("`--{long}`");
-                let var = arg
-                    .get_env()
-                    .and_then(|v| v.to_str())
-                    .unwrap_or("no variable");
-                let row = section.lines().find(|l| {
-                    l.starts_with('|') && l.split('|').nth(1).is_some_and(|c| c.contains(&flag))
+                flags.push(Flag {
+                    command: sub.get_name().to_owned(),
+                    long: long.to_owned(),
+                    var: arg.get_env().and_then(|v| v.to_str()).map(str::to_owned),
                 });
-                match row {
-                    // `--image` and friends are listed once, under inject, for both.
-                    None if sub.get_name() == "webhook" && section.contains(&flag) => {}
-                    None => wrong.push(format!("{}: {flag} not in the table", sub.get_name())),
-                    Some(row) if !row.contains(&format!("`{var}`")) => {
-                        wrong.push(format!("{}: {flag} without `{var}`: {row}", sub.get_name()))
-                    }
-                    Some(_) => {}
-                }
             }
         }
-        assert!(wrong.is_empty(), "{wrong:#?}");
+        flags
     }
 }
