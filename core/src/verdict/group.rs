@@ -22,8 +22,6 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-#[cfg(test)]
-use crate::state::group::PollError;
 use crate::state::group::{changed, GroupState, MemberState};
 
 /// `--group-timeout` and `--group-lost-after`.
@@ -281,14 +279,10 @@ pub fn evaluate(g: &GroupState, limits: &GroupLimits, now: Instant) -> GroupVerd
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{inst, live, not_live, targets, FRESH};
-    use crate::state::group::{GroupReport, Instances, LeaderNow};
+    use crate::fixtures::{inst, live, not_live, targets, FRESH, LIMITS};
+    use crate::state::group::{GroupReport, Instances, LeaderNow, PollError};
     use std::sync::Arc;
 
-    const LIMITS: GroupLimits = GroupLimits {
-        timeout: FRESH,
-        lost_after: Duration::from_secs(60),
-    };
     const EPS: Duration = Duration::from_millis(1);
     const SEC: Duration = Duration::from_secs(1);
 
