@@ -77,7 +77,6 @@ impl Listeners {
             source,
         };
         let http = listen::bind(config.listen).map_err(http_err)?;
-        http.set_nonblocking(true).map_err(http_err)?;
         let socket = SocketListener::bind(&config.socket, config.socket_mode)?;
         Ok(Self { http, socket })
     }

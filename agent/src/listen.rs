@@ -11,9 +11,10 @@ use std::net::SocketAddr;
 /// header timeout.
 const DEFER_ACCEPT_SECS: nix::libc::c_int = 1;
 
-/// Binds `addr` for a server of the agent's (the probe port, the webhook), with the kernel's
-/// largest accept queue (`SOMAXCONN`): a burst of reconnecting clients must not overflow it
-/// and leave a kubelet's SYN (or the API server's) unanswered.
+/// Binds `addr` for a server of the agent's (the probe port, the webhook), non-blocking for
+/// the runtime to watch, with the kernel's largest accept queue (`SOMAXCONN`): a burst of
+/// reconnecting clients must not overflow it and leave a kubelet's SYN (or the API
+/// server's) unanswered.
 ///
 /// A connection is accepted once its first bytes arrived (`TCP_DEFER_ACCEPT`, as nginx's
 /// `listen … deferred` and HAProxy's `defer-accept`): a kubelet's probe is then whole at
@@ -57,7 +58,13 @@ fn bind_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     } else {
         AddressFamily::Inet
     };
-    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    // Non-blocking from the start: both servers hand it to the runtime to watch.
+    let fd = socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
     // As std's TcpListener::bind does: a restarted agent rebinds at once.
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     match addr {
@@ -120,7 +127,6 @@ mod tests {
         const REQUEST: &[u8] = b"GET /livez HTTP/1.1\r\n\r\n";
         for _ in 0..3 {
             let listener = bind("127.0.0.1:0".parse().expect("an address")).expect("bind");
-            listener.set_nonblocking(true).expect("non-blocking");
             let addr = listener.local_addr().expect("bound");
             let _silent = std::net::TcpStream::connect(addr).expect("connect");
             let started = Instant::now();

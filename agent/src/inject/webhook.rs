@@ -136,7 +136,6 @@ pub fn run(args: &WebhookArgs) -> anyhow::Result<()> {
     // IPv6 (SPEC §11), instead of crash-looping there.
     let listener = crate::listen::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    listener.set_nonblocking(true)?;
     // One thread, as the agent's: a review or a handshake is well under a millisecond of
     // CPU (see the benchmark), and the agent binary keeps tokio's multi-thread runtime out.
     // Scale out with replicas.

@@ -198,12 +198,12 @@ impl hyper::rt::Write for Conn {
 /// The probe port's listening socket, non-blocking and watched by the runtime.
 pub type Listener = AsyncFd<std::net::TcpListener>;
 
-/// Watches `listener` (from [`crate::listen::bind`]) on the runtime. Not a tokio
-/// `TcpListener`: its `accept` registers every connection with the runtime (an `epoll_ctl`
-/// to add and one to remove), which a probe answered in the accept loop never needs.
+/// Watches `listener` (non-blocking, from [`crate::listen::bind`]) on the runtime. Not a
+/// tokio `TcpListener`: its `accept` registers every connection with the runtime (an
+/// `epoll_ctl` to add and one to remove), which a probe answered in the accept loop never
+/// needs.
 #[allow(unsafe_code)]
 pub fn listener(listener: std::net::TcpListener) -> std::io::Result<Listener> {
-    listener.set_nonblocking(true)?;
     // SAFETY: a std `TcpListener` owns its descriptor for its whole life and `as_raw_fd`
     // always returns that one; the `AsyncFd` owns the listener, so the descriptor stays
     // open and the same until the `AsyncFd` is dropped.
