@@ -220,7 +220,10 @@ mod tests {
         for at in [t0, t0 + T.hang] {
             let whole = snapshots.take(at).verdicts;
             for c in ["model", "other"] {
-                let own = snapshots.take_for(at, c).verdicts;
+                let own_snapshot = snapshots.take_for(at, c);
+                // What a 404 lists: every name the whole snapshot judges, from the state.
+                assert!(own_snapshot.state.names().eq(whole.names()), "{c}");
+                let own = own_snapshot.verdicts;
                 for probe in [Probe::Startup, Probe::Live, Probe::Ready] {
                     assert_eq!(
                         own.worker(probe, c),

@@ -632,25 +632,24 @@ fn probe_answer(
     // A container's probe judges that container alone; the aggregate judges them all.
     let answer = match worker {
         None => ctx.snapshots.take(started).verdicts.aggregate(probe),
-        Some(name) => match ctx
-            .snapshots
-            .take_for(started, name)
-            .verdicts
-            .worker(probe, name)
-        {
-            Some(answer) => answer,
-            None => {
-                let verdicts = ctx.snapshots.take(started).verdicts;
-                let known: Vec<_> = verdicts.names().collect();
-                let known = if known.is_empty() {
-                    "none".to_owned()
-                } else {
-                    known.join(", ")
-                };
-                let body = format!("unknown worker {name:?}; known workers: {known}\n");
-                return (StatusCode::NOT_FOUND, TEXT, body);
+        Some(name) => {
+            let snapshot = ctx.snapshots.take_for(started, name);
+            match snapshot.verdicts.worker(probe, name) {
+                Some(answer) => answer,
+                None => {
+                    // Named from the state: judging every container only to list them
+                    // would make a wrong probe path the costliest request.
+                    let known: Vec<_> = snapshot.state.names().collect();
+                    let known = if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    };
+                    let body = format!("unknown worker {name:?}; known workers: {known}\n");
+                    return (StatusCode::NOT_FOUND, TEXT, body);
+                }
             }
-        },
+        }
     };
     let (status, ctype, body) = render(&answer, form);
     ctx.metrics

@@ -369,6 +369,15 @@ pub struct State {
 }
 
 impl State {
+    /// Every container name it knows, workers then upstreams: the names a per-container
+    /// probe answers for (the same as its verdicts' [`crate::verdict::Verdicts::names`]).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.workers
+            .keys()
+            .chain(self.upstreams.keys())
+            .map(WorkerName::as_str)
+    }
+
     /// A registry knowing the expected workers.
     pub fn new(expected: &[WorkerName]) -> Self {
         let workers = expected
