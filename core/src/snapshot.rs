@@ -67,7 +67,9 @@ pub struct Snapshot {
     pub state: Arc<State>,
     /// The agent's own health at `at`.
     pub agent: AgentInput,
-    /// Every verdict, evaluated from `state` and `agent` (and `group`) at `at`.
+    /// The verdicts evaluated from `state` and `agent` (and `group`) at `at`: every
+    /// container's from [`Snapshots::take`], one container's (beside the agent's and the
+    /// group's) from [`Snapshots::take_for`], which only a probe of that container reads.
     pub verdicts: Verdicts,
     /// A leader's group state at `at`.
     pub group: Option<Arc<GroupState>>,
