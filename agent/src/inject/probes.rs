@@ -178,13 +178,16 @@ pub(super) fn ensure_probe(c: &mut Map, kind: ProbeKind, path: &str, timing: Tim
     let key = kind.key();
     match c.get_mut(key).and_then(Node::as_map_mut) {
         Some(probe) => {
-            let ok = probe.get("httpGet").and_then(Node::as_map).is_some_and(|h| {
-                h.get_str("path") == Some(path)
-                    && matches!(h.get("port"), Some(Node::Scalar(s)) if s.style == yaml::Style::Plain && is_agent_port(&s.value))
-                    && h.get("host").is_none()
-                    && h.get("httpHeaders").is_none()
-                    && h.get_str("scheme").is_none_or(|s| s == "HTTP")
-            }) && HANDLERS.iter().filter(|k| probe.get(k).is_some()).count() == 1;
+            // Already the agent's, and nothing more: no host, headers or HTTPS that would
+            // send the kubelet elsewhere, the port a plain number, the one handler.
+            let ok = points_at_agent(probe, path)
+                && probe.get("httpGet").and_then(Node::as_map).is_some_and(|h| {
+                    matches!(h.get("port"), Some(Node::Scalar(s)) if s.style == yaml::Style::Plain)
+                        && h.get("host").is_none()
+                        && h.get("httpHeaders").is_none()
+                        && h.get_str("scheme").is_none_or(|s| s == "HTTP")
+                })
+                && HANDLERS.iter().filter(|k| probe.get(k).is_some()).count() == 1;
             if !ok {
                 point_at_agent(probe, path);
             }
