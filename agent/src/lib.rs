@@ -143,6 +143,7 @@ pub async fn run_with(
     // The leader's own pod judged without its group: what formation reads.
     let own = snapshots.clone();
     if let Group::Leader(g) = &config.group {
+        warn_unqualified(&g.members);
         let shared = Arc::new(SharedGroup::new(GroupState::new(
             &g.members,
             Instant::now(),
@@ -273,5 +274,25 @@ pub async fn stop_signal() -> &'static str {
     tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
+    }
+}
+
+/// Logs the members whose names go through the DNS search list at every lookup (ndots 5
+/// makes that several queries each): derived names when `POD_NAMESPACE` is not set, or
+/// explicit names without their trailing dot. Said here, not where the config is parsed,
+/// because that runs before logging starts.
+fn warn_unqualified(members: &[vitals_core::state::group::MemberTarget]) {
+    let relative: Vec<&str> = members
+        .iter()
+        .map(|m| m.host.as_str())
+        .filter(|h| h.parse::<std::net::IpAddr>().is_err() && !h.ends_with('.'))
+        .collect();
+    if !relative.is_empty() {
+        tracing::warn!(
+            members = ?relative,
+            "group members' names are not fully qualified and are looked up through the \
+             search list (set {} for derived names, or end a name with a dot)",
+            vitals_proto::env::POD_NAMESPACE
+        );
     }
 }

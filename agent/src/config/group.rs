@@ -231,10 +231,7 @@ impl GroupArgs {
             .map(str::trim)
             .filter(|n| !n.is_empty())
         else {
-            tracing::warn!(
-                "{} is not set: the members' names are looked up through the search list",
-                env::POD_NAMESPACE
-            );
+            // `run` says so once logging is up (this runs before it).
             return Ok(String::new());
         };
         if !is_dns_label(ns) {
