@@ -21,6 +21,13 @@ pub fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace(NAMESPACE)
 }
 
+/// Options of a histogram named `vitals_<name>` with `buckets`.
+pub fn histogram_opts(name: &str, help: &str, buckets: &[f64]) -> HistogramOpts {
+    HistogramOpts::new(name, help)
+        .namespace(NAMESPACE)
+        .buckets(buckets.to_vec())
+}
+
 /// Upstream answer latency buckets: from a local server's sub-millisecond answer to a
 /// probe's longest timeouts.
 const UPSTREAM_BUCKETS: &[f64] = &[0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -61,13 +68,8 @@ impl SourceCounters {
                 .expect("metric options are valid constants")
         };
         let histogram = |name: &str, help: &str, buckets: &[f64], labels: &[&str]| {
-            HistogramVec::new(
-                HistogramOpts::new(name, help)
-                    .namespace(NAMESPACE)
-                    .buckets(buckets.to_vec()),
-                labels,
-            )
-            .expect("histogram options are valid constants")
+            HistogramVec::new(histogram_opts(name, help, buckets), labels)
+                .expect("histogram options are valid constants")
         };
         let protocol_errors = counter(
             "protocol_errors_total",

@@ -27,12 +27,14 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{Encoder as _, HistogramVec, IntCounterVec, Registry};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use vitals_proto::env;
+
+use crate::counters::{histogram_opts, opts};
 
 pub use self::review::{review, Answer, BadReview, Outcome, API_VERSION, INJECT_KEY};
 pub use self::tls::{CertStore, TlsError};
@@ -178,21 +180,21 @@ impl Metrics {
     fn new() -> Self {
         let registry = Registry::new();
         let admissions = IntCounterVec::new(
-            Opts::new(
-                "vitals_webhook_admissions_total",
+            opts(
+                "webhook_admissions_total",
                 "AdmissionReviews answered, by result (injected, already_injected, opted_out, ignored, skipped, not_injected, bad_request)",
             ),
             &["result"],
         )
         .expect("static metric definition is valid");
         let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "vitals_webhook_review_duration_seconds",
+            histogram_opts(
+                "webhook_review_duration_seconds",
                 "Time from a request's head to its answer (body read, decision, patch), by result",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0, 5.0,
-            ]),
+                &[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0, 5.0,
+                ],
+            ),
             &["result"],
         )
         .expect("static metric definition is valid");

@@ -14,12 +14,11 @@ use std::time::Duration;
 
 use prometheus::core::Collector;
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec,
-    Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramVec, IntCounterVec, IntGaugeVec, Registry, TextEncoder,
 };
 use vitals_proto::Phase;
 
-use crate::counters::{opts, SourceCounters, NAMESPACE};
+use crate::counters::{histogram_opts, opts, SourceCounters};
 use crate::surfaces::text;
 use vitals_core::snapshot::Snapshot;
 use vitals_core::state::registry::State;
@@ -103,12 +102,11 @@ impl Metrics {
         }
         let w = &["worker"];
         let probe_duration = HistogramVec::new(
-            HistogramOpts::new(
+            histogram_opts(
                 "probe_duration_seconds",
                 "Time to answer a probe, from request to response body.",
-            )
-            .namespace(NAMESPACE)
-            .buckets(PROBE_BUCKETS.to_vec()),
+                PROBE_BUCKETS,
+            ),
             &["probe"],
         )
         .expect("histogram options are valid constants");
